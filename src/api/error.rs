@@ -1,0 +1,90 @@
+//! The API's one error type and its one conversion to an HTTP response.
+//!
+//! User errors carry a stable `code` and a message; internal errors are logged and answered with
+//! an opaque 500 that leaks no SQL, paths or stack traces.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::import::FileError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("missing or invalid API token")]
+    Unauthorized,
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io(io) => ApiError::Internal(format!("reading upload: {io}")),
+            other => ApiError::BadRequest {
+                code: other.code(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = match &self {
+            ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, *code, message.clone()),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or invalid API token: send `Authorization: Bearer <token>` or a `token` cookie".to_string(),
+            ),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", m.clone()),
+            ApiError::Unavailable(internal) => {
+                tracing::warn!(error = %internal, "database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is busy or unavailable; try again shortly".to_string(),
+                )
+            }
+            ApiError::Internal(internal) => {
+                tracing::error!(error = %internal, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal server error; the details are in the server log".to_string(),
+                )
+            }
+        };
+        (status, Json(json!({"success": false, "error": {"code": code, "message": message}}))).into_response()
+    }
+}

@@ -1,0 +1,261 @@
+//! Reporting on jobs: status (seed 000's shape plus extensions), the job list, row errors as
+//! JSON pages or a streamed CSV, and the configured datasets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::{Value as JsonValue, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
+
+/// Errors fetched per page while streaming the CSV.
+const CSV_PAGE: u64 = 5_000;
+const DEFAULT_LIMIT: u64 = 100;
+
+fn parse_id(id: &str) -> Result<JobId, ApiError> {
+    id.parse::<JobId>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+}
+
+fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad("invalid_parameter", format!("`{name}` must be a whole number ≥ 0"))),
+    }
+}
+
+async fn load_job(state: &AppState, id: JobId) -> Result<Job, ApiError> {
+    state
+        .jobs
+        .store_call(move |s| s.job_get(id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+}
+
+/// A job as the API shows it.
+pub fn job_json(job: &Job) -> JsonValue {
+    let success = job.created_count + job.updated_count + job.unchanged_count;
+    let processed = success + job.error_count;
+    let total = job.total_rows.unwrap_or(processed).max(processed);
+    let percentage = if job.status == JobStatus::Completed {
+        100
+    } else {
+        (processed * 100).checked_div(total).unwrap_or(0).min(100)
+    };
+    let end = job.completed_at.unwrap_or_else(Utc::now);
+    let elapsed = job
+        .started_at
+        .map(|s| (end - s).num_milliseconds().max(0) as f64 / 1000.0);
+    let rows_per_second = elapsed
+        .filter(|e| *e > 0.0)
+        .map(|e| (processed as f64 / e).round() as u64);
+    let eta = match (job.status, rows_per_second) {
+        (JobStatus::Processing, Some(rps)) if rps > 0 && job.total_rows.is_some() => {
+            Some(total.saturating_sub(processed).div_ceil(rps))
+        }
+        _ => None,
+    };
+    let mut data = json!({
+        "jobId": job.id,
+        "dataset": job.dataset,
+        "filename": job.filename,
+        "mode": job.mode.as_str(),
+        "status": job.status.as_str(),
+        "progress": {"current": processed, "total": total, "percentage": percentage},
+        "createdAt": job.created_at,
+        "startedAt": job.started_at,
+        "completedAt": job.completed_at,
+        "createdCount": job.created_count,
+        "updatedCount": job.updated_count,
+        "unchangedCount": job.unchanged_count,
+        "errorCount": job.error_count,
+        "batches": job.batches_done,
+        "rowsPerSecond": rows_per_second,
+        "etaSeconds": eta,
+        "errorsUrl": format!("/api/v1/import/{}/errors", job.id),
+        "error": job.error,
+        "fileSize": job.file_size,
+        "sha256": job.sha256,
+        "warnings": job.mapping.warnings(),
+    });
+    if job.status.is_finished() {
+        data["results"] = json!({
+            "totalRows": processed,
+            "successCount": success,
+            "errorCount": job.error_count,
+            "createdCount": job.created_count,
+            "updatedCount": job.updated_count,
+            "unchangedCount": job.unchanged_count,
+        });
+    }
+    data
+}
+
+pub fn error_json(e: &ErrorRecord) -> JsonValue {
+    json!({"row": e.row, "column": e.column, "value": e.value, "message": e.message})
+}
+
+/// `GET /api/v1/import/status/{jobId}`
+pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JsonValue>, ApiError> {
+    let job = load_job(&state, parse_id(&id)?).await?;
+    Ok(Json(json!({"success": true, "data": job_json(&job)})))
+}
+
+/// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`
+pub async fn list(State(state): State<Arc<AppState>>, Query(params): Query<HashMap<String, String>>) -> Result<Json<JsonValue>, ApiError> {
+    let status = params
+        .get("status")
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<JobStatus>())
+        .transpose()
+        .map_err(|m| ApiError::bad("invalid_parameter", m))?;
+    let filter = JobFilter {
+        status,
+        dataset: params.get("dataset").filter(|s| !s.is_empty()).cloned(),
+        limit: number(&params, "limit", 20)?.min(1000),
+        offset: number(&params, "offset", 0)?,
+    };
+    let f = filter.clone();
+    let (jobs, total) = state.jobs.store_call(move |s| s.job_list(&f)).await?;
+    Ok(Json(json!({
+        "success": true,
+        "data": {
+            "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
+            "total": total,
+            "limit": filter.limit,
+            "offset": filter.offset,
+        }
+    })))
+}
+
+/// `GET /api/v1/import/{jobId}/errors?format=json|csv&limit=&offset=`
+pub async fn errors(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let job = load_job(&state, parse_id(&id)?).await?;
+    match params.get("format").map(String::as_str).unwrap_or("json") {
+        "json" => {
+            let limit = number(&params, "limit", DEFAULT_LIMIT)?;
+            let offset = number(&params, "offset", 0)?;
+            let id = job.id;
+            let (errors, total) = state.jobs.store_call(move |s| s.errors_page(id, limit, offset)).await?;
+            Ok(Json(json!({
+                "success": true,
+                "data": {
+                    "jobId": job.id,
+                    "total": total,
+                    "limit": limit,
+                    "offset": offset,
+                    "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
+                }
+            }))
+            .into_response())
+        }
+        "csv" => Ok(errors_csv(state, job)),
+        other => Err(ApiError::bad(
+            "invalid_parameter",
+            format!("format must be `json` or `csv`, not `{other}`"),
+        )),
+    }
+}
+
+/// Streams every rejected row as CSV: the file's columns plus `error`, ready to fix and upload
+/// again. Pages are read from the store as the client consumes them.
+fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let filename = format!("job-{}-rejected-rows.csv", job.id);
+    tokio::spawn(async move {
+        let mut header = job.header.clone();
+        header.push("error".into());
+        let first = csv_bytes(std::iter::once(header));
+        if tx.send(Ok(first)).await.is_err() {
+            return;
+        }
+        let mut offset = 0;
+        loop {
+            let id = job.id;
+            let page = state.jobs.store_call(move |s| s.errors_page(id, CSV_PAGE, offset)).await;
+            let errors = match page {
+                Ok((errors, _)) => errors,
+                Err(e) => {
+                    tracing::error!(error = %e, job = job.id, "reading errors for CSV failed");
+                    let _ = tx.send(Err(std::io::Error::other("reading errors failed"))).await;
+                    return;
+                }
+            };
+            if errors.is_empty() {
+                return;
+            }
+            offset += errors.len() as u64;
+            let rows = errors.into_iter().map(|e| {
+                let mut r = e.record;
+                r.push(e.message);
+                r
+            });
+            if tx.send(Ok(csv_bytes(rows))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream_from(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn csv_bytes(rows: impl Iterator<Item = Vec<String>>) -> Bytes {
+    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+    for r in rows {
+        // Writing to a Vec cannot fail.
+        let _ = w.write_record(&r);
+    }
+    Bytes::from(w.into_inner().unwrap_or_default())
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// `GET /api/v1/datasets`: what can be imported, and the fields each expects.
+pub async fn datasets(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
+    let list: Vec<JsonValue> = state
+        .jobs
+        .datasets
+        .iter()
+        .map(|d| {
+            json!({
+                "name": d.name,
+                "table": d.table,
+                "key": d.key.iter().map(|&k| d.fields[k].name.clone()).collect::<Vec<_>>(),
+                "sync": d.sync,
+                "fields": d.fields.iter().map(|f| json!({
+                    "name": f.name,
+                    "type": format!("{:?}", f.ty).to_lowercase(),
+                    "required": f.required,
+                    "aliases": f.aliases,
+                    "history": f.history,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Json(json!({"success": true, "data": {"datasets": list}}))
+}

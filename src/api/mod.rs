@@ -1,0 +1,39 @@
+//! The HTTP API (v1): routes, authentication, errors and the JSON shapes of seed 000.
+//!
+//! `upload` receives files and creates jobs, `jobs` reports on them; `error` is the single place
+//! an error becomes a response, `auth` the single place a token is checked.
+
+pub mod auth;
+pub mod error;
+mod jobs;
+mod upload;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+use crate::jobs::JobContext;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub jobs: Arc<JobContext>,
+    /// Largest upload accepted, in bytes.
+    pub max_upload_bytes: u64,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/import/{id}", post(upload::upload).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/import/status/{id}", get(jobs::status))
+        .route("/api/v1/import/jobs", get(jobs::list))
+        .route("/api/v1/import/{id}/errors", get(jobs::errors))
+        .route("/api/v1/datasets", get(jobs::datasets))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}

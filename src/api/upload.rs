@@ -1,0 +1,334 @@
+//! `POST /api/v1/import/{dataset}`: receive a file, check it, create its job.
+//!
+//! The body (multipart field `file`, or a raw body with `?filename=`) is streamed to the blob
+//! store while its SHA-256 is computed; it is never held in memory whole. Only the header and
+//! the first data row are read before answering: file-level problems are a 400 and no job is
+//! created. Background datasets answer 202 with the job id; synchronous ones (`sync = true`)
+//! run the import in the request and answer 200 with the results.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Display;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use super::jobs::{error_json, job_json};
+use crate::blob::BlobStore;
+use crate::dataset::Dataset;
+use crate::import::read::{CsvSource, resolve_options};
+use crate::import::{FileError, Format, Mapping, Mode, SourceOptions, map};
+use crate::jobs::{Executed, execute};
+use crate::store::NewJob;
+
+/// Largest non-file form field (a mapping, say).
+const MAX_FORM_FIELD: usize = 64 * 1024;
+/// Row errors included in a synchronous import's answer; the rest are at `errorsUrl`.
+const SYNC_ERRORS_SHOWN: u64 = 100;
+
+/// An upload on disk; removed on drop unless kept (so every early return cleans up).
+struct SavedBlob {
+    blobs: BlobStore,
+    name: String,
+    size: u64,
+    sha256: String,
+    keep: bool,
+}
+
+impl Drop for SavedBlob {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.blobs.remove(&self.name);
+        }
+    }
+}
+
+/// What the upload revealed about the file.
+struct Inspected {
+    format: Format,
+    options: SourceOptions,
+    header: Vec<String>,
+    mapping: Mapping,
+}
+
+pub async fn upload(
+    State(state): State<Arc<AppState>>,
+    Path(dataset_name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let ctx = &state.jobs;
+    let dataset = ctx.datasets.get(&dataset_name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no dataset named `{dataset_name}`; configured: {}",
+            ctx.datasets.names().join(", ")
+        ))
+    })?;
+    let mut params = query;
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let mut filename = params.get("filename").cloned();
+    let saved = if is_multipart {
+        let mut multipart = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?;
+        let mut saved = None;
+        while let Some(mut field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?
+        {
+            let name = field.name().unwrap_or_default().to_string();
+            if name == "file" {
+                if saved.is_some() {
+                    return Err(ApiError::bad("multiple_files", "send one file per request"));
+                }
+                filename = field.file_name().map(str::to_string).or(filename);
+                saved = Some(save_stream(&state, &mut field).await?);
+            } else {
+                let mut text = Vec::new();
+                while let Some(chunk) = field
+                    .chunk()
+                    .await
+                    .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?
+                {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > MAX_FORM_FIELD {
+                        return Err(ApiError::bad(
+                            "field_too_large",
+                            format!("form field `{name}` is larger than {MAX_FORM_FIELD} bytes"),
+                        ));
+                    }
+                }
+                params.insert(name, String::from_utf8_lossy(&text).into_owned());
+            }
+        }
+        saved.ok_or_else(|| ApiError::bad("missing_file", "send the file in a multipart form field named `file`"))?
+    } else {
+        save_stream(&state, &mut req.into_body().into_data_stream()).await?
+    };
+
+    let mode: Mode = param(&params, "mode")
+        .unwrap_or("upsert")
+        .parse()
+        .map_err(|m: String| ApiError::bad("invalid_mode", m))?;
+    if param(&params, "dryRun").is_some_and(|v| !matches!(v, "false" | "0" | "")) {
+        return Err(ApiError::bad("unsupported_option", "dryRun is not available yet"));
+    }
+    let explicit: Option<BTreeMap<String, Option<String>>> = param(&params, "mapping")
+        .filter(|m| !m.trim().is_empty())
+        .map(|m| {
+            serde_json::from_str(m).map_err(|e| {
+                ApiError::bad(
+                    "invalid_mapping",
+                    format!("mapping must be a JSON object of header → field name: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let requested = SourceOptions {
+        delimiter: param(&params, "delimiter").map(parse_delimiter).transpose()?,
+    };
+
+    let inspected = {
+        let (dataset, blobs, name, size) = (dataset.clone(), ctx.blobs.clone(), saved.name.clone(), saved.size);
+        tokio::task::spawn_blocking(move || inspect(&blobs, &name, size, &dataset, &requested, explicit.as_ref()))
+            .await
+            .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
+    };
+    let new_job = NewJob {
+        dataset: dataset.name.clone(),
+        mode,
+        filename: clean_filename(filename.as_deref()),
+        blob: saved.name.clone(),
+        file_size: saved.size,
+        sha256: saved.sha256.clone(),
+        format: inspected.format,
+        options: inspected.options,
+        header: inspected.header,
+        mapping: inspected.mapping,
+        created_by: Some(caller.token_id),
+    };
+    if dataset.sync {
+        return import_now(&state, new_job, saved).await;
+    }
+    let job_id = ctx.store_call(move |s| s.job_insert(&new_job, None)).await?;
+    let mut saved = saved;
+    saved.keep = true;
+    ctx.wake.notify_one();
+    let status_url = format!("/api/v1/import/status/{job_id}");
+    let body = json!({
+        "success": true,
+        "message": format!("{} import started in background", capitalised(&dataset.name)),
+        "data": {"jobId": job_id, "statusUrl": status_url},
+    });
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, status_url)], Json(body)).into_response())
+}
+
+/// Synchronous datasets: run the import inside the request and answer with its results.
+async fn import_now(state: &Arc<AppState>, new_job: NewJob, mut saved: SavedBlob) -> Result<Response, ApiError> {
+    let ctx = &state.jobs;
+    let token = crate::api::auth::new_token();
+    let lease_ms = ctx.config.lease.as_millis() as u64;
+    let t = token.clone();
+    let job_id = ctx.store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms)))).await?;
+    saved.keep = true;
+    let job = ctx
+        .store_call(move |s| s.job_get(job_id))
+        .await?
+        .ok_or_else(|| ApiError::Internal("job vanished after insert".into()))?;
+    let lease = crate::store::Lease { job_id, token };
+    let executed = execute(ctx, job, lease, &CancellationToken::new()).await;
+    let (job, (errors, _)) = ctx
+        .store_call(move |s| Ok((s.job_get(job_id)?, s.errors_page(job_id, SYNC_ERRORS_SHOWN, 0)?)))
+        .await?;
+    let job = job.ok_or_else(|| ApiError::Internal("job vanished after import".into()))?;
+    let completed = executed == Executed::Finished(crate::store::JobStatus::Completed);
+    let mut data = job_json(&job);
+    data["errors"] = json!(errors.iter().map(error_json).collect::<Vec<_>>());
+    let message = if completed {
+        format!("{} import completed", capitalised(&job.dataset))
+    } else {
+        format!("{} import did not complete", capitalised(&job.dataset))
+    };
+    Ok((StatusCode::OK, Json(json!({"success": completed, "message": message, "data": data}))).into_response())
+}
+
+fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
+    params.get(name).map(String::as_str)
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
+    match s {
+        "tab" | "\\t" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => Ok(s.as_bytes()[0]),
+        _ => Err(ApiError::bad(
+            "invalid_delimiter",
+            "delimiter must be one ASCII character (or `tab`), not a quote or line break",
+        )),
+    }
+}
+
+/// The client's file name, for display only: its last path segment, printable, at most 255
+/// characters. It never becomes a path.
+fn clean_filename(name: Option<&str>) -> String {
+    let name = name.unwrap_or("upload");
+    let last = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let clean: String = last.chars().filter(|c| !c.is_control()).take(255).collect();
+    if clean.trim().is_empty() { "upload".into() } else { clean }
+}
+
+/// Streams a body to a new blob, hashing on the way and refusing past the size limit.
+async fn save_stream<S, E>(state: &AppState, stream: &mut S) -> Result<SavedBlob, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    let blobs = state.jobs.blobs.clone();
+    let name = BlobStore::new_name();
+    let path = blobs
+        .path(&name)
+        .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
+    let mut saved = SavedBlob {
+        blobs,
+        name,
+        size: 0,
+        sha256: String::new(),
+        keep: false,
+    };
+    let file = tokio::fs::File::create(&path)
+        .await
+        .map_err(|e| ApiError::Internal(format!("creating blob: {e}")))?;
+    let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
+    let mut hasher = Sha256::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad("upload_interrupted", format!("the upload did not arrive whole: {e}")))?;
+        saved.size += chunk.len() as u64;
+        if saved.size > state.max_upload_bytes {
+            return Err(ApiError::TooLarge(format!(
+                "the file is larger than the limit of {} bytes",
+                state.max_upload_bytes
+            )));
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk)
+            .await
+            .map_err(|e| ApiError::Internal(format!("writing blob: {e}")))?;
+    }
+    out.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("writing blob: {e}")))?;
+    // The job row will point at this file: it must survive a crash once we answer.
+    out.get_ref()
+        .sync_all()
+        .await
+        .map_err(|e| ApiError::Internal(format!("syncing blob: {e}")))?;
+    saved.sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(saved)
+}
+
+/// Reads the header and the first rows: the format, the mapping, and the row limit of
+/// synchronous datasets.
+fn inspect(
+    blobs: &BlobStore,
+    name: &str,
+    size: u64,
+    dataset: &Dataset,
+    requested: &SourceOptions,
+    explicit: Option<&BTreeMap<String, Option<String>>>,
+) -> Result<Inspected, FileError> {
+    if size == 0 {
+        return Err(FileError::Empty);
+    }
+    let path = blobs
+        .path(name)
+        .ok_or_else(|| FileError::Unreadable("invalid blob name".into()))?;
+    let (format, options) = resolve_options(&path, requested)?;
+    let mut source = CsvSource::open(&path, &options)?;
+    let header = source.headers().to_vec();
+    let mapping = map::resolve(dataset, &header, explicit)?;
+    let mut record = csv::ByteRecord::new();
+    let mut rows = 0u64;
+    while source.next_record(&mut record)?.is_some() {
+        rows += 1;
+        // Background datasets only need to know the file has rows; synchronous ones are counted
+        // up to their limit.
+        if !dataset.sync || rows > dataset.max_rows {
+            break;
+        }
+    }
+    if rows == 0 {
+        return Err(FileError::NoRows);
+    }
+    if dataset.sync && rows > dataset.max_rows {
+        return Err(FileError::TooManyRows { max: dataset.max_rows });
+    }
+    Ok(Inspected {
+        format,
+        options,
+        header,
+        mapping,
+    })
+}

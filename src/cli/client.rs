@@ -1,0 +1,316 @@
+//! The CLI client: `import`, `status`, `jobs`, `errors` over the HTTP API.
+//!
+//! Uploads stream the file from disk as a raw body (`?filename=`), never reading it whole.
+//! `import --wait` follows the job with an indicatif progress bar and exits non-zero when the
+//! job fails.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+use super::{CliResult, ServerArgs};
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The CSV file to import.
+    pub file: PathBuf,
+    /// Target dataset (as configured in datasets.toml).
+    #[arg(long, short)]
+    pub dataset: String,
+    /// upsert (default) or insert.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Field delimiter (sniffed when not given).
+    #[arg(long)]
+    pub delimiter: Option<String>,
+    /// JSON object mapping file headers to field names.
+    #[arg(long)]
+    pub mapping: Option<String>,
+    /// Follow the job with a progress bar until it ends.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct JobArgs {
+    /// Job id.
+    pub id: i64,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct JobsArgs {
+    /// Only jobs in this status (pending, processing, completed, failed, …).
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only jobs of this dataset.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct ErrorsArgs {
+    /// Job id.
+    pub id: i64,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    pub out: Option<PathBuf>,
+    /// csv (original columns plus `error`, ready to fix and re-upload) or json.
+    #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+    pub format: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    fn new(args: &ServerArgs) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            base: args.server.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+        })
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    /// Sends a request and returns the JSON body of a 2xx answer, or the API's error message.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the sluice server at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            Ok((status, body))
+        } else {
+            Err(api_error(status, &body))
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<Value, String> {
+        self.send(self.request(reqwest::Method::GET, path)).await.map(|(_, v)| v)
+    }
+}
+
+fn api_error(status: u16, body: &Value) -> String {
+    let code = body["error"]["code"].as_str().unwrap_or("http_error");
+    let message = body["error"]["message"].as_str().unwrap_or("the server gave no details");
+    let hint = if status == 401 {
+        " (pass --token or set SLUICE_TOKEN)"
+    } else {
+        ""
+    };
+    format!("{status} {code}: {message}{hint}")
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+pub async fn import(args: ImportArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let file = tokio::fs::File::open(&args.file)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let filename = args
+        .file
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upload.csv".into());
+    let mut query = vec![("filename", filename.clone())];
+    for (k, v) in [("mode", &args.mode), ("delimiter", &args.delimiter), ("mapping", &args.mapping)] {
+        if let Some(v) = v {
+            query.push((k, v.clone()));
+        }
+    }
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    let req = api
+        .request(reqwest::Method::POST, &format!("/api/v1/import/{}", args.dataset))
+        .query(&query)
+        .header(reqwest::header::CONTENT_TYPE, "text/csv")
+        .header(reqwest::header::CONTENT_LENGTH, size)
+        .body(body);
+    let (status, body) = api.send(req).await?;
+    if status == 200 {
+        // A synchronous dataset: the import already ran.
+        print_summary(&body["data"]);
+        return finished_ok(&body["data"]);
+    }
+    let job_id = body["data"]["jobId"].as_i64().ok_or("the server answered without a job id")?;
+    if !args.wait {
+        println!("job {job_id} started; follow it with: sluice status {job_id}");
+        return Ok(());
+    }
+    eprintln!("job {job_id} started");
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let data = loop {
+        let status = api.get(&format!("/api/v1/import/status/{job_id}")).await?;
+        let data = status["data"].clone();
+        bar.set_length(n(&data["progress"]["total"]));
+        bar.set_position(n(&data["progress"]["current"]));
+        let rps = n(&data["rowsPerSecond"]);
+        let eta = data["etaSeconds"].as_u64().map(|s| format!(", ETA {s}s")).unwrap_or_default();
+        bar.set_message(format!("{} · {rps} rows/s{eta}", data["status"].as_str().unwrap_or("?")));
+        if matches!(data["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break data;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    bar.finish();
+    print_summary(&data);
+    finished_ok(&data)
+}
+
+fn finished_ok(data: &Value) -> CliResult {
+    match data["status"].as_str() {
+        Some("completed") => Ok(()),
+        other => Err(format!(
+            "job {} {}: {}",
+            data["jobId"],
+            other.unwrap_or("ended"),
+            data["error"].as_str().unwrap_or("no details")
+        )
+        .into()),
+    }
+}
+
+fn print_summary(d: &Value) {
+    println!("job {} ({}, {}): {}", d["jobId"], d["dataset"].as_str().unwrap_or("?"), d["filename"].as_str().unwrap_or("?"), d["status"].as_str().unwrap_or("?"));
+    let p = &d["progress"];
+    println!("  rows:      {}/{} ({}%)", n(&p["current"]), n(&p["total"]), n(&p["percentage"]));
+    println!(
+        "  created {} · updated {} · unchanged {} · errors {}",
+        n(&d["createdCount"]),
+        n(&d["updatedCount"]),
+        n(&d["unchangedCount"]),
+        n(&d["errorCount"])
+    );
+    if let Some(rps) = d["rowsPerSecond"].as_u64() {
+        println!("  speed:     {rps} rows/s");
+    }
+    if let Some(e) = d["error"].as_str() {
+        println!("  error:     {e}");
+    }
+    if n(&d["errorCount"]) > 0 {
+        println!("  rejected rows: sluice errors {} --out rejected.csv", d["jobId"]);
+    }
+}
+
+pub async fn status(args: JobArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let body = api.get(&format!("/api/v1/import/status/{}", args.id)).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print_summary(&body["data"]);
+    }
+    Ok(())
+}
+
+pub async fn jobs(args: JobsArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let mut req = api
+        .request(reqwest::Method::GET, "/api/v1/import/jobs")
+        .query(&[("limit", args.limit.to_string())]);
+    if let Some(s) = &args.status {
+        req = req.query(&[("status", s)]);
+    }
+    if let Some(d) = &args.dataset {
+        req = req.query(&[("dataset", d)]);
+    }
+    let (_, body) = api.send(req).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(());
+    }
+    println!("{:>6}  {:<10}  {:<12}  {:>12}  {:>8}  {:>8}  FILE", "ID", "STATUS", "DATASET", "ROWS", "%", "ERRORS");
+    for j in body["data"]["jobs"].as_array().into_iter().flatten() {
+        println!(
+            "{:>6}  {:<10}  {:<12}  {:>12}  {:>8}  {:>8}  {}",
+            j["jobId"],
+            j["status"].as_str().unwrap_or("?"),
+            j["dataset"].as_str().unwrap_or("?"),
+            n(&j["progress"]["current"]),
+            n(&j["progress"]["percentage"]),
+            n(&j["errorCount"]),
+            j["filename"].as_str().unwrap_or("")
+        );
+    }
+    println!("{} job(s) in all", n(&body["data"]["total"]));
+    Ok(())
+}
+
+pub async fn errors(args: ErrorsArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let mut query = vec![("format", args.format.clone())];
+    if args.format == "json" {
+        query.push(("limit", u64::MAX.to_string()));
+    }
+    let resp = api
+        .request(reqwest::Method::GET, &format!("/api/v1/import/{}/errors", args.id))
+        .query(&query)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the sluice server at {}: {e}", api.base))?;
+    let status = resp.status().as_u16();
+    if !(200..300).contains(&status) {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        return Err(api_error(status, &body).into());
+    }
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = match &args.out {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await? {
+        out.write_all(&chunk).await?;
+    }
+    out.flush().await?;
+    if let Some(path) = &args.out {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}

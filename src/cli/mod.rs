@@ -1,0 +1,105 @@
+//! The command line: `serve` and `migrate` run the service; `import`, `status`, `jobs` and
+//! `errors` are clients of its HTTP API.
+//!
+//! Every flag has a `SLUICE_*` environment variable. Errors end the process with a message and
+//! a non-zero exit code.
+
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub type CliResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Durable background imports of huge CSV files into your database",
+    long_about = "sluice imports huge CSV files as durable background jobs: upload a file, get a job id at once, \
+                  and follow real progress while workers validate every row and write it in chunked transactions.\n\n\
+                  Start the service with `sluice serve` (embedded SQLite in ./sluice-data), then upload with \
+                  `sluice import FILE --dataset products --wait` or with curl (see the README)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the import workers.
+    Serve(serve::ServeArgs),
+    /// Create or upgrade the job store and the dataset tables, then exit.
+    Migrate(serve::StorageArgs),
+    /// Upload a file to a running server; with --wait, follow it to the end.
+    Import(client::ImportArgs),
+    /// Show one job's status.
+    Status(client::JobArgs),
+    /// List recent jobs, newest first.
+    Jobs(client::JobsArgs),
+    /// Download a job's rejected rows (CSV with an `error` column, or JSON).
+    Errors(client::ErrorsArgs),
+}
+
+/// How a client command reaches the server.
+#[derive(Args, Clone)]
+pub struct ServerArgs {
+    /// Base URL of the sluice server.
+    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    pub server: String,
+    /// API token (printed by `sluice serve` on its first start).
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
+            Command::Import(args) => client::import(args).await,
+            Command::Status(args) => client::status(args).await,
+            Command::Jobs(args) => client::jobs(args).await,
+            Command::Errors(args) => client::errors(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where the data lives, from `--data-dir` or a `sqlite://` URL.
+pub fn sqlite_path(data_dir: &std::path::Path, database_url: Option<&str>) -> Result<PathBuf, String> {
+    match database_url {
+        None | Some("") => Ok(data_dir.join("sluice.db")),
+        Some(url) => {
+            if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+                let path = path.split('?').next().unwrap_or(path);
+                if path.is_empty() {
+                    return Err("SLUICE_DATABASE_URL `sqlite://` needs a file path, e.g. sqlite://./sluice-data/sluice.db".into());
+                }
+                Ok(PathBuf::from(path))
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Err("PostgreSQL is not supported by this build yet; use the embedded SQLite default".into())
+            } else {
+                Err(format!("unsupported database URL `{url}`: use sqlite://PATH"))
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Driving one import: stream the file from its checkpoint, validate, and hand each batch to a
+//! [`BatchSink`] that commits rows, errors, counts and the new checkpoint together.
+//!
+//! Runs on a blocking thread. Stops between batches when asked to (shutdown, lost lease), so a
+//! batch is either wholly committed or not at all, and a resumed job continues exactly where
+//! the last commit left it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::read::CsvSource;
+use super::validate::Validator;
+use super::{Batch, BatchCounts, FileError, Mapping, SourceOptions};
+use crate::dataset::Dataset;
+
+/// Commits of one batch tried before a system error fails the job.
+const COMMIT_ATTEMPTS: u32 = 5;
+
+/// Where batches go: a store backend's writer for one claimed job.
+pub trait BatchSink {
+    /// Writes the batch's valid rows and row errors, moves the job's checkpoint to `checkpoint`
+    /// (records consumed) and adds the batch's counts, all in one transaction that is refused
+    /// when the job's lease is no longer ours.
+    fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("the job's lease was lost to another worker")]
+    LeaseLost,
+    /// A system error that may pass: database busy or unavailable, I/O.
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+/// What one run of the pipeline over a job came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every record of the file is committed.
+    Finished,
+    /// Asked to stop; everything up to the last checkpoint is committed.
+    Stopped,
+}
+
+/// Everything the pipeline needs to know about one job.
+pub struct RunSpec<'a> {
+    pub dataset: &'a Dataset,
+    pub path: &'a Path,
+    pub options: &'a SourceOptions,
+    pub mapping: &'a Mapping,
+    /// Records already committed by an earlier attempt.
+    pub checkpoint: u64,
+    pub batch_size: usize,
+}
+
+/// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
+pub fn run(spec: &RunSpec<'_>, sink: &mut dyn BatchSink, should_stop: &dyn Fn() -> bool) -> Result<RunOutcome, RunError> {
+    let mut source = CsvSource::open(spec.path, spec.options)?;
+    let width = source.headers().len();
+    if width != spec.mapping.columns.len() {
+        return Err(FileError::Unreadable(
+            "the stored file no longer matches the header checked at upload".into(),
+        )
+        .into());
+    }
+    source.skip_to(spec.checkpoint)?;
+    let field_columns = spec.mapping.field_columns(spec.dataset);
+    let mut batch = Batch::new(field_columns.iter().map(Option::is_some).collect());
+    let validator = Validator::new(spec.dataset, field_columns, width);
+    let mut record = csv::ByteRecord::new();
+    let batch_size = spec.batch_size.max(1);
+    loop {
+        if should_stop() {
+            return Ok(RunOutcome::Stopped);
+        }
+        batch.clear();
+        let before = source.position();
+        while batch.rows.len() + batch.errors.len() < batch_size {
+            let Some(index) = source.next_record(&mut record)? else {
+                break;
+            };
+            let row = index + 2;
+            match validator.validate(&record, row, &mut batch.values) {
+                Ok(()) => {
+                    batch.rows.push(row);
+                    batch.raw.push(&record);
+                }
+                Err(e) => batch.errors.push(e),
+            }
+        }
+        batch.records = source.position() - before;
+        if batch.records == 0 {
+            return Ok(RunOutcome::Finished);
+        }
+        commit_with_retry(sink, &batch, source.position())?;
+    }
+}
+
+/// Commits a batch, retrying system errors with exponential backoff and jitter.
+fn commit_with_retry(sink: &mut dyn BatchSink, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match sink.commit(batch, checkpoint) {
+            Err(SinkError::Retryable(msg)) if attempt < COMMIT_ATTEMPTS => {
+                let base = 100u64 << (2 * (attempt - 1)).min(10);
+                let jitter = rand_below(base / 2 + 1);
+                tracing::warn!(attempt, error = %msg, "batch commit failed; retrying");
+                std::thread::sleep(Duration::from_millis(base + jitter));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn rand_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(b) % n.max(1)
+}

@@ -1,0 +1,221 @@
+//! Jobs and workers: claiming jobs, holding their lease, and executing them.
+//!
+//! A worker loop claims the oldest claimable job (pending, or processing with an expired lease),
+//! keeps its lease alive with a heartbeat, and runs the import pipeline on a blocking thread.
+//! Shutdown (one cancellation token) stops claiming, lets the current batch commit, and gives the
+//! lease back so the job resumes at once on the next start. A worker that loses its lease stops:
+//! its next commit is refused by the store.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::blob::BlobStore;
+use crate::dataset::Datasets;
+use crate::import::run::{RunError, RunSpec, run};
+use crate::import::{FileError, RunOutcome, SinkError, read};
+use crate::store::{Job, JobStatus, JobStore, Lease, StoreError};
+
+/// Settings of the worker pool.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub workers: usize,
+    pub lease: Duration,
+    pub batch_size: usize,
+    /// How often an idle worker looks for work without being woken.
+    pub poll: Duration,
+}
+
+/// What workers share: the store, the datasets, the uploads, and a bell rung on new jobs.
+pub struct JobContext {
+    pub store: Arc<dyn JobStore>,
+    pub datasets: Arc<Datasets>,
+    pub blobs: BlobStore,
+    pub config: WorkerConfig,
+    pub wake: Notify,
+}
+
+impl JobContext {
+    fn lease_ms(&self) -> u64 {
+        self.config.lease.as_millis() as u64
+    }
+
+    /// Runs a blocking store call off the async threads.
+    pub async fn store_call<T, F>(self: &Arc<Self>, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn JobStore) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+}
+
+/// How one execution of a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executed {
+    Finished(JobStatus),
+    /// Shutdown: the lease was given back; the job resumes later from its checkpoint.
+    Released,
+    /// Another worker owns the job now.
+    LeaseLost,
+}
+
+/// Starts the worker pool; each worker ends when `shutdown` is cancelled.
+pub fn spawn_workers(ctx: Arc<JobContext>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..ctx.config.workers)
+        .map(|n| {
+            let ctx = ctx.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker_loop(ctx, shutdown).instrument(tracing::info_span!("worker", n)).await })
+        })
+        .collect()
+}
+
+async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken) {
+    let lease_ms = ctx.lease_ms();
+    while !shutdown.is_cancelled() {
+        match ctx.store_call(move |s| s.job_claim(lease_ms)).await {
+            Ok(Some((job, lease))) => {
+                execute(&ctx, job, lease, &shutdown).await;
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = ctx.wake.notified() => {}
+                    _ = tokio::time::sleep(ctx.config.poll) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a job failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(ctx.config.poll) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Executes a claimed job to its end, a shutdown, or the loss of its lease.
+#[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset))]
+pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &CancellationToken) -> Executed {
+    let stop = Arc::new(AtomicBool::new(false));
+    let lost = Arc::new(AtomicBool::new(false));
+    let heartbeat = {
+        let (ctx, lease, stop, lost, shutdown) = (ctx.clone(), lease.clone(), stop.clone(), lost.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let every = ctx.config.lease / 3;
+            let lease_ms = ctx.lease_ms();
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.cancelled() => { stop.store(true, Ordering::SeqCst); return; }
+                }
+                let l = lease.clone();
+                match ctx.store_call(move |s| s.job_heartbeat(&l, lease_ms)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!("lease lost; stopping at the next batch boundary");
+                        lost.store(true, Ordering::SeqCst);
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    };
+    tracing::info!(attempt = job.attempts, checkpoint = job.rows_done, "job started");
+    let result = {
+        let (ctx, lease, stop) = (ctx.clone(), lease.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &stop)).await
+    };
+    heartbeat.abort();
+    let outcome = match result {
+        Ok(r) => r,
+        Err(e) => Err(RunError::Sink(SinkError::Fatal(format!("worker thread failed: {e}")))),
+    };
+    let (status, message) = match outcome {
+        Ok(RunOutcome::Finished) => (JobStatus::Completed, None),
+        Ok(RunOutcome::Stopped) | Err(RunError::Sink(SinkError::LeaseLost)) if lost.load(Ordering::SeqCst) => {
+            return Executed::LeaseLost;
+        }
+        Err(RunError::Sink(SinkError::LeaseLost)) => return Executed::LeaseLost,
+        Ok(RunOutcome::Stopped) => {
+            let l = lease.clone();
+            if let Err(e) = ctx.store_call(move |s| s.job_release(&l)).await {
+                tracing::warn!(error = %e, "could not release the lease; it will expire");
+            }
+            tracing::info!("job released at a batch boundary");
+            return Executed::Released;
+        }
+        Err(RunError::File(e)) => (JobStatus::Failed, Some(file_failure(&e))),
+        Err(RunError::Sink(e)) => {
+            tracing::error!(error = %e, "job failed on a system error");
+            (
+                JobStatus::Failed,
+                Some("the database could not store the import (retried, then gave up); the rows committed so far are kept — retry the job".to_string()),
+            )
+        }
+    };
+    let l = lease.clone();
+    let msg = message.clone();
+    match ctx.store_call(move |s| s.job_finish(&l, status, msg.as_deref())).await {
+        Ok(true) => {
+            tracing::info!(status = status.as_str(), error = message.as_deref().unwrap_or(""), "job finished");
+            Executed::Finished(status)
+        }
+        Ok(false) => Executed::LeaseLost,
+        Err(e) => {
+            tracing::error!(error = %e, "could not record the end of the job; it will be resumed");
+            Executed::Released
+        }
+    }
+}
+
+/// A failure message fit for users: what went wrong with the file, no paths or internals.
+fn file_failure(e: &FileError) -> String {
+    match e {
+        FileError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => "the uploaded file is no longer available".into(),
+        FileError::Io(_) => "the uploaded file could not be read".into(),
+        other => other.to_string(),
+    }
+}
+
+fn run_blocking(ctx: &JobContext, job: &Job, lease: Lease, stop: &AtomicBool) -> Result<RunOutcome, RunError> {
+    let dataset = ctx
+        .datasets
+        .get(&job.dataset)
+        .ok_or_else(|| FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset)))?;
+    let path = ctx
+        .blobs
+        .path(&job.blob)
+        .ok_or_else(|| FileError::Unreadable("the stored upload has an invalid name".into()))?;
+    let store_err = |e: StoreError| match e {
+        StoreError::Unavailable(m) => SinkError::Retryable(m),
+        other => SinkError::Fatal(other.to_string()),
+    };
+    if job.total_rows.is_none() {
+        let total = read::count_rows(&path, &job.options)?;
+        if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
+            return Err(SinkError::LeaseLost.into());
+        }
+    }
+    let mut sink = ctx.store.batch_sink(dataset.clone(), lease, job.mode).map_err(store_err)?;
+    let spec = RunSpec {
+        dataset: &dataset,
+        path: &path,
+        options: &job.options,
+        mapping: &job.mapping,
+        checkpoint: job.rows_done,
+        batch_size: ctx.config.batch_size,
+    };
+    run(&spec, sink.as_mut(), &|| stop.load(Ordering::SeqCst))
+}

@@ -1,0 +1,14 @@
+//! sluice: durable background imports of huge CSV files into a database.
+//!
+//! The map (see ARCHITECTURE.md): `api` speaks HTTP, `jobs` runs workers that claim and execute
+//! import jobs, `import` is the streaming pipeline (read → map → validate → write), `store` is
+//! the only database seam, `dataset` describes the target tables, `blob` keeps uploads, and
+//! `cli` is the command line (server and client).
+
+pub mod dataset;
+pub mod import;
+pub mod store;
+pub mod api;
+pub mod blob;
+pub mod cli;
+pub mod jobs;

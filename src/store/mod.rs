@@ -1,0 +1,183 @@
+//! The store: the only seam between sluice and its database.
+//!
+//! [`JobStore`] is a blocking interface (callers on the async side use `spawn_blocking`); method
+//! names read noun-then-verb (`job_claim`, `job_heartbeat`) and every write a worker makes after
+//! claiming a job is fenced by its [`Lease`]: zero rows updated means the lease was lost. SQL
+//! lives only in the backend modules and `migrations/`. Today's backend is SQLite.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Format, Mapping, Mode, SourceOptions};
+
+pub type JobId = i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is busy, unavailable or out of space: worth retrying.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Other(String),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The closed set of job states. `pending → processing → completed | failed`; `paused` and
+/// `cancelled` are part of the schema for the crash-safe jobs work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Processing,
+    Paused,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Processing => "processing",
+            JobStatus::Paused => "paused",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "pending" => JobStatus::Pending,
+            "processing" => JobStatus::Processing,
+            "paused" => JobStatus::Paused,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            other => return Err(format!("unknown status `{other}`")),
+        })
+    }
+}
+
+/// A job about to be created by an upload.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub dataset: String,
+    pub mode: Mode,
+    pub filename: String,
+    pub blob: String,
+    pub file_size: u64,
+    pub sha256: String,
+    pub format: Format,
+    pub options: SourceOptions,
+    pub header: Vec<String>,
+    pub mapping: Mapping,
+    pub created_by: Option<i64>,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: JobId,
+    pub dataset: String,
+    pub status: JobStatus,
+    pub mode: Mode,
+    pub filename: String,
+    pub blob: String,
+    pub file_size: u64,
+    pub sha256: String,
+    pub format: Format,
+    pub options: SourceOptions,
+    pub header: Vec<String>,
+    pub mapping: Mapping,
+    pub total_rows: Option<u64>,
+    pub rows_done: u64,
+    pub created_count: u64,
+    pub updated_count: u64,
+    pub unchanged_count: u64,
+    pub error_count: u64,
+    pub batches_done: u64,
+    pub error: Option<String>,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub attempts: u64,
+}
+
+/// Proof that a worker owns a job: every write it makes names the token, and is refused once
+/// another worker has claimed the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: String,
+}
+
+/// Filters for the job list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    pub dataset: Option<String>,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+/// A stored row error.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorRecord {
+    pub row: u64,
+    pub column: Option<String>,
+    pub value: Option<String>,
+    pub message: String,
+    #[serde(skip)]
+    pub record: Vec<String>,
+}
+
+/// Everything sluice asks of its database. Blocking: call from a blocking thread.
+pub trait JobStore: Send + Sync + 'static {
+    /// Creates or upgrades the dataset tables (and their history tables).
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()>;
+
+    fn token_count(&self) -> StoreResult<u64>;
+    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64>;
+    /// The id of the live token with this hash, marking it used.
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>>;
+
+    /// Creates a job. With a lease, the job starts out `processing` and owned by the caller
+    /// (synchronous imports); without, it is `pending` for the workers.
+    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<JobId>;
+    fn job_get(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// Jobs newest first, and how many match the filter in all.
+    fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>;
+    /// Claims the oldest pending job, or a processing one whose lease expired.
+    fn job_claim(&self, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>>;
+    /// Extends the lease; false when it was lost.
+    fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
+    fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
+    /// Moves the job to a final state; false when the lease was lost.
+    fn job_finish(&self, lease: &Lease, status: JobStatus, error: Option<&str>) -> StoreResult<bool>;
+    /// Gives the job back (shutdown): it stays `processing` and is claimable at once.
+    fn job_release(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// A page of the job's row errors, in row order, and their total.
+    fn errors_page(&self, job: JobId, limit: u64, offset: u64) -> StoreResult<(Vec<ErrorRecord>, u64)>;
+
+    /// A writer of batches for a claimed job.
+    fn batch_sink(&self, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> StoreResult<Box<dyn BatchSink + Send>>;
+}

@@ -1,0 +1,358 @@
+//! The job store on SQLite: tokens, jobs, leases and row errors.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{SqliteStore, db_err, writer::SqliteSink};
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Mode};
+use crate::store::{
+    ErrorRecord, Job, JobFilter, JobId, JobStatus, JobStore, Lease, NewJob, StoreError, StoreResult,
+};
+
+const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
+    header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
+    batches_done, error, created_by, created_at, started_at, completed_at, attempts";
+
+pub(super) fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn parse_time(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|d| d.to_utc())
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// Reads a job row; JSON and enum columns are decoded after the row is read.
+struct RawJob {
+    job: Job,
+    status: String,
+    mode: String,
+    format: String,
+    options: String,
+    header: String,
+    mapping: String,
+}
+
+fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
+    let u = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(RawJob {
+        status: r.get(2)?,
+        mode: r.get(3)?,
+        format: r.get(8)?,
+        options: r.get(9)?,
+        header: r.get(10)?,
+        mapping: r.get(11)?,
+        job: Job {
+            id: r.get(0)?,
+            dataset: r.get(1)?,
+            status: JobStatus::Pending,
+            mode: Mode::Upsert,
+            filename: r.get(4)?,
+            blob: r.get(5)?,
+            file_size: u(6)?,
+            sha256: r.get(7)?,
+            format: crate::import::Format::Csv,
+            options: Default::default(),
+            header: Vec::new(),
+            mapping: crate::import::Mapping {
+                columns: Vec::new(),
+                ignored: Vec::new(),
+            },
+            total_rows: r.get::<_, Option<i64>>(12)?.map(|n| n.max(0) as u64),
+            rows_done: u(13)?,
+            created_count: u(14)?,
+            updated_count: u(15)?,
+            unchanged_count: u(16)?,
+            error_count: u(17)?,
+            batches_done: u(18)?,
+            error: r.get(19)?,
+            created_by: r.get(20)?,
+            created_at: parse_time(r.get(21)?).unwrap_or_default(),
+            started_at: parse_time(r.get(22)?),
+            completed_at: parse_time(r.get(23)?),
+            attempts: u(24)?,
+        },
+    })
+}
+
+impl RawJob {
+    fn decode(self) -> StoreResult<Job> {
+        let mut job = self.job;
+        job.status = self.status.parse().map_err(StoreError::Corrupt)?;
+        job.mode = json(&format!("\"{}\"", self.mode), "mode")?;
+        job.format = json(&format!("\"{}\"", self.format), "format")?;
+        job.options = json(&self.options, "options")?;
+        job.header = json(&self.header, "header")?;
+        job.mapping = json(&self.mapping, "mapping")?;
+        Ok(job)
+    }
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness, a time-derived token still separates leases of one process.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl JobStore for SqliteStore {
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        super::tables::prepare(&mut conn, datasets)
+    }
+
+    fn token_count(&self) -> StoreResult<u64> {
+        let conn = self.conn()?;
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM tokens WHERE revoked_at IS NULL", [], |r| r.get(0))
+            .map_err(db_err)?;
+        Ok(n as u64)
+    }
+
+    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO tokens (label, token_hash, role, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![label, token_hash, role, now_text()],
+        )
+        .map_err(db_err)?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>> {
+        let conn = self.conn()?;
+        let id: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                [token_hash],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some(id) = id {
+            // Best effort: a busy database must not turn a valid token away.
+            let _ = conn.execute(
+                "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2",
+                params![now_text(), id],
+            );
+        }
+        Ok(id)
+    }
+
+    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<JobId> {
+        let conn = self.conn()?;
+        let now = now_text();
+        let (status, token, expires, started) = match lease {
+            Some((token, ms)) => (
+                JobStatus::Processing,
+                Some(token),
+                Some(now_ms() + ms as i64),
+                Some(now.as_str()),
+            ),
+            None => (JobStatus::Pending, None, None, None),
+        };
+        conn.execute(
+            "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+             mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            params![
+                job.dataset,
+                status.as_str(),
+                job.mode.as_str(),
+                job.filename,
+                job.blob,
+                job.file_size as i64,
+                job.sha256,
+                "csv",
+                to_json(&job.options),
+                to_json(&job.header),
+                to_json(&job.mapping),
+                job.created_by,
+                now,
+                started,
+                i64::from(lease.is_some()),
+                token,
+                expires,
+            ],
+        )
+        .map_err(db_err)?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
+        let conn = self.conn()?;
+        let raw = conn
+            .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], raw_job)
+            .optional()
+            .map_err(db_err)?;
+        raw.map(RawJob::decode).transpose()
+    }
+
+    fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {
+        let conn = self.conn()?;
+        let status = filter.status.map(JobStatus::as_str);
+        let dataset = filter.dataset.as_deref();
+        let condition = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR dataset = ?2)";
+        let total: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM jobs WHERE {condition}"),
+                params![status, dataset],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+            ))
+            .map_err(db_err)?;
+        let raws = stmt
+            .query_map(
+                params![status, dataset, filter.limit as i64, filter.offset as i64],
+                raw_job,
+            )
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let jobs = raws
+            .into_iter()
+            .map(RawJob::decode)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((jobs, total as u64))
+    }
+
+    fn job_claim(&self, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+        let conn = self.conn()?;
+        let token = new_token();
+        let now = now_ms();
+        let raw = conn
+            .query_row(
+                &format!(
+                    "UPDATE jobs SET status = 'processing', lease_token = ?1, lease_expires_ms = ?2, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, ?3) \
+                     WHERE id = (SELECT id FROM jobs WHERE status = 'pending' \
+                                 OR (status = 'processing' AND lease_expires_ms < ?4) ORDER BY id LIMIT 1) \
+                     RETURNING {JOB_COLUMNS}"
+                ),
+                params![token, now + lease_ms as i64, now_text(), now],
+                raw_job,
+            )
+            .optional()
+            .map_err(db_err)?;
+        match raw {
+            None => Ok(None),
+            Some(raw) => {
+                let job = raw.decode()?;
+                let lease = Lease {
+                    job_id: job.id,
+                    token,
+                };
+                Ok(Some((job, lease)))
+            }
+        }
+    }
+
+    fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "UPDATE jobs SET lease_expires_ms = ?1 WHERE id = ?2 AND lease_token = ?3 AND status = 'processing'",
+                params![now_ms() + lease_ms as i64, lease.job_id, lease.token],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool> {
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "UPDATE jobs SET total_rows = ?1 WHERE id = ?2 AND lease_token = ?3",
+                params![total_rows as i64, lease.job_id, lease.token],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_finish(&self, lease: &Lease, status: JobStatus, error: Option<&str>) -> StoreResult<bool> {
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "UPDATE jobs SET status = ?1, error = ?2, completed_at = ?3, lease_token = NULL, lease_expires_ms = NULL \
+                 WHERE id = ?4 AND lease_token = ?5",
+                params![status.as_str(), error, now_text(), lease.job_id, lease.token],
+            )
+            .map_err(db_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_release(&self, lease: &Lease) -> StoreResult<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE jobs SET lease_token = NULL, lease_expires_ms = 0 WHERE id = ?1 AND lease_token = ?2",
+            params![lease.job_id, lease.token],
+        )
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    fn errors_page(&self, job: JobId, limit: u64, offset: u64) -> StoreResult<(Vec<ErrorRecord>, u64)> {
+        let conn = self.conn()?;
+        let total: i64 = conn
+            .query_row("SELECT count(*) FROM job_errors WHERE job_id = ?1", [job], |r| r.get(0))
+            .map_err(db_err)?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT row, column, value, message, record FROM job_errors WHERE job_id = ?1 \
+                 ORDER BY row LIMIT ?2 OFFSET ?3",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![job, limit.min(i64::MAX as u64) as i64, offset as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        let errors = rows
+            .into_iter()
+            .map(|(row, column, value, message, record)| {
+                Ok(ErrorRecord {
+                    row: row as u64,
+                    column,
+                    value,
+                    message,
+                    record: json(&record, "error record")?,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((errors, total as u64))
+    }
+
+    fn batch_sink(&self, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> StoreResult<Box<dyn BatchSink + Send>> {
+        let conn = self.connect(false)?;
+        Ok(Box::new(SqliteSink::new(conn, dataset, lease, mode)))
+    }
+}

@@ -1,0 +1,592 @@
+//! The batch writer on SQLite: one transaction per batch.
+//!
+//! In that transaction: look up the batch's keys (one statement per 500 keys), classify each row
+//! as new, changed, unchanged or a duplicate, upsert new and changed rows with prepared
+//! multi-row statements, stamp unchanged rows with this job (so a later repeat of the key is
+//! caught), archive changed history fields, store the row errors, and move the job's checkpoint
+//! and counts — fenced by the lease. If the data statements fail as a whole (a constraint of the
+//! table), the batch is redone row by row under savepoints so only the bad rows are rejected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
+use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior, params};
+use rust_decimal::Decimal;
+
+use super::jobs::now_text;
+use super::tables::since_column;
+use super::{ident, is_transient};
+use crate::dataset::Dataset;
+use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
+use crate::store::Lease;
+
+/// Keys looked up per statement.
+const LOOKUP_CHUNK: usize = 500;
+/// Upper bound of rows per multi-row INSERT (SQLite allows 32,766 bound values).
+const MAX_ROWS_PER_INSERT: usize = 500;
+const MAX_BINDS: usize = 32_000;
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+            Value::Decimal(d) => ToSqlOutput::Owned(SqlValue::Text(d.to_string())),
+            Value::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
+        })
+    }
+}
+
+/// A key as a map key: the stored SQL values, tagged by kind.
+fn key_of<'a>(parts: impl Iterator<Item = ValueRef<'a>>) -> String {
+    let mut key = String::new();
+    for p in parts {
+        match p {
+            ValueRef::Integer(i) => key.push_str(&format!("i{i}\u{1f}")),
+            ValueRef::Text(t) => {
+                key.push('t');
+                key.push_str(&String::from_utf8_lossy(t));
+                key.push('\u{1f}');
+            }
+            ValueRef::Real(r) => key.push_str(&format!("r{r}\u{1f}")),
+            ValueRef::Null | ValueRef::Blob(_) => key.push_str("n\u{1f}"),
+        }
+    }
+    key
+}
+
+fn sql_key(values: &[Value], key: &[usize]) -> String {
+    let mut parts: Vec<SqlValue> = Vec::with_capacity(key.len());
+    for &k in key {
+        parts.push(match &values[k] {
+            Value::Null => SqlValue::Null,
+            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => SqlValue::Text(s.clone()),
+            Value::Int(i) => SqlValue::Integer(*i),
+            Value::Decimal(d) => SqlValue::Text(d.to_string()),
+            Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        });
+    }
+    key_of(parts.iter().map(ValueRef::from))
+}
+
+/// Whether the stored value differs from the new one; decimals compare by value.
+fn differs(new: &Value, old: &SqlValue) -> bool {
+    match (new, old) {
+        (Value::Null, SqlValue::Null) => false,
+        (Value::Decimal(d), SqlValue::Text(t)) => !t.parse::<Decimal>().is_ok_and(|o| o == *d),
+        (Value::Int(i), SqlValue::Integer(o)) => i != o,
+        (Value::Bool(b), SqlValue::Integer(o)) => i64::from(*b) != *o,
+        (Value::Text(s) | Value::Date(s) | Value::DateTime(s), SqlValue::Text(o)) => s != o,
+        _ => true,
+    }
+}
+
+fn sql_to_text(v: &SqlValue) -> Option<String> {
+    match v {
+        SqlValue::Null => None,
+        SqlValue::Integer(i) => Some(i.to_string()),
+        SqlValue::Real(r) => Some(r.to_string()),
+        SqlValue::Text(t) => Some(t.clone()),
+        SqlValue::Blob(_) => Some("<blob>".into()),
+    }
+}
+
+/// A stored row met by the batch.
+struct Existing {
+    /// Values of `plan.compare` fields, in that order.
+    values: Vec<SqlValue>,
+    job: Option<i64>,
+    row: Option<i64>,
+    /// `_sluice_since_<field>` of `plan.history` fields, in that order.
+    since: Vec<Option<String>>,
+}
+
+/// SQL and field lists for one job, built at the first batch (they depend on which fields the
+/// file has).
+struct Plan {
+    /// Fields the file provides, in field order (keys always among them).
+    present: Vec<usize>,
+    /// Present non-key fields: compared to decide changed/unchanged.
+    compare: Vec<usize>,
+    /// Present history fields, with their index in `compare`.
+    history: Vec<(usize, usize)>,
+    select_prefix: String,
+    upsert_head: String,
+    upsert_tail: String,
+    upsert_row: String,
+    rows_per_insert: usize,
+    stamp: String,
+    history_insert: Option<String>,
+}
+
+impl Plan {
+    fn new(ds: &Dataset, present_mask: &[bool]) -> Self {
+        let present: Vec<usize> = (0..ds.fields.len()).filter(|&i| present_mask[i] || ds.is_key(i)).collect();
+        let compare: Vec<usize> = present.iter().copied().filter(|&i| !ds.is_key(i)).collect();
+        let history: Vec<(usize, usize)> = compare
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| ds.fields[**f].history)
+            .map(|(pos, f)| (*f, pos))
+            .collect();
+        let table = ident(&ds.table);
+        let name = |i: usize| ident(&ds.fields[i].name);
+        let key_cols: Vec<String> = ds.key.iter().map(|&k| name(k)).collect();
+
+        let mut select_cols: Vec<String> = key_cols.clone();
+        select_cols.extend(compare.iter().map(|&i| name(i)));
+        select_cols.push("_sluice_job".into());
+        select_cols.push("_sluice_row".into());
+        select_cols.extend(history.iter().map(|(f, _)| since_column(&ds.fields[*f].name)));
+        let key_expr = if key_cols.len() == 1 {
+            key_cols[0].clone()
+        } else {
+            format!("({})", key_cols.join(", "))
+        };
+        let select_prefix = format!("SELECT {} FROM {table} WHERE {key_expr} IN ", select_cols.join(", "));
+
+        let mut insert_cols: Vec<String> = present.iter().map(|&i| name(i)).collect();
+        insert_cols.extend(
+            ["_sluice_job", "_sluice_row", "_sluice_created_at", "_sluice_updated_at"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        insert_cols.extend(history.iter().map(|(f, _)| since_column(&ds.fields[*f].name)));
+        let mut updates: Vec<String> = compare.iter().map(|&i| format!("{0} = excluded.{0}", name(i))).collect();
+        updates.extend(
+            ["_sluice_job", "_sluice_row", "_sluice_updated_at"]
+                .iter()
+                .map(|c| format!("{c} = excluded.{c}")),
+        );
+        updates.extend(history.iter().map(|(f, _)| {
+            let c = since_column(&ds.fields[*f].name);
+            format!("{c} = excluded.{c}")
+        }));
+        let width = insert_cols.len();
+        let upsert_head = format!("INSERT INTO {table} ({}) VALUES ", insert_cols.join(", "));
+        let upsert_tail = format!(" ON CONFLICT ({}) DO UPDATE SET {}", key_cols.join(", "), updates.join(", "));
+        let upsert_row = format!("({})", vec!["?"; width].join(", "));
+        let rows_per_insert = (MAX_BINDS / width).clamp(1, MAX_ROWS_PER_INSERT);
+
+        let key_where: Vec<String> = key_cols
+            .iter()
+            .enumerate()
+            .map(|(j, k)| format!("{k} = ?{}", j + 3))
+            .collect();
+        let stamp = format!(
+            "UPDATE {table} SET _sluice_job = ?1, _sluice_row = ?2 WHERE {}",
+            key_where.join(" AND ")
+        );
+        let history_insert = (!history.is_empty()).then(|| {
+            format!(
+                "INSERT INTO {} ({}, field, old_value, new_value, valid_from, valid_to, job_id) VALUES ({}, ?, ?, ?, ?, ?, ?)",
+                ident(&ds.history_table()),
+                key_cols.join(", "),
+                vec!["?"; key_cols.len()].join(", ")
+            )
+        });
+        Plan {
+            present,
+            compare,
+            history,
+            select_prefix,
+            upsert_head,
+            upsert_tail,
+            upsert_row,
+            rows_per_insert,
+            stamp,
+            history_insert,
+        }
+    }
+
+    fn upsert_sql(&self, rows: usize) -> String {
+        let mut sql = String::with_capacity(self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + self.upsert_tail.len());
+        sql.push_str(&self.upsert_head);
+        for r in 0..rows {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&self.upsert_row);
+        }
+        sql.push_str(&self.upsert_tail);
+        sql
+    }
+
+    fn select_sql(&self, keys: usize, key_width: usize) -> String {
+        let one = if key_width == 1 {
+            "?".to_string()
+        } else {
+            format!("({})", vec!["?"; key_width].join(", "))
+        };
+        let list = vec![one; keys].join(", ");
+        if key_width == 1 {
+            format!("{}({list})", self.select_prefix)
+        } else {
+            format!("{}(VALUES {list})", self.select_prefix)
+        }
+    }
+}
+
+/// What to do with one valid row of the batch.
+enum Action {
+    Insert,
+    /// Update; `changed` lists positions in `plan.compare` whose value changes.
+    Update { changed: Vec<usize> },
+    Unchanged,
+    Reject(String),
+}
+
+pub struct SqliteSink {
+    conn: Connection,
+    dataset: Arc<Dataset>,
+    lease: Lease,
+    mode: Mode,
+    plan: Option<Plan>,
+}
+
+impl SqliteSink {
+    pub fn new(conn: Connection, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> Self {
+        Self {
+            conn,
+            dataset,
+            lease,
+            mode,
+            plan: None,
+        }
+    }
+}
+
+fn sink_err(e: rusqlite::Error) -> SinkError {
+    if is_transient(&e) {
+        SinkError::Retryable(e.to_string())
+    } else {
+        SinkError::Fatal(e.to_string())
+    }
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::ConstraintViolation | ErrorCode::TypeMismatch | ErrorCode::TooBig)
+    )
+}
+
+impl BatchSink for SqliteSink {
+    fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        let plan = self.plan.get_or_insert_with(|| Plan::new(&self.dataset, &batch.present));
+        let ctx = WriteCtx {
+            ds: &self.dataset,
+            plan,
+            job: self.lease.job_id,
+            mode: self.mode,
+            now: now_text(),
+        };
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sink_err)?;
+        let (mut counts, mut rejected) = match ctx.write_rows(&tx, batch, &all) {
+            Ok(done) => done,
+            Err(e) if is_constraint(&e) => {
+                drop(tx);
+                return self.commit_row_by_row(batch, checkpoint);
+            }
+            Err(e) => return Err(sink_err(e)),
+        };
+        rejected.extend(batch.errors.iter().cloned());
+        counts.errors = rejected.len() as u64;
+        finish_batch(&tx, &self.lease, &rejected, counts, checkpoint)?;
+        tx.commit().map_err(sink_err)?;
+        Ok(counts)
+    }
+}
+
+impl SqliteSink {
+    /// Redoes a batch one row at a time, each under a savepoint, so a row the database refuses
+    /// becomes a row error and the others are written.
+    fn commit_row_by_row(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        let plan = self.plan.as_ref().ok_or_else(|| SinkError::Fatal("no plan".into()))?;
+        let ctx = WriteCtx {
+            ds: &self.dataset,
+            plan,
+            job: self.lease.job_id,
+            mode: self.mode,
+            now: now_text(),
+        };
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sink_err)?;
+        let mut counts = BatchCounts::default();
+        let mut rejected = Vec::new();
+        for i in 0..batch.len() {
+            let sp = tx.savepoint().map_err(sink_err)?;
+            match ctx.write_rows(&sp, batch, &[i]) {
+                Ok((c, r)) => {
+                    sp.commit().map_err(sink_err)?;
+                    counts.created += c.created;
+                    counts.updated += c.updated;
+                    counts.unchanged += c.unchanged;
+                    rejected.extend(r);
+                }
+                Err(e) if is_constraint(&e) => {
+                    drop(sp);
+                    let reason = e.to_string();
+                    let reason = reason.split(':').next().unwrap_or("constraint failed").trim();
+                    rejected.push(batch.reject(i, None, None, format!("the database refused the row ({reason})")));
+                }
+                Err(e) => return Err(sink_err(e)),
+            }
+        }
+        rejected.extend(batch.errors.iter().cloned());
+        counts.errors = rejected.len() as u64;
+        finish_batch(&tx, &self.lease, &rejected, counts, checkpoint)?;
+        tx.commit().map_err(sink_err)?;
+        Ok(counts)
+    }
+}
+
+/// Stores the row errors and moves the checkpoint and counts, fenced by the lease.
+fn finish_batch(tx: &Transaction<'_>, lease: &Lease, rejected: &[RowError], counts: BatchCounts, checkpoint: u64) -> Result<(), SinkError> {
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO job_errors (job_id, row, column, value, message, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(sink_err)?;
+        for e in rejected {
+            let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
+            insert
+                .execute(params![lease.job_id, e.row as i64, e.column, e.value, e.message, record])
+                .map_err(sink_err)?;
+        }
+    }
+    let n = tx
+        .execute(
+            "UPDATE jobs SET rows_done = ?1, created_count = created_count + ?2, updated_count = updated_count + ?3, \
+             unchanged_count = unchanged_count + ?4, error_count = error_count + ?5, batches_done = batches_done + 1 \
+             WHERE id = ?6 AND lease_token = ?7 AND status = 'processing'",
+            params![
+                checkpoint as i64,
+                counts.created as i64,
+                counts.updated as i64,
+                counts.unchanged as i64,
+                counts.errors as i64,
+                lease.job_id,
+                lease.token
+            ],
+        )
+        .map_err(sink_err)?;
+    if n == 1 { Ok(()) } else { Err(SinkError::LeaseLost) }
+}
+
+struct WriteCtx<'a> {
+    ds: &'a Dataset,
+    plan: &'a Plan,
+    job: i64,
+    mode: Mode,
+    now: String,
+}
+
+impl WriteCtx<'_> {
+    /// Writes the given valid rows of the batch; returns the counts and the rows rejected for
+    /// their key (duplicates, or existing keys in insert mode).
+    fn write_rows(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<(BatchCounts, Vec<RowError>)> {
+        let existing = self.lookup(tx, batch, rows)?;
+        let mut counts = BatchCounts::default();
+        let mut rejected = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+        let mut upserts: Vec<(usize, Option<Vec<usize>>)> = Vec::new();
+        let mut unchanged: Vec<usize> = Vec::new();
+        for &i in rows {
+            let values = batch.row_values(i);
+            let key = sql_key(values, &self.ds.key);
+            let found = existing.get(&key);
+            let action = if let Some(first) = seen.get(&key) {
+                Action::Reject(format!("duplicate key, first seen at row {first}"))
+            } else {
+                self.decide(values, found)
+            };
+            match action {
+                Action::Reject(message) => {
+                    let (column, value) = self.key_cell(values);
+                    rejected.push(batch.reject(i, column, value, message));
+                    continue;
+                }
+                Action::Insert => {
+                    counts.created += 1;
+                    upserts.push((i, None));
+                }
+                Action::Update { changed } => {
+                    counts.updated += 1;
+                    upserts.push((i, Some(changed)));
+                }
+                Action::Unchanged => {
+                    counts.unchanged += 1;
+                    unchanged.push(i);
+                }
+            }
+            seen.insert(key, batch.rows[i]);
+        }
+        self.upsert(tx, batch, &upserts, &existing)?;
+        self.stamp(tx, batch, &unchanged)?;
+        self.archive(tx, batch, &upserts, &existing)?;
+        Ok((counts, rejected))
+    }
+
+    fn key_cell(&self, values: &[Value]) -> (Option<&str>, Option<String>) {
+        let k = self.ds.key[0];
+        (Some(self.ds.fields[k].name.as_str()), values[k].to_text())
+    }
+
+    fn decide(&self, values: &[Value], found: Option<&Existing>) -> Action {
+        let Some(old) = found else {
+            return Action::Insert;
+        };
+        if old.job == Some(self.job) {
+            let first = old.row.map_or_else(|| "?".to_string(), |r| r.to_string());
+            return Action::Reject(format!("duplicate key, first seen at row {first}"));
+        }
+        if self.mode == Mode::Insert {
+            return Action::Reject("key already exists (mode=insert)".into());
+        }
+        let changed: Vec<usize> = self
+            .plan
+            .compare
+            .iter()
+            .enumerate()
+            .filter(|(pos, f)| differs(&values[**f], &old.values[*pos]))
+            .map(|(pos, _)| pos)
+            .collect();
+        if changed.is_empty() {
+            Action::Unchanged
+        } else {
+            Action::Update { changed }
+        }
+    }
+
+    fn lookup(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<HashMap<String, Existing>> {
+        let key = &self.ds.key;
+        let ncompare = self.plan.compare.len();
+        let nhistory = self.plan.history.len();
+        let mut found = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(LOOKUP_CHUNK) {
+            let sql = self.plan.select_sql(chunk.len(), key.len());
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut idx = 1;
+            for &i in chunk {
+                let values = batch.row_values(i);
+                for &k in key {
+                    stmt.raw_bind_parameter(idx, &values[k])?;
+                    idx += 1;
+                }
+            }
+            let mut result = stmt.raw_query();
+            while let Some(r) = result.next()? {
+                let k = key_of((0..key.len()).map(|j| r.get_ref(j).unwrap_or(ValueRef::Null)));
+                let base = key.len();
+                let mut values = Vec::with_capacity(ncompare);
+                for j in 0..ncompare {
+                    values.push(r.get::<_, SqlValue>(base + j)?);
+                }
+                let job = r.get(base + ncompare)?;
+                let row = r.get(base + ncompare + 1)?;
+                let mut since = Vec::with_capacity(nhistory);
+                for j in 0..nhistory {
+                    since.push(r.get(base + ncompare + 2 + j)?);
+                }
+                found.insert(k, Existing { values, job, row, since });
+            }
+        }
+        Ok(found)
+    }
+
+    fn upsert(&self, tx: &Connection, batch: &Batch, rows: &[(usize, Option<Vec<usize>>)], existing: &HashMap<String, Existing>) -> rusqlite::Result<()> {
+        for chunk in rows.chunks(self.plan.rows_per_insert) {
+            let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len()))?;
+            let mut idx = 1;
+            for (i, changed) in chunk {
+                let values = batch.row_values(*i);
+                for &f in &self.plan.present {
+                    stmt.raw_bind_parameter(idx, &values[f])?;
+                    idx += 1;
+                }
+                stmt.raw_bind_parameter(idx, self.job)?;
+                stmt.raw_bind_parameter(idx + 1, batch.rows[*i] as i64)?;
+                stmt.raw_bind_parameter(idx + 2, &self.now)?;
+                stmt.raw_bind_parameter(idx + 3, &self.now)?;
+                idx += 4;
+                let old = match changed {
+                    Some(_) => existing.get(&sql_key(values, &self.ds.key)),
+                    None => None,
+                };
+                for (h, (_, pos)) in self.plan.history.iter().enumerate() {
+                    let keep_old = match (changed, old) {
+                        (Some(changed), Some(old)) if !changed.contains(pos) => old.since[h].clone(),
+                        _ => None,
+                    };
+                    match keep_old {
+                        Some(since) => stmt.raw_bind_parameter(idx, since)?,
+                        None => stmt.raw_bind_parameter(idx, &self.now)?,
+                    }
+                    idx += 1;
+                }
+            }
+            stmt.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    fn stamp(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = tx.prepare_cached(&self.plan.stamp)?;
+        for &i in rows {
+            let values = batch.row_values(i);
+            stmt.raw_bind_parameter(1, self.job)?;
+            stmt.raw_bind_parameter(2, batch.rows[i] as i64)?;
+            for (j, &k) in self.ds.key.iter().enumerate() {
+                stmt.raw_bind_parameter(j + 3, &values[k])?;
+            }
+            stmt.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    /// Archives the old value of every changed history field.
+    fn archive(&self, tx: &Connection, batch: &Batch, rows: &[(usize, Option<Vec<usize>>)], existing: &HashMap<String, Existing>) -> rusqlite::Result<()> {
+        let Some(sql) = &self.plan.history_insert else {
+            return Ok(());
+        };
+        let mut stmt = tx.prepare_cached(sql)?;
+        for (i, changed) in rows {
+            let Some(changed) = changed else { continue };
+            let values = batch.row_values(*i);
+            let Some(old) = existing.get(&sql_key(values, &self.ds.key)) else {
+                continue;
+            };
+            for (h, (field, pos)) in self.plan.history.iter().enumerate() {
+                if !changed.contains(pos) {
+                    continue;
+                }
+                let mut idx = 1;
+                for &k in &self.ds.key {
+                    stmt.raw_bind_parameter(idx, &values[k])?;
+                    idx += 1;
+                }
+                stmt.raw_bind_parameter(idx, &self.ds.fields[*field].name)?;
+                stmt.raw_bind_parameter(idx + 1, sql_to_text(&old.values[*pos]))?;
+                stmt.raw_bind_parameter(idx + 2, values[*field].to_text())?;
+                stmt.raw_bind_parameter(idx + 3, &old.since[h])?;
+                stmt.raw_bind_parameter(idx + 4, &self.now)?;
+                stmt.raw_bind_parameter(idx + 5, self.job)?;
+                stmt.raw_execute()?;
+            }
+        }
+        Ok(())
+    }
+}

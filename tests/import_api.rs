@@ -1,0 +1,406 @@
+//! The import spine through the HTTP API of the real server: counts, rejected rows, updates and
+//! history, synchronous datasets, file-level errors, authentication.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use serde_json::Value;
+
+fn expected_invalid_rows(expect: &Value) -> BTreeSet<u64> {
+    // The generator numbers data rows from 1; a spreadsheet shows data row n as row n + 1.
+    expect["invalid_row_numbers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|v| v.as_array().unwrap().iter().map(|n| n.as_u64().unwrap() + 1))
+        .collect()
+}
+
+#[tokio::test]
+async fn products_import_reports_exact_counts_and_rejected_rows() {
+    let app = spawn_app(AppOptions {
+        batch_size: 1000,
+        ..Default::default()
+    });
+    let (file, expect) = generate(app.dir.path(), "bad.csv", &["--rows", "10000", "--error-rate", "0.05", "--seed", "7"]);
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["success"], true);
+    let job = job_id(&body);
+    assert_eq!(body["data"]["statusUrl"], format!("/api/v1/import/status/{job}"));
+
+    let s = app.wait_done(job, MINUTE).await;
+    let valid = expect["valid_rows"].as_u64().unwrap();
+    let invalid = expect["invalid_rows"].as_u64().unwrap();
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["results"]["totalRows"], 10_000);
+    assert_eq!(s["results"]["successCount"], valid);
+    assert_eq!(s["results"]["errorCount"], invalid);
+    assert_eq!(s["createdCount"], valid);
+    assert_eq!(s["updatedCount"], 0);
+    assert_eq!(s["progress"]["current"], 10_000);
+    assert_eq!(s["progress"]["total"], 10_000);
+    assert_eq!(s["progress"]["percentage"], 100);
+    assert!(s["startedAt"].is_string() && s["completedAt"].is_string());
+    assert_eq!(s["batches"], 10);
+
+    // The table holds exactly the valid rows.
+    let db = app.db();
+    let (count, stock, price): (i64, i64, String) = db
+        .query_row(
+            "SELECT count(*), sum(stock), printf('%.2f', sum(CAST(price AS REAL))) FROM products",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(count as u64, valid);
+    assert_eq!(stock, expect["valid_sum_stock"].as_i64().unwrap());
+    assert_eq!(price, expect["valid_sum_price"].as_str().unwrap());
+    // Decimals are stored exactly as written.
+    let p: String = db
+        .query_row("SELECT price FROM products WHERE sku = 'SKU-0000001'", [], |r| r.get(0))
+        .unwrap();
+    let first_line = std::fs::read_to_string(&file).unwrap().lines().nth(1).unwrap().to_string();
+    assert!(first_line.contains(&format!(",{p},")), "{first_line} vs {p}");
+
+    // The rejected rows CSV has exactly the invalid rows, with the original columns + error.
+    let csv_text = app.errors_csv(job).await;
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(csv_text.as_bytes());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
+    assert_eq!(header, ["sku", "name", "category", "price", "stock", "updated_at", "error"]);
+    let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(records.len() as u64, invalid);
+
+    // The JSON errors name the same rows, each once, with a message naming the problem.
+    let (_, errs) = app
+        .get_json(&format!("/api/v1/import/{job}/errors?limit=100000"))
+        .await;
+    assert_eq!(errs["data"]["total"], invalid);
+    let errors = errs["data"]["errors"].as_array().unwrap();
+    let rows: BTreeSet<u64> = errors.iter().map(|e| e["row"].as_u64().unwrap()).collect();
+    assert_eq!(rows, expected_invalid_rows(&expect));
+    let by_kind = |kind: &str| -> BTreeSet<u64> {
+        expect["invalid_row_numbers"][kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap() + 1)
+            .collect()
+    };
+    for e in errors {
+        let row = e["row"].as_u64().unwrap();
+        let msg = e["message"].as_str().unwrap();
+        let expected = if by_kind("duplicate_sku").contains(&row) {
+            "duplicate key, first seen at row"
+        } else if by_kind("wrong_column_count").contains(&row) {
+            "wrong_field_count"
+        } else if by_kind("empty_sku").contains(&row) {
+            "sku: is required"
+        } else if by_kind("bad_price").contains(&row) {
+            "price:"
+        } else if by_kind("negative_stock").contains(&row) {
+            "below the minimum 0"
+        } else {
+            "updated_at:"
+        };
+        assert!(msg.contains(expected), "row {row}: `{msg}` should contain `{expected}`");
+    }
+    // Paging.
+    let (_, page) = app.get_json(&format!("/api/v1/import/{job}/errors?limit=10&offset=5")).await;
+    assert_eq!(page["data"]["errors"].as_array().unwrap().len(), 10);
+    assert_eq!(page["data"]["errors"][0], errors[5]);
+}
+
+/// Reads a generated CSV into sku → fields.
+fn read_products(path: &std::path::Path) -> BTreeMap<String, Vec<String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            (rec[0].to_string(), rec.iter().map(str::to_string).collect())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn overlapping_import_updates_changed_rows_and_archives_history() {
+    let app = spawn_app(AppOptions {
+        batch_size: 700,
+        ..Default::default()
+    });
+    let (a, _) = generate(app.dir.path(), "a.csv", &["--rows", "4000", "--seed", "1"]);
+    let (b, _) = generate(app.dir.path(), "b.csv", &["--rows", "4000", "--seed", "2", "--start-sku", "2001"]);
+    let first = job_id(&app.upload("products", &a).await.1);
+    assert_eq!(app.wait_done(first, MINUTE).await["createdCount"], 4000);
+
+    let old = read_products(&a);
+    let new = read_products(&b);
+    let overlap: Vec<&String> = new.keys().filter(|k| old.contains_key(*k)).collect();
+    assert_eq!(overlap.len(), 2000);
+    let changed = overlap.iter().filter(|k| old[**k] != new[**k]).count() as u64;
+    let price_changes = overlap.iter().filter(|k| old[**k][3] != new[**k][3]).count() as i64;
+    let stock_changes = overlap.iter().filter(|k| old[**k][4] != new[**k][4]).count() as i64;
+
+    let second = job_id(&app.upload("products", &b).await.1);
+    let s = app.wait_done(second, MINUTE).await;
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["createdCount"], 2000);
+    assert_eq!(s["updatedCount"], changed);
+    assert_eq!(s["unchangedCount"], 2000 - changed);
+    assert_eq!(s["errorCount"], 0);
+
+    let db = app.db();
+    let count: i64 = db.query_row("SELECT count(*) FROM products", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 6000);
+    let hist = |field: &str| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM products_history WHERE field = ?1 AND job_id = ?2",
+            rusqlite::params![field, second],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(hist("price"), price_changes);
+    assert_eq!(hist("stock"), stock_changes);
+    // One archived record, checked field by field.
+    let k = overlap.iter().find(|k| old[**k][3] != new[**k][3]).unwrap();
+    let (old_value, new_value, valid_from, valid_to): (String, String, String, String) = db
+        .query_row(
+            "SELECT old_value, new_value, valid_from, valid_to FROM products_history WHERE sku = ?1 AND field = 'price'",
+            [k.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(old_value, old[*k][3]);
+    assert_eq!(new_value, new[*k][3]);
+    assert!(valid_from < valid_to, "{valid_from} < {valid_to}");
+    let current: String = db
+        .query_row("SELECT price FROM products WHERE sku = ?1", [k.as_str()], |r| r.get(0))
+        .unwrap();
+    assert_eq!(current, new[*k][3]);
+
+    // The same file again changes nothing and archives nothing.
+    let third = job_id(&app.upload("products", &b).await.1);
+    let s = app.wait_done(third, MINUTE).await;
+    assert_eq!((s["createdCount"].as_u64(), s["updatedCount"].as_u64(), s["unchangedCount"].as_u64()), (Some(0), Some(0), Some(4000)));
+    let archived: i64 = db
+        .query_row("SELECT count(*) FROM products_history WHERE job_id = ?1", [third], |r| r.get(0))
+        .unwrap();
+    assert_eq!(archived, 0);
+}
+
+const SMALL_DEALERS: &str = r#"
+[datasets.dealers]
+key = ["code"]
+sync = true
+max_rows = 5
+[datasets.dealers.fields]
+code = { type = "text", required = true, aliases = ["dealer code"] }
+name = { type = "text", required = true }
+active = { type = "boolean" }
+"#;
+
+#[tokio::test]
+async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit() {
+    let app = spawn_app(AppOptions {
+        datasets: Some(SMALL_DEALERS.into()),
+        ..Default::default()
+    });
+    let ok = app.path("dealers.csv");
+    std::fs::write(&ok, "Dealer Code,name,active\nD1,Müller GmbH,yes\nD2,Acme,maybe\nD3,Zed,0\n").unwrap();
+    let (code, body) = app.upload("dealers", &ok).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["success"], true);
+    let data = &body["data"];
+    assert_eq!(data["status"], "completed");
+    assert_eq!(data["results"]["totalRows"], 3);
+    assert_eq!(data["results"]["successCount"], 2);
+    assert_eq!(data["results"]["errorCount"], 1);
+    assert_eq!(data["errors"][0]["row"], 3);
+    assert_eq!(data["errors"][0]["column"], "active");
+    let name: String = app
+        .db()
+        .query_row("SELECT name FROM dealers WHERE code = 'D1'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(name, "Müller GmbH");
+
+    let big = app.path("big.csv");
+    std::fs::write(&big, "code,name\n1,a\n2,b\n3,c\n4,d\n5,e\n6,f\n").unwrap();
+    let (code, body) = app.upload("dealers", &big).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_rows");
+}
+
+#[tokio::test]
+async fn file_level_problems_are_400s_and_create_no_job() {
+    let app = spawn_app(AppOptions {
+        max_upload_mb: Some(1),
+        ..Default::default()
+    });
+    let cases: &[(&str, &[u8], &str)] = &[
+        ("empty.csv", b"", "empty_file"),
+        ("header.csv", b"sku,name,updated_at\n", "no_rows"),
+        ("blank-header.csv", b",,\n1,2,3\n", "no_header"),
+        ("missing.csv", b"sku,price\nA,1\n", "missing_columns"),
+        ("image.xlsx", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0", "unsupported_format"),
+        ("twice.csv", b"sku,code,name,updated_at\nA,B,n,2024-01-01\n", "invalid_mapping"),
+    ];
+    for (name, bytes, code) in cases {
+        let path = app.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        let (status, body) = app.upload("products", &path).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(body["success"], false);
+        assert_eq!(body["error"]["code"], *code, "{name}: {body}");
+    }
+    let missing = app.path("missing.csv");
+    let (_, body) = app.upload("products", &missing).await;
+    assert_eq!(body["error"]["message"], "missing required column(s): name, updated_at");
+
+    let ok = app.path("ok.csv");
+    std::fs::write(&ok, "sku,name,updated_at\nA,n,2024-01-01\n").unwrap();
+    let (status, body) = app.upload_with("products", &ok, &[("mode", "sideways")]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_mode")));
+    let (status, body) = app.upload_with("products", &ok, &[("mapping", "{not json")]).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_mapping")));
+    let (status, body) = app.upload("nosuch", &ok).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+
+    // Past the size limit: 413 while streaming.
+    let big = app.path("big.csv");
+    let mut text = String::from("sku,name,updated_at\n");
+    while text.len() < 1_200_000 {
+        text.push_str("SKU-1,some name here,2024-01-01\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    let (status, body) = app.upload("products", &big).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("file_too_large")));
+
+    // A multipart request without a file field.
+    let resp = app
+        .http
+        .post(app.url("/api/v1/import/products"))
+        .bearer_auth(TOKEN)
+        .multipart(reqwest::multipart::Form::new().text("mode", "upsert"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(resp).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("missing_file")));
+
+    let (_, jobs) = app.get_json("/api/v1/import/jobs").await;
+    assert_eq!(jobs["data"]["total"], 0, "no job may exist: {jobs}");
+    // Nothing left behind in the blob store either.
+    let blobs = std::fs::read_dir(app.data_dir().join("blobs")).unwrap().count();
+    assert_eq!(blobs, 0);
+}
+
+#[tokio::test]
+async fn api_routes_require_a_token_but_health_does_not() {
+    let app = spawn_app(AppOptions::default());
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    for path in ["/api/v1/import/jobs", "/api/v1/import/status/1", "/api/v1/import/1/errors"] {
+        let (status, body) = json_of(app.http.get(app.url(path)).send().await.unwrap()).await;
+        assert_eq!(status, 401, "{path}");
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let wrong = app.http.get(app.url(path)).bearer_auth("nope").send().await.unwrap();
+        assert_eq!(wrong.status().as_u16(), 401, "{path}");
+    }
+    let upload = app
+        .http
+        .post(app.url("/api/v1/import/products?filename=x.csv"))
+        .body("sku,name,updated_at\nA,b,2024-01-01\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 401);
+    // Seed 000's cookie works, and a raw body with ?filename= is accepted.
+    let resp = app
+        .http
+        .post(app.url("/api/v1/import/products?filename=x.csv"))
+        .header("Cookie", format!("token={TOKEN}"))
+        .body("sku,name,updated_at\nA,b,2024-01-01\n")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json_of(resp).await;
+    assert_eq!(status, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["filename"], "x.csv");
+    assert_eq!(s["createdCount"], 1);
+    let (status, _) = app.get_json("/api/v1/import/status/999").await;
+    assert_eq!(status, 404);
+    let (status, _) = app.get_json("/api/v1/import/status/abc").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn first_start_prints_a_token_that_works() {
+    let app = spawn_app(AppOptions {
+        admin_token: None,
+        ..Default::default()
+    });
+    let token = app
+        .stdout_lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("slc_"))
+        .expect("token printed")
+        .to_string();
+    assert!(app.stdout_lines.iter().any(|l| l.contains("curl -H \"Authorization: Bearer")));
+    let ok = app.http.get(app.url("/api/v1/import/jobs")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn job_list_filters_and_pages_newest_first() {
+    let app = spawn_app(AppOptions::default());
+    let f = app.path("one.csv");
+    std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let id = job_id(&app.upload("products", &f).await.1);
+        app.wait_done(id, MINUTE).await;
+        ids.push(id);
+    }
+    let (_, list) = app.get_json("/api/v1/import/jobs?limit=2").await;
+    let jobs = list["data"]["jobs"].as_array().unwrap();
+    assert_eq!(list["data"]["total"], 3);
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0]["jobId"], ids[2]);
+    assert_eq!(jobs[1]["jobId"], ids[1]);
+    let (_, page2) = app.get_json("/api/v1/import/jobs?limit=2&offset=2").await;
+    assert_eq!(page2["data"]["jobs"][0]["jobId"], ids[0]);
+    let (_, done) = app.get_json("/api/v1/import/jobs?status=completed&dataset=products").await;
+    assert_eq!(done["data"]["total"], 3);
+    let (_, none) = app.get_json("/api/v1/import/jobs?status=failed").await;
+    assert_eq!(none["data"]["total"], 0);
+    let (status, _) = app.get_json("/api/v1/import/jobs?status=bogus").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn unknown_columns_are_warnings_and_a_mapping_can_rename() {
+    let app = spawn_app(AppOptions::default());
+    let f = app.path("erp.csv");
+    std::fs::write(
+        &f,
+        "Artikel;Bezeichnung;Preis;colour;updated_at\nX-1;Crème brûlée;1,5;red;2024-03-01\nX-2;Müller;2.50;blue;2024-03-02\n",
+    )
+    .unwrap();
+    let mapping = r#"{"Artikel":"sku","Bezeichnung":"name","Preis":"price"}"#;
+    let (status, body) = app.upload_with("products", &f, &[("mapping", mapping)]).await;
+    assert_eq!(status, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["warnings"][0], "column `colour` matches no field and is ignored");
+    assert_eq!(s["createdCount"], 1);
+    assert_eq!(s["errorCount"], 1);
+    let (name, price): (String, String) = app
+        .db()
+        .query_row("SELECT name, price FROM products WHERE sku = 'X-2'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap();
+    assert_eq!((name.as_str(), price.as_str()), ("Müller", "2.50"));
+}

@@ -29,7 +29,9 @@ impl BlobStore {
 
     /// The path of a blob; `None` for a name this store could not have made.
     pub fn path(&self, name: &str) -> Option<PathBuf> {
-        let ok = name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.') && !name.starts_with('.');
+        let ok = name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+            && !name.starts_with('.');
         ok.then(|| self.dir.join(name))
     }
 

@@ -5,10 +5,10 @@
 //! the only database seam, `dataset` describes the target tables, `blob` keeps uploads, and
 //! `cli` is the command line (server and client).
 
-pub mod dataset;
-pub mod import;
-pub mod store;
 pub mod api;
 pub mod blob;
 pub mod cli;
+pub mod dataset;
+pub mod import;
 pub mod jobs;
+pub mod store;

@@ -19,20 +19,44 @@ fn sluice(app: &TestApp, args: &[&str]) -> std::process::Output {
 #[tokio::test]
 async fn cli_imports_waits_and_downloads_rejected_rows() {
     let app = spawn_app(AppOptions::default());
-    let (file, expect) = generate(app.dir.path(), "p.csv", &["--rows", "3000", "--error-rate", "0.1", "--seed", "5"]);
-    let out = sluice(&app, &["import", file.to_str().unwrap(), "--dataset", "products", "--wait"]);
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "3000", "--error-rate", "0.1", "--seed", "5"],
+    );
+    let out = sluice(
+        &app,
+        &[
+            "import",
+            file.to_str().unwrap(),
+            "--dataset",
+            "products",
+            "--wait",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let valid = expect["valid_rows"].as_u64().unwrap();
     let invalid = expect["invalid_rows"].as_u64().unwrap();
     assert!(stdout.contains(": completed"), "{stdout}");
-    assert!(stdout.contains(&format!("created {valid} · updated 0 · unchanged 0 · errors {invalid}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "created {valid} · updated 0 · unchanged 0 · errors {invalid}"
+        )),
+        "{stdout}"
+    );
 
     let rejected = app.path("rejected.csv");
     let out = sluice(&app, &["errors", "1", "--out", rejected.to_str().unwrap()]);
     assert!(out.status.success());
     let text = std::fs::read_to_string(&rejected).unwrap();
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
     assert_eq!(reader.records().count() as u64, invalid);
 
     let out = sluice(&app, &["status", "1"]);
@@ -44,7 +68,10 @@ async fn cli_imports_waits_and_downloads_rejected_rows() {
     // A bad file: non-zero exit with the API's message.
     let bad = app.path("bad.csv");
     std::fs::write(&bad, "sku,price\nA,1\n").unwrap();
-    let out = sluice(&app, &["import", bad.to_str().unwrap(), "--dataset", "products"]);
+    let out = sluice(
+        &app,
+        &["import", bad.to_str().unwrap(), "--dataset", "products"],
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing_columns"));
     // A wrong token: non-zero exit that says so.
@@ -63,7 +90,14 @@ fn a_bad_datasets_file_stops_start_up_naming_the_line() {
     let path = dir.path().join("datasets.toml");
     std::fs::write(&path, "[datasets.items]\nkey = [\"id\"]\n[datasets.items.fields]\nid = { type = \"text\" }\nprice = { type = \"money\" }\n").unwrap();
     let out = Command::new(binary())
-        .args(["serve", "--listen", "127.0.0.1:0", "--datasets", path.to_str().unwrap(), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--datasets",
+            path.to_str().unwrap(),
+            "--data-dir",
+        ])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();

@@ -14,7 +14,12 @@ fn expected_invalid_rows(expect: &Value) -> BTreeSet<u64> {
         .as_object()
         .unwrap()
         .values()
-        .flat_map(|v| v.as_array().unwrap().iter().map(|n| n.as_u64().unwrap() + 1))
+        .flat_map(|v| {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap() + 1)
+        })
         .collect()
 }
 
@@ -24,12 +29,19 @@ async fn products_import_reports_exact_counts_and_rejected_rows() {
         batch_size: 1000,
         ..Default::default()
     });
-    let (file, expect) = generate(app.dir.path(), "bad.csv", &["--rows", "10000", "--error-rate", "0.05", "--seed", "7"]);
+    let (file, expect) = generate(
+        app.dir.path(),
+        "bad.csv",
+        &["--rows", "10000", "--error-rate", "0.05", "--seed", "7"],
+    );
     let (code, body) = app.upload("products", &file).await;
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["success"], true);
     let job = job_id(&body);
-    assert_eq!(body["data"]["statusUrl"], format!("/api/v1/import/status/{job}"));
+    assert_eq!(
+        body["data"]["statusUrl"],
+        format!("/api/v1/import/status/{job}")
+    );
 
     let s = app.wait_done(job, MINUTE).await;
     let valid = expect["valid_rows"].as_u64().unwrap();
@@ -60,16 +72,46 @@ async fn products_import_reports_exact_counts_and_rejected_rows() {
     assert_eq!(price, expect["valid_sum_price"].as_str().unwrap());
     // Decimals are stored exactly as written.
     let p: String = db
-        .query_row("SELECT price FROM products WHERE sku = 'SKU-0000001'", [], |r| r.get(0))
+        .query_row(
+            "SELECT price FROM products WHERE sku = 'SKU-0000001'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    let first_line = std::fs::read_to_string(&file).unwrap().lines().nth(1).unwrap().to_string();
-    assert!(first_line.contains(&format!(",{p},")), "{first_line} vs {p}");
+    let first_line = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(
+        first_line.contains(&format!(",{p},")),
+        "{first_line} vs {p}"
+    );
 
     // The rejected rows CSV has exactly the invalid rows, with the original columns + error.
     let csv_text = app.errors_csv(job).await;
-    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(csv_text.as_bytes());
-    let header: Vec<String> = reader.headers().unwrap().iter().map(str::to_string).collect();
-    assert_eq!(header, ["sku", "name", "category", "price", "stock", "updated_at", "error"]);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(csv_text.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "sku",
+            "name",
+            "category",
+            "price",
+            "stock",
+            "updated_at",
+            "error"
+        ]
+    );
     let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(records.len() as u64, invalid);
 
@@ -105,10 +147,15 @@ async fn products_import_reports_exact_counts_and_rejected_rows() {
         } else {
             "updated_at:"
         };
-        assert!(msg.contains(expected), "row {row}: `{msg}` should contain `{expected}`");
+        assert!(
+            msg.contains(expected),
+            "row {row}: `{msg}` should contain `{expected}`"
+        );
     }
     // Paging.
-    let (_, page) = app.get_json(&format!("/api/v1/import/{job}/errors?limit=10&offset=5")).await;
+    let (_, page) = app
+        .get_json(&format!("/api/v1/import/{job}/errors?limit=10&offset=5"))
+        .await;
     assert_eq!(page["data"]["errors"].as_array().unwrap().len(), 10);
     assert_eq!(page["data"]["errors"][0], errors[5]);
 }
@@ -131,7 +178,11 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
         ..Default::default()
     });
     let (a, _) = generate(app.dir.path(), "a.csv", &["--rows", "4000", "--seed", "1"]);
-    let (b, _) = generate(app.dir.path(), "b.csv", &["--rows", "4000", "--seed", "2", "--start-sku", "2001"]);
+    let (b, _) = generate(
+        app.dir.path(),
+        "b.csv",
+        &["--rows", "4000", "--seed", "2", "--start-sku", "2001"],
+    );
     let first = job_id(&app.upload("products", &a).await.1);
     assert_eq!(app.wait_done(first, MINUTE).await["createdCount"], 4000);
 
@@ -140,8 +191,14 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
     let overlap: Vec<&String> = new.keys().filter(|k| old.contains_key(*k)).collect();
     assert_eq!(overlap.len(), 2000);
     let changed = overlap.iter().filter(|k| old[**k] != new[**k]).count() as u64;
-    let price_changes = overlap.iter().filter(|k| old[**k][3] != new[**k][3]).count() as i64;
-    let stock_changes = overlap.iter().filter(|k| old[**k][4] != new[**k][4]).count() as i64;
+    let price_changes = overlap
+        .iter()
+        .filter(|k| old[**k][3] != new[**k][3])
+        .count() as i64;
+    let stock_changes = overlap
+        .iter()
+        .filter(|k| old[**k][4] != new[**k][4])
+        .count() as i64;
 
     let second = job_id(&app.upload("products", &b).await.1);
     let s = app.wait_done(second, MINUTE).await;
@@ -152,7 +209,9 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
     assert_eq!(s["errorCount"], 0);
 
     let db = app.db();
-    let count: i64 = db.query_row("SELECT count(*) FROM products", [], |r| r.get(0)).unwrap();
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(count, 6000);
     let hist = |field: &str| -> i64 {
         db.query_row(
@@ -177,16 +236,31 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
     assert_eq!(new_value, new[*k][3]);
     assert!(valid_from < valid_to, "{valid_from} < {valid_to}");
     let current: String = db
-        .query_row("SELECT price FROM products WHERE sku = ?1", [k.as_str()], |r| r.get(0))
+        .query_row(
+            "SELECT price FROM products WHERE sku = ?1",
+            [k.as_str()],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(current, new[*k][3]);
 
     // The same file again changes nothing and archives nothing.
     let third = job_id(&app.upload("products", &b).await.1);
     let s = app.wait_done(third, MINUTE).await;
-    assert_eq!((s["createdCount"].as_u64(), s["updatedCount"].as_u64(), s["unchangedCount"].as_u64()), (Some(0), Some(0), Some(4000)));
+    assert_eq!(
+        (
+            s["createdCount"].as_u64(),
+            s["updatedCount"].as_u64(),
+            s["unchangedCount"].as_u64()
+        ),
+        (Some(0), Some(0), Some(4000))
+    );
     let archived: i64 = db
-        .query_row("SELECT count(*) FROM products_history WHERE job_id = ?1", [third], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM products_history WHERE job_id = ?1",
+            [third],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(archived, 0);
 }
@@ -209,7 +283,11 @@ async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit
         ..Default::default()
     });
     let ok = app.path("dealers.csv");
-    std::fs::write(&ok, "Dealer Code,name,active\nD1,Müller GmbH,yes\nD2,Acme,maybe\nD3,Zed,0\n").unwrap();
+    std::fs::write(
+        &ok,
+        "Dealer Code,name,active\nD1,Müller GmbH,yes\nD2,Acme,maybe\nD3,Zed,0\n",
+    )
+    .unwrap();
     let (code, body) = app.upload("dealers", &ok).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["success"], true);
@@ -222,7 +300,9 @@ async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit
     assert_eq!(data["errors"][0]["column"], "active");
     let name: String = app
         .db()
-        .query_row("SELECT name FROM dealers WHERE code = 'D1'", [], |r| r.get(0))
+        .query_row("SELECT name FROM dealers WHERE code = 'D1'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     assert_eq!(name, "Müller GmbH");
 
@@ -244,8 +324,16 @@ async fn file_level_problems_are_400s_and_create_no_job() {
         ("header.csv", b"sku,name,updated_at\n", "no_rows"),
         ("blank-header.csv", b",,\n1,2,3\n", "no_header"),
         ("missing.csv", b"sku,price\nA,1\n", "missing_columns"),
-        ("image.xlsx", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0", "unsupported_format"),
-        ("twice.csv", b"sku,code,name,updated_at\nA,B,n,2024-01-01\n", "invalid_mapping"),
+        (
+            "image.xlsx",
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0",
+            "unsupported_format",
+        ),
+        (
+            "twice.csv",
+            b"sku,code,name,updated_at\nA,B,n,2024-01-01\n",
+            "invalid_mapping",
+        ),
     ];
     for (name, bytes, code) in cases {
         let path = app.path(name);
@@ -257,16 +345,32 @@ async fn file_level_problems_are_400s_and_create_no_job() {
     }
     let missing = app.path("missing.csv");
     let (_, body) = app.upload("products", &missing).await;
-    assert_eq!(body["error"]["message"], "missing required column(s): name, updated_at");
+    assert_eq!(
+        body["error"]["message"],
+        "missing required column(s): name, updated_at"
+    );
 
     let ok = app.path("ok.csv");
     std::fs::write(&ok, "sku,name,updated_at\nA,n,2024-01-01\n").unwrap();
-    let (status, body) = app.upload_with("products", &ok, &[("mode", "sideways")]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_mode")));
-    let (status, body) = app.upload_with("products", &ok, &[("mapping", "{not json")]).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_mapping")));
+    let (status, body) = app
+        .upload_with("products", &ok, &[("mode", "sideways")])
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_mode"))
+    );
+    let (status, body) = app
+        .upload_with("products", &ok, &[("mapping", "{not json")])
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_mapping"))
+    );
     let (status, body) = app.upload("nosuch", &ok).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
 
     // Past the size limit: 413 while streaming.
     let big = app.path("big.csv");
@@ -276,7 +380,10 @@ async fn file_level_problems_are_400s_and_create_no_job() {
     }
     std::fs::write(&big, &text).unwrap();
     let (status, body) = app.upload("products", &big).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("file_too_large")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("file_too_large"))
+    );
 
     // A multipart request without a file field.
     let resp = app
@@ -288,12 +395,17 @@ async fn file_level_problems_are_400s_and_create_no_job() {
         .await
         .unwrap();
     let (status, body) = json_of(resp).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("missing_file")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("missing_file"))
+    );
 
     let (_, jobs) = app.get_json("/api/v1/import/jobs").await;
     assert_eq!(jobs["data"]["total"], 0, "no job may exist: {jobs}");
     // Nothing left behind in the blob store either.
-    let blobs = std::fs::read_dir(app.data_dir().join("blobs")).unwrap().count();
+    let blobs = std::fs::read_dir(app.data_dir().join("blobs"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 0);
 }
 
@@ -302,11 +414,21 @@ async fn api_routes_require_a_token_but_health_does_not() {
     let app = spawn_app(AppOptions::default());
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    for path in ["/api/v1/import/jobs", "/api/v1/import/status/1", "/api/v1/import/1/errors"] {
+    for path in [
+        "/api/v1/import/jobs",
+        "/api/v1/import/status/1",
+        "/api/v1/import/1/errors",
+    ] {
         let (status, body) = json_of(app.http.get(app.url(path)).send().await.unwrap()).await;
         assert_eq!(status, 401, "{path}");
         assert_eq!(body["error"]["code"], "unauthorized");
-        let wrong = app.http.get(app.url(path)).bearer_auth("nope").send().await.unwrap();
+        let wrong = app
+            .http
+            .get(app.url(path))
+            .bearer_auth("nope")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(wrong.status().as_u16(), 401, "{path}");
     }
     let upload = app
@@ -350,8 +472,18 @@ async fn first_start_prints_a_token_that_works() {
         .find(|l| l.starts_with("slc_"))
         .expect("token printed")
         .to_string();
-    assert!(app.stdout_lines.iter().any(|l| l.contains("curl -H \"Authorization: Bearer")));
-    let ok = app.http.get(app.url("/api/v1/import/jobs")).bearer_auth(&token).send().await.unwrap();
+    assert!(
+        app.stdout_lines
+            .iter()
+            .any(|l| l.contains("curl -H \"Authorization: Bearer"))
+    );
+    let ok = app
+        .http
+        .get(app.url("/api/v1/import/jobs"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }
 
@@ -374,7 +506,9 @@ async fn job_list_filters_and_pages_newest_first() {
     assert_eq!(jobs[1]["jobId"], ids[1]);
     let (_, page2) = app.get_json("/api/v1/import/jobs?limit=2&offset=2").await;
     assert_eq!(page2["data"]["jobs"][0]["jobId"], ids[0]);
-    let (_, done) = app.get_json("/api/v1/import/jobs?status=completed&dataset=products").await;
+    let (_, done) = app
+        .get_json("/api/v1/import/jobs?status=completed&dataset=products")
+        .await;
     assert_eq!(done["data"]["total"], 3);
     let (_, none) = app.get_json("/api/v1/import/jobs?status=failed").await;
     assert_eq!(none["data"]["total"], 0);
@@ -392,15 +526,65 @@ async fn unknown_columns_are_warnings_and_a_mapping_can_rename() {
     )
     .unwrap();
     let mapping = r#"{"Artikel":"sku","Bezeichnung":"name","Preis":"price"}"#;
-    let (status, body) = app.upload_with("products", &f, &[("mapping", mapping)]).await;
+    let (status, body) = app
+        .upload_with("products", &f, &[("mapping", mapping)])
+        .await;
     assert_eq!(status, 202, "{body}");
     let s = app.wait_done(job_id(&body), MINUTE).await;
-    assert_eq!(s["warnings"][0], "column `colour` matches no field and is ignored");
+    assert_eq!(
+        s["warnings"][0],
+        "column `colour` matches no field and is ignored"
+    );
     assert_eq!(s["createdCount"], 1);
     assert_eq!(s["errorCount"], 1);
     let (name, price): (String, String) = app
         .db()
-        .query_row("SELECT name, price FROM products WHERE sku = 'X-2'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT name, price FROM products WHERE sku = 'X-2'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((name.as_str(), price.as_str()), ("Müller", "2.50"));
+}
+
+#[tokio::test]
+async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_written() {
+    // A table the app created itself, with a constraint sluice does not know about.
+    let app = spawn_app(AppOptions {
+        batch_size: 500,
+        setup_sql: Some(
+            "CREATE TABLE products (sku TEXT PRIMARY KEY, name TEXT, category TEXT, \
+             price TEXT CONSTRAINT price_cap CHECK (CAST(price AS REAL) < 4000), stock INTEGER, updated_at TEXT);"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    let (file, _) = generate(app.dir.path(), "p.csv", &["--rows", "2000", "--seed", "4"]);
+    let products = read_products(&file);
+    let refused: BTreeSet<String> = products
+        .iter()
+        .filter(|(_, f)| f[3].parse::<f64>().unwrap() >= 4000.0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert!(!refused.is_empty());
+    let job = job_id(&app.upload("products", &file).await.1);
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["errorCount"], refused.len());
+    assert_eq!(s["createdCount"], 2000 - refused.len());
+    let (_, errs) = app
+        .get_json(&format!("/api/v1/import/{job}/errors?limit=5000"))
+        .await;
+    for e in errs["data"]["errors"].as_array().unwrap() {
+        assert_eq!(
+            e["message"], "the database refused the row (CHECK constraint failed)",
+            "{e}"
+        );
+    }
+    let count: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as usize, 2000 - refused.len());
 }

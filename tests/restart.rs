@@ -14,7 +14,11 @@ async fn a_server_killed_mid_import_resumes_with_exact_counts() {
         lease_seconds: 1,
         ..Default::default()
     });
-    let (file, expect) = generate(app.dir.path(), "p.csv", &["--rows", "60000", "--error-rate", "0.02", "--seed", "11"]);
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "60000", "--error-rate", "0.02", "--seed", "11"],
+    );
     let job = job_id(&app.upload("products", &file).await.1);
 
     // Kill it three times, each time once more rows have been committed.
@@ -25,7 +29,10 @@ async fn a_server_killed_mid_import_resumes_with_exact_counts() {
         loop {
             let s = app.status(job).await;
             let current = s["progress"]["current"].as_u64().unwrap();
-            assert_ne!(s["status"], "completed", "finished before kill {round}: make the file larger");
+            assert_ne!(
+                s["status"], "completed",
+                "finished before kill {round}: make the file larger"
+            );
             if current > last && current < total {
                 last = current;
                 break;
@@ -49,16 +56,29 @@ async fn a_server_killed_mid_import_resumes_with_exact_counts() {
 
     let db = app.db();
     let (count, stock): (i64, i64) = db
-        .query_row("SELECT count(*), sum(stock) FROM products", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row("SELECT count(*), sum(stock) FROM products", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .unwrap();
     assert_eq!(count as u64, valid);
     assert_eq!(stock, expect["valid_sum_stock"].as_i64().unwrap());
     let errors: i64 = db
-        .query_row("SELECT count(*) FROM job_errors WHERE job_id = ?1", [job], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM job_errors WHERE job_id = ?1",
+            [job],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(errors as u64, invalid);
-    let attempts: i64 = db.query_row("SELECT attempts FROM jobs WHERE id = ?1", [job], |r| r.get(0)).unwrap();
-    assert!(attempts >= 2, "the job was resumed by a new attempt, got {attempts}");
+    let attempts: i64 = db
+        .query_row("SELECT attempts FROM jobs WHERE id = ?1", [job], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(
+        attempts >= 2,
+        "the job was resumed by a new attempt, got {attempts}"
+    );
 }
 
 #[tokio::test]
@@ -71,12 +91,19 @@ async fn sigterm_lets_the_batch_finish_and_the_job_resumes_at_once() {
     let (file, expect) = generate(app.dir.path(), "p.csv", &["--rows", "40000", "--seed", "3"]);
     let job = job_id(&app.upload("products", &file).await.1);
     let start = Instant::now();
-    while app.status(job).await["progress"]["current"].as_u64().unwrap() == 0 {
+    while app.status(job).await["progress"]["current"]
+        .as_u64()
+        .unwrap()
+        == 0
+    {
         assert!(start.elapsed() < MINUTE);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let status = app.terminate();
-    assert!(status.success(), "graceful shutdown exits 0, got {status:?}");
+    assert!(
+        status.success(),
+        "graceful shutdown exits 0, got {status:?}"
+    );
     // The lease was given back: with a 10-minute lease, only a release lets this finish now.
     app.start();
     let s = app.wait_done(job, MINUTE).await;

@@ -35,8 +35,12 @@ pub fn new_token() -> String {
 
 fn token_from(req: &Request) -> Option<String> {
     let headers = req.headers();
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        && let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
     {
         return Some(t.trim().to_string());
     }
@@ -45,12 +49,22 @@ fn token_from(req: &Request) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix("token=").map(|t| t.trim().to_string()))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix("token=")
+                .map(|t| t.trim().to_string())
+        })
 }
 
 /// Middleware: rejects requests without a live token with 401.
-pub async fn require_token(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let token = token_from(&req).filter(|t| !t.is_empty()).ok_or(ApiError::Unauthorized)?;
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = token_from(&req)
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
     let hash = hash_token(&token);
     let id = state
         .jobs

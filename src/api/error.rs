@@ -85,6 +85,10 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        (status, Json(json!({"success": false, "error": {"code": code, "message": message}}))).into_response()
+        (
+            status,
+            Json(json!({"success": false, "error": {"code": code, "message": message}})),
+        )
+            .into_response()
     }
 }

@@ -30,9 +30,12 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
     match params.get(name) {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ApiError::bad("invalid_parameter", format!("`{name}` must be a whole number ≥ 0"))),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::bad(
+                "invalid_parameter",
+                format!("`{name}` must be a whole number ≥ 0"),
+            )
+        }),
     }
 }
 
@@ -108,13 +111,19 @@ pub fn error_json(e: &ErrorRecord) -> JsonValue {
 }
 
 /// `GET /api/v1/import/status/{jobId}`
-pub async fn status(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<JsonValue>, ApiError> {
+pub async fn status(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
     let job = load_job(&state, parse_id(&id)?).await?;
     Ok(Json(json!({"success": true, "data": job_json(&job)})))
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`
-pub async fn list(State(state): State<Arc<AppState>>, Query(params): Query<HashMap<String, String>>) -> Result<Json<JsonValue>, ApiError> {
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<JsonValue>, ApiError> {
     let status = params
         .get("status")
         .filter(|s| !s.is_empty())
@@ -152,7 +161,10 @@ pub async fn errors(
             let limit = number(&params, "limit", DEFAULT_LIMIT)?;
             let offset = number(&params, "offset", 0)?;
             let id = job.id;
-            let (errors, total) = state.jobs.store_call(move |s| s.errors_page(id, limit, offset)).await?;
+            let (errors, total) = state
+                .jobs
+                .store_call(move |s| s.errors_page(id, limit, offset))
+                .await?;
             Ok(Json(json!({
                 "success": true,
                 "data": {
@@ -188,12 +200,17 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
         let mut offset = 0;
         loop {
             let id = job.id;
-            let page = state.jobs.store_call(move |s| s.errors_page(id, CSV_PAGE, offset)).await;
+            let page = state
+                .jobs
+                .store_call(move |s| s.errors_page(id, CSV_PAGE, offset))
+                .await;
             let errors = match page {
                 Ok((errors, _)) => errors,
                 Err(e) => {
                     tracing::error!(error = %e, job = job.id, "reading errors for CSV failed");
-                    let _ = tx.send(Err(std::io::Error::other("reading errors failed"))).await;
+                    let _ = tx
+                        .send(Err(std::io::Error::other("reading errors failed")))
+                        .await;
                     return;
                 }
             };
@@ -215,7 +232,10 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
         ],
         body,
     )
@@ -223,7 +243,9 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
 }
 
 fn csv_bytes(rows: impl Iterator<Item = Vec<String>>) -> Bytes {
-    let mut w = csv::WriterBuilder::new().flexible(true).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(Vec::new());
     for r in rows {
         // Writing to a Vec cannot fail.
         let _ = w.write_record(&r);
@@ -231,7 +253,9 @@ fn csv_bytes(rows: impl Iterator<Item = Vec<String>>) -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 

@@ -25,14 +25,23 @@ pub struct AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
-        .route("/api/v1/import/{id}", post(upload::upload).layer(DefaultBodyLimit::disable()))
+        .route(
+            "/api/v1/import/{id}",
+            post(upload::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route("/api/v1/import/status/{id}", get(jobs::status))
         .route("/api/v1/import/jobs", get(jobs::list))
         .route("/api/v1/import/{id}/errors", get(jobs::errors))
         .route("/api/v1/datasets", get(jobs::datasets))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
-        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
         .merge(api)
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)

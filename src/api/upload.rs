@@ -118,7 +118,12 @@ pub async fn upload(
                 params.insert(name, String::from_utf8_lossy(&text).into_owned());
             }
         }
-        saved.ok_or_else(|| ApiError::bad("missing_file", "send the file in a multipart form field named `file`"))?
+        saved.ok_or_else(|| {
+            ApiError::bad(
+                "missing_file",
+                "send the file in a multipart form field named `file`",
+            )
+        })?
     } else {
         save_stream(&state, &mut req.into_body().into_data_stream()).await?
     };
@@ -128,7 +133,10 @@ pub async fn upload(
         .parse()
         .map_err(|m: String| ApiError::bad("invalid_mode", m))?;
     if param(&params, "dryRun").is_some_and(|v| !matches!(v, "false" | "0" | "")) {
-        return Err(ApiError::bad("unsupported_option", "dryRun is not available yet"));
+        return Err(ApiError::bad(
+            "unsupported_option",
+            "dryRun is not available yet",
+        ));
     }
     let explicit: Option<BTreeMap<String, Option<String>>> = param(&params, "mapping")
         .filter(|m| !m.trim().is_empty())
@@ -142,14 +150,23 @@ pub async fn upload(
         })
         .transpose()?;
     let requested = SourceOptions {
-        delimiter: param(&params, "delimiter").map(parse_delimiter).transpose()?,
+        delimiter: param(&params, "delimiter")
+            .map(parse_delimiter)
+            .transpose()?,
     };
 
     let inspected = {
-        let (dataset, blobs, name, size) = (dataset.clone(), ctx.blobs.clone(), saved.name.clone(), saved.size);
-        tokio::task::spawn_blocking(move || inspect(&blobs, &name, size, &dataset, &requested, explicit.as_ref()))
-            .await
-            .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
+        let (dataset, blobs, name, size) = (
+            dataset.clone(),
+            ctx.blobs.clone(),
+            saved.name.clone(),
+            saved.size,
+        );
+        tokio::task::spawn_blocking(move || {
+            inspect(&blobs, &name, size, &dataset, &requested, explicit.as_ref())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
     };
     let new_job = NewJob {
         dataset: dataset.name.clone(),
@@ -167,7 +184,9 @@ pub async fn upload(
     if dataset.sync {
         return import_now(&state, new_job, saved).await;
     }
-    let job_id = ctx.store_call(move |s| s.job_insert(&new_job, None)).await?;
+    let job_id = ctx
+        .store_call(move |s| s.job_insert(&new_job, None))
+        .await?;
     let mut saved = saved;
     saved.keep = true;
     ctx.wake.notify_one();
@@ -177,16 +196,27 @@ pub async fn upload(
         "message": format!("{} import started in background", capitalised(&dataset.name)),
         "data": {"jobId": job_id, "statusUrl": status_url},
     });
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, status_url)], Json(body)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, status_url)],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// Synchronous datasets: run the import inside the request and answer with its results.
-async fn import_now(state: &Arc<AppState>, new_job: NewJob, mut saved: SavedBlob) -> Result<Response, ApiError> {
+async fn import_now(
+    state: &Arc<AppState>,
+    new_job: NewJob,
+    mut saved: SavedBlob,
+) -> Result<Response, ApiError> {
     let ctx = &state.jobs;
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
     let t = token.clone();
-    let job_id = ctx.store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms)))).await?;
+    let job_id = ctx
+        .store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms))))
+        .await?;
     saved.keep = true;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
@@ -195,7 +225,12 @@ async fn import_now(state: &Arc<AppState>, new_job: NewJob, mut saved: SavedBlob
     let lease = crate::store::Lease { job_id, token };
     let executed = execute(ctx, job, lease, &CancellationToken::new()).await;
     let (job, (errors, _)) = ctx
-        .store_call(move |s| Ok((s.job_get(job_id)?, s.errors_page(job_id, SYNC_ERRORS_SHOWN, 0)?)))
+        .store_call(move |s| {
+            Ok((
+                s.job_get(job_id)?,
+                s.errors_page(job_id, SYNC_ERRORS_SHOWN, 0)?,
+            ))
+        })
         .await?;
     let job = job.ok_or_else(|| ApiError::Internal("job vanished after import".into()))?;
     let completed = executed == Executed::Finished(crate::store::JobStatus::Completed);
@@ -206,7 +241,11 @@ async fn import_now(state: &Arc<AppState>, new_job: NewJob, mut saved: SavedBlob
     } else {
         format!("{} import did not complete", capitalised(&job.dataset))
     };
-    Ok((StatusCode::OK, Json(json!({"success": completed, "message": message, "data": data}))).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(json!({"success": completed, "message": message, "data": data})),
+    )
+        .into_response())
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
@@ -223,7 +262,9 @@ fn capitalised(s: &str) -> String {
 fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
     match s {
         "tab" | "\\t" | "\t" => Ok(b'\t'),
-        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => Ok(s.as_bytes()[0]),
+        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => {
+            Ok(s.as_bytes()[0])
+        }
         _ => Err(ApiError::bad(
             "invalid_delimiter",
             "delimiter must be one ASCII character (or `tab`), not a quote or line break",
@@ -237,7 +278,11 @@ fn clean_filename(name: Option<&str>) -> String {
     let name = name.unwrap_or("upload");
     let last = name.rsplit(['/', '\\']).next().unwrap_or(name);
     let clean: String = last.chars().filter(|c| !c.is_control()).take(255).collect();
-    if clean.trim().is_empty() { "upload".into() } else { clean }
+    if clean.trim().is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
 }
 
 /// Streams a body to a new blob, hashing on the way and refusing past the size limit.
@@ -264,7 +309,12 @@ where
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut hasher = Sha256::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad("upload_interrupted", format!("the upload did not arrive whole: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad(
+                "upload_interrupted",
+                format!("the upload did not arrive whole: {e}"),
+            )
+        })?;
         saved.size += chunk.len() as u64;
         if saved.size > state.max_upload_bytes {
             return Err(ApiError::TooLarge(format!(
@@ -285,7 +335,11 @@ where
         .sync_all()
         .await
         .map_err(|e| ApiError::Internal(format!("syncing blob: {e}")))?;
-    saved.sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    saved.sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(saved)
 }
 
@@ -323,7 +377,9 @@ fn inspect(
         return Err(FileError::NoRows);
     }
     if dataset.sync && rows > dataset.max_rows {
-        return Err(FileError::TooManyRows { max: dataset.max_rows });
+        return Err(FileError::TooManyRows {
+            max: dataset.max_rows,
+        });
     }
     Ok(Inspected {
         format,

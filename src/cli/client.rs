@@ -122,13 +122,17 @@ impl Api {
     }
 
     async fn get(&self, path: &str) -> Result<Value, String> {
-        self.send(self.request(reqwest::Method::GET, path)).await.map(|(_, v)| v)
+        self.send(self.request(reqwest::Method::GET, path))
+            .await
+            .map(|(_, v)| v)
     }
 }
 
 fn api_error(status: u16, body: &Value) -> String {
     let code = body["error"]["code"].as_str().unwrap_or("http_error");
-    let message = body["error"]["message"].as_str().unwrap_or("the server gave no details");
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or("the server gave no details");
     let hint = if status == 401 {
         " (pass --token or set SLUICE_TOKEN)"
     } else {
@@ -153,14 +157,24 @@ pub async fn import(args: ImportArgs) -> CliResult {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "upload.csv".into());
     let mut query = vec![("filename", filename.clone())];
-    for (k, v) in [("mode", &args.mode), ("delimiter", &args.delimiter), ("mapping", &args.mapping)] {
+    for (k, v) in [
+        ("mode", &args.mode),
+        ("delimiter", &args.delimiter),
+        ("mapping", &args.mapping),
+    ] {
         if let Some(v) = v {
             query.push((k, v.clone()));
         }
     }
-    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024));
+    let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
     let req = api
-        .request(reqwest::Method::POST, &format!("/api/v1/import/{}", args.dataset))
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/import/{}", args.dataset),
+        )
         .query(&query)
         .header(reqwest::header::CONTENT_TYPE, "text/csv")
         .header(reqwest::header::CONTENT_LENGTH, size)
@@ -171,7 +185,9 @@ pub async fn import(args: ImportArgs) -> CliResult {
         print_summary(&body["data"]);
         return finished_ok(&body["data"]);
     }
-    let job_id = body["data"]["jobId"].as_i64().ok_or("the server answered without a job id")?;
+    let job_id = body["data"]["jobId"]
+        .as_i64()
+        .ok_or("the server answered without a job id")?;
     if !args.wait {
         println!("job {job_id} started; follow it with: sluice status {job_id}");
         return Ok(());
@@ -179,8 +195,10 @@ pub async fn import(args: ImportArgs) -> CliResult {
     eprintln!("job {job_id} started");
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let data = loop {
         let status = api.get(&format!("/api/v1/import/status/{job_id}")).await?;
@@ -188,9 +206,18 @@ pub async fn import(args: ImportArgs) -> CliResult {
         bar.set_length(n(&data["progress"]["total"]));
         bar.set_position(n(&data["progress"]["current"]));
         let rps = n(&data["rowsPerSecond"]);
-        let eta = data["etaSeconds"].as_u64().map(|s| format!(", ETA {s}s")).unwrap_or_default();
-        bar.set_message(format!("{} · {rps} rows/s{eta}", data["status"].as_str().unwrap_or("?")));
-        if matches!(data["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        let eta = data["etaSeconds"]
+            .as_u64()
+            .map(|s| format!(", ETA {s}s"))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "{} · {rps} rows/s{eta}",
+            data["status"].as_str().unwrap_or("?")
+        ));
+        if matches!(
+            data["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
             break data;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -214,9 +241,20 @@ fn finished_ok(data: &Value) -> CliResult {
 }
 
 fn print_summary(d: &Value) {
-    println!("job {} ({}, {}): {}", d["jobId"], d["dataset"].as_str().unwrap_or("?"), d["filename"].as_str().unwrap_or("?"), d["status"].as_str().unwrap_or("?"));
+    println!(
+        "job {} ({}, {}): {}",
+        d["jobId"],
+        d["dataset"].as_str().unwrap_or("?"),
+        d["filename"].as_str().unwrap_or("?"),
+        d["status"].as_str().unwrap_or("?")
+    );
     let p = &d["progress"];
-    println!("  rows:      {}/{} ({}%)", n(&p["current"]), n(&p["total"]), n(&p["percentage"]));
+    println!(
+        "  rows:      {}/{} ({}%)",
+        n(&p["current"]),
+        n(&p["total"]),
+        n(&p["percentage"])
+    );
     println!(
         "  created {} · updated {} · unchanged {} · errors {}",
         n(&d["createdCount"]),
@@ -231,13 +269,18 @@ fn print_summary(d: &Value) {
         println!("  error:     {e}");
     }
     if n(&d["errorCount"]) > 0 {
-        println!("  rejected rows: sluice errors {} --out rejected.csv", d["jobId"]);
+        println!(
+            "  rejected rows: sluice errors {} --out rejected.csv",
+            d["jobId"]
+        );
     }
 }
 
 pub async fn status(args: JobArgs) -> CliResult {
     let api = Api::new(&args.server)?;
-    let body = api.get(&format!("/api/v1/import/status/{}", args.id)).await?;
+    let body = api
+        .get(&format!("/api/v1/import/status/{}", args.id))
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
     } else {
@@ -262,7 +305,10 @@ pub async fn jobs(args: JobsArgs) -> CliResult {
         println!("{}", serde_json::to_string_pretty(&body)?);
         return Ok(());
     }
-    println!("{:>6}  {:<10}  {:<12}  {:>12}  {:>8}  {:>8}  FILE", "ID", "STATUS", "DATASET", "ROWS", "%", "ERRORS");
+    println!(
+        "{:>6}  {:<10}  {:<12}  {:>12}  {:>8}  {:>8}  FILE",
+        "ID", "STATUS", "DATASET", "ROWS", "%", "ERRORS"
+    );
     for j in body["data"]["jobs"].as_array().into_iter().flatten() {
         println!(
             "{:>6}  {:<10}  {:<12}  {:>12}  {:>8}  {:>8}  {}",
@@ -286,7 +332,10 @@ pub async fn errors(args: ErrorsArgs) -> CliResult {
         query.push(("limit", u64::MAX.to_string()));
     }
     let resp = api
-        .request(reqwest::Method::GET, &format!("/api/v1/import/{}/errors", args.id))
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/import/{}/errors", args.id),
+        )
         .query(&query)
         .send()
         .await

@@ -49,7 +49,12 @@ enum Command {
 #[derive(Args, Clone)]
 pub struct ServerArgs {
     /// Base URL of the sluice server.
-    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub server: String,
     /// API token (printed by `sluice serve` on its first start).
     #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true, global = true)]
@@ -58,7 +63,10 @@ pub struct ServerArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -85,11 +93,17 @@ pub fn main() -> ExitCode {
 }
 
 /// Where the data lives, from `--data-dir` or a `sqlite://` URL.
-pub fn sqlite_path(data_dir: &std::path::Path, database_url: Option<&str>) -> Result<PathBuf, String> {
+pub fn sqlite_path(
+    data_dir: &std::path::Path,
+    database_url: Option<&str>,
+) -> Result<PathBuf, String> {
     match database_url {
         None | Some("") => Ok(data_dir.join("sluice.db")),
         Some(url) => {
-            if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if let Some(path) = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
                 let path = path.split('?').next().unwrap_or(path);
                 if path.is_empty() {
                     return Err("SLUICE_DATABASE_URL `sqlite://` needs a file path, e.g. sqlite://./sluice-data/sluice.db".into());
@@ -98,7 +112,9 @@ pub fn sqlite_path(data_dir: &std::path::Path, database_url: Option<&str>) -> Re
             } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 Err("PostgreSQL is not supported by this build yet; use the embedded SQLite default".into())
             } else {
-                Err(format!("unsupported database URL `{url}`: use sqlite://PATH"))
+                Err(format!(
+                    "unsupported database URL `{url}`: use sqlite://PATH"
+                ))
             }
         }
     }

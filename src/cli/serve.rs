@@ -71,10 +71,15 @@ fn load_datasets(args: &StorageArgs) -> Result<Datasets, String> {
 }
 
 fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<SqliteStore, String> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create data directory {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
     let path = sqlite_path(&args.data_dir, args.database_url.as_deref())?;
-    let store = SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let store =
+        SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     store
         .datasets_prepare(datasets)
         .map_err(|e| format!("cannot prepare the dataset tables: {e}"))?;
@@ -94,7 +99,9 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
     if let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
         let hash = auth::hash_token(token);
         if store.token_find(&hash).map_err(err)?.is_none() {
-            store.token_insert("SLUICE_ADMIN_TOKEN", &hash, "admin").map_err(err)?;
+            store
+                .token_insert("SLUICE_ADMIN_TOKEN", &hash, "admin")
+                .map_err(err)?;
         }
         return Ok(());
     }
@@ -109,7 +116,10 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
         };
         println!("sluice: created an admin API token. It is shown only this once; keep it:\n");
         println!("    {token}\n");
-        println!("Try it:\n    curl -H \"Authorization: Bearer {token}\" http://{host}:{}/api/v1/import/jobs\n", args.listen.port());
+        println!(
+            "Try it:\n    curl -H \"Authorization: Bearer {token}\" http://{host}:{}/api/v1/import/jobs\n",
+            args.listen.port()
+        );
     }
     Ok(())
 }
@@ -117,7 +127,8 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
 pub async fn serve(args: ServeArgs) -> CliResult {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -18,7 +18,15 @@ use toml::Spanned;
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// Columns of a `<table>_history` table besides the key columns.
-pub const HISTORY_COLUMNS: &[&str] = &["id", "field", "old_value", "new_value", "valid_from", "valid_to", "job_id"];
+pub const HISTORY_COLUMNS: &[&str] = &[
+    "id",
+    "field",
+    "old_value",
+    "new_value",
+    "valid_from",
+    "valid_to",
+    "job_id",
+];
 
 /// Rows a synchronous dataset accepts when the file sets no `max_rows`.
 const DEFAULT_SYNC_MAX_ROWS: u64 = 5_000;
@@ -106,7 +114,8 @@ pub struct Datasets {
 impl Datasets {
     /// The built-in datasets.
     pub fn builtin() -> Self {
-        Self::parse(DEFAULT_TOML, "built-in datasets.toml").expect("the built-in datasets.toml is valid")
+        Self::parse(DEFAULT_TOML, "built-in datasets.toml")
+            .expect("the built-in datasets.toml is valid")
     }
 
     /// Reads a datasets file; errors name the file and line.
@@ -142,7 +151,10 @@ impl Datasets {
             if let Some(other) = tables.insert(dataset.table.clone(), name.clone()) {
                 return Err(invalid(
                     span,
-                    format!("datasets `{other}` and `{name}` both write table `{}`", dataset.table),
+                    format!(
+                        "datasets `{other}` and `{name}` both write table `{}`",
+                        dataset.table
+                    ),
                 ));
             }
             by_name.insert(name, Arc::new(dataset));
@@ -164,7 +176,11 @@ impl Datasets {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|b| *b == b'\n')
+        .count()
+        + 1
 }
 
 /// A plain SQL identifier: a letter or `_` first, then letters, digits or `_`, at most 63 bytes,
@@ -255,14 +271,15 @@ fn build_dataset(name: &str, raw: RawDataset) -> Result<Dataset, String> {
         fields.push(build_field(&fname, f)?);
     }
     if raw.key.is_empty() {
-        return Err(format!("dataset `{name}` needs a key (key = [\"field\", …])"));
+        return Err(format!(
+            "dataset `{name}` needs a key (key = [\"field\", …])"
+        ));
     }
     let mut key = Vec::new();
     for k in &raw.key {
-        let idx = fields
-            .iter()
-            .position(|f| &f.name == k)
-            .ok_or_else(|| format!("key field `{k}` of dataset `{name}` is not among its fields"))?;
+        let idx = fields.iter().position(|f| &f.name == k).ok_or_else(|| {
+            format!("key field `{k}` of dataset `{name}` is not among its fields")
+        })?;
         if key.contains(&idx) {
             return Err(format!("key field `{k}` is listed twice"));
         }
@@ -320,16 +337,22 @@ fn build_field(name: &str, raw: RawField) -> Result<Field, String> {
         return Err(format!("field `{name}`: min {lo} is greater than max {hi}"));
     }
     if raw.max_len.is_some() && raw.ty != FieldType::Text {
-        return Err(format!("field `{name}`: max_len applies only to text fields"));
+        return Err(format!(
+            "field `{name}`: max_len applies only to text fields"
+        ));
     }
     if raw.scale.is_some() && raw.ty != FieldType::Decimal {
-        return Err(format!("field `{name}`: scale applies only to decimal fields"));
+        return Err(format!(
+            "field `{name}`: scale applies only to decimal fields"
+        ));
     }
     if raw.scale.is_some_and(|s| s > 28) {
         return Err(format!("field `{name}`: scale must be at most 28"));
     }
     if !raw.formats.is_empty() && !matches!(raw.ty, FieldType::Date | FieldType::Datetime) {
-        return Err(format!("field `{name}`: formats apply only to date and datetime fields"));
+        return Err(format!(
+            "field `{name}`: formats apply only to date and datetime fields"
+        ));
     }
     for f in &raw.formats {
         if chrono::format::StrftimeItems::new(f).parse().is_err() {
@@ -368,13 +391,19 @@ mod tests {
         let text = "[datasets.ok]\nkey=[\"a\"]\n[datasets.ok.fields]\na={type=\"text\"}\n\n[datasets.\"bad name\"]\nkey=[\"a\"]\n[datasets.\"bad name\".fields]\na={type=\"text\"}\n";
         let err = Datasets::parse(text, "x.toml").unwrap_err().to_string();
         assert!(err.contains("line 6"), "{err}");
-        let err = Datasets::parse("[datasets.a]\nkey=[\"z\"]\n[datasets.a.fields]\nb={type=\"text\"}\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let err = Datasets::parse(
+            "[datasets.a]\nkey=[\"z\"]\n[datasets.a.fields]\nb={type=\"text\"}\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("key field `z`"), "{err}");
-        let err = Datasets::parse("[datasets.a]\nkey=[\"b\"]\n[datasets.a.fields]\nb={type=\"txt\"}\n", "x.toml")
-            .unwrap_err()
-            .to_string();
+        let err = Datasets::parse(
+            "[datasets.a]\nkey=[\"b\"]\n[datasets.a.fields]\nb={type=\"txt\"}\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("line 4"), "{err}");
     }
 

@@ -108,7 +108,12 @@ pub fn resolve(
     let missing: Vec<String> = dataset
         .fields
         .iter()
-        .filter(|f| f.required && !columns.iter().any(|c| c.as_deref() == Some(f.name.as_str())))
+        .filter(|f| {
+            f.required
+                && !columns
+                    .iter()
+                    .any(|c| c.as_deref() == Some(f.name.as_str()))
+        })
         .map(|f| f.name.clone())
         .collect();
     if !missing.is_empty() {
@@ -145,7 +150,10 @@ mod tests {
     fn missing_required_columns_are_named() {
         let ds = Datasets::builtin().get("products").unwrap();
         let err = resolve(&ds, &headers(&["sku", "price"]), None).unwrap_err();
-        assert_eq!(err.to_string(), "missing required column(s): name, updated_at");
+        assert_eq!(
+            err.to_string(),
+            "missing required column(s): name, updated_at"
+        );
     }
 
     #[test]

@@ -195,7 +195,13 @@ impl Batch {
     }
 
     /// A row error for valid row `i` that the writer rejected.
-    pub fn reject(&self, i: usize, column: Option<&str>, value: Option<String>, message: String) -> RowError {
+    pub fn reject(
+        &self,
+        i: usize,
+        column: Option<&str>,
+        value: Option<String>,
+        message: String,
+    ) -> RowError {
         RowError {
             row: self.rows[i],
             column: column.map(str::to_string),

@@ -92,11 +92,21 @@ pub fn read_head(path: &Path) -> Result<Vec<u8>, FileError> {
 }
 
 /// Settles the options for a file: the detected format and the delimiter to use.
-pub fn resolve_options(path: &Path, requested: &SourceOptions) -> Result<(Format, SourceOptions), FileError> {
+pub fn resolve_options(
+    path: &Path,
+    requested: &SourceOptions,
+) -> Result<(Format, SourceOptions), FileError> {
     let head = read_head(path)?;
     let format = detect_format(&head)?;
-    let delimiter = requested.delimiter.unwrap_or_else(|| sniff_delimiter(strip_bom(&head)));
-    Ok((format, SourceOptions { delimiter: Some(delimiter) }))
+    let delimiter = requested
+        .delimiter
+        .unwrap_or_else(|| sniff_delimiter(strip_bom(&head)));
+    Ok((
+        format,
+        SourceOptions {
+            delimiter: Some(delimiter),
+        },
+    ))
 }
 
 fn strip_bom(b: &[u8]) -> &[u8] {
@@ -219,8 +229,14 @@ mod tests {
     #[test]
     fn detects_by_content() {
         assert!(matches!(detect_format(b""), Err(FileError::Empty)));
-        assert!(matches!(detect_format(b"PK\x03\x04rest"), Err(FileError::UnsupportedFormat(_))));
-        assert!(matches!(detect_format(b"\x89PNG\r\n\x1a\n\0\0"), Err(FileError::UnsupportedFormat(_))));
+        assert!(matches!(
+            detect_format(b"PK\x03\x04rest"),
+            Err(FileError::UnsupportedFormat(_))
+        ));
+        assert!(matches!(
+            detect_format(b"\x89PNG\r\n\x1a\n\0\0"),
+            Err(FileError::UnsupportedFormat(_))
+        ));
         assert!(matches!(detect_format(b"sku,name\n"), Ok(Format::Csv)));
     }
 }

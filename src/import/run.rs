@@ -64,7 +64,11 @@ pub struct RunSpec<'a> {
 }
 
 /// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
-pub fn run(spec: &RunSpec<'_>, sink: &mut dyn BatchSink, should_stop: &dyn Fn() -> bool) -> Result<RunOutcome, RunError> {
+pub fn run(
+    spec: &RunSpec<'_>,
+    sink: &mut dyn BatchSink,
+    should_stop: &dyn Fn() -> bool,
+) -> Result<RunOutcome, RunError> {
     let mut source = CsvSource::open(spec.path, spec.options)?;
     let width = source.headers().len();
     if width != spec.mapping.columns.len() {
@@ -107,7 +111,11 @@ pub fn run(spec: &RunSpec<'_>, sink: &mut dyn BatchSink, should_stop: &dyn Fn() 
 }
 
 /// Commits a batch, retrying system errors with exponential backoff and jitter.
-fn commit_with_retry(sink: &mut dyn BatchSink, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+fn commit_with_retry(
+    sink: &mut dyn BatchSink,
+    batch: &Batch,
+    checkpoint: u64,
+) -> Result<BatchCounts, SinkError> {
     let mut attempt = 0;
     loop {
         attempt += 1;

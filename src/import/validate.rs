@@ -58,7 +58,12 @@ impl<'a> Validator<'a> {
 
     /// Appends the record's values (one per dataset field) to `out`, or returns why the row is
     /// rejected (leaving `out` as it was).
-    pub fn validate(&self, record: &csv::ByteRecord, row: u64, out: &mut Vec<Value>) -> Result<(), RowError> {
+    pub fn validate(
+        &self,
+        record: &csv::ByteRecord,
+        row: u64,
+        out: &mut Vec<Value>,
+    ) -> Result<(), RowError> {
         let reject = |column: Option<&str>, value: Option<&[u8]>, message: String| RowError {
             row,
             column: column.map(str::to_string),
@@ -117,7 +122,9 @@ pub fn parse_field(field: &Field, text: &str) -> Result<Value, String> {
             if let Some(max) = field.max_len {
                 let len = text.chars().count();
                 if len > max {
-                    return Err(format!("is {len} characters long; at most {max} are allowed"));
+                    return Err(format!(
+                        "is {len} characters long; at most {max} are allowed"
+                    ));
                 }
             }
             Ok(Value::Text(text.to_string()))
@@ -129,7 +136,8 @@ pub fn parse_field(field: &Field, text: &str) -> Result<Value, String> {
             Ok(Value::Int(n))
         }
         FieldType::Decimal => {
-            let d = parse_decimal(trimmed).ok_or_else(|| format!("`{trimmed}` is not a decimal number"))?;
+            let d = parse_decimal(trimmed)
+                .ok_or_else(|| format!("`{trimmed}` is not a decimal number"))?;
             if let Some(scale) = field.scale
                 && d.scale() > scale
             {
@@ -141,7 +149,9 @@ pub fn parse_field(field: &Field, text: &str) -> Result<Value, String> {
         FieldType::Boolean => match trimmed.to_ascii_lowercase().as_str() {
             "true" | "t" | "yes" | "y" | "1" => Ok(Value::Bool(true)),
             "false" | "f" | "no" | "n" | "0" => Ok(Value::Bool(false)),
-            _ => Err(format!("`{trimmed}` is not a boolean (true/false, yes/no, 1/0)")),
+            _ => Err(format!(
+                "`{trimmed}` is not a boolean (true/false, yes/no, 1/0)"
+            )),
         },
         FieldType::Date => parse_date(field, trimmed).map(Value::Date),
         FieldType::Datetime => parse_datetime(field, trimmed).map(Value::DateTime),
@@ -155,7 +165,8 @@ fn parse_decimal(s: &str) -> Option<Decimal> {
     let int = parts.next().unwrap_or("");
     let frac = parts.next();
     let plain = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    let ok = plain(int) && frac.is_none_or(plain) && !(int.is_empty() && frac.is_none_or(str::is_empty));
+    let ok =
+        plain(int) && frac.is_none_or(plain) && !(int.is_empty() && frac.is_none_or(str::is_empty));
     if !ok {
         return None;
     }
@@ -177,7 +188,9 @@ fn check_bounds(field: &Field, v: Decimal) -> Result<(), String> {
 }
 
 fn parse_date(field: &Field, s: &str) -> Result<String, String> {
-    let iso = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().filter(|_| s.len() == 10);
+    let iso = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .filter(|_| s.len() == 10);
     let date = iso.or_else(|| {
         field
             .formats
@@ -198,7 +211,12 @@ fn parse_datetime(field: &Field, s: &str) -> Result<String, String> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.to_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
-    let naive_formats = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"];
+    let naive_formats = [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ];
     naive_formats
         .iter()
         .copied()
@@ -221,13 +239,23 @@ mod tests {
     #[test]
     fn decimals_are_exact_and_bounded() {
         let price = field("products", "price");
-        assert_eq!(parse_field(&price, "1234.50").unwrap(), Value::Decimal(Decimal::new(123450, 2)));
-        assert_eq!(parse_field(&price, "1234.50").unwrap().to_text().unwrap(), "1234.50");
+        assert_eq!(
+            parse_field(&price, "1234.50").unwrap(),
+            Value::Decimal(Decimal::new(123450, 2))
+        );
+        assert_eq!(
+            parse_field(&price, "1234.50").unwrap().to_text().unwrap(),
+            "1234.50"
+        );
         assert!(parse_field(&price, "12.3.4").is_err());
         assert!(parse_field(&price, "abc").is_err());
         assert!(parse_field(&price, "N/A").is_err());
         assert!(parse_field(&price, "1e5").is_err());
-        assert!(parse_field(&price, "-0.01").unwrap_err().contains("below the minimum"));
+        assert!(
+            parse_field(&price, "-0.01")
+                .unwrap_err()
+                .contains("below the minimum")
+        );
         assert_eq!(parse_field(&price, "").unwrap(), Value::Null);
     }
 
@@ -238,13 +266,19 @@ mod tests {
         assert!(parse_field(&stock, "-3").is_err());
         assert!(parse_field(&stock, "4.5").is_err());
         let date = field("products", "updated_at");
-        assert_eq!(parse_field(&date, "2024-02-29").unwrap(), Value::Date("2024-02-29".into()));
+        assert_eq!(
+            parse_field(&date, "2024-02-29").unwrap(),
+            Value::Date("2024-02-29".into())
+        );
         assert!(parse_field(&date, "2023-02-30").is_err());
         assert!(parse_field(&date, "31/12/2023").is_err());
         assert!(parse_field(&date, "not-a-date").is_err());
         assert_eq!(parse_field(&date, "").unwrap_err(), "is required");
         let sku = field("products", "sku");
-        assert_eq!(parse_field(&sku, "00123").unwrap(), Value::Text("00123".into()));
+        assert_eq!(
+            parse_field(&sku, "00123").unwrap(),
+            Value::Text("00123".into())
+        );
     }
 
     #[test]
@@ -264,6 +298,9 @@ mod tests {
         );
         f.ty = FieldType::Date;
         f.formats = vec!["%d/%m/%Y".into()];
-        assert_eq!(parse_field(&f, "31/12/2023").unwrap(), Value::Date("2023-12-31".into()));
+        assert_eq!(
+            parse_field(&f, "31/12/2023").unwrap(),
+            Value::Date("2023-12-31".into())
+        );
     }
 }

@@ -68,12 +68,19 @@ pub enum Executed {
 }
 
 /// Starts the worker pool; each worker ends when `shutdown` is cancelled.
-pub fn spawn_workers(ctx: Arc<JobContext>, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_workers(
+    ctx: Arc<JobContext>,
+    shutdown: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     (0..ctx.config.workers)
         .map(|n| {
             let ctx = ctx.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { worker_loop(ctx, shutdown).instrument(tracing::info_span!("worker", n)).await })
+            tokio::spawn(async move {
+                worker_loop(ctx, shutdown)
+                    .instrument(tracing::info_span!("worker", n))
+                    .await
+            })
         })
         .collect()
 }
@@ -105,11 +112,22 @@ async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken) {
 
 /// Executes a claimed job to its end, a shutdown, or the loss of its lease.
 #[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset))]
-pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &CancellationToken) -> Executed {
+pub async fn execute(
+    ctx: &Arc<JobContext>,
+    job: Job,
+    lease: Lease,
+    shutdown: &CancellationToken,
+) -> Executed {
     let stop = Arc::new(AtomicBool::new(false));
     let lost = Arc::new(AtomicBool::new(false));
     let heartbeat = {
-        let (ctx, lease, stop, lost, shutdown) = (ctx.clone(), lease.clone(), stop.clone(), lost.clone(), shutdown.clone());
+        let (ctx, lease, stop, lost, shutdown) = (
+            ctx.clone(),
+            lease.clone(),
+            stop.clone(),
+            lost.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let every = ctx.config.lease / 3;
             let lease_ms = ctx.lease_ms();
@@ -132,7 +150,11 @@ pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &C
             }
         })
     };
-    tracing::info!(attempt = job.attempts, checkpoint = job.rows_done, "job started");
+    tracing::info!(
+        attempt = job.attempts,
+        checkpoint = job.rows_done,
+        "job started"
+    );
     let result = {
         let (ctx, lease, stop) = (ctx.clone(), lease.clone(), stop.clone());
         tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &stop)).await
@@ -140,11 +162,15 @@ pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &C
     heartbeat.abort();
     let outcome = match result {
         Ok(r) => r,
-        Err(e) => Err(RunError::Sink(SinkError::Fatal(format!("worker thread failed: {e}")))),
+        Err(e) => Err(RunError::Sink(SinkError::Fatal(format!(
+            "worker thread failed: {e}"
+        )))),
     };
     let (status, message) = match outcome {
         Ok(RunOutcome::Finished) => (JobStatus::Completed, None),
-        Ok(RunOutcome::Stopped) | Err(RunError::Sink(SinkError::LeaseLost)) if lost.load(Ordering::SeqCst) => {
+        Ok(RunOutcome::Stopped) | Err(RunError::Sink(SinkError::LeaseLost))
+            if lost.load(Ordering::SeqCst) =>
+        {
             return Executed::LeaseLost;
         }
         Err(RunError::Sink(SinkError::LeaseLost)) => return Executed::LeaseLost,
@@ -167,9 +193,16 @@ pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &C
     };
     let l = lease.clone();
     let msg = message.clone();
-    match ctx.store_call(move |s| s.job_finish(&l, status, msg.as_deref())).await {
+    match ctx
+        .store_call(move |s| s.job_finish(&l, status, msg.as_deref()))
+        .await
+    {
         Ok(true) => {
-            tracing::info!(status = status.as_str(), error = message.as_deref().unwrap_or(""), "job finished");
+            tracing::info!(
+                status = status.as_str(),
+                error = message.as_deref().unwrap_or(""),
+                "job finished"
+            );
             Executed::Finished(status)
         }
         Ok(false) => Executed::LeaseLost,
@@ -183,17 +216,23 @@ pub async fn execute(ctx: &Arc<JobContext>, job: Job, lease: Lease, shutdown: &C
 /// A failure message fit for users: what went wrong with the file, no paths or internals.
 fn file_failure(e: &FileError) -> String {
     match e {
-        FileError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => "the uploaded file is no longer available".into(),
+        FileError::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            "the uploaded file is no longer available".into()
+        }
         FileError::Io(_) => "the uploaded file could not be read".into(),
         other => other.to_string(),
     }
 }
 
-fn run_blocking(ctx: &JobContext, job: &Job, lease: Lease, stop: &AtomicBool) -> Result<RunOutcome, RunError> {
-    let dataset = ctx
-        .datasets
-        .get(&job.dataset)
-        .ok_or_else(|| FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset)))?;
+fn run_blocking(
+    ctx: &JobContext,
+    job: &Job,
+    lease: Lease,
+    stop: &AtomicBool,
+) -> Result<RunOutcome, RunError> {
+    let dataset = ctx.datasets.get(&job.dataset).ok_or_else(|| {
+        FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset))
+    })?;
     let path = ctx
         .blobs
         .path(&job.blob)
@@ -208,7 +247,10 @@ fn run_blocking(ctx: &JobContext, job: &Job, lease: Lease, stop: &AtomicBool) ->
             return Err(SinkError::LeaseLost.into());
         }
     }
-    let mut sink = ctx.store.batch_sink(dataset.clone(), lease, job.mode).map_err(store_err)?;
+    let mut sink = ctx
+        .store
+        .batch_sink(dataset.clone(), lease, job.mode)
+        .map_err(store_err)?;
     let spec = RunSpec {
         dataset: &dataset,
         path: &path,

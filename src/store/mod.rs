@@ -56,7 +56,10 @@ impl JobStatus {
     }
 
     pub fn is_finished(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
@@ -171,13 +174,28 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
     /// Moves the job to a final state; false when the lease was lost.
-    fn job_finish(&self, lease: &Lease, status: JobStatus, error: Option<&str>) -> StoreResult<bool>;
+    fn job_finish(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        error: Option<&str>,
+    ) -> StoreResult<bool>;
     /// Gives the job back (shutdown): it stays `processing` and is claimable at once.
     fn job_release(&self, lease: &Lease) -> StoreResult<()>;
 
     /// A page of the job's row errors, in row order, and their total.
-    fn errors_page(&self, job: JobId, limit: u64, offset: u64) -> StoreResult<(Vec<ErrorRecord>, u64)>;
+    fn errors_page(
+        &self,
+        job: JobId,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<ErrorRecord>, u64)>;
 
     /// A writer of batches for a claimed job.
-    fn batch_sink(&self, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> StoreResult<Box<dyn BatchSink + Send>>;
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+    ) -> StoreResult<Box<dyn BatchSink + Send>>;
 }

@@ -20,6 +20,8 @@ pub struct AppOptions {
     pub max_upload_mb: Option<u64>,
     pub datasets: Option<String>,
     pub admin_token: Option<String>,
+    /// SQL run on the fresh database file before the server first starts (tables of your own).
+    pub setup_sql: Option<String>,
 }
 
 impl Default for AppOptions {
@@ -31,6 +33,7 @@ impl Default for AppOptions {
             max_upload_mb: None,
             datasets: None,
             admin_token: Some(TOKEN.into()),
+            setup_sql: None,
         }
     }
 }
@@ -59,6 +62,11 @@ pub fn spawn_app(options: AppOptions) -> TestApp {
         options,
         http: reqwest::Client::new(),
     };
+    if let Some(sql) = &app.options.setup_sql {
+        std::fs::create_dir_all(app.data_dir()).expect("data dir");
+        let db = rusqlite::Connection::open(app.data_dir().join("sluice.db")).expect("create db");
+        db.execute_batch(sql).expect("setup sql");
+    }
     app.start();
     app
 }
@@ -133,7 +141,10 @@ impl TestApp {
     /// Stops the server with SIGTERM and waits for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         c.wait().expect("wait")
     }
 
@@ -150,14 +161,22 @@ impl TestApp {
         self.upload_with(dataset, file, &[]).await
     }
 
-    pub async fn upload_with(&self, dataset: &str, file: &Path, fields: &[(&str, &str)]) -> (u16, Value) {
+    pub async fn upload_with(
+        &self,
+        dataset: &str,
+        file: &Path,
+        fields: &[(&str, &str)],
+    ) -> (u16, Value) {
         let bytes = std::fs::read(file).expect("read upload");
         let name = file.file_name().unwrap().to_string_lossy().into_owned();
         let mut form = reqwest::multipart::Form::new();
         for (k, v) in fields {
             form = form.text(k.to_string(), v.to_string());
         }
-        form = form.part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
         let resp = self
             .http
             .post(self.url(&format!("/api/v1/import/{dataset}")))
@@ -184,10 +203,16 @@ impl TestApp {
         let start = Instant::now();
         loop {
             let s = self.status(job).await;
-            if matches!(s["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            if matches!(
+                s["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
                 return s;
             }
-            assert!(start.elapsed() < limit, "job {job} not done after {limit:?}: {s}");
+            assert!(
+                start.elapsed() < limit,
+                "job {job} not done after {limit:?}: {s}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -247,7 +272,9 @@ pub fn generate(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, Value) {
 }
 
 pub fn job_id(body: &Value) -> i64 {
-    body["data"]["jobId"].as_i64().unwrap_or_else(|| panic!("no job id in {body}"))
+    body["data"]["jobId"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id in {body}"))
 }
 
 pub const MINUTE: Duration = Duration::from_secs(60);

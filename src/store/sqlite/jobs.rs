@@ -121,7 +121,11 @@ impl JobStore for SqliteStore {
     fn token_count(&self) -> StoreResult<u64> {
         let conn = self.conn()?;
         let n: i64 = conn
-            .query_row("SELECT count(*) FROM tokens WHERE revoked_at IS NULL", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE revoked_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
             .map_err(db_err)?;
         Ok(n as u64)
     }
@@ -199,7 +203,11 @@ impl JobStore for SqliteStore {
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
         let conn = self.conn()?;
         let raw = conn
-            .query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], raw_job)
+            .query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                raw_job,
+            )
             .optional()
             .map_err(db_err)?;
         raw.map(RawJob::decode).transpose()
@@ -290,7 +298,12 @@ impl JobStore for SqliteStore {
         Ok(n == 1)
     }
 
-    fn job_finish(&self, lease: &Lease, status: JobStatus, error: Option<&str>) -> StoreResult<bool> {
+    fn job_finish(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
         let conn = self.conn()?;
         let n = conn
             .execute(
@@ -312,10 +325,19 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    fn errors_page(&self, job: JobId, limit: u64, offset: u64) -> StoreResult<(Vec<ErrorRecord>, u64)> {
+    fn errors_page(
+        &self,
+        job: JobId,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<ErrorRecord>, u64)> {
         let conn = self.conn()?;
         let total: i64 = conn
-            .query_row("SELECT count(*) FROM job_errors WHERE job_id = ?1", [job], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM job_errors WHERE job_id = ?1",
+                [job],
+                |r| r.get(0),
+            )
             .map_err(db_err)?;
         let mut stmt = conn
             .prepare_cached(
@@ -324,15 +346,18 @@ impl JobStore for SqliteStore {
             )
             .map_err(db_err)?;
         let rows = stmt
-            .query_map(params![job, limit.min(i64::MAX as u64) as i64, offset as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, String>(4)?,
-                ))
-            })
+            .query_map(
+                params![job, limit.min(i64::MAX as u64) as i64, offset as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
             .map_err(db_err)?
             .collect::<Result<Vec<_>, _>>()
             .map_err(db_err)?;
@@ -351,7 +376,12 @@ impl JobStore for SqliteStore {
         Ok((errors, total as u64))
     }
 
-    fn batch_sink(&self, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> StoreResult<Box<dyn BatchSink + Send>> {
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.connect(false)?;
         Ok(Box::new(SqliteSink::new(conn, dataset, lease, mode)))
     }

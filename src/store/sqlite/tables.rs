@@ -29,7 +29,12 @@ pub(super) fn meta_columns(ds: &Dataset) -> Vec<(String, &'static str)> {
     META_COLUMNS
         .iter()
         .map(|(n, t)| (n.to_string(), *t))
-        .chain(ds.fields.iter().filter(|f| f.history).map(|f| (since_column(&f.name), "TEXT")))
+        .chain(
+            ds.fields
+                .iter()
+                .filter(|f| f.history)
+                .map(|f| (since_column(&f.name), "TEXT")),
+        )
         .collect()
 }
 
@@ -103,10 +108,15 @@ fn prepare_one(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
             .map(|f| (f.name.clone(), sql_type(f.ty)))
             .chain(meta_columns(ds))
             .collect();
-        let missing = wanted.iter().filter(|(n, _)| !existing.iter().any(|c| c == n));
+        let missing = wanted
+            .iter()
+            .filter(|(n, _)| !existing.iter().any(|c| c == n));
         for (name, ty) in missing {
-            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {} {ty}", ident(name)))
-                .map_err(db_err)?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {} {ty}",
+                ident(name)
+            ))
+            .map_err(db_err)?;
         }
         // Upserts need a unique index on the key, whoever created the table.
         conn.execute_batch(&format!(
@@ -120,7 +130,13 @@ fn prepare_one(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
         let key_cols: Vec<String> = ds
             .key
             .iter()
-            .map(|&k| format!("{} {} NOT NULL", ident(&ds.fields[k].name), sql_type(ds.fields[k].ty)))
+            .map(|&k| {
+                format!(
+                    "{} {} NOT NULL",
+                    ident(&ds.fields[k].name),
+                    sql_type(ds.fields[k].ty)
+                )
+            })
             .collect();
         let history = ident(&ds.history_table());
         conn.execute_batch(&format!(

@@ -31,7 +31,9 @@ impl ToSql for Value {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {
             Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => {
+                ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+            }
             Value::Int(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
             Value::Decimal(d) => ToSqlOutput::Owned(SqlValue::Text(d.to_string())),
             Value::Bool(b) => ToSqlOutput::Owned(SqlValue::Integer(i64::from(*b))),
@@ -123,7 +125,9 @@ struct Plan {
 
 impl Plan {
     fn new(ds: &Dataset, present_mask: &[bool]) -> Self {
-        let present: Vec<usize> = (0..ds.fields.len()).filter(|&i| present_mask[i] || ds.is_key(i)).collect();
+        let present: Vec<usize> = (0..ds.fields.len())
+            .filter(|&i| present_mask[i] || ds.is_key(i))
+            .collect();
         let compare: Vec<usize> = present.iter().copied().filter(|&i| !ds.is_key(i)).collect();
         let history: Vec<(usize, usize)> = compare
             .iter()
@@ -139,22 +143,41 @@ impl Plan {
         select_cols.extend(compare.iter().map(|&i| name(i)));
         select_cols.push("_sluice_job".into());
         select_cols.push("_sluice_row".into());
-        select_cols.extend(history.iter().map(|(f, _)| since_column(&ds.fields[*f].name)));
+        select_cols.extend(
+            history
+                .iter()
+                .map(|(f, _)| since_column(&ds.fields[*f].name)),
+        );
         let key_expr = if key_cols.len() == 1 {
             key_cols[0].clone()
         } else {
             format!("({})", key_cols.join(", "))
         };
-        let select_prefix = format!("SELECT {} FROM {table} WHERE {key_expr} IN ", select_cols.join(", "));
+        let select_prefix = format!(
+            "SELECT {} FROM {table} WHERE {key_expr} IN ",
+            select_cols.join(", ")
+        );
 
         let mut insert_cols: Vec<String> = present.iter().map(|&i| name(i)).collect();
         insert_cols.extend(
-            ["_sluice_job", "_sluice_row", "_sluice_created_at", "_sluice_updated_at"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "_sluice_job",
+                "_sluice_row",
+                "_sluice_created_at",
+                "_sluice_updated_at",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
-        insert_cols.extend(history.iter().map(|(f, _)| since_column(&ds.fields[*f].name)));
-        let mut updates: Vec<String> = compare.iter().map(|&i| format!("{0} = excluded.{0}", name(i))).collect();
+        insert_cols.extend(
+            history
+                .iter()
+                .map(|(f, _)| since_column(&ds.fields[*f].name)),
+        );
+        let mut updates: Vec<String> = compare
+            .iter()
+            .map(|&i| format!("{0} = excluded.{0}", name(i)))
+            .collect();
         updates.extend(
             ["_sluice_job", "_sluice_row", "_sluice_updated_at"]
                 .iter()
@@ -166,7 +189,11 @@ impl Plan {
         }));
         let width = insert_cols.len();
         let upsert_head = format!("INSERT INTO {table} ({}) VALUES ", insert_cols.join(", "));
-        let upsert_tail = format!(" ON CONFLICT ({}) DO UPDATE SET {}", key_cols.join(", "), updates.join(", "));
+        let upsert_tail = format!(
+            " ON CONFLICT ({}) DO UPDATE SET {}",
+            key_cols.join(", "),
+            updates.join(", ")
+        );
         let upsert_row = format!("({})", vec!["?"; width].join(", "));
         let rows_per_insert = (MAX_BINDS / width).clamp(1, MAX_ROWS_PER_INSERT);
 
@@ -202,7 +229,9 @@ impl Plan {
     }
 
     fn upsert_sql(&self, rows: usize) -> String {
-        let mut sql = String::with_capacity(self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + self.upsert_tail.len());
+        let mut sql = String::with_capacity(
+            self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + self.upsert_tail.len(),
+        );
         sql.push_str(&self.upsert_head);
         for r in 0..rows {
             if r > 0 {
@@ -233,7 +262,9 @@ impl Plan {
 enum Action {
     Insert,
     /// Update; `changed` lists positions in `plan.compare` whose value changes.
-    Update { changed: Vec<usize> },
+    Update {
+        changed: Vec<usize>,
+    },
     Unchanged,
     Reject(String),
 }
@@ -275,7 +306,9 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 impl BatchSink for SqliteSink {
     fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
-        let plan = self.plan.get_or_insert_with(|| Plan::new(&self.dataset, &batch.present));
+        let plan = self
+            .plan
+            .get_or_insert_with(|| Plan::new(&self.dataset, &batch.present));
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
@@ -307,8 +340,15 @@ impl BatchSink for SqliteSink {
 impl SqliteSink {
     /// Redoes a batch one row at a time, each under a savepoint, so a row the database refuses
     /// becomes a row error and the others are written.
-    fn commit_row_by_row(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
-        let plan = self.plan.as_ref().ok_or_else(|| SinkError::Fatal("no plan".into()))?;
+    fn commit_row_by_row(
+        &mut self,
+        batch: &Batch,
+        checkpoint: u64,
+    ) -> Result<BatchCounts, SinkError> {
+        let plan = self
+            .plan
+            .as_ref()
+            .ok_or_else(|| SinkError::Fatal("no plan".into()))?;
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
@@ -335,8 +375,17 @@ impl SqliteSink {
                 Err(e) if is_constraint(&e) => {
                     drop(sp);
                     let reason = e.to_string();
-                    let reason = reason.split(':').next().unwrap_or("constraint failed").trim();
-                    rejected.push(batch.reject(i, None, None, format!("the database refused the row ({reason})")));
+                    let reason = reason
+                        .split(':')
+                        .next()
+                        .unwrap_or("constraint failed")
+                        .trim();
+                    rejected.push(batch.reject(
+                        i,
+                        None,
+                        None,
+                        format!("the database refused the row ({reason})"),
+                    ));
                 }
                 Err(e) => return Err(sink_err(e)),
             }
@@ -350,7 +399,13 @@ impl SqliteSink {
 }
 
 /// Stores the row errors and moves the checkpoint and counts, fenced by the lease.
-fn finish_batch(tx: &Transaction<'_>, lease: &Lease, rejected: &[RowError], counts: BatchCounts, checkpoint: u64) -> Result<(), SinkError> {
+fn finish_batch(
+    tx: &Transaction<'_>,
+    lease: &Lease,
+    rejected: &[RowError],
+    counts: BatchCounts,
+    checkpoint: u64,
+) -> Result<(), SinkError> {
     {
         let mut insert = tx
             .prepare_cached(
@@ -360,7 +415,14 @@ fn finish_batch(tx: &Transaction<'_>, lease: &Lease, rejected: &[RowError], coun
         for e in rejected {
             let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
             insert
-                .execute(params![lease.job_id, e.row as i64, e.column, e.value, e.message, record])
+                .execute(params![
+                    lease.job_id,
+                    e.row as i64,
+                    e.column,
+                    e.value,
+                    e.message,
+                    record
+                ])
                 .map_err(sink_err)?;
         }
     }
@@ -380,7 +442,11 @@ fn finish_batch(tx: &Transaction<'_>, lease: &Lease, rejected: &[RowError], coun
             ],
         )
         .map_err(sink_err)?;
-    if n == 1 { Ok(()) } else { Err(SinkError::LeaseLost) }
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(SinkError::LeaseLost)
+    }
 }
 
 struct WriteCtx<'a> {
@@ -394,7 +460,12 @@ struct WriteCtx<'a> {
 impl WriteCtx<'_> {
     /// Writes the given valid rows of the batch; returns the counts and the rows rejected for
     /// their key (duplicates, or existing keys in insert mode).
-    fn write_rows(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<(BatchCounts, Vec<RowError>)> {
+    fn write_rows(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[usize],
+    ) -> rusqlite::Result<(BatchCounts, Vec<RowError>)> {
         let existing = self.lookup(tx, batch, rows)?;
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
@@ -468,7 +539,12 @@ impl WriteCtx<'_> {
         }
     }
 
-    fn lookup(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<HashMap<String, Existing>> {
+    fn lookup(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[usize],
+    ) -> rusqlite::Result<HashMap<String, Existing>> {
         let key = &self.ds.key;
         let ncompare = self.plan.compare.len();
         let nhistory = self.plan.history.len();
@@ -498,13 +574,27 @@ impl WriteCtx<'_> {
                 for j in 0..nhistory {
                     since.push(r.get(base + ncompare + 2 + j)?);
                 }
-                found.insert(k, Existing { values, job, row, since });
+                found.insert(
+                    k,
+                    Existing {
+                        values,
+                        job,
+                        row,
+                        since,
+                    },
+                );
             }
         }
         Ok(found)
     }
 
-    fn upsert(&self, tx: &Connection, batch: &Batch, rows: &[(usize, Option<Vec<usize>>)], existing: &HashMap<String, Existing>) -> rusqlite::Result<()> {
+    fn upsert(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[(usize, Option<Vec<usize>>)],
+        existing: &HashMap<String, Existing>,
+    ) -> rusqlite::Result<()> {
         for chunk in rows.chunks(self.plan.rows_per_insert) {
             let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len()))?;
             let mut idx = 1;
@@ -525,7 +615,9 @@ impl WriteCtx<'_> {
                 };
                 for (h, (_, pos)) in self.plan.history.iter().enumerate() {
                     let keep_old = match (changed, old) {
-                        (Some(changed), Some(old)) if !changed.contains(pos) => old.since[h].clone(),
+                        (Some(changed), Some(old)) if !changed.contains(pos) => {
+                            old.since[h].clone()
+                        }
                         _ => None,
                     };
                     match keep_old {
@@ -558,7 +650,13 @@ impl WriteCtx<'_> {
     }
 
     /// Archives the old value of every changed history field.
-    fn archive(&self, tx: &Connection, batch: &Batch, rows: &[(usize, Option<Vec<usize>>)], existing: &HashMap<String, Existing>) -> rusqlite::Result<()> {
+    fn archive(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[(usize, Option<Vec<usize>>)],
+        existing: &HashMap<String, Existing>,
+    ) -> rusqlite::Result<()> {
         let Some(sql) = &self.plan.history_insert else {
             return Ok(());
         };

@@ -184,7 +184,7 @@ impl JobStore for SqliteStore {
                 job.blob,
                 job.file_size as i64,
                 job.sha256,
-                "csv",
+                to_json(&job.format).trim_matches('"'),
                 to_json(&job.options),
                 to_json(&job.header),
                 to_json(&job.mapping),

@@ -9,6 +9,7 @@ pub mod api;
 pub mod blob;
 pub mod cli;
 pub mod dataset;
+pub mod duration;
 pub mod import;
 pub mod jobs;
 pub mod store;

@@ -23,6 +23,16 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 409: the request clashes with a job's state or with another job.
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        job: Option<i64>,
+    },
+    /// Not an error: a finished response to send as it is (an idempotent replay found late).
+    #[error("replayed response")]
+    Replay(Box<Response>),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -59,7 +69,34 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, message) = match &self {
+        let (status, code, message) = match self {
+            ApiError::Replay(response) => return *response,
+            ApiError::Conflict { code, message, job } => {
+                let mut error = json!({"code": code, "message": message});
+                if let Some(id) = job {
+                    error["jobId"] = json!(id);
+                    error["statusUrl"] = json!(format!("/api/v1/import/status/{id}"));
+                }
+                return (
+                    StatusCode::CONFLICT,
+                    Json(json!({"success": false, "error": error})),
+                )
+                    .into_response();
+            }
+            other => other.parts(),
+        };
+        (
+            status,
+            Json(json!({"success": false, "error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+impl ApiError {
+    /// Status, code and message of the plain error kinds.
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
             ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, *code, message.clone()),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m.clone()),
             ApiError::Unauthorized => (
@@ -84,11 +121,7 @@ impl IntoResponse for ApiError {
                     "internal server error; the details are in the server log".to_string(),
                 )
             }
-        };
-        (
-            status,
-            Json(json!({"success": false, "error": {"code": code, "message": message}})),
-        )
-            .into_response()
+            ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
+        }
     }
 }

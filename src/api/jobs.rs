@@ -20,7 +20,7 @@ use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
 const CSV_PAGE: u64 = 5_000;
 const DEFAULT_LIMIT: u64 = 100;
 
-fn parse_id(id: &str) -> Result<JobId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse::<JobId>()
         .ok()
         .filter(|n| *n > 0)
@@ -92,6 +92,11 @@ pub fn job_json(job: &Job) -> JsonValue {
         "fileSize": job.file_size,
         "sha256": job.sha256,
         "warnings": job.mapping.warnings(),
+        "attempts": job.attempts,
+        "workerId": job.lease_owner,
+        "duplicateOf": job.duplicate_of,
+        "retryOf": job.retry_of,
+        "fileRetained": !job.blob_deleted,
     });
     if job.status.is_finished() {
         data["results"] = json!({

@@ -4,6 +4,7 @@
 //! an error becomes a response, `auth` the single place a token is checked.
 
 pub mod auth;
+mod control;
 pub mod error;
 mod jobs;
 mod upload;
@@ -29,6 +30,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/import/{id}",
             post(upload::upload).layer(DefaultBodyLimit::disable()),
         )
+        .route(
+            "/api/v1/import/{id}",
+            axum::routing::delete(control::delete),
+        )
+        .route("/api/v1/import/{id}/{action}", post(control::act))
+        .route("/api/v1/import/stats", get(control::stats))
         .route("/api/v1/import/status/{id}", get(jobs::status))
         .route("/api/v1/import/jobs", get(jobs::list))
         .route("/api/v1/import/{id}/errors", get(jobs::errors))

@@ -30,7 +30,7 @@ use crate::dataset::Dataset;
 use crate::import::read::{CsvSource, resolve_options};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions, map};
 use crate::jobs::{Executed, execute};
-use crate::store::NewJob;
+use crate::store::{Inserted, JobId, JobStatus, NewJob};
 
 /// Largest non-file form field (a mapping, say).
 const MAX_FORM_FIELD: usize = 64 * 1024;
@@ -76,6 +76,32 @@ pub async fn upload(
             ctx.datasets.names().join(", ")
         ))
     })?;
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "invalid_idempotency_key",
+                        "Idempotency-Key must be 1–255 visible ASCII characters",
+                    )
+                })
+        })
+        .transpose()?;
+    if let Some(key) = idempotency_key.clone() {
+        let by = Some(caller.token_id);
+        if let Some(job_id) = ctx
+            .store_call(move |s| s.job_find_idempotent(by, &key))
+            .await?
+        {
+            return replay(&state, job_id).await;
+        }
+    }
     let mut params = query;
     let is_multipart = req
         .headers()
@@ -180,28 +206,20 @@ pub async fn upload(
         header: inspected.header,
         mapping: inspected.mapping,
         created_by: Some(caller.token_id),
+        idempotency_key,
+        retry_of: None,
     };
     if dataset.sync {
         return import_now(&state, new_job, saved).await;
     }
-    let job_id = ctx
+    let inserted = ctx
         .store_call(move |s| s.job_insert(&new_job, None))
         .await?;
+    let job_id = created_or_answer(&state, inserted).await?;
     let mut saved = saved;
     saved.keep = true;
     ctx.wake.notify_one();
-    let status_url = format!("/api/v1/import/status/{job_id}");
-    let body = json!({
-        "success": true,
-        "message": format!("{} import started in background", capitalised(&dataset.name)),
-        "data": {"jobId": job_id, "statusUrl": status_url},
-    });
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, status_url)],
-        Json(body),
-    )
-        .into_response())
+    Ok(accepted(&dataset.name, job_id))
 }
 
 /// Synchronous datasets: run the import inside the request and answer with its results.
@@ -214,9 +232,10 @@ async fn import_now(
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
     let t = token.clone();
-    let job_id = ctx
+    let inserted = ctx
         .store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms))))
         .await?;
+    let job_id = created_or_answer(state, inserted).await?;
     saved.keep = true;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
@@ -224,6 +243,17 @@ async fn import_now(
         .ok_or_else(|| ApiError::Internal("job vanished after insert".into()))?;
     let lease = crate::store::Lease { job_id, token };
     let executed = execute(ctx, job, lease, &CancellationToken::new()).await;
+    let completed = executed == Executed::Finished(JobStatus::Completed);
+    sync_results(state, job_id, completed).await
+}
+
+/// The answer of a synchronous import: the job and its first row errors.
+async fn sync_results(
+    state: &Arc<AppState>,
+    job_id: JobId,
+    completed: bool,
+) -> Result<Response, ApiError> {
+    let ctx = &state.jobs;
     let (job, (errors, _)) = ctx
         .store_call(move |s| {
             Ok((
@@ -233,7 +263,6 @@ async fn import_now(
         })
         .await?;
     let job = job.ok_or_else(|| ApiError::Internal("job vanished after import".into()))?;
-    let completed = executed == Executed::Finished(crate::store::JobStatus::Completed);
     let mut data = job_json(&job);
     data["errors"] = json!(errors.iter().map(error_json).collect::<Vec<_>>());
     let message = if completed {
@@ -246,6 +275,58 @@ async fn import_now(
         Json(json!({"success": completed, "message": message, "data": data})),
     )
         .into_response())
+}
+
+/// The job id of a created job, or the response for a duplicate or a replayed request.
+async fn created_or_answer(state: &Arc<AppState>, inserted: Inserted) -> Result<JobId, ApiError> {
+    match inserted {
+        Inserted::Created(id) => Ok(id),
+        Inserted::ActiveDuplicate(id) => Err(ApiError::Conflict {
+            code: "duplicate_upload",
+            message: format!("the same file is already importing into this dataset as job {id}"),
+            job: Some(id),
+        }),
+        Inserted::Replayed(id) => Err(ApiError::Replay(Box::new(replay(state, id).await?))),
+    }
+}
+
+/// A repeated request with the same Idempotency-Key: the original answer, for the job it made.
+async fn replay(state: &Arc<AppState>, job_id: JobId) -> Result<Response, ApiError> {
+    let job = state
+        .jobs
+        .store_call(move |s| s.job_get(job_id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{job_id}`")))?;
+    let sync = state
+        .jobs
+        .datasets
+        .get(&job.dataset)
+        .is_some_and(|d| d.sync);
+    let mut response = if sync {
+        sync_results(state, job_id, job.status == JobStatus::Completed).await?
+    } else {
+        accepted(&job.dataset, job_id)
+    };
+    response.headers_mut().insert(
+        "idempotent-replayed",
+        header::HeaderValue::from_static("true"),
+    );
+    Ok(response)
+}
+
+fn accepted(dataset: &str, job_id: JobId) -> Response {
+    let status_url = format!("/api/v1/import/status/{job_id}");
+    let body = json!({
+        "success": true,
+        "message": format!("{} import started in background", capitalised(dataset)),
+        "data": {"jobId": job_id, "statusUrl": status_url},
+    });
+    (
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, status_url)],
+        Json(body),
+    )
+        .into_response()
 }
 
 fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {

@@ -33,6 +33,8 @@ struct Cli {
 enum Command {
     /// Run the HTTP API and the import workers.
     Serve(serve::ServeArgs),
+    /// Run import workers only (no HTTP), sharing the store with `serve` and other workers.
+    Worker(serve::WorkerOnlyArgs),
     /// Create or upgrade the job store and the dataset tables, then exit.
     Migrate(serve::StorageArgs),
     /// Upload a file to a running server; with --wait, follow it to the end.
@@ -76,6 +78,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
+            Command::Worker(args) => serve::worker(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
             Command::Import(args) => client::import(args).await,
             Command::Status(args) => client::status(args).await,

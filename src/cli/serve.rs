@@ -17,6 +17,7 @@ use super::{CliResult, sqlite_path};
 use crate::api::{self, AppState, auth};
 use crate::blob::BlobStore;
 use crate::dataset::Datasets;
+use crate::jobs::sweeper::{Retention, spawn_sweeper};
 use crate::jobs::{JobContext, WorkerConfig, spawn_workers};
 use crate::store::JobStore;
 use crate::store::sqlite::SqliteStore;
@@ -35,32 +36,71 @@ pub struct StorageArgs {
     /// Your datasets.toml (target tables and fields); default: the built-in products and dealers.
     #[arg(long, env = "SLUICE_DATASETS")]
     pub datasets: Option<PathBuf>,
+    /// Milliseconds a database statement waits for another writer before it counts as a
+    /// (retried) system error.
+    #[arg(long, env = "SLUICE_BUSY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub busy_timeout_ms: u64,
+}
+
+/// Settings of the import workers (`serve` and `worker`).
+#[derive(Args, Clone)]
+pub struct WorkerArgs {
+    /// Import workers in this process (`serve --workers 0`: API only).
+    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
+    pub workers: usize,
+    /// Rows per batch transaction.
+    #[arg(long, env = "SLUICE_BATCH_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub batch_size: u64,
+    /// Seconds a worker's claim on a job lasts without a heartbeat; a crashed worker's job is
+    /// resumed by another worker after this long.
+    #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_seconds: u64,
+    /// Longest a job may run from its first start (`90m`, `6h`, …; `0` for no limit). A dataset's
+    /// `timeout` overrides it.
+    #[arg(long, env = "SLUICE_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// Attempts at committing a batch when the database fails (busy, unavailable, disk full),
+    /// with exponential backoff and jitter from 100 ms, before the job fails.
+    #[arg(long, env = "SLUICE_RETRY_LIMIT", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub retry_limit: u32,
 }
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub storage: StorageArgs,
+    #[command(flatten)]
+    pub work: WorkerArgs,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Import workers in this process (0: API only).
-    #[arg(long, env = "SLUICE_WORKERS", default_value_t = 2)]
-    pub workers: usize,
-    /// Rows per batch transaction.
-    #[arg(long, env = "SLUICE_BATCH_SIZE", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub batch_size: u64,
     /// Largest upload accepted, in megabytes.
     #[arg(long, env = "SLUICE_MAX_UPLOAD_MB", default_value_t = 2048)]
     pub max_upload_mb: u64,
-    /// Seconds a worker's claim on a job lasts without a heartbeat; a crashed worker's job is
-    /// resumed by another worker after this long.
-    #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub lease_seconds: u64,
     /// Create this admin token at start if it does not exist yet (for automation; otherwise a
     /// random one is created and printed on the first start).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// How long the uploaded file of a finished job is kept (a failed or cancelled job can be
+    /// retried until then).
+    #[arg(long, env = "SLUICE_RETAIN_FILES", default_value = "24h", value_parser = parse_duration)]
+    pub retain_files: Duration,
+    /// How long a finished job and its row errors are kept.
+    #[arg(long, env = "SLUICE_RETAIN_JOBS", default_value = "30d", value_parser = parse_duration)]
+    pub retain_jobs: Duration,
+}
+
+/// `sluice worker`: workers only, sharing the store with other processes.
+#[derive(Args, Clone)]
+pub struct WorkerOnlyArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub work: WorkerArgs,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::duration::parse(s)
 }
 
 fn load_datasets(args: &StorageArgs) -> Result<Datasets, String> {
@@ -78,8 +118,8 @@ fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<SqliteStore, St
         )
     })?;
     let path = sqlite_path(&args.data_dir, args.database_url.as_deref())?;
-    let store =
-        SqliteStore::open(&path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     store
         .datasets_prepare(datasets)
         .map_err(|e| format!("cannot prepare the dataset tables: {e}"))?;
@@ -124,7 +164,7 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
     Ok(())
 }
 
-pub async fn serve(args: ServeArgs) -> CliResult {
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
@@ -132,31 +172,67 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         )
         .with_writer(std::io::stderr)
         .init();
-    let datasets = load_datasets(&args.storage)?;
+}
+
+/// Opens the store and builds what workers and handlers share.
+async fn job_context(
+    storage: &StorageArgs,
+    work: &WorkerArgs,
+) -> Result<Arc<JobContext>, Box<dyn std::error::Error + Send + Sync>> {
+    let datasets = load_datasets(storage)?;
     let store: Arc<dyn JobStore> = {
-        let (storage, ds) = (args.storage.clone(), datasets.clone());
+        let (storage, ds) = (storage.clone(), datasets.clone());
         Arc::new(tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??)
     };
-    {
-        let (store, args) = (store.clone(), args.clone());
-        tokio::task::spawn_blocking(move || bootstrap_token(store.as_ref(), &args)).await??;
-    }
-    let blobs = BlobStore::open(&args.storage.data_dir.join("blobs"))
+    let blobs = BlobStore::open(&storage.data_dir.join("blobs"))
         .map_err(|e| format!("cannot create the blob directory: {e}"))?;
-    let ctx = Arc::new(JobContext {
+    Ok(Arc::new(JobContext {
         store,
         datasets: Arc::new(datasets),
         blobs,
         config: WorkerConfig {
-            workers: args.workers,
-            lease: Duration::from_secs(args.lease_seconds),
-            batch_size: args.batch_size as usize,
+            workers: work.workers,
+            lease: Duration::from_secs(work.lease_seconds),
+            batch_size: work.batch_size as usize,
             poll: Duration::from_secs(1),
+            job_timeout: (!work.job_timeout.is_zero()).then_some(work.job_timeout),
+            retry_limit: work.retry_limit,
         },
         wake: Notify::new(),
+    }))
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+fn cancel_on_signal(shutdown: &CancellationToken) {
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing current batches");
+        shutdown.cancel();
     });
+}
+
+async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>) {
+    let all = futures_util::future::join_all(workers);
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        tracing::warn!("workers did not stop in time; their leases will expire");
+    }
+}
+
+pub async fn serve(args: ServeArgs) -> CliResult {
+    init_logging();
+    let ctx = job_context(&args.storage, &args.work).await?;
+    {
+        let (store, args) = (ctx.store.clone(), args.clone());
+        tokio::task::spawn_blocking(move || bootstrap_token(store.as_ref(), &args)).await??;
+    }
     let shutdown = CancellationToken::new();
     let workers = spawn_workers(ctx.clone(), shutdown.clone());
+    let retention = Retention {
+        files: args.retain_files,
+        jobs: args.retain_jobs,
+    };
+    let sweeper = spawn_sweeper(ctx.clone(), retention, shutdown.clone());
     let state = Arc::new(AppState {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
@@ -166,23 +242,33 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
     println!("sluice listening on http://{addr}");
-    tracing::info!(%addr, workers = args.workers, "sluice started");
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down: finishing current batches");
-            shutdown.cancel();
-        });
-    }
+    tracing::info!(%addr, workers = args.work.workers, "sluice started");
+    cancel_on_signal(&shutdown);
     let server_shutdown = shutdown.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
         .await?;
-    let all = futures_util::future::join_all(workers);
-    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
-        tracing::warn!("workers did not stop in time; their leases will expire");
+    join_workers(workers).await;
+    sweeper.abort();
+    Ok(())
+}
+
+pub async fn worker(args: WorkerOnlyArgs) -> CliResult {
+    init_logging();
+    if args.work.workers == 0 {
+        return Err("`sluice worker` needs --workers 1 or more".into());
     }
+    let ctx = job_context(&args.storage, &args.work).await?;
+    let shutdown = CancellationToken::new();
+    let workers = spawn_workers(ctx, shutdown.clone());
+    println!(
+        "sluice worker started ({} workers, pid {})",
+        args.work.workers,
+        std::process::id()
+    );
+    cancel_on_signal(&shutdown);
+    shutdown.cancelled().await;
+    join_workers(workers).await;
     Ok(())
 }
 

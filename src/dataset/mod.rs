@@ -85,6 +85,9 @@ pub struct Dataset {
     pub sync: bool,
     /// Largest number of data rows a synchronous import accepts.
     pub max_rows: u64,
+    /// Longest a job of this dataset may run (from its first start); overrides the global
+    /// `--job-timeout`.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Dataset {
@@ -211,6 +214,7 @@ struct RawDataset {
     #[serde(default)]
     sync: bool,
     max_rows: Option<u64>,
+    timeout: Option<String>,
     fields: IndexMap<String, RawField>,
 }
 
@@ -296,6 +300,12 @@ fn build_dataset(name: &str, raw: RawDataset) -> Result<Dataset, String> {
     if raw.max_rows == Some(0) {
         return Err("max_rows must be at least 1".into());
     }
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(crate::duration::parse)
+        .transpose()
+        .map_err(|e| format!("timeout: {e}"))?;
     Ok(Dataset {
         name: name.to_string(),
         table,
@@ -307,6 +317,7 @@ fn build_dataset(name: &str, raw: RawDataset) -> Result<Dataset, String> {
         } else {
             u64::MAX
         }),
+        timeout,
     })
 }
 

@@ -13,9 +13,6 @@ use super::validate::Validator;
 use super::{Batch, BatchCounts, FileError, Mapping, SourceOptions};
 use crate::dataset::Dataset;
 
-/// Commits of one batch tried before a system error fails the job.
-const COMMIT_ATTEMPTS: u32 = 5;
-
 /// Where batches go: a store backend's writer for one claimed job.
 pub trait BatchSink {
     /// Writes the batch's valid rows and row errors, moves the job's checkpoint to `checkpoint`
@@ -61,6 +58,8 @@ pub struct RunSpec<'a> {
     /// Records already committed by an earlier attempt.
     pub checkpoint: u64,
     pub batch_size: usize,
+    /// Commits of one batch tried before a system error fails the job.
+    pub commit_attempts: u32,
 }
 
 /// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
@@ -106,7 +105,7 @@ pub fn run(
         if batch.records == 0 {
             return Ok(RunOutcome::Finished);
         }
-        commit_with_retry(sink, &batch, source.position())?;
+        commit_with_retry(sink, &batch, source.position(), spec.commit_attempts)?;
     }
 }
 
@@ -115,12 +114,13 @@ fn commit_with_retry(
     sink: &mut dyn BatchSink,
     batch: &Batch,
     checkpoint: u64,
+    attempts: u32,
 ) -> Result<BatchCounts, SinkError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         match sink.commit(batch, checkpoint) {
-            Err(SinkError::Retryable(msg)) if attempt < COMMIT_ATTEMPTS => {
+            Err(SinkError::Retryable(msg)) if attempt < attempts => {
                 let base = 100u64 << (2 * (attempt - 1)).min(10);
                 let jitter = rand_below(base / 2 + 1);
                 tracing::warn!(attempt, error = %msg, "batch commit failed; retrying");

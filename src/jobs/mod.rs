@@ -6,6 +6,8 @@
 //! lease back so the job resumes at once on the next start. A worker that loses its lease stops:
 //! its next commit is refused by the store.
 
+pub mod sweeper;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,6 +30,10 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// How often an idle worker looks for work without being woken.
     pub poll: Duration,
+    /// Longest a job may run from its first start, unless its dataset sets its own `timeout`.
+    pub job_timeout: Option<Duration>,
+    /// Attempts at a batch commit that fails on a system error before the job fails.
+    pub retry_limit: u32,
 }
 
 /// What workers share: the store, the datasets, the uploads, and a bell rung on new jobs.
@@ -63,8 +69,19 @@ pub enum Executed {
     Finished(JobStatus),
     /// Shutdown: the lease was given back; the job resumes later from its checkpoint.
     Released,
-    /// Another worker owns the job now.
+    /// Another worker owns the job now, or an operator cancelled, paused or deleted it.
     LeaseLost,
+}
+
+/// The name a worker claims jobs under: host, process and slot, so an operator can tell who
+/// holds a lease.
+pub fn worker_id(n: usize) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}/pid-{}/w{n}", std::process::id())
 }
 
 /// Starts the worker pool; each worker ends when `shutdown` is cancelled.
@@ -74,10 +91,9 @@ pub fn spawn_workers(
 ) -> Vec<tokio::task::JoinHandle<()>> {
     (0..ctx.config.workers)
         .map(|n| {
-            let ctx = ctx.clone();
-            let shutdown = shutdown.clone();
+            let (ctx, shutdown, id) = (ctx.clone(), shutdown.clone(), worker_id(n));
             tokio::spawn(async move {
-                worker_loop(ctx, shutdown)
+                worker_loop(ctx, shutdown, id)
                     .instrument(tracing::info_span!("worker", n))
                     .await
             })
@@ -85,10 +101,11 @@ pub fn spawn_workers(
         .collect()
 }
 
-async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken) {
+async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken, id: String) {
     let lease_ms = ctx.lease_ms();
     while !shutdown.is_cancelled() {
-        match ctx.store_call(move |s| s.job_claim(lease_ms)).await {
+        let owner = id.clone();
+        match ctx.store_call(move |s| s.job_claim(&owner, lease_ms)).await {
             Ok(Some((job, lease))) => {
                 execute(&ctx, job, lease, &shutdown).await;
             }
@@ -110,7 +127,18 @@ async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken) {
     }
 }
 
-/// Executes a claimed job to its end, a shutdown, or the loss of its lease.
+/// Flags shared by a running job and its watcher task.
+#[derive(Default)]
+struct Signals {
+    /// Ask the pipeline to stop at the next batch boundary.
+    stop: AtomicBool,
+    /// The lease is gone (another worker, or an operator's cancel/pause/delete).
+    lost: AtomicBool,
+    /// The job's time limit passed.
+    timed_out: AtomicBool,
+}
+
+/// Executes a claimed job to its end, a shutdown, its time limit, or the loss of its lease.
 #[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset))]
 pub async fn execute(
     ctx: &Arc<JobContext>,
@@ -118,48 +146,37 @@ pub async fn execute(
     lease: Lease,
     shutdown: &CancellationToken,
 ) -> Executed {
-    let stop = Arc::new(AtomicBool::new(false));
-    let lost = Arc::new(AtomicBool::new(false));
-    let heartbeat = {
-        let (ctx, lease, stop, lost, shutdown) = (
-            ctx.clone(),
-            lease.clone(),
-            stop.clone(),
-            lost.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let every = ctx.config.lease / 3;
-            let lease_ms = ctx.lease_ms();
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(every) => {}
-                    _ = shutdown.cancelled() => { stop.store(true, Ordering::SeqCst); return; }
-                }
-                let l = lease.clone();
-                match ctx.store_call(move |s| s.job_heartbeat(&l, lease_ms)).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!("lease lost; stopping at the next batch boundary");
-                        lost.store(true, Ordering::SeqCst);
-                        stop.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-                }
-            }
-        })
-    };
+    let signals = Arc::new(Signals::default());
+    let limit = ctx
+        .datasets
+        .get(&job.dataset)
+        .and_then(|d| d.timeout)
+        .or(ctx.config.job_timeout);
+    // The limit counts from the job's first start, across restarts.
+    let deadline = limit.map(|limit| {
+        let ran = job
+            .started_at
+            .map(|s| (chrono::Utc::now() - s).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + limit.saturating_sub(ran)
+    });
+    let watcher = tokio::spawn(watch(
+        ctx.clone(),
+        lease.clone(),
+        signals.clone(),
+        shutdown.clone(),
+        deadline,
+    ));
     tracing::info!(
         attempt = job.attempts,
         checkpoint = job.rows_done,
         "job started"
     );
     let result = {
-        let (ctx, lease, stop) = (ctx.clone(), lease.clone(), stop.clone());
-        tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &stop)).await
+        let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
+        tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &signals.stop)).await
     };
-    heartbeat.abort();
+    watcher.abort();
     let outcome = match result {
         Ok(r) => r,
         Err(e) => Err(RunError::Sink(SinkError::Fatal(format!(
@@ -168,12 +185,17 @@ pub async fn execute(
     };
     let (status, message) = match outcome {
         Ok(RunOutcome::Finished) => (JobStatus::Completed, None),
-        Ok(RunOutcome::Stopped) | Err(RunError::Sink(SinkError::LeaseLost))
-            if lost.load(Ordering::SeqCst) =>
-        {
+        Ok(RunOutcome::Stopped) if signals.lost.load(Ordering::SeqCst) => {
             return Executed::LeaseLost;
         }
         Err(RunError::Sink(SinkError::LeaseLost)) => return Executed::LeaseLost,
+        Ok(RunOutcome::Stopped) if signals.timed_out.load(Ordering::SeqCst) => (
+            JobStatus::Failed,
+            Some(format!(
+                "the job ran longer than its time limit of {}; the rows committed so far are kept — retry to continue",
+                limit.map(human).unwrap_or_default()
+            )),
+        ),
         Ok(RunOutcome::Stopped) => {
             let l = lease.clone();
             if let Err(e) = ctx.store_call(move |s| s.job_release(&l)).await {
@@ -187,16 +209,14 @@ pub async fn execute(
             tracing::error!(error = %e, "job failed on a system error");
             (
                 JobStatus::Failed,
-                Some("the database could not store the import (retried, then gave up); the rows committed so far are kept — retry the job".to_string()),
+                Some(
+                    "the database could not store the import (retried, then gave up); the rows committed so far are kept — retry the job"
+                        .to_string(),
+                ),
             )
         }
     };
-    let l = lease.clone();
-    let msg = message.clone();
-    match ctx
-        .store_call(move |s| s.job_finish(&l, status, msg.as_deref()))
-        .await
-    {
+    match finish(ctx, &lease, status, message.as_deref()).await {
         Ok(true) => {
             tracing::info!(
                 status = status.as_str(),
@@ -210,6 +230,84 @@ pub async fn execute(
             tracing::error!(error = %e, "could not record the end of the job; it will be resumed");
             Executed::Released
         }
+    }
+}
+
+/// Records the job's final state, retrying while the database is busy or unavailable (for up
+/// to twice the lease, at least 10 s): a job that finished must not be redone for a busy moment.
+async fn finish(
+    ctx: &Arc<JobContext>,
+    lease: &Lease,
+    status: JobStatus,
+    message: Option<&str>,
+) -> Result<bool, StoreError> {
+    let give_up = tokio::time::Instant::now() + (ctx.config.lease * 2).max(Duration::from_secs(10));
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let (l, msg) = (lease.clone(), message.map(str::to_string));
+        match ctx
+            .store_call(move |s| s.job_finish(&l, status, msg.as_deref()))
+            .await
+        {
+            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < give_up => {
+                tracing::warn!(error = %e, "recording the end of the job failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Keeps the lease alive while the job runs, and raises `stop` on shutdown, on a lost lease
+/// (which is also how cancel, pause and delete reach a running job) and at the time limit.
+async fn watch(
+    ctx: Arc<JobContext>,
+    lease: Lease,
+    signals: Arc<Signals>,
+    shutdown: CancellationToken,
+    deadline: Option<tokio::time::Instant>,
+) {
+    let every = ctx.config.lease / 3;
+    let lease_ms = ctx.lease_ms();
+    let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or(never)) => {
+                tracing::warn!("time limit reached; stopping at the next batch boundary");
+                signals.timed_out.store(true, Ordering::SeqCst);
+                signals.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            _ = shutdown.cancelled() => {
+                signals.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        let l = lease.clone();
+        match ctx.store_call(move |s| s.job_heartbeat(&l, lease_ms)).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    "lease lost (another worker, or the job was cancelled, paused or deleted); stopping"
+                );
+                signals.lost.store(true, Ordering::SeqCst);
+                signals.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => format!("{} ms", d.as_millis()),
+        _ if s.is_multiple_of(3600) => format!("{} h", s / 3600),
+        _ if s.is_multiple_of(60) => format!("{} min", s / 60),
+        _ => format!("{s} s"),
     }
 }
 
@@ -258,6 +356,7 @@ fn run_blocking(
         mapping: &job.mapping,
         checkpoint: job.rows_done,
         batch_size: ctx.config.batch_size,
+        commit_attempts: ctx.config.retry_limit,
     };
     run(&spec, sink.as_mut(), &|| stop.load(Ordering::SeqCst))
 }

@@ -92,6 +92,55 @@ pub struct NewJob {
     pub header: Vec<String>,
     pub mapping: Mapping,
     pub created_by: Option<i64>,
+    /// A client's `Idempotency-Key`: a repeated request returns the job it created first.
+    pub idempotency_key: Option<String>,
+    /// The job this one repeats from the start (`retry?fromStart=true`).
+    pub retry_of: Option<JobId>,
+}
+
+/// What became of an upload's job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Created(JobId),
+    /// The same file for the same dataset is already pending, processing or paused.
+    ActiveDuplicate(JobId),
+    /// The caller already sent this Idempotency-Key; this is the job it created.
+    Replayed(JobId),
+}
+
+/// An operator's action on a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Stop for good at the next batch boundary; committed batches stay written.
+    Cancel,
+    /// Stop at the next batch boundary and wait for `Resume`.
+    Pause,
+    /// Make a paused job claimable again; it continues from its checkpoint.
+    Resume,
+    /// Run a failed or cancelled job again: from its checkpoint, or as a new job from the start.
+    Retry { from_start: bool },
+}
+
+/// The answer to a [`Control`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Controlled {
+    /// Done; the job to follow (a new one for a retry from the start).
+    Done(JobId),
+    NotFound,
+    /// Not possible in the job's current state; the reason is fit for users.
+    Conflict(String),
+}
+
+/// Figures over all jobs (seed 003's getStats, extended).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total: u64,
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Rows accepted by jobs that completed since midnight UTC.
+    pub rows_imported_today: u64,
+    /// Accepted rows per second of wall time, over the last 100 completed jobs.
+    pub average_rows_per_second: Option<f64>,
 }
 
 /// A job as stored.
@@ -122,6 +171,13 @@ pub struct Job {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub attempts: u64,
+    /// The worker holding the lease, while one does.
+    pub lease_owner: Option<String>,
+    /// An earlier completed job that imported the same file into the same dataset.
+    pub duplicate_of: Option<JobId>,
+    pub retry_of: Option<JobId>,
+    /// Set once the retention sweeper removed the uploaded file.
+    pub blob_deleted: bool,
 }
 
 /// Proof that a worker owns a job: every write it makes names the token, and is refused once
@@ -162,14 +218,18 @@ pub trait JobStore: Send + Sync + 'static {
     /// The id of the live token with this hash, marking it used.
     fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>>;
 
-    /// Creates a job. With a lease, the job starts out `processing` and owned by the caller
-    /// (synchronous imports); without, it is `pending` for the workers.
-    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<JobId>;
+    /// Creates a job, unless the same caller already sent the same Idempotency-Key or the same
+    /// file is already active for the dataset. With a lease, the job starts out `processing`
+    /// and owned by the caller (synchronous imports); without, it is `pending` for the workers.
+    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted>;
+    /// The job an earlier request with this Idempotency-Key created.
+    fn job_find_idempotent(&self, created_by: Option<i64>, key: &str)
+    -> StoreResult<Option<JobId>>;
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Jobs newest first, and how many match the filter in all.
     fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>;
-    /// Claims the oldest pending job, or a processing one whose lease expired.
-    fn job_claim(&self, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>>;
+    /// Claims the oldest pending job, or a processing one whose lease expired, for `owner`.
+    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>>;
     /// Extends the lease; false when it was lost.
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
@@ -182,6 +242,19 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Gives the job back (shutdown): it stays `processing` and is claimable at once.
     fn job_release(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// Cancel, pause, resume or retry a job.
+    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled>;
+    /// Deletes a job and its row errors; returns its blob name (to remove) if it existed.
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>>;
+    /// Retention: forgets the files of jobs finished before `files_before` and deletes jobs
+    /// finished before `jobs_before`. Returns the blob names to remove and the jobs deleted.
+    fn jobs_sweep(
+        &self,
+        files_before: DateTime<Utc>,
+        jobs_before: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, u64)>;
+    fn job_stats(&self) -> StoreResult<Stats>;
 
     /// A page of the job's row errors, in row order, and their total.
     fn errors_page(

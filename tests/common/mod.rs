@@ -22,6 +22,8 @@ pub struct AppOptions {
     pub admin_token: Option<String>,
     /// SQL run on the fresh database file before the server first starts (tables of your own).
     pub setup_sql: Option<String>,
+    /// More `serve` flags.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -34,6 +36,7 @@ impl Default for AppOptions {
             datasets: None,
             admin_token: Some(TOKEN.into()),
             setup_sql: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -102,6 +105,7 @@ impl TestApp {
         if let Some(t) = &self.options.admin_token {
             cmd.env("SLUICE_ADMIN_TOKEN", t);
         }
+        cmd.args(&self.options.extra_args);
         if let Some(mb) = self.options.max_upload_mb {
             cmd.arg("--max-upload-mb").arg(mb.to_string());
         }
@@ -128,6 +132,28 @@ impl TestApp {
         self.base = base;
         self.stdout_lines = lines;
         self.child = Some(child);
+    }
+
+    /// Starts a `sluice worker` process on the same data directory.
+    pub fn spawn_worker(&self, workers: usize) -> Child {
+        let mut cmd = Command::new(binary());
+        cmd.arg("worker")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--workers")
+            .arg(workers.to_string())
+            .arg("--batch-size")
+            .arg(self.options.batch_size.to_string())
+            .arg("--lease-seconds")
+            .arg(self.options.lease_seconds.to_string())
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        cmd.spawn().expect("start sluice worker")
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.http.post(self.url(path)).bearer_auth(TOKEN)
     }
 
     /// Kills the server without warning (SIGKILL).

@@ -9,12 +9,14 @@ use super::{SqliteStore, db_err, writer::SqliteSink};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode};
 use crate::store::{
-    ErrorRecord, Job, JobFilter, JobId, JobStatus, JobStore, Lease, NewJob, StoreError, StoreResult,
+    Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
+    NewJob, Stats, StoreError, StoreResult,
 };
 
 const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
-    batches_done, error, created_by, created_at, started_at, completed_at, attempts";
+    batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
+    retry_of, blob_deleted_at";
 
 pub(super) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -86,6 +88,10 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
             started_at: parse_time(r.get(22)?),
             completed_at: parse_time(r.get(23)?),
             attempts: u(24)?,
+            lease_owner: r.get(25)?,
+            duplicate_of: r.get(26)?,
+            retry_of: r.get(27)?,
+            blob_deleted: r.get::<_, Option<String>>(28)?.is_some(),
         },
     })
 }
@@ -101,6 +107,20 @@ impl RawJob {
         job.mapping = json(&self.mapping, "mapping")?;
         Ok(job)
     }
+}
+
+fn find_idempotent(
+    conn: &rusqlite::Connection,
+    created_by: Option<i64>,
+    key: &str,
+) -> StoreResult<Option<JobId>> {
+    conn.query_row(
+        "SELECT id FROM jobs WHERE created_by IS ?1 AND idempotency_key = ?2",
+        params![created_by, key],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(db_err)
 }
 
 fn new_token() -> String {
@@ -160,8 +180,34 @@ impl JobStore for SqliteStore {
         Ok(id)
     }
 
-    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<JobId> {
-        let conn = self.conn()?;
+    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        if let Some(key) = &job.idempotency_key
+            && let Some(id) = find_idempotent(&tx, job.created_by, key)?
+        {
+            return Ok(Inserted::Replayed(id));
+        }
+        let active: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM jobs WHERE dataset = ?1 AND sha256 = ?2 AND status IN ('pending', 'processing', 'paused')",
+                params![job.dataset, job.sha256],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some(id) = active {
+            return Ok(Inserted::ActiveDuplicate(id));
+        }
+        let duplicate_of: Option<i64> = tx
+            .query_row(
+                "SELECT max(id) FROM jobs WHERE dataset = ?1 AND sha256 = ?2 AND status = 'completed'",
+                params![job.dataset, job.sha256],
+                |r| r.get(0),
+            )
+            .map_err(db_err)?;
         let now = now_text();
         let (status, token, expires, started) = match lease {
             Some((token, ms)) => (
@@ -172,10 +218,11 @@ impl JobStore for SqliteStore {
             ),
             None => (JobStatus::Pending, None, None, None),
         };
-        conn.execute(
+        tx.execute(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-             mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
+             idempotency_key, retry_of, duplicate_of) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             params![
                 job.dataset,
                 status.as_str(),
@@ -194,10 +241,24 @@ impl JobStore for SqliteStore {
                 i64::from(lease.is_some()),
                 token,
                 expires,
+                job.idempotency_key,
+                job.retry_of,
+                duplicate_of,
             ],
         )
         .map_err(db_err)?;
-        Ok(conn.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(db_err)?;
+        Ok(Inserted::Created(id))
+    }
+
+    fn job_find_idempotent(
+        &self,
+        created_by: Option<i64>,
+        key: &str,
+    ) -> StoreResult<Option<JobId>> {
+        let conn = self.conn()?;
+        find_idempotent(&conn, created_by, key)
     }
 
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
@@ -245,7 +306,7 @@ impl JobStore for SqliteStore {
         Ok((jobs, total as u64))
     }
 
-    fn job_claim(&self, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
         let conn = self.conn()?;
         let token = new_token();
         let now = now_ms();
@@ -253,12 +314,12 @@ impl JobStore for SqliteStore {
             .query_row(
                 &format!(
                     "UPDATE jobs SET status = 'processing', lease_token = ?1, lease_expires_ms = ?2, \
-                     attempts = attempts + 1, started_at = COALESCE(started_at, ?3) \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, ?3), lease_owner = ?5 \
                      WHERE id = (SELECT id FROM jobs WHERE status = 'pending' \
                                  OR (status = 'processing' AND lease_expires_ms < ?4) ORDER BY id LIMIT 1) \
                      RETURNING {JOB_COLUMNS}"
                 ),
-                params![token, now + lease_ms as i64, now_text(), now],
+                params![token, now + lease_ms as i64, now_text(), now, owner],
                 raw_job,
             )
             .optional()
@@ -307,7 +368,8 @@ impl JobStore for SqliteStore {
         let conn = self.conn()?;
         let n = conn
             .execute(
-                "UPDATE jobs SET status = ?1, error = ?2, completed_at = ?3, lease_token = NULL, lease_expires_ms = NULL \
+                "UPDATE jobs SET status = ?1, error = ?2, completed_at = ?3, lease_token = NULL, lease_expires_ms = NULL, \
+                 lease_owner = NULL \
                  WHERE id = ?4 AND lease_token = ?5",
                 params![status.as_str(), error, now_text(), lease.job_id, lease.token],
             )
@@ -318,11 +380,35 @@ impl JobStore for SqliteStore {
     fn job_release(&self, lease: &Lease) -> StoreResult<()> {
         let conn = self.conn()?;
         conn.execute(
-            "UPDATE jobs SET lease_token = NULL, lease_expires_ms = 0 WHERE id = ?1 AND lease_token = ?2",
+            "UPDATE jobs SET lease_token = NULL, lease_expires_ms = 0, lease_owner = NULL WHERE id = ?1 AND lease_token = ?2",
             params![lease.job_id, lease.token],
         )
         .map_err(db_err)?;
         Ok(())
+    }
+
+    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled> {
+        let mut conn = self.conn()?;
+        super::control::control(&mut conn, id, action)
+    }
+
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>> {
+        let conn = self.conn()?;
+        super::control::delete(&conn, id)
+    }
+
+    fn jobs_sweep(
+        &self,
+        files_before: DateTime<Utc>,
+        jobs_before: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, u64)> {
+        let mut conn = self.conn()?;
+        super::control::sweep(&mut conn, files_before, jobs_before)
+    }
+
+    fn job_stats(&self) -> StoreResult<Stats> {
+        let conn = self.conn()?;
+        super::control::stats(&conn)
     }
 
     fn errors_page(

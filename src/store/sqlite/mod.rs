@@ -5,6 +5,7 @@
 //! writers `synchronous=NORMAL` (a lost batch is redone from its checkpoint). Migrations are the
 //! files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
+mod control;
 mod jobs;
 mod tables;
 mod writer;
@@ -18,24 +19,33 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::{StoreError, StoreResult};
 
 /// Migrations in order; `user_version` counts how many are applied. Append only.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_jobs",
-    include_str!("../../../migrations/sqlite/0001_jobs.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_jobs",
+        include_str!("../../../migrations/sqlite/0001_jobs.sql"),
+    ),
+    (
+        "0002_job_control",
+        include_str!("../../../migrations/sqlite/0002_job_control.sql"),
+    ),
+];
 
 /// Idle connections kept for reuse.
 const POOL_IDLE: usize = 8;
 
 pub struct SqliteStore {
     path: PathBuf,
+    /// How long a statement waits for another connection's write lock before failing busy.
+    busy_timeout: std::time::Duration,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
-    pub fn open(path: &Path) -> StoreResult<Self> {
+    pub fn open(path: &Path, busy_timeout: std::time::Duration) -> StoreResult<Self> {
         let store = Self {
             path: path.to_path_buf(),
+            busy_timeout,
             idle: Mutex::new(Vec::new()),
         };
         let mut conn = store.connect(true)?;
@@ -57,8 +67,7 @@ impl SqliteStore {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(db_err)?;
+        conn.busy_timeout(self.busy_timeout).map_err(db_err)?;
         let synchronous = if durable { "FULL" } else { "NORMAL" };
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;

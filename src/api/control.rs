@@ -1,0 +1,97 @@
+//! Operating on jobs: cancel, pause, resume, retry, delete, and the stats of seed 003.
+//!
+//! Every action takes effect in the store at once; a worker running the job notices at its next
+//! batch commit (which the store refuses) or heartbeat, so the job stops within one batch.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde_json::{Value as JsonValue, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::jobs::{job_json, parse_id};
+use crate::store::{Control, Controlled};
+
+/// `POST /api/v1/import/{jobId}/{cancel|pause|resume|retry}` (retry takes `?fromStart=true`).
+pub async fn act(
+    State(state): State<Arc<AppState>>,
+    Path((id, action)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let id = parse_id(&id)?;
+    let from_start = params
+        .get("fromStart")
+        .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"));
+    let control = match action.as_str() {
+        "cancel" => Control::Cancel,
+        "pause" => Control::Pause,
+        "resume" => Control::Resume,
+        "retry" => Control::Retry { from_start },
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no action `{other}`: use cancel, pause, resume or retry"
+            )));
+        }
+    };
+    let ctx = &state.jobs;
+    let target = match ctx.store_call(move |s| s.job_control(id, control)).await? {
+        Controlled::Done(target) => target,
+        Controlled::NotFound => return Err(ApiError::NotFound(format!("no job with id `{id}`"))),
+        Controlled::Conflict(message) => {
+            return Err(ApiError::Conflict {
+                code: "invalid_state",
+                message,
+                job: Some(id),
+            });
+        }
+    };
+    if matches!(control, Control::Resume | Control::Retry { .. }) {
+        ctx.wake.notify_one();
+    }
+    let job = ctx
+        .store_call(move |s| s.job_get(target))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{target}`")))?;
+    let message = match control {
+        Control::Cancel => "cancelled; batches already committed stay written".to_string(),
+        Control::Pause => "paused; resume continues from the last committed batch".to_string(),
+        Control::Resume => "resumed".to_string(),
+        Control::Retry { from_start: true } => format!("retrying from the start as job {target}"),
+        Control::Retry { from_start: false } => {
+            "retrying from the last committed batch".to_string()
+        }
+    };
+    Ok(Json(
+        json!({"success": true, "message": message, "data": job_json(&job)}),
+    ))
+}
+
+/// `DELETE /api/v1/import/{jobId}`: the job, its row errors and its file. A running job stops
+/// at its next batch boundary.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let id = parse_id(&id)?;
+    let ctx = &state.jobs;
+    match ctx.store_call(move |s| s.job_delete(id)).await? {
+        None => Err(ApiError::NotFound(format!("no job with id `{id}`"))),
+        Some(blob) => {
+            if let Some(blob) = blob {
+                ctx.blobs.remove(&blob);
+            }
+            Ok(Json(
+                json!({"success": true, "message": format!("job {id} deleted")}),
+            ))
+        }
+    }
+}
+
+/// `GET /api/v1/import/stats`
+pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
+    let stats = state.jobs.store_call(|s| s.job_stats()).await?;
+    Ok(Json(json!({"success": true, "data": stats})))
+}

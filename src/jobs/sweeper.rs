@@ -1,0 +1,61 @@
+//! Retention: a background task that removes the uploaded files of finished jobs after
+//! `--retain-files` and deletes finished jobs (with their row errors) after `--retain-jobs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::JobContext;
+
+/// How long finished jobs keep their file and their row.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub files: Duration,
+    pub jobs: Duration,
+}
+
+impl Retention {
+    /// Sweep often enough that nothing outlives its retention by more than a quarter of it,
+    /// but at most every 5 minutes and at least every second.
+    fn interval(&self) -> Duration {
+        (self.files.min(self.jobs) / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
+    }
+}
+
+/// Runs one sweep: returns the number of files removed and jobs deleted.
+pub async fn sweep_once(
+    ctx: &Arc<JobContext>,
+    retention: Retention,
+) -> Result<(usize, u64), crate::store::StoreError> {
+    let now = chrono::Utc::now();
+    let age = |d: Duration| now - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let (files_before, jobs_before) = (age(retention.files), age(retention.jobs));
+    let (blobs, deleted) = ctx
+        .store_call(move |s| s.jobs_sweep(files_before, jobs_before))
+        .await?;
+    for blob in &blobs {
+        ctx.blobs.remove(blob);
+    }
+    Ok((blobs.len(), deleted))
+}
+
+pub fn spawn_sweeper(
+    ctx: Arc<JobContext>,
+    retention: Retention,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            match sweep_once(&ctx, retention).await {
+                Ok((0, 0)) => {}
+                Ok((files, jobs)) => tracing::info!(files, jobs, "retention sweep"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(retention.interval()) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    })
+}

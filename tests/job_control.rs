@@ -1,0 +1,428 @@
+//! Crash-safe job control through the HTTP API: pause/resume, cancel/retry, duplicates and
+//! idempotency keys, time limits, retention, stats, and a database that fails for real.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+async fn action(app: &TestApp, job: i64, what: &str) -> (u16, Value) {
+    json_of(
+        app.post(&format!("/api/v1/import/{job}/{what}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+/// Waits until the job has committed at least one batch but not finished.
+async fn wait_for_progress(app: &TestApp, job: i64) -> Value {
+    let start = Instant::now();
+    loop {
+        let s = app.status(job).await;
+        assert_ne!(
+            s["status"], "completed",
+            "finished too early; make the file larger: {s}"
+        );
+        if s["progress"]["current"].as_u64().unwrap() > 0 {
+            return s;
+        }
+        assert!(start.elapsed() < MINUTE, "no progress: {s}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn slow_app() -> TestApp {
+    spawn_app(AppOptions {
+        batch_size: 200,
+        lease_seconds: 2,
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_paused_job_stops_committing_and_resumes_to_exact_counts() {
+    let app = slow_app();
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "60000", "--error-rate", "0.03", "--seed", "21"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+
+    let (code, body) = action(&app, job, "pause").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["status"], "paused");
+    let frozen = app.status(job).await["progress"]["current"].clone();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let later = app.status(job).await;
+    assert_eq!(later["status"], "paused");
+    assert_eq!(
+        later["progress"]["current"], frozen,
+        "no batch commits after a pause"
+    );
+
+    let (code, body) = action(&app, job, "resume").await;
+    assert_eq!(code, 200, "{body}");
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    let count: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as u64, expect["valid_rows"].as_u64().unwrap());
+
+    let (code, body) = action(&app, job, "pause").await;
+    assert_eq!(code, 409, "a completed job cannot be paused: {body}");
+    assert_eq!(body["error"]["code"], "invalid_state");
+}
+
+#[tokio::test]
+async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it() {
+    let app = slow_app();
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "60000", "--error-rate", "0.03", "--seed", "22"],
+    );
+    let valid = expect["valid_rows"].as_u64().unwrap();
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+
+    let (code, body) = action(&app, job, "cancel").await;
+    assert_eq!(code, 200, "{body}");
+    let s = app.status(job).await;
+    assert_eq!(s["status"], "cancelled");
+    assert!(s["completedAt"].is_string());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = app.status(job).await;
+    // What stays written after a cancel: exactly the batches committed before it.
+    let created = s["createdCount"].as_u64().unwrap();
+    assert!(created > 0 && created < valid, "{s}");
+    let count: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as u64, created);
+
+    // Retry continues from the checkpoint: the counts end exactly as an uninterrupted run's.
+    let (code, body) = action(&app, job, "retry").await;
+    assert_eq!(code, 200, "{body}");
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["createdCount"], valid);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    let (code, body) = action(&app, job, "retry").await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("invalid_state"))
+    );
+    let (code, _) = action(&app, job, "explode").await;
+    assert_eq!(code, 404);
+    let (code, _) = action(&app, 999, "cancel").await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn retry_from_start_runs_a_new_job_over_the_same_file() {
+    let app = slow_app();
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "40000", "--error-rate", "0.02", "--seed", "23"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+    action(&app, job, "cancel").await;
+    let first_created = app.status(job).await["createdCount"].as_u64().unwrap();
+
+    let (code, body) = json_of(
+        app.post(&format!("/api/v1/import/{job}/retry?fromStart=true"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let new_job = body["data"]["jobId"].as_i64().unwrap();
+    assert_ne!(new_job, job);
+    assert_eq!(body["data"]["retryOf"], job);
+    let s = app.wait_done(new_job, MINUTE).await;
+    assert_eq!(s["status"], "completed");
+    // The rows the cancelled run wrote are found unchanged; the rest are created.
+    assert_eq!(s["unchangedCount"].as_u64().unwrap(), first_created);
+    assert_eq!(
+        s["createdCount"].as_u64().unwrap() + first_created,
+        expect["valid_rows"].as_u64().unwrap()
+    );
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+}
+
+#[tokio::test]
+async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after() {
+    let app = slow_app();
+    let (file, _) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "30000", "--seed", "24"],
+    );
+    let first = job_id(&app.upload("products", &file).await.1);
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "duplicate_upload");
+    assert_eq!(body["error"]["jobId"], first);
+    app.wait_done(first, MINUTE).await;
+
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    let again = job_id(&body);
+    let s = app.wait_done(again, MINUTE).await;
+    assert_eq!(s["duplicateOf"], first);
+    assert_eq!(s["unchangedCount"], 30000);
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_answer() {
+    let app = spawn_app(AppOptions::default());
+    let f = app.path("one.csv");
+    std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
+    let send = || async {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(std::fs::read(&f).unwrap()).file_name("one.csv"),
+        );
+        let resp = app
+            .post("/api/v1/import/products")
+            .header("Idempotency-Key", "order-42")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let replayed = resp.headers().get("idempotent-replayed").is_some();
+        let (code, body) = json_of(resp).await;
+        (code, body, replayed)
+    };
+    let (code, first, replayed) = send().await;
+    assert_eq!((code, replayed), (202, false), "{first}");
+    let (code, second, replayed) = send().await;
+    assert_eq!((code, replayed), (202, true), "{second}");
+    assert_eq!(first["data"]["jobId"], second["data"]["jobId"]);
+    let (_, jobs) = app.get_json("/api/v1/import/jobs").await;
+    assert_eq!(jobs["data"]["total"], 1);
+}
+
+#[tokio::test]
+async fn a_job_over_its_time_limit_fails_with_a_clear_message() {
+    let app = spawn_app(AppOptions {
+        batch_size: 100,
+        datasets: Some(
+            "[datasets.products]\nkey = [\"sku\"]\ntimeout = \"300ms\"\n[datasets.products.fields]\n\
+             sku = { type = \"text\", required = true }\nname = { type = \"text\" }\n"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    let (file, _) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "200000", "--seed", "25"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(
+        s["error"],
+        "the job ran longer than its time limit of 300 ms; the rows committed so far are kept — retry to continue"
+    );
+    let count: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as u64, s["createdCount"].as_u64().unwrap());
+}
+
+#[tokio::test]
+async fn retention_removes_files_then_jobs() {
+    let app = spawn_app(AppOptions {
+        extra_args: vec![
+            "--retain-files".into(),
+            "1s".into(),
+            "--retain-jobs".into(),
+            "3s".into(),
+        ],
+        ..Default::default()
+    });
+    let f = app.path("one.csv");
+    std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
+    let job = job_id(&app.upload("products", &f).await.1);
+    assert_eq!(app.wait_done(job, MINUTE).await["fileRetained"], true);
+    let blobs = || {
+        std::fs::read_dir(app.data_dir().join("blobs"))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(blobs(), 1);
+    let start = Instant::now();
+    while blobs() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "file not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = app.status(job).await;
+    assert_eq!(s["fileRetained"], false);
+    loop {
+        let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
+        if code == 404 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "job not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = app.get_json(&format!("/api/v1/import/{job}/errors")).await;
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn delete_removes_the_job_its_errors_and_its_file() {
+    let app = spawn_app(AppOptions::default());
+    let f = app.path("one.csv");
+    std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\nB,,2024-01-01\n").unwrap();
+    let job = job_id(&app.upload("products", &f).await.1);
+    app.wait_done(job, MINUTE).await;
+    let resp = app
+        .http
+        .delete(app.url(&format!("/api/v1/import/{job}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
+    assert_eq!(code, 404);
+    let errors: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM job_errors", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(errors, 0);
+    assert_eq!(
+        std::fs::read_dir(app.data_dir().join("blobs"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let resp = app
+        .http
+        .delete(app.url(&format!("/api/v1/import/{job}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}
+
+#[tokio::test]
+async fn stats_count_jobs_by_status_and_rows_today() {
+    let app = spawn_app(AppOptions::default());
+    let f = app.path("two.csv");
+    std::fs::write(
+        &f,
+        "sku,name,updated_at\nA,b,2024-01-01\nB,c,2024-01-01\nC,,2024-01-01\n",
+    )
+    .unwrap();
+    let job = job_id(&app.upload("products", &f).await.1);
+    app.wait_done(job, MINUTE).await;
+    let (code, body) = app.get_json("/api/v1/import/stats").await;
+    assert_eq!(code, 200, "{body}");
+    let d = &body["data"];
+    assert_eq!(d["total"], 1);
+    assert_eq!(d["byStatus"]["completed"], 1);
+    assert_eq!(d["byStatus"]["failed"], 0);
+    assert_eq!(d["rowsImportedToday"], 2);
+}
+
+/// Holds SQLite's write lock from another connection: the store fails for real (busy).
+fn hold_write_lock(app: &TestApp) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(app.data_dir().join("sluice.db")).unwrap();
+    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+    conn
+}
+
+fn locking_app() -> TestApp {
+    spawn_app(AppOptions {
+        batch_size: 200,
+        extra_args: vec![
+            "--busy-timeout-ms".into(),
+            "50".into(),
+            "--retry-limit".into(),
+            "3".into(),
+        ],
+        ..Default::default()
+    })
+}
+
+#[tokio::test]
+async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact() {
+    let app = spawn_app(AppOptions {
+        batch_size: 200,
+        extra_args: vec!["--busy-timeout-ms".into(), "50".into()],
+        ..Default::default()
+    });
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "40000", "--error-rate", "0.02", "--seed", "26"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+    let lock = hold_write_lock(&app);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Reads go on while the writer is blocked.
+    assert_eq!(app.status(job).await["status"], "processing");
+    lock.execute_batch("COMMIT").unwrap();
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+}
+
+#[tokio::test]
+async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it() {
+    let app = locking_app();
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "40000", "--error-rate", "0.02", "--seed", "27"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+    let lock = hold_write_lock(&app);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The server keeps serving while its store fails.
+    let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    lock.execute_batch("COMMIT").unwrap();
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    let message = s["error"].as_str().unwrap();
+    assert_eq!(
+        message,
+        "the database could not store the import (retried, then gave up); the rows committed so far are kept — retry the job"
+    );
+    for leak in ["SQL", "sqlite", "locked", "/", "INSERT"] {
+        assert!(!message.contains(leak), "`{message}` leaks `{leak}`");
+    }
+    let (code, _) = action(&app, job, "retry").await;
+    assert_eq!(code, 200);
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+}

@@ -1,0 +1,228 @@
+//! Crash tests through the real binary. SIGKILL at random moments (mid-batch included) must
+//! leave the dataset table, the history, the row errors and the job's counts identical to an
+//! uninterrupted import; a killed worker's job is finished by another worker process.
+//!
+//! The file size and the number of kills can be raised for a longer run:
+//! `SLUICE_CRASH_ROWS=200000 SLUICE_CRASH_KILLS=25 cargo test --release --test crash -- --nocapture`
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    u64::from_le_bytes(b) % n.max(1)
+}
+
+/// Everything an import leaves behind that must not depend on crashes.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    rows: Vec<Vec<Option<String>>>,
+    history: Vec<Vec<Option<String>>>,
+    errors: Vec<(i64, Option<String>, String)>,
+    counts: [u64; 4],
+}
+
+fn outcome(app: &TestApp, job: i64, status: &serde_json::Value) -> Outcome {
+    let db = app.db();
+    let table = |sql: &str, width: usize| -> Vec<Vec<Option<String>>> {
+        let mut stmt = db.prepare(sql).unwrap();
+        stmt.query_map([], |r| {
+            (0..width)
+                .map(|i| {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    Ok(match v {
+                        rusqlite::types::Value::Null => None,
+                        rusqlite::types::Value::Integer(n) => Some(n.to_string()),
+                        rusqlite::types::Value::Text(t) => Some(t),
+                        other => Some(format!("{other:?}")),
+                    })
+                })
+                .collect()
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+    };
+    let mut stmt = db
+        .prepare("SELECT row, column, message FROM job_errors WHERE job_id = ?1 ORDER BY row")
+        .unwrap();
+    let errors = stmt
+        .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let n = |k: &str| status[k].as_u64().unwrap();
+    Outcome {
+        rows: table(
+            "SELECT sku, name, category, price, stock, updated_at, _sluice_row FROM products ORDER BY sku",
+            7,
+        ),
+        history: table(
+            "SELECT sku, field, old_value, new_value FROM products_history ORDER BY sku, field",
+            4,
+        ),
+        errors,
+        counts: [
+            n("createdCount"),
+            n("updatedCount"),
+            n("unchangedCount"),
+            n("errorCount"),
+        ],
+    }
+}
+
+#[tokio::test]
+async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves() {
+    let rows = env_number("SLUICE_CRASH_ROWS", 60_000);
+    let kills = env_number("SLUICE_CRASH_KILLS", 10);
+    let options = || AppOptions {
+        batch_size: 500,
+        lease_seconds: 1,
+        ..Default::default()
+    };
+    let reference = spawn_app(options());
+    let dir = reference.dir.path();
+    // A first import that the file under test half overlaps: updates and history are exercised.
+    let (base, _) = generate(
+        dir,
+        "base.csv",
+        &["--rows", &(rows / 2).to_string(), "--seed", "30"],
+    );
+    let (file, expect) = generate(
+        dir,
+        "p.csv",
+        &[
+            "--rows",
+            &rows.to_string(),
+            "--error-rate",
+            "0.03",
+            "--seed",
+            "31",
+            "--start-sku",
+            &(rows / 4).to_string(),
+        ],
+    );
+
+    let base_job = job_id(&reference.upload("products", &base).await.1);
+    reference.wait_done(base_job, MINUTE).await;
+    let job = job_id(&reference.upload("products", &file).await.1);
+    let done = reference.wait_done(job, 3 * MINUTE).await;
+    assert_eq!(done["status"], "completed");
+    let want = outcome(&reference, job, &done);
+    assert_eq!(want.counts[3], expect["invalid_rows"].as_u64().unwrap());
+
+    let mut app = spawn_app(options());
+    let base_job = job_id(&app.upload("products", &base).await.1);
+    app.wait_done(base_job, MINUTE).await;
+    let job = job_id(&app.upload("products", &file).await.1);
+    let mut mid_job = 0;
+    let mut moments = Vec::new();
+    for k in 0..kills {
+        // Wait until this server instance has (re)claimed the job.
+        let start = Instant::now();
+        loop {
+            let s = app.status(job).await;
+            assert_ne!(
+                s["status"], "completed",
+                "finished after {k} kills; raise SLUICE_CRASH_ROWS"
+            );
+            if s["attempts"].as_u64().unwrap() > k {
+                break;
+            }
+            assert!(start.elapsed() < MINUTE, "job not reclaimed: {s}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let wait = random_below(120);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let before = app.status(job).await;
+        app.kill();
+        if before["status"] == "processing" {
+            mid_job += 1;
+        }
+        moments.push((wait, before["progress"]["current"].as_u64().unwrap()));
+        app.start();
+    }
+    let done = app.wait_done(job, 3 * MINUTE).await;
+    eprintln!("kills (ms after reclaim, rows committed): {moments:?}");
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(
+        mid_job, kills,
+        "every kill landed while the job was processing"
+    );
+    assert!(done["attempts"].as_u64().unwrap() > kills);
+    let got = outcome(&app, job, &done);
+    assert_eq!(got.counts, want.counts);
+    assert_eq!(got.errors, want.errors);
+    assert_eq!(got.history.len(), want.history.len());
+    assert_eq!(got.history, want.history);
+    assert_eq!(got.rows.len(), want.rows.len());
+    assert_eq!(got.rows, want.rows);
+}
+
+#[tokio::test]
+async fn a_killed_worker_process_leaves_its_job_to_another_worker() {
+    let app = spawn_app(AppOptions {
+        workers: 0,
+        batch_size: 300,
+        lease_seconds: 1,
+        ..Default::default()
+    });
+    let mut workers = vec![app.spawn_worker(1), app.spawn_worker(1)];
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "60000", "--error-rate", "0.02", "--seed", "33"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    let start = Instant::now();
+    let owner = loop {
+        let s = app.status(job).await;
+        assert_ne!(s["status"], "completed", "finished too early");
+        if s["progress"]["current"].as_u64().unwrap() > 0
+            && let Some(owner) = s["workerId"].as_str()
+        {
+            break owner.to_string();
+        }
+        assert!(start.elapsed() < MINUTE, "not claimed: {s}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let pid: u32 = owner
+        .split("/pid-")
+        .nth(1)
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("worker id `{owner}` names no pid"));
+    let victim = workers
+        .iter()
+        .position(|w| w.id() == pid)
+        .expect("the owner is one of our workers");
+    let mut dead = workers.remove(victim);
+    dead.kill().unwrap();
+    dead.wait().unwrap();
+
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    assert!(s["attempts"].as_u64().unwrap() >= 2);
+    let count: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count as u64, expect["valid_rows"].as_u64().unwrap());
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}

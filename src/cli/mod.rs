@@ -95,30 +95,39 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Where the data lives, from `--data-dir` or a `sqlite://` URL.
-pub fn sqlite_path(
+/// Which database a URL names.
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+/// Where the data lives: `--database-url` (`sqlite://PATH`, `postgres://…`), or
+/// `<data-dir>/sluice.db` by default.
+pub fn database(
     data_dir: &std::path::Path,
     database_url: Option<&str>,
-) -> Result<PathBuf, String> {
-    match database_url {
-        None | Some("") => Ok(data_dir.join("sluice.db")),
-        Some(url) => {
-            if let Some(path) = url
-                .strip_prefix("sqlite://")
-                .or_else(|| url.strip_prefix("sqlite:"))
-            {
+) -> Result<Database, String> {
+    match database_url.map(str::trim) {
+        None | Some("") => Ok(Database::Sqlite(data_dir.join("sluice.db"))),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Database::Postgres(url.to_string()))
+        }
+        Some(url) => match url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Some(path) => {
                 let path = path.split('?').next().unwrap_or(path);
                 if path.is_empty() {
-                    return Err("SLUICE_DATABASE_URL `sqlite://` needs a file path, e.g. sqlite://./sluice-data/sluice.db".into());
+                    return Err(
+                        "SLUICE_DATABASE_URL `sqlite://` needs a file path, e.g. sqlite://./sluice-data/sluice.db".into(),
+                    );
                 }
-                Ok(PathBuf::from(path))
-            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Err("PostgreSQL is not supported by this build yet; use the embedded SQLite default".into())
-            } else {
-                Err(format!(
-                    "unsupported database URL `{url}`: use sqlite://PATH"
-                ))
+                Ok(Database::Sqlite(PathBuf::from(path)))
             }
-        }
+            None => Err(format!(
+                "unsupported database URL `{url}`: use sqlite://PATH or postgres://USER@HOST/DB"
+            )),
+        },
     }
 }

@@ -13,13 +13,14 @@ use clap::Args;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{CliResult, sqlite_path};
+use super::{CliResult, Database, database};
 use crate::api::{self, AppState, auth};
 use crate::blob::BlobStore;
 use crate::dataset::Datasets;
 use crate::jobs::sweeper::{Retention, spawn_sweeper};
 use crate::jobs::{JobContext, WorkerConfig, spawn_workers};
 use crate::store::JobStore;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
 /// How long shutdown waits for workers to reach a batch boundary.
@@ -30,7 +31,8 @@ pub struct StorageArgs {
     /// Directory for the embedded database and the uploaded files.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "./sluice-data")]
     pub data_dir: PathBuf,
-    /// Database URL (`sqlite://PATH`); default: `<data-dir>/sluice.db`.
+    /// Database URL: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`; default:
+    /// `<data-dir>/sluice.db`. Uploaded files stay in `<data-dir>/blobs` either way.
     #[arg(long, env = "SLUICE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Your datasets.toml (target tables and fields); default: the built-in products and dealers.
@@ -110,26 +112,36 @@ fn load_datasets(args: &StorageArgs) -> Result<Datasets, String> {
     }
 }
 
-fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<SqliteStore, String> {
+fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<Arc<dyn JobStore>, String> {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
             args.data_dir.display()
         )
     })?;
-    let path = sqlite_path(&args.data_dir, args.database_url.as_deref())?;
-    let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let (store, name): (Arc<dyn JobStore>, String) =
+        match database(&args.data_dir, args.database_url.as_deref())? {
+            Database::Sqlite(path) => {
+                let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
+                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+                (Arc::new(store), path.display().to_string())
+            }
+            Database::Postgres(url) => {
+                let store = PgStore::open(&url)
+                    .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+                (Arc::new(store), "the PostgreSQL database".to_string())
+            }
+        };
     store
         .datasets_prepare(datasets)
-        .map_err(|e| format!("cannot prepare the dataset tables: {e}"))?;
+        .map_err(|e| format!("cannot prepare the dataset tables in {name}: {e}"))?;
     Ok(store)
 }
 
 pub async fn migrate(args: StorageArgs) -> CliResult {
     let datasets = load_datasets(&args)?;
-    let store = tokio::task::spawn_blocking(move || open_store(&args, &datasets)).await??;
-    println!("sluice: {} is up to date", store.path().display());
+    tokio::task::spawn_blocking(move || open_store(&args, &datasets)).await??;
+    println!("sluice: the job store and the dataset tables are up to date");
     Ok(())
 }
 
@@ -180,9 +192,9 @@ async fn job_context(
     work: &WorkerArgs,
 ) -> Result<Arc<JobContext>, Box<dyn std::error::Error + Send + Sync>> {
     let datasets = load_datasets(storage)?;
-    let store: Arc<dyn JobStore> = {
+    let store = {
         let (storage, ds) = (storage.clone(), datasets.clone());
-        Arc::new(tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??)
+        tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??
     };
     let blobs = BlobStore::open(&storage.data_dir.join("blobs"))
         .map_err(|e| format!("cannot create the blob directory: {e}"))?;

@@ -5,6 +5,8 @@
 //! claiming a job is fenced by its [`Lease`]: zero rows updated means the lease was lost. SQL
 //! lives only in the backend modules and `migrations/`. Today's backend is SQLite.
 
+mod pool;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -242,6 +244,16 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Gives the job back (shutdown): it stays `processing` and is claimable at once.
     fn job_release(&self, lease: &Lease) -> StoreResult<()>;
+
+    /// Whether this backend announces claimable jobs (so `jobs_wait` is worth calling).
+    fn announces_jobs(&self) -> bool {
+        false
+    }
+    /// Blocks until a claimable job is announced (true) or `timeout` passes (false).
+    fn jobs_wait(&self, timeout: std::time::Duration) -> StoreResult<bool> {
+        std::thread::sleep(timeout);
+        Ok(false)
+    }
 
     /// Cancel, pause, resume or retry a job.
     fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled>;

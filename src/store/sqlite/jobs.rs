@@ -468,7 +468,7 @@ impl JobStore for SqliteStore {
         lease: Lease,
         mode: Mode,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
-        let conn = self.connect(false)?;
+        let conn = self.writer_conn()?;
         Ok(Box::new(SqliteSink::new(conn, dataset, lease, mode)))
     }
 }

@@ -10,12 +10,12 @@ mod jobs;
 mod tables;
 mod writer;
 
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
+use super::pool::{Pool, Pooled};
 use super::{StoreError, StoreResult};
 
 /// Migrations in order; `user_version` counts how many are applied. Append only.
@@ -36,21 +36,26 @@ const POOL_IDLE: usize = 8;
 pub struct SqliteStore {
     path: PathBuf,
     /// How long a statement waits for another connection's write lock before failing busy.
-    busy_timeout: std::time::Duration,
-    idle: Mutex<Vec<Connection>>,
+    busy_timeout: Duration,
+    pool: Pool<Connection>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies pending migrations.
-    pub fn open(path: &Path, busy_timeout: std::time::Duration) -> StoreResult<Self> {
+    pub fn open(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
+        let (p, t) = (path.to_path_buf(), busy_timeout);
         let store = Self {
             path: path.to_path_buf(),
             busy_timeout,
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(
+                POOL_IDLE,
+                Box::new(move || connect(&p, t, true)),
+                Connection::is_autocommit,
+            ),
         };
-        let mut conn = store.connect(true)?;
+        let mut conn = store.conn()?;
         migrate(&mut conn)?;
-        store.put_back(conn);
+        drop(conn);
         Ok(store)
     }
 
@@ -58,75 +63,35 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Opens a new connection with sluice's settings.
-    fn connect(&self, durable: bool) -> StoreResult<Connection> {
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(db_err)?;
-        conn.busy_timeout(self.busy_timeout).map_err(db_err)?;
-        let synchronous = if durable { "FULL" } else { "NORMAL" };
-        conn.execute_batch(&format!(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;
-             PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;"
-        ))
-        .map_err(db_err)?;
-        conn.set_prepared_statement_cache_capacity(64);
-        Ok(conn)
-    }
-
     /// A pooled connection for short API and job-store statements.
-    fn conn(&self) -> StoreResult<Pooled<'_>> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        let conn = match idle {
-            Some(c) => c,
-            None => self.connect(true)?,
-        };
-        Ok(Pooled {
-            store: self,
-            conn: Some(conn),
-        })
+    fn conn(&self) -> StoreResult<Pooled<'_, Connection>> {
+        self.pool.get()
     }
 
-    fn put_back(&self, conn: Connection) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < POOL_IDLE
-        {
-            idle.push(conn);
-        }
+    /// A connection of its own for a batch writer (`synchronous=NORMAL`).
+    fn writer_conn(&self) -> StoreResult<Connection> {
+        connect(&self.path, self.busy_timeout, false)
     }
 }
 
-/// A connection borrowed from the pool; returned on drop.
-struct Pooled<'a> {
-    store: &'a SqliteStore,
-    conn: Option<Connection>,
-}
-
-impl Deref for Pooled<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("present until drop")
-    }
-}
-
-impl DerefMut for Pooled<'_> {
-    fn deref_mut(&mut self) -> &mut Connection {
-        self.conn.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for Pooled<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take()
-            && conn.is_autocommit()
-        {
-            self.store.put_back(conn);
-        }
-    }
+/// Opens a new connection with sluice's settings.
+fn connect(path: &Path, busy_timeout: Duration, durable: bool) -> StoreResult<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(db_err)?;
+    conn.busy_timeout(busy_timeout).map_err(db_err)?;
+    let synchronous = if durable { "FULL" } else { "NORMAL" };
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;"
+    ))
+    .map_err(db_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
 }
 
 /// Applies pending migrations, each in its own write transaction that re-reads the version

@@ -1,0 +1,408 @@
+//! The job store on PostgreSQL: tokens, jobs, leases and row errors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use postgres::Row;
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::writer::PgSink;
+use super::{CHANNEL, PgStore, pg_err};
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Mode};
+use crate::store::{
+    Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
+    NewJob, Stats, StoreError, StoreResult,
+};
+
+pub(super) const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
+    header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
+    batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
+    retry_of, blob_deleted_at";
+
+pub(super) fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+pub(super) fn job_from_row(r: &Row) -> StoreResult<Job> {
+    let u = |i: usize| -> u64 { r.get::<_, i64>(i).max(0) as u64 };
+    let status: String = r.get(2);
+    let mode: String = r.get(3);
+    let format: String = r.get(8);
+    Ok(Job {
+        id: r.get(0),
+        dataset: r.get(1),
+        status: status.parse().map_err(StoreError::Corrupt)?,
+        mode: json(&format!("\"{mode}\""), "mode")?,
+        filename: r.get(4),
+        blob: r.get(5),
+        file_size: u(6),
+        sha256: r.get(7),
+        format: json(&format!("\"{format}\""), "format")?,
+        options: json(r.get::<_, &str>(9), "options")?,
+        header: json(r.get::<_, &str>(10), "header")?,
+        mapping: json(r.get::<_, &str>(11), "mapping")?,
+        total_rows: r.get::<_, Option<i64>>(12).map(|n| n.max(0) as u64),
+        rows_done: u(13),
+        created_count: u(14),
+        updated_count: u(15),
+        unchanged_count: u(16),
+        error_count: u(17),
+        batches_done: u(18),
+        error: r.get(19),
+        created_by: r.get(20),
+        created_at: r.get(21),
+        started_at: r.get(22),
+        completed_at: r.get(23),
+        attempts: u(24),
+        lease_owner: r.get(25),
+        duplicate_of: r.get(26),
+        retry_of: r.get(27),
+        blob_deleted: r.get::<_, Option<DateTime<Utc>>>(28).is_some(),
+    })
+}
+
+pub(super) fn new_token() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&now_ms().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Announces that a job may be claimable (delivered when the transaction commits).
+pub(super) fn notify(tx: &mut impl postgres::GenericClient) -> StoreResult<()> {
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+fn find_idempotent(
+    c: &mut impl postgres::GenericClient,
+    created_by: Option<i64>,
+    key: &str,
+) -> StoreResult<Option<JobId>> {
+    let row = c
+        .query_opt(
+            "SELECT id FROM jobs WHERE created_by IS NOT DISTINCT FROM $1 AND idempotency_key = $2",
+            &[&created_by, &key],
+        )
+        .map_err(pg_err)?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+impl JobStore for PgStore {
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        super::tables::prepare(&mut conn, datasets)
+    }
+
+    fn token_count(&self) -> StoreResult<u64> {
+        let n: i64 = self
+            .conn()?
+            .query_one("SELECT count(*) FROM tokens WHERE revoked_at IS NULL", &[])
+            .map_err(pg_err)?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64> {
+        let row = self
+            .conn()?
+            .query_one(
+                "INSERT INTO tokens (label, token_hash, role, created_at) VALUES ($1, $2, $3, now()) \
+                 ON CONFLICT (token_hash) DO UPDATE SET label = tokens.label RETURNING id",
+                &[&label, &token_hash, &role],
+            )
+            .map_err(pg_err)?;
+        Ok(row.get(0))
+    }
+
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                "UPDATE tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
+                &[&token_hash],
+            )
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        // Serialise inserts of the same file so the duplicate check and the insert agree.
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&job.sha256])
+            .map_err(pg_err)?;
+        if let Some(key) = &job.idempotency_key
+            && let Some(id) = find_idempotent(&mut tx, job.created_by, key)?
+        {
+            return Ok(Inserted::Replayed(id));
+        }
+        let active = tx
+            .query_opt(
+                "SELECT id FROM jobs WHERE dataset = $1 AND sha256 = $2 AND status IN ('pending', 'processing', 'paused')",
+                &[&job.dataset, &job.sha256],
+            )
+            .map_err(pg_err)?;
+        if let Some(row) = active {
+            return Ok(Inserted::ActiveDuplicate(row.get(0)));
+        }
+        let duplicate_of: Option<i64> = tx
+            .query_one(
+                "SELECT max(id) FROM jobs WHERE dataset = $1 AND sha256 = $2 AND status = 'completed'",
+                &[&job.dataset, &job.sha256],
+            )
+            .map_err(pg_err)?
+            .get(0);
+        let (status, token, expires, attempts) = match lease {
+            Some((token, ms)) => (
+                JobStatus::Processing,
+                Some(token),
+                Some(now_ms() + ms as i64),
+                1i64,
+            ),
+            None => (JobStatus::Pending, None, None, 0),
+        };
+        let format = to_json(&job.format);
+        let row = tx
+            .query_one(
+                "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+                 mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
+                 idempotency_key, retry_of, duplicate_of) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), \
+                 CASE WHEN $13::bigint = 1 THEN now() END, $13, $14, $15, $16, $17, $18) RETURNING id",
+                &[
+                    &job.dataset,
+                    &status.as_str(),
+                    &job.mode.as_str(),
+                    &job.filename,
+                    &job.blob,
+                    &(job.file_size as i64),
+                    &job.sha256,
+                    &format.trim_matches('"'),
+                    &to_json(&job.options),
+                    &to_json(&job.header),
+                    &to_json(&job.mapping),
+                    &job.created_by,
+                    &attempts,
+                    &token,
+                    &expires,
+                    &job.idempotency_key,
+                    &job.retry_of,
+                    &duplicate_of,
+                ],
+            )
+            .map_err(pg_err)?;
+        if lease.is_none() {
+            notify(&mut tx)?;
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(Inserted::Created(row.get(0)))
+    }
+
+    fn job_find_idempotent(
+        &self,
+        created_by: Option<i64>,
+        key: &str,
+    ) -> StoreResult<Option<JobId>> {
+        find_idempotent(&mut *self.conn()?, created_by, key)
+    }
+
+    fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+                &[&id],
+            )
+            .map_err(pg_err)?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {
+        let mut conn = self.conn()?;
+        let status = filter.status.map(JobStatus::as_str);
+        let dataset = filter.dataset.as_deref();
+        let condition = "($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR dataset = $2)";
+        let total: i64 = conn
+            .query_one(
+                &format!("SELECT count(*) FROM jobs WHERE {condition}"),
+                &[&status, &dataset],
+            )
+            .map_err(pg_err)?
+            .get(0);
+        let rows = conn
+            .query(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT $3 OFFSET $4"),
+                &[&status, &dataset, &(filter.limit as i64), &(filter.offset as i64)],
+            )
+            .map_err(pg_err)?;
+        let jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        Ok((jobs, total as u64))
+    }
+
+    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+        let token = new_token();
+        let now = now_ms();
+        let row = self
+            .conn()?
+            .query_opt(
+                &format!(
+                    "UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, \
+                     attempts = attempts + 1, started_at = COALESCE(started_at, now()), lease_owner = $4 \
+                     WHERE id = (SELECT id FROM jobs WHERE status = 'pending' \
+                                 OR (status = 'processing' AND lease_expires_ms < $3) \
+                                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                     RETURNING {JOB_COLUMNS}"
+                ),
+                &[&token, &(now + lease_ms as i64), &now, &owner],
+            )
+            .map_err(pg_err)?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let job = job_from_row(&row)?;
+                let lease = Lease {
+                    job_id: job.id,
+                    token,
+                };
+                Ok(Some((job, lease)))
+            }
+        }
+    }
+
+    fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_token = $3 AND status = 'processing'",
+                &[&(now_ms() + lease_ms as i64), &lease.job_id, &lease.token],
+            )
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE jobs SET total_rows = $1 WHERE id = $2 AND lease_token = $3",
+                &[&(total_rows as i64), &lease.job_id, &lease.token],
+            )
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_finish(
+        &self,
+        lease: &Lease,
+        status: JobStatus,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
+        let n = self
+            .conn()?
+            .execute(
+                "UPDATE jobs SET status = $1, error = $2, completed_at = now(), lease_token = NULL, \
+                 lease_expires_ms = NULL, lease_owner = NULL WHERE id = $3 AND lease_token = $4",
+                &[&status.as_str(), &error, &lease.job_id, &lease.token],
+            )
+            .map_err(pg_err)?;
+        Ok(n == 1)
+    }
+
+    fn job_release(&self, lease: &Lease) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.execute(
+            "UPDATE jobs SET lease_token = NULL, lease_expires_ms = 0, lease_owner = NULL WHERE id = $1 AND lease_token = $2",
+            &[&lease.job_id, &lease.token],
+        )
+        .map_err(pg_err)?;
+        notify(&mut tx)?;
+        tx.commit().map_err(pg_err)
+    }
+
+    fn announces_jobs(&self) -> bool {
+        true
+    }
+
+    fn jobs_wait(&self, timeout: Duration) -> StoreResult<bool> {
+        self.wait_for_notify(timeout)
+    }
+
+    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled> {
+        super::control::control(&mut *self.conn()?, id, action)
+    }
+
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>> {
+        super::control::delete(&mut *self.conn()?, id)
+    }
+
+    fn jobs_sweep(
+        &self,
+        files_before: DateTime<Utc>,
+        jobs_before: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, u64)> {
+        super::control::sweep(&mut *self.conn()?, files_before, jobs_before)
+    }
+
+    fn job_stats(&self) -> StoreResult<Stats> {
+        super::control::stats(&mut *self.conn()?)
+    }
+
+    fn errors_page(
+        &self,
+        job: JobId,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<ErrorRecord>, u64)> {
+        let mut conn = self.conn()?;
+        let total: i64 = conn
+            .query_one("SELECT count(*) FROM job_errors WHERE job_id = $1", &[&job])
+            .map_err(pg_err)?
+            .get(0);
+        let limit = limit.min(i64::MAX as u64) as i64;
+        let mut errors = Vec::new();
+        let mut rows = conn
+            .query_raw(
+                "SELECT \"row\", \"column\", value, message, record FROM job_errors WHERE job_id = $1 \
+                 ORDER BY \"row\" LIMIT $2 OFFSET $3",
+                [&job as &(dyn postgres::types::ToSql + Sync), &limit, &(offset as i64)],
+            )
+            .map_err(pg_err)?;
+        while let Some(r) = rows.next().map_err(pg_err)? {
+            errors.push(ErrorRecord {
+                row: r.get::<_, i64>(0) as u64,
+                column: r.get(1),
+                value: r.get(2),
+                message: r.get(3),
+                record: json(r.get::<_, &str>(4), "error record")?,
+            });
+        }
+        Ok((errors, total as u64))
+    }
+
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        let conn = self.pool.open()?;
+        Ok(Box::new(PgSink::new(conn, dataset, lease, mode)))
+    }
+}

@@ -1,0 +1,505 @@
+//! The batch writer on PostgreSQL: COPY into a staging table, then set-based statements.
+//!
+//! Per batch, in one transaction: COPY the valid rows (text format) into a temporary table
+//! (`ON COMMIT DELETE ROWS`), classify them with one join against the target (new, changed,
+//! unchanged, a key this job already wrote), archive changed history fields with
+//! `INSERT … SELECT`, upsert new and changed rows with `INSERT … SELECT … ON CONFLICT DO UPDATE`,
+//! stamp unchanged rows, COPY the row errors, and move the job's checkpoint and counts fenced by
+//! the lease. No per-row round trips. If a statement fails on the data (a constraint of the
+//! table, a value out of range), the batch is redone one row at a time under savepoints so only
+//! the bad rows are rejected.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+
+use chrono::Utc;
+use postgres::{Client, Transaction};
+
+use super::tables::{since_column, sql_type};
+use super::{ident, is_row_problem, is_transient};
+use crate::dataset::Dataset;
+use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
+use crate::store::Lease;
+
+const STAGE: &str = "sluice_stage";
+
+fn sink_err(e: postgres::Error) -> SinkError {
+    let text = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    if is_transient(&e) {
+        SinkError::Retryable(text)
+    } else {
+        SinkError::Fatal(text)
+    }
+}
+
+fn io_err(e: std::io::Error) -> SinkError {
+    SinkError::Retryable(format!("writing COPY data: {e}"))
+}
+
+/// Appends a value in COPY text format.
+fn copy_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Null => out.extend_from_slice(b"\\N"),
+        Value::Text(s) | Value::Date(s) | Value::DateTime(s) => copy_text(out, s),
+        Value::Int(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Decimal(d) => out.extend_from_slice(d.to_string().as_bytes()),
+        Value::Bool(b) => out.push(if *b { b't' } else { b'f' }),
+    }
+}
+
+fn copy_text(out: &mut Vec<u8>, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Text of an error report: PostgreSQL text cannot hold NUL, so it is shown as U+FFFD.
+fn copy_report(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) if s.contains('\0') => copy_text(out, &s.replace('\0', "\u{fffd}")),
+        Some(s) => copy_text(out, s),
+        None => out.extend_from_slice(b"\\N"),
+    }
+}
+
+/// The key of a row, for spotting a key that repeats inside the batch.
+fn key_text(values: &[Value], key: &[usize]) -> String {
+    key.iter()
+        .map(|&k| values[k].to_text().unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+/// SQL for one job, built at the first batch (it depends on which fields the file has).
+struct Plan {
+    present: Vec<usize>,
+    stage_ddl: String,
+    copy: String,
+    classify: String,
+    history: Vec<String>,
+    upsert: String,
+    stamp: String,
+}
+
+impl Plan {
+    fn new(ds: &Dataset, present_mask: &[bool]) -> Self {
+        let present: Vec<usize> = (0..ds.fields.len())
+            .filter(|&i| present_mask[i] || ds.is_key(i))
+            .collect();
+        let compare: Vec<usize> = present.iter().copied().filter(|&i| !ds.is_key(i)).collect();
+        let history: Vec<usize> = compare
+            .iter()
+            .copied()
+            .filter(|&i| ds.fields[i].history)
+            .collect();
+        let table = ident(&ds.table);
+        let name = |i: usize| ident(&ds.fields[i].name);
+        let keys: Vec<String> = ds.key.iter().map(|&k| name(k)).collect();
+        let join = keys
+            .iter()
+            .map(|k| format!("t.{k} = s.{k}"))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let cols: Vec<String> = present.iter().map(|&i| name(i)).collect();
+
+        let stage_cols: Vec<String> = present
+            .iter()
+            .map(|&i| format!("{} {}", name(i), sql_type(&ds.fields[i])))
+            .collect();
+        let stage_ddl = format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {STAGE}_{t} (ord INT NOT NULL, \"row\" BIGINT NOT NULL, {}) ON COMMIT DELETE ROWS",
+            stage_cols.join(", "),
+            t = ds.table
+        );
+        let stage = format!("{STAGE}_{}", ds.table);
+        let copy = format!(
+            "COPY {stage} (ord, \"row\", {}) FROM STDIN",
+            cols.join(", ")
+        );
+        let changed = if compare.is_empty() {
+            "false".to_string()
+        } else {
+            compare
+                .iter()
+                .map(|&i| format!("t.{0} IS DISTINCT FROM s.{0}", name(i)))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
+        let classify = format!(
+            "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
+             FROM {stage} s LEFT JOIN {table} t ON {join} WHERE s.ord = ANY($1) ORDER BY s.ord",
+            k0 = keys[0]
+        );
+        let history_sql = history
+            .iter()
+            .map(|&i| {
+                format!(
+                    "INSERT INTO {hist} ({keys}, field, old_value, new_value, valid_from, valid_to, job_id) \
+                     SELECT {tkeys}, $4, t.{f}::text, s.{f}::text, t.{since}, $3, $2 \
+                     FROM {stage} s JOIN {table} t ON {join} WHERE s.ord = ANY($1) AND t.{f} IS DISTINCT FROM s.{f}",
+                    hist = ident(&ds.history_table()),
+                    keys = keys.join(", "),
+                    tkeys = keys.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", "),
+                    f = name(i),
+                    since = since_column(&ds.fields[i].name),
+                )
+            })
+            .collect();
+        let mut insert_cols = cols.clone();
+        insert_cols.extend(
+            [
+                "_sluice_job",
+                "_sluice_row",
+                "_sluice_created_at",
+                "_sluice_updated_at",
+            ]
+            .map(String::from),
+        );
+        insert_cols.extend(history.iter().map(|&i| since_column(&ds.fields[i].name)));
+        let mut select_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
+        select_cols.extend(["$2".into(), "s.\"row\"".into(), "$3".into(), "$3".into()]);
+        select_cols.extend(history.iter().map(|_| "$3".to_string()));
+        let mut updates: Vec<String> = compare
+            .iter()
+            .map(|&i| format!("{0} = EXCLUDED.{0}", name(i)))
+            .collect();
+        updates.extend(
+            ["_sluice_job", "_sluice_row", "_sluice_updated_at"]
+                .map(|c| format!("{c} = EXCLUDED.{c}")),
+        );
+        updates.extend(history.iter().map(|&i| {
+            let c = since_column(&ds.fields[i].name);
+            format!(
+                "{c} = CASE WHEN {table}.{f} IS DISTINCT FROM EXCLUDED.{f} THEN EXCLUDED.{c} ELSE {table}.{c} END",
+                f = name(i)
+            )
+        }));
+        let upsert = format!(
+            "INSERT INTO {table} ({}) SELECT {} FROM {stage} s WHERE s.ord = ANY($1) \
+             ON CONFLICT ({}) DO UPDATE SET {}",
+            insert_cols.join(", "),
+            select_cols.join(", "),
+            keys.join(", "),
+            updates.join(", ")
+        );
+        let stamp = format!(
+            "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s WHERE {join} AND s.ord = ANY($1)"
+        );
+        Plan {
+            present,
+            stage_ddl,
+            copy,
+            classify,
+            history: history_sql,
+            upsert,
+            stamp,
+        }
+    }
+}
+
+pub struct PgSink {
+    conn: Client,
+    dataset: Arc<Dataset>,
+    lease: Lease,
+    mode: Mode,
+    plan: Option<Plan>,
+    /// Reused COPY buffer.
+    buf: Vec<u8>,
+}
+
+impl PgSink {
+    pub fn new(conn: Client, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> Self {
+        Self {
+            conn,
+            dataset,
+            lease,
+            mode,
+            plan: None,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// What happened to the rows given to one `write_rows` call.
+struct Written {
+    counts: BatchCounts,
+    rejected: Vec<RowError>,
+}
+
+/// One pass of the write statements over some rows of the batch.
+struct Writer<'a> {
+    ds: &'a Dataset,
+    plan: &'a Plan,
+    job: i64,
+    mode: Mode,
+    now: chrono::DateTime<Utc>,
+}
+
+impl Writer<'_> {
+    fn stage(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &Batch,
+        rows: &[usize],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), postgres::Error> {
+        buf.clear();
+        for &i in rows {
+            buf.extend_from_slice(i.to_string().as_bytes());
+            buf.push(b'\t');
+            buf.extend_from_slice(batch.rows[i].to_string().as_bytes());
+            let values = batch.row_values(i);
+            for &f in &self.plan.present {
+                buf.push(b'\t');
+                copy_value(buf, &values[f]);
+            }
+            buf.push(b'\n');
+        }
+        let mut w = tx.copy_in(&self.plan.copy)?;
+        // A write error here surfaces again from `finish`, with PostgreSQL's reason.
+        let _ = w.write_all(buf);
+        w.finish()?;
+        Ok(())
+    }
+
+    fn write_rows(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &Batch,
+        rows: &[usize],
+        buf: &mut Vec<u8>,
+    ) -> Result<Written, postgres::Error> {
+        self.stage(tx, batch, rows, buf)?;
+        let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
+        let classified = tx.query(&self.plan.classify, &[&ords])?;
+        let mut counts = BatchCounts::default();
+        let mut rejected = Vec::new();
+        let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+        let (mut upsert, mut changed, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &classified {
+            let i = r.get::<_, i32>(0) as usize;
+            let exists: bool = r.get(1);
+            let job: Option<i64> = r.get(2);
+            let first: Option<i64> = r.get(3);
+            let differs: Option<bool> = r.get(4);
+            let values = batch.row_values(i);
+            let key = key_text(values, &self.ds.key);
+            let reject = if let Some(first) = seen.get(&key) {
+                Some(format!("duplicate key, first seen at row {first}"))
+            } else if exists && job == Some(self.job) {
+                Some(format!(
+                    "duplicate key, first seen at row {}",
+                    first.map_or_else(|| "?".to_string(), |r| r.to_string())
+                ))
+            } else if exists && self.mode == Mode::Insert {
+                Some("key already exists (mode=insert)".to_string())
+            } else {
+                None
+            };
+            if let Some(message) = reject {
+                let k = self.ds.key[0];
+                rejected.push(batch.reject(
+                    i,
+                    Some(&self.ds.fields[k].name),
+                    values[k].to_text(),
+                    message,
+                ));
+                continue;
+            }
+            seen.insert(key, batch.rows[i]);
+            if !exists {
+                counts.created += 1;
+                upsert.push(i as i32);
+            } else if differs.unwrap_or(true) {
+                counts.updated += 1;
+                upsert.push(i as i32);
+                changed.push(i as i32);
+            } else {
+                counts.unchanged += 1;
+                unchanged.push(i as i32);
+            }
+        }
+        for (sql, &f) in self.plan.history.iter().zip(
+            self.plan
+                .present
+                .iter()
+                .filter(|&&i| !self.ds.is_key(i) && self.ds.fields[i].history),
+        ) {
+            if !changed.is_empty() {
+                tx.execute(
+                    sql,
+                    &[&changed, &self.job, &self.now, &self.ds.fields[f].name],
+                )?;
+            }
+        }
+        if !upsert.is_empty() {
+            tx.execute(&self.plan.upsert, &[&upsert, &self.job, &self.now])?;
+        }
+        if !unchanged.is_empty() {
+            tx.execute(&self.plan.stamp, &[&unchanged, &self.job])?;
+        }
+        Ok(Written { counts, rejected })
+    }
+}
+
+impl BatchSink for PgSink {
+    fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        if self.plan.is_none() {
+            let plan = Plan::new(&self.dataset, &batch.present);
+            self.conn.batch_execute(&plan.stage_ddl).map_err(sink_err)?;
+            self.plan = Some(plan);
+        }
+        let Some(plan) = self.plan.as_ref() else {
+            return Err(SinkError::Fatal("no write plan".into()));
+        };
+        let writer = Writer {
+            ds: &self.dataset,
+            plan,
+            job: self.lease.job_id,
+            mode: self.mode,
+            now: Utc::now(),
+        };
+        let all: Vec<usize> = (0..batch.len()).collect();
+        let mut tx = self.conn.transaction().map_err(sink_err)?;
+        let written = match writer.write_rows(&mut tx, batch, &all, &mut self.buf) {
+            Ok(w) => w,
+            Err(e) if is_row_problem(&e) => {
+                drop(tx);
+                return row_by_row(
+                    &mut self.conn,
+                    &writer,
+                    &self.lease,
+                    batch,
+                    checkpoint,
+                    &mut self.buf,
+                );
+            }
+            Err(e) => return Err(sink_err(e)),
+        };
+        let counts = finish_batch(
+            &mut tx,
+            &self.lease,
+            batch,
+            written,
+            checkpoint,
+            &mut self.buf,
+        )?;
+        tx.commit().map_err(sink_err)?;
+        Ok(counts)
+    }
+}
+
+/// Redoes a batch one row at a time under savepoints; rows the database refuses become errors.
+fn row_by_row(
+    conn: &mut Client,
+    writer: &Writer<'_>,
+    lease: &Lease,
+    batch: &Batch,
+    checkpoint: u64,
+    buf: &mut Vec<u8>,
+) -> Result<BatchCounts, SinkError> {
+    let mut tx = conn.transaction().map_err(sink_err)?;
+    let mut total = Written {
+        counts: BatchCounts::default(),
+        rejected: Vec::new(),
+    };
+    for i in 0..batch.len() {
+        let mut sp = tx.savepoint("sluice_row").map_err(sink_err)?;
+        match writer.write_rows(&mut sp, batch, &[i], buf) {
+            Ok(w) => {
+                sp.commit().map_err(sink_err)?;
+                total.counts.created += w.counts.created;
+                total.counts.updated += w.counts.updated;
+                total.counts.unchanged += w.counts.unchanged;
+                total.rejected.extend(w.rejected);
+            }
+            Err(e) if is_row_problem(&e) => {
+                let reason = e.as_db_error().map_or("constraint failed", |d| {
+                    if d.code().code().starts_with("23") {
+                        "constraint failed"
+                    } else {
+                        "value out of range for the column"
+                    }
+                });
+                drop(sp);
+                total.rejected.push(batch.reject(
+                    i,
+                    None,
+                    None,
+                    format!("the database refused the row ({reason})"),
+                ));
+            }
+            Err(e) => return Err(sink_err(e)),
+        }
+    }
+    let counts = finish_batch(&mut tx, lease, batch, total, checkpoint, buf)?;
+    tx.commit().map_err(sink_err)?;
+    Ok(counts)
+}
+
+/// COPYs the row errors and moves the checkpoint and counts, fenced by the lease.
+fn finish_batch(
+    tx: &mut Transaction<'_>,
+    lease: &Lease,
+    batch: &Batch,
+    written: Written,
+    checkpoint: u64,
+    buf: &mut Vec<u8>,
+) -> Result<BatchCounts, SinkError> {
+    let mut counts = written.counts;
+    let errors: Vec<&RowError> = written.rejected.iter().chain(batch.errors.iter()).collect();
+    counts.errors = errors.len() as u64;
+    if !errors.is_empty() {
+        buf.clear();
+        for e in &errors {
+            let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
+            buf.extend_from_slice(format!("{}\t{}\t", lease.job_id, e.row).as_bytes());
+            copy_report(buf, e.column.as_deref());
+            buf.push(b'\t');
+            copy_report(buf, e.value.as_deref());
+            buf.push(b'\t');
+            copy_report(buf, Some(&e.message));
+            buf.push(b'\t');
+            copy_report(buf, Some(&record));
+            buf.push(b'\n');
+        }
+        let mut w = tx
+            .copy_in(
+                "COPY job_errors (job_id, \"row\", \"column\", value, message, record) FROM STDIN",
+            )
+            .map_err(sink_err)?;
+        w.write_all(buf).map_err(io_err)?;
+        w.finish().map_err(sink_err)?;
+    }
+    let n = tx
+        .execute(
+            "UPDATE jobs SET rows_done = $1, created_count = created_count + $2, updated_count = updated_count + $3, \
+             unchanged_count = unchanged_count + $4, error_count = error_count + $5, batches_done = batches_done + 1 \
+             WHERE id = $6 AND lease_token = $7 AND status = 'processing'",
+            &[
+                &(checkpoint as i64),
+                &(counts.created as i64),
+                &(counts.updated as i64),
+                &(counts.unchanged as i64),
+                &(counts.errors as i64),
+                &lease.job_id,
+                &lease.token,
+            ],
+        )
+        .map_err(sink_err)?;
+    if n == 1 {
+        Ok(counts)
+    } else {
+        Err(SinkError::LeaseLost)
+    }
+}

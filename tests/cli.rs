@@ -1,6 +1,7 @@
 //! The CLI binary against a real server: import with --wait, status, jobs, errors, and a clear
 //! failure for a bad file or a bad datasets.toml.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
@@ -16,9 +17,11 @@ fn sluice(app: &TestApp, args: &[&str]) -> std::process::Output {
         .expect("run sluice")
 }
 
-#[tokio::test]
-async fn cli_imports_waits_and_downloads_rejected_rows() {
-    let app = spawn_app(AppOptions::default());
+async fn cli_imports_waits_and_downloads_rejected_rows(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -105,3 +108,5 @@ fn a_bad_datasets_file_stops_start_up_naming_the_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 5"), "{err}");
 }
+
+conformance!(cli_imports_waits_and_downloads_rejected_rows,);

@@ -5,6 +5,7 @@
 //! The file size and the number of kills can be raised for a longer run:
 //! `SLUICE_CRASH_ROWS=200000 SLUICE_CRASH_KILLS=25 cargo test --release --test crash -- --nocapture`
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -29,64 +30,30 @@ fn random_below(n: u64) -> u64 {
 struct Outcome {
     rows: Vec<Vec<Option<String>>>,
     history: Vec<Vec<Option<String>>>,
-    errors: Vec<(i64, Option<String>, String)>,
+    errors: Vec<Vec<Option<String>>>,
     counts: [u64; 4],
 }
 
 fn outcome(app: &TestApp, job: i64, status: &serde_json::Value) -> Outcome {
-    let db = app.db();
-    let table = |sql: &str, width: usize| -> Vec<Vec<Option<String>>> {
-        let mut stmt = db.prepare(sql).unwrap();
-        stmt.query_map([], |r| {
-            (0..width)
-                .map(|i| {
-                    let v: rusqlite::types::Value = r.get(i)?;
-                    Ok(match v {
-                        rusqlite::types::Value::Null => None,
-                        rusqlite::types::Value::Integer(n) => Some(n.to_string()),
-                        rusqlite::types::Value::Text(t) => Some(t),
-                        other => Some(format!("{other:?}")),
-                    })
-                })
-                .collect()
-        })
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-    };
-    let mut stmt = db
-        .prepare("SELECT row, column, message FROM job_errors WHERE job_id = ?1 ORDER BY row")
-        .unwrap();
-    let errors = stmt
-        .query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let mut db = app.db();
     let n = |k: &str| status[k].as_u64().unwrap();
     Outcome {
-        rows: table(
-            "SELECT sku, name, category, price, stock, updated_at, _sluice_row FROM products ORDER BY sku",
-            7,
-        ),
-        history: table(
-            "SELECT sku, field, old_value, new_value FROM products_history ORDER BY sku, field",
-            4,
-        ),
-        errors,
-        counts: [
-            n("createdCount"),
-            n("updatedCount"),
-            n("unchangedCount"),
-            n("errorCount"),
-        ],
+        rows: db.rows("SELECT sku, name, category, price, stock, updated_at, _sluice_row FROM products ORDER BY sku"),
+        history: db.rows("SELECT sku, field, old_value, new_value FROM products_history ORDER BY sku, field"),
+        errors: db.rows(&format!(
+            "SELECT \"row\", \"column\", message FROM job_errors WHERE job_id = {job} ORDER BY \"row\""
+        )),
+        counts: [n("createdCount"), n("updatedCount"), n("unchangedCount"), n("errorCount")],
     }
 }
 
-#[tokio::test]
-async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves() {
+async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves(
+    backend: Backend,
+) {
     let rows = env_number("SLUICE_CRASH_ROWS", 60_000);
     let kills = env_number("SLUICE_CRASH_KILLS", 10);
     let options = || AppOptions {
+        backend,
         batch_size: 500,
         lease_seconds: 1,
         ..Default::default()
@@ -170,9 +137,9 @@ async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_l
     assert_eq!(got.rows, want.rows);
 }
 
-#[tokio::test]
-async fn a_killed_worker_process_leaves_its_job_to_another_worker() {
+async fn a_killed_worker_process_leaves_its_job_to_another_worker(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         workers: 0,
         batch_size: 300,
         lease_seconds: 1,
@@ -216,13 +183,15 @@ async fn a_killed_worker_process_leaves_its_job_to_another_worker() {
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
     assert!(s["attempts"].as_u64().unwrap() >= 2);
-    let count: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
+    let count = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as u64, expect["valid_rows"].as_u64().unwrap());
     for mut w in workers {
         let _ = w.kill();
         let _ = w.wait();
     }
 }
+
+conformance!(
+    sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves,
+    a_killed_worker_process_leaves_its_job_to_another_worker,
+);

@@ -1,6 +1,7 @@
 //! The import spine through the HTTP API of the real server: counts, rejected rows, updates and
 //! history, synchronous datasets, file-level errors, authentication.
 
+#[macro_use]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,9 +24,9 @@ fn expected_invalid_rows(expect: &Value) -> BTreeSet<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn products_import_reports_exact_counts_and_rejected_rows() {
+async fn products_import_reports_exact_counts_and_rejected_rows(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         batch_size: 1000,
         ..Default::default()
     });
@@ -59,24 +60,26 @@ async fn products_import_reports_exact_counts_and_rejected_rows() {
     assert_eq!(s["batches"], 10);
 
     // The table holds exactly the valid rows.
-    let db = app.db();
-    let (count, stock, price): (i64, i64, String) = db
-        .query_row(
-            "SELECT count(*), sum(stock), printf('%.2f', sum(CAST(price AS REAL))) FROM products",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
+    let mut db = app.db();
+    let count = db.number("SELECT count(*) FROM products");
+    let stock = db.number("SELECT sum(stock) FROM products");
+    let price: rust_decimal::Decimal = db
+        .rows("SELECT price FROM products")
+        .into_iter()
+        .map(|r| {
+            r[0].as_deref()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    let price = price.to_string();
     assert_eq!(count as u64, valid);
     assert_eq!(stock, expect["valid_sum_stock"].as_i64().unwrap());
     assert_eq!(price, expect["valid_sum_price"].as_str().unwrap());
     // Decimals are stored exactly as written.
-    let p: String = db
-        .query_row(
-            "SELECT price FROM products WHERE sku = 'SKU-0000001'",
-            [],
-            |r| r.get(0),
-        )
+    let p = db
+        .value("SELECT price FROM products WHERE sku = 'SKU-0000001'")
         .unwrap();
     let first_line = std::fs::read_to_string(&file)
         .unwrap()
@@ -171,9 +174,9 @@ fn read_products(path: &std::path::Path) -> BTreeMap<String, Vec<String>> {
         .collect()
 }
 
-#[tokio::test]
-async fn overlapping_import_updates_changed_rows_and_archives_history() {
+async fn overlapping_import_updates_changed_rows_and_archives_history(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         batch_size: 700,
         ..Default::default()
     });
@@ -208,39 +211,27 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
     assert_eq!(s["unchangedCount"], 2000 - changed);
     assert_eq!(s["errorCount"], 0);
 
-    let db = app.db();
-    let count: i64 = db
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(count, 6000);
-    let hist = |field: &str| -> i64 {
-        db.query_row(
-            "SELECT count(*) FROM products_history WHERE field = ?1 AND job_id = ?2",
-            rusqlite::params![field, second],
-            |r| r.get(0),
-        )
-        .unwrap()
+    let mut db = app.db();
+    assert_eq!(db.number("SELECT count(*) FROM products"), 6000);
+    let mut hist = |field: &str| -> i64 {
+        db.number(&format!(
+            "SELECT count(*) FROM products_history WHERE field = '{field}' AND job_id = {second}"
+        ))
     };
     assert_eq!(hist("price"), price_changes);
     assert_eq!(hist("stock"), stock_changes);
     // One archived record, checked field by field.
     let k = overlap.iter().find(|k| old[**k][3] != new[**k][3]).unwrap();
-    let (old_value, new_value, valid_from, valid_to): (String, String, String, String) = db
-        .query_row(
-            "SELECT old_value, new_value, valid_from, valid_to FROM products_history WHERE sku = ?1 AND field = 'price'",
-            [k.as_str()],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .unwrap();
-    assert_eq!(old_value, old[*k][3]);
-    assert_eq!(new_value, new[*k][3]);
-    assert!(valid_from < valid_to, "{valid_from} < {valid_to}");
-    let current: String = db
-        .query_row(
-            "SELECT price FROM products WHERE sku = ?1",
-            [k.as_str()],
-            |r| r.get(0),
-        )
+    let record = db.rows(&format!(
+        "SELECT old_value, new_value, valid_from, valid_to FROM products_history WHERE sku = '{k}' AND field = 'price'"
+    ));
+    let [old_value, new_value, valid_from, valid_to] =
+        <[Option<String>; 4]>::try_from(record[0].clone()).unwrap();
+    assert_eq!(old_value.as_deref(), Some(old[*k][3].as_str()));
+    assert_eq!(new_value.as_deref(), Some(new[*k][3].as_str()));
+    assert!(valid_from < valid_to, "{valid_from:?} < {valid_to:?}");
+    let current = db
+        .value(&format!("SELECT price FROM products WHERE sku = '{k}'"))
         .unwrap();
     assert_eq!(current, new[*k][3]);
 
@@ -255,13 +246,9 @@ async fn overlapping_import_updates_changed_rows_and_archives_history() {
         ),
         (Some(0), Some(0), Some(4000))
     );
-    let archived: i64 = db
-        .query_row(
-            "SELECT count(*) FROM products_history WHERE job_id = ?1",
-            [third],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let archived = db.number(&format!(
+        "SELECT count(*) FROM products_history WHERE job_id = {third}"
+    ));
     assert_eq!(archived, 0);
 }
 
@@ -276,9 +263,9 @@ name = { type = "text", required = true }
 active = { type = "boolean" }
 "#;
 
-#[tokio::test]
-async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit() {
+async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         datasets: Some(SMALL_DEALERS.into()),
         ..Default::default()
     });
@@ -298,11 +285,9 @@ async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit
     assert_eq!(data["results"]["errorCount"], 1);
     assert_eq!(data["errors"][0]["row"], 3);
     assert_eq!(data["errors"][0]["column"], "active");
-    let name: String = app
+    let name = app
         .db()
-        .query_row("SELECT name FROM dealers WHERE code = 'D1'", [], |r| {
-            r.get(0)
-        })
+        .value("SELECT name FROM dealers WHERE code = 'D1'")
         .unwrap();
     assert_eq!(name, "Müller GmbH");
 
@@ -313,9 +298,9 @@ async fn synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit
     assert_eq!(body["error"]["code"], "too_many_rows");
 }
 
-#[tokio::test]
-async fn file_level_problems_are_400s_and_create_no_job() {
+async fn file_level_problems_are_400s_and_create_no_job(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         max_upload_mb: Some(1),
         ..Default::default()
     });
@@ -409,9 +394,11 @@ async fn file_level_problems_are_400s_and_create_no_job() {
     assert_eq!(blobs, 0);
 }
 
-#[tokio::test]
-async fn api_routes_require_a_token_but_health_does_not() {
-    let app = spawn_app(AppOptions::default());
+async fn api_routes_require_a_token_but_health_does_not(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
     for path in [
@@ -459,9 +446,9 @@ async fn api_routes_require_a_token_but_health_does_not() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
-async fn first_start_prints_a_token_that_works() {
+async fn first_start_prints_a_token_that_works(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         admin_token: None,
         ..Default::default()
     });
@@ -487,9 +474,11 @@ async fn first_start_prints_a_token_that_works() {
     assert_eq!(ok.status().as_u16(), 200);
 }
 
-#[tokio::test]
-async fn job_list_filters_and_pages_newest_first() {
-    let app = spawn_app(AppOptions::default());
+async fn job_list_filters_and_pages_newest_first(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let f = app.path("one.csv");
     std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
     let mut ids = Vec::new();
@@ -516,9 +505,11 @@ async fn job_list_filters_and_pages_newest_first() {
     assert_eq!(status, 400);
 }
 
-#[tokio::test]
-async fn unknown_columns_are_warnings_and_a_mapping_can_rename() {
-    let app = spawn_app(AppOptions::default());
+async fn unknown_columns_are_warnings_and_a_mapping_can_rename(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let f = app.path("erp.csv");
     std::fs::write(
         &f,
@@ -537,27 +528,30 @@ async fn unknown_columns_are_warnings_and_a_mapping_can_rename() {
     );
     assert_eq!(s["createdCount"], 1);
     assert_eq!(s["errorCount"], 1);
-    let (name, price): (String, String) = app
+    let row = app
         .db()
-        .query_row(
-            "SELECT name, price FROM products WHERE sku = 'X-2'",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!((name.as_str(), price.as_str()), ("Müller", "2.50"));
+        .rows("SELECT name, price FROM products WHERE sku = 'X-2'");
+    assert_eq!(
+        row,
+        vec![vec![Some("Müller".to_string()), Some("2.50".to_string())]]
+    );
 }
 
-#[tokio::test]
-async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_written() {
+async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_written(
+    backend: Backend,
+) {
     // A table the app created itself, with a constraint sluice does not know about.
     let app = spawn_app(AppOptions {
+        backend,
         batch_size: 500,
-        setup_sql: Some(
-            "CREATE TABLE products (sku TEXT PRIMARY KEY, name TEXT, category TEXT, \
-             price TEXT CONSTRAINT price_cap CHECK (CAST(price AS REAL) < 4000), stock INTEGER, updated_at TEXT);"
+        setup_sql: Some(match backend {
+            Backend::Sqlite => "CREATE TABLE products (sku TEXT PRIMARY KEY, name TEXT, category TEXT, \
+                 price TEXT CONSTRAINT price_cap CHECK (CAST(price AS REAL) < 4000), stock INTEGER, updated_at TEXT);"
                 .into(),
-        ),
+            Backend::Postgres => "CREATE TABLE products (sku TEXT PRIMARY KEY, name TEXT, category TEXT, \
+                 price NUMERIC CONSTRAINT price_cap CHECK (price < 4000), stock BIGINT, updated_at DATE);"
+                .into(),
+        }),
         ..Default::default()
     });
     let (file, _) = generate(app.dir.path(), "p.csv", &["--rows", "2000", "--seed", "4"]);
@@ -578,13 +572,22 @@ async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_writ
         .await;
     for e in errs["data"]["errors"].as_array().unwrap() {
         assert_eq!(
-            e["message"], "the database refused the row (CHECK constraint failed)",
+            e["message"], "the database refused the row (constraint price_cap failed)",
             "{e}"
         );
     }
-    let count: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
+    let count: i64 = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as usize, 2000 - refused.len());
 }
+
+conformance!(
+    products_import_reports_exact_counts_and_rejected_rows,
+    overlapping_import_updates_changed_rows_and_archives_history,
+    synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit,
+    file_level_problems_are_400s_and_create_no_job,
+    api_routes_require_a_token_but_health_does_not,
+    first_start_prints_a_token_that_works,
+    job_list_filters_and_pages_newest_first,
+    unknown_columns_are_warnings_and_a_mapping_can_rename,
+    rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_written,
+);

@@ -1,6 +1,7 @@
 //! Crash-safe job control through the HTTP API: pause/resume, cancel/retry, duplicates and
 //! idempotency keys, time limits, retention, stats, and a database that fails for real.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -35,17 +36,17 @@ async fn wait_for_progress(app: &TestApp, job: i64) -> Value {
     }
 }
 
-fn slow_app() -> TestApp {
+fn slow_app(backend: Backend) -> TestApp {
     spawn_app(AppOptions {
+        backend,
         batch_size: 200,
         lease_seconds: 2,
         ..Default::default()
     })
 }
 
-#[tokio::test]
-async fn a_paused_job_stops_committing_and_resumes_to_exact_counts() {
-    let app = slow_app();
+async fn a_paused_job_stops_committing_and_resumes_to_exact_counts(backend: Backend) {
+    let app = slow_app(backend);
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -72,10 +73,7 @@ async fn a_paused_job_stops_committing_and_resumes_to_exact_counts() {
     assert_eq!(s["status"], "completed");
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
-    let count: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
+    let count: i64 = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as u64, expect["valid_rows"].as_u64().unwrap());
 
     let (code, body) = action(&app, job, "pause").await;
@@ -83,9 +81,8 @@ async fn a_paused_job_stops_committing_and_resumes_to_exact_counts() {
     assert_eq!(body["error"]["code"], "invalid_state");
 }
 
-#[tokio::test]
-async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it() {
-    let app = slow_app();
+async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it(backend: Backend) {
+    let app = slow_app(backend);
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -105,10 +102,7 @@ async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it() {
     // What stays written after a cancel: exactly the batches committed before it.
     let created = s["createdCount"].as_u64().unwrap();
     assert!(created > 0 && created < valid, "{s}");
-    let count: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
+    let count: i64 = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as u64, created);
 
     // Retry continues from the checkpoint: the counts end exactly as an uninterrupted run's.
@@ -129,9 +123,8 @@ async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it() {
     assert_eq!(code, 404);
 }
 
-#[tokio::test]
-async fn retry_from_start_runs_a_new_job_over_the_same_file() {
-    let app = slow_app();
+async fn retry_from_start_runs_a_new_job_over_the_same_file(backend: Backend) {
+    let app = slow_app(backend);
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -164,9 +157,8 @@ async fn retry_from_start_runs_a_new_job_over_the_same_file() {
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
 }
 
-#[tokio::test]
-async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after() {
-    let app = slow_app();
+async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after(backend: Backend) {
+    let app = slow_app(backend);
     let (file, _) = generate(
         app.dir.path(),
         "p.csv",
@@ -187,9 +179,11 @@ async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after() {
     assert_eq!(s["unchangedCount"], 30000);
 }
 
-#[tokio::test]
-async fn an_idempotency_key_returns_the_original_answer() {
-    let app = spawn_app(AppOptions::default());
+async fn an_idempotency_key_returns_the_original_answer(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let f = app.path("one.csv");
     std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
     let send = || async {
@@ -217,9 +211,9 @@ async fn an_idempotency_key_returns_the_original_answer() {
     assert_eq!(jobs["data"]["total"], 1);
 }
 
-#[tokio::test]
-async fn a_job_over_its_time_limit_fails_with_a_clear_message() {
+async fn a_job_over_its_time_limit_fails_with_a_clear_message(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         batch_size: 100,
         datasets: Some(
             "[datasets.products]\nkey = [\"sku\"]\ntimeout = \"300ms\"\n[datasets.products.fields]\n\
@@ -240,16 +234,13 @@ async fn a_job_over_its_time_limit_fails_with_a_clear_message() {
         s["error"],
         "the job ran longer than its time limit of 300 ms; the rows committed so far are kept — retry to continue"
     );
-    let count: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM products", [], |r| r.get(0))
-        .unwrap();
+    let count: i64 = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as u64, s["createdCount"].as_u64().unwrap());
 }
 
-#[tokio::test]
-async fn retention_removes_files_then_jobs() {
+async fn retention_removes_files_then_jobs(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         extra_args: vec![
             "--retain-files".into(),
             "1s".into(),
@@ -290,9 +281,11 @@ async fn retention_removes_files_then_jobs() {
     assert_eq!(code, 404);
 }
 
-#[tokio::test]
-async fn delete_removes_the_job_its_errors_and_its_file() {
-    let app = spawn_app(AppOptions::default());
+async fn delete_removes_the_job_its_errors_and_its_file(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let f = app.path("one.csv");
     std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\nB,,2024-01-01\n").unwrap();
     let job = job_id(&app.upload("products", &f).await.1);
@@ -307,10 +300,7 @@ async fn delete_removes_the_job_its_errors_and_its_file() {
     assert_eq!(resp.status().as_u16(), 200);
     let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
     assert_eq!(code, 404);
-    let errors: i64 = app
-        .db()
-        .query_row("SELECT count(*) FROM job_errors", [], |r| r.get(0))
-        .unwrap();
+    let errors: i64 = app.db().number("SELECT count(*) FROM job_errors");
     assert_eq!(errors, 0);
     assert_eq!(
         std::fs::read_dir(app.data_dir().join("blobs"))
@@ -328,9 +318,11 @@ async fn delete_removes_the_job_its_errors_and_its_file() {
     assert_eq!(resp.status().as_u16(), 404);
 }
 
-#[tokio::test]
-async fn stats_count_jobs_by_status_and_rows_today() {
-    let app = spawn_app(AppOptions::default());
+async fn stats_count_jobs_by_status_and_rows_today(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
     let f = app.path("two.csv");
     std::fs::write(
         &f,
@@ -348,15 +340,21 @@ async fn stats_count_jobs_by_status_and_rows_today() {
     assert_eq!(d["rowsImportedToday"], 2);
 }
 
-/// Holds SQLite's write lock from another connection: the store fails for real (busy).
-fn hold_write_lock(app: &TestApp) -> rusqlite::Connection {
-    let conn = rusqlite::Connection::open(app.data_dir().join("sluice.db")).unwrap();
-    conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-    conn
+/// Takes a lock from another connection that the import's writes must wait for: SQLite's write
+/// lock, or PostgreSQL's lock on the dataset table. With a short `--busy-timeout-ms` the store
+/// fails for real (busy / lock_not_available) until the lock is released with `COMMIT`.
+fn hold_write_lock(app: &TestApp) -> Db {
+    let mut db = app.db();
+    match db {
+        Db::Sqlite(_) => db.execute("BEGIN IMMEDIATE"),
+        Db::Postgres(_) => db.execute("BEGIN; LOCK TABLE products IN ACCESS EXCLUSIVE MODE"),
+    }
+    db
 }
 
-fn locking_app() -> TestApp {
+fn locking_app(backend: Backend) -> TestApp {
     spawn_app(AppOptions {
+        backend,
         batch_size: 200,
         extra_args: vec![
             "--busy-timeout-ms".into(),
@@ -368,9 +366,9 @@ fn locking_app() -> TestApp {
     })
 }
 
-#[tokio::test]
-async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact() {
+async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact(backend: Backend) {
     let app = spawn_app(AppOptions {
+        backend,
         batch_size: 200,
         extra_args: vec!["--busy-timeout-ms".into(), "50".into()],
         ..Default::default()
@@ -386,16 +384,18 @@ async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     // Reads go on while the writer is blocked.
     assert_eq!(app.status(job).await["status"], "processing");
-    lock.execute_batch("COMMIT").unwrap();
+    let mut lock = lock;
+    lock.execute("COMMIT");
     let s = app.wait_done(job, MINUTE).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
 }
 
-#[tokio::test]
-async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it() {
-    let app = locking_app();
+async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it(
+    backend: Backend,
+) {
+    let app = locking_app(backend);
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -408,7 +408,8 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
     // The server keeps serving while its store fails.
     let health = app.http.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status().as_u16(), 200);
-    lock.execute_batch("COMMIT").unwrap();
+    let mut lock = lock;
+    lock.execute("COMMIT");
     let s = app.wait_done(job, MINUTE).await;
     assert_eq!(s["status"], "failed", "{s}");
     let message = s["error"].as_str().unwrap();
@@ -426,3 +427,17 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
 }
+
+conformance!(
+    a_paused_job_stops_committing_and_resumes_to_exact_counts,
+    a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it,
+    retry_from_start_runs_a_new_job_over_the_same_file,
+    the_same_file_twice_is_409_while_active_and_marked_duplicate_after,
+    an_idempotency_key_returns_the_original_answer,
+    a_job_over_its_time_limit_fails_with_a_clear_message,
+    retention_removes_files_then_jobs,
+    delete_removes_the_job_its_errors_and_its_file,
+    stats_count_jobs_by_status_and_rows_today,
+    a_briefly_locked_database_is_retried_and_the_counts_stay_exact,
+    a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it,
+);

@@ -1,15 +1,16 @@
 //! Durability through the real binary: a server killed with SIGKILL in the middle of an import
 //! resumes the job from its checkpoint on restart, and the counts and the table come out exact.
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 
-#[tokio::test]
-async fn a_server_killed_mid_import_resumes_with_exact_counts() {
+async fn a_server_killed_mid_import_resumes_with_exact_counts(backend: Backend) {
     let mut app = spawn_app(AppOptions {
+        backend,
         batch_size: 500,
         lease_seconds: 1,
         ..Default::default()
@@ -54,36 +55,25 @@ async fn a_server_killed_mid_import_resumes_with_exact_counts() {
     assert_eq!(s["unchangedCount"], 0, "{s}");
     assert_eq!(s["errorCount"], invalid, "{s}");
 
-    let db = app.db();
-    let (count, stock): (i64, i64) = db
-        .query_row("SELECT count(*), sum(stock) FROM products", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
+    let mut db = app.db();
+    let count = db.number("SELECT count(*) FROM products");
+    let stock = db.number("SELECT sum(stock) FROM products");
     assert_eq!(count as u64, valid);
     assert_eq!(stock, expect["valid_sum_stock"].as_i64().unwrap());
-    let errors: i64 = db
-        .query_row(
-            "SELECT count(*) FROM job_errors WHERE job_id = ?1",
-            [job],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let errors = db.number(&format!(
+        "SELECT count(*) FROM job_errors WHERE job_id = {job}"
+    ));
     assert_eq!(errors as u64, invalid);
-    let attempts: i64 = db
-        .query_row("SELECT attempts FROM jobs WHERE id = ?1", [job], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let attempts = db.number(&format!("SELECT attempts FROM jobs WHERE id = {job}"));
     assert!(
         attempts >= 2,
         "the job was resumed by a new attempt, got {attempts}"
     );
 }
 
-#[tokio::test]
-async fn sigterm_lets_the_batch_finish_and_the_job_resumes_at_once() {
+async fn sigterm_lets_the_batch_finish_and_the_job_resumes_at_once(backend: Backend) {
     let mut app = spawn_app(AppOptions {
+        backend,
         batch_size: 500,
         lease_seconds: 600,
         ..Default::default()
@@ -110,3 +100,8 @@ async fn sigterm_lets_the_batch_finish_and_the_job_resumes_at_once() {
     assert_eq!(s["status"], "completed");
     assert_eq!(s["createdCount"], expect["valid_rows"]);
 }
+
+conformance!(
+    a_server_killed_mid_import_resumes_with_exact_counts,
+    sigterm_lets_the_batch_finish_and_the_job_resumes_at_once,
+);

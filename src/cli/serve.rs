@@ -38,8 +38,8 @@ pub struct StorageArgs {
     /// Your datasets.toml (target tables and fields); default: the built-in products and dealers.
     #[arg(long, env = "SLUICE_DATASETS")]
     pub datasets: Option<PathBuf>,
-    /// Milliseconds a database statement waits for another writer before it counts as a
-    /// (retried) system error.
+    /// Milliseconds a database statement waits for another writer's lock (SQLite busy
+    /// timeout, PostgreSQL `lock_timeout`) before it counts as a (retried) system error.
     #[arg(long, env = "SLUICE_BUSY_TIMEOUT_MS", default_value_t = 10_000)]
     pub busy_timeout_ms: u64,
 }
@@ -127,7 +127,7 @@ fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<Arc<dyn JobStor
                 (Arc::new(store), path.display().to_string())
             }
             Database::Postgres(url) => {
-                let store = PgStore::open(&url)
+                let store = PgStore::open(&url, Duration::from_millis(args.busy_timeout_ms))
                     .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
                 (Arc::new(store), "the PostgreSQL database".to_string())
             }

@@ -44,6 +44,14 @@ impl<C> Pool<C> {
         (self.connect)()
     }
 
+    /// Takes every idle connection out of the pool (to close them somewhere safe).
+    pub fn drain(&self) -> Vec<C> {
+        self.idle
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+
     fn put_back(&self, conn: C) {
         if (self.reusable)(&conn)
             && let Ok(mut idle) = self.idle.lock()

@@ -13,7 +13,141 @@ use serde_json::Value;
 
 pub const TOKEN: &str = "test-admin-token";
 
+/// The database a test runs against. Every conformance test runs once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Declares tests that run on both backends: each `async fn NAME(backend: Backend)` becomes
+/// `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name($crate::common::Backend::Sqlite).await } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() { super::$name($crate::common::Backend::Postgres).await } )*
+        }
+    };
+}
+
+/// The PostgreSQL server tests create their databases on (`SLUICE_TEST_POSTGRES`, default the
+/// local server with trust auth).
+pub fn postgres_server() -> String {
+    std::env::var("SLUICE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// Runs blocking PostgreSQL client code off the test's async runtime (the `postgres` crate
+/// drives its own runtime and may not run inside another).
+pub fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| s.spawn(f).join().expect("blocking helper panicked"))
+}
+
+fn pg_connect(url: &str) -> postgres::Client {
+    off_runtime(|| postgres::Client::connect(url, postgres::NoTls)).unwrap_or_else(|e| {
+        panic!("PostgreSQL must be running for the postgres tests (see README): {e}")
+    })
+}
+
+fn pg_execute(client: &mut postgres::Client, sql: &str) -> Result<(), postgres::Error> {
+    off_runtime(|| client.batch_execute(sql))
+}
+
+/// Runs one statement on the server's `postgres` database (creating and dropping test databases).
+fn pg_admin_execute(sql: &str) -> Result<(), postgres::Error> {
+    let url = format!("{}/postgres", postgres_server());
+    off_runtime(|| postgres::Client::connect(&url, postgres::NoTls)?.batch_execute(sql))
+}
+
+/// A connection to the test's database: SQLite file or PostgreSQL database.
+pub enum Db {
+    Sqlite(rusqlite::Connection),
+    /// Always `Some` until dropped (it is closed off the async runtime).
+    Postgres(Option<postgres::Client>),
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Db::Postgres(client) = self
+            && let Some(client) = client.take()
+        {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
+impl Db {
+    /// Runs a query; every value as text (NULL as None).
+    pub fn rows(&mut self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+                                rusqlite::types::Value::Null => None,
+                                rusqlite::types::Value::Integer(v) => Some(v.to_string()),
+                                rusqlite::types::Value::Real(v) => Some(v.to_string()),
+                                rusqlite::types::Value::Text(t) => Some(t),
+                                rusqlite::types::Value::Blob(b) => Some(format!("{b:?}")),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+            }
+            Db::Postgres(c) => off_runtime(|| c.as_mut().expect("open").simple_query(sql))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .into_iter()
+                .filter_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// The first column of the first row.
+    pub fn value(&mut self, sql: &str) -> Option<String> {
+        self.rows(sql)
+            .into_iter()
+            .next()
+            .and_then(|r| r.into_iter().next())
+            .flatten()
+    }
+
+    /// A number from the first column of the first row.
+    pub fn number(&mut self, sql: &str) -> i64 {
+        self.value(sql)
+            .unwrap_or_else(|| panic!("{sql}: NULL"))
+            .parse()
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    pub fn execute(&mut self, sql: &str) {
+        match self {
+            Db::Sqlite(c) => c
+                .execute_batch(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Db::Postgres(c) => {
+                pg_execute(c.as_mut().expect("open"), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+            }
+        }
+    }
+}
+
 pub struct AppOptions {
+    pub backend: Backend,
     pub lease_seconds: u64,
     pub batch_size: u64,
     pub workers: usize,
@@ -29,6 +163,7 @@ pub struct AppOptions {
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Sqlite,
             lease_seconds: 30,
             batch_size: 10_000,
             workers: 2,
@@ -43,6 +178,8 @@ impl Default for AppOptions {
 
 pub struct TestApp {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL database of this test, when it runs on PostgreSQL.
+    pub pg_database: Option<String>,
     pub base: String,
     pub child: Option<Child>,
     pub stdout_lines: Vec<String>,
@@ -57,24 +194,43 @@ pub fn binary() -> &'static str {
 /// Starts a server on a fresh data directory.
 pub fn spawn_app(options: AppOptions) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
+    let pg_database = (options.backend == Backend::Postgres).then(|| {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).unwrap();
+        let name = format!(
+            "sluice_t_{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        );
+        pg_admin_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
+            panic!("PostgreSQL must be running for the postgres tests (see README): {e}")
+        });
+        name
+    });
     let mut app = TestApp {
         dir,
+        pg_database,
         base: String::new(),
         child: None,
         stdout_lines: Vec::new(),
         options,
         http: reqwest::Client::new(),
     };
-    if let Some(sql) = &app.options.setup_sql {
+    if let Some(sql) = app.options.setup_sql.clone() {
         std::fs::create_dir_all(app.data_dir()).expect("data dir");
-        let db = rusqlite::Connection::open(app.data_dir().join("sluice.db")).expect("create db");
-        db.execute_batch(sql).expect("setup sql");
+        app.db().execute(&sql);
     }
     app.start();
     app
 }
 
 impl TestApp {
+    /// `--database-url` for this test's PostgreSQL database.
+    pub fn database_url(&self) -> Option<String> {
+        self.pg_database
+            .as_ref()
+            .map(|db| format!("{}/{db}", postgres_server()))
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -98,6 +254,7 @@ impl TestApp {
             .arg("--lease-seconds")
             .arg(self.options.lease_seconds.to_string())
             .env("SLUICE_LOG", "warn")
+            .env_remove("SLUICE_DATABASE_URL")
             .env_remove("SLUICE_ADMIN_TOKEN")
             .env_remove("SLUICE_DATASETS")
             .stdout(Stdio::piped())
@@ -106,6 +263,9 @@ impl TestApp {
             cmd.env("SLUICE_ADMIN_TOKEN", t);
         }
         cmd.args(&self.options.extra_args);
+        if let Some(url) = self.database_url() {
+            cmd.arg("--database-url").arg(url);
+        }
         if let Some(mb) = self.options.max_upload_mb {
             cmd.arg("--max-upload-mb").arg(mb.to_string());
         }
@@ -147,8 +307,12 @@ impl TestApp {
             .arg("--lease-seconds")
             .arg(self.options.lease_seconds.to_string())
             .env("SLUICE_LOG", "warn")
+            .env_remove("SLUICE_DATABASE_URL")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(url) = self.database_url() {
+            cmd.arg("--database-url").arg(url);
+        }
         cmd.spawn().expect("start sluice worker")
     }
 
@@ -253,19 +417,23 @@ impl TestApp {
         resp.text().await.expect("text")
     }
 
-    /// The dataset database, opened read-only.
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(
-            self.data_dir().join("sluice.db"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open db")
+    /// A new connection to the test's database.
+    pub fn db(&self) -> Db {
+        match self.database_url() {
+            Some(url) => Db::Postgres(Some(pg_connect(&url))),
+            None => Db::Sqlite(
+                rusqlite::Connection::open(self.data_dir().join("sluice.db")).expect("open db"),
+            ),
+        }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.kill();
+        if let Some(db) = &self.pg_database {
+            let _ = pg_admin_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
 }
 

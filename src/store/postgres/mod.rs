@@ -47,6 +47,8 @@ const POOL_IDLE: usize = 8;
 
 pub struct PgStore {
     url: String,
+    /// How long a statement waits for a lock another session holds (`lock_timeout`).
+    lock_timeout: Duration,
     pool: Pool<Client>,
     /// A connection that LISTENs on [`CHANNEL`], opened by the first `jobs_wait`.
     listener: Mutex<Option<Client>>,
@@ -54,13 +56,16 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects, and creates or upgrades the job store schema.
-    pub fn open(url: &str) -> StoreResult<Self> {
+    pub fn open(url: &str, lock_timeout: Duration) -> StoreResult<Self> {
         let u = url.to_string();
         let store = Self {
             url: url.to_string(),
-            pool: Pool::new(POOL_IDLE, Box::new(move || connect(&u)), |c: &Client| {
-                !c.is_closed()
-            }),
+            lock_timeout,
+            pool: Pool::new(
+                POOL_IDLE,
+                Box::new(move || connect(&u, lock_timeout)),
+                |c: &Client| !c.is_closed(),
+            ),
             listener: Mutex::new(None),
         };
         let mut conn = store.conn()?;
@@ -74,7 +79,7 @@ impl PgStore {
     }
 }
 
-fn connect(url: &str) -> StoreResult<Client> {
+fn connect(url: &str, lock_timeout: Duration) -> StoreResult<Client> {
     let mut client = Client::connect(url, NoTls).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot connect to PostgreSQL: {}",
@@ -83,7 +88,10 @@ fn connect(url: &str) -> StoreResult<Client> {
         ))
     })?;
     client
-        .batch_execute("SET TIME ZONE 'UTC'; SET application_name = 'sluice'")
+        .batch_execute(&format!(
+            "SET TIME ZONE 'UTC'; SET application_name = 'sluice'; SET lock_timeout = {}",
+            lock_timeout.as_millis().max(1)
+        ))
         .map_err(pg_err)?;
     Ok(client)
 }
@@ -162,6 +170,22 @@ fn ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
+impl Drop for PgStore {
+    /// The `postgres` client closes its connection by blocking on its own runtime, which must
+    /// not happen on an async thread: close them on a thread of their own.
+    fn drop(&mut self) {
+        let mut clients = self.pool.drain();
+        if let Ok(mut listener) = self.listener.lock()
+            && let Some(c) = listener.take()
+        {
+            clients.push(c);
+        }
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
 impl PgStore {
     /// Blocks until a claimable job is announced or `timeout` passes.
     fn wait_for_notify(&self, timeout: Duration) -> StoreResult<bool> {
@@ -170,7 +194,7 @@ impl PgStore {
             .lock()
             .map_err(|_| StoreError::Other("listener lock poisoned".into()))?;
         if guard.as_ref().is_none_or(Client::is_closed) {
-            let mut client = connect(&self.url)?;
+            let mut client = connect(&self.url, self.lock_timeout)?;
             client
                 .batch_execute(&format!("LISTEN {CHANNEL}"))
                 .map_err(pg_err)?;

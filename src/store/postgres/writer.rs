@@ -424,13 +424,17 @@ fn row_by_row(
                 total.rejected.extend(w.rejected);
             }
             Err(e) if is_row_problem(&e) => {
-                let reason = e.as_db_error().map_or("constraint failed", |d| {
-                    if d.code().code().starts_with("23") {
-                        "constraint failed"
-                    } else {
-                        "value out of range for the column"
-                    }
-                });
+                let reason = match e.as_db_error() {
+                    Some(d) if d.code().code().starts_with("23") => match d.constraint() {
+                        Some(name) => format!("constraint {name} failed"),
+                        None => "constraint failed".to_string(),
+                    },
+                    Some(d) => match d.column() {
+                        Some(col) => format!("value not valid for column {col}"),
+                        None => "a value is not valid for its column".to_string(),
+                    },
+                    None => "constraint failed".to_string(),
+                };
                 drop(sp);
                 total.rejected.push(batch.reject(
                     i,

@@ -374,18 +374,7 @@ impl SqliteSink {
                 }
                 Err(e) if is_constraint(&e) => {
                     drop(sp);
-                    let reason = e.to_string();
-                    let reason = reason
-                        .split(':')
-                        .next()
-                        .unwrap_or("constraint failed")
-                        .trim();
-                    rejected.push(batch.reject(
-                        i,
-                        None,
-                        None,
-                        format!("the database refused the row ({reason})"),
-                    ));
+                    rejected.push(batch.reject(i, None, None, refusal(&e)));
                 }
                 Err(e) => return Err(sink_err(e)),
             }
@@ -395,6 +384,20 @@ impl SqliteSink {
         finish_batch(&tx, &self.lease, &rejected, counts, checkpoint)?;
         tx.commit().map_err(sink_err)?;
         Ok(counts)
+    }
+}
+
+/// Why SQLite refused a row, without SQL: "constraint NAME failed" (SQLite's message names a
+/// CHECK constraint, or the column of a UNIQUE/NOT NULL one, after a colon).
+fn refusal(e: &rusqlite::Error) -> String {
+    let text = e.to_string();
+    let name = text
+        .split_once("failed: ")
+        .map(|(_, name)| name.trim())
+        .filter(|n| !n.is_empty() && n.len() < 100 && !n.contains(' '));
+    match name {
+        Some(name) => format!("the database refused the row (constraint {name} failed)"),
+        None => "the database refused the row (constraint failed)".to_string(),
     }
 }
 

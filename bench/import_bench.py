@@ -57,12 +57,19 @@ def run_import(base, path, dataset="products"):
     return {"upload_s": uploaded - t0, "import_s": done - uploaded, "status": d}
 
 
+def psql(server, sql):
+    subprocess.run(["psql", f"{server}/postgres", "-qc", sql], check=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--rows", type=int, default=700000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--postgres", metavar="SERVER_URL", default=None,
+                    help="run on PostgreSQL: a fresh database is created on this server "
+                         "(e.g. postgres://postgres@127.0.0.1:5432) and dropped afterwards")
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="sluice-bench-")
@@ -73,10 +80,14 @@ def main():
                     "--start-sku", str(args.rows // 2 + 1), "--out", second], check=True)
 
     env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    server = subprocess.Popen(
-        [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "data"),
-         "--workers", str(args.workers)],
-        stdout=subprocess.PIPE, env=env, text=True)
+    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "data"),
+           "--workers", str(args.workers)]
+    database = None
+    if args.postgres:
+        database = "sluice_bench_%d" % os.getpid()
+        psql(args.postgres, f"CREATE DATABASE {database}")
+        cmd += ["--database-url", f"{args.postgres}/{database}"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     try:
         base = None
         for line in server.stdout:
@@ -99,6 +110,8 @@ def main():
     finally:
         server.terminate()
         server.wait(timeout=60)
+        if database:
+            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// resumed by another worker after this long.
     #[arg(long, env = "SLUICE_LEASE_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub lease_seconds: u64,
+    /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as
+    /// zip bombs.
+    #[arg(long, env = "SLUICE_MAX_UNZIPPED_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unzipped_mb: u64,
+    /// Highest compression ratio allowed for a part of a zipped workbook larger than 32 MB.
+    #[arg(long, env = "SLUICE_MAX_ZIP_RATIO", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_zip_ratio: u64,
     /// Create this admin token at start if it does not exist yet (for automation; otherwise a
     /// random one is created and printed on the first start).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
@@ -133,6 +140,10 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         .with_writer(std::io::stderr)
         .init();
     let datasets = load_datasets(&args.storage)?;
+    crate::import::read::set_limits(crate::import::read::Limits {
+        max_unzipped_bytes: args.max_unzipped_mb.saturating_mul(1024 * 1024),
+        max_zip_ratio: args.max_zip_ratio,
+    });
     let store: Arc<dyn JobStore> = {
         let (storage, ds) = (args.storage.clone(), datasets.clone());
         Arc::new(tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??)

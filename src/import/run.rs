@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::read::CsvSource;
+use super::read::Source;
 use super::validate::Validator;
-use super::{Batch, BatchCounts, FileError, Mapping, SourceOptions};
+use super::{Batch, BatchCounts, FileError, Format, Mapping, SourceOptions};
 use crate::dataset::Dataset;
 
 /// Commits of one batch tried before a system error fails the job.
@@ -56,6 +56,7 @@ pub enum RunOutcome {
 pub struct RunSpec<'a> {
     pub dataset: &'a Dataset,
     pub path: &'a Path,
+    pub format: Format,
     pub options: &'a SourceOptions,
     pub mapping: &'a Mapping,
     /// Records already committed by an earlier attempt.
@@ -69,7 +70,7 @@ pub fn run(
     sink: &mut dyn BatchSink,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<RunOutcome, RunError> {
-    let mut source = CsvSource::open(spec.path, spec.options)?;
+    let mut source = Source::open(spec.path, spec.format, spec.options)?;
     let width = source.headers().len();
     if width != spec.mapping.columns.len() {
         return Err(FileError::Unreadable(
@@ -94,7 +95,7 @@ pub fn run(
                 break;
             };
             let row = index + 2;
-            match validator.validate(&record, row, &mut batch.values) {
+            match validator.validate(&record, row, source.cell_errors(), &mut batch.values) {
                 Ok(()) => {
                     batch.rows.push(row);
                     batch.raw.push(&record);

@@ -22,6 +22,8 @@ pub struct AppOptions {
     pub admin_token: Option<String>,
     /// SQL run on the fresh database file before the server first starts (tables of your own).
     pub setup_sql: Option<String>,
+    /// More `sluice serve` flags.
+    pub extra_args: Vec<String>,
 }
 
 impl Default for AppOptions {
@@ -34,6 +36,7 @@ impl Default for AppOptions {
             datasets: None,
             admin_token: Some(TOKEN.into()),
             setup_sql: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -102,6 +105,7 @@ impl TestApp {
         if let Some(t) = &self.options.admin_token {
             cmd.env("SLUICE_ADMIN_TOKEN", t);
         }
+        cmd.args(&self.options.extra_args);
         if let Some(mb) = self.options.max_upload_mb {
             cmd.arg("--max-upload-mb").arg(mb.to_string());
         }
@@ -227,6 +231,33 @@ impl TestApp {
         resp.text().await.expect("text")
     }
 
+    /// Uploads raw bytes under a file name (multipart), with form fields.
+    pub async fn upload_bytes(
+        &self,
+        dataset: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).expect("write upload");
+        self.upload_with(dataset, &path, fields).await
+    }
+
+    /// All row errors of a job, as JSON objects.
+    pub async fn errors_json(&self, job: i64) -> Vec<Value> {
+        let (code, body) = self
+            .get_json(&format!(
+                "/api/v1/import/{job}/errors?format=json&limit=100000"
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["data"]["errors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The dataset database, opened read-only.
     pub fn db(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
@@ -278,3 +309,4 @@ pub fn job_id(body: &Value) -> i64 {
 }
 
 pub const MINUTE: Duration = Duration::from_secs(60);
+pub mod xlsx;

@@ -600,3 +600,45 @@ async fn the_format_comes_from_the_content_not_the_name() {
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(names(&app).len(), 2);
 }
+
+#[tokio::test]
+async fn workbooks_saved_by_libreoffice_as_xlsx_ods_and_xls_read_the_same() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libreoffice");
+    for ext in ["xlsx", "ods", "xls"] {
+        let app = items_app();
+        let bytes = std::fs::read(dir.join(format!("items.{ext}"))).unwrap();
+        // Named .bin: the format must come from the content.
+        let (job, s) = import(&app, &format!("items-{ext}.bin"), bytes, &[]).await;
+        assert_eq!(s["status"], "completed", "{ext}: {s}");
+        assert_eq!(s["results"]["totalRows"], 3, "{ext}");
+        assert_eq!(
+            items(&app),
+            vec![
+                (
+                    "00123".into(),
+                    Some("Crème brûlée".into()),
+                    Some("19.99".into()),
+                    Some(4),
+                    Some(1),
+                    Some("2024-01-15".into()),
+                    None,
+                ),
+                (
+                    "L2".into(),
+                    Some("Müller".into()),
+                    Some("0.1".into()),
+                    Some(12),
+                    Some(0),
+                    Some("1999-12-31".into()),
+                    None,
+                ),
+            ],
+            "{ext}"
+        );
+        let errors = app.errors_json(job).await;
+        assert_eq!(errors.len(), 1, "{ext}");
+        assert_eq!(errors[0]["row"], 4, "{ext}");
+        assert_eq!(errors[0]["column"], "price", "{ext}");
+        assert_eq!(errors[0]["value"], "1.005", "{ext}");
+    }
+}

@@ -27,7 +27,7 @@ use super::error::ApiError;
 use super::jobs::{error_json, job_json};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
-use crate::import::read::{CsvSource, resolve_options};
+use crate::import::read::{Source, resolve_options};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions, map};
 use crate::jobs::{Executed, execute};
 use crate::store::{Inserted, JobId, JobStatus, NewJob};
@@ -175,10 +175,18 @@ pub async fn upload(
             })
         })
         .transpose()?;
+    let text_option = |name: &str| {
+        param(&params, name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
     let requested = SourceOptions {
         delimiter: param(&params, "delimiter")
             .map(parse_delimiter)
             .transpose()?,
+        encoding: text_option("encoding"),
+        sheet: text_option("sheet"),
     };
 
     let inspected = {
@@ -441,7 +449,7 @@ fn inspect(
         .path(name)
         .ok_or_else(|| FileError::Unreadable("invalid blob name".into()))?;
     let (format, options) = resolve_options(&path, requested)?;
-    let mut source = CsvSource::open(&path, &options)?;
+    let mut source = Source::open(&path, format, &options)?;
     let header = source.headers().to_vec();
     let mapping = map::resolve(dataset, &header, explicit)?;
     let mut record = csv::ByteRecord::new();

@@ -16,7 +16,7 @@ use super::{CliResult, ServerArgs};
 
 #[derive(Args)]
 pub struct ImportArgs {
-    /// The CSV file to import.
+    /// The file to import (CSV/TSV, XLSX, XLS or ODS).
     pub file: PathBuf,
     /// Target dataset (as configured in datasets.toml).
     #[arg(long, short)]
@@ -24,9 +24,15 @@ pub struct ImportArgs {
     /// upsert (default) or insert.
     #[arg(long)]
     pub mode: Option<String>,
-    /// Field delimiter (sniffed when not given).
+    /// CSV field delimiter (sniffed when not given).
     #[arg(long)]
     pub delimiter: Option<String>,
+    /// CSV text encoding, e.g. utf-8, utf-16le, windows-1252 (detected when not given).
+    #[arg(long)]
+    pub encoding: Option<String>,
+    /// Spreadsheet sheet: a name or a 1-based position (default: the first visible sheet).
+    #[arg(long)]
+    pub sheet: Option<String>,
     /// JSON object mapping file headers to field names.
     #[arg(long)]
     pub mapping: Option<String>,
@@ -160,6 +166,8 @@ pub async fn import(args: ImportArgs) -> CliResult {
     for (k, v) in [
         ("mode", &args.mode),
         ("delimiter", &args.delimiter),
+        ("encoding", &args.encoding),
+        ("sheet", &args.sheet),
         ("mapping", &args.mapping),
     ] {
         if let Some(v) = v {

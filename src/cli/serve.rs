@@ -65,6 +65,13 @@ pub struct WorkerArgs {
     /// with exponential backoff and jitter from 100 ms, before the job fails.
     #[arg(long, env = "SLUICE_RETRY_LIMIT", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub retry_limit: u32,
+    /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as
+    /// zip bombs.
+    #[arg(long, env = "SLUICE_MAX_UNZIPPED_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unzipped_mb: u64,
+    /// Highest compression ratio allowed for a part of a zipped workbook larger than 32 MB.
+    #[arg(long, env = "SLUICE_MAX_ZIP_RATIO", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_zip_ratio: u64,
 }
 
 #[derive(Args, Clone)]
@@ -192,6 +199,10 @@ async fn job_context(
     work: &WorkerArgs,
 ) -> Result<Arc<JobContext>, Box<dyn std::error::Error + Send + Sync>> {
     let datasets = load_datasets(storage)?;
+    crate::import::read::set_limits(crate::import::read::Limits {
+        max_unzipped_bytes: work.max_unzipped_mb.saturating_mul(1024 * 1024),
+        max_zip_ratio: work.max_zip_ratio,
+    });
     let store = {
         let (storage, ds) = (storage.clone(), datasets.clone());
         tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??

@@ -37,6 +37,21 @@ pub enum FileError {
     TooManyRows { max: u64 },
     #[error("the file cannot be read: {0}")]
     Unreadable(String),
+    #[error("there is no sheet `{requested}` in the workbook; its sheets are: {}", .available.join(", "))]
+    SheetNotFound {
+        requested: String,
+        available: Vec<String>,
+    },
+    /// A zip archive over the unpacked-size or compression-ratio limit (a zip bomb, or a file
+    /// too big for this server's settings).
+    #[error("{0}")]
+    ArchiveLimit(String),
+    #[error("the file has {found} columns; at most {max} are supported")]
+    TooManyColumns { found: usize, max: usize },
+    #[error("{0}")]
+    CellTooLarge(String),
+    #[error("{0}")]
+    BadEncoding(String),
     #[error("reading the uploaded file failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,6 +67,11 @@ impl FileError {
             FileError::BadMapping(_) => "invalid_mapping",
             FileError::TooManyRows { .. } => "too_many_rows",
             FileError::Unreadable(_) => "unreadable_file",
+            FileError::SheetNotFound { .. } => "sheet_not_found",
+            FileError::ArchiveLimit(_) => "archive_too_large",
+            FileError::TooManyColumns { .. } => "too_many_columns",
+            FileError::CellTooLarge(_) => "cell_too_large",
+            FileError::BadEncoding(_) => "invalid_encoding",
             FileError::Io(_) => "io_error",
         }
     }

@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::read::CsvSource;
+use super::read::Source;
 use super::validate::Validator;
-use super::{Batch, BatchCounts, FileError, Mapping, SourceOptions};
+use super::{Batch, BatchCounts, FileError, Format, Mapping, SourceOptions};
 use crate::dataset::Dataset;
 
 /// Where batches go: a store backend's writer for one claimed job.
@@ -53,6 +53,7 @@ pub enum RunOutcome {
 pub struct RunSpec<'a> {
     pub dataset: &'a Dataset,
     pub path: &'a Path,
+    pub format: Format,
     pub options: &'a SourceOptions,
     pub mapping: &'a Mapping,
     /// Records already committed by an earlier attempt.
@@ -68,7 +69,7 @@ pub fn run(
     sink: &mut dyn BatchSink,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<RunOutcome, RunError> {
-    let mut source = CsvSource::open(spec.path, spec.options)?;
+    let mut source = Source::open(spec.path, spec.format, spec.options)?;
     let width = source.headers().len();
     if width != spec.mapping.columns.len() {
         return Err(FileError::Unreadable(
@@ -93,7 +94,7 @@ pub fn run(
                 break;
             };
             let row = index + 2;
-            match validator.validate(&record, row, &mut batch.values) {
+            match validator.validate(&record, row, source.cell_errors(), &mut batch.values) {
                 Ok(()) => {
                     batch.rows.push(row);
                     batch.raw.push(&record);

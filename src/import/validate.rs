@@ -57,11 +57,13 @@ impl<'a> Validator<'a> {
     }
 
     /// Appends the record's values (one per dataset field) to `out`, or returns why the row is
-    /// rejected (leaving `out` as it was).
+    /// rejected (leaving `out` as it was). `cell_errors` lists the columns whose spreadsheet
+    /// cells hold an error such as `#N/A`; such a cell in a mapped column rejects the row.
     pub fn validate(
         &self,
         record: &csv::ByteRecord,
         row: u64,
+        cell_errors: &[usize],
         out: &mut Vec<Value>,
     ) -> Result<(), RowError> {
         let reject = |column: Option<&str>, value: Option<&[u8]>, message: String| RowError {
@@ -88,6 +90,18 @@ impl<'a> Validator<'a> {
         let start = out.len();
         for (field, column) in self.dataset.fields.iter().zip(&self.field_columns) {
             let raw = column.and_then(|c| record.get(c)).unwrap_or(b"");
+            if column.is_some_and(|c| cell_errors.contains(&c)) {
+                out.truncate(start);
+                return Err(reject(
+                    Some(&field.name),
+                    Some(raw),
+                    format!(
+                        "{}: the cell holds the spreadsheet error {}",
+                        field.name,
+                        String::from_utf8_lossy(raw)
+                    ),
+                ));
+            }
             let parsed = std::str::from_utf8(raw)
                 .map_err(|_| "is not valid UTF-8 text".to_string())
                 .and_then(|text| parse_field(field, text));
@@ -208,6 +222,12 @@ fn parse_date(field: &Field, s: &str) -> Result<String, String> {
 }
 
 fn parse_datetime(field: &Field, s: &str) -> Result<String, String> {
+    // A date alone (a spreadsheet date cell without a time) is midnight.
+    if s.len() == 10
+        && let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+    {
+        return Ok(d.format("%Y-%m-%dT00:00:00").to_string());
+    }
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Ok(dt.to_utc().to_rfc3339_opts(SecondsFormat::AutoSi, true));
     }
@@ -295,6 +315,10 @@ mod tests {
         assert_eq!(
             parse_field(&f, "2024-01-02 03:04:05").unwrap(),
             Value::DateTime("2024-01-02T03:04:05".into())
+        );
+        assert_eq!(
+            parse_field(&f, "2024-01-02").unwrap(),
+            Value::DateTime("2024-01-02T00:00:00".into())
         );
         f.ty = FieldType::Date;
         f.formats = vec!["%d/%m/%Y".into()];

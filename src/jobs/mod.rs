@@ -340,7 +340,7 @@ fn run_blocking(
         other => SinkError::Fatal(other.to_string()),
     };
     if job.total_rows.is_none() {
-        let total = read::count_rows(&path, &job.options)?;
+        let total = read::count_rows(&path, job.format, &job.options)?;
         if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
             return Err(SinkError::LeaseLost.into());
         }
@@ -352,6 +352,7 @@ fn run_blocking(
     let spec = RunSpec {
         dataset: &dataset,
         path: &path,
+        format: job.format,
         options: &job.options,
         mapping: &job.mapping,
         checkpoint: job.rows_done,

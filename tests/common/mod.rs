@@ -156,7 +156,7 @@ pub struct AppOptions {
     pub admin_token: Option<String>,
     /// SQL run on the fresh database file before the server first starts (tables of your own).
     pub setup_sql: Option<String>,
-    /// More `serve` flags.
+    /// More `sluice serve` flags.
     pub extra_args: Vec<String>,
 }
 
@@ -417,6 +417,40 @@ impl TestApp {
         resp.text().await.expect("text")
     }
 
+    /// Uploads raw bytes under a file name (multipart), with form fields.
+    pub async fn upload_bytes(
+        &self,
+        dataset: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        fields: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).expect("write upload");
+        self.upload_with(dataset, &path, fields).await
+    }
+
+    /// All row errors of a job, as JSON objects.
+    pub async fn errors_json(&self, job: i64) -> Vec<Value> {
+        let (code, body) = self
+            .get_json(&format!(
+                "/api/v1/import/{job}/errors?format=json&limit=100000"
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body["data"]["errors"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The SQLite file itself, for reader tests that run on SQLite only (the readers do not
+    /// depend on the store; the conformance tests cover both backends).
+    pub fn sqlite(&self) -> rusqlite::Connection {
+        assert!(self.pg_database.is_none(), "sqlite() on a PostgreSQL test");
+        rusqlite::Connection::open(self.data_dir().join("sluice.db")).expect("open db")
+    }
+
     /// A new connection to the test's database.
     pub fn db(&self) -> Db {
         match self.database_url() {
@@ -472,3 +506,4 @@ pub fn job_id(body: &Value) -> i64 {
 }
 
 pub const MINUTE: Duration = Duration::from_secs(60);
+pub mod xlsx;

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmark: import a generated products XLSX (shared strings, serial dates, as Excel writes
+# them) through the HTTP API on the embedded SQLite store. Prints seconds, rows/s and the
+# server's peak RSS (VmHWM).
+#   bench/import-xlsx.sh [ROWS] [--first-only]     (default 700000)
+# Then imports a second XLSX that overlaps half the keys with changed values (the update path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROWS="${1:-700000}"
+cargo build --release --quiet
+exec python3 bench/import_bench.py --binary target/release/sluice --format xlsx --rows "$ROWS" "${@:2}"

@@ -1,0 +1,381 @@
+//! Reading uploaded files: format detection by content, and one streaming record source per
+//! format behind [`Source`].
+//!
+//! - `text`: CSV/TSV text in UTF-8, UTF-16 or Windows-1252, delimiter sniffed.
+//! - `xlsx`: Office Open XML workbooks, streamed row by row straight from the zip (shared
+//!   strings spilled to a temporary file), so memory does not grow with the sheet.
+//! - `calc`: legacy `.xls` and OpenDocument `.ods` through calamine (read whole; size-capped).
+//! - `archive`: the zip layer shared by `xlsx` and `calc`: zip-bomb limits and entry streams.
+//! - `cell`: how spreadsheet numbers, dates and booleans become text, shared by the readers.
+//!
+//! Every source delivers a header (the first non-blank row) and then records as UTF-8 fields in
+//! one reused `csv::ByteRecord`, each with its index among the data records: row numbers are
+//! spreadsheet rows (index + 2 when the header is row 1). Blank records are skipped but still
+//! consume an index, so `position()`/`skip_to()` give the same records after a restart.
+
+mod archive;
+mod calc;
+mod cell;
+mod text;
+mod xlsx;
+
+use std::path::Path;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::FileError;
+
+pub use self::text::{CsvSource, sniff_delimiter};
+pub use self::xlsx::XlsxSource;
+
+/// Bytes looked at to detect the format and sniff the delimiter.
+const SNIFF_BYTES: usize = 64 * 1024;
+/// Most columns a file may have: Excel's own limit (column XFD).
+pub const MAX_COLUMNS: usize = 16_384;
+/// Most bytes one cell may hold. Excel itself stops at 32,767 characters.
+pub const MAX_CELL_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Csv,
+    Xlsx,
+    Xls,
+    Ods,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Xlsx => "xlsx",
+            Format::Xls => "xls",
+            Format::Ods => "ods",
+        }
+    }
+}
+
+/// How to read a file: requested by the client, settled at upload by [`resolve_options`],
+/// stored with the job and reused by the worker. Fields added later default to `None`, so
+/// options stored by older versions still read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceOptions {
+    /// CSV field delimiter; sniffed from the first lines when not given.
+    pub delimiter: Option<u8>,
+    /// CSV text encoding (a WHATWG label such as `utf-8`, `utf-16le`, `windows-1252`); detected
+    /// from the BOM and the bytes when not given. Settled to the encoding's canonical name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// Spreadsheet sheet: a name, or a 1-based position. Default: the first visible sheet.
+    /// Settled to the sheet's exact name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
+}
+
+/// Limits against zip bombs, set once at start-up (`sluice serve --max-unzipped-mb`,
+/// `--max-zip-ratio`) and read by every reader of zipped formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most bytes all the entries of an archive may unpack to, together.
+    pub max_unzipped_bytes: u64,
+    /// Highest compression ratio allowed for an entry larger than [`RATIO_FLOOR`] bytes.
+    pub max_zip_ratio: u64,
+}
+
+/// Entries smaller than this are never refused for their ratio (small files of repetitive XML
+/// compress very well without being dangerous).
+pub const RATIO_FLOOR: u64 = 32 * 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_unzipped_bytes: 4096 * 1024 * 1024,
+            max_zip_ratio: 200,
+        }
+    }
+}
+
+static LIMITS: RwLock<Limits> = RwLock::new(Limits {
+    max_unzipped_bytes: 4096 * 1024 * 1024,
+    max_zip_ratio: 200,
+});
+
+/// Sets the archive limits for this process.
+pub fn set_limits(limits: Limits) {
+    match LIMITS.write() {
+        Ok(mut l) => *l = limits,
+        Err(poisoned) => *poisoned.into_inner() = limits,
+    }
+}
+
+pub fn limits() -> Limits {
+    match LIMITS.read() {
+        Ok(l) => *l,
+        Err(poisoned) => *poisoned.into_inner(),
+    }
+}
+
+/// What the first bytes say the file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Magic {
+    Zip,
+    Ole,
+    Text,
+}
+
+/// Decides the container from the first bytes of the file, not from its name. Text is refused
+/// here when it is clearly binary (control bytes), unless an explicit encoding says otherwise.
+fn sniff_magic(
+    head: &[u8],
+    encoding: Option<&'static encoding_rs::Encoding>,
+) -> Result<Magic, FileError> {
+    if head.is_empty() {
+        return Err(FileError::Empty);
+    }
+    if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        return Ok(Magic::Zip);
+    }
+    if head.starts_with(&[0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1]) {
+        return Ok(Magic::Ole);
+    }
+    let known = [
+        (&b"\x89PNG"[..], "a PNG image"),
+        (b"\xFF\xD8\xFF", "a JPEG image"),
+        (b"GIF8", "a GIF image"),
+        (b"%PDF", "a PDF document"),
+        (b"\x1F\x8B", "a gzip archive"),
+        (b"Rar!", "a RAR archive"),
+        (b"7z\xBC\xAF", "a 7-Zip archive"),
+    ];
+    if let Some((_, what)) = known.iter().find(|(m, _)| head.starts_with(m)) {
+        return Err(FileError::UnsupportedFormat(format!(
+            "this is {what}, not a spreadsheet; upload CSV, XLSX, XLS or ODS"
+        )));
+    }
+    if text::bom_encoding(head).is_some() || encoding.is_some_and(|e| e != encoding_rs::UTF_8) {
+        return Ok(Magic::Text);
+    }
+    let sample = &head[..head.len().min(4096)];
+    let controls = sample
+        .iter()
+        .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C))
+        .count();
+    if sample.contains(&0) || controls * 100 > sample.len() {
+        return Err(FileError::UnsupportedFormat(
+            "the file is binary, not CSV text or a spreadsheet".into(),
+        ));
+    }
+    Ok(Magic::Text)
+}
+
+/// Decides the format from the content (used by tests and by [`resolve_options`]).
+pub fn detect_format(path: &Path) -> Result<Format, FileError> {
+    Ok(resolve_options(path, &SourceOptions::default())?.0)
+}
+
+/// Reads the first bytes of a file for detection.
+pub fn read_head(path: &Path) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(SNIFF_BYTES);
+    std::fs::File::open(path)?
+        .take(SNIFF_BYTES as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// Settles the options for a file: its format by content, and for CSV the encoding and the
+/// delimiter, for spreadsheets the sheet (a missing one is an error listing the sheets).
+pub fn resolve_options(
+    path: &Path,
+    requested: &SourceOptions,
+) -> Result<(Format, SourceOptions), FileError> {
+    let head = read_head(path)?;
+    let forced = requested
+        .encoding
+        .as_deref()
+        .map(text::encoding_for_label)
+        .transpose()?;
+    match sniff_magic(&head, forced)? {
+        Magic::Zip => {
+            let (format, sheet) = archive::resolve_zip(path, requested.sheet.as_deref())?;
+            Ok((format, spreadsheet_options(sheet)))
+        }
+        Magic::Ole => {
+            let sheet = calc::resolve_sheet(path, Format::Xls, requested.sheet.as_deref())?;
+            Ok((Format::Xls, spreadsheet_options(sheet)))
+        }
+        Magic::Text => {
+            let encoding = match forced {
+                Some(e) => e,
+                None => text::detect_encoding(path, &head)?,
+            };
+            let text = text::decode_head(&head, encoding);
+            let delimiter = requested
+                .delimiter
+                .unwrap_or_else(|| sniff_delimiter(text.as_bytes()));
+            Ok((
+                Format::Csv,
+                SourceOptions {
+                    delimiter: Some(delimiter),
+                    encoding: Some(encoding.name().to_string()),
+                    sheet: None,
+                },
+            ))
+        }
+    }
+}
+
+fn spreadsheet_options(sheet: String) -> SourceOptions {
+    SourceOptions {
+        delimiter: None,
+        encoding: None,
+        sheet: Some(sheet),
+    }
+}
+
+/// Picks a sheet by exact name, then by 1-based position; `None` picks the first visible one.
+/// `sheets` is `(name, visible)` in workbook order.
+pub(crate) fn pick_sheet(
+    sheets: &[(String, bool)],
+    requested: Option<&str>,
+) -> Result<usize, FileError> {
+    if sheets.is_empty() {
+        return Err(FileError::Unreadable("the workbook has no sheets".into()));
+    }
+    let not_found = |requested: &str| FileError::SheetNotFound {
+        requested: requested.to_string(),
+        available: sheets.iter().map(|(n, _)| n.clone()).collect(),
+    };
+    match requested.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(sheets.iter().position(|(_, visible)| *visible).unwrap_or(0)),
+        Some(req) => {
+            if let Some(i) = sheets.iter().position(|(n, _)| n == req) {
+                return Ok(i);
+            }
+            if let Some(i) = sheets.iter().position(|(n, _)| n.eq_ignore_ascii_case(req)) {
+                return Ok(i);
+            }
+            match req.parse::<usize>() {
+                Ok(n) if n >= 1 && n <= sheets.len() => Ok(n - 1),
+                _ => Err(not_found(req)),
+            }
+        }
+    }
+}
+
+/// A record source over any supported format.
+pub enum Source {
+    Csv(CsvSource),
+    Xlsx(Box<XlsxSource>),
+    Calc(calc::CalcSource),
+}
+
+impl Source {
+    pub fn open(path: &Path, format: Format, options: &SourceOptions) -> Result<Self, FileError> {
+        Ok(match format {
+            Format::Csv => Source::Csv(CsvSource::open(path, options)?),
+            Format::Xlsx => Source::Xlsx(Box::new(XlsxSource::open(path, options)?)),
+            Format::Xls | Format::Ods => {
+                Source::Calc(calc::CalcSource::open(path, format, options)?)
+            }
+        })
+    }
+
+    pub fn headers(&self) -> &[String] {
+        match self {
+            Source::Csv(s) => s.headers(),
+            Source::Xlsx(s) => s.headers(),
+            Source::Calc(s) => s.headers(),
+        }
+    }
+
+    /// Reads the next non-blank record into `record`; returns its index among the data records
+    /// (the row number minus 2), or `None` at the end.
+    pub fn next_record(&mut self, record: &mut csv::ByteRecord) -> Result<Option<u64>, FileError> {
+        match self {
+            Source::Csv(s) => s.next_record(record),
+            Source::Xlsx(s) => s.next_record(record),
+            Source::Calc(s) => s.next_record(record),
+        }
+    }
+
+    /// Columns of the last record whose cells hold a spreadsheet error (`#N/A`, `#DIV/0!`…);
+    /// the field then holds the error's text.
+    pub fn cell_errors(&self) -> &[usize] {
+        match self {
+            Source::Csv(_) => &[],
+            Source::Xlsx(s) => s.cell_errors(),
+            Source::Calc(s) => s.cell_errors(),
+        }
+    }
+
+    /// Records consumed so far (the checkpoint a resumed job skips to).
+    pub fn position(&self) -> u64 {
+        match self {
+            Source::Csv(s) => s.position(),
+            Source::Xlsx(s) => s.position(),
+            Source::Calc(s) => s.position(),
+        }
+    }
+
+    /// Skips records until `position` records have been consumed.
+    pub fn skip_to(&mut self, position: u64) -> Result<(), FileError> {
+        match self {
+            Source::Csv(s) => s.skip_to(position),
+            Source::Xlsx(s) => s.skip_to(position),
+            Source::Calc(s) => s.skip_to(position),
+        }
+    }
+}
+
+/// Counts the non-blank data rows of a file (one pass, no validation of values).
+pub fn count_rows(path: &Path, format: Format, options: &SourceOptions) -> Result<u64, FileError> {
+    let mut source = Source::open(path, format, options)?;
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    while source.next_record(&mut record)?.is_some() {
+        n += 1;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_by_content() {
+        assert!(matches!(sniff_magic(b"", None), Err(FileError::Empty)));
+        assert_eq!(sniff_magic(b"PK\x03\x04rest", None).unwrap(), Magic::Zip);
+        assert!(matches!(
+            sniff_magic(b"\x89PNG\r\n\x1a\n\0\0", None),
+            Err(FileError::UnsupportedFormat(_))
+        ));
+        assert!(matches!(
+            sniff_magic(b"ab\x01\x02\x03\x04\x05\x06cd", None),
+            Err(FileError::UnsupportedFormat(_))
+        ));
+        assert_eq!(sniff_magic(b"sku,name\n", None).unwrap(), Magic::Text);
+        assert_eq!(
+            sniff_magic(b"\xFF\xFEs\0k\0u\0", None).unwrap(),
+            Magic::Text
+        );
+    }
+
+    #[test]
+    fn sheets_by_name_position_or_first_visible() {
+        let sheets = vec![
+            ("Hidden".to_string(), false),
+            ("Data".to_string(), true),
+            ("2".to_string(), true),
+        ];
+        assert_eq!(pick_sheet(&sheets, None).unwrap(), 1);
+        assert_eq!(pick_sheet(&sheets, Some("data")).unwrap(), 1);
+        assert_eq!(pick_sheet(&sheets, Some("2")).unwrap(), 2);
+        assert_eq!(pick_sheet(&sheets, Some("1")).unwrap(), 0);
+        let err = pick_sheet(&sheets, Some("Nope")).unwrap_err();
+        assert_eq!(err.code(), "sheet_not_found");
+        assert!(err.to_string().contains("Hidden, Data, 2"), "{err}");
+    }
+}

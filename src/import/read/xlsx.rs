@@ -1,0 +1,946 @@
+//! XLSX (Office Open XML) workbooks, streamed row by row straight from the zip.
+//!
+//! At open: the workbook part (sheets, visibility, the 1900/1904 date system), its
+//! relationships, the styles (which cell formats are dates) and the shared-string table. The
+//! shared strings are spilled to an unnamed temporary file beside the upload with a second file
+//! of end offsets, and read back through a small block cache, so memory does not grow with the
+//! number of distinct strings. The sheet is then parsed with `quick-xml` as it is unpacked:
+//! one row of cells at a time, missing cells padded with empty fields.
+//!
+//! Refused: DTDs (no XML entity expansion), undefined entities, more than [`MAX_COLUMNS`]
+//! columns, cells over [`MAX_CELL_BYTES`], and everything the zip layer refuses.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use quick_xml::Reader;
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use zip::ZipArchive;
+
+use super::archive::{self, EntryStream, MarkupGuard, read_small, stream_entry, unpack_error};
+use super::cell::{is_date_format, push_excel_date, push_iso_date, push_number};
+use super::{FileError, MAX_CELL_BYTES, MAX_COLUMNS, SourceOptions, pick_sheet};
+
+/// Largest workbook, relationships or styles part read whole.
+const SMALL_PART: u64 = 64 * 1024 * 1024;
+
+fn xml_error(e: quick_xml::Error) -> FileError {
+    match e {
+        quick_xml::Error::Io(io) => unpack_error(&io),
+        other => FileError::Unreadable(format!("the workbook's XML is malformed ({other})")),
+    }
+}
+
+fn refuse_dtd() -> FileError {
+    FileError::Unreadable(
+        "the workbook declares a DTD (XML entities), which sluice refuses to expand".into(),
+    )
+}
+
+/// Appends the text of an entity or character reference; only XML's own five entities exist
+/// in a workbook.
+fn push_ref(r: &BytesRef<'_>, out: &mut Vec<u8>) -> Result<(), FileError> {
+    if let Some(c) = r.resolve_char_ref().map_err(xml_error)? {
+        let mut tmp = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+        return Ok(());
+    }
+    let text: &str = r;
+    let c = match text {
+        "amp" => "&",
+        "lt" => "<",
+        "gt" => ">",
+        "quot" => "\"",
+        "apos" => "'",
+        other => {
+            return Err(FileError::Unreadable(format!(
+                "the workbook uses the undefined XML entity `&{other};`"
+            )));
+        }
+    };
+    out.extend_from_slice(c.as_bytes());
+    Ok(())
+}
+
+/// Decodes Excel's `_xHHHH_` escapes (control characters in strings) in `bytes[from..]`.
+fn unescape_xstring(bytes: &mut Vec<u8>, from: usize) {
+    if memchr::memmem::find(&bytes[from..], b"_x").is_none() {
+        return;
+    }
+    let src = bytes[from..].to_vec();
+    bytes.truncate(from);
+    let mut i = 0;
+    while i < src.len() {
+        if src[i] == b'_' && src.get(i + 1) == Some(&b'x') && src.get(i + 6) == Some(&b'_') {
+            let hex = std::str::from_utf8(&src[i + 2..i + 6]).ok();
+            if let Some(c) = hex
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .and_then(char::from_u32)
+            {
+                let mut tmp = [0u8; 4];
+                bytes.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
+                i += 7;
+                continue;
+            }
+        }
+        bytes.push(src[i]);
+        i += 1;
+    }
+}
+
+/// The value of attribute `name` (local name) of an element, unescaped.
+fn attr(e: &BytesStart<'_>, name: &str) -> Result<Option<String>, FileError> {
+    let mut attrs = e.attributes();
+    attrs.with_checks(false);
+    for a in attrs {
+        let a = a.map_err(|e| xml_error(e.into()))?;
+        if a.key.local_name().as_ref() == name {
+            return Ok(Some(
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .map_err(xml_error)?
+                    .into_owned(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// Walks the start (and empty) elements of a small XML part.
+fn each_element(
+    xml: &[u8],
+    mut f: impl FnMut(&BytesStart<'_>, bool) -> Result<(), FileError>,
+    mut end: impl FnMut(&str),
+) -> Result<(), FileError> {
+    let mut reader = Reader::from_reader(xml);
+    let mut buf = Vec::new();
+    loop {
+        match reader.read_event_into(&mut buf).map_err(xml_error)? {
+            Event::Start(e) => f(&e, false)?,
+            Event::Empty(e) => f(&e, true)?,
+            Event::End(e) => end(e.local_name().as_ref()),
+            Event::DocType(_) => return Err(refuse_dtd()),
+            Event::Eof => return Ok(()),
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
+struct Rel {
+    id: String,
+    ty: String,
+    target: String,
+}
+
+fn parse_rels(xml: &[u8]) -> Result<Vec<Rel>, FileError> {
+    let mut rels = Vec::new();
+    each_element(
+        xml,
+        |e, _| {
+            if e.local_name().as_ref() == "Relationship" {
+                rels.push(Rel {
+                    id: attr(e, "Id")?.unwrap_or_default(),
+                    ty: attr(e, "Type")?.unwrap_or_default(),
+                    target: attr(e, "Target")?.unwrap_or_default(),
+                });
+            }
+            Ok(())
+        },
+        |_| {},
+    )?;
+    Ok(rels)
+}
+
+/// Resolves a relationship target against the folder of the part that names it.
+fn join(dir: &str, target: &str) -> String {
+    if let Some(absolute) = target.strip_prefix('/') {
+        return absolute.to_string();
+    }
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for seg in target.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    parts.join("/")
+}
+
+/// The path of the workbook part, if the archive is an XLSX package.
+pub(super) fn workbook_path(zip: &mut ZipArchive<File>) -> Result<Option<String>, FileError> {
+    if let Some(rels) = read_small(zip, "_rels/.rels", SMALL_PART)? {
+        for rel in parse_rels(&rels)? {
+            if rel.ty.ends_with("/officeDocument") {
+                let path = join("", &rel.target);
+                if zip.index_for_name(&path).is_some() && path.ends_with(".xml") {
+                    return Ok(Some(path));
+                }
+            }
+        }
+    }
+    Ok(zip
+        .index_for_name("xl/workbook.xml")
+        .map(|_| "xl/workbook.xml".to_string()))
+}
+
+struct SheetInfo {
+    name: String,
+    visible: bool,
+    path: Option<String>,
+}
+
+struct Workbook {
+    sheets: Vec<SheetInfo>,
+    date1904: bool,
+    shared_strings: Option<String>,
+    styles: Option<String>,
+}
+
+fn read_workbook(zip: &mut ZipArchive<File>) -> Result<Workbook, FileError> {
+    let path = workbook_path(zip)?
+        .ok_or_else(|| FileError::UnsupportedFormat("the archive has no workbook".into()))?;
+    let (dir, file) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+    let xml = read_small(zip, &path, SMALL_PART)?
+        .ok_or_else(|| FileError::Unreadable("the workbook part is missing".into()))?;
+    let rels = match read_small(zip, &format!("{dir}/_rels/{file}.rels"), SMALL_PART)? {
+        Some(x) => parse_rels(&x)?,
+        None => Vec::new(),
+    };
+    let mut sheets = Vec::new();
+    let mut date1904 = false;
+    each_element(
+        &xml,
+        |e, _| {
+            match e.local_name().as_ref() {
+                "sheet" => {
+                    let id = attr(e, "id")?;
+                    let path = rels
+                        .iter()
+                        .find(|r| Some(&r.id) == id.as_ref())
+                        .map(|r| join(dir, &r.target));
+                    sheets.push(SheetInfo {
+                        name: attr(e, "name")?.unwrap_or_default(),
+                        visible: attr(e, "state")?.is_none_or(|s| s == "visible"),
+                        path,
+                    });
+                }
+                "workbookPr" => {
+                    date1904 = attr(e, "date1904")?.is_some_and(|v| v == "1" || v == "true");
+                }
+                _ => {}
+            }
+            Ok(())
+        },
+        |_| {},
+    )?;
+    let part = |kind: &str, default: &str| {
+        rels.iter()
+            .find(|r| r.ty.ends_with(kind))
+            .map(|r| join(dir, &r.target))
+            .or_else(|| zip.index_for_name(default).map(|_| default.to_string()))
+    };
+    let shared_strings = part("/sharedStrings", "xl/sharedStrings.xml");
+    let styles = part("/styles", "xl/styles.xml");
+    Ok(Workbook {
+        sheets,
+        date1904,
+        shared_strings,
+        styles,
+    })
+}
+
+fn sheet_list(wb: &Workbook) -> Vec<(String, bool)> {
+    wb.sheets
+        .iter()
+        .map(|s| (s.name.clone(), s.visible))
+        .collect()
+}
+
+/// The exact name of the sheet to read.
+pub(super) fn resolve_sheet(
+    zip: &mut ZipArchive<File>,
+    requested: Option<&str>,
+) -> Result<String, FileError> {
+    let wb = read_workbook(zip)?;
+    let i = pick_sheet(&sheet_list(&wb), requested)?;
+    Ok(wb.sheets[i].name.clone())
+}
+
+/// For each cell format (`s` attribute), whether it shows a date.
+fn read_date_styles(xml: &[u8]) -> Result<Vec<bool>, FileError> {
+    let mut codes: HashMap<u32, String> = HashMap::new();
+    let mut formats: Vec<u32> = Vec::new();
+    let in_xfs = std::cell::Cell::new(false);
+    each_element(
+        xml,
+        |e, empty| {
+            match e.local_name().as_ref() {
+                "numFmt" => {
+                    if let (Some(id), Some(code)) = (attr(e, "numFmtId")?, attr(e, "formatCode")?)
+                        && let Ok(id) = id.parse()
+                    {
+                        codes.insert(id, code);
+                    }
+                }
+                "cellXfs" => in_xfs.set(!empty),
+                "xf" if in_xfs.get() => {
+                    formats.push(
+                        attr(e, "numFmtId")?
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
+                    );
+                }
+                _ => {}
+            }
+            Ok(())
+        },
+        |name| {
+            if name == "cellXfs" {
+                in_xfs.set(false);
+            }
+        },
+    )?;
+    Ok(formats
+        .iter()
+        .map(|id| is_date_format(*id, codes.get(id).map(String::as_str)))
+        .collect())
+}
+
+/// A file read through a small cache of blocks (least recently used goes first).
+struct BlockFile {
+    file: File,
+    len: u64,
+    slots: Vec<(u64, u64, Vec<u8>)>,
+    tick: u64,
+}
+
+const BLOCK: usize = 16 * 1024;
+
+impl BlockFile {
+    fn new(mut file: File, slots: usize) -> io::Result<Self> {
+        let len = file.seek(SeekFrom::End(0))?;
+        Ok(Self {
+            file,
+            len,
+            slots: (0..slots).map(|_| (u64::MAX, 0, Vec::new())).collect(),
+            tick: 0,
+        })
+    }
+
+    fn read(&mut self, mut pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+        if pos.checked_add(len as u64).is_none_or(|end| end > self.len) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "read past end"));
+        }
+        if len > BLOCK {
+            let start = out.len();
+            out.resize(start + len, 0);
+            self.file.seek(SeekFrom::Start(pos))?;
+            return self.file.read_exact(&mut out[start..]);
+        }
+        let mut left = len;
+        while left > 0 {
+            let block = pos / BLOCK as u64;
+            let offset = (pos % BLOCK as u64) as usize;
+            let slot = self.slot(block)?;
+            let bytes = &self.slots[slot].2;
+            let take = left.min(bytes.len().saturating_sub(offset));
+            if take == 0 {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "short block"));
+            }
+            out.extend_from_slice(&bytes[offset..offset + take]);
+            pos += take as u64;
+            left -= take;
+        }
+        Ok(())
+    }
+
+    fn slot(&mut self, block: u64) -> io::Result<usize> {
+        self.tick += 1;
+        if let Some(i) = self.slots.iter().position(|s| s.0 == block) {
+            self.slots[i].1 = self.tick;
+            return Ok(i);
+        }
+        let i = (0..self.slots.len())
+            .min_by_key(|&i| self.slots[i].1)
+            .unwrap_or(0);
+        let start = block * BLOCK as u64;
+        let n = (self.len - start).min(BLOCK as u64) as usize;
+        let slot = &mut self.slots[i];
+        slot.2.resize(n, 0);
+        self.file.seek(SeekFrom::Start(start))?;
+        self.file.read_exact(&mut slot.2)?;
+        slot.0 = block;
+        slot.1 = self.tick;
+        Ok(i)
+    }
+}
+
+/// The shared-string table, spilled to disk: string bytes in one file, end offsets (u64 LE) in
+/// another.
+struct SharedStrings {
+    data: BlockFile,
+    ends: BlockFile,
+    count: u64,
+}
+
+impl SharedStrings {
+    fn load(stream: EntryStream, spill_dir: &Path) -> Result<Self, FileError> {
+        let data_file = tempfile::tempfile_in(spill_dir)?;
+        let ends_file = tempfile::tempfile_in(spill_dir)?;
+        let mut data = BufWriter::with_capacity(256 * 1024, &data_file);
+        let mut ends = BufWriter::with_capacity(64 * 1024, &ends_file);
+        let mut reader = Reader::from_reader(BufReader::with_capacity(
+            64 * 1024,
+            MarkupGuard::new(stream),
+        ));
+        let mut buf = Vec::new();
+        let mut current = Vec::new();
+        let (mut in_si, mut in_t, mut phonetic) = (false, false, 0u32);
+        let mut offset: u64 = 0;
+        let mut count: u64 = 0;
+        let mut finish = |current: &mut Vec<u8>| -> Result<(), FileError> {
+            unescape_xstring(current, 0);
+            if current.len() > MAX_CELL_BYTES {
+                return Err(too_large());
+            }
+            data.write_all(current)?;
+            offset += current.len() as u64;
+            ends.write_all(&offset.to_le_bytes())?;
+            count += 1;
+            current.clear();
+            Ok(())
+        };
+        loop {
+            match reader.read_event_into(&mut buf).map_err(xml_error)? {
+                Event::Start(e) => match e.local_name().as_ref() {
+                    "si" => {
+                        in_si = true;
+                        current.clear();
+                    }
+                    "t" if in_si && phonetic == 0 => in_t = true,
+                    "rPh" => phonetic += 1,
+                    _ => {}
+                },
+                Event::Empty(e) if e.local_name().as_ref() == "si" => finish(&mut current)?,
+                Event::Text(t) if in_t => {
+                    current.extend_from_slice(t.xml10_content().as_bytes());
+                    if current.len() > MAX_CELL_BYTES {
+                        return Err(too_large());
+                    }
+                }
+                Event::CData(t) if in_t => current.extend_from_slice(t.as_bytes()),
+                Event::GeneralRef(r) if in_t => push_ref(&r, &mut current)?,
+                Event::End(e) => match e.local_name().as_ref() {
+                    "t" => in_t = false,
+                    "rPh" => phonetic = phonetic.saturating_sub(1),
+                    "si" if in_si => {
+                        in_si = false;
+                        finish(&mut current)?;
+                    }
+                    _ => {}
+                },
+                Event::DocType(_) => return Err(refuse_dtd()),
+                Event::Eof => break,
+                _ => {}
+            }
+            buf.clear();
+        }
+        data.flush()?;
+        ends.flush()?;
+        drop((data, ends));
+        Ok(Self {
+            data: BlockFile::new(data_file, 64)?,
+            ends: BlockFile::new(ends_file, 16)?,
+            count,
+        })
+    }
+
+    fn end_of(&mut self, i: u64) -> io::Result<u64> {
+        let mut b = Vec::with_capacity(8);
+        self.ends.read(i * 8, 8, &mut b)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// Appends string `i`; `false` if the table has no such string.
+    fn get(&mut self, i: u64, out: &mut Vec<u8>) -> io::Result<bool> {
+        if i >= self.count {
+            return Ok(false);
+        }
+        let start = if i == 0 { 0 } else { self.end_of(i - 1)? };
+        let end = self.end_of(i)?;
+        let len = end.checked_sub(start).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "shared strings out of order")
+        })?;
+        self.data.read(start, len as usize, out)?;
+        Ok(true)
+    }
+}
+
+fn too_large() -> FileError {
+    FileError::CellTooLarge(format!(
+        "a cell of the workbook holds more than {MAX_CELL_BYTES} bytes; that is not a \
+         spreadsheet value sluice accepts"
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Number,
+    Shared,
+    Inline,
+    Str,
+    Bool,
+    Error,
+    Date,
+}
+
+/// A cell of the current row: its column and its text in `SheetReader::bytes`.
+#[derive(Debug, Clone, Copy)]
+struct Cell {
+    col: u32,
+    start: usize,
+    end: usize,
+    error: bool,
+}
+
+/// A cell being read.
+struct Open {
+    col: u32,
+    kind: Kind,
+    style: usize,
+    start: usize,
+}
+
+/// Column index (0-based) of a cell reference such as `AB12`.
+fn column_of(reference: &str) -> Option<u32> {
+    let mut col: u32 = 0;
+    let mut any = false;
+    for b in reference.bytes() {
+        if b.is_ascii_alphabetic() {
+            col = col
+                .checked_mul(26)?
+                .checked_add(u32::from(b.to_ascii_uppercase() - b'A') + 1)?;
+            any = true;
+        } else {
+            break;
+        }
+    }
+    if any { Some(col - 1) } else { None }
+}
+
+/// Streams the rows of one worksheet part.
+struct SheetReader {
+    xml: Reader<BufReader<MarkupGuard<EntryStream>>>,
+    buf: Vec<u8>,
+    sst: Option<SharedStrings>,
+    date_styles: Vec<bool>,
+    date1904: bool,
+    /// 1-based number of the current row.
+    row: u64,
+    cells: Vec<Cell>,
+    bytes: Vec<u8>,
+    value: Vec<u8>,
+    done: bool,
+}
+
+impl SheetReader {
+    /// Reads the next row (possibly with no cells); `false` at the end of the sheet.
+    fn next_row(&mut self) -> Result<bool, FileError> {
+        if self.done {
+            return Ok(false);
+        }
+        self.cells.clear();
+        self.bytes.clear();
+        let mut in_row = false;
+        let mut open: Option<Open> = None;
+        let (mut in_v, mut in_is, mut in_t, mut phonetic) = (false, false, false, 0u32);
+        loop {
+            self.buf.clear();
+            let event = self.xml.read_event_into(&mut self.buf).map_err(xml_error)?;
+            match event {
+                Event::Start(e) => match e.local_name().as_ref() {
+                    "row" => {
+                        self.row = row_number(&e, self.row)?;
+                        in_row = true;
+                    }
+                    "c" if in_row => {
+                        open = Some(open_cell(&e, &self.cells, self.bytes.len())?);
+                        self.value.clear();
+                    }
+                    "v" => in_v = true,
+                    "is" => in_is = true,
+                    "t" if in_is && phonetic == 0 => in_t = true,
+                    "rPh" => phonetic += 1,
+                    _ => {}
+                },
+                Event::Empty(e) if e.local_name().as_ref() == "row" => {
+                    self.row = row_number(&e, self.row)?;
+                    return Ok(true);
+                }
+                Event::Text(t) => {
+                    if in_v {
+                        self.value.extend_from_slice(t.xml10_content().as_bytes());
+                    } else if in_t {
+                        self.bytes.extend_from_slice(t.xml10_content().as_bytes());
+                    }
+                }
+                Event::CData(t) => {
+                    if in_v {
+                        self.value.extend_from_slice(t.as_bytes());
+                    } else if in_t {
+                        self.bytes.extend_from_slice(t.as_bytes());
+                    }
+                }
+                Event::GeneralRef(r) => {
+                    if in_v {
+                        push_ref(&r, &mut self.value)?;
+                    } else if in_t {
+                        push_ref(&r, &mut self.bytes)?;
+                    }
+                }
+                Event::End(e) => match e.local_name().as_ref() {
+                    "v" => in_v = false,
+                    "t" => in_t = false,
+                    "is" => in_is = false,
+                    "rPh" => phonetic = phonetic.saturating_sub(1),
+                    "c" => {
+                        if let Some(cell) = open.take() {
+                            self.finish_cell(cell)?;
+                        }
+                    }
+                    "row" => return Ok(true),
+                    "sheetData" => {
+                        self.done = true;
+                        return Ok(false);
+                    }
+                    _ => {}
+                },
+                Event::DocType(_) => return Err(refuse_dtd()),
+                Event::Eof => {
+                    self.done = true;
+                    if in_row {
+                        return Err(FileError::Unreadable(
+                            "the sheet ends in the middle of a row (the file is truncated)".into(),
+                        ));
+                    }
+                    return Ok(false);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn finish_cell(&mut self, cell: Open) -> Result<(), FileError> {
+        let value = std::str::from_utf8(&self.value).map_err(|_| {
+            FileError::Unreadable("a cell value of the workbook is not valid UTF-8".into())
+        })?;
+        let mut error = false;
+        match cell.kind {
+            Kind::Shared => {
+                let found = match (value.trim().parse::<u64>(), self.sst.as_mut()) {
+                    (Ok(i), Some(sst)) => sst.get(i, &mut self.bytes).map_err(|e| {
+                        FileError::Unreadable(format!("the shared strings cannot be read ({e})"))
+                    })?,
+                    _ => false,
+                };
+                if !found {
+                    return Err(FileError::Unreadable(format!(
+                        "a cell in row {} refers to a shared string that does not exist",
+                        self.row
+                    )));
+                }
+            }
+            Kind::Inline => unescape_xstring(&mut self.bytes, cell.start),
+            Kind::Str => {
+                self.bytes.extend_from_slice(value.as_bytes());
+                unescape_xstring(&mut self.bytes, cell.start);
+            }
+            Kind::Bool => self.bytes.extend_from_slice(match value.trim() {
+                "1" | "true" => b"TRUE",
+                "0" | "false" => b"FALSE",
+                _ => value.as_bytes(),
+            }),
+            Kind::Error => {
+                self.bytes.extend_from_slice(value.trim().as_bytes());
+                error = true;
+            }
+            Kind::Date => push_iso_date(value, &mut self.bytes),
+            Kind::Number => {
+                let is_date = self.date_styles.get(cell.style).copied().unwrap_or(false);
+                let written = !value.trim().is_empty()
+                    && ((is_date
+                        && value
+                            .trim()
+                            .parse::<f64>()
+                            .is_ok_and(|v| push_excel_date(v, self.date1904, &mut self.bytes)))
+                        || push_number(value, &mut self.bytes));
+                if !written {
+                    // Not a number: hand it on as written; the field's parser will say why.
+                    self.bytes.extend_from_slice(value.as_bytes());
+                }
+            }
+        }
+        let end = self.bytes.len();
+        if end - cell.start > MAX_CELL_BYTES {
+            return Err(too_large());
+        }
+        if end > cell.start || error {
+            self.cells.push(Cell {
+                col: cell.col,
+                start: cell.start,
+                end,
+                error,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn row_number(e: &BytesStart<'_>, previous: u64) -> Result<u64, FileError> {
+    let r = attr(e, "r")?.and_then(|r| r.trim().parse::<u64>().ok());
+    // Rows go down; a missing or out-of-order number continues from the previous row.
+    Ok(match r {
+        Some(r) if r > previous => r,
+        _ => previous + 1,
+    })
+}
+
+fn open_cell(e: &BytesStart<'_>, cells: &[Cell], start: usize) -> Result<Open, FileError> {
+    let mut col = None;
+    let mut kind = Kind::Number;
+    let mut style = 0usize;
+    let mut attrs = e.attributes();
+    attrs.with_checks(false);
+    for a in attrs {
+        let a = a.map_err(|e| xml_error(e.into()))?;
+        match a.key.local_name().as_ref() {
+            "r" => col = column_of(&a.value),
+            "t" => {
+                kind = match a.value.as_ref() {
+                    "s" => Kind::Shared,
+                    "inlineStr" => Kind::Inline,
+                    "str" => Kind::Str,
+                    "b" => Kind::Bool,
+                    "e" => Kind::Error,
+                    "d" => Kind::Date,
+                    _ => Kind::Number,
+                }
+            }
+            "s" => style = a.value.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let col = col.unwrap_or_else(|| cells.last().map_or(0, |c| c.col + 1));
+    if col as usize >= MAX_COLUMNS {
+        return Err(FileError::TooManyColumns {
+            found: col as usize + 1,
+            max: MAX_COLUMNS,
+        });
+    }
+    Ok(Open {
+        col,
+        kind,
+        style,
+        start,
+    })
+}
+
+/// An XLSX worksheet as a record source.
+pub struct XlsxSource {
+    sheet: SheetReader,
+    headers: Vec<String>,
+    /// Data records consumed: the index (row − 2) of the next row to deliver.
+    position: u64,
+    /// The sheet reader holds a row read ahead by `skip_to` and not yet delivered.
+    pending: bool,
+    errors: Vec<usize>,
+}
+
+impl XlsxSource {
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, FileError> {
+        let mut zip = archive::open(path)?;
+        let wb = read_workbook(&mut zip)?;
+        let index = pick_sheet(&sheet_list(&wb), options.sheet.as_deref())?;
+        let info = &wb.sheets[index];
+        let part = info.path.clone().ok_or_else(|| {
+            FileError::Unreadable(format!(
+                "the sheet `{}` has no data in the workbook",
+                info.name
+            ))
+        })?;
+        let stream = stream_entry(&mut zip, path, &part)?.ok_or_else(|| {
+            FileError::Unreadable(format!(
+                "the sheet `{}` has no data in the workbook",
+                info.name
+            ))
+        })?;
+        let date_styles = match &wb.styles {
+            Some(p) => match read_small(&mut zip, p, SMALL_PART)? {
+                Some(xml) => read_date_styles(&xml)?,
+                None => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let spill_dir = path.parent().unwrap_or(Path::new("."));
+        let sst = match &wb.shared_strings {
+            Some(p) => match stream_entry(&mut zip, path, p)? {
+                Some(s) => Some(SharedStrings::load(s, spill_dir)?),
+                None => None,
+            },
+            None => None,
+        };
+        let mut sheet = SheetReader {
+            xml: Reader::from_reader(BufReader::with_capacity(
+                64 * 1024,
+                MarkupGuard::new(stream),
+            )),
+            buf: Vec::with_capacity(64 * 1024),
+            sst,
+            date_styles,
+            date1904: wb.date1904,
+            row: 0,
+            cells: Vec::new(),
+            bytes: Vec::new(),
+            value: Vec::new(),
+            done: false,
+        };
+        let headers = loop {
+            if !sheet.next_row()? {
+                return Err(FileError::Empty);
+            }
+            if sheet.cells.is_empty() {
+                continue;
+            }
+            let width = sheet.cells.iter().map(|c| c.col + 1).max().unwrap_or(0) as usize;
+            let mut headers = vec![String::new(); width];
+            for c in &sheet.cells {
+                headers[c.col as usize] = String::from_utf8_lossy(&sheet.bytes[c.start..c.end])
+                    .trim()
+                    .to_string();
+            }
+            if headers.iter().all(String::is_empty) {
+                return Err(FileError::NoHeader);
+            }
+            break headers;
+        };
+        Ok(Self {
+            position: sheet.row.saturating_sub(1),
+            sheet,
+            headers,
+            pending: false,
+            errors: Vec::new(),
+        })
+    }
+
+    pub fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
+    pub fn cell_errors(&self) -> &[usize] {
+        &self.errors
+    }
+
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    pub fn next_record(&mut self, record: &mut csv::ByteRecord) -> Result<Option<u64>, FileError> {
+        loop {
+            if !self.pending && !self.sheet.next_row()? {
+                return Ok(None);
+            }
+            self.pending = false;
+            let index = self.sheet.row.saturating_sub(2);
+            self.position = index + 1;
+            if self.sheet.cells.is_empty() {
+                continue;
+            }
+            self.fill(record);
+            return Ok(Some(index));
+        }
+    }
+
+    pub fn skip_to(&mut self, position: u64) -> Result<(), FileError> {
+        while self.position < position {
+            if !self.pending && !self.sheet.next_row()? {
+                return Ok(());
+            }
+            let index = self.sheet.row.saturating_sub(2);
+            if index >= position {
+                self.pending = true;
+                self.position = position;
+                return Ok(());
+            }
+            self.pending = false;
+            self.position = index + 1;
+        }
+        Ok(())
+    }
+
+    fn fill(&mut self, record: &mut csv::ByteRecord) {
+        record.clear();
+        self.errors.clear();
+        let cells = &mut self.sheet.cells;
+        if !cells.is_sorted_by_key(|c| c.col) {
+            cells.sort_by_key(|c| c.col);
+        }
+        for c in cells.iter() {
+            let col = c.col as usize;
+            if record.len() > col {
+                continue; // a second cell for the same column: the first one counts
+            }
+            while record.len() < col {
+                record.push_field(b"");
+            }
+            record.push_field(&self.sheet.bytes[c.start..c.end]);
+            if c.error {
+                self.errors.push(col);
+            }
+        }
+        while record.len() < self.headers.len() {
+            record.push_field(b"");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_and_paths() {
+        assert_eq!(column_of("A1"), Some(0));
+        assert_eq!(column_of("Z9"), Some(25));
+        assert_eq!(column_of("AA10"), Some(26));
+        assert_eq!(column_of("XFD1"), Some(16_383));
+        assert_eq!(column_of("12"), None);
+        assert_eq!(
+            join("xl", "worksheets/sheet1.xml"),
+            "xl/worksheets/sheet1.xml"
+        );
+        assert_eq!(join("xl", "/xl/sharedStrings.xml"), "xl/sharedStrings.xml");
+        assert_eq!(join("xl/worksheets", "../media/a.png"), "xl/media/a.png");
+    }
+
+    #[test]
+    fn excel_string_escapes() {
+        let mut b = b"ab_x000D_c_x00zz_".to_vec();
+        unescape_xstring(&mut b, 1);
+        assert_eq!(b, b"ab\rc_x00zz_");
+    }
+
+    #[test]
+    fn date_styles_follow_cell_formats() {
+        let xml = br#"<styleSheet><numFmts count="1"><numFmt numFmtId="164" formatCode="yyyy-mm-dd"/></numFmts>
+            <cellStyleXfs count="1"><xf numFmtId="14"/></cellStyleXfs>
+            <cellXfs count="3"><xf numFmtId="0"/><xf numFmtId="164"><alignment/></xf><xf numFmtId="2"/></cellXfs></styleSheet>"#;
+        assert_eq!(read_date_styles(xml).unwrap(), vec![false, true, false]);
+    }
+}

@@ -388,10 +388,7 @@ async fn file_level_problems_are_400s_and_create_no_job(backend: Backend) {
     let (_, jobs) = app.get_json("/api/v1/import/jobs").await;
     assert_eq!(jobs["data"]["total"], 0, "no job may exist: {jobs}");
     // Nothing left behind in the blob store either.
-    let blobs = std::fs::read_dir(app.data_dir().join("blobs"))
-        .unwrap()
-        .count();
-    assert_eq!(blobs, 0);
+    assert_eq!(app.blob_count(), 0);
 }
 
 async fn api_routes_require_a_token_but_health_does_not(backend: Backend) {

@@ -253,11 +253,7 @@ async fn retention_removes_files_then_jobs(backend: Backend) {
     std::fs::write(&f, "sku,name,updated_at\nA,b,2024-01-01\n").unwrap();
     let job = job_id(&app.upload("products", &f).await.1);
     assert_eq!(app.wait_done(job, MINUTE).await["fileRetained"], true);
-    let blobs = || {
-        std::fs::read_dir(app.data_dir().join("blobs"))
-            .unwrap()
-            .count()
-    };
+    let blobs = || app.blob_count();
     assert_eq!(blobs(), 1);
     let start = Instant::now();
     while blobs() > 0 {
@@ -302,12 +298,7 @@ async fn delete_removes_the_job_its_errors_and_its_file(backend: Backend) {
     assert_eq!(code, 404);
     let errors: i64 = app.db().number("SELECT count(*) FROM job_errors");
     assert_eq!(errors, 0);
-    assert_eq!(
-        std::fs::read_dir(app.data_dir().join("blobs"))
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(app.blob_count(), 0);
     let resp = app
         .http
         .delete(app.url(&format!("/api/v1/import/{job}")))

@@ -81,7 +81,8 @@ pub async fn delete(
         None => Err(ApiError::NotFound(format!("no job with id `{id}`"))),
         Some(blob) => {
             if let Some(blob) = blob {
-                ctx.blobs.remove(&blob);
+                let blobs = ctx.blobs.clone();
+                let _ = tokio::task::spawn_blocking(move || blobs.remove(&blob)).await;
             }
             Ok(Json(
                 json!({"success": true, "message": format!("job {id} deleted")}),

@@ -47,9 +47,20 @@ struct SavedBlob {
 }
 
 impl Drop for SavedBlob {
+    /// Removing may touch the database (database mode): done on a blocking thread.
     fn drop(&mut self) {
-        if !self.keep {
-            self.blobs.remove(&self.name);
+        if self.keep {
+            return;
+        }
+        if let Some(path) = self.blobs.path(&self.name) {
+            let _ = std::fs::remove_file(path);
+        }
+        if self.blobs.in_database_mode() {
+            let (blobs, name) = (self.blobs.clone(), std::mem::take(&mut self.name));
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || blobs.remove(&name))),
+                Err(_) => blobs.remove(&name),
+            }
         }
     }
 }
@@ -202,6 +213,17 @@ pub async fn upload(
         .await
         .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
     };
+    // Every worker must be able to read the file before the job exists.
+    if ctx.blobs.in_database_mode() {
+        let (blobs, name) = (ctx.blobs.clone(), saved.name.clone());
+        tokio::task::spawn_blocking(move || blobs.publish(&name))
+            .await
+            .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
+            .map_err(|e| match e {
+                crate::blob::BlobError::Store(e) => ApiError::from(e),
+                other => ApiError::Internal(other.to_string()),
+            })?;
+    }
     let new_job = NewJob {
         dataset: dataset.name.clone(),
         mode,

@@ -42,6 +42,18 @@ pub struct StorageArgs {
     /// timeout, PostgreSQL `lock_timeout`) before it counts as a (retried) system error.
     #[arg(long, env = "SLUICE_BUSY_TIMEOUT_MS", default_value_t = 10_000)]
     pub busy_timeout_ms: u64,
+    /// Where uploaded files are kept: `local` (`<data-dir>/blobs`; every node must share it),
+    /// `database` (PostgreSQL only: every node can read them), or `auto` (database on
+    /// PostgreSQL, local on SQLite).
+    #[arg(long, env = "SLUICE_BLOB_STORE", value_enum, default_value_t = BlobMode::Auto)]
+    pub blob_store: BlobMode,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BlobMode {
+    Auto,
+    Local,
+    Database,
 }
 
 /// Settings of the import workers (`serve` and `worker`).
@@ -207,8 +219,21 @@ async fn job_context(
         let (storage, ds) = (storage.clone(), datasets.clone());
         tokio::task::spawn_blocking(move || open_store(&storage, &ds)).await??
     };
-    let blobs = BlobStore::open(&storage.data_dir.join("blobs"))
-        .map_err(|e| format!("cannot create the blob directory: {e}"))?;
+    let dir = storage.data_dir.join("blobs");
+    let in_database = match storage.blob_store {
+        BlobMode::Auto => store.keeps_blobs(),
+        BlobMode::Local => false,
+        BlobMode::Database if store.keeps_blobs() => true,
+        BlobMode::Database => {
+            return Err("--blob-store database needs a PostgreSQL database".into());
+        }
+    };
+    let blobs = if in_database {
+        BlobStore::in_database(&dir, store.clone())
+    } else {
+        BlobStore::local(&dir)
+    }
+    .map_err(|e| format!("cannot create the blob directory: {e}"))?;
     Ok(Arc::new(JobContext {
         store,
         datasets: Arc::new(datasets),

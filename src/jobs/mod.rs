@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::blob::BlobStore;
+use crate::blob::{BlobError, BlobStore};
 use crate::dataset::Datasets;
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
@@ -331,13 +331,19 @@ fn run_blocking(
     let dataset = ctx.datasets.get(&job.dataset).ok_or_else(|| {
         FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset))
     })?;
-    let path = ctx
-        .blobs
-        .path(&job.blob)
-        .ok_or_else(|| FileError::Unreadable("the stored upload has an invalid name".into()))?;
     let store_err = |e: StoreError| match e {
         StoreError::Unavailable(m) => SinkError::Retryable(m),
         other => SinkError::Fatal(other.to_string()),
+    };
+    let path = match ctx.blobs.checkout(&job.blob) {
+        Ok(copy) => copy,
+        Err(BlobError::Missing) => {
+            return Err(
+                FileError::Unreadable("the uploaded file is no longer available".into()).into(),
+            );
+        }
+        Err(BlobError::Io(e)) => return Err(FileError::Io(e).into()),
+        Err(BlobError::Store(e)) => return Err(store_err(e).into()),
     };
     if job.total_rows.is_none() {
         let total = read::count_rows(&path, job.format, &job.options)?;

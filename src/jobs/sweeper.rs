@@ -34,10 +34,10 @@ pub async fn sweep_once(
     let (blobs, deleted) = ctx
         .store_call(move |s| s.jobs_sweep(files_before, jobs_before))
         .await?;
-    for blob in &blobs {
-        ctx.blobs.remove(blob);
-    }
-    Ok((blobs.len(), deleted))
+    let removed = blobs.len();
+    let store = ctx.blobs.clone();
+    let _ = tokio::task::spawn_blocking(move || blobs.iter().for_each(|b| store.remove(b))).await;
+    Ok((removed, deleted))
 }
 
 pub fn spawn_sweeper(

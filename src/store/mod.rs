@@ -268,6 +268,25 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<(Vec<String>, u64)>;
     fn job_stats(&self) -> StoreResult<Stats>;
 
+    /// Whether the store keeps uploaded files itself, so that every node can read them.
+    fn keeps_blobs(&self) -> bool {
+        false
+    }
+    /// Stores an uploaded file under `name`; returns its size.
+    fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
+        let _ = (name, from);
+        Err(StoreError::Other("this store keeps no files".into()))
+    }
+    /// Streams a stored file into `to`; returns its size (0 and nothing written if unknown).
+    fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
+        let _ = (name, to);
+        Err(StoreError::Other("this store keeps no files".into()))
+    }
+    fn blob_delete(&self, name: &str) -> StoreResult<()> {
+        let _ = name;
+        Ok(())
+    }
+
     /// A page of the job's row errors, in row order, and their total.
     fn errors_page(
         &self,

@@ -296,10 +296,16 @@ impl TestApp {
 
     /// Starts a `sluice worker` process on the same data directory.
     pub fn spawn_worker(&self, workers: usize) -> Child {
+        self.spawn_worker_in(&self.data_dir(), workers)
+    }
+
+    /// Starts a `sluice worker` process with its own data directory (another machine, as far as
+    /// local files go) on the same database.
+    pub fn spawn_worker_in(&self, data_dir: &Path, workers: usize) -> Child {
         let mut cmd = Command::new(binary());
         cmd.arg("worker")
             .arg("--data-dir")
-            .arg(self.data_dir())
+            .arg(data_dir)
             .arg("--workers")
             .arg(workers.to_string())
             .arg("--batch-size")
@@ -449,6 +455,20 @@ impl TestApp {
     pub fn sqlite(&self) -> rusqlite::Connection {
         assert!(self.pg_database.is_none(), "sqlite() on a PostgreSQL test");
         rusqlite::Connection::open(self.data_dir().join("sluice.db")).expect("open db")
+    }
+
+    /// Uploaded files the server keeps: files in `<data-dir>/blobs`, plus (PostgreSQL) files
+    /// stored in the database.
+    pub fn blob_count(&self) -> usize {
+        let local = std::fs::read_dir(self.data_dir().join("blobs")).map_or(0, |d| d.count());
+        let stored = match self.pg_database {
+            Some(_) => {
+                self.db()
+                    .number("SELECT count(DISTINCT blob) FROM blob_chunks") as usize
+            }
+            None => 0,
+        };
+        local + stored
     }
 
     /// A new connection to the test's database.

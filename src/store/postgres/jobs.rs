@@ -364,6 +364,22 @@ impl JobStore for PgStore {
         super::control::stats(&mut *self.conn()?)
     }
 
+    fn keeps_blobs(&self) -> bool {
+        true
+    }
+
+    fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
+        self.write_blob(name, from)
+    }
+
+    fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
+        self.read_blob(name, to)
+    }
+
+    fn blob_delete(&self, name: &str) -> StoreResult<()> {
+        self.delete_blob(name)
+    }
+
     fn errors_page(
         &self,
         job: JobId,

@@ -8,6 +8,7 @@
 //! under an advisory lock and recorded in `sluice_migrations`. Uses the synchronous `postgres`
 //! client: the store interface is blocking and always called from blocking threads.
 
+mod blobs;
 mod control;
 mod jobs;
 mod tables;
@@ -34,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         2,
         "0002_job_control",
         include_str!("../../../migrations/postgres/0002_job_control.sql"),
+    ),
+    (
+        3,
+        "0003_blobs",
+        include_str!("../../../migrations/postgres/0003_blobs.sql"),
     ),
 ];
 

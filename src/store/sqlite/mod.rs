@@ -28,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_job_control",
         include_str!("../../../migrations/sqlite/0002_job_control.sql"),
     ),
+    (
+        "0003_blobs",
+        include_str!("../../../migrations/sqlite/0003_blobs.sql"),
+    ),
 ];
 
 /// Idle connections kept for reuse.

@@ -1,0 +1,75 @@
+//! Uploaded files kept in PostgreSQL as 1 MiB `bytea` chunks, so that workers on any machine can
+//! read them. Written and read as streams: never a whole file in memory.
+
+use std::io::{Read, Write};
+
+use postgres::fallible_iterator::FallibleIterator;
+
+use super::{PgStore, pg_err};
+use crate::store::{StoreError, StoreResult};
+
+const CHUNK: usize = 1024 * 1024;
+
+impl PgStore {
+    pub(super) fn write_blob(&self, name: &str, from: &mut dyn Read) -> StoreResult<u64> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.execute("DELETE FROM blob_chunks WHERE blob = $1", &[&name])
+            .map_err(pg_err)?;
+        let insert = tx
+            .prepare("INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)")
+            .map_err(pg_err)?;
+        let mut buf = vec![0u8; CHUNK];
+        let (mut seq, mut size) = (0i32, 0u64);
+        loop {
+            let n = read_full(from, &mut buf)
+                .map_err(|e| StoreError::Other(format!("reading upload: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            tx.execute(&insert, &[&name, &seq, &&buf[..n]])
+                .map_err(pg_err)?;
+            seq += 1;
+            size += n as u64;
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(size)
+    }
+
+    pub(super) fn read_blob(&self, name: &str, to: &mut dyn Write) -> StoreResult<u64> {
+        let mut conn = self.conn()?;
+        let mut rows = conn
+            .query_raw(
+                "SELECT data FROM blob_chunks WHERE blob = $1 ORDER BY seq",
+                [&name as &(dyn postgres::types::ToSql + Sync)],
+            )
+            .map_err(pg_err)?;
+        let mut size = 0u64;
+        while let Some(row) = rows.next().map_err(pg_err)? {
+            let data: &[u8] = row.get(0);
+            to.write_all(data)
+                .map_err(|e| StoreError::Unavailable(format!("writing a local copy: {e}")))?;
+            size += data.len() as u64;
+        }
+        Ok(size)
+    }
+
+    pub(super) fn delete_blob(&self, name: &str) -> StoreResult<()> {
+        self.conn()?
+            .execute("DELETE FROM blob_chunks WHERE blob = $1", &[&name])
+            .map_err(pg_err)?;
+        Ok(())
+    }
+}
+
+/// Reads until `buf` is full or the input ends.
+fn read_full(from: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match from.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}

@@ -145,7 +145,7 @@ async fn a_killed_worker_process_leaves_its_job_to_another_worker(backend: Backe
         lease_seconds: 1,
         ..Default::default()
     });
-    let mut workers = vec![app.spawn_worker(1), app.spawn_worker(1)];
+    let workers = [app.spawn_worker(1), app.spawn_worker(1)];
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
@@ -170,13 +170,8 @@ async fn a_killed_worker_process_leaves_its_job_to_another_worker(backend: Backe
         .and_then(|p| p.split('/').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("worker id `{owner}` names no pid"));
-    let victim = workers
-        .iter()
-        .position(|w| w.id() == pid)
-        .expect("the owner is one of our workers");
-    let mut dead = workers.remove(victim);
-    dead.kill().unwrap();
-    dead.wait().unwrap();
+    assert!(workers.contains(&pid), "the owner is one of our workers");
+    app.kill_worker(pid);
 
     let s = app.wait_done(job, MINUTE).await;
     assert_eq!(s["status"], "completed", "{s}");
@@ -185,13 +180,87 @@ async fn a_killed_worker_process_leaves_its_job_to_another_worker(backend: Backe
     assert!(s["attempts"].as_u64().unwrap() >= 2);
     let count = app.db().number("SELECT count(*) FROM products");
     assert_eq!(count as u64, expect["valid_rows"].as_u64().unwrap());
-    for mut w in workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
 }
 
 conformance!(
     sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves,
     a_killed_worker_process_leaves_its_job_to_another_worker,
+    a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies,
 );
+
+/// Seed 004's parallel design: the file is split by hash(key) into chunk jobs that several
+/// worker processes run at once; one worker is killed mid-chunk; the parent finishes with exactly
+/// the counts, rows and errors of an unsplit import.
+async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies(backend: Backend) {
+    let chunked = |workers: usize| AppOptions {
+        backend,
+        workers,
+        batch_size: 500,
+        lease_seconds: 1,
+        extra_args: vec!["--chunk-rows".into(), "8000".into()],
+        ..Default::default()
+    };
+    let app = spawn_app(chunked(0));
+    for _ in 0..3 {
+        app.spawn_worker_with(1, &["--chunk-rows", "8000"]);
+    }
+    let files = tempfile::tempdir().unwrap();
+    let (file, expect) = generate(
+        files.path(),
+        "p.csv",
+        &["--rows", "60000", "--error-rate", "0.03", "--seed", "51"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    // Wait until the file is split and a chunk has committed a batch, then kill that chunk's worker.
+    let start = Instant::now();
+    let victim = loop {
+        assert!(start.elapsed() < MINUTE, "no chunk started");
+        let running = app.db().rows(&format!(
+            "SELECT lease_owner FROM jobs WHERE parent_id = {job} AND status = 'processing' AND rows_done > 0 \
+             AND lease_owner IS NOT NULL"
+        ));
+        if let Some(owner) = running.into_iter().next().and_then(|r| r[0].clone()) {
+            break owner;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let pid: u32 = victim
+        .split("/pid-")
+        .nth(1)
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        app.worker_pids().contains(&pid),
+        "a chunk's owner is one of our workers"
+    );
+    app.kill_worker(pid);
+
+    let s = app.wait_done(job, 2 * MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["chunks"]["total"], 8);
+    assert_eq!(s["chunks"]["completed"], 8);
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    assert_eq!(s["progress"]["current"], 60000);
+    let got = outcome(&app, job, &s);
+    // Chunk jobs stay out of the job list; only the upload's job is there.
+    let (_, list) = app.get_json("/api/v1/import/jobs").await;
+    assert_eq!(list["data"]["total"], 1, "{list}");
+    // The same file imported without splitting, for comparison.
+    drop(app);
+    let reference = spawn_app(AppOptions {
+        backend,
+        batch_size: 500,
+        extra_args: vec!["--chunk-rows".into(), "0".into()],
+        ..Default::default()
+    });
+    let plain = job_id(&reference.upload("products", &file).await.1);
+    let done = reference.wait_done(plain, 2 * MINUTE).await;
+    assert!(done.get("chunks").is_none());
+    let want = outcome(&reference, plain, &done);
+    assert_eq!(got.counts, want.counts);
+    assert_eq!(got.errors, want.errors);
+    assert_eq!(got.rows, want.rows);
+}

@@ -79,11 +79,10 @@ pub async fn delete(
     let ctx = &state.jobs;
     match ctx.store_call(move |s| s.job_delete(id)).await? {
         None => Err(ApiError::NotFound(format!("no job with id `{id}`"))),
-        Some(blob) => {
-            if let Some(blob) = blob {
-                let blobs = ctx.blobs.clone();
-                let _ = tokio::task::spawn_blocking(move || blobs.remove(&blob)).await;
-            }
+        Some(names) => {
+            let blobs = ctx.blobs.clone();
+            let _ = tokio::task::spawn_blocking(move || names.iter().for_each(|b| blobs.remove(b)))
+                .await;
             Ok(Json(
                 json!({"success": true, "message": format!("job {id} deleted")}),
             ))

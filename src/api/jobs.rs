@@ -98,6 +98,13 @@ pub fn job_json(job: &Job) -> JsonValue {
         "retryOf": job.retry_of,
         "fileRetained": !job.blob_deleted,
     });
+    if let Some(total) = job.chunks_total {
+        data["chunks"] = json!({"total": total, "completed": job.chunks_completed});
+    }
+    if let Some(parent) = job.parent_id {
+        data["parentId"] = json!(parent);
+        data["chunkIndex"] = json!(job.chunk_index);
+    }
     if job.status.is_finished() {
         data["results"] = json!({
             "totalRows": processed,

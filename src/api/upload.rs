@@ -198,6 +198,7 @@ pub async fn upload(
             .transpose()?,
         encoding: text_option("encoding"),
         sheet: text_option("sheet"),
+        row_column: false,
     };
 
     let inspected = {

@@ -23,6 +23,9 @@ use crate::store::JobStore;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
 
+/// Rows above which a file is split into chunk jobs on PostgreSQL, by default.
+const DEFAULT_CHUNK_ROWS_PG: u64 = 250_000;
+
 /// How long shutdown waits for workers to reach a batch boundary.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -77,6 +80,13 @@ pub struct WorkerArgs {
     /// with exponential backoff and jitter from 100 ms, before the job fails.
     #[arg(long, env = "SLUICE_RETRY_LIMIT", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub retry_limit: u32,
+    /// Split files with more data rows than this into chunk jobs that workers run in parallel
+    /// (0: never). Default: 250000 on PostgreSQL, 0 on SQLite (one writer at a time).
+    #[arg(long, env = "SLUICE_CHUNK_ROWS")]
+    pub chunk_rows: Option<u64>,
+    /// Most chunk jobs one file is split into.
+    #[arg(long, env = "SLUICE_MAX_CHUNKS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
+    pub max_chunks: u32,
     /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as
     /// zip bombs.
     #[arg(long, env = "SLUICE_MAX_UNZIPPED_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
@@ -245,6 +255,12 @@ async fn job_context(
             poll: Duration::from_secs(1),
             job_timeout: (!work.job_timeout.is_zero()).then_some(work.job_timeout),
             retry_limit: work.retry_limit,
+            chunk_rows: work.chunk_rows.unwrap_or(if in_database {
+                DEFAULT_CHUNK_ROWS_PG
+            } else {
+                0
+            }),
+            max_chunks: work.max_chunks,
         },
         wake: Notify::new(),
     }))

@@ -6,6 +6,7 @@
 //! database directly, and nothing holds more than one batch in memory.
 
 pub mod map;
+pub mod partition;
 pub mod read;
 pub mod run;
 pub mod validate;

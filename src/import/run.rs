@@ -47,6 +47,8 @@ pub enum RunOutcome {
     Finished,
     /// Asked to stop; everything up to the last checkpoint is committed.
     Stopped,
+    /// The job was divided into chunk jobs, which carry on the work.
+    Split,
 }
 
 /// Everything the pipeline needs to know about one job.
@@ -70,7 +72,9 @@ pub fn run(
     should_stop: &dyn Fn() -> bool,
 ) -> Result<RunOutcome, RunError> {
     let mut source = Source::open(spec.path, spec.format, spec.options)?;
-    let width = source.headers().len();
+    // A chunk file carries the original row number in an extra first column.
+    let row_column = spec.options.row_column;
+    let width = source.headers().len() - usize::from(row_column);
     if width != spec.mapping.columns.len() {
         return Err(FileError::Unreadable(
             "the stored file no longer matches the header checked at upload".into(),
@@ -82,6 +86,7 @@ pub fn run(
     let mut batch = Batch::new(field_columns.iter().map(Option::is_some).collect());
     let validator = Validator::new(spec.dataset, field_columns, width);
     let mut record = csv::ByteRecord::new();
+    let mut data = csv::ByteRecord::new();
     let batch_size = spec.batch_size.max(1);
     loop {
         if should_stop() {
@@ -93,11 +98,23 @@ pub fn run(
             let Some(index) = source.next_record(&mut record)? else {
                 break;
             };
-            let row = index + 2;
-            match validator.validate(&record, row, source.cell_errors(), &mut batch.values) {
+            let (row, fields) = if row_column {
+                data.clear();
+                record.iter().skip(1).for_each(|f| data.push_field(f));
+                let row = std::str::from_utf8(record.get(0).unwrap_or_default())
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .ok_or_else(|| {
+                        FileError::Unreadable("a chunk file lost its row numbers".into())
+                    })?;
+                (row, &data)
+            } else {
+                (index + 2, &record)
+            };
+            match validator.validate(fields, row, source.cell_errors(), &mut batch.values) {
                 Ok(()) => {
                     batch.rows.push(row);
-                    batch.raw.push(&record);
+                    batch.raw.push(fields);
                 }
                 Err(e) => batch.errors.push(e),
             }

@@ -18,9 +18,10 @@ use tracing::Instrument;
 
 use crate::blob::{BlobError, BlobStore};
 use crate::dataset::Datasets;
+use crate::import::partition::{chunk_options, partition};
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
-use crate::store::{Job, JobStatus, JobStore, Lease, StoreError};
+use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, StoreError};
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
@@ -34,6 +35,11 @@ pub struct WorkerConfig {
     pub job_timeout: Option<Duration>,
     /// Attempts at a batch commit that fails on a system error before the job fails.
     pub retry_limit: u32,
+    /// Files with more data rows than this are split into chunk jobs that workers run in
+    /// parallel (0: never).
+    pub chunk_rows: u64,
+    /// Most chunk jobs one file is split into.
+    pub max_chunks: u32,
 }
 
 /// What workers share: the store, the datasets, the uploads, and a bell rung on new jobs.
@@ -71,6 +77,8 @@ pub enum Executed {
     Released,
     /// Another worker owns the job now, or an operator cancelled, paused or deleted it.
     LeaseLost,
+    /// Divided into chunk jobs; the last chunk to complete finishes it.
+    Split,
 }
 
 /// The name a worker claims jobs under: host, process and slot, so an operator can tell who
@@ -185,6 +193,7 @@ pub async fn execute(
     };
     let (status, message) = match outcome {
         Ok(RunOutcome::Finished) => (JobStatus::Completed, None),
+        Ok(RunOutcome::Split) => return Executed::Split,
         Ok(RunOutcome::Stopped) if signals.lost.load(Ordering::SeqCst) => {
             return Executed::LeaseLost;
         }
@@ -322,6 +331,71 @@ fn file_failure(e: &FileError) -> String {
     }
 }
 
+/// Splits a large job into `n` chunk jobs by hash of the key (seed 004): writes the chunk
+/// files, makes them readable by every worker, and records the chunks and the parent's new state
+/// in one transaction. The parent's lease is given back; its chunks drive it from now on.
+fn split(
+    ctx: &JobContext,
+    job: &Job,
+    dataset: &crate::dataset::Dataset,
+    path: &std::path::Path,
+    lease: &Lease,
+    total: u64,
+    n: usize,
+) -> Result<(), RunError> {
+    let names: Vec<String> = (0..n).map(|_| BlobStore::new_name()).collect();
+    let paths: Vec<std::path::PathBuf> = names
+        .iter()
+        .map(|name| {
+            ctx.blobs
+                .path(name)
+                .ok_or_else(|| FileError::Unreadable("generated blob name rejected".into()))
+        })
+        .collect::<Result<_, _>>()?;
+    let cleanup = || names.iter().for_each(|name| ctx.blobs.remove(name));
+    let files = match partition(
+        dataset,
+        path,
+        job.format,
+        &job.options,
+        &job.mapping,
+        &paths,
+    ) {
+        Ok(files) => files,
+        Err(e) => {
+            cleanup();
+            return Err(e.into());
+        }
+    };
+    let mut chunks = Vec::with_capacity(n);
+    for (name, file) in names.iter().zip(&files) {
+        let size = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = ctx.blobs.publish(name) {
+            cleanup();
+            return Err(SinkError::Retryable(e.to_string()).into());
+        }
+        chunks.push(NewChunk {
+            blob: name.clone(),
+            rows: file.rows,
+            size,
+        });
+    }
+    match ctx.store.job_split(lease, total, &chunk_options(), &chunks) {
+        Ok(true) => {
+            tracing::info!(chunks = n, rows = total, "job split into chunk jobs");
+            Ok(())
+        }
+        Ok(false) => {
+            cleanup();
+            Err(SinkError::LeaseLost.into())
+        }
+        Err(e) => {
+            cleanup();
+            Err(SinkError::Retryable(e.to_string()).into())
+        }
+    }
+}
+
 fn run_blocking(
     ctx: &JobContext,
     job: &Job,
@@ -347,13 +421,22 @@ fn run_blocking(
     };
     if job.total_rows.is_none() {
         let total = read::count_rows(&path, job.format, &job.options)?;
+        let chunk_rows = ctx.config.chunk_rows;
+        if job.parent_id.is_none() && !dataset.sync && chunk_rows > 0 && total > chunk_rows {
+            let n = total
+                .div_ceil(chunk_rows)
+                .min(u64::from(ctx.config.max_chunks))
+                .max(2) as usize;
+            split(ctx, job, &dataset, &path, &lease, total, n)?;
+            return Ok(RunOutcome::Split);
+        }
         if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
             return Err(SinkError::LeaseLost.into());
         }
     }
     let mut sink = ctx
         .store
-        .batch_sink(dataset.clone(), lease, job.mode)
+        .batch_sink(dataset.clone(), lease, job.mode, job.parent_id)
         .map_err(store_err)?;
     let spec = RunSpec {
         dataset: &dataset,

@@ -180,6 +180,20 @@ pub struct Job {
     pub retry_of: Option<JobId>,
     /// Set once the retention sweeper removed the uploaded file.
     pub blob_deleted: bool,
+    /// A chunk job: the job it is a part of, and its index among the parts.
+    pub parent_id: Option<JobId>,
+    pub chunk_index: Option<u32>,
+    /// A split job: how many chunk jobs it has, and how many completed.
+    pub chunks_total: Option<u32>,
+    pub chunks_completed: u32,
+}
+
+/// A chunk of a split job, about to be created.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    pub blob: String,
+    pub rows: u64,
+    pub size: u64,
 }
 
 /// Proof that a worker owns a job: every write it makes names the token, and is refused once
@@ -235,7 +249,18 @@ pub trait JobStore: Send + Sync + 'static {
     /// Extends the lease; false when it was lost.
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
-    /// Moves the job to a final state; false when the lease was lost.
+    /// Splits a claimed job into chunk jobs (pending, reading `options`) and gives the parent's
+    /// lease back: from now on the parent is driven by its chunks. False when the lease was lost.
+    fn job_split(
+        &self,
+        lease: &Lease,
+        total_rows: u64,
+        options: &SourceOptions,
+        chunks: &[NewChunk],
+    ) -> StoreResult<bool>;
+    /// Moves the job to a final state; false when the lease was lost. For a chunk job, in the
+    /// same transaction: a completed chunk counts towards its parent, and the last one completes
+    /// it (exactly once); a failed chunk fails the parent and cancels its unfinished siblings.
     fn job_finish(
         &self,
         lease: &Lease,
@@ -257,8 +282,9 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Cancel, pause, resume or retry a job.
     fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled>;
-    /// Deletes a job and its row errors; returns its blob name (to remove) if it existed.
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>>;
+    /// Deletes a job (with its chunks) and its row errors; returns the blob names to remove,
+    /// or `None` when there was no such job.
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>>;
     /// Retention: forgets the files of jobs finished before `files_before` and deletes jobs
     /// finished before `jobs_before`. Returns the blob names to remove and the jobs deleted.
     fn jobs_sweep(
@@ -296,10 +322,13 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<(Vec<ErrorRecord>, u64)>;
 
     /// A writer of batches for a claimed job.
+    /// For a chunk job, `parent` receives the counts and row errors, and stamps rows as its own
+    /// (so a key repeated in the file is caught).
     fn batch_sink(
         &self,
         dataset: Arc<Dataset>,
         lease: Lease,
         mode: Mode,
+        parent: Option<JobId>,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
 }

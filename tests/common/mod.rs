@@ -177,6 +177,8 @@ impl Default for AppOptions {
 }
 
 pub struct TestApp {
+    /// Worker processes started by `spawn_worker*`: killed with the app, even when a test fails.
+    pub workers: std::sync::Mutex<Vec<Child>>,
     pub dir: tempfile::TempDir,
     /// The PostgreSQL database of this test, when it runs on PostgreSQL.
     pub pg_database: Option<String>,
@@ -207,6 +209,7 @@ pub fn spawn_app(options: AppOptions) -> TestApp {
         name
     });
     let mut app = TestApp {
+        workers: std::sync::Mutex::new(Vec::new()),
         dir,
         pg_database,
         base: String::new(),
@@ -294,14 +297,39 @@ impl TestApp {
         self.child = Some(child);
     }
 
-    /// Starts a `sluice worker` process on the same data directory.
-    pub fn spawn_worker(&self, workers: usize) -> Child {
+    /// Starts a `sluice worker` process on the same data directory; returns its pid.
+    pub fn spawn_worker(&self, workers: usize) -> u32 {
         self.spawn_worker_in(&self.data_dir(), workers)
     }
 
     /// Starts a `sluice worker` process with its own data directory (another machine, as far as
-    /// local files go) on the same database.
-    pub fn spawn_worker_in(&self, data_dir: &Path, workers: usize) -> Child {
+    /// local files go) on the same database; returns its pid.
+    pub fn spawn_worker_in(&self, data_dir: &Path, workers: usize) -> u32 {
+        self.worker_command(data_dir, workers, &[])
+    }
+
+    /// Starts a `sluice worker` process on the same data directory, with more flags.
+    pub fn spawn_worker_with(&self, workers: usize, args: &[&str]) -> u32 {
+        self.worker_command(&self.data_dir(), workers, args)
+    }
+
+    /// Kills one of the worker processes with SIGKILL.
+    pub fn kill_worker(&self, pid: u32) {
+        let mut workers = self.workers.lock().unwrap();
+        let i = workers
+            .iter()
+            .position(|w| w.id() == pid)
+            .expect("one of our workers");
+        let mut w = workers.remove(i);
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.workers.lock().unwrap().iter().map(Child::id).collect()
+    }
+
+    fn worker_command(&self, data_dir: &Path, workers: usize, args: &[&str]) -> u32 {
         let mut cmd = Command::new(binary());
         cmd.arg("worker")
             .arg("--data-dir")
@@ -312,6 +340,7 @@ impl TestApp {
             .arg(self.options.batch_size.to_string())
             .arg("--lease-seconds")
             .arg(self.options.lease_seconds.to_string())
+            .args(args)
             .env("SLUICE_LOG", "warn")
             .env_remove("SLUICE_DATABASE_URL")
             .stdout(Stdio::null())
@@ -319,7 +348,10 @@ impl TestApp {
         if let Some(url) = self.database_url() {
             cmd.arg("--database-url").arg(url);
         }
-        cmd.spawn().expect("start sluice worker")
+        let child = cmd.spawn().expect("start sluice worker");
+        let pid = child.id();
+        self.workers.lock().unwrap().push(child);
+        pid
     }
 
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
@@ -485,6 +517,15 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.kill();
+        for mut w in self
+            .workers
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+        {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
         if let Some(db) = &self.pg_database {
             let _ = pg_admin_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
         }

@@ -71,6 +71,10 @@ pub struct SourceOptions {
     /// Settled to the sheet's exact name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sheet: Option<String>,
+    /// A chunk file of a split job (CSV written by `import::partition`): its first column holds
+    /// each row's number in the original file and is not part of the data.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_column: bool,
 }
 
 /// Limits against zip bombs, set once at start-up (`sluice serve --max-unzipped-mb`,
@@ -220,6 +224,7 @@ pub fn resolve_options(
                     delimiter: Some(delimiter),
                     encoding: Some(encoding.name().to_string()),
                     sheet: None,
+                    row_column: false,
                 },
             ))
         }
@@ -231,6 +236,7 @@ fn spreadsheet_options(sheet: String) -> SourceOptions {
         delimiter: None,
         encoding: None,
         sheet: Some(sheet),
+        row_column: false,
     }
 }
 

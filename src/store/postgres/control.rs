@@ -13,13 +13,24 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
     let mut tx = conn.transaction().map_err(pg_err)?;
     let row = tx
         .query_opt(
-            "SELECT status, blob_deleted_at IS NOT NULL FROM jobs WHERE id = $1 FOR UPDATE",
+            "SELECT status, blob_deleted_at IS NOT NULL, parent_id, chunks_total IS NOT NULL FROM jobs \
+             WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .map_err(pg_err)?;
     let Some(row) = row else {
         return Ok(Controlled::NotFound);
     };
+    let parent: Option<i64> = row.get(2);
+    let split: bool = row.get(3);
+    if let Some(parent) = parent {
+        return Ok(Controlled::Conflict(format!(
+            "this job is a part of job {parent}; act on job {parent}"
+        )));
+    }
+    // A split job is driven by its chunks: it goes back to `processing`, never to `pending`
+    // (which would split it again).
+    let waiting = if split { "processing" } else { "pending" };
     let status: JobStatus = row
         .get::<_, String>(0)
         .parse()
@@ -59,8 +70,11 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
         Control::Resume => match status {
             JobStatus::Pending | JobStatus::Processing => Controlled::Done(id),
             JobStatus::Paused => {
-                tx.execute("UPDATE jobs SET status = 'pending' WHERE id = $1", &[&id])
-                    .map_err(pg_err)?;
+                tx.execute(
+                    &format!("UPDATE jobs SET status = '{waiting}' WHERE id = $1"),
+                    &[&id],
+                )
+                .map_err(pg_err)?;
                 notify(&mut tx)?;
                 Controlled::Done(id)
             }
@@ -98,7 +112,7 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
                     .get(0)
                 } else {
                     tx.execute(
-                        "UPDATE jobs SET status = 'pending', error = NULL, completed_at = NULL WHERE id = $1",
+                        &format!("UPDATE jobs SET status = '{waiting}', error = NULL, completed_at = NULL WHERE id = $1"),
                         &[&id],
                     )
                     .map_err(pg_err)?;
@@ -110,18 +124,118 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
             _ => return conflict("retry"),
         },
     };
+    if split && result == Controlled::Done(id) {
+        control_chunks(&mut tx, id, action)?;
+    }
     tx.commit().map_err(pg_err)?;
     Ok(result)
 }
 
-pub(super) fn delete(conn: &mut Client, id: JobId) -> StoreResult<Option<Option<String>>> {
-    let row = conn
-        .query_opt(
-            "DELETE FROM jobs WHERE id = $1 RETURNING blob, blob_deleted_at IS NOT NULL",
+pub(super) fn delete(conn: &mut Client, id: JobId) -> StoreResult<Option<Vec<String>>> {
+    let mut tx = conn.transaction().map_err(pg_err)?;
+    let blobs: Vec<String> = tx
+        .query(
+            "SELECT blob FROM jobs WHERE (id = $1 OR parent_id = $1) AND blob_deleted_at IS NULL",
             &[&id],
         )
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Chunk jobs go with their parent (ON DELETE CASCADE).
+    let n = tx
+        .execute("DELETE FROM jobs WHERE id = $1", &[&id])
         .map_err(pg_err)?;
-    Ok(row.map(|r| (!r.get::<_, bool>(1)).then(|| r.get(0))))
+    tx.commit().map_err(pg_err)?;
+    Ok((n == 1).then_some(blobs))
+}
+
+/// A chunk job reached a final state (inside the transaction that recorded it): a completed
+/// chunk counts towards its parent and the last one completes it (the row lock on the parent
+/// makes exactly one finaliser); a failed or cancelled chunk fails the parent and cancels its
+/// unfinished siblings.
+pub(super) fn chunk_finished(
+    tx: &mut postgres::Transaction<'_>,
+    parent: JobId,
+    chunk: JobId,
+    status: JobStatus,
+    error: Option<&str>,
+) -> StoreResult<()> {
+    if status == JobStatus::Completed {
+        let row = tx
+            .query_one(
+                "UPDATE jobs SET chunks_completed = chunks_completed + 1 WHERE id = $1 \
+                 RETURNING chunks_completed, COALESCE(chunks_total, 0)",
+                &[&parent],
+            )
+            .map_err(pg_err)?;
+        let (done, total): (i32, i32) = (row.get(0), row.get(1));
+        if done >= total {
+            tx.execute(
+                "UPDATE jobs SET status = 'completed', completed_at = now() WHERE id = $1 AND status = 'processing'",
+                &[&parent],
+            )
+            .map_err(pg_err)?;
+        }
+        return Ok(());
+    }
+    let index: i32 = tx
+        .query_one(
+            "SELECT COALESCE(chunk_index, 0) FROM jobs WHERE id = $1",
+            &[&chunk],
+        )
+        .map_err(pg_err)?
+        .get(0);
+    let message = format!(
+        "part {} of the file failed: {}",
+        index + 1,
+        error.unwrap_or("no reason given")
+    );
+    tx.execute(
+        "UPDATE jobs SET status = 'failed', error = $2, completed_at = now() WHERE id = $1 \
+         AND status IN ('pending', 'processing', 'paused')",
+        &[&parent, &message],
+    )
+    .map_err(pg_err)?;
+    tx.execute(
+        "UPDATE jobs SET status = 'cancelled', completed_at = now(), lease_token = NULL, lease_expires_ms = NULL, \
+         lease_owner = NULL WHERE parent_id = $1 AND status IN ('pending', 'processing', 'paused')",
+        &[&parent],
+    )
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+/// Carries an operator's action on a split job to its chunks.
+fn control_chunks(
+    tx: &mut postgres::Transaction<'_>,
+    parent: JobId,
+    action: Control,
+) -> StoreResult<()> {
+    let release = "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL";
+    let sql = match action {
+        Control::Cancel => format!(
+            "UPDATE jobs SET status = 'cancelled', completed_at = now(), {release} \
+             WHERE parent_id = $1 AND status IN ('pending', 'processing', 'paused')"
+        ),
+        Control::Pause => format!(
+            "UPDATE jobs SET status = 'paused', {release} WHERE parent_id = $1 AND status IN ('pending', 'processing')"
+        ),
+        Control::Resume => {
+            "UPDATE jobs SET status = 'pending' WHERE parent_id = $1 AND status = 'paused'"
+                .to_string()
+        }
+        Control::Retry { .. } => {
+            "UPDATE jobs SET status = 'pending', error = NULL, completed_at = NULL \
+             WHERE parent_id = $1 AND status IN ('failed', 'cancelled', 'paused')"
+                .to_string()
+        }
+    };
+    tx.execute(&sql, &[&parent]).map_err(pg_err)?;
+    if matches!(action, Control::Resume | Control::Retry { .. }) {
+        notify(tx)?;
+    }
+    Ok(())
 }
 
 pub(super) fn sweep(
@@ -161,7 +275,10 @@ pub(super) fn sweep(
 pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
     let mut stats = Stats::default();
     for r in conn
-        .query("SELECT status, count(*) FROM jobs GROUP BY status", &[])
+        .query(
+            "SELECT status, count(*) FROM jobs WHERE parent_id IS NULL GROUP BY status",
+            &[],
+        )
         .map_err(pg_err)?
     {
         let n = r.get::<_, i64>(1) as u64;
@@ -181,7 +298,7 @@ pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
     let today: i64 = conn
         .query_one(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count), 0)::bigint FROM jobs \
-             WHERE status = 'completed' AND completed_at >= date_trunc('day', now())",
+             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= date_trunc('day', now())",
             &[],
         )
         .map_err(pg_err)?
@@ -191,7 +308,7 @@ pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
         .query_one(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count + error_count), 0)::float8, \
              COALESCE(sum(EXTRACT(EPOCH FROM completed_at - started_at)), 0)::float8 \
-             FROM (SELECT * FROM jobs WHERE status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100) j",
+             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100) j",
             &[],
         )
         .map_err(pg_err)?;

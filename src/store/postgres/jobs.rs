@@ -10,16 +10,17 @@ use postgres::fallible_iterator::FallibleIterator;
 use super::writer::PgSink;
 use super::{CHANNEL, PgStore, pg_err};
 use crate::dataset::{Dataset, Datasets};
+use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::{
     Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
-    NewJob, Stats, StoreError, StoreResult,
+    NewChunk, NewJob, Stats, StoreError, StoreResult,
 };
 
 pub(super) const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
-    retry_of, blob_deleted_at";
+    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed";
 
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -68,6 +69,10 @@ pub(super) fn job_from_row(r: &Row) -> StoreResult<Job> {
         duplicate_of: r.get(26),
         retry_of: r.get(27),
         blob_deleted: r.get::<_, Option<DateTime<Utc>>>(28).is_some(),
+        parent_id: r.get(29),
+        chunk_index: r.get::<_, Option<i32>>(30).map(|n| n as u32),
+        chunks_total: r.get::<_, Option<i32>>(31).map(|n| n as u32),
+        chunks_completed: r.get::<_, i32>(32) as u32,
     })
 }
 
@@ -234,7 +239,7 @@ impl JobStore for PgStore {
         let mut conn = self.conn()?;
         let status = filter.status.map(JobStatus::as_str);
         let dataset = filter.dataset.as_deref();
-        let condition = "($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR dataset = $2)";
+        let condition = "parent_id IS NULL AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR dataset = $2)";
         let total: i64 = conn
             .query_one(
                 &format!("SELECT count(*) FROM jobs WHERE {condition}"),
@@ -313,15 +318,58 @@ impl JobStore for PgStore {
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
-        let n = self
-            .conn()?
-            .execute(
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        let row = tx
+            .query_opt(
                 "UPDATE jobs SET status = $1, error = $2, completed_at = now(), lease_token = NULL, \
-                 lease_expires_ms = NULL, lease_owner = NULL WHERE id = $3 AND lease_token = $4",
+                 lease_expires_ms = NULL, lease_owner = NULL WHERE id = $3 AND lease_token = $4 RETURNING parent_id",
                 &[&status.as_str(), &error, &lease.job_id, &lease.token],
             )
             .map_err(pg_err)?;
-        Ok(n == 1)
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        if let Some(parent) = row.get::<_, Option<i64>>(0) {
+            super::control::chunk_finished(&mut tx, parent, lease.job_id, status, error)?;
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(true)
+    }
+
+    fn job_split(
+        &self,
+        lease: &Lease,
+        total_rows: u64,
+        options: &SourceOptions,
+        chunks: &[NewChunk],
+    ) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        let n = tx
+            .execute(
+                "UPDATE jobs SET total_rows = $1, chunks_total = $2, lease_token = NULL, lease_expires_ms = NULL, \
+                 lease_owner = NULL WHERE id = $3 AND lease_token = $4 AND status = 'processing'",
+                &[&(total_rows as i64), &(chunks.len() as i32), &lease.job_id, &lease.token],
+            )
+            .map_err(pg_err)?;
+        if n != 1 {
+            return Ok(false);
+        }
+        let options = to_json(options);
+        for (i, c) in chunks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+                 mapping, created_by, created_at, total_rows, parent_id, chunk_index) \
+                 SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || $4::int, 'csv', $5, header, \
+                 mapping, created_by, now(), $6, id, $4::int FROM jobs WHERE id = $1",
+                &[&lease.job_id, &c.blob, &(c.size as i64), &(i as i32), &options, &(c.rows as i64)],
+            )
+            .map_err(pg_err)?;
+        }
+        notify(&mut tx)?;
+        tx.commit().map_err(pg_err)?;
+        Ok(true)
     }
 
     fn job_release(&self, lease: &Lease) -> StoreResult<()> {
@@ -348,7 +396,7 @@ impl JobStore for PgStore {
         super::control::control(&mut *self.conn()?, id, action)
     }
 
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>> {
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>> {
         super::control::delete(&mut *self.conn()?, id)
     }
 
@@ -417,8 +465,9 @@ impl JobStore for PgStore {
         dataset: Arc<Dataset>,
         lease: Lease,
         mode: Mode,
+        parent: Option<JobId>,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.pool.open()?;
-        Ok(Box::new(PgSink::new(conn, dataset, lease, mode)))
+        Ok(Box::new(PgSink::new(conn, dataset, lease, mode, parent)))
     }
 }

@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0003_blobs",
         include_str!("../../../migrations/postgres/0003_blobs.sql"),
     ),
+    (
+        4,
+        "0004_chunks",
+        include_str!("../../../migrations/postgres/0004_chunks.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -212,18 +212,27 @@ pub struct PgSink {
     dataset: Arc<Dataset>,
     lease: Lease,
     mode: Mode,
+    /// A chunk job's parent: it receives the counts and row errors, and owns the stamps.
+    parent: Option<i64>,
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
 }
 
 impl PgSink {
-    pub fn new(conn: Client, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> Self {
+    pub fn new(
+        conn: Client,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<i64>,
+    ) -> Self {
         Self {
             conn,
             dataset,
             lease,
             mode,
+            parent,
             plan: None,
             buf: Vec::new(),
         }
@@ -365,7 +374,7 @@ impl BatchSink for PgSink {
         let writer = Writer {
             ds: &self.dataset,
             plan,
-            job: self.lease.job_id,
+            job: self.parent.unwrap_or(self.lease.job_id),
             mode: self.mode,
             now: Utc::now(),
         };
@@ -379,6 +388,7 @@ impl BatchSink for PgSink {
                     &mut self.conn,
                     &writer,
                     &self.lease,
+                    self.parent,
                     batch,
                     checkpoint,
                     &mut self.buf,
@@ -389,6 +399,7 @@ impl BatchSink for PgSink {
         let counts = finish_batch(
             &mut tx,
             &self.lease,
+            self.parent,
             batch,
             written,
             checkpoint,
@@ -404,6 +415,7 @@ fn row_by_row(
     conn: &mut Client,
     writer: &Writer<'_>,
     lease: &Lease,
+    parent: Option<i64>,
     batch: &Batch,
     checkpoint: u64,
     buf: &mut Vec<u8>,
@@ -446,7 +458,7 @@ fn row_by_row(
             Err(e) => return Err(sink_err(e)),
         }
     }
-    let counts = finish_batch(&mut tx, lease, batch, total, checkpoint, buf)?;
+    let counts = finish_batch(&mut tx, lease, parent, batch, total, checkpoint, buf)?;
     tx.commit().map_err(sink_err)?;
     Ok(counts)
 }
@@ -455,6 +467,7 @@ fn row_by_row(
 fn finish_batch(
     tx: &mut Transaction<'_>,
     lease: &Lease,
+    parent: Option<i64>,
     batch: &Batch,
     written: Written,
     checkpoint: u64,
@@ -467,7 +480,9 @@ fn finish_batch(
         buf.clear();
         for e in &errors {
             let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
-            buf.extend_from_slice(format!("{}\t{}\t", lease.job_id, e.row).as_bytes());
+            buf.extend_from_slice(
+                format!("{}\t{}\t", parent.unwrap_or(lease.job_id), e.row).as_bytes(),
+            );
             copy_report(buf, e.column.as_deref());
             buf.push(b'\t');
             copy_report(buf, e.value.as_deref());
@@ -501,9 +516,24 @@ fn finish_batch(
             ],
         )
         .map_err(sink_err)?;
-    if n == 1 {
-        Ok(counts)
-    } else {
-        Err(SinkError::LeaseLost)
+    if n != 1 {
+        return Err(SinkError::LeaseLost);
     }
+    // A chunk's parent shows the progress of the whole file.
+    if let Some(parent) = parent {
+        tx.execute(
+            "UPDATE jobs SET created_count = created_count + $1, updated_count = updated_count + $2, \
+             unchanged_count = unchanged_count + $3, error_count = error_count + $4, batches_done = batches_done + 1 \
+             WHERE id = $5",
+            &[
+                &(counts.created as i64),
+                &(counts.updated as i64),
+                &(counts.unchanged as i64),
+                &(counts.errors as i64),
+                &parent,
+            ],
+        )
+        .map_err(sink_err)?;
+    }
+    Ok(counts)
 }

@@ -34,6 +34,21 @@ pub(super) fn control(
     let Some((status, blob_deleted)) = status_of(&tx, id)? else {
         return Ok(Controlled::NotFound);
     };
+    let (parent, split): (Option<i64>, bool) = tx
+        .query_row(
+            "SELECT parent_id, chunks_total IS NOT NULL FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(db_err)?;
+    if let Some(parent) = parent {
+        return Ok(Controlled::Conflict(format!(
+            "this job is a part of job {parent}; act on job {parent}"
+        )));
+    }
+    // A split job is driven by its chunks: it goes back to `processing`, never to `pending`
+    // (which would split it again).
+    let waiting = if split { "processing" } else { "pending" };
     let conflict = |what: &str| {
         Ok(Controlled::Conflict(format!(
             "cannot {what} a job that is {}",
@@ -68,8 +83,11 @@ pub(super) fn control(
         Control::Resume => match status {
             JobStatus::Pending | JobStatus::Processing => Controlled::Done(id),
             JobStatus::Paused => {
-                tx.execute("UPDATE jobs SET status = 'pending' WHERE id = ?1", [id])
-                    .map_err(db_err)?;
+                tx.execute(
+                    &format!("UPDATE jobs SET status = '{waiting}' WHERE id = ?1"),
+                    [id],
+                )
+                .map_err(db_err)?;
                 Controlled::Done(id)
             }
             _ => return conflict("resume"),
@@ -98,7 +116,7 @@ pub(super) fn control(
                     Controlled::Done(tx.last_insert_rowid())
                 } else {
                     tx.execute(
-                        "UPDATE jobs SET status = 'pending', error = NULL, completed_at = NULL WHERE id = ?1",
+                        &format!("UPDATE jobs SET status = '{waiting}', error = NULL, completed_at = NULL WHERE id = ?1"),
                         [id],
                     )
                     .map_err(db_err)?;
@@ -108,6 +126,9 @@ pub(super) fn control(
             _ => return conflict("retry"),
         },
     };
+    if split && result == Controlled::Done(id) {
+        control_chunks(&tx, id, action)?;
+    }
     tx.commit().map_err(db_err)?;
     Ok(result)
 }
@@ -124,16 +145,105 @@ fn active_twin(conn: &Connection, id: JobId) -> StoreResult<Option<JobId>> {
     .map_err(db_err)
 }
 
-pub(super) fn delete(conn: &Connection, id: JobId) -> StoreResult<Option<Option<String>>> {
-    let row: Option<(String, Option<String>)> = conn
-        .query_row(
-            "DELETE FROM jobs WHERE id = ?1 RETURNING blob, blob_deleted_at",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
+pub(super) fn delete(conn: &mut Connection, id: JobId) -> StoreResult<Option<Vec<String>>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
-    Ok(row.map(|(blob, deleted)| deleted.is_none().then_some(blob)))
+    let blobs = {
+        let mut stmt = tx
+            .prepare("SELECT blob FROM jobs WHERE (id = ?1 OR parent_id = ?1) AND blob_deleted_at IS NULL")
+            .map_err(db_err)?;
+        stmt.query_map([id], |r| r.get::<_, String>(0))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?
+    };
+    // Chunk jobs go with their parent (ON DELETE CASCADE).
+    let n = tx
+        .execute("DELETE FROM jobs WHERE id = ?1", [id])
+        .map_err(db_err)?;
+    tx.commit().map_err(db_err)?;
+    Ok((n == 1).then_some(blobs))
+}
+
+/// A chunk job reached a final state (inside the transaction that recorded it): a completed
+/// chunk counts towards its parent and the last one completes it; a failed or cancelled chunk
+/// fails the parent and cancels its unfinished siblings.
+pub(super) fn chunk_finished(
+    conn: &Connection,
+    parent: JobId,
+    chunk: JobId,
+    status: JobStatus,
+    error: Option<&str>,
+) -> StoreResult<()> {
+    let now = now_text();
+    if status == JobStatus::Completed {
+        let (done, total): (i64, i64) = conn
+            .query_row(
+                "UPDATE jobs SET chunks_completed = chunks_completed + 1 WHERE id = ?1 \
+                 RETURNING chunks_completed, COALESCE(chunks_total, 0)",
+                [parent],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(db_err)?;
+        if done >= total {
+            conn.execute(
+                "UPDATE jobs SET status = 'completed', completed_at = ?2 WHERE id = ?1 AND status = 'processing'",
+                params![parent, now],
+            )
+            .map_err(db_err)?;
+        }
+        return Ok(());
+    }
+    let index: i64 = conn
+        .query_row(
+            "SELECT COALESCE(chunk_index, 0) FROM jobs WHERE id = ?1",
+            [chunk],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    let message = format!(
+        "part {} of the file failed: {}",
+        index + 1,
+        error.unwrap_or("no reason given")
+    );
+    conn.execute(
+        "UPDATE jobs SET status = 'failed', error = ?2, completed_at = ?3 WHERE id = ?1 \
+         AND status IN ('pending', 'processing', 'paused')",
+        params![parent, message, now],
+    )
+    .map_err(db_err)?;
+    conn.execute(
+        "UPDATE jobs SET status = 'cancelled', completed_at = ?2, lease_token = NULL, lease_expires_ms = NULL, \
+         lease_owner = NULL WHERE parent_id = ?1 AND status IN ('pending', 'processing', 'paused')",
+        params![parent, now],
+    )
+    .map_err(db_err)?;
+    Ok(())
+}
+
+/// Carries an operator's action on a split job to its chunks.
+fn control_chunks(conn: &Connection, parent: JobId, action: Control) -> StoreResult<()> {
+    let release = "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL";
+    let sql = match action {
+        Control::Cancel => format!(
+            "UPDATE jobs SET status = 'cancelled', completed_at = ?2, {release} \
+             WHERE parent_id = ?1 AND status IN ('pending', 'processing', 'paused')"
+        ),
+        Control::Pause => format!(
+            "UPDATE jobs SET status = 'paused', {release} WHERE parent_id = ?1 AND status IN ('pending', 'processing') \
+             AND ?2 IS NOT NULL"
+        ),
+        Control::Resume => {
+            "UPDATE jobs SET status = 'pending' WHERE parent_id = ?1 AND status = 'paused' AND ?2 IS NOT NULL".to_string()
+        }
+        Control::Retry { .. } => "UPDATE jobs SET status = 'pending', error = NULL, completed_at = NULL \
+             WHERE parent_id = ?1 AND status IN ('failed', 'cancelled', 'paused') AND ?2 IS NOT NULL"
+            .to_string(),
+    };
+    conn.execute(&sql, params![parent, now_text()])
+        .map_err(db_err)?;
+    Ok(())
 }
 
 fn text(t: DateTime<Utc>) -> String {
@@ -194,7 +304,7 @@ pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
     let mut stats = Stats::default();
     {
         let mut stmt = conn
-            .prepare("SELECT status, count(*) FROM jobs GROUP BY status")
+            .prepare("SELECT status, count(*) FROM jobs WHERE parent_id IS NULL GROUP BY status")
             .map_err(db_err)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
@@ -223,7 +333,7 @@ pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
     let today: i64 = conn
         .query_row(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count), 0) FROM jobs \
-             WHERE status = 'completed' AND completed_at >= ?1",
+             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= ?1",
             [text(midnight)],
             |r| r.get(0),
         )
@@ -233,7 +343,7 @@ pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
         .query_row(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count + error_count), 0), \
              COALESCE(sum((julianday(completed_at) - julianday(started_at)) * 86400.0), 0) \
-             FROM (SELECT * FROM jobs WHERE status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100)",
+             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100)",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

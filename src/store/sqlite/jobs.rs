@@ -7,16 +7,17 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, db_err, writer::SqliteSink};
 use crate::dataset::{Dataset, Datasets};
+use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::{
     Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
-    NewJob, Stats, StoreError, StoreResult,
+    NewChunk, NewJob, Stats, StoreError, StoreResult,
 };
 
 const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
-    retry_of, blob_deleted_at";
+    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed";
 
 pub(super) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -92,6 +93,10 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
             duplicate_of: r.get(26)?,
             retry_of: r.get(27)?,
             blob_deleted: r.get::<_, Option<String>>(28)?.is_some(),
+            parent_id: r.get(29)?,
+            chunk_index: r.get::<_, Option<i64>>(30)?.map(|n| n as u32),
+            chunks_total: r.get::<_, Option<i64>>(31)?.map(|n| n as u32),
+            chunks_completed: r.get::<_, i64>(32)? as u32,
         },
     })
 }
@@ -278,7 +283,8 @@ impl JobStore for SqliteStore {
         let conn = self.conn()?;
         let status = filter.status.map(JobStatus::as_str);
         let dataset = filter.dataset.as_deref();
-        let condition = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR dataset = ?2)";
+        let condition =
+            "parent_id IS NULL AND (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR dataset = ?2)";
         let total: i64 = conn
             .query_row(
                 &format!("SELECT count(*) FROM jobs WHERE {condition}"),
@@ -365,16 +371,64 @@ impl JobStore for SqliteStore {
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
-        let conn = self.conn()?;
-        let n = conn
-            .execute(
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let parent: Option<Option<i64>> = tx
+            .query_row(
                 "UPDATE jobs SET status = ?1, error = ?2, completed_at = ?3, lease_token = NULL, lease_expires_ms = NULL, \
-                 lease_owner = NULL \
-                 WHERE id = ?4 AND lease_token = ?5",
+                 lease_owner = NULL WHERE id = ?4 AND lease_token = ?5 RETURNING parent_id",
                 params![status.as_str(), error, now_text(), lease.job_id, lease.token],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some(parent) = parent else {
+            return Ok(false);
+        };
+        if let Some(parent) = parent {
+            super::control::chunk_finished(&tx, parent, lease.job_id, status, error)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
+    fn job_split(
+        &self,
+        lease: &Lease,
+        total_rows: u64,
+        options: &SourceOptions,
+        chunks: &[NewChunk],
+    ) -> StoreResult<bool> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let n = tx
+            .execute(
+                "UPDATE jobs SET total_rows = ?1, chunks_total = ?2, lease_token = NULL, lease_expires_ms = NULL, \
+                 lease_owner = NULL WHERE id = ?3 AND lease_token = ?4 AND status = 'processing'",
+                params![total_rows as i64, chunks.len() as i64, lease.job_id, lease.token],
             )
             .map_err(db_err)?;
-        Ok(n == 1)
+        if n != 1 {
+            return Ok(false);
+        }
+        let now = now_text();
+        let options = to_json(options);
+        for (i, c) in chunks.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+                 mapping, created_by, created_at, total_rows, parent_id, chunk_index) \
+                 SELECT dataset, 'pending', mode, filename, ?2, ?3, sha256 || '#chunk' || ?4, 'csv', ?5, header, \
+                 mapping, created_by, ?6, ?7, id, ?4 FROM jobs WHERE id = ?1",
+                params![lease.job_id, c.blob, c.size as i64, i as i64, options, now, c.rows as i64],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(true)
     }
 
     fn job_release(&self, lease: &Lease) -> StoreResult<()> {
@@ -392,9 +446,9 @@ impl JobStore for SqliteStore {
         super::control::control(&mut conn, id, action)
     }
 
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Option<String>>> {
-        let conn = self.conn()?;
-        super::control::delete(&conn, id)
+    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>> {
+        let mut conn = self.conn()?;
+        super::control::delete(&mut conn, id)
     }
 
     fn jobs_sweep(
@@ -467,8 +521,11 @@ impl JobStore for SqliteStore {
         dataset: Arc<Dataset>,
         lease: Lease,
         mode: Mode,
+        parent: Option<JobId>,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.writer_conn()?;
-        Ok(Box::new(SqliteSink::new(conn, dataset, lease, mode)))
+        Ok(Box::new(SqliteSink::new(
+            conn, dataset, lease, mode, parent,
+        )))
     }
 }

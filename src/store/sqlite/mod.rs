@@ -32,6 +32,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0003_blobs",
         include_str!("../../../migrations/sqlite/0003_blobs.sql"),
     ),
+    (
+        "0004_chunks",
+        include_str!("../../../migrations/sqlite/0004_chunks.sql"),
+    ),
 ];
 
 /// Idle connections kept for reuse.

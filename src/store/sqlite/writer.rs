@@ -275,17 +275,31 @@ pub struct SqliteSink {
     lease: Lease,
     mode: Mode,
     plan: Option<Plan>,
+    /// A chunk job's parent: it receives the counts and row errors, and owns the stamps.
+    parent: Option<i64>,
 }
 
 impl SqliteSink {
-    pub fn new(conn: Connection, dataset: Arc<Dataset>, lease: Lease, mode: Mode) -> Self {
+    pub fn new(
+        conn: Connection,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<i64>,
+    ) -> Self {
         Self {
             conn,
             dataset,
             lease,
             mode,
             plan: None,
+            parent,
         }
+    }
+
+    /// The job that owns the rows, errors and counts: the parent of a chunk job, or the job.
+    fn owner(&self) -> i64 {
+        self.parent.unwrap_or(self.lease.job_id)
     }
 }
 
@@ -306,13 +320,14 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 impl BatchSink for SqliteSink {
     fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        let owner = self.owner();
         let plan = self
             .plan
             .get_or_insert_with(|| Plan::new(&self.dataset, &batch.present));
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
-            job: self.lease.job_id,
+            job: owner,
             mode: self.mode,
             now: now_text(),
         };
@@ -331,7 +346,7 @@ impl BatchSink for SqliteSink {
         };
         rejected.extend(batch.errors.iter().cloned());
         counts.errors = rejected.len() as u64;
-        finish_batch(&tx, &self.lease, &rejected, counts, checkpoint)?;
+        finish_batch(&tx, &self.lease, self.parent, &rejected, counts, checkpoint)?;
         tx.commit().map_err(sink_err)?;
         Ok(counts)
     }
@@ -352,7 +367,7 @@ impl SqliteSink {
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
-            job: self.lease.job_id,
+            job: self.owner(),
             mode: self.mode,
             now: now_text(),
         };
@@ -381,7 +396,7 @@ impl SqliteSink {
         }
         rejected.extend(batch.errors.iter().cloned());
         counts.errors = rejected.len() as u64;
-        finish_batch(&tx, &self.lease, &rejected, counts, checkpoint)?;
+        finish_batch(&tx, &self.lease, self.parent, &rejected, counts, checkpoint)?;
         tx.commit().map_err(sink_err)?;
         Ok(counts)
     }
@@ -405,6 +420,7 @@ fn refusal(e: &rusqlite::Error) -> String {
 fn finish_batch(
     tx: &Transaction<'_>,
     lease: &Lease,
+    parent: Option<i64>,
     rejected: &[RowError],
     counts: BatchCounts,
     checkpoint: u64,
@@ -419,7 +435,7 @@ fn finish_batch(
             let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
             insert
                 .execute(params![
-                    lease.job_id,
+                    parent.unwrap_or(lease.job_id),
                     e.row as i64,
                     e.column,
                     e.value,
@@ -429,27 +445,39 @@ fn finish_batch(
                 .map_err(sink_err)?;
         }
     }
-    let n = tx
-        .execute(
-            "UPDATE jobs SET rows_done = ?1, created_count = created_count + ?2, updated_count = updated_count + ?3, \
-             unchanged_count = unchanged_count + ?4, error_count = error_count + ?5, batches_done = batches_done + 1 \
-             WHERE id = ?6 AND lease_token = ?7 AND status = 'processing'",
+    let add = |job: i64, fence: &str, extra: &str| -> Result<usize, SinkError> {
+        tx.execute(
+            &format!(
+                "UPDATE jobs SET created_count = created_count + ?1, updated_count = updated_count + ?2, \
+                 unchanged_count = unchanged_count + ?3, error_count = error_count + ?4, \
+                 batches_done = batches_done + 1 {extra} WHERE id = ?5 {fence}"
+            ),
             params![
-                checkpoint as i64,
                 counts.created as i64,
                 counts.updated as i64,
                 counts.unchanged as i64,
                 counts.errors as i64,
-                lease.job_id,
-                lease.token
+                job,
+                lease.token,
+                checkpoint as i64
             ],
         )
-        .map_err(sink_err)?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(SinkError::LeaseLost)
+        .map_err(sink_err)
+    };
+    // The chunk's (or job's) own row: checkpoint and counts, fenced by the lease.
+    let n = add(
+        lease.job_id,
+        "AND lease_token = ?6 AND status = 'processing'",
+        ", rows_done = ?7",
+    )?;
+    if n != 1 {
+        return Err(SinkError::LeaseLost);
     }
+    // A chunk's parent shows the progress of the whole file.
+    if let Some(parent) = parent {
+        add(parent, "AND ?6 IS NOT NULL AND ?7 IS NOT NULL", "")?;
+    }
+    Ok(())
 }
 
 struct WriteCtx<'a> {

@@ -420,6 +420,7 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
 }
 
 conformance!(
+    cancel_and_retry_carry_to_the_chunks_of_a_split_job,
     a_paused_job_stops_committing_and_resumes_to_exact_counts,
     a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it,
     retry_from_start_runs_a_new_job_over_the_same_file,
@@ -432,3 +433,50 @@ conformance!(
     a_briefly_locked_database_is_retried_and_the_counts_stay_exact,
     a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it,
 );
+
+/// Cancel and retry reach the chunk jobs of a split file: a cancelled split job cancels its
+/// chunks, and retry finishes exactly the rows that were missing.
+async fn cancel_and_retry_carry_to_the_chunks_of_a_split_job(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 200,
+        lease_seconds: 2,
+        extra_args: vec!["--chunk-rows".into(), "10000".into()],
+        ..Default::default()
+    });
+    let (file, expect) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "40000", "--error-rate", "0.02", "--seed", "61"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    wait_for_progress(&app, job).await;
+    let (code, body) = action(&app, job, "cancel").await;
+    assert_eq!(code, 200, "{body}");
+    let chunks = app
+        .db()
+        .rows(&format!("SELECT status FROM jobs WHERE parent_id = {job}"));
+    assert_eq!(chunks.len(), 4);
+    for c in &chunks {
+        let status = c[0].as_deref().unwrap();
+        assert!(status == "cancelled" || status == "completed", "{status}");
+    }
+    // A chunk cannot be driven on its own.
+    let chunk = app
+        .db()
+        .number(&format!("SELECT min(id) FROM jobs WHERE parent_id = {job}"));
+    let (code, body) = action(&app, chunk, "retry").await;
+    assert_eq!(code, 409, "{body}");
+
+    let (code, body) = action(&app, job, "retry").await;
+    assert_eq!(code, 200, "{body}");
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["chunks"]["completed"], 4);
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    assert_eq!(
+        app.db().number("SELECT count(*) FROM products") as u64,
+        expect["valid_rows"].as_u64().unwrap()
+    );
+}

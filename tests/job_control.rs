@@ -420,6 +420,8 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
 }
 
 conformance!(
+    replace_mode_swaps_the_whole_table_in_one_commit,
+    replace_mode_works_for_a_file_split_into_chunks,
     cancel_and_retry_carry_to_the_chunks_of_a_split_job,
     a_paused_job_stops_committing_and_resumes_to_exact_counts,
     a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it,
@@ -479,4 +481,86 @@ async fn cancel_and_retry_carry_to_the_chunks_of_a_split_job(backend: Backend) {
         app.db().number("SELECT count(*) FROM products") as u64,
         expect["valid_rows"].as_u64().unwrap()
     );
+}
+
+/// `mode=replace`: the file becomes the whole table, and readers see the old table until the
+/// job completes, then the new one — never a mix.
+async fn replace(backend: Backend, chunk_rows: &str) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 300,
+        lease_seconds: 2,
+        extra_args: vec!["--chunk-rows".into(), chunk_rows.into()],
+        ..Default::default()
+    });
+    let (old, _) = generate(
+        app.dir.path(),
+        "old.csv",
+        &["--rows", "10000", "--seed", "71"],
+    );
+    let first = job_id(&app.upload("products", &old).await.1);
+    app.wait_done(first, MINUTE).await;
+    let (new, expect) = generate(
+        app.dir.path(),
+        "new.csv",
+        &[
+            "--rows",
+            "30000",
+            "--seed",
+            "72",
+            "--start-sku",
+            "5001",
+            "--error-rate",
+            "0.02",
+        ],
+    );
+    let (code, body) = app
+        .upload_with("products", &new, &[("mode", "replace")])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let job = job_id(&body);
+    wait_for_progress(&app, job).await;
+    // Mid-import, the table is still exactly the old one.
+    let mut db = app.db();
+    assert_eq!(db.number("SELECT count(*) FROM products"), 10000);
+    assert_eq!(
+        db.number("SELECT count(*) FROM products WHERE sku > 'SKU-0010000'"),
+        0
+    );
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["mode"], "replace");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    assert_eq!(s["errorCount"], expect["invalid_rows"]);
+    // Now it is exactly the new file's valid rows: the first 5,000 old keys are gone.
+    assert_eq!(
+        db.number("SELECT count(*) FROM products") as u64,
+        expect["valid_rows"].as_u64().unwrap()
+    );
+    assert_eq!(
+        db.value("SELECT min(sku) FROM products").as_deref(),
+        Some("SKU-0005001")
+    );
+    assert_eq!(
+        db.number("SELECT sum(stock) FROM products"),
+        expect["valid_sum_stock"].as_i64().unwrap()
+    );
+    // The staging table is gone.
+    let tables = match backend {
+        Backend::Sqlite => {
+            format!("SELECT count(*) FROM sqlite_master WHERE name = '_sluice_next_{job}'")
+        }
+        Backend::Postgres => format!(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = '_sluice_next_{job}'"
+        ),
+    };
+    assert_eq!(db.number(&tables), 0);
+}
+
+async fn replace_mode_swaps_the_whole_table_in_one_commit(backend: Backend) {
+    replace(backend, "0").await;
+}
+
+async fn replace_mode_works_for_a_file_split_into_chunks(backend: Backend) {
+    replace(backend, "8000").await;
 }

@@ -106,6 +106,15 @@ impl Dataset {
     pub fn is_key(&self, field: usize) -> bool {
         self.key.contains(&field)
     }
+
+    /// The staging table a `mode=replace` job of `job` builds before it replaces this table:
+    /// the same fields, no history (the swap replaces rows; it does not archive them).
+    pub fn staging(&self, job: i64) -> Dataset {
+        let mut staged = self.clone();
+        staged.table = staging_table(job);
+        staged.fields.iter_mut().for_each(|f| f.history = false);
+        staged
+    }
 }
 
 /// All datasets of one configuration, by name.
@@ -184,6 +193,11 @@ fn line_of(text: &str, offset: usize) -> usize {
         .filter(|b| *b == b'\n')
         .count()
         + 1
+}
+
+/// The name of a replace job's staging table (in sluice's reserved `_sluice` namespace).
+pub fn staging_table(job: i64) -> String {
+    format!("_sluice_next_{job}")
 }
 
 /// A plain SQL identifier: a letter or `_` first, then letters, digits or `_`, at most 63 bytes,

@@ -99,6 +99,9 @@ pub enum Mode {
     Upsert,
     /// Insert new keys; a key that already exists is a row error.
     Insert,
+    /// The file becomes the whole table: rows are written to a staging table and replace the
+    /// table's contents in one commit when the job completes (readers never see a half import).
+    Replace,
 }
 
 impl std::str::FromStr for Mode {
@@ -107,8 +110,10 @@ impl std::str::FromStr for Mode {
         match s.trim().to_ascii_lowercase().as_str() {
             "upsert" | "" => Ok(Mode::Upsert),
             "insert" => Ok(Mode::Insert),
-            "replace" => Err("mode `replace` is not available yet; use upsert or insert".into()),
-            other => Err(format!("unknown mode `{other}`; use upsert or insert")),
+            "replace" => Ok(Mode::Replace),
+            other => Err(format!(
+                "unknown mode `{other}`; use upsert, insert or replace"
+            )),
         }
     }
 }
@@ -118,6 +123,7 @@ impl Mode {
         match self {
             Mode::Upsert => "upsert",
             Mode::Insert => "insert",
+            Mode::Replace => "replace",
         }
     }
 }

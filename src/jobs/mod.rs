@@ -18,10 +18,11 @@ use tracing::Instrument;
 
 use crate::blob::{BlobError, BlobStore};
 use crate::dataset::Datasets;
+use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
-use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, StoreError};
+use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
@@ -168,6 +169,11 @@ pub async fn execute(
             .unwrap_or_default();
         tokio::time::Instant::now() + limit.saturating_sub(ran)
     });
+    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes.
+    let replacement = (job.mode == Mode::Replace)
+        .then(|| ctx.datasets.get(&job.dataset))
+        .flatten()
+        .map(|d| Replacement::for_dataset(&d, job.parent_id.unwrap_or(job.id)));
     let watcher = tokio::spawn(watch(
         ctx.clone(),
         lease.clone(),
@@ -225,7 +231,15 @@ pub async fn execute(
             )
         }
     };
-    match finish(ctx, &lease, status, message.as_deref()).await {
+    match finish(
+        ctx,
+        &lease,
+        replacement.as_ref(),
+        status,
+        message.as_deref(),
+    )
+    .await
+    {
         Ok(true) => {
             tracing::info!(
                 status = status.as_str(),
@@ -247,15 +261,16 @@ pub async fn execute(
 async fn finish(
     ctx: &Arc<JobContext>,
     lease: &Lease,
+    replace: Option<&Replacement>,
     status: JobStatus,
     message: Option<&str>,
 ) -> Result<bool, StoreError> {
     let give_up = tokio::time::Instant::now() + (ctx.config.lease * 2).max(Duration::from_secs(10));
     let mut pause = Duration::from_millis(100);
     loop {
-        let (l, msg) = (lease.clone(), message.map(str::to_string));
+        let (l, msg, r) = (lease.clone(), message.map(str::to_string), replace.cloned());
         match ctx
-            .store_call(move |s| s.job_finish(&l, status, msg.as_deref()))
+            .store_call(move |s| s.job_finish(&l, r.as_ref(), status, msg.as_deref()))
             .await
         {
             Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < give_up => {
@@ -434,9 +449,17 @@ fn run_blocking(
             return Err(SinkError::LeaseLost.into());
         }
     }
+    // A replace job writes into its staging table; the swap happens when it completes.
+    let target = if job.mode == Mode::Replace {
+        let staged = Arc::new(dataset.staging(job.parent_id.unwrap_or(job.id)));
+        ctx.store.dataset_prepare(&staged).map_err(store_err)?;
+        staged
+    } else {
+        dataset.clone()
+    };
     let mut sink = ctx
         .store
-        .batch_sink(dataset.clone(), lease, job.mode, job.parent_id)
+        .batch_sink(target, lease, job.mode, job.parent_id)
         .map_err(store_err)?;
     let spec = RunSpec {
         dataset: &dataset,

@@ -188,6 +188,54 @@ pub struct Job {
     pub chunks_completed: u32,
 }
 
+/// What a completing `mode=replace` job swaps: the staging table's rows become the table's rows,
+/// in the transaction that completes the job (or, for a chunk, its parent).
+#[derive(Debug, Clone)]
+pub struct Replacement {
+    pub table: String,
+    pub staging: String,
+    /// Columns copied (the dataset's fields and sluice's bookkeeping).
+    pub columns: Vec<String>,
+}
+
+impl Replacement {
+    pub fn for_dataset(dataset: &Dataset, owner: JobId) -> Self {
+        let mut columns: Vec<String> = dataset.fields.iter().map(|f| f.name.clone()).collect();
+        columns.extend(
+            [
+                "_sluice_job",
+                "_sluice_row",
+                "_sluice_created_at",
+                "_sluice_updated_at",
+            ]
+            .map(String::from),
+        );
+        Self {
+            table: dataset.table.clone(),
+            staging: crate::dataset::staging_table(owner),
+            columns,
+        }
+    }
+
+    /// The statements of the swap, in order.
+    pub fn statements(&self) -> [String; 3] {
+        let cols = self
+            .columns
+            .iter()
+            .map(|c| format!("\"{c}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        [
+            format!("DELETE FROM \"{}\"", self.table),
+            format!(
+                "INSERT INTO \"{}\" ({cols}) SELECT {cols} FROM \"{}\"",
+                self.table, self.staging
+            ),
+            format!("DROP TABLE \"{}\"", self.staging),
+        ]
+    }
+}
+
 /// A chunk of a split job, about to be created.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
@@ -228,6 +276,8 @@ pub struct ErrorRecord {
 pub trait JobStore: Send + Sync + 'static {
     /// Creates or upgrades the dataset tables (and their history tables).
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()>;
+    /// Creates or upgrades one table (a replace job's staging table).
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()>;
 
     fn token_count(&self) -> StoreResult<u64>;
     fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64>;
@@ -264,6 +314,7 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_finish(
         &self,
         lease: &Lease,
+        replace: Option<&Replacement>,
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool>;

@@ -160,7 +160,7 @@ pub(super) fn chunk_finished(
     chunk: JobId,
     status: JobStatus,
     error: Option<&str>,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     if status == JobStatus::Completed {
         let row = tx
             .query_one(
@@ -171,13 +171,15 @@ pub(super) fn chunk_finished(
             .map_err(pg_err)?;
         let (done, total): (i32, i32) = (row.get(0), row.get(1));
         if done >= total {
-            tx.execute(
-                "UPDATE jobs SET status = 'completed', completed_at = now() WHERE id = $1 AND status = 'processing'",
-                &[&parent],
-            )
-            .map_err(pg_err)?;
+            let n = tx
+                .execute(
+                    "UPDATE jobs SET status = 'completed', completed_at = now() WHERE id = $1 AND status = 'processing'",
+                    &[&parent],
+                )
+                .map_err(pg_err)?;
+            return Ok(n == 1);
         }
-        return Ok(());
+        return Ok(false);
     }
     let index: i32 = tx
         .query_one(
@@ -203,7 +205,7 @@ pub(super) fn chunk_finished(
         &[&parent],
     )
     .map_err(pg_err)?;
-    Ok(())
+    Ok(false)
 }
 
 /// Carries an operator's action on a split job to its chunks.

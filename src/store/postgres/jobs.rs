@@ -12,6 +12,7 @@ use super::{CHANNEL, PgStore, pg_err};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
+use crate::store::Replacement;
 use crate::store::{
     Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
     NewChunk, NewJob, Stats, StoreError, StoreResult,
@@ -109,6 +110,10 @@ impl JobStore for PgStore {
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
         let mut conn = self.conn()?;
         super::tables::prepare(&mut conn, datasets)
+    }
+
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()> {
+        super::tables::prepare_dataset(&mut *self.conn()?, dataset)
     }
 
     fn token_count(&self) -> StoreResult<u64> {
@@ -315,6 +320,7 @@ impl JobStore for PgStore {
     fn job_finish(
         &self,
         lease: &Lease,
+        replace: Option<&Replacement>,
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
@@ -330,8 +336,16 @@ impl JobStore for PgStore {
         let Some(row) = row else {
             return Ok(false);
         };
-        if let Some(parent) = row.get::<_, Option<i64>>(0) {
-            super::control::chunk_finished(&mut tx, parent, lease.job_id, status, error)?;
+        let completed = match row.get::<_, Option<i64>>(0) {
+            Some(parent) => {
+                super::control::chunk_finished(&mut tx, parent, lease.job_id, status, error)?
+            }
+            None => status == JobStatus::Completed,
+        };
+        if completed && let Some(replace) = replace {
+            for sql in replace.statements() {
+                tx.batch_execute(&sql).map_err(pg_err)?;
+            }
         }
         tx.commit().map_err(pg_err)?;
         Ok(true)

@@ -66,6 +66,15 @@ pub(super) fn prepare(conn: &mut Client, datasets: &Datasets) -> StoreResult<()>
     tx.commit().map_err(pg_err)
 }
 
+/// Creates or upgrades one dataset's tables (under the schema lock).
+pub(super) fn prepare_dataset(conn: &mut Client, ds: &Dataset) -> StoreResult<()> {
+    let mut tx = conn.transaction().map_err(pg_err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(pg_err)?;
+    prepare_one(&mut tx, ds)?;
+    tx.commit().map_err(pg_err)
+}
+
 fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<()> {
     let table = ident(&ds.table);
     let existing: Vec<String> = tx

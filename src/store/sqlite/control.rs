@@ -168,14 +168,14 @@ pub(super) fn delete(conn: &mut Connection, id: JobId) -> StoreResult<Option<Vec
 
 /// A chunk job reached a final state (inside the transaction that recorded it): a completed
 /// chunk counts towards its parent and the last one completes it; a failed or cancelled chunk
-/// fails the parent and cancels its unfinished siblings.
+/// fails the parent and cancels its unfinished siblings. True when the parent completed.
 pub(super) fn chunk_finished(
     conn: &Connection,
     parent: JobId,
     chunk: JobId,
     status: JobStatus,
     error: Option<&str>,
-) -> StoreResult<()> {
+) -> StoreResult<bool> {
     let now = now_text();
     if status == JobStatus::Completed {
         let (done, total): (i64, i64) = conn
@@ -187,13 +187,15 @@ pub(super) fn chunk_finished(
             )
             .map_err(db_err)?;
         if done >= total {
-            conn.execute(
-                "UPDATE jobs SET status = 'completed', completed_at = ?2 WHERE id = ?1 AND status = 'processing'",
-                params![parent, now],
-            )
-            .map_err(db_err)?;
+            let n = conn
+                .execute(
+                    "UPDATE jobs SET status = 'completed', completed_at = ?2 WHERE id = ?1 AND status = 'processing'",
+                    params![parent, now],
+                )
+                .map_err(db_err)?;
+            return Ok(n == 1);
         }
-        return Ok(());
+        return Ok(false);
     }
     let index: i64 = conn
         .query_row(
@@ -219,7 +221,7 @@ pub(super) fn chunk_finished(
         params![parent, now],
     )
     .map_err(db_err)?;
-    Ok(())
+    Ok(false)
 }
 
 /// Carries an operator's action on a split job to its chunks.

@@ -9,6 +9,7 @@ use super::{SqliteStore, db_err, writer::SqliteSink};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
+use crate::store::Replacement;
 use crate::store::{
     Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
     NewChunk, NewJob, Stats, StoreError, StoreResult,
@@ -141,6 +142,11 @@ impl JobStore for SqliteStore {
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
         let mut conn = self.conn()?;
         super::tables::prepare(&mut conn, datasets)
+    }
+
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        super::tables::prepare_dataset(&mut conn, dataset)
     }
 
     fn token_count(&self) -> StoreResult<u64> {
@@ -368,6 +374,7 @@ impl JobStore for SqliteStore {
     fn job_finish(
         &self,
         lease: &Lease,
+        replace: Option<&Replacement>,
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
@@ -387,8 +394,16 @@ impl JobStore for SqliteStore {
         let Some(parent) = parent else {
             return Ok(false);
         };
-        if let Some(parent) = parent {
-            super::control::chunk_finished(&tx, parent, lease.job_id, status, error)?;
+        let completed = match parent {
+            Some(parent) => {
+                super::control::chunk_finished(&tx, parent, lease.job_id, status, error)?
+            }
+            None => status == JobStatus::Completed,
+        };
+        if completed && let Some(replace) = replace {
+            for sql in replace.statements() {
+                tx.execute_batch(&sql).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(true)

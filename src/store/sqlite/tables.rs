@@ -55,6 +55,15 @@ pub(super) fn prepare(conn: &mut Connection, datasets: &Datasets) -> StoreResult
     tx.commit().map_err(db_err)
 }
 
+/// Creates or upgrades one dataset's tables.
+pub(super) fn prepare_dataset(conn: &mut Connection, ds: &Dataset) -> StoreResult<()> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
+    prepare_one(&tx, ds)?;
+    tx.commit().map_err(db_err)
+}
+
 fn existing_columns(conn: &Connection, table: &str) -> StoreResult<Vec<String>> {
     let mut stmt = conn
         .prepare(&format!("PRAGMA table_info({})", ident(table)))

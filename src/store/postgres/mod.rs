@@ -164,11 +164,16 @@ fn is_row_problem(e: &postgres::Error) -> bool {
         .is_some_and(|c| c.code().starts_with("23") || c.code().starts_with("22"))
 }
 
-fn pg_err(e: postgres::Error) -> StoreError {
-    let text = match e.as_db_error() {
+/// The server's message and SQLSTATE (for logs; never shown to API users).
+fn error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
-    };
+    }
+}
+
+fn pg_err(e: postgres::Error) -> StoreError {
+    let text = error_text(&e);
     if is_transient(&e) {
         StoreError::Unavailable(text)
     } else {

@@ -17,7 +17,7 @@ use chrono::Utc;
 use postgres::{Client, Transaction};
 
 use super::tables::{since_column, sql_type};
-use super::{ident, is_row_problem, is_transient};
+use super::{error_text, ident, is_row_problem, is_transient};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
 use crate::store::Lease;
@@ -25,10 +25,7 @@ use crate::store::Lease;
 const STAGE: &str = "sluice_stage";
 
 fn sink_err(e: postgres::Error) -> SinkError {
-    let text = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
+    let text = error_text(&e);
     if is_transient(&e) {
         SinkError::Retryable(text)
     } else {

@@ -109,4 +109,113 @@ fn a_bad_datasets_file_stops_start_up_naming_the_line() {
     assert!(err.contains("line 5"), "{err}");
 }
 
-conformance!(cli_imports_waits_and_downloads_rejected_rows,);
+/// `--sheet` and `--encoding` reach the server from the CLI.
+async fn cli_passes_the_sheet_and_the_encoding(backend: Backend) {
+    use common::xlsx::{RawSheet, header, is, raw_xlsx};
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let row = |sku: &str, name: &str| {
+        format!(
+            r#"<row r="2">{}{}{}</row>"#,
+            is("A2", sku),
+            is("B2", name),
+            is("C2", "2024-05-06")
+        )
+    };
+    let book = raw_xlsx(
+        &[
+            RawSheet {
+                name: "Notes",
+                hidden: false,
+                rows: format!(
+                    "{}{}",
+                    header(&["sku", "name", "updated_at"]),
+                    row("WRONG-1", "from the wrong sheet")
+                ),
+            },
+            RawSheet {
+                name: "Prices 2024",
+                hidden: false,
+                rows: format!(
+                    "{}{}",
+                    header(&["sku", "name", "updated_at"]),
+                    row("X-1", "Crème brûlée")
+                ),
+            },
+        ],
+        &[],
+        false,
+        "",
+    );
+    let xlsx = app.path("book.xlsx");
+    std::fs::write(&xlsx, book).unwrap();
+    let out = sluice(
+        &app,
+        &[
+            "import",
+            xlsx.to_str().unwrap(),
+            "--dataset",
+            "products",
+            "--sheet",
+            "Prices 2024",
+            "--wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut db = app.db();
+    assert_eq!(
+        db.rows("SELECT sku, name FROM products"),
+        vec![vec![Some("X-1".into()), Some("Crème brûlée".into())]]
+    );
+
+    let out = sluice(
+        &app,
+        &[
+            "import",
+            xlsx.to_str().unwrap(),
+            "--dataset",
+            "products",
+            "--sheet",
+            "Nope",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sheet_not_found"));
+
+    // Windows-1252 bytes, named explicitly.
+    let latin = app.path("latin.csv");
+    std::fs::write(&latin, b"sku,name,updated_at\nL-1,M\xfcller,2024-01-01\n").unwrap();
+    let out = sluice(
+        &app,
+        &[
+            "import",
+            latin.to_str().unwrap(),
+            "--dataset",
+            "products",
+            "--encoding",
+            "windows-1252",
+            "--wait",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        db.value("SELECT name FROM products WHERE sku = 'L-1'")
+            .as_deref(),
+        Some("Müller")
+    );
+}
+
+conformance!(
+    cli_passes_the_sheet_and_the_encoding,
+    cli_imports_waits_and_downloads_rejected_rows,
+);

@@ -420,6 +420,7 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
 }
 
 conformance!(
+    a_failing_chunk_fails_the_split_job_and_stops_its_siblings,
     replace_mode_swaps_the_whole_table_in_one_commit,
     replace_mode_works_for_a_file_split_into_chunks,
     cancel_and_retry_carry_to_the_chunks_of_a_split_job,
@@ -563,4 +564,45 @@ async fn replace_mode_swaps_the_whole_table_in_one_commit(backend: Backend) {
 
 async fn replace_mode_works_for_a_file_split_into_chunks(backend: Backend) {
     replace(backend, "8000").await;
+}
+
+/// A chunk that fails fails its split job, names the part, and cancels the other chunks.
+async fn a_failing_chunk_fails_the_split_job_and_stops_its_siblings(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 100,
+        extra_args: vec!["--chunk-rows".into(), "10000".into()],
+        datasets: Some(
+            "[datasets.products]\nkey = [\"sku\"]\ntimeout = \"300ms\"\n[datasets.products.fields]\n\
+             sku = { type = \"text\", required = true }\nname = { type = \"text\" }\n"
+                .into(),
+        ),
+        ..Default::default()
+    });
+    let (file, _) = generate(
+        app.dir.path(),
+        "p.csv",
+        &["--rows", "60000", "--seed", "81"],
+    );
+    let job = job_id(&app.upload("products", &file).await.1);
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("part ") && error.contains("time limit"),
+        "{error}"
+    );
+    assert_eq!(s["chunks"]["total"], 6);
+    // No chunk keeps running or waiting once the job has failed.
+    let start = std::time::Instant::now();
+    loop {
+        let active = app.db().number(&format!(
+            "SELECT count(*) FROM jobs WHERE parent_id = {job} AND status IN ('pending', 'processing', 'paused')"
+        ));
+        if active == 0 {
+            break;
+        }
+        assert!(start.elapsed() < MINUTE, "{active} chunks still active");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -129,25 +129,31 @@ impl Drop for Pooled<'_> {
     }
 }
 
+/// Applies pending migrations, each in its own write transaction that re-reads the version
+/// first, so several processes starting at once apply each migration exactly once.
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let applied: usize = conn
-        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-        .map_err(db_err)? as usize;
-    if applied > MIGRATIONS.len() {
-        return Err(StoreError::Other(format!(
-            "the database was written by a newer sluice (schema version {applied}, this one knows {})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let tx = conn.transaction().map_err(db_err)?;
+    loop {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let applied = tx
+            .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+            .map_err(db_err)? as usize;
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::Other(format!(
+                "the database was written by a newer sluice (schema version {applied}, this one knows {})",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some((name, sql)) = MIGRATIONS.get(applied) else {
+            return Ok(());
+        };
         tx.execute_batch(sql).map_err(db_err)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
+        tx.pragma_update(None, "user_version", (applied + 1) as i64)
             .map_err(db_err)?;
         tx.commit().map_err(db_err)?;
         tracing::info!(migration = name, "applied migration");
     }
-    Ok(())
 }
 
 /// True for errors worth retrying: the database is busy, locked, or its disk failed or filled.

@@ -46,7 +46,9 @@ pub(super) fn sql_type(ty: FieldType) -> &'static str {
 }
 
 pub(super) fn prepare(conn: &mut Connection, datasets: &Datasets) -> StoreResult<()> {
-    let tx = conn.transaction().map_err(db_err)?;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(db_err)?;
     for ds in datasets.iter() {
         prepare_one(&tx, ds)?;
     }

@@ -10,6 +10,8 @@ pub mod blob;
 pub mod cli;
 pub mod dataset;
 pub mod duration;
+pub mod events;
 pub mod import;
 pub mod jobs;
 pub mod store;
+pub mod webhooks;

@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::blob::BlobStore;
 use crate::dataset::Datasets;
+use crate::events::{EventBus, PublishingSink};
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
 use crate::store::{Job, JobStatus, JobStore, Lease, StoreError};
@@ -36,13 +37,15 @@ pub struct WorkerConfig {
     pub retry_limit: u32,
 }
 
-/// What workers share: the store, the datasets, the uploads, and a bell rung on new jobs.
+/// What workers share: the store, the datasets, the uploads, a bell rung on new jobs, and the
+/// event bus rung after every batch commit and job end (for live progress).
 pub struct JobContext {
     pub store: Arc<dyn JobStore>,
     pub datasets: Arc<Datasets>,
     pub blobs: BlobStore,
     pub config: WorkerConfig,
     pub wake: Notify,
+    pub events: EventBus,
 }
 
 impl JobContext {
@@ -216,7 +219,9 @@ pub async fn execute(
             )
         }
     };
-    match finish(ctx, &lease, status, message.as_deref()).await {
+    let finished = finish(ctx, &lease, status, message.as_deref()).await;
+    ctx.events.publish();
+    match finished {
         Ok(true) => {
             tracing::info!(
                 status = status.as_str(),
@@ -344,11 +349,13 @@ fn run_blocking(
         if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
             return Err(SinkError::LeaseLost.into());
         }
+        ctx.events.publish();
     }
-    let mut sink = ctx
+    let sink = ctx
         .store
         .batch_sink(dataset.clone(), lease, job.mode)
         .map_err(store_err)?;
+    let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {
         dataset: &dataset,
         path: &path,
@@ -358,5 +365,5 @@ fn run_blocking(
         batch_size: ctx.config.batch_size,
         commit_attempts: ctx.config.retry_limit,
     };
-    run(&spec, sink.as_mut(), &|| stop.load(Ordering::SeqCst))
+    run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
 }

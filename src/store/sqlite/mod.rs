@@ -6,6 +6,7 @@
 //! files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
 mod control;
+mod hooks;
 mod jobs;
 mod tables;
 mod writer;
@@ -27,6 +28,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0002_job_control",
         include_str!("../../../migrations/sqlite/0002_job_control.sql"),
+    ),
+    (
+        "0003_events_webhooks_templates",
+        include_str!("../../../migrations/sqlite/0003_events_webhooks_templates.sql"),
     ),
 ];
 

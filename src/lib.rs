@@ -14,4 +14,5 @@ pub mod events;
 pub mod import;
 pub mod jobs;
 pub mod store;
+pub mod web;
 pub mod webhooks;

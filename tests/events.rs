@@ -194,3 +194,93 @@ async fn many_listeners_see_every_job_and_a_stalled_listener_does_not_hold_up_th
     }
     drop(stalled);
 }
+
+#[tokio::test]
+async fn a_retried_jobs_stream_goes_past_its_earlier_end_to_the_final_one() {
+    let app = spawn_app(AppOptions {
+        batch_size: 100,
+        workers: 1,
+        ..AppOptions::default()
+    });
+    let (file, expect) = generate(app.dir.path(), "p.csv", &["--rows", "30000"]);
+    let job = job_id(&app.upload("products", &file).await.1);
+    let path = format!("/api/v1/import/{job}/events");
+    // Follow it until a batch is in, then cancel it.
+    let mut live = SseReader::new(app.events(&path, None).await);
+    loop {
+        let e = live.next(MINUTE).await.expect("open");
+        if e.event == "progress" && e.data["batches"].as_u64().unwrap() > 0 {
+            break;
+        }
+    }
+    let cancel = app
+        .post(&format!("/api/v1/import/{job}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status().as_u16(), 200);
+    let rest = live.all(MINUTE).await;
+    let cancelled = rest.last().unwrap();
+    assert_eq!(
+        (cancelled.event.as_str(), &cancelled.data["status"]),
+        ("done", &serde_json::json!("cancelled"))
+    );
+    // Resuming after that final event: nothing more to say (204).
+    let resp = app.events(&path, cancelled.id.as_deref()).await;
+    assert_eq!(resp.status().as_u16(), 204);
+
+    let retry = app
+        .post(&format!("/api/v1/import/{job}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status().as_u16(), 200);
+    // The same Last-Event-ID now resumes into the retry and ends at the real end.
+    let after = SseReader::new(app.events(&path, cancelled.id.as_deref()).await)
+        .all(MINUTE)
+        .await;
+    assert_eq!(after[0].event, "status");
+    assert_eq!(after[0].data["status"], "pending");
+    let last = after.last().unwrap();
+    assert_eq!(last.event, "done");
+    assert_eq!(last.data["status"], "completed");
+    assert_eq!(last.data["results"]["successCount"], expect["valid_rows"]);
+    // From the start, the whole history: the earlier `done` does not end the stream.
+    let whole = SseReader::new(app.events(&path, None).await)
+        .all(MINUTE)
+        .await;
+    let dones: Vec<&str> = whole
+        .iter()
+        .filter(|e| e.event == "done")
+        .map(|e| e.data["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(dones, vec!["cancelled", "completed"]);
+}
+
+#[tokio::test]
+async fn open_event_streams_do_not_keep_the_server_from_stopping() {
+    let mut app = spawn_app(AppOptions::default());
+    let mut all = SseReader::new(app.events("/api/v1/events", None).await);
+    // (Without closing the event bus at shutdown, axum's graceful shutdown waits forever.)
+    assert_eq!(all.next(MINUTE).await.unwrap().event, "ready");
+    let started = std::time::Instant::now();
+    let child = app.child.as_mut().expect("running");
+    let term = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server did not stop within 10 s of SIGTERM with an event stream open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    assert!(all.next(MINUTE).await.is_none(), "the stream ended");
+}

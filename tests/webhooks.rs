@@ -160,10 +160,41 @@ async fn a_finished_import_is_posted_signed_and_the_receiver_can_verify_it() {
     let failed_list = deliveries(&app, only_failed["data"]["id"].as_i64().unwrap()).await;
     assert_eq!(failed_list, json!([]));
 
+    // A cancelled job is announced as job.cancelled to a webhook that asked for it.
+    let (_, on_cancel) = register(&app, json!({"url": url, "events": ["job.cancelled"]})).await;
+    let cancel_secret = on_cancel["data"]["secret"].as_str().unwrap().to_string();
+    let on_cancel = on_cancel["data"]["id"].as_i64().unwrap();
+    let (big, _) = generate(
+        app.dir.path(),
+        "big.csv",
+        &["--rows", "200000", "--start-sku", "500001"],
+    );
+    let big_job = job_id(&app.upload("products", &big).await.1);
+    let cancel = app
+        .post(&format!("/api/v1/import/{big_job}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status().as_u16(), 200);
+    let list = settled(&app, on_cancel).await;
+    assert_eq!(list[0]["event"], "job.cancelled");
+    assert_eq!(list[0]["jobId"], big_job);
+    let last = got.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.headers["sluice-event"], "job.cancelled");
+    let signature = last.headers["sluice-signature"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(verify(&cancel_secret, &signature, &last.body));
+    assert!(
+        !verify(&secret, &signature, &last.body),
+        "each webhook has its own key"
+    );
+
     // The list of webhooks never shows the secret again.
     let (_, hooks) = app.get_json("/api/v1/webhooks").await;
-    assert_eq!(hooks["data"]["webhooks"].as_array().unwrap().len(), 2);
-    assert!(!hooks.to_string().contains(&secret));
+    assert_eq!(hooks["data"]["webhooks"].as_array().unwrap().len(), 3);
+    assert!(!hooks.to_string().contains(&secret) && !hooks.to_string().contains(&cancel_secret));
 }
 
 #[tokio::test]

@@ -1,4 +1,5 @@
-//! Server-Sent Events: `GET /api/v1/import/{id}/events` (one job, ending with its `done` event)
+//! Server-Sent Events: `GET /api/v1/import/{id}/events` (one job, from its creation, ending with
+//! its latest `done` event)
 //! and `GET /api/v1/events` (every job, never ending).
 //!
 //! Each event's id is its `seq` in the store's job event log, so a client reconnecting with
@@ -110,15 +111,17 @@ pub async fn all_events(
     )
 }
 
-/// A job's events up to and including its `done` event (a later retry is a new stream).
+/// A job's events up to and including its latest `done` event. An earlier `done` (the job was
+/// cancelled or failed, then retried) does not end the stream: only one with nothing after it.
 fn until_done(reader: EventReader) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;
         match reader.next().await {
-            Ok(e) => {
-                let done = event_name(&e) == "done";
+            Ok(Some(e)) => {
+                let done = event_name(&e) == "done" && !reader.has_more().await.unwrap_or(false);
                 Some((Ok(sse_event(&e)), (!done).then_some(reader)))
             }
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "event stream ended on a store error");
                 None
@@ -130,7 +133,8 @@ fn until_done(reader: EventReader) -> impl Stream<Item = Result<Event, Infallibl
 fn forever(reader: EventReader) -> impl Stream<Item = Result<Event, Infallible>> {
     futures_util::stream::unfold(reader, |mut reader| async move {
         match reader.next().await {
-            Ok(e) => Some((Ok(sse_event(&e)), reader)),
+            Ok(Some(e)) => Some((Ok(sse_event(&e)), reader)),
+            Ok(None) => None,
             Err(e) => {
                 tracing::warn!(error = %e, "event stream ended on a store error");
                 None

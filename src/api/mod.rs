@@ -75,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(api)
+        .merge(crate::web::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

@@ -250,6 +250,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         },
         shutdown.clone(),
     );
+    let ctx_events = ctx.events.clone();
     let state = Arc::new(AppState {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
@@ -261,6 +262,14 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     println!("sluice listening on http://{addr}");
     tracing::info!(%addr, workers = args.work.workers, "sluice started");
     cancel_on_signal(&shutdown);
+    // Open event streams end at shutdown, so they do not keep the server from stopping.
+    {
+        let (events, shutdown) = (ctx_events, shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            events.close();
+        });
+    }
     let server_shutdown = shutdown.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move { server_shutdown.cancelled().await })

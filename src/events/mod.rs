@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value as JsonValue, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::import::{Batch, BatchCounts, BatchSink, SinkError};
 use crate::jobs::JobContext;
@@ -22,21 +23,29 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Events read from the store at a time.
 const PAGE: u64 = 500;
 
-/// A bell rung after each change; many listeners, and ringing never waits for them.
+/// A bell rung after each change; many listeners, and ringing never waits for them. Closing it
+/// (at shutdown) ends every reader, so open event streams do not hold the server up.
 #[derive(Clone)]
 pub struct EventBus {
     tx: Arc<tokio::sync::watch::Sender<u64>>,
+    closed: CancellationToken,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         Self {
             tx: Arc::new(tokio::sync::watch::Sender::new(0)),
+            closed: CancellationToken::new(),
         }
     }
 }
 
 impl EventBus {
+    /// Ends every reader (their streams finish); for shutdown.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+
     /// Wakes every listener.
     pub fn publish(&self) {
         self.tx.send_modify(|n| *n = n.wrapping_add(1));
@@ -142,6 +151,7 @@ pub fn event_json(e: &JobEvent) -> JsonValue {
 pub struct EventReader {
     ctx: Arc<JobContext>,
     wake: tokio::sync::watch::Receiver<u64>,
+    closed: CancellationToken,
     after: i64,
     job: Option<JobId>,
     queued: VecDeque<JobEvent>,
@@ -151,21 +161,42 @@ impl EventReader {
     /// Events with `seq > after`; only `job`'s when given.
     pub fn new(ctx: Arc<JobContext>, after: i64, job: Option<JobId>) -> Self {
         let wake = ctx.events.subscribe();
+        let closed = ctx.events.closed.clone();
         Self {
             ctx,
             wake,
+            closed,
             after,
             job,
             queued: VecDeque::new(),
         }
     }
 
-    /// The next event, waiting as long as it takes; errors only when the store fails.
-    pub async fn next(&mut self) -> Result<JobEvent, StoreError> {
+    /// Whether an event is already waiting (queued, or in the store after the last one read).
+    pub async fn has_more(&mut self) -> Result<bool, StoreError> {
+        if !self.queued.is_empty() {
+            return Ok(true);
+        }
+        let (after, job) = (self.after, self.job);
+        let page = self
+            .ctx
+            .store_call(move |s| s.events_after(after, job, PAGE))
+            .await?;
+        let more = !page.is_empty();
+        self.queued.extend(page);
+        Ok(more)
+    }
+
+    /// The next event, waiting as long as it takes; `None` once the bus is closed (shutdown),
+    /// an error only when the store fails.
+    pub async fn next(&mut self) -> Result<Option<JobEvent>, StoreError> {
         loop {
+            if self.closed.is_cancelled() {
+                return Ok(None);
+            }
             if let Some(e) = self.queued.pop_front() {
                 self.after = e.seq;
-                return Ok(e);
+                return Ok(Some(e));
             }
             // Mark the bell as heard before reading, so a ring during the read is not lost.
             self.wake.borrow_and_update();
@@ -181,6 +212,7 @@ impl EventReader {
             tokio::select! {
                 _ = self.wake.changed() => {}
                 _ = tokio::time::sleep(POLL) => {}
+                _ = self.closed.cancelled() => {}
             }
         }
     }

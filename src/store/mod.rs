@@ -391,7 +391,7 @@ pub trait JobStore: Send + Sync + 'static {
         mode: Mode,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
 
-    // --- Job events (migration 0003). The backend must append a `JobEvent` in the same
+    // --- Job events (migration 0004). The backend must append a `JobEvent` in the same
     // transaction as every job insert, status change, batch commit and total count (SQLite does
     // it with triggers).
 

@@ -1,5 +1,5 @@
 //! Live progress and notifications on SQLite: reading the job event log (written by the
-//! triggers of `0003_events_webhooks_templates.sql`), webhooks and their deliveries, and saved
+//! triggers of `0004_events_webhooks_templates.sql`), webhooks and their deliveries, and saved
 //! mapping templates.
 
 use std::collections::BTreeMap;

@@ -29,9 +29,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_job_control",
         include_str!("../../../migrations/sqlite/0002_job_control.sql"),
     ),
+    // 0003 is `0003_blobs` on main; when the branches meet it goes here, before 0004.
     (
-        "0003_events_webhooks_templates",
-        include_str!("../../../migrations/sqlite/0003_events_webhooks_templates.sql"),
+        "0004_events_webhooks_templates",
+        include_str!("../../../migrations/sqlite/0004_events_webhooks_templates.sql"),
     ),
 ];
 

@@ -296,3 +296,80 @@ async fn webhook_registration_is_checked() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
 }
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_does_not_hold_up_imports() {
+    let app = spawn_app(AppOptions::default());
+    // Accepts connections and never answers.
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for s in hanging.incoming().take(4).flatten() {
+            open.push(s);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        drop(open);
+    });
+    let (_, hook) = register(&app, json!({"url": url})).await;
+    let hook = hook["data"]["id"].as_i64().unwrap();
+    let started = std::time::Instant::now();
+    for n in 0..3 {
+        let (file, _) = generate(
+            app.dir.path(),
+            &format!("p{n}.csv"),
+            &[
+                "--rows",
+                "2000",
+                "--start-sku",
+                &(100_000 * (n + 1)).to_string(),
+            ],
+        );
+        let job = job_id(&app.upload("products", &file).await.1);
+        assert_eq!(app.wait_done(job, MINUTE).await["status"], "completed");
+    }
+    // Three jobs done while every delivery is still waiting for its answer (10 s timeout).
+    assert!(
+        started.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        started.elapsed()
+    );
+    let list = deliveries(&app, hook).await;
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "pending" && d["attempts"] == json!([]))
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_new_webhook_hears_only_of_jobs_that_end_after_it_was_registered() {
+    let app = spawn_app(AppOptions::default());
+    let (file, _) = generate(app.dir.path(), "old.csv", &["--rows", "300"]);
+    let old = job_id(&app.upload("products", &file).await.1);
+    app.wait_done(old, MINUTE).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let (url, got) = receiver(0).await;
+    let (_, hook) = register(&app, json!({"url": url})).await;
+    let hook = hook["data"]["id"].as_i64().unwrap();
+    let (file, _) = generate(
+        app.dir.path(),
+        "new.csv",
+        &["--rows", "300", "--start-sku", "9000"],
+    );
+    let new = job_id(&app.upload("products", &file).await.1);
+    app.wait_done(new, MINUTE).await;
+    let list = settled(&app, hook).await;
+    let jobs: Vec<i64> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["jobId"].as_i64().unwrap())
+        .collect();
+    assert_eq!(jobs, vec![new]);
+    assert_eq!(got.lock().unwrap().len(), 1);
+}

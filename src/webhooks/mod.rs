@@ -163,11 +163,16 @@ pub fn spawn_dispatcher(
 /// Turns job ends after the cursor into deliveries.
 async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
     loop {
+        // No webhooks, no writes: the cursor waits, and a webhook registered later only hears
+        // of job ends after its creation (below).
+        let hooks = ctx.store_call(|s| s.webhook_list()).await?;
+        if hooks.is_empty() {
+            return Ok(());
+        }
         let (cursor, ends) = ctx.store_call(|s| s.delivery_backlog(PLAN_PAGE)).await?;
         let Some(last) = ends.last().map(|e| e.seq) else {
             return Ok(());
         };
-        let hooks = ctx.store_call(|s| s.webhook_list()).await?;
         let mut deliveries = Vec::new();
         for e in &ends {
             let event = format!("job.{}", e.status.as_str());
@@ -178,7 +183,10 @@ async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
                 "data": event_json(e),
             })
             .to_string();
-            for hook in hooks.iter().filter(|h| h.events.contains(&event)) {
+            let subscribed = hooks
+                .iter()
+                .filter(|h| h.events.contains(&event) && h.created_at <= e.at);
+            for hook in subscribed {
                 deliveries.push(NewDelivery {
                     webhook_id: hook.id,
                     event_seq: e.seq,

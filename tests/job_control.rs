@@ -349,7 +349,7 @@ fn locking_app(backend: Backend) -> TestApp {
         batch_size: 200,
         extra_args: vec![
             "--busy-timeout-ms".into(),
-            "50".into(),
+            "200".into(),
             "--retry-limit".into(),
             "3".into(),
         ],
@@ -361,7 +361,7 @@ async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact(backend:
     let app = spawn_app(AppOptions {
         backend,
         batch_size: 200,
-        extra_args: vec!["--busy-timeout-ms".into(), "50".into()],
+        extra_args: vec!["--busy-timeout-ms".into(), "200".into()],
         ..Default::default()
     });
     let (file, expect) = generate(
@@ -573,7 +573,7 @@ async fn a_failing_chunk_fails_the_split_job_and_stops_its_siblings(backend: Bac
         batch_size: 100,
         extra_args: vec!["--chunk-rows".into(), "10000".into()],
         datasets: Some(
-            "[datasets.products]\nkey = [\"sku\"]\ntimeout = \"300ms\"\n[datasets.products.fields]\n\
+            "[datasets.products]\nkey = [\"sku\"]\ntimeout = \"1ms\"\n[datasets.products.fields]\n\
              sku = { type = \"text\", required = true }\nname = { type = \"text\" }\n"
                 .into(),
         ),

@@ -6,8 +6,11 @@
 pub mod auth;
 mod control;
 pub mod error;
+mod events;
 mod jobs;
+mod preview;
 mod upload;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -39,7 +42,29 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/import/status/{id}", get(jobs::status))
         .route("/api/v1/import/jobs", get(jobs::list))
         .route("/api/v1/import/{id}/errors", get(jobs::errors))
+        .route("/api/v1/import/{id}/events", get(events::job_events))
+        .route("/api/v1/events", get(events::all_events))
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
         .route("/api/v1/datasets", get(jobs::datasets))
+        .route(
+            "/api/v1/import/{id}/preview",
+            post(preview::preview).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/datasets/{id}/templates",
+            get(preview::templates).post(preview::save_template),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -50,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .merge(api)
+        .merge(crate::web::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }

@@ -186,6 +186,13 @@ pub async fn upload(
             })
         })
         .transpose()?;
+    let explicit = match (
+        explicit,
+        param(&params, "template").filter(|t| !t.trim().is_empty()),
+    ) {
+        (None, Some(name)) => Some(template_mapping(&state, &dataset.name, name).await?),
+        (explicit, _) => explicit,
+    };
     let text_option = |name: &str| {
         param(&params, name)
             .map(str::trim)
@@ -251,6 +258,25 @@ pub async fn upload(
     saved.keep = true;
     ctx.wake.notify_one();
     Ok(accepted(&dataset.name, job_id))
+}
+
+/// The mapping of a saved template (`template` field), marking the template used.
+async fn template_mapping(
+    state: &Arc<AppState>,
+    dataset: &str,
+    name: &str,
+) -> Result<BTreeMap<String, Option<String>>, ApiError> {
+    let (d, n) = (dataset.to_string(), name.to_string());
+    let found = state
+        .jobs
+        .store_call(move |s| s.template_use(&d, &n))
+        .await?;
+    found.map(|t| t.mapping).ok_or_else(|| {
+        ApiError::bad(
+            "unknown_template",
+            format!("dataset `{dataset}` has no mapping template named `{name}`"),
+        )
+    })
 }
 
 /// Synchronous datasets: run the import inside the request and answer with its results.
@@ -371,7 +397,7 @@ fn capitalised(s: &str) -> String {
         .unwrap_or_default()
 }
 
-fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
+pub(super) fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
     match s {
         "tab" | "\\t" | "\t" => Ok(b'\t'),
         _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => {

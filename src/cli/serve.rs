@@ -119,6 +119,13 @@ pub struct ServeArgs {
     /// How long a finished job and its row errors are kept.
     #[arg(long, env = "SLUICE_RETAIN_JOBS", default_value = "30d", value_parser = parse_duration)]
     pub retain_jobs: Duration,
+    /// Attempts per webhook delivery before it is marked failed.
+    #[arg(long, env = "SLUICE_WEBHOOK_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub webhook_attempts: u32,
+    /// Milliseconds to wait after a webhook's first failed attempt; each later wait is 4× longer
+    /// (at most 1 h), plus up to 10% jitter.
+    #[arg(long, env = "SLUICE_WEBHOOK_BACKOFF_MS", default_value_t = 2000)]
+    pub webhook_backoff_ms: u64,
 }
 
 /// `sluice worker`: workers only, sharing the store with other processes.
@@ -263,6 +270,7 @@ async fn job_context(
             max_chunks: work.max_chunks,
         },
         wake: Notify::new(),
+        events: crate::events::EventBus::default(),
     }))
 }
 
@@ -297,6 +305,16 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         jobs: args.retain_jobs,
     };
     let sweeper = spawn_sweeper(ctx.clone(), retention, shutdown.clone());
+    let dispatcher = crate::webhooks::spawn_dispatcher(
+        ctx.clone(),
+        crate::webhooks::WebhookConfig {
+            attempts: args.webhook_attempts,
+            backoff: Duration::from_millis(args.webhook_backoff_ms),
+            timeout: Duration::from_secs(10),
+        },
+        shutdown.clone(),
+    );
+    let ctx_events = ctx.events.clone();
     let state = Arc::new(AppState {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
@@ -308,12 +326,21 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     println!("sluice listening on http://{addr}");
     tracing::info!(%addr, workers = args.work.workers, "sluice started");
     cancel_on_signal(&shutdown);
+    // Open event streams end at shutdown, so they do not keep the server from stopping.
+    {
+        let (events, shutdown) = (ctx_events, shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            events.close();
+        });
+    }
     let server_shutdown = shutdown.clone();
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
         .await?;
     join_workers(workers).await;
     sweeper.abort();
+    dispatcher.abort();
     Ok(())
 }
 

@@ -1,8 +1,12 @@
 //! Column mapping: which column of the file feeds which field of the dataset.
 //!
-//! Headers match field names and aliases ignoring case, spaces, `_` and `-`; an explicit mapping
-//! (header → field) from the request wins over the automatic one. Columns that match nothing are
-//! ignored and reported as warnings; a required field without a column is a file-level error.
+//! Headers match field names and aliases ignoring case, spaces, `_`, `-` and `.`; an explicit
+//! mapping (header → field) from the request wins over the automatic one. A header that matches
+//! no name or alias may still match a field by similarity (`Prod. Code` → `sku` through the
+//! alias "product code"): with a confidence of at least [`FUZZY_APPLY`] it is applied and always
+//! reported (a warning on the job, a `fuzzy` entry in the preview); below that it is only
+//! suggested. Columns that match nothing are ignored and reported as warnings; a required field
+//! without a column is a file-level error.
 
 use std::collections::BTreeMap;
 
@@ -13,12 +17,53 @@ use crate::dataset::Dataset;
 
 /// The resolved mapping, stored with the job so the worker reads the file exactly as the upload
 /// was checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mapping {
     /// For each column of the file, the name of the field it feeds (if any).
     pub columns: Vec<Option<String>>,
     /// Headers that feed no field.
     pub ignored: Vec<String>,
+    /// Columns mapped by similarity, not by name or alias.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fuzzy: Vec<FuzzyMatch>,
+}
+
+/// A column matched to a field by similarity; `percent` is the confidence (0–100).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FuzzyMatch {
+    pub header: String,
+    pub field: String,
+    pub percent: u8,
+}
+
+/// Lowest confidence at which a similarity match is applied without being asked.
+pub const FUZZY_APPLY: f64 = 0.8;
+/// Lowest confidence at which a similarity match is offered as a suggestion.
+pub const FUZZY_SUGGEST: f64 = 0.5;
+
+/// How a column found (or did not find) its field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKind {
+    Name,
+    Alias,
+    Fuzzy,
+    None,
+}
+
+/// The automatic match of one column, as the preview shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ColumnMatch {
+    pub header: String,
+    /// The field the column feeds automatically (name, alias, or fuzzy at ≥ [`FUZZY_APPLY`]).
+    pub field: Option<String>,
+    #[serde(rename = "match")]
+    pub kind: MatchKind,
+    /// 1.0 for a name or alias; the similarity for a fuzzy match or suggestion.
+    pub confidence: f64,
+    /// The best similar field when it was not applied (confidence between [`FUZZY_SUGGEST`] and
+    /// [`FUZZY_APPLY`]).
+    pub suggestion: Option<String>,
 }
 
 impl Mapping {
@@ -36,10 +81,19 @@ impl Mapping {
     }
 
     pub fn warnings(&self) -> Vec<String> {
-        self.ignored
+        let fuzzy = self.fuzzy.iter().map(|m| {
+            format!(
+                "column `{}` was mapped to `{}` by similarity (confidence {:.2}); pass a mapping if that is wrong",
+                m.header,
+                m.field,
+                f64::from(m.percent) / 100.0
+            )
+        });
+        let ignored = self
+            .ignored
             .iter()
-            .map(|h| format!("column `{h}` matches no field and is ignored"))
-            .collect()
+            .map(|h| format!("column `{h}` matches no field and is ignored"));
+        fuzzy.chain(ignored).collect()
     }
 }
 
@@ -58,13 +112,6 @@ pub fn resolve(
     headers: &[String],
     explicit: Option<&BTreeMap<String, Option<String>>>,
 ) -> Result<Mapping, FileError> {
-    let mut names: BTreeMap<String, &str> = BTreeMap::new();
-    for field in &dataset.fields {
-        names.insert(fold(&field.name), &field.name);
-        for alias in &field.aliases {
-            names.entry(fold(alias)).or_insert(&field.name);
-        }
-    }
     if let Some(explicit) = explicit {
         for (header, field) in explicit {
             if !headers.iter().any(|h| h == header) {
@@ -82,13 +129,33 @@ pub fn resolve(
             }
         }
     }
+    let taken: Vec<&str> = explicit
+        .map(|m| m.values().filter_map(|f| f.as_deref()).collect())
+        .unwrap_or_default();
+    let auto = auto_match(
+        dataset,
+        headers,
+        &|h| explicit.is_some_and(|m| m.contains_key(h)),
+        &taken,
+    );
     let mut columns = Vec::with_capacity(headers.len());
     let mut ignored = Vec::new();
-    for header in headers {
+    let mut fuzzy = Vec::new();
+    for (header, found) in headers.iter().zip(&auto) {
         let target = match explicit.and_then(|m| m.get(header)) {
             Some(choice) => choice.clone().filter(|f| !f.is_empty()),
-            None => names.get(&fold(header)).map(|s| s.to_string()),
+            None => found.field.clone(),
         };
+        if found.kind == MatchKind::Fuzzy
+            && let Some(field) = &found.field
+            && target.as_ref() == Some(field)
+        {
+            fuzzy.push(FuzzyMatch {
+                header: header.clone(),
+                field: field.clone(),
+                percent: (found.confidence * 100.0).round() as u8,
+            });
+        }
         if target.is_none() && !header.is_empty() {
             ignored.push(header.clone());
         }
@@ -119,7 +186,148 @@ pub fn resolve(
     if !missing.is_empty() {
         return Err(FileError::MissingColumns(missing));
     }
-    Ok(Mapping { columns, ignored })
+    Ok(Mapping {
+        columns,
+        ignored,
+        fuzzy,
+    })
+}
+
+/// The automatic match of every header: by name, by alias, or by similarity. Headers for which
+/// `skip` is true, and fields in `taken`, are left out of similarity matching (an explicit
+/// mapping decides them). Names and aliases match first; similarity then only pairs headers and
+/// fields still free, the most similar pairs first, each field at most once.
+pub fn auto_match(
+    dataset: &Dataset,
+    headers: &[String],
+    skip: &dyn Fn(&str) -> bool,
+    taken: &[&str],
+) -> Vec<ColumnMatch> {
+    let mut names: BTreeMap<String, (&str, MatchKind)> = BTreeMap::new();
+    for field in &dataset.fields {
+        names.insert(fold(&field.name), (&field.name, MatchKind::Name));
+    }
+    for field in &dataset.fields {
+        for alias in &field.aliases {
+            names
+                .entry(fold(alias))
+                .or_insert((&field.name, MatchKind::Alias));
+        }
+    }
+    let mut used: Vec<String> = taken.iter().map(|s| s.to_string()).collect();
+    let mut out: Vec<ColumnMatch> = headers
+        .iter()
+        .map(|h| ColumnMatch {
+            header: h.clone(),
+            field: None,
+            kind: MatchKind::None,
+            confidence: 0.0,
+            suggestion: None,
+        })
+        .collect();
+    for (i, h) in headers.iter().enumerate() {
+        if skip(h) {
+            continue;
+        }
+        // Two columns named for one field stay a clash for `resolve` to report, not a guess.
+        if let Some((field, kind)) = names.get(&fold(h)) {
+            used.push(field.to_string());
+            out[i].field = Some(field.to_string());
+            out[i].kind = *kind;
+            out[i].confidence = 1.0;
+        }
+    }
+    // Every (header, field) pair not decided yet, best first.
+    let mut pairs: Vec<(f64, usize, &str)> = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        if skip(h) || out[i].field.is_some() || h.trim().is_empty() {
+            continue;
+        }
+        for field in &dataset.fields {
+            if used.contains(&field.name) {
+                continue;
+            }
+            let best = std::iter::once(&field.name)
+                .chain(&field.aliases)
+                .map(|target| similarity(h, target))
+                .fold(0.0, f64::max);
+            if best >= FUZZY_SUGGEST {
+                pairs.push((best, i, &field.name));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (score, i, field) in pairs {
+        if out[i].kind != MatchKind::None || out[i].suggestion.is_some() {
+            continue;
+        }
+        if score >= FUZZY_APPLY {
+            if used.iter().any(|u| u == field) {
+                continue;
+            }
+            used.push(field.to_string());
+            out[i].field = Some(field.to_string());
+            out[i].kind = MatchKind::Fuzzy;
+        } else {
+            out[i].suggestion = Some(field.to_string());
+        }
+        out[i].confidence = (score * 100.0).round() / 100.0;
+    }
+    out
+}
+
+/// Lowercase alphanumeric words of a header.
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// How alike a header and a field name (or alias) are, from 0 to 1. Equal but for punctuation:
+/// 0.95; every word an abbreviation of the matching word (`Prod. Code` / `product code`): 0.9;
+/// otherwise the edit-distance ratio of the folded forms, or a containment score.
+pub fn similarity(header: &str, target: &str) -> f64 {
+    let (hw, tw) = (words(header), words(target));
+    let (h, t) = (hw.concat(), tw.concat());
+    if h.is_empty() || t.is_empty() {
+        return 0.0;
+    }
+    if h == t {
+        return 0.95;
+    }
+    if hw.len() == tw.len()
+        && hw
+            .iter()
+            .zip(&tw)
+            .all(|(a, b)| b.starts_with(a.as_str()) && (a.len() >= 3 || a == b))
+    {
+        return 0.9;
+    }
+    let (hc, tc): (Vec<char>, Vec<char>) = (h.chars().collect(), t.chars().collect());
+    let longest = hc.len().max(tc.len());
+    let ratio = 1.0 - levenshtein(&hc, &tc) as f64 / longest as f64;
+    let shortest = hc.len().min(tc.len());
+    let contained = if shortest >= 3 && (h.contains(&t) || t.contains(&h)) {
+        0.6 + 0.3 * shortest as f64 / longest as f64
+    } else {
+        0.0
+    };
+    ratio.max(contained)
+}
+
+fn levenshtein(a: &[char], b: &[char]) -> usize {
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
@@ -154,6 +362,49 @@ mod tests {
             err.to_string(),
             "missing required column(s): name, updated_at"
         );
+    }
+
+    #[test]
+    fn near_misses_are_matched_by_similarity_and_reported() {
+        let ds = Datasets::builtin().get("products").unwrap();
+        let m = resolve(
+            &ds,
+            &headers(&["Prod. Code", "Name", "Upated At", "Stok", "Colour"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(m.columns[0].as_deref(), Some("sku"));
+        assert_eq!(m.columns[2].as_deref(), Some("updated_at"));
+        assert_eq!(m.columns[3].as_deref(), Some("stock"));
+        assert_eq!(m.columns[4], None);
+        let fuzzy: Vec<&str> = m.fuzzy.iter().map(|f| f.header.as_str()).collect();
+        assert_eq!(fuzzy, vec!["Prod. Code", "Upated At", "Stok"]);
+        assert!(m.warnings()[0].contains("`Prod. Code` was mapped to `sku` by similarity"));
+    }
+
+    #[test]
+    fn weak_similarity_is_only_suggested() {
+        let ds = Datasets::builtin().get("products").unwrap();
+        let found = auto_match(
+            &ds,
+            &headers(&["sku", "Product Price", "nme"]),
+            &|_| false,
+            &[],
+        );
+        assert_eq!(found[1].field, None);
+        assert_eq!(found[1].suggestion.as_deref(), Some("price"));
+        assert!(found[1].confidence < FUZZY_APPLY && found[1].confidence >= FUZZY_SUGGEST);
+        // "nme" is one edit from "name" (0.75): suggested, not applied.
+        assert_eq!(found[2].field, None);
+        assert_eq!(found[2].suggestion.as_deref(), Some("name"));
+    }
+
+    #[test]
+    fn a_field_is_never_matched_twice() {
+        let ds = Datasets::builtin().get("products").unwrap();
+        let found = auto_match(&ds, &headers(&["sku", "Prod. Code"]), &|_| false, &[]);
+        assert_eq!(found[0].kind, MatchKind::Name);
+        assert_eq!(found[1].field, None);
     }
 
     #[test]

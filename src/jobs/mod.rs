@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::blob::{BlobError, BlobStore};
 use crate::dataset::Datasets;
+use crate::events::{EventBus, PublishingSink};
 use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
 use crate::import::run::{RunError, RunSpec, run};
@@ -43,13 +44,15 @@ pub struct WorkerConfig {
     pub max_chunks: u32,
 }
 
-/// What workers share: the store, the datasets, the uploads, and a bell rung on new jobs.
+/// What workers share: the store, the datasets, the uploads, a bell rung on new jobs, and the
+/// event bus rung after every batch commit and job end (for live progress).
 pub struct JobContext {
     pub store: Arc<dyn JobStore>,
     pub datasets: Arc<Datasets>,
     pub blobs: BlobStore,
     pub config: WorkerConfig,
     pub wake: Notify,
+    pub events: EventBus,
 }
 
 impl JobContext {
@@ -231,15 +234,16 @@ pub async fn execute(
             )
         }
     };
-    match finish(
+    let finished = finish(
         ctx,
         &lease,
         replacement.as_ref(),
         status,
         message.as_deref(),
     )
-    .await
-    {
+    .await;
+    ctx.events.publish();
+    match finished {
         Ok(true) => {
             tracing::info!(
                 status = status.as_str(),
@@ -448,6 +452,7 @@ fn run_blocking(
         if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
             return Err(SinkError::LeaseLost.into());
         }
+        ctx.events.publish();
     }
     // A replace job writes into its staging table; the swap happens when it completes.
     let target = if job.mode == Mode::Replace {
@@ -457,10 +462,11 @@ fn run_blocking(
     } else {
         dataset.clone()
     };
-    let mut sink = ctx
+    let sink = ctx
         .store
         .batch_sink(target, lease, job.mode, job.parent_id)
         .map_err(store_err)?;
+    let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {
         dataset: &dataset,
         path: &path,
@@ -471,5 +477,5 @@ fn run_blocking(
         batch_size: ctx.config.batch_size,
         commit_attempts: ctx.config.retry_limit,
     };
-    run(&spec, sink.as_mut(), &|| stop.load(Ordering::SeqCst))
+    run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
 }

@@ -272,6 +272,125 @@ pub struct ErrorRecord {
     pub record: Vec<String>,
 }
 
+/// One entry of the job event log (`job_events`): a snapshot of a job's counts when it was
+/// created, changed status, committed a batch or learned its row total. Written by the store in
+/// the same transaction as the change, so it is complete whichever process made the change;
+/// `seq` orders all events of all jobs and is the Server-Sent Events id.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub seq: i64,
+    pub job_id: JobId,
+    /// `created`, `status` (the status changed) or `progress` (a batch or the total).
+    pub kind: String,
+    pub dataset: String,
+    pub filename: String,
+    pub status: JobStatus,
+    pub total_rows: Option<u64>,
+    pub rows_done: u64,
+    pub created_count: u64,
+    pub updated_count: u64,
+    pub unchanged_count: u64,
+    pub error_count: u64,
+    pub batches_done: u64,
+    pub error: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+/// A webhook subscription. `secret` is the HMAC-SHA256 key its deliveries are signed with.
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: i64,
+    pub url: String,
+    /// Event names: `job.completed`, `job.failed`, `job.cancelled`.
+    pub events: Vec<String>,
+    pub secret: String,
+    pub created_by: Option<i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A delivery to make: one job event for one webhook, with the exact body every attempt sends.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub webhook_id: i64,
+    pub event_seq: i64,
+    pub event: String,
+    pub job_id: JobId,
+    pub payload: String,
+}
+
+/// The states of a delivery: `pending` (an attempt is due or running), `delivered` (a 2xx
+/// answer), `failed` (every attempt failed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// A delivery with its webhook's address and key, claimed for one attempt.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub id: i64,
+    pub url: String,
+    pub secret: String,
+    pub event: String,
+    pub payload: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// One attempt at a delivery, as recorded.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryAttempt {
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    /// The receiver's HTTP status, if it answered.
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A delivery and every attempt at it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    pub id: i64,
+    pub webhook_id: i64,
+    pub event: String,
+    pub job_id: JobId,
+    pub state: DeliveryState,
+    pub attempts: Vec<DeliveryAttempt>,
+    /// When the next attempt is due, while the delivery is pending.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A named column mapping saved for a dataset (header → field name; `None` ignores a column).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    pub dataset: String,
+    pub name: String,
+    pub mapping: std::collections::BTreeMap<String, Option<String>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub used_at: Option<DateTime<Utc>>,
+}
+
 /// Everything sluice asks of its database. Blocking: call from a blocking thread.
 pub trait JobStore: Send + Sync + 'static {
     /// Creates or upgrades the dataset tables (and their history tables).
@@ -382,4 +501,80 @@ pub trait JobStore: Send + Sync + 'static {
         mode: Mode,
         parent: Option<JobId>,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
+
+    // --- Job events (migration 0004). The backend must append a `JobEvent` in the same
+    // transaction as every job insert, status change, batch commit and total count (SQLite does
+    // it with triggers).
+
+    /// Up to `limit` events with `seq > after`, oldest first; only `job`'s when given.
+    fn events_after(
+        &self,
+        after: i64,
+        job: Option<JobId>,
+        limit: u64,
+    ) -> StoreResult<Vec<JobEvent>>;
+    /// The newest event's `seq` (0 when there is none).
+    fn events_last_seq(&self) -> StoreResult<i64>;
+
+    // --- Webhooks and their deliveries.
+
+    fn webhook_insert(
+        &self,
+        url: &str,
+        events: &[String],
+        secret: &str,
+        created_by: Option<i64>,
+    ) -> StoreResult<Webhook>;
+    fn webhook_list(&self) -> StoreResult<Vec<Webhook>>;
+    /// Deletes a webhook and its delivery log; false when it did not exist.
+    fn webhook_delete(&self, id: i64) -> StoreResult<bool>;
+    /// The webhook cursor and up to `limit` job events after it that ended a job (status
+    /// events with a finished status): the events to turn into deliveries.
+    fn delivery_backlog(&self, limit: u64) -> StoreResult<(i64, Vec<JobEvent>)>;
+    /// Inserts deliveries and moves the cursor from `from` to `to`, in one transaction; false
+    /// (and nothing written) when another dispatcher moved the cursor first.
+    fn delivery_insert_many(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<bool>;
+    /// Claims up to `limit` pending deliveries due by `now_ms`, holding each for `hold_ms` (no
+    /// other dispatcher takes it meanwhile).
+    fn delivery_claim_due(
+        &self,
+        now_ms: i64,
+        hold_ms: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Records one attempt and the delivery's new state; `next_attempt_ms` is when to try again
+    /// while it stays pending.
+    fn delivery_record(
+        &self,
+        id: i64,
+        attempt: &DeliveryAttempt,
+        state: DeliveryState,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()>;
+    /// A webhook's deliveries, newest first, each with its attempts, and their total.
+    fn delivery_list(
+        &self,
+        webhook_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<Delivery>, u64)>;
+
+    // --- Mapping templates.
+
+    /// Creates or replaces the dataset's template of that name.
+    fn template_save(
+        &self,
+        dataset: &str,
+        name: &str,
+        mapping: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> StoreResult<Template>;
+    /// The dataset's templates, most recently used or saved first.
+    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>>;
+    /// One template, marking it used (so it is suggested first next time).
+    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>>;
 }

@@ -568,3 +568,78 @@ pub fn job_id(body: &Value) -> i64 {
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 pub mod xlsx;
+
+/// One Server-Sent Event as received.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: Value,
+}
+
+/// Reads Server-Sent Events from a streaming response.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> Self {
+        assert_eq!(resp.status().as_u16(), 200, "not an event stream");
+        Self {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments and keep-alives skipped); `None` when the stream ends. Panics
+    /// after `limit` without one.
+    pub async fn next(&mut self, limit: Duration) -> Option<Sse> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, "message".to_string(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                return Some(Sse { id, event, data });
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+                .await
+                .expect("no event in time")
+                .expect("event stream broke")?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// Every event until the stream ends.
+    pub async fn all(&mut self, limit: Duration) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next(limit).await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+impl TestApp {
+    /// Opens an event stream (`path` with optional `Last-Event-ID`).
+    pub async fn events(&self, path: &str, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut req = self.get(path);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        req.send().await.expect("open event stream")
+    }
+}

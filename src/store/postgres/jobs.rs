@@ -14,8 +14,9 @@ use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
 use crate::store::{
-    Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
-    NewChunk, NewJob, Stats, StoreError, StoreResult,
+    Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
+    Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
+    NewJob, Stats, StoreError, StoreResult, Template, Webhook,
 };
 
 pub(super) const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
@@ -483,5 +484,94 @@ impl JobStore for PgStore {
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.pool.open()?;
         Ok(Box::new(PgSink::new(conn, dataset, lease, mode, parent)))
+    }
+
+    fn events_after(
+        &self,
+        after: i64,
+        job: Option<JobId>,
+        limit: u64,
+    ) -> StoreResult<Vec<JobEvent>> {
+        super::hooks::events_after(&mut *self.conn()?, after, job, limit)
+    }
+
+    fn events_last_seq(&self) -> StoreResult<i64> {
+        super::hooks::events_last_seq(&mut *self.conn()?)
+    }
+
+    fn webhook_insert(
+        &self,
+        url: &str,
+        events: &[String],
+        secret: &str,
+        created_by: Option<i64>,
+    ) -> StoreResult<Webhook> {
+        super::hooks::webhook_insert(&mut *self.conn()?, url, events, secret, created_by)
+    }
+
+    fn webhook_list(&self) -> StoreResult<Vec<Webhook>> {
+        super::hooks::webhook_list(&mut *self.conn()?)
+    }
+
+    fn webhook_delete(&self, id: i64) -> StoreResult<bool> {
+        super::hooks::webhook_delete(&mut *self.conn()?, id)
+    }
+
+    fn delivery_backlog(&self, limit: u64) -> StoreResult<(i64, Vec<JobEvent>)> {
+        super::hooks::delivery_backlog(&mut *self.conn()?, limit)
+    }
+
+    fn delivery_insert_many(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<bool> {
+        super::hooks::delivery_insert_many(&mut *self.conn()?, from, to, deliveries)
+    }
+
+    fn delivery_claim_due(
+        &self,
+        now_ms: i64,
+        hold_ms: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        super::hooks::delivery_claim_due(&mut *self.conn()?, now_ms, hold_ms, limit)
+    }
+
+    fn delivery_record(
+        &self,
+        id: i64,
+        attempt: &DeliveryAttempt,
+        state: DeliveryState,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()> {
+        super::hooks::delivery_record(&mut *self.conn()?, id, attempt, state, next_attempt_ms)
+    }
+
+    fn delivery_list(
+        &self,
+        webhook_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<Delivery>, u64)> {
+        super::hooks::delivery_list(&mut *self.conn()?, webhook_id, limit, offset)
+    }
+
+    fn template_save(
+        &self,
+        dataset: &str,
+        name: &str,
+        mapping: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> StoreResult<Template> {
+        super::hooks::template_save(&mut *self.conn()?, dataset, name, mapping)
+    }
+
+    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>> {
+        super::hooks::template_list(&mut *self.conn()?, dataset)
+    }
+
+    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>> {
+        super::hooks::template_use(&mut *self.conn()?, dataset, name)
     }
 }

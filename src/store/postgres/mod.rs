@@ -10,6 +10,7 @@
 
 mod blobs;
 mod control;
+mod hooks;
 mod jobs;
 mod tables;
 mod writer;
@@ -45,6 +46,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         4,
         "0004_chunks",
         include_str!("../../../migrations/postgres/0004_chunks.sql"),
+    ),
+    (
+        5,
+        "0005_events_webhooks_templates",
+        include_str!("../../../migrations/postgres/0005_events_webhooks_templates.sql"),
     ),
 ];
 

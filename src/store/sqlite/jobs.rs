@@ -5,14 +5,15 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{SqliteStore, db_err, writer::SqliteSink};
+use super::{SqliteStore, db_err, hooks, writer::SqliteSink};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
 use crate::store::{
-    Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
-    NewChunk, NewJob, Stats, StoreError, StoreResult,
+    Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
+    Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
+    NewJob, Stats, StoreError, StoreResult, Template, Webhook,
 };
 
 const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
@@ -73,10 +74,7 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
             format: crate::import::Format::Csv,
             options: Default::default(),
             header: Vec::new(),
-            mapping: crate::import::Mapping {
-                columns: Vec::new(),
-                ignored: Vec::new(),
-            },
+            mapping: crate::import::Mapping::default(),
             total_rows: r.get::<_, Option<i64>>(12)?.map(|n| n.max(0) as u64),
             rows_done: u(13)?,
             created_count: u(14)?,
@@ -542,5 +540,94 @@ impl JobStore for SqliteStore {
         Ok(Box::new(SqliteSink::new(
             conn, dataset, lease, mode, parent,
         )))
+    }
+
+    fn events_after(
+        &self,
+        after: i64,
+        job: Option<JobId>,
+        limit: u64,
+    ) -> StoreResult<Vec<JobEvent>> {
+        hooks::events_after(&*self.conn()?, after, job, limit)
+    }
+
+    fn events_last_seq(&self) -> StoreResult<i64> {
+        hooks::events_last_seq(&*self.conn()?)
+    }
+
+    fn webhook_insert(
+        &self,
+        url: &str,
+        events: &[String],
+        secret: &str,
+        created_by: Option<i64>,
+    ) -> StoreResult<Webhook> {
+        hooks::webhook_insert(&*self.conn()?, url, events, secret, created_by)
+    }
+
+    fn webhook_list(&self) -> StoreResult<Vec<Webhook>> {
+        hooks::webhook_list(&*self.conn()?)
+    }
+
+    fn webhook_delete(&self, id: i64) -> StoreResult<bool> {
+        hooks::webhook_delete(&*self.conn()?, id)
+    }
+
+    fn delivery_backlog(&self, limit: u64) -> StoreResult<(i64, Vec<JobEvent>)> {
+        hooks::delivery_backlog(&*self.conn()?, limit)
+    }
+
+    fn delivery_insert_many(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<bool> {
+        hooks::delivery_insert_many(&mut *self.conn()?, from, to, deliveries)
+    }
+
+    fn delivery_claim_due(
+        &self,
+        now_ms: i64,
+        hold_ms: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        hooks::delivery_claim_due(&mut *self.conn()?, now_ms, hold_ms, limit)
+    }
+
+    fn delivery_record(
+        &self,
+        id: i64,
+        attempt: &DeliveryAttempt,
+        state: DeliveryState,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()> {
+        hooks::delivery_record(&mut *self.conn()?, id, attempt, state, next_attempt_ms)
+    }
+
+    fn delivery_list(
+        &self,
+        webhook_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<Delivery>, u64)> {
+        hooks::delivery_list(&*self.conn()?, webhook_id, limit, offset)
+    }
+
+    fn template_save(
+        &self,
+        dataset: &str,
+        name: &str,
+        mapping: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> StoreResult<Template> {
+        hooks::template_save(&*self.conn()?, dataset, name, mapping)
+    }
+
+    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>> {
+        hooks::template_list(&*self.conn()?, dataset)
+    }
+
+    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>> {
+        hooks::template_use(&*self.conn()?, dataset, name)
     }
 }

@@ -6,6 +6,7 @@
 //! files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
 mod control;
+mod hooks;
 mod jobs;
 mod tables;
 mod writer;
@@ -35,6 +36,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_chunks",
         include_str!("../../../migrations/sqlite/0004_chunks.sql"),
+    ),
+    (
+        "0005_events_webhooks_templates",
+        include_str!("../../../migrations/sqlite/0005_events_webhooks_templates.sql"),
     ),
 ];
 

@@ -1,0 +1,430 @@
+//! Before an import: `POST /api/v1/import/{dataset}/preview` reads the head of a file and shows
+//! what an import would do with it (format, headers, the automatic mapping with confidences,
+//! the first rows and their validation errors); `GET|POST /api/v1/datasets/{dataset}/templates`
+//! list and save named mappings.
+//!
+//! The preview reads at most [`PREVIEW_BYTES`] of the body (clients send a slice of a big file;
+//! the rest of a longer body is read and discarded) into a temporary file that is removed before
+//! answering. Nothing is written to the database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::blob::BlobStore;
+use crate::dataset::Dataset;
+use crate::import::read::{Source, resolve_options};
+use crate::import::validate::Validator;
+use crate::import::{FileError, SourceOptions, map};
+use crate::store::Template;
+
+/// Most bytes of a file the preview reads.
+pub const PREVIEW_BYTES: usize = 1024 * 1024;
+/// Data rows shown.
+const PREVIEW_ROWS: usize = 20;
+/// Largest form field other than the file (a mapping).
+const MAX_FIELD: usize = 64 * 1024;
+
+type Explicit = BTreeMap<String, Option<String>>;
+
+fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
+    state.jobs.datasets.get(name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "no dataset named `{name}`; configured: {}",
+            state.jobs.datasets.names().join(", ")
+        ))
+    })
+}
+
+/// The head of the uploaded file and the other form fields.
+struct Head {
+    bytes: Vec<u8>,
+    truncated: bool,
+    params: HashMap<String, String>,
+}
+
+/// Appends `chunk` to `head` up to the preview limit.
+fn take(head: &mut Head, chunk: &[u8]) {
+    let room = PREVIEW_BYTES.saturating_sub(head.bytes.len());
+    if chunk.len() > room {
+        head.truncated = true;
+    }
+    head.bytes
+        .extend_from_slice(&chunk[..chunk.len().min(room)]);
+}
+
+async fn read_head(req: Request, mut params: HashMap<String, String>) -> Result<Head, ApiError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let mut head = Head {
+        bytes: Vec::new(),
+        truncated: false,
+        params: HashMap::new(),
+    };
+    let bad =
+        |e: axum::extract::multipart::MultipartError| ApiError::bad("bad_multipart", e.body_text());
+    if multipart {
+        let mut form = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?;
+        let mut saw_file = false;
+        while let Some(mut field) = form.next_field().await.map_err(bad)? {
+            let name = field.name().unwrap_or_default().to_string();
+            if name == "file" {
+                saw_file = true;
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    take(&mut head, &chunk);
+                }
+            } else {
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > MAX_FIELD {
+                        return Err(ApiError::bad(
+                            "field_too_large",
+                            format!("form field `{name}` is larger than {MAX_FIELD} bytes"),
+                        ));
+                    }
+                }
+                params.insert(name, String::from_utf8_lossy(&text).into_owned());
+            }
+        }
+        if !saw_file {
+            return Err(ApiError::bad(
+                "missing_file",
+                "send the file in a multipart form field named `file`",
+            ));
+        }
+    } else {
+        let mut body = req.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk: Bytes = chunk.map_err(|e| {
+                ApiError::bad(
+                    "upload_interrupted",
+                    format!("the upload did not arrive whole: {e}"),
+                )
+            })?;
+            take(&mut head, &chunk);
+        }
+    }
+    if head.truncated {
+        // Only whole lines: drop the partial last one.
+        let end = head
+            .bytes
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        head.bytes.truncate(end);
+    }
+    head.params = params;
+    Ok(head)
+}
+
+/// Removes the temporary file however the preview ends.
+struct TempBlob {
+    blobs: BlobStore,
+    name: String,
+}
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        self.blobs.remove(&self.name);
+    }
+}
+
+/// `POST /api/v1/import/{dataset}/preview` (multipart `file`, or a raw body): optional `mapping`
+/// (JSON header → field) or `template` (a saved mapping's name), and `delimiter`.
+pub async fn preview(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Json<JsonValue>, ApiError> {
+    let ds = dataset(&state, &name)?;
+    let head = read_head(req, query).await?;
+    let p = |k: &str| {
+        head.params
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    };
+    let templates = {
+        let n = ds.name.clone();
+        state.jobs.store_call(move |s| s.template_list(&n)).await?
+    };
+    let (explicit, source): (Option<Explicit>, &str) = match (p("mapping"), p("template")) {
+        (Some(m), _) => (
+            Some(serde_json::from_str(m).map_err(|e| {
+                ApiError::bad(
+                    "invalid_mapping",
+                    format!("mapping must be a JSON object of header → field name: {e}"),
+                )
+            })?),
+            "manual",
+        ),
+        (None, Some(t)) => {
+            let found = templates.iter().find(|x| x.name == t).ok_or_else(|| {
+                ApiError::bad(
+                    "unknown_template",
+                    format!("dataset `{}` has no mapping template named `{t}`", ds.name),
+                )
+            })?;
+            (Some(found.mapping.clone()), "template")
+        }
+        (None, None) => (None, "auto"),
+    };
+    let text = |name: &str| {
+        p(name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let requested = SourceOptions {
+        delimiter: p("delimiter")
+            .map(super::upload::parse_delimiter)
+            .transpose()?,
+        encoding: text("encoding"),
+        sheet: text("sheet"),
+        row_column: false,
+    };
+    if head.bytes.is_empty() {
+        return Err(FileError::Empty.into());
+    }
+    let blobs = state.jobs.blobs.clone();
+    let temp = TempBlob {
+        name: BlobStore::new_name(),
+        blobs: blobs.clone(),
+    };
+    let path = blobs
+        .path(&temp.name)
+        .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
+    let truncated = head.truncated;
+    let mut out = tokio::task::spawn_blocking(move || {
+        std::fs::write(&path, &head.bytes)?;
+        let out = analyze(&ds, &path, &requested, explicit.as_ref(), source);
+        drop(temp);
+        out
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("preview task: {e}")))??;
+    out["truncated"] = json!(truncated);
+    out["sheets"] = json!([]);
+    let headers: Vec<String> = serde_json::from_value(out["headers"].clone()).unwrap_or_default();
+    out["templates"] = json!(templates.iter().map(template_json).collect::<Vec<_>>());
+    out["suggestedTemplate"] = json!(suggest(&templates, &headers));
+    Ok(Json(json!({"success": true, "data": out})))
+}
+
+/// The most recently used or saved template whose every column is in the file.
+fn suggest<'a>(templates: &'a [Template], headers: &[String]) -> Option<&'a str> {
+    templates
+        .iter()
+        .find(|t| !t.mapping.is_empty() && t.mapping.keys().all(|k| headers.contains(k)))
+        .map(|t| t.name.as_str())
+}
+
+fn analyze(
+    ds: &Dataset,
+    path: &std::path::Path,
+    requested: &SourceOptions,
+    explicit: Option<&Explicit>,
+    source: &str,
+) -> Result<JsonValue, FileError> {
+    let (format, options) = resolve_options(path, requested)?;
+    let mut reader = Source::open(path, format, &options)?;
+    let headers = reader.headers().to_vec();
+    let taken: Vec<&str> = explicit
+        .map(|m| m.values().filter_map(|f| f.as_deref()).collect())
+        .unwrap_or_default();
+    let auto = map::auto_match(
+        ds,
+        &headers,
+        &|h| explicit.is_some_and(|m| m.contains_key(h)),
+        &taken,
+    );
+    let columns: Vec<JsonValue> = auto
+        .iter()
+        .map(|m| match explicit.and_then(|e| e.get(&m.header)) {
+            Some(field) => json!({
+                "header": m.header, "field": field.as_deref().filter(|f| !f.is_empty()),
+                "match": source, "confidence": null, "suggestion": null,
+            }),
+            None => json!(m),
+        })
+        .collect();
+    let resolved = map::resolve(ds, &headers, explicit);
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut mapping = serde_json::Map::new();
+    match &resolved {
+        Ok(m) => {
+            warnings = m.warnings();
+            for (h, f) in headers.iter().zip(&m.columns) {
+                mapping.insert(h.clone(), json!(f));
+            }
+        }
+        Err(e) => {
+            problems.push(json!({"code": e.code(), "message": e.to_string()}));
+            for c in &columns {
+                if let Some(h) = c["header"].as_str() {
+                    mapping.insert(h.to_string(), c["field"].clone());
+                }
+            }
+        }
+    }
+    let validator = resolved
+        .as_ref()
+        .ok()
+        .map(|m| Validator::new(ds, m.field_columns(ds), headers.len()));
+    let mut record = csv::ByteRecord::new();
+    let mut rows = Vec::new();
+    let mut errors = Vec::new();
+    let mut keys: HashMap<Vec<Option<String>>, u64> = HashMap::new();
+    let mut values = Vec::new();
+    while rows.len() < PREVIEW_ROWS {
+        let Some(index) = reader.next_record(&mut record)? else {
+            break;
+        };
+        let row = index + 2;
+        let fields: Vec<String> = record
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect();
+        if let Some(v) = &validator {
+            values.clear();
+            match v.validate(&record, row, reader.cell_errors(), &mut values) {
+                Ok(()) => {
+                    let key: Vec<Option<String>> =
+                        ds.key.iter().map(|&k| values[k].to_text()).collect();
+                    if let Some(first) = keys.get(&key) {
+                        errors.push(json!({
+                            "row": row, "column": ds.key.first().map(|&k| &ds.fields[k].name),
+                            "value": key.first().cloned().flatten(),
+                            "message": format!("duplicate key, first seen at row {first}"),
+                        }));
+                    } else {
+                        keys.insert(key, row);
+                    }
+                }
+                Err(e) => errors.push(json!({
+                    "row": e.row, "column": e.column, "value": e.value, "message": e.message,
+                })),
+            }
+        }
+        rows.push(json!({"row": row, "values": fields}));
+    }
+    if rows.is_empty() && problems.is_empty() {
+        problems.push(json!({"code": "no_rows", "message": FileError::NoRows.to_string()}));
+    }
+    Ok(json!({
+        "dataset": ds.name,
+        "format": format,
+        "delimiter": options.delimiter.map(|d| (d as char).to_string()),
+        "headers": headers,
+        "columns": columns,
+        "mapping": mapping,
+        "mappingSource": source,
+        "fields": ds.fields.iter().map(|f| json!({
+            "name": f.name,
+            "type": format!("{:?}", f.ty).to_lowercase(),
+            "required": f.required,
+            "key": ds.key.iter().any(|&k| ds.fields[k].name == f.name),
+        })).collect::<Vec<_>>(),
+        "warnings": warnings,
+        "problems": problems,
+        "rows": rows,
+        "errors": errors,
+        "fuzzyThreshold": map::FUZZY_APPLY,
+    }))
+}
+
+pub fn template_json(t: &Template) -> JsonValue {
+    json!(t)
+}
+
+#[derive(Deserialize)]
+struct NewTemplate {
+    name: String,
+    mapping: Explicit,
+}
+
+/// `GET /api/v1/datasets/{dataset}/templates`
+pub async fn templates(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let ds = dataset(&state, &name)?;
+    let list = state
+        .jobs
+        .store_call(move |s| s.template_list(&ds.name))
+        .await?;
+    Ok(Json(json!({
+        "success": true,
+        "data": {"templates": list.iter().map(template_json).collect::<Vec<_>>()},
+    })))
+}
+
+/// `POST /api/v1/datasets/{dataset}/templates {name, mapping}`: creates or replaces.
+pub async fn save_template(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let ds = dataset(&state, &name)?;
+    let req: NewTemplate = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "invalid_body",
+            format!(
+                "send JSON {{\"name\": \"…\", \"mapping\": {{\"header\": \"field\" | null}}}}: {e}"
+            ),
+        )
+    })?;
+    let tname = req.name.trim().to_string();
+    if tname.is_empty() || tname.chars().count() > 100 || tname.chars().any(char::is_control) {
+        return Err(ApiError::bad(
+            "invalid_template",
+            "a template name is 1–100 printable characters",
+        ));
+    }
+    if req.mapping.is_empty() {
+        return Err(ApiError::bad(
+            "invalid_template",
+            "a template maps at least one column",
+        ));
+    }
+    for (header, field) in &req.mapping {
+        if let Some(f) = field.as_deref().filter(|f| !f.is_empty())
+            && ds.field_index(f).is_none()
+        {
+            return Err(ApiError::bad(
+                "invalid_template",
+                format!(
+                    "column `{header}` goes to `{f}`, which is not a field of dataset `{}`",
+                    ds.name
+                ),
+            ));
+        }
+    }
+    let saved = state
+        .jobs
+        .store_call(move |s| s.template_save(&ds.name, &tname, &req.mapping))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "data": template_json(&saved)})),
+    )
+        .into_response())
+}

@@ -1,0 +1,139 @@
+//! Webhook subscriptions and their delivery log: `POST/GET /api/v1/webhooks`,
+//! `DELETE /api/v1/webhooks/{id}`, `GET /api/v1/webhooks/{id}/deliveries`.
+//!
+//! The signing secret is returned once, when the webhook is created.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value as JsonValue, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::store::Webhook;
+use crate::webhooks::{self, WebhookError};
+
+impl From<WebhookError> for ApiError {
+    fn from(e: WebhookError) -> Self {
+        let code = match e {
+            WebhookError::InvalidUrl(_) => "invalid_url",
+            WebhookError::TlsUnsupported => "unsupported_url",
+            WebhookError::UnknownEvent(_) => "unknown_event",
+        };
+        ApiError::bad(code, e.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+struct NewWebhook {
+    url: String,
+    #[serde(default)]
+    events: Vec<String>,
+}
+
+fn webhook_json(h: &Webhook) -> JsonValue {
+    json!({
+        "id": h.id,
+        "url": h.url,
+        "events": h.events,
+        "createdAt": h.created_at,
+        "deliveriesUrl": format!("/api/v1/webhooks/{}/deliveries", h.id),
+    })
+}
+
+fn parse_webhook_id(id: &str) -> Result<i64, ApiError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::NotFound(format!("no webhook with id `{id}`")))
+}
+
+/// `POST /api/v1/webhooks {url, events}` → 201 with the signing secret (shown only here).
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: NewWebhook = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "invalid_body",
+            format!("send JSON {{\"url\": \"http://…\", \"events\": [\"job.completed\", …]}}: {e}"),
+        )
+    })?;
+    let events = webhooks::check(&req.url, &req.events)?;
+    let secret = webhooks::new_secret();
+    let (url, s) = (req.url.clone(), secret.clone());
+    let hook = state
+        .jobs
+        .store_call(move |st| st.webhook_insert(&url, &events, &s, Some(caller.token_id)))
+        .await?;
+    let mut data = webhook_json(&hook);
+    data["secret"] = json!(secret);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"success": true, "data": data})),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/webhooks`
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
+    let hooks = state.jobs.store_call(|s| s.webhook_list()).await?;
+    Ok(Json(json!({
+        "success": true,
+        "data": {"webhooks": hooks.iter().map(webhook_json).collect::<Vec<_>>()},
+    })))
+}
+
+/// `DELETE /api/v1/webhooks/{id}`
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let id = parse_webhook_id(&id)?;
+    if !state.jobs.store_call(move |s| s.webhook_delete(id)).await? {
+        return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
+    }
+    Ok(Json(
+        json!({"success": true, "message": format!("webhook {id} deleted")}),
+    ))
+}
+
+/// `GET /api/v1/webhooks/{id}/deliveries?limit=&offset=`: newest first, every attempt listed.
+pub async fn deliveries(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let id = parse_webhook_id(&id)?;
+    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
+        params.get(name).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                ApiError::bad(
+                    "invalid_parameter",
+                    format!("`{name}` must be a whole number ≥ 0"),
+                )
+            })
+        })
+    };
+    let (limit, offset) = (number("limit", 50)?.min(1000), number("offset", 0)?);
+    let hooks = state.jobs.store_call(|s| s.webhook_list()).await?;
+    if !hooks.iter().any(|h| h.id == id) {
+        return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
+    }
+    let (list, total) = state
+        .jobs
+        .store_call(move |s| s.delivery_list(id, limit, offset))
+        .await?;
+    Ok(Json(json!({
+        "success": true,
+        "data": {"deliveries": list, "total": total, "limit": limit, "offset": offset},
+    })))
+}

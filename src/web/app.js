@@ -1,0 +1,582 @@
+// sluice web UI: sign in, preview and map a file, run it in the background, follow every import
+// live through Server-Sent Events (GET /api/v1/events), inspect a job and its rejected rows.
+// Plain DOM code; every piece of text from the server goes in through textContent.
+'use strict';
+
+const PREVIEW_BYTES = 1024 * 1024;
+const ERRORS_PAGE = 50;
+const ACTIVE = ['pending', 'processing', 'paused'];
+
+const state = {
+  datasets: [],
+  jobs: new Map(),
+  events: null,
+  file: null,
+  preview: null,
+  mapping: null,   // header → field | null, as edited
+  template: '',    // chosen template name, '' = automatic
+  templateTried: false,
+  jobView: null,   // { id, offset }
+};
+
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+const fmt = (n) => (n === null || n === undefined ? '–' : Number(n).toLocaleString('en-US'));
+
+function duration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return '–';
+  const s = Math.max(0, Math.round(seconds));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+  const two = (x) => String(x).padStart(2, '0');
+  return h ? `${h}:${two(m)}:${two(r)}` : `${m}:${two(r)}`;
+}
+
+const when = (t) => (t ? new Date(t).toLocaleString() : '–');
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { credentials: 'same-origin', ...options });
+  if (res.status === 401) { showSignin('Your session has ended; sign in again.'); }
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (!res.ok) {
+    const err = (body && body.error) || {};
+    throw new ApiError(res.status, err.code || 'http_' + res.status, err.message || res.statusText);
+  }
+  return body;
+}
+
+// ---------------------------------------------------------------- toasts and notifications
+
+function toast(text, link, bad) {
+  const t = el('div', { class: 'toast' + (bad ? ' bad' : ''), role: 'status' }, text);
+  if (link) t.append(el('a', { href: link.href, text: link.text }));
+  $('#toasts').append(t);
+  setTimeout(() => t.remove(), 8000);
+}
+
+function notificationsOn() {
+  return 'Notification' in window && Notification.permission === 'granted' &&
+    localStorage.getItem('sluice.notify') === '1';
+}
+
+function renderNotifyButton() {
+  const b = $('#notify-btn');
+  if (!('Notification' in window)) { b.hidden = true; return; }
+  b.textContent = notificationsOn() ? 'Notifications on' : 'Enable notifications';
+}
+
+async function toggleNotifications() {
+  if (notificationsOn()) {
+    localStorage.setItem('sluice.notify', '0');
+  } else {
+    const p = await Notification.requestPermission();
+    localStorage.setItem('sluice.notify', p === 'granted' ? '1' : '0');
+    if (p !== 'granted') toast('The browser did not allow notifications.', null, true);
+  }
+  renderNotifyButton();
+}
+
+function announceDone(job) {
+  const r = job.results || {};
+  const text = job.status === 'completed'
+    ? `Import #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} created, ` +
+      `${fmt(r.updatedCount)} updated, ${fmt(r.errorCount)} rejected.`
+    : `Import #${job.jobId} (${job.filename}) ${job.status}${job.error ? ': ' + job.error : '.'}`;
+  toast(text, { href: `#/jobs/${job.jobId}`, text: 'View' }, job.status === 'failed');
+  if (notificationsOn()) {
+    try { new Notification(`sluice: import ${job.status}`, { body: text, tag: `job-${job.jobId}` }); }
+    catch (_) { /* some browsers only allow notifications from a service worker */ }
+  }
+}
+
+// ---------------------------------------------------------------- sign in
+
+function getCookieToken() {
+  return document.cookie.split(';').map((c) => c.trim()).find((c) => c.startsWith('token='));
+}
+
+function setCookie(token) {
+  const secure = location.protocol === 'https:' ? '; Secure' : '';
+  document.cookie = token
+    ? `token=${token}; Path=/; SameSite=Strict${secure}`
+    : `token=; Path=/; Max-Age=0; SameSite=Strict${secure}`;
+}
+
+function showSignin(message) {
+  if (state.events) { state.events.close(); state.events = null; }
+  $('#app').hidden = true;
+  $('#nav').hidden = true;
+  $('#signin').hidden = false;
+  $('#signin-error').textContent = message || '';
+  $('#token').focus();
+}
+
+async function signIn(ev) {
+  ev.preventDefault();
+  const token = $('#token').value.trim();
+  if (!token || /[;\s]/.test(token)) { $('#signin-error').textContent = 'That is not an API token.'; return; }
+  const res = await fetch('/api/v1/datasets', { headers: { Authorization: `Bearer ${token}` } });
+  if (!res.ok) { $('#signin-error').textContent = 'This token was not accepted.'; return; }
+  setCookie(token);
+  $('#token').value = '';
+  await start();
+}
+
+function signOut() {
+  setCookie(null);
+  state.jobs.clear();
+  showSignin();
+}
+
+// ---------------------------------------------------------------- live events
+
+function connect() {
+  if (state.events) state.events.close();
+  const es = new EventSource('/api/v1/events');
+  state.events = es;
+  // The stream starts with `ready`: load the list then, so nothing falls between list and stream.
+  es.addEventListener('ready', () => loadJobs());
+  for (const name of ['status', 'progress', 'done']) {
+    es.addEventListener(name, (e) => onEvent(name, JSON.parse(e.data)));
+  }
+  es.onerror = () => {
+    if (es.readyState === EventSource.CLOSED) {
+      // Refused (signed out?) or the server went away for good: check, then try again.
+      setTimeout(async () => {
+        try { await api('/api/v1/datasets'); connect(); } catch (_) { /* api() handles 401 */ }
+      }, 3000);
+    }
+    // Otherwise the browser reconnects by itself, sending Last-Event-ID.
+  };
+}
+
+function onEvent(name, d) {
+  const known = state.jobs.get(d.jobId);
+  const job = Object.assign(known || {}, {
+    jobId: d.jobId, dataset: d.dataset, filename: d.filename, status: d.status,
+    progress: d.progress, createdCount: d.createdCount, updatedCount: d.updatedCount,
+    unchangedCount: d.unchangedCount, errorCount: d.errorCount, batches: d.batches,
+    rowsPerSecond: d.rowsPerSecond, etaSeconds: d.etaSeconds, startedAt: d.startedAt,
+    completedAt: d.completedAt, error: d.error, results: d.results,
+  });
+  job.seenAt = Date.now();
+  if (!job.createdAt) job.createdAt = d.at;
+  state.jobs.set(d.jobId, job);
+  renderLists();
+  if (state.jobView && state.jobView.id === d.jobId) {
+    renderJob(job);
+    if (name === 'done' || name === 'progress') loadErrors();
+  }
+  if (name === 'done') announceDone(job);
+}
+
+async function loadJobs() {
+  const body = await api('/api/v1/import/jobs?limit=50');
+  for (const j of body.data.jobs) state.jobs.set(j.jobId, Object.assign(state.jobs.get(j.jobId) || {}, j));
+  renderLists();
+}
+
+// ---------------------------------------------------------------- lists
+
+function progressBar(job) {
+  const pct = job.progress ? job.progress.percentage : 0;
+  const bar = el('div', {
+    class: 'progress' + (job.status === 'completed' ? ' done' : ''), role: 'progressbar',
+    'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': pct,
+    'aria-label': `Progress of import ${job.jobId}`,
+  }, el('div', { class: 'fill' }));
+  bar.firstChild.style.width = pct + '%';
+  return bar;
+}
+
+function elapsedSeconds(job) {
+  if (!job.startedAt) return null;
+  const end = job.completedAt ? new Date(job.completedAt) : new Date();
+  return (end - new Date(job.startedAt)) / 1000;
+}
+
+function statsLine(job) {
+  const p = job.progress || {};
+  const parts = [`${fmt(p.current)} / ${fmt(p.total)} rows`, `${p.percentage || 0}%`];
+  if (job.status === 'processing') {
+    parts.push(job.rowsPerSecond ? `${fmt(job.rowsPerSecond)} rows/s` : '– rows/s');
+    parts.push(`elapsed ${duration(elapsedSeconds(job))}`);
+    let eta = job.etaSeconds;
+    if (eta !== null && eta !== undefined && job.seenAt) eta -= (Date.now() - job.seenAt) / 1000;
+    parts.push(`ETA ${eta === null || eta === undefined ? '–' : duration(Math.max(0, eta))}`);
+  } else if (job.status === 'paused') {
+    parts.push('paused');
+  } else if (job.status === 'pending') {
+    parts.push('waiting for a worker');
+  }
+  if (job.errorCount) parts.push(`${fmt(job.errorCount)} rejected`);
+  return parts.join(' · ');
+}
+
+function actionButtons(job) {
+  const buttons = [];
+  const add = (action, label, cls) => buttons.push(el('button', {
+    type: 'button', class: cls, 'data-action': action, 'data-job': job.jobId,
+    onclick: () => act(job.jobId, action), text: label,
+  }));
+  if (job.status === 'processing' || job.status === 'pending') add('pause', 'Pause');
+  if (job.status === 'paused') add('resume', 'Resume');
+  if (ACTIVE.includes(job.status)) add('cancel', 'Cancel', 'danger');
+  return el('div', { class: 'job-buttons' }, buttons);
+}
+
+function renderLists() {
+  const jobs = [...state.jobs.values()];
+  const active = jobs.filter((j) => ACTIVE.includes(j.status)).sort((a, b) => b.jobId - a.jobId);
+  const recent = jobs.filter((j) => !ACTIVE.includes(j.status))
+    .sort((a, b) => String(b.completedAt || b.createdAt).localeCompare(String(a.completedAt || a.createdAt)))
+    .slice(0, 10);
+  $('#active').replaceChildren(...active.map((job) => el('li', { 'data-job': job.jobId, 'data-status': job.status },
+    el('div', { class: 'job-head' },
+      el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId} ${job.filename || ''}` }),
+      el('span', { class: `badge ${job.status}`, text: job.status })),
+    progressBar(job),
+    el('div', { class: 'stats', text: statsLine(job) }),
+    actionButtons(job))));
+  $('#active-empty').hidden = active.length > 0;
+  $('#recent tbody').replaceChildren(...recent.map((job) => {
+    const r = job.results || job;
+    return el('tr', { 'data-job': job.jobId, 'data-status': job.status },
+      el('td', {}, el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId}` })),
+      el('td', { text: job.filename || '' }),
+      el('td', {}, el('span', { class: `badge ${job.status}`, text: job.status })),
+      el('td', { class: 'num created', text: fmt(r.createdCount) }),
+      el('td', { class: 'num updated', text: fmt(r.updatedCount) }),
+      el('td', { class: 'num unchanged', text: fmt(r.unchangedCount) }),
+      el('td', { class: 'num errors', text: fmt(r.errorCount) }),
+      el('td', { text: when(job.completedAt) }));
+  }));
+  $('#recent-empty').hidden = recent.length > 0;
+}
+
+async function act(id, action) {
+  try {
+    const body = await api(`/api/v1/import/${id}/${action}`, { method: 'POST' });
+    const next = body && body.data && body.data.jobId;
+    toast(`${action[0].toUpperCase() + action.slice(1)}: ${body.message || 'done'}`);
+    await refreshJob(id);
+    if (action === 'retry' && next && next !== id) location.hash = `#/jobs/${next}`;
+  } catch (e) {
+    toast(e.message, null, true);
+  }
+}
+
+async function refreshJob(id) {
+  const body = await api(`/api/v1/import/status/${id}`);
+  const job = Object.assign(state.jobs.get(id) || {}, body.data);
+  state.jobs.set(id, job);
+  renderLists();
+  if (state.jobView && state.jobView.id === id) renderJob(job);
+  return job;
+}
+
+// ---------------------------------------------------------------- job page
+
+function renderJob(job) {
+  $('#job-title').replaceChildren(`Import #${job.jobId} · ${job.filename || ''} `,
+    el('span', { class: `badge ${job.status}`, id: 'job-status', text: job.status }));
+  $('#job-progress').replaceChildren(progressBar(job), el('div', { class: 'stats', text: statsLine(job) }));
+  const r = job.results || job;
+  const facts = [
+    ['Dataset', job.dataset], ['Created', fmt(r.createdCount)], ['Updated', fmt(r.updatedCount)],
+    ['Unchanged', fmt(r.unchangedCount)], ['Rejected', fmt(r.errorCount)],
+    ['Started', when(job.startedAt)], ['Finished', when(job.completedAt)],
+    ['Elapsed', duration(elapsedSeconds(job))],
+  ];
+  $('#job-facts').replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v, 'data-fact': k.toLowerCase() }))));
+  $('#job-error').textContent = job.error || '';
+  for (const b of document.querySelectorAll('#job-actions button')) {
+    const a = b.dataset.action;
+    b.hidden = !((a === 'pause' && (job.status === 'processing' || job.status === 'pending')) ||
+      (a === 'resume' && job.status === 'paused') || (a === 'cancel' && ACTIVE.includes(job.status)) ||
+      (a === 'retry' && (job.status === 'failed' || job.status === 'cancelled')));
+  }
+  $('#download').href = `/api/v1/import/${job.jobId}/errors?format=csv`;
+  $('#download').hidden = !job.errorCount;
+}
+
+let errorsLoading = null;
+async function loadErrors() {
+  const view = state.jobView;
+  if (!view) return;
+  if (errorsLoading) return errorsLoading;
+  errorsLoading = (async () => {
+    try {
+      const body = await api(`/api/v1/import/${view.id}/errors?limit=${ERRORS_PAGE}&offset=${view.offset}`);
+      const d = body.data;
+      $('#err-total').textContent = `(${fmt(d.total)})`;
+      $('#errors tbody').replaceChildren(...d.errors.map((e) => el('tr', {},
+        el('td', { class: 'num', text: e.row }), el('td', { text: e.column || '' }),
+        el('td', { text: e.value || '', title: e.value || '' }), el('td', { text: e.message, title: e.message }))));
+      const pages = Math.max(1, Math.ceil(d.total / ERRORS_PAGE));
+      $('#err-page').textContent = `page ${Math.floor(view.offset / ERRORS_PAGE) + 1} of ${pages}`;
+      $('#err-prev').disabled = view.offset === 0;
+      $('#err-next').disabled = view.offset + ERRORS_PAGE >= d.total;
+    } finally { errorsLoading = null; }
+  })();
+  return errorsLoading;
+}
+
+async function openJob(id) {
+  state.jobView = { id, offset: 0 };
+  $('#view-home').hidden = true;
+  $('#view-job').hidden = false;
+  try {
+    await refreshJob(id);
+    await loadErrors();
+  } catch (e) {
+    $('#job-title').textContent = e.status === 404 ? `No import #${id}` : e.message;
+  }
+}
+
+function route() {
+  const m = location.hash.match(/^#\/jobs\/(\d+)$/);
+  if (m) return openJob(Number(m[1]));
+  state.jobView = null;
+  $('#view-job').hidden = true;
+  $('#view-home').hidden = false;
+}
+
+// ---------------------------------------------------------------- preview and mapping
+
+function chooseFile(file) {
+  if (!file) return;
+  state.file = file;
+  state.mapping = null;
+  state.template = '';
+  state.templateTried = false;
+  preview();
+}
+
+async function preview() {
+  const ds = $('#dataset').value;
+  const form = new FormData();
+  form.append('file', state.file.slice(0, PREVIEW_BYTES), state.file.name);
+  if (state.mapping) form.append('mapping', JSON.stringify(state.mapping));
+  else if (state.template) form.append('template', state.template);
+  $('#problems').textContent = '';
+  try {
+    const body = await api(`/api/v1/import/${encodeURIComponent(ds)}/preview`, { method: 'POST', body: form });
+    const d = body.data;
+    // A saved template for these columns: use it once, unless the user already chose.
+    if (!state.templateTried && !state.mapping && !state.template && d.suggestedTemplate) {
+      state.templateTried = true;
+      state.template = d.suggestedTemplate;
+      toast(`Using the saved mapping “${d.suggestedTemplate}”.`);
+      return preview();
+    }
+    state.preview = d;
+    renderPreview(d);
+  } catch (e) {
+    $('#preview').hidden = false;
+    $('#problems').textContent = e.message;
+    $('#run').disabled = true;
+  }
+}
+
+function matchBadge(c) {
+  if (c.match === 'none') {
+    return c.suggestion
+      ? el('span', { class: 'badge', text: `not mapped — maybe “${c.suggestion}” (${c.confidence.toFixed(2)})` })
+      : el('span', { class: 'badge', text: 'not mapped' });
+  }
+  if (c.match === 'fuzzy') {
+    return el('span', { class: 'badge fuzzy', title: 'matched by similarity: check it', text: `similar (${c.confidence.toFixed(2)})` });
+  }
+  const label = { name: 'same name', alias: 'alias', manual: 'chosen', template: 'template' }[c.match] || c.match;
+  return el('span', { class: `badge ${c.match}`, text: label });
+}
+
+function renderPreview(d) {
+  $('#preview').hidden = false;
+  const size = state.file.size;
+  $('#file-info').textContent = `${state.file.name} · ${(size / 1048576).toFixed(1)} MB · ${d.format.toUpperCase()}` +
+    (d.delimiter ? ` · delimiter “${d.delimiter === '\t' ? 'tab' : d.delimiter}”` : '') +
+    (d.truncated ? ' · preview of the first 1 MB' : '');
+  $('#problems').replaceChildren(...d.problems.map((p) => el('div', { text: p.message })));
+  const tpl = $('#template');
+  tpl.replaceChildren(el('option', { value: '', text: '(automatic)' }),
+    ...d.templates.map((t) => el('option', { value: t.name, text: t.name })));
+  tpl.value = d.mappingSource === 'template' ? state.template : '';
+
+  $('#mapping tbody').replaceChildren(...d.columns.map((c) => {
+    const select = el('select', { 'data-header': c.header, 'aria-label': `Field for column ${c.header}` },
+      el('option', { value: '', text: '(ignore)' }),
+      ...d.fields.map((f) => el('option', { value: f.name, text: f.name + (f.required ? ' *' : '') + ` (${f.type})` })));
+    select.value = d.mapping[c.header] || '';
+    select.addEventListener('change', onMappingEdit);
+    return el('tr', {}, el('td', { text: c.header }), el('td', {}, select), el('td', {}, matchBadge(c)));
+  }));
+
+  // Rows, with the cells that would be rejected marked.
+  const headerOf = {};
+  for (const [h, f] of Object.entries(d.mapping)) if (f) headerOf[f] = h;
+  const errorsByRow = new Map();
+  for (const e of d.errors) errorsByRow.set(e.row, e);
+  $('#rows thead').replaceChildren(el('tr', {}, el('th', { class: 'num', text: 'Row' }), ...d.headers.map((h) => el('th', { text: h }))));
+  $('#rows tbody').replaceChildren(...d.rows.map((r) => {
+    const err = errorsByRow.get(r.row);
+    const badHeader = err && err.column ? headerOf[err.column] : null;
+    return el('tr', { class: err ? 'bad' : null, 'data-row': r.row, title: err ? err.message : null },
+      el('td', { class: 'num', text: r.row }),
+      ...r.values.map((v, i) => el('td', { class: badHeader === d.headers[i] ? 'bad' : null, text: v })));
+  }));
+  $('#preview-summary').textContent = `(${d.rows.length} shown, ${d.errors.length} would be rejected)`;
+  $('#preview-errors').replaceChildren(...d.errors.map((e) => el('li', { text: `Row ${e.row}: ${e.message}` })));
+  $('#run').disabled = d.problems.length > 0;
+}
+
+function currentMapping() {
+  const m = {};
+  for (const s of document.querySelectorAll('#mapping select')) m[s.dataset.header] = s.value || null;
+  return m;
+}
+
+function onMappingEdit() {
+  state.mapping = currentMapping();
+  preview();
+}
+
+async function saveTemplate() {
+  const name = $('#template-name').value.trim();
+  if (!name) { toast('Give the template a name first.', null, true); return; }
+  const ds = $('#dataset').value;
+  try {
+    await api(`/api/v1/datasets/${encodeURIComponent(ds)}/templates`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ name, mapping: currentMapping() }),
+    });
+    toast(`Saved the mapping as “${name}”. It will be suggested for files with these columns.`);
+    state.mapping = null;
+    state.template = name;
+    $('#template-name').value = '';
+    preview();
+  } catch (e) { toast(e.message, null, true); }
+}
+
+function resetPreview() {
+  state.file = null; state.preview = null; state.mapping = null; state.template = '';
+  $('#preview').hidden = true;
+  $('#file').value = '';
+}
+
+async function runImport() {
+  const ds = $('#dataset').value;
+  const form = new FormData();
+  form.append('mapping', JSON.stringify(currentMapping()));
+  form.append('file', state.file, state.file.name);
+  const name = state.file.name;
+  $('#run').disabled = true;
+  try {
+    const res = await fetch(`/api/v1/import/${encodeURIComponent(ds)}`, { method: 'POST', body: form, credentials: 'same-origin' });
+    const body = await res.json().catch(() => null);
+    if (!res.ok || !body) {
+      const err = (body && body.error) || {};
+      toast(err.message || `The upload failed (${res.status}).`,
+        err.jobId ? { href: `#/jobs/${err.jobId}`, text: 'View that import' } : null, true);
+      return;
+    }
+    resetPreview();
+    if (res.status === 202) {
+      toast(`Background import started for ${name}.`, { href: `#/jobs/${body.data.jobId}`, text: 'View status' });
+      await refreshJob(body.data.jobId);
+    } else {
+      const r = body.data.results || {};
+      toast(`${name} imported: ${fmt(r.successCount)} rows accepted, ${fmt(r.errorCount)} rejected.`, { href: `#/jobs/${body.data.jobId}`, text: 'View' });
+      await loadJobs();
+    }
+  } catch (e) {
+    toast(`The upload failed: ${e.message}`, null, true);
+  } finally {
+    $('#run').disabled = false;
+  }
+}
+
+// ---------------------------------------------------------------- start
+
+async function start() {
+  $('#signin').hidden = true;
+  $('#app').hidden = false;
+  $('#nav').hidden = false;
+  renderNotifyButton();
+  const body = await api('/api/v1/datasets');
+  state.datasets = body.data.datasets;
+  const sel = $('#dataset');
+  sel.replaceChildren(...state.datasets.map((d) => el('option', { value: d.name, text: d.name + (d.sync ? ' (small, immediate)' : '') })));
+  const last = localStorage.getItem('sluice.dataset');
+  const preferred = state.datasets.find((d) => d.name === last) || state.datasets.find((d) => !d.sync);
+  if (preferred) sel.value = preferred.name;
+  connect();
+  route();
+}
+
+function wire() {
+  $('#signin-form').addEventListener('submit', signIn);
+  $('#signout').addEventListener('click', signOut);
+  $('#notify-btn').addEventListener('click', toggleNotifications);
+  $('#file').addEventListener('change', (e) => chooseFile(e.target.files[0]));
+  const drop = $('#drop');
+  drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+  drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+  drop.addEventListener('drop', (e) => {
+    e.preventDefault();
+    drop.classList.remove('over');
+    chooseFile(e.dataTransfer && e.dataTransfer.files[0]);
+  });
+  $('#dataset').addEventListener('change', () => {
+    localStorage.setItem('sluice.dataset', $('#dataset').value);
+    if (state.file) { state.mapping = null; state.template = ''; state.templateTried = false; preview(); } });
+  $('#template').addEventListener('change', (e) => { state.template = e.target.value; state.templateTried = true; state.mapping = null; preview(); });
+  $('#save-template').addEventListener('click', saveTemplate);
+  $('#run').addEventListener('click', runImport);
+  $('#discard').addEventListener('click', resetPreview);
+  for (const b of document.querySelectorAll('#job-actions button')) {
+    b.addEventListener('click', () => state.jobView && act(state.jobView.id, b.dataset.action));
+  }
+  $('#err-prev').addEventListener('click', () => { state.jobView.offset = Math.max(0, state.jobView.offset - ERRORS_PAGE); loadErrors(); });
+  $('#err-next').addEventListener('click', () => { state.jobView.offset += ERRORS_PAGE; loadErrors(); });
+  window.addEventListener('hashchange', route);
+  // Elapsed time and ETA move between events too.
+  setInterval(() => {
+    for (const li of document.querySelectorAll('#active li')) {
+      const job = state.jobs.get(Number(li.dataset.job));
+      if (job) li.querySelector('.stats').textContent = statsLine(job);
+    }
+    if (state.jobView) {
+      const job = state.jobs.get(state.jobView.id);
+      const s = document.querySelector('#job-progress .stats');
+      if (job && s) s.textContent = statsLine(job);
+    }
+  }, 1000);
+}
+
+document.addEventListener('DOMContentLoaded', async () => {
+  wire();
+  if (!getCookieToken()) { showSignin(); return; }
+  try { await start(); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) showSignin(e.message); }
+});

@@ -1,0 +1,244 @@
+//! Preview and mapping through the real server: what a file would import as, fuzzy matches with
+//! confidences, the edited mapping, and named templates suggested next time.
+
+#[macro_use]
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const NEAR_MISS: &str = "Prod. Code,Name,Colour,Price,Stok,Upated At\n";
+
+/// 25 rows with headers that are near misses; row 3 has a bad price, row 5 repeats row 2's key,
+/// row 8 has no name.
+fn near_miss_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut text = NEAR_MISS.to_string();
+    for i in 1..=25 {
+        let row = i + 1;
+        let sku = if row == 5 {
+            "P-1".to_string()
+        } else {
+            format!("P-{i}")
+        };
+        let price = if row == 3 { "abc" } else { "9.50" };
+        let name = if row == 8 { "" } else { "Widget" };
+        text.push_str(&format!(
+            "{sku},{name},red,{price},{i},2024-01-0{}\n",
+            1 + i % 9
+        ));
+    }
+    let path = dir.join("supplier.csv");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn preview(app: &TestApp, file: &std::path::Path, fields: &[(&str, &str)]) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
+    form = form.part(
+        "file",
+        reqwest::multipart::Part::bytes(std::fs::read(file).unwrap()).file_name("supplier.csv"),
+    );
+    json_of(
+        app.post("/api/v1/import/products/preview")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn preview_shows_the_format_the_auto_mapping_with_confidence_and_the_first_rows_errors(
+    backend: Backend,
+) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let file = near_miss_file(app.dir.path());
+    let (code, body) = preview(&app, &file, &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let d = &body["data"];
+    assert_eq!(d["format"], "csv");
+    assert_eq!(d["delimiter"], ",");
+    assert_eq!(d["sheets"], json!([]));
+    assert_eq!(d["truncated"], false);
+    assert_eq!(
+        d["headers"],
+        json!(["Prod. Code", "Name", "Colour", "Price", "Stok", "Upated At"])
+    );
+    let col = |i: usize| &d["columns"][i];
+    assert_eq!(col(0)["field"], "sku");
+    assert_eq!(col(0)["match"], "fuzzy");
+    assert_eq!(col(0)["confidence"], 0.9);
+    assert_eq!(col(1)["match"], "name");
+    assert_eq!(col(1)["confidence"], 1.0);
+    assert_eq!(col(2)["field"], Value::Null);
+    assert_eq!(col(2)["match"], "none");
+    assert_eq!(col(3)["match"], "name");
+    assert_eq!(col(4)["field"], "stock");
+    assert_eq!(col(5)["field"], "updated_at");
+    assert_eq!(d["mapping"]["Prod. Code"], "sku");
+    assert_eq!(d["mapping"]["Colour"], Value::Null);
+    assert!(d["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .unwrap()
+            .contains("`Prod. Code` was mapped to `sku` by similarity")
+    }));
+    assert_eq!(d["problems"], json!([]));
+    assert_eq!(d["rows"].as_array().unwrap().len(), 20);
+    assert_eq!(d["rows"][0]["row"], 2);
+    assert_eq!(d["rows"][0]["values"][0], "P-1");
+    let errors: Vec<(u64, &str)> = d["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_u64().unwrap(), e["message"].as_str().unwrap()))
+        .collect();
+    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors[0].0, 3);
+    assert!(errors[0].1.starts_with("price:"));
+    assert_eq!(errors[1], (5, "duplicate key, first seen at row 2"));
+    assert_eq!(errors[2].0, 8);
+    assert!(errors[2].1.starts_with("name:"));
+
+    // A preview creates nothing.
+    let (_, jobs) = app.get_json("/api/v1/import/jobs").await;
+    assert_eq!(jobs["data"]["total"], 0);
+
+    // Without the required columns the preview still answers, naming the problem.
+    let bad = app.path("bad.csv");
+    std::fs::write(&bad, "Prod. Code,Colour\nA,red\n").unwrap();
+    let (code, body) = preview(&app, &bad, &[]).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["problems"][0]["code"], "missing_columns");
+    assert_eq!(body["data"]["errors"], json!([]));
+    // A broken file is a 400, as at upload: a zip that is no workbook cannot be read.
+    let zip = app.path("x.csv");
+    std::fs::write(&zip, b"PK\x03\x04rest").unwrap();
+    let (code, body) = preview(&app, &zip, &[]).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("unreadable_file"))
+    );
+}
+
+async fn an_upload_without_a_mapping_applies_and_reports_confident_fuzzy_matches(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let file = near_miss_file(app.dir.path());
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "completed");
+    assert_eq!(s["results"]["successCount"], 22);
+    let warnings = s["warnings"].to_string();
+    assert!(warnings.contains("`Prod. Code` was mapped to `sku` by similarity (confidence 0.90)"));
+    assert!(warnings.contains("`Stok` was mapped to `stock`"));
+    assert!(warnings.contains("column `Colour` matches no field and is ignored"));
+    let stock = app
+        .db()
+        .number("SELECT stock FROM products WHERE sku = 'P-6'");
+    assert_eq!(stock, 6);
+}
+
+async fn an_edited_mapping_is_saved_as_a_template_suggested_next_time_and_used_by_the_import(
+    backend: Backend,
+) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let file = near_miss_file(app.dir.path());
+    let edited = json!({"Prod. Code": "sku", "Name": "name", "Colour": "category", "Price": "price",
+                        "Stok": null, "Upated At": "updated_at"});
+    let (code, body) = preview(&app, &file, &[("mapping", &edited.to_string())]).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["mappingSource"], "manual");
+    assert_eq!(body["data"]["columns"][2]["field"], "category");
+    assert_eq!(body["data"]["columns"][4]["field"], Value::Null);
+    assert_eq!(body["data"]["suggestedTemplate"], Value::Null);
+
+    let (code, saved) = json_of(
+        app.post("/api/v1/datasets/products/templates")
+            .json(&json!({"name": "Supplier A", "mapping": edited}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{saved}");
+    // A template naming a field the dataset lacks is refused.
+    let (code, body) = json_of(
+        app.post("/api/v1/datasets/products/templates")
+            .json(&json!({"name": "bad", "mapping": {"x": "colour"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("invalid_template"))
+    );
+
+    // Next time the same columns arrive, the template is suggested, and can be previewed.
+    let (_, body) = preview(&app, &file, &[]).await;
+    assert_eq!(body["data"]["suggestedTemplate"], "Supplier A");
+    assert_eq!(body["data"]["templates"][0]["name"], "Supplier A");
+    let (_, body) = preview(&app, &file, &[("template", "Supplier A")]).await;
+    assert_eq!(body["data"]["mappingSource"], "template");
+    assert_eq!(body["data"]["mapping"]["Colour"], "category");
+    let (code, body) = preview(&app, &file, &[("template", "nope")]).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("unknown_template"))
+    );
+
+    // The import takes the template by name.
+    let (code, body) = app
+        .upload_with("products", &file, &[("template", "Supplier A")])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    let row = app
+        .db()
+        .rows("SELECT category, stock FROM products WHERE sku = 'P-6'");
+    assert_eq!(row, vec![vec![Some("red".to_string()), None]]);
+    let (_, list) = app.get_json("/api/v1/datasets/products/templates").await;
+    assert!(list["data"]["templates"][0]["usedAt"].is_string());
+}
+
+async fn a_big_file_is_previewed_from_its_first_megabyte(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let (file, _) = generate(app.dir.path(), "big.csv", &["--rows", "50000"]);
+    assert!(std::fs::metadata(&file).unwrap().len() > 2 * 1024 * 1024);
+    let (code, body) = json_of(
+        app.post("/api/v1/import/products/preview?filename=big.csv")
+            .body(std::fs::read(&file).unwrap())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["data"]["truncated"], true);
+    assert_eq!(body["data"]["rows"].as_array().unwrap().len(), 20);
+    assert_eq!(body["data"]["columns"][0]["match"], "name");
+}
+
+conformance!(
+    preview_shows_the_format_the_auto_mapping_with_confidence_and_the_first_rows_errors,
+    an_upload_without_a_mapping_applies_and_reports_confident_fuzzy_matches,
+    an_edited_mapping_is_saved_as_a_template_suggested_next_time_and_used_by_the_import,
+    a_big_file_is_previewed_from_its_first_megabyte,
+);

@@ -3,10 +3,12 @@
 //! `upload` receives files and creates jobs, `jobs` reports on them; `error` is the single place
 //! an error becomes a response, `auth` the single place a token is checked.
 
+mod audit;
 pub mod auth;
 mod control;
 pub mod error;
 mod jobs;
+pub mod limit;
 mod upload;
 
 use std::sync::Arc;
@@ -22,6 +24,8 @@ pub struct AppState {
     pub jobs: Arc<JobContext>,
     /// Largest upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// Requests per second per token.
+    pub limiter: limit::RateLimiter,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -40,6 +44,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/import/jobs", get(jobs::list))
         .route("/api/v1/import/{id}/errors", get(jobs::errors))
         .route("/api/v1/datasets", get(jobs::datasets))
+        .route("/api/v1/audit", get(audit::list))
+        // Layers run outside in: the token is checked first, then its rate.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::rate_limit,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

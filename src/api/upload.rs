@@ -237,29 +237,47 @@ pub async fn upload(
         header: inspected.header,
         mapping: inspected.mapping,
         created_by: Some(caller.token_id),
+        org_id: caller.org_id,
+        user_id: Some(caller.user_id),
         idempotency_key,
         retry_of: None,
     };
     if dataset.sync {
-        return import_now(&state, new_job, saved).await;
+        return import_now(&state, &caller, new_job, saved).await;
     }
+    let detail = upload_detail(&new_job);
     let inserted = ctx
         .store_call(move |s| s.job_insert(&new_job, None))
         .await?;
     let job_id = created_or_answer(&state, inserted).await?;
+    super::audit::record(
+        &state,
+        caller.audit("upload", format!("job:{job_id}"), detail),
+    )
+    .await;
     let mut saved = saved;
     saved.keep = true;
     ctx.wake.notify_one();
     Ok(accepted(&dataset.name, job_id))
 }
 
+/// What the audit log says about an upload: the file, its size and where it goes.
+fn upload_detail(job: &NewJob) -> Option<String> {
+    Some(format!(
+        "{} ({} bytes) into {}",
+        job.filename, job.file_size, job.dataset
+    ))
+}
+
 /// Synchronous datasets: run the import inside the request and answer with its results.
 async fn import_now(
     state: &Arc<AppState>,
+    caller: &Caller,
     new_job: NewJob,
     mut saved: SavedBlob,
 ) -> Result<Response, ApiError> {
     let ctx = &state.jobs;
+    let detail = upload_detail(&new_job);
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
     let t = token.clone();
@@ -268,6 +286,11 @@ async fn import_now(
         .await?;
     let job_id = created_or_answer(state, inserted).await?;
     saved.keep = true;
+    super::audit::record(
+        state,
+        caller.audit("upload", format!("job:{job_id}"), detail),
+    )
+    .await;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
         .await?

@@ -8,6 +8,7 @@
 mod control;
 mod jobs;
 mod tables;
+mod tenants;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,11 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_chunks",
         include_str!("../../../migrations/sqlite/0004_chunks.sql"),
+    ),
+    // 0005 belongs to another branch; on merge it goes before this entry (positions count).
+    (
+        "0006_tenants",
+        include_str!("../../../migrations/sqlite/0006_tenants.sql"),
     ),
 ];
 

@@ -1,0 +1,530 @@
+//! Tenant isolation and the security of every route (issue 7, seed 002), on both backends.
+//!
+//! Organisations, users and tokens are made with the real `sluice org|user|token` commands on
+//! the test's database; then every job route is tried by every kind of attacker: no token, an
+//! expired token, a revoked token, another organisation's admin, and a member acting on another
+//! member's job. Another organisation's job must answer exactly like a job that does not exist.
+//! Also: the audit log, the rate limit, and formula injection in the rejected-rows download.
+
+#[macro_use]
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::Value;
+
+use common::*;
+
+const ITEMS: &str = r#"
+[datasets.items]
+key = ["code"]
+[datasets.items.fields]
+code = { type = "text", required = true }
+qty = { type = "integer" }
+name = { type = "text" }
+"#;
+
+/// Runs `sluice ARGS` against the test's database; returns stdout (trimmed) and stderr.
+fn sluice(app: &TestApp, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(app.data_dir())
+        .env_remove("SLUICE_DATABASE_URL")
+        .env("SLUICE_LOG", "warn");
+    if let Some(url) = app.database_url() {
+        cmd.arg("--database-url").arg(url);
+    }
+    let out = cmd.output().expect("run sluice");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "sluice {args:?}: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The id a `create` command printed.
+fn created(app: &TestApp, args: &[&str]) -> i64 {
+    let (stdout, stderr) = sluice(app, args);
+    stdout
+        .parse()
+        .unwrap_or_else(|_| panic!("sluice {args:?} printed `{stdout}` ({stderr})"))
+}
+
+/// A new token for a user: the token and its id (from the sentence on stderr).
+fn token_for(app: &TestApp, user: i64, extra: &[&str]) -> (String, i64) {
+    let user = user.to_string();
+    let mut args = vec!["token", "create", "--user", user.as_str()];
+    args.extend_from_slice(extra);
+    let (token, stderr) = sluice(app, &args);
+    assert!(token.starts_with("slc_"), "{token}");
+    let id = stderr
+        .split("created token ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no token id in `{stderr}`"));
+    (token, id)
+}
+
+/// How a request authenticates.
+#[derive(Clone, Copy, Debug)]
+enum Auth<'a> {
+    None,
+    Bearer(&'a str),
+    Cookie(&'a str),
+}
+
+async fn call(app: &TestApp, method: Method, path: &str, auth: Auth<'_>) -> (u16, String) {
+    let mut req = app.http.request(method, app.url(path));
+    req = match auth {
+        Auth::None => req,
+        Auth::Bearer(t) => req.bearer_auth(t),
+        Auth::Cookie(t) => req.header("cookie", format!("token={t}")),
+    };
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("body"))
+}
+
+async fn call_json(app: &TestApp, method: Method, path: &str, auth: Auth<'_>) -> (u16, Value) {
+    let (status, body) = call(app, method, path, auth).await;
+    let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"));
+    (status, json)
+}
+
+async fn upload_as(app: &TestApp, token: &str, name: &str, csv: &str) -> i64 {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(csv.as_bytes().to_vec()).file_name(name.to_string()),
+    );
+    let resp = app
+        .http
+        .post(app.url("/api/v1/import/items"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload");
+    let (code, body) = json_of(resp).await;
+    assert_eq!(code, 202, "{body}");
+    job_id(&body)
+}
+
+async fn wait_done_as(app: &TestApp, token: &str, job: i64) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, body) = call_json(
+            app,
+            Method::GET,
+            &format!("/api/v1/import/status/{job}"),
+            Auth::Bearer(token),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        if matches!(
+            body["data"]["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            return body["data"].clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn(backend: Backend, extra_args: &[&str]) -> TestApp {
+    spawn_app(AppOptions {
+        backend,
+        datasets: Some(ITEMS.into()),
+        extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+}
+
+/// The routes that name a job: method, path pattern (`{id}` is replaced), and whether the route
+/// changes the job (creator or admin only).
+const JOB_ROUTES: &[(&str, &str, bool)] = &[
+    ("GET", "/api/v1/import/status/{id}", false),
+    ("GET", "/api/v1/import/{id}/errors", false),
+    ("GET", "/api/v1/import/{id}/errors?format=csv", false),
+    ("POST", "/api/v1/import/{id}/cancel", true),
+    ("POST", "/api/v1/import/{id}/pause", true),
+    ("POST", "/api/v1/import/{id}/resume", true),
+    ("POST", "/api/v1/import/{id}/retry", true),
+    ("POST", "/api/v1/import/{id}/retry?fromStart=true", true),
+    ("DELETE", "/api/v1/import/{id}", true),
+];
+
+/// The routes that name no job.
+const OTHER_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/v1/import/jobs"),
+    ("GET", "/api/v1/import/stats"),
+    ("GET", "/api/v1/datasets"),
+    ("GET", "/api/v1/audit"),
+    ("POST", "/api/v1/import/items"),
+];
+
+fn method(m: &str) -> Method {
+    Method::from_bytes(m.as_bytes()).expect("method")
+}
+
+async fn every_route_refuses_every_attacker(backend: Backend) {
+    let app = spawn(backend, &[]);
+    let acme = created(&app, &["org", "create", "acme"]);
+    let other = created(&app, &["org", "create", "other"]);
+    // The same name again is refused.
+    let dup = Command::new(binary())
+        .args(["org", "create", "acme", "--data-dir"])
+        .arg(app.data_dir())
+        .args(
+            app.database_url()
+                .map(|u| vec!["--database-url".to_string(), u])
+                .unwrap_or_default(),
+        )
+        .output()
+        .expect("run sluice");
+    assert!(!dup.status.success());
+    let (acme_s, other_s) = (acme.to_string(), other.to_string());
+    let alice = created(
+        &app,
+        &[
+            "user", "create", "--org", "acme", "--name", "alice", "--role", "member",
+        ],
+    );
+    let bob = created(
+        &app,
+        &[
+            "user", "create", "--org", &acme_s, "--name", "bob", "--role", "member",
+        ],
+    );
+    let carol = created(
+        &app,
+        &[
+            "user", "create", "--org", "acme", "--name", "carol", "--role", "admin",
+        ],
+    );
+    let mallory = created(
+        &app,
+        &[
+            "user", "create", "--org", &other_s, "--name", "mallory", "--role", "admin",
+        ],
+    );
+    let (alice_t, _) = token_for(&app, alice, &[]);
+    let (bob_t, _) = token_for(&app, bob, &["--expires", "30d"]);
+    let (carol_t, _) = token_for(&app, carol, &[]);
+    let (mallory_t, _) = token_for(&app, mallory, &[]);
+    let (revoked_t, revoked_id) = token_for(&app, alice, &[]);
+    let (expired_t, _) = token_for(&app, alice, &["--expires", "3s"]);
+    let expiry_starts = Instant::now();
+
+    // Both short-lived tokens work until they are revoked or expire.
+    for t in [&revoked_t, &expired_t] {
+        let (code, _) = call(&app, Method::GET, "/api/v1/import/jobs", Auth::Bearer(t)).await;
+        assert_eq!(code, 200);
+    }
+    sluice(&app, &["token", "revoke", &revoked_id.to_string()]);
+
+    // Alice imports; one row is rejected.
+    let job = upload_as(
+        &app,
+        &alice_t,
+        "a.csv",
+        "code,qty,name\nA1,1,x\nA2,oops,y\n",
+    )
+    .await;
+    let done = wait_done_as(&app, &alice_t, job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["errorCount"], 1, "{done}");
+    // The admin of the default organisation does not see it either.
+    let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
+    assert_eq!(code, 404);
+
+    if let Some(left) = Duration::from_millis(3_300).checked_sub(expiry_starts.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+
+    let missing = 987_654;
+    let mut cases = 0u32;
+    let mut unauthorized_bodies = std::collections::BTreeSet::new();
+    for &(m, pattern, changes) in JOB_ROUTES {
+        let path = pattern.replace("{id}", &job.to_string());
+        let missing_path = pattern.replace("{id}", &missing.to_string());
+
+        for auth in [
+            Auth::None,
+            Auth::Bearer(&expired_t),
+            Auth::Cookie(&revoked_t),
+        ] {
+            let (code, body) = call(&app, method(m), &path, auth).await;
+            assert_eq!(code, 401, "{m} {path} with {auth:?}: {body}");
+            unauthorized_bodies.insert(body);
+            cases += 1;
+        }
+
+        // Another organisation (an admin there): exactly the answer for a missing job.
+        let (code, body) = call(&app, method(m), &path, Auth::Bearer(&mallory_t)).await;
+        let (missing_code, missing_body) =
+            call(&app, method(m), &missing_path, Auth::Bearer(&mallory_t)).await;
+        assert_eq!(code, 404, "{m} {path} from another org: {body}");
+        assert_eq!(missing_code, 404, "{missing_body}");
+        assert_eq!(
+            body, missing_body,
+            "{m} {path}: a foreign job must look missing"
+        );
+        assert!(
+            !body.contains("a.csv") && !body.contains(&job.to_string()),
+            "{body}"
+        );
+        cases += 1;
+
+        // A member on another member's job: reads are fine, changes are 403.
+        let (code, body) = call(&app, method(m), &path, Auth::Bearer(&bob_t)).await;
+        if changes {
+            assert_eq!(code, 403, "{m} {path} by another member: {body}");
+            let json: Value = serde_json::from_str(&body).expect("json");
+            assert_eq!(json["error"]["code"], "forbidden", "{body}");
+        } else {
+            assert_eq!(code, 200, "{m} {path} by another member: {body}");
+        }
+        cases += 1;
+    }
+    for &(m, path) in OTHER_ROUTES {
+        for auth in [
+            Auth::None,
+            Auth::Bearer(&expired_t),
+            Auth::Cookie(&revoked_t),
+        ] {
+            let (code, body) = call(&app, method(m), path, auth).await;
+            assert_eq!(code, 401, "{m} {path} with {auth:?}: {body}");
+            unauthorized_bodies.insert(body);
+            cases += 1;
+        }
+        cases += 2; // another organisation and another member: checked one by one below
+    }
+    // No 401 tells an expired token from a revoked or a missing one.
+    assert_eq!(unauthorized_bodies.len(), 1, "{unauthorized_bodies:?}");
+
+    // Lists and figures of another organisation hold none of acme's jobs; a member sees them.
+    let (_, list) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/import/jobs",
+        Auth::Bearer(&mallory_t),
+    )
+    .await;
+    assert_eq!(list["data"]["total"], 0, "{list}");
+    let (_, list) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/import/jobs",
+        Auth::Bearer(&bob_t),
+    )
+    .await;
+    assert_eq!(list["data"]["jobs"][0]["jobId"], job, "{list}");
+    let (_, stats) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/import/stats",
+        Auth::Bearer(&mallory_t),
+    )
+    .await;
+    assert_eq!(stats["data"]["total"], 0, "{stats}");
+    let (_, stats) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/import/stats",
+        Auth::Bearer(&bob_t),
+    )
+    .await;
+    assert_eq!(stats["data"]["total"], 1, "{stats}");
+    let (code, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/datasets",
+        Auth::Bearer(&mallory_t),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = call(&app, Method::GET, "/api/v1/datasets", Auth::Bearer(&bob_t)).await;
+    assert_eq!(code, 200);
+    // The audit log: members are refused; another organisation's admin sees only its own.
+    let (code, body) = call_json(&app, Method::GET, "/api/v1/audit", Auth::Bearer(&bob_t)).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    let (code, body) =
+        call_json(&app, Method::GET, "/api/v1/audit", Auth::Bearer(&mallory_t)).await;
+    assert_eq!(code, 200);
+    let foreign = body["data"]["entries"].as_array().expect("entries");
+    assert!(foreign.iter().all(|e| e["orgId"] == other), "{body}");
+    // Uploads by another organisation or member make their own jobs, invisible to acme's
+    // others only when in another organisation.
+    let theirs = upload_as(
+        &app,
+        &mallory_t,
+        "a.csv",
+        "code,qty,name\nA1,1,x\nA2,oops,y\n",
+    )
+    .await;
+    let (code, _) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/import/status/{theirs}"),
+        Auth::Bearer(&alice_t),
+    )
+    .await;
+    assert_eq!(
+        code, 404,
+        "the same file in another organisation is its own job"
+    );
+    let bobs = upload_as(&app, &bob_t, "b.csv", "code,qty,name\nB1,1,x\n").await;
+    wait_done_as(&app, &alice_t, bobs).await;
+
+    println!("route × attacker cases tried: {cases}");
+    assert_eq!(
+        cases,
+        (JOB_ROUTES.len() * 5 + OTHER_ROUTES.len() * 5) as u32
+    );
+
+    // Nothing the attackers tried changed the job.
+    let after = wait_done_as(&app, &alice_t, job).await;
+    assert_eq!(after["status"], "completed", "{after}");
+    assert_eq!(after["attempts"], done["attempts"], "{after}");
+
+    // The creator and an admin of the organisation may act; it is all in the audit log.
+    let (code, body) = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/import/{job}"),
+        Auth::Bearer(&alice_t),
+    )
+    .await;
+    assert_eq!(code, 200, "the creator deletes her job: {body}");
+    let (code, body) = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/import/{bobs}"),
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    assert_eq!(code, 200, "an admin deletes a member's job: {body}");
+    let (code, body) = call_json(&app, Method::GET, "/api/v1/audit", Auth::Bearer(&carol_t)).await;
+    assert_eq!(code, 200, "{body}");
+    let entries = body["data"]["entries"].as_array().expect("entries");
+    let line = |action: &str, user: i64, target: String| {
+        entries
+            .iter()
+            .any(|e| e["action"] == action && e["userId"] == user && e["target"] == target)
+    };
+    assert!(line("upload", alice, format!("job:{job}")), "{body}");
+    assert!(line("upload", bob, format!("job:{bobs}")), "{body}");
+    assert!(line("delete", alice, format!("job:{job}")), "{body}");
+    assert!(line("delete", carol, format!("job:{bobs}")), "{body}");
+    assert!(
+        entries.iter().any(|e| e["action"] == "token.revoke"
+            && e["target"] == format!("token:{revoked_id}")
+            && e["userId"].is_null()),
+        "{body}"
+    );
+    let token_creations = entries
+        .iter()
+        .filter(|e| e["action"] == "token.create")
+        .count();
+    assert_eq!(token_creations, 5, "alice ×3, bob, carol: {body}");
+    assert!(entries.iter().all(|e| e["orgId"] == acme), "{body}");
+    // Refused attempts are not in the log as actions.
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["userId"] == bob && e["action"] != "upload"),
+        "{body}"
+    );
+}
+
+async fn a_token_over_its_rate_gets_429_with_retry_after(backend: Backend) {
+    let app = spawn(backend, &["--rate-limit", "2"]);
+    let user = created(
+        &app,
+        &[
+            "user", "create", "--org", "default", "--name", "robot", "--role", "member",
+        ],
+    );
+    let (robot, _) = token_for(&app, user, &[]);
+    let mut limited = None;
+    for _ in 0..20 {
+        let resp = app
+            .http
+            .get(app.url("/api/v1/import/jobs"))
+            .bearer_auth(&robot)
+            .send()
+            .await
+            .expect("request");
+        if resp.status().as_u16() == 429 {
+            limited = Some(resp);
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let resp = limited.expect("20 requests at once exceed 2 per second (burst 4)");
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!(retry_after >= 1);
+    let (_, body) = json_of(resp).await;
+    assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    // Another token has its own bucket.
+    let (code, _) = app.get_json("/api/v1/import/jobs").await;
+    assert_eq!(code, 200);
+}
+
+async fn rejected_rows_download_neutralises_formulas(backend: Backend) {
+    let app = spawn(backend, &[]);
+    let csv = "code,qty,name\n\
+               =HYPERLINK(\"http://evil\"),x,@SUM(A1)\n\
+               +cmd,bad,-5\n\
+               ok,1,fine\n";
+    let (code, body) = app
+        .upload_bytes("items", "f.csv", csv.as_bytes().to_vec(), &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let job = job_id(&body);
+    let done = app.wait_done(job, Duration::from_secs(60)).await;
+    assert_eq!(done["errorCount"], 2, "{done}");
+    let text = app.errors_csv(job).await;
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .map(|r| r.expect("record").iter().map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert_eq!(
+        rows[0][..3],
+        ["'=HYPERLINK(\"http://evil\")", "x", "'@SUM(A1)"],
+        "{text}"
+    );
+    assert_eq!(rows[1][..3], ["'+cmd", "bad", "'-5"], "{text}");
+    for row in &rows {
+        for cell in row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "`{cell}` in {text}"
+            );
+        }
+    }
+}
+
+conformance!(
+    every_route_refuses_every_attacker,
+    a_token_over_its_rate_gets_429_with_retry_after,
+    rejected_rows_download_neutralises_formulas,
+);

@@ -239,6 +239,10 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
     let done = wait_done_as(&app, &alice_t, job).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["errorCount"], 1, "{done}");
+    assert_eq!(
+        done["userId"], alice,
+        "the job records who started it: {done}"
+    );
     // The admin of the default organisation does not see it either.
     let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
     assert_eq!(code, 404);
@@ -523,7 +527,59 @@ async fn rejected_rows_download_neutralises_formulas(backend: Backend) {
     }
 }
 
+async fn an_uploaded_file_name_never_becomes_a_path(backend: Backend) {
+    let app = spawn(backend, &[]);
+    for (i, (name, shown)) in [
+        ("../../../escape.csv", "escape.csv"),
+        ("..\\..\\win.csv", "win.csv"),
+        ("/etc/passwd", "passwd"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(format!("code,qty,name\nA{i},1,x\n").into_bytes())
+                .file_name(name.to_string()),
+        );
+        let resp = app
+            .http
+            .post(app.url("/api/v1/import/items"))
+            .bearer_auth(TOKEN)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        let (code, body) = json_of(resp).await;
+        assert_eq!(code, 202, "{body}");
+        let done = app.wait_done(job_id(&body), Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["filename"], shown, "{done}");
+    }
+    let escaped: Vec<_> = walk(app.dir.path())
+        .into_iter()
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            ["escape.csv", "win.csv", "passwd"].contains(&n)
+        })
+        .collect();
+    assert!(escaped.is_empty(), "{escaped:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}
+
 conformance!(
+    an_uploaded_file_name_never_becomes_a_path,
     every_route_refuses_every_attacker,
     a_token_over_its_rate_gets_429_with_retry_after,
     rejected_rows_download_neutralises_formulas,

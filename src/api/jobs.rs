@@ -110,6 +110,8 @@ pub fn job_json(job: &Job) -> JsonValue {
         "duplicateOf": job.duplicate_of,
         "retryOf": job.retry_of,
         "fileRetained": !job.blob_deleted,
+        // Who started it: the user, inside the caller's own organisation.
+        "userId": job.user_id,
     });
     if let Some(total) = job.chunks_total {
         data["chunks"] = json!({"total": total, "completed": job.chunks_completed});

@@ -79,7 +79,20 @@ enum Auth<'a> {
 }
 
 async fn call(app: &TestApp, method: Method, path: &str, auth: Auth<'_>) -> (u16, String) {
+    call_with(app, method, path, auth, None).await
+}
+
+async fn call_with(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    auth: Auth<'_>,
+    body: Option<&Value>,
+) -> (u16, String) {
     let mut req = app.http.request(method, app.url(path));
+    if let Some(body) = body {
+        req = req.json(body);
+    }
     req = match auth {
         Auth::None => req,
         Auth::Bearer(t) => req.bearer_auth(t),
@@ -168,6 +181,9 @@ const OTHER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/import/items"),
 ];
 
+/// An admin route: method, path aimed at acme, path aimed at nothing, and their JSON bodies.
+type AdminRoute = (&'static str, String, String, Option<Value>, Option<Value>);
+
 fn method(m: &str) -> Method {
     Method::from_bytes(m.as_bytes()).expect("method")
 }
@@ -213,7 +229,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
             "user", "create", "--org", &other_s, "--name", "mallory", "--role", "admin",
         ],
     );
-    let (alice_t, _) = token_for(&app, alice, &[]);
+    let (alice_t, alice_tid) = token_for(&app, alice, &[]);
     let (bob_t, _) = token_for(&app, bob, &["--expires", "30d"]);
     let (carol_t, _) = token_for(&app, carol, &[]);
     let (mallory_t, _) = token_for(&app, mallory, &[]);
@@ -309,6 +325,138 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         }
         cases += 2; // another organisation and another member: checked one by one below
     }
+    // Admin routes: a target of acme (alice and her token), and one that does not exist.
+    let admin_routes: [AdminRoute; 3] = [
+        (
+            "POST",
+            "/api/v1/admin/tokens".into(),
+            "/api/v1/admin/tokens".into(),
+            Some(serde_json::json!({"userId": alice, "expires": "1h"})),
+            Some(serde_json::json!({"userId": 987_654, "expires": "1h"})),
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/admin/tokens/{alice_tid}"),
+            "/api/v1/admin/tokens/987654".into(),
+            None,
+            None,
+        ),
+        (
+            "POST",
+            "/api/v1/admin/users".into(),
+            "/api/v1/admin/users".into(),
+            Some(serde_json::json!({"name": "eve", "role": "admin"})),
+            Some(serde_json::json!({"name": "eve", "role": "admin"})),
+        ),
+    ];
+    for (m, path, missing_path, body, missing_body) in &admin_routes {
+        for auth in [
+            Auth::None,
+            Auth::Bearer(&expired_t),
+            Auth::Cookie(&revoked_t),
+        ] {
+            let (code, text) = call_with(&app, method(m), path, auth, body.as_ref()).await;
+            assert_eq!(code, 401, "{m} {path} with {auth:?}: {text}");
+            unauthorized_bodies.insert(text);
+            cases += 1;
+        }
+        // A member may not manage tokens or users.
+        let (code, text) =
+            call_with(&app, method(m), path, Auth::Bearer(&bob_t), body.as_ref()).await;
+        assert_eq!(code, 403, "{m} {path} by a member: {text}");
+        cases += 1;
+        // Another organisation's admin: acme's user and token look missing; a user it
+        // creates lands in its own organisation.
+        let (code, text) = call_with(
+            &app,
+            method(m),
+            path,
+            Auth::Bearer(&mallory_t),
+            body.as_ref(),
+        )
+        .await;
+        if path.ends_with("/users") {
+            assert_eq!(code, 201, "{text}");
+            let json: Value = serde_json::from_str(&text).expect("json");
+            let eve = json["data"]["id"].as_i64().expect("id");
+            let (code, _) = call_with(
+                &app,
+                Method::POST,
+                "/api/v1/admin/tokens",
+                Auth::Bearer(&carol_t),
+                Some(&serde_json::json!({"userId": eve})),
+            )
+            .await;
+            assert_eq!(
+                code, 404,
+                "acme's admin cannot make a token for another org's user"
+            );
+        } else {
+            let (missing_code, missing_text) = call_with(
+                &app,
+                method(m),
+                missing_path,
+                Auth::Bearer(&mallory_t),
+                missing_body.as_ref(),
+            )
+            .await;
+            assert_eq!((code, missing_code), (404, 404), "{text} {missing_text}");
+            assert_eq!(
+                text, missing_text,
+                "{m} {path}: acme's user/token must look missing"
+            );
+        }
+        cases += 1;
+    }
+    // Alice's token survived all that.
+    let (code, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/import/jobs",
+        Auth::Bearer(&alice_t),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // An admin of acme issues and revokes a token through the API.
+    let (code, text) = call_with(
+        &app,
+        Method::POST,
+        "/api/v1/admin/tokens",
+        Auth::Bearer(&carol_t),
+        Some(&serde_json::json!({"userId": bob, "expires": "1h", "label": "ci"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    let issued: Value = serde_json::from_str(&text).expect("json");
+    let (api_t, api_tid) = (
+        issued["data"]["token"].as_str().expect("token").to_string(),
+        issued["data"]["id"].as_i64().expect("id"),
+    );
+    let (code, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/import/jobs",
+        Auth::Bearer(&api_t),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, text) = call(
+        &app,
+        Method::DELETE,
+        &format!("/api/v1/admin/tokens/{api_tid}"),
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    let (code, _) = call(
+        &app,
+        Method::GET,
+        "/api/v1/import/jobs",
+        Auth::Bearer(&api_t),
+    )
+    .await;
+    assert_eq!(code, 401);
+
     // No 401 tells an expired token from a revoked or a missing one.
     assert_eq!(unauthorized_bodies.len(), 1, "{unauthorized_bodies:?}");
 
@@ -390,9 +538,10 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
     wait_done_as(&app, &alice_t, bobs).await;
 
     println!("route × attacker cases tried: {cases}");
+    // Five attackers on every job route, every other route and the three admin routes.
     assert_eq!(
         cases,
-        (JOB_ROUTES.len() * 5 + OTHER_ROUTES.len() * 5) as u32
+        ((JOB_ROUTES.len() + OTHER_ROUTES.len() + 3) * 5) as u32
     );
 
     // Nothing the attackers tried changed the job.
@@ -439,7 +588,18 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         .iter()
         .filter(|e| e["action"] == "token.create")
         .count();
-    assert_eq!(token_creations, 5, "alice ×3, bob, carol: {body}");
+    assert_eq!(
+        token_creations, 6,
+        "alice ×3, bob, carol from the CLI, bob's by API: {body}"
+    );
+    assert!(
+        line("token.create", carol, format!("token:{api_tid}")),
+        "{body}"
+    );
+    assert!(
+        line("token.revoke", carol, format!("token:{api_tid}")),
+        "{body}"
+    );
     assert!(entries.iter().all(|e| e["orgId"] == acme), "{body}");
     // Refused attempts are not in the log as actions.
     assert!(

@@ -3,6 +3,7 @@
 //! `upload` receives files and creates jobs, `jobs` reports on them; `error` is the single place
 //! an error becomes a response, `auth` the single place a token is checked.
 
+mod admin;
 mod audit;
 pub mod auth;
 mod control;
@@ -45,6 +46,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/import/{id}/errors", get(jobs::errors))
         .route("/api/v1/datasets", get(jobs::datasets))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/admin/users", post(admin::user_create))
+        .route("/api/v1/admin/tokens", post(admin::token_create))
+        .route(
+            "/api/v1/admin/tokens/{id}",
+            axum::routing::delete(admin::token_revoke),
+        )
         // Layers run outside in: the token is checked first, then its rate.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

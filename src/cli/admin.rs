@@ -199,7 +199,7 @@ pub async fn token(cmd: TokenCommand) -> CliResult {
             let id = args.id;
             with_store(args.storage, move |s| {
                 let org_id = s
-                    .token_revoke(id)
+                    .token_revoke(id, None)
                     .map_err(store_err)?
                     .ok_or_else(|| format!("no live token with id {id}"))?;
                 s.audit_insert(&AuditEntry {

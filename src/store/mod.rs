@@ -384,9 +384,9 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<i64>;
     /// Who the live (not revoked, not expired) token with this hash speaks for, marking it used.
     fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
-    /// Revokes a token; returns the organisation of its user, or `None` when there is no such
-    /// live token.
-    fn token_revoke(&self, id: i64) -> StoreResult<Option<i64>>;
+    /// Revokes a token (only one of organisation `org_id`'s users, when given); returns the
+    /// organisation of its user, or `None` when there is no such live token.
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>>;
 
     fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()>;
     /// A page of the organisation's audit log, newest first, and its total.

@@ -161,8 +161,8 @@ impl JobStore for PgStore {
         super::tenants::token_find(&mut *self.conn()?, token_hash)
     }
 
-    fn token_revoke(&self, id: i64) -> StoreResult<Option<i64>> {
-        super::tenants::token_revoke(&mut *self.conn()?, id)
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
+        super::tenants::token_revoke(&mut *self.conn()?, id, org_id)
     }
 
     fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {

@@ -126,12 +126,17 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
     .transpose()
 }
 
-pub(super) fn token_revoke(c: &mut Client, id: i64) -> StoreResult<Option<i64>> {
+pub(super) fn token_revoke(
+    c: &mut Client,
+    id: i64,
+    org_id: Option<i64>,
+) -> StoreResult<Option<i64>> {
     let row = c
         .query_opt(
             "UPDATE tokens t SET revoked_at = now() FROM users u \
-             WHERE u.id = t.user_id AND t.id = $1 AND t.revoked_at IS NULL RETURNING u.org_id",
-            &[&id],
+             WHERE u.id = t.user_id AND t.id = $1 AND t.revoked_at IS NULL \
+             AND ($2::bigint IS NULL OR u.org_id = $2) RETURNING u.org_id",
+            &[&id, &org_id],
         )
         .map_err(pg_err)?;
     Ok(row.map(|r| r.get(0)))

@@ -194,8 +194,8 @@ impl JobStore for SqliteStore {
         super::tenants::token_find(&*self.conn()?, token_hash)
     }
 
-    fn token_revoke(&self, id: i64) -> StoreResult<Option<i64>> {
-        super::tenants::token_revoke(&*self.conn()?, id)
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
+        super::tenants::token_revoke(&*self.conn()?, id, org_id)
     }
 
     fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {

@@ -165,11 +165,16 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
     }))
 }
 
-pub(super) fn token_revoke(conn: &Connection, id: i64) -> StoreResult<Option<i64>> {
+pub(super) fn token_revoke(
+    conn: &Connection,
+    id: i64,
+    org_id: Option<i64>,
+) -> StoreResult<Option<i64>> {
     conn.query_row(
         "UPDATE tokens SET revoked_at = ?1 WHERE id = ?2 AND revoked_at IS NULL \
+         AND (?3 IS NULL OR user_id IN (SELECT id FROM users WHERE org_id = ?3)) \
          RETURNING (SELECT org_id FROM users WHERE users.id = tokens.user_id)",
-        params![now_text(), id],
+        params![now_text(), id, org_id],
         |r| r.get::<_, Option<i64>>(0),
     )
     .optional()

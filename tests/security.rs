@@ -738,7 +738,41 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+async fn every_response_carries_security_headers(backend: Backend) {
+    let app = spawn(backend, &[]);
+    for (path, token, status) in [
+        ("/healthz", None, 200),
+        ("/api/v1/import/jobs", Some(TOKEN), 200),
+        ("/api/v1/import/jobs", None, 401),
+        ("/api/v1/import/status/42", Some(TOKEN), 404),
+        ("/nowhere", None, 404),
+    ] {
+        let mut req = app.http.get(app.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        let h = resp.headers();
+        let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        assert_eq!(get("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(get("x-frame-options"), "DENY", "{path}");
+        assert_eq!(get("referrer-policy"), "no-referrer", "{path}");
+        assert!(
+            get("content-security-policy").contains("default-src 'none'"),
+            "{path}"
+        );
+        assert_eq!(get("cache-control"), "no-store", "{path}");
+        // Error bodies name no SQL, file or source location.
+        let body = resp.text().await.expect("body");
+        for leak in ["SELECT", "sqlite", "postgres", "/tmp", ".rs:", "panicked"] {
+            assert!(!body.contains(leak), "{path}: {body}");
+        }
+    }
+}
+
 conformance!(
+    every_response_carries_security_headers,
     an_uploaded_file_name_never_becomes_a_path,
     every_route_refuses_every_attacker,
     a_token_over_its_rate_gets_429_with_retry_after,

@@ -771,7 +771,76 @@ async fn every_response_carries_security_headers(backend: Backend) {
     }
 }
 
+async fn an_organisations_limits_bound_its_uploads(backend: Backend) {
+    let app = spawn(backend, &[]);
+    created(
+        &app,
+        &[
+            "org",
+            "create",
+            "small",
+            "--max-upload-mb",
+            "1",
+            "--max-rows",
+            "3",
+        ],
+    );
+    let user = created(
+        &app,
+        &[
+            "user", "create", "--org", "small", "--name", "sam", "--role", "member",
+        ],
+    );
+    let (sam, _) = token_for(&app, user, &[]);
+    let rows = |n: usize| {
+        let mut csv = String::from("code,qty,name\n");
+        for i in 0..n {
+            csv.push_str(&format!("C{i},1,x\n"));
+        }
+        csv
+    };
+    let send = |token: String, csv: String| {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("l.csv"),
+        );
+        app.http
+            .post(app.url("/api/v1/import/items"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+    };
+    // Three rows pass, four are refused before any job exists.
+    let (code, body) = json_of(send(sam.clone(), rows(3)).await.expect("upload")).await;
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = json_of(send(sam.clone(), rows(4)).await.expect("upload")).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("too_many_rows")),
+        "{body}"
+    );
+    // Over a megabyte: 413 for the small organisation, accepted for the default one.
+    let big = rows(0)
+        + &(0..11_000)
+            .map(|i| format!("B{i},1,{}\n", "y".repeat(100)))
+            .collect::<String>();
+    assert!(big.len() > 1024 * 1024);
+    let (code, body) = json_of(send(sam.clone(), big.clone()).await.expect("upload")).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (413, Some("file_too_large")),
+        "{body}"
+    );
+    let (code, body) = json_of(send(TOKEN.to_string(), big).await.expect("upload")).await;
+    assert_eq!(code, 202, "{body}");
+    // Lifting the row limit lets the four rows in.
+    sluice(&app, &["org", "limits", "small", "--max-upload-mb", "1"]);
+    let (code, body) = json_of(send(sam, rows(4)).await.expect("upload")).await;
+    assert_eq!(code, 202, "{body}");
+}
+
 conformance!(
+    an_organisations_limits_bound_its_uploads,
     every_response_carries_security_headers,
     an_uploaded_file_name_never_becomes_a_path,
     every_route_refuses_every_attacker,

@@ -7,7 +7,9 @@
 CREATE TABLE orgs (
     id         BIGSERIAL PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
-    created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    max_upload_bytes BIGINT,      -- NULL: the server's --max-upload-mb
+    max_rows         BIGINT       -- NULL: no limit on data rows per upload
 );
 
 CREATE TABLE users (

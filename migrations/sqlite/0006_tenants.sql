@@ -7,7 +7,9 @@
 CREATE TABLE orgs (
     id         INTEGER PRIMARY KEY,
     name       TEXT NOT NULL UNIQUE,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    max_upload_bytes INTEGER,     -- NULL: the server's --max-upload-mb
+    max_rows         INTEGER      -- NULL: no limit on data rows per upload
 );
 
 CREATE TABLE users (

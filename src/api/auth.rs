@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::store::{AuditEntry, Job, Principal, Role};
+use crate::store::{AuditEntry, Job, OrgLimits, Principal, Role};
 
 /// Who is calling: attached to every authenticated request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub struct Caller {
     pub user_id: i64,
     pub org_id: i64,
     pub role: Role,
+    /// The organisation's upload limits.
+    pub limits: OrgLimits,
 }
 
 impl From<Principal> for Caller {
@@ -37,6 +39,7 @@ impl From<Principal> for Caller {
             user_id: p.user_id,
             org_id: p.org_id,
             role: p.role,
+            limits: p.limits,
         }
     }
 }

@@ -12,12 +12,14 @@ use clap::{Args, Subcommand};
 use super::CliResult;
 use super::serve::{StorageArgs, open_job_store};
 use crate::api::auth;
-use crate::store::{AuditEntry, JobStore, Role};
+use crate::store::{AuditEntry, JobStore, OrgLimits, Role};
 
 #[derive(Subcommand)]
 pub enum OrgCommand {
     /// Create an organisation; prints its id.
     Create(OrgCreateArgs),
+    /// Set (or, when a flag is left out, clear) an organisation's upload limits.
+    Limits(OrgLimitsArgs),
 }
 
 #[derive(Args)]
@@ -25,7 +27,48 @@ pub struct OrgCreateArgs {
     /// A unique name.
     pub name: String,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub storage: StorageArgs,
+}
+
+#[derive(Args)]
+pub struct OrgLimitsArgs {
+    /// The organisation: its name or its id.
+    pub org: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// An organisation's own limits; they narrow the server's, never widen them.
+#[derive(Args)]
+pub struct LimitArgs {
+    /// Largest upload, in megabytes (default: the server's `--max-upload-mb`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_mb: Option<u64>,
+    /// Most data rows one upload may have (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> OrgLimits {
+        OrgLimits {
+            max_upload_bytes: self.max_upload_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+            max_rows: self.max_rows,
+        }
+    }
+}
+
+/// The id of an organisation named by id or by name.
+fn org_id(s: &dyn JobStore, org: &str) -> Result<i64, String> {
+    match org.parse::<i64>() {
+        Ok(id) if s.org_exists(id).map_err(store_err)? => Some(id),
+        _ => s.org_find(org).map_err(store_err)?,
+    }
+    .ok_or_else(|| format!("no organisation `{org}`: create it with `sluice org create`"))
 }
 
 #[derive(Subcommand)]
@@ -103,20 +146,39 @@ fn store_err(e: crate::store::StoreError) -> String {
 }
 
 pub async fn org(cmd: OrgCommand) -> CliResult {
-    let OrgCommand::Create(args) = cmd;
-    let name = args.name.trim().to_string();
-    if name.is_empty() {
-        return Err("an organisation needs a name".into());
+    match cmd {
+        OrgCommand::Create(args) => {
+            let name = args.name.trim().to_string();
+            if name.is_empty() {
+                return Err("an organisation needs a name".into());
+            }
+            let (n, limits) = (name.clone(), args.limits.limits());
+            let id = with_store(args.storage, move |s| {
+                let id = s
+                    .org_insert(&n)
+                    .map_err(store_err)?
+                    .ok_or_else(|| format!("an organisation named `{n}` already exists"))?;
+                if limits != OrgLimits::default() {
+                    s.org_set_limits(id, limits).map_err(store_err)?;
+                }
+                Ok(id)
+            })
+            .await?;
+            println!("{id}");
+            eprintln!("sluice: created organisation {id} ({name})");
+        }
+        OrgCommand::Limits(args) => {
+            let (org, limits) = (args.org.trim().to_string(), args.limits.limits());
+            let id = with_store(args.storage, move |s| {
+                let id = org_id(s, &org)?;
+                s.org_set_limits(id, limits).map_err(store_err)?;
+                Ok(id)
+            })
+            .await?;
+            println!("{id}");
+            eprintln!("sluice: set the limits of organisation {id}: {limits:?}");
+        }
     }
-    let n = name.clone();
-    let id = with_store(args.storage, move |s| {
-        s.org_insert(&n)
-            .map_err(store_err)?
-            .ok_or_else(|| format!("an organisation named `{n}` already exists"))
-    })
-    .await?;
-    println!("{id}");
-    eprintln!("sluice: created organisation {id} ({name})");
     Ok(())
 }
 
@@ -128,11 +190,7 @@ pub async fn user(cmd: UserCommand) -> CliResult {
     }
     let (org, role, n) = (args.org.trim().to_string(), args.role, name.clone());
     let (id, org_id) = with_store(args.storage, move |s| {
-        let org_id = match org.parse::<i64>() {
-            Ok(id) if s.org_exists(id).map_err(store_err)? => Some(id),
-            _ => s.org_find(&org).map_err(store_err)?,
-        }
-        .ok_or_else(|| format!("no organisation `{org}`: create it with `sluice org create`"))?;
+        let org_id = org_id(s, &org)?;
         let id = s
             .user_insert(org_id, &n, role)
             .map_err(store_err)?

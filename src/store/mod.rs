@@ -318,6 +318,16 @@ pub struct Principal {
     pub user_id: i64,
     pub org_id: i64,
     pub role: Role,
+    /// The organisation's limits (`None`: the server's).
+    pub limits: OrgLimits,
+}
+
+/// An organisation's own limits on uploads; `None` leaves the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgLimits {
+    pub max_upload_bytes: Option<u64>,
+    /// Most data rows one upload may have.
+    pub max_rows: Option<u64>,
 }
 
 /// A user as stored.
@@ -367,6 +377,8 @@ pub trait JobStore: Send + Sync + 'static {
     fn org_find(&self, name: &str) -> StoreResult<Option<i64>>;
     /// Whether the organisation exists.
     fn org_exists(&self, id: i64) -> StoreResult<bool>;
+    /// Sets the organisation's limits; false when there is no such organisation.
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool>;
     /// Creates a user; `None` when the organisation already has a user of this name.
     fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>>;
     fn user_get(&self, id: i64) -> StoreResult<Option<User>>;

@@ -5,7 +5,9 @@ use postgres::Client;
 use postgres::error::SqlState;
 
 use super::pg_err;
-use crate::store::{AuditEntry, AuditRecord, Principal, Role, StoreError, StoreResult, User};
+use crate::store::{
+    AuditEntry, AuditRecord, OrgLimits, Principal, Role, StoreError, StoreResult, User,
+};
 
 fn role(s: &str) -> StoreResult<Role> {
     s.parse().map_err(StoreError::Corrupt)
@@ -36,6 +38,27 @@ pub(super) fn org_exists(c: &mut Client, id: i64) -> StoreResult<bool> {
         .query_opt("SELECT 1 FROM orgs WHERE id = $1", &[&id])
         .map_err(pg_err)?;
     Ok(row.is_some())
+}
+
+fn to_db(n: Option<u64>) -> Option<i64> {
+    n.map(|n| n.min(i64::MAX as u64) as i64)
+}
+
+fn from_db(n: Option<i64>) -> Option<u64> {
+    n.map(|n| n.max(0) as u64)
+}
+
+pub(super) fn org_set_limits(c: &mut Client, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+    c.execute(
+        "UPDATE orgs SET max_upload_bytes = $2, max_rows = $3 WHERE id = $1",
+        &[
+            &id,
+            &to_db(limits.max_upload_bytes),
+            &to_db(limits.max_rows),
+        ],
+    )
+    .map(|n| n > 0)
+    .map_err(pg_err)
 }
 
 pub(super) fn user_insert(
@@ -108,10 +131,10 @@ pub(super) fn token_insert(
 pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option<Principal>> {
     let row = c
         .query_opt(
-            "UPDATE tokens t SET last_used_at = now() FROM users u \
+            "UPDATE tokens t SET last_used_at = now() FROM users u JOIN orgs o ON o.id = u.org_id \
              WHERE u.id = t.user_id AND t.token_hash = $1 AND t.revoked_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > now()) \
-             RETURNING t.id, u.id, u.org_id, u.role",
+             RETURNING t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows",
             &[&token_hash],
         )
         .map_err(pg_err)?;
@@ -121,6 +144,10 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
             user_id: r.get(1),
             org_id: r.get(2),
             role: role(r.get(3))?,
+            limits: OrgLimits {
+                max_upload_bytes: from_db(r.get(4)),
+                max_rows: from_db(r.get(5)),
+            },
         })
     })
     .transpose()

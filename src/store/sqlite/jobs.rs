@@ -10,7 +10,7 @@ use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
-use crate::store::{AuditEntry, AuditRecord, Principal, Role, User};
+use crate::store::{AuditEntry, AuditRecord, OrgLimits, Principal, Role, User};
 use crate::store::{
     Control, Controlled, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, JobStore, Lease,
     NewChunk, NewJob, Stats, StoreError, StoreResult,
@@ -162,6 +162,10 @@ impl JobStore for SqliteStore {
 
     fn org_exists(&self, id: i64) -> StoreResult<bool> {
         super::tenants::org_exists(&*self.conn()?, id)
+    }
+
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+        super::tenants::org_set_limits(&*self.conn()?, id, limits)
     }
 
     fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>> {

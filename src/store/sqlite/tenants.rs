@@ -8,7 +8,9 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::db_err;
 use super::jobs::now_text;
-use crate::store::{AuditEntry, AuditRecord, Principal, Role, StoreError, StoreResult, User};
+use crate::store::{
+    AuditEntry, AuditRecord, OrgLimits, Principal, Role, StoreError, StoreResult, User,
+};
 
 fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -45,6 +47,23 @@ pub(super) fn org_exists(conn: &Connection, id: i64) -> StoreResult<bool> {
     conn.query_row("SELECT count(*) FROM orgs WHERE id = ?1", [id], |r| {
         r.get::<_, i64>(0)
     })
+    .map(|n| n > 0)
+    .map_err(db_err)
+}
+
+fn to_db(n: Option<u64>) -> Option<i64> {
+    n.map(|n| n.min(i64::MAX as u64) as i64)
+}
+
+fn from_db(n: Option<i64>) -> Option<u64> {
+    n.map(|n| n.max(0) as u64)
+}
+
+pub(super) fn org_set_limits(conn: &Connection, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+    conn.execute(
+        "UPDATE orgs SET max_upload_bytes = ?2, max_rows = ?3 WHERE id = ?1",
+        params![id, to_db(limits.max_upload_bytes), to_db(limits.max_rows)],
+    )
     .map(|n| n > 0)
     .map_err(db_err)
 }
@@ -134,7 +153,8 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
     let now = now_text();
     let row = conn
         .query_row(
-            "SELECT t.id, u.id, u.org_id, u.role FROM tokens t JOIN users u ON u.id = t.user_id \
+            "SELECT t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows \
+             FROM tokens t JOIN users u ON u.id = t.user_id JOIN orgs o ON o.id = u.org_id \
              WHERE t.token_hash = ?1 AND t.revoked_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > ?2)",
             params![token_hash, now],
@@ -144,12 +164,16 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
                     r.get::<_, i64>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, String>(3)?,
+                    OrgLimits {
+                        max_upload_bytes: from_db(r.get(4)?),
+                        max_rows: from_db(r.get(5)?),
+                    },
                 ))
             },
         )
         .optional()
         .map_err(db_err)?;
-    let Some((token_id, user_id, org_id, r)) = row else {
+    let Some((token_id, user_id, org_id, r, limits)) = row else {
         return Ok(None);
     };
     // Best effort: a busy database must not turn a valid token away.
@@ -162,6 +186,7 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
         user_id,
         org_id,
         role: role(r)?,
+        limits,
     }))
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Only the job's creator or an admin of its organisation may act on a job (403 otherwise); a
 //! job of another organisation answers 404 like a missing one. Every action is audited.
+//!
 //! Every action takes effect in the store at once; a worker running the job notices at its next
 //! batch commit (which the store refuses) or heartbeat, so the job stops within one batch.
 

@@ -1,5 +1,8 @@
 //! Operating on jobs: cancel, pause, resume, retry, delete, and the stats of seed 003.
 //!
+//! Only the job's creator or an admin of its organisation may act on a job (403 otherwise); a
+//! job of another organisation answers 404 like a missing one. Every action is audited.
+//!
 //! Every action takes effect in the store at once; a worker running the job notices at its next
 //! batch commit (which the store refuses) or heartbeat, so the job stops within one batch.
 
@@ -7,21 +10,25 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
+use super::audit;
+use super::auth::Caller;
 use super::error::ApiError;
-use super::jobs::{job_json, parse_id};
-use crate::store::{Control, Controlled};
+use super::jobs::{job_json, job_not_found, load_job, parse_id};
+use crate::store::{Control, Controlled, Job};
 
 /// `POST /api/v1/import/{jobId}/{cancel|pause|resume|retry}` (retry takes `?fromStart=true`).
 pub async fn act(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path((id, action)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let id = parse_id(&id)?;
+    let job = load_job(&state, &caller, id).await?;
     let from_start = params
         .get("fromStart")
         .is_some_and(|v| matches!(v.as_str(), "true" | "1" | "yes"));
@@ -36,10 +43,11 @@ pub async fn act(
             )));
         }
     };
+    permitted(&caller, &job)?;
     let ctx = &state.jobs;
     let target = match ctx.store_call(move |s| s.job_control(id, control)).await? {
         Controlled::Done(target) => target,
-        Controlled::NotFound => return Err(ApiError::NotFound(format!("no job with id `{id}`"))),
+        Controlled::NotFound => return Err(job_not_found()),
         Controlled::Conflict(message) => {
             return Err(ApiError::Conflict {
                 code: "invalid_state",
@@ -48,13 +56,12 @@ pub async fn act(
             });
         }
     };
+    let detail = (target != id).then(|| format!("new job {target}"));
+    audit::record(&state, caller.audit(&action, format!("job:{id}"), detail)).await;
     if matches!(control, Control::Resume | Control::Retry { .. }) {
         ctx.wake.notify_one();
     }
-    let job = ctx
-        .store_call(move |s| s.job_get(target))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{target}`")))?;
+    let job = load_job(&state, &caller, target).await?;
     let message = match control {
         Control::Cancel => "cancelled; batches already committed stay written".to_string(),
         Control::Pause => "paused; resume continues from the last committed batch".to_string(),
@@ -69,17 +76,33 @@ pub async fn act(
     ))
 }
 
+/// 403 unless the caller started the job or is an admin of its organisation.
+fn permitted(caller: &Caller, job: &Job) -> Result<(), ApiError> {
+    if caller.controls(job) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "only the user who started this job or an admin may do this".into(),
+        ))
+    }
+}
+
 /// `DELETE /api/v1/import/{jobId}`: the job, its row errors and its file. A running job stops
 /// at its next batch boundary.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let id = parse_id(&id)?;
+    let job = load_job(&state, &caller, id).await?;
+    permitted(&caller, &job)?;
     let ctx = &state.jobs;
     match ctx.store_call(move |s| s.job_delete(id)).await? {
-        None => Err(ApiError::NotFound(format!("no job with id `{id}`"))),
+        None => Err(job_not_found()),
         Some(names) => {
+            let detail = Some(format!("{} into {}", job.filename, job.dataset));
+            audit::record(&state, caller.audit("delete", format!("job:{id}"), detail)).await;
             let blobs = ctx.blobs.clone();
             let _ = tokio::task::spawn_blocking(move || names.iter().for_each(|b| blobs.remove(b)))
                 .await;
@@ -91,7 +114,14 @@ pub async fn delete(
 }
 
 /// `GET /api/v1/import/stats`
-pub async fn stats(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
-    let stats = state.jobs.store_call(|s| s.job_stats()).await?;
+pub async fn stats(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let org = caller.org_id;
+    let stats = state
+        .jobs
+        .store_call(move |s| s.job_stats(Some(org)))
+        .await?;
     Ok(Json(json!({"success": true, "data": stats})))
 }

@@ -19,6 +19,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("missing or invalid API token")]
     Unauthorized,
+    /// 403: the caller is known but may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 429: the token sent more requests than its rate allows; retry after this many seconds.
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: u64 },
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -71,6 +77,18 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = match self {
             ApiError::Replay(response) => return *response,
+            ApiError::RateLimited { retry_after } => {
+                let body = json!({"success": false, "error": {
+                    "code": "rate_limited",
+                    "message": format!("too many requests for this token; retry after {retry_after} s"),
+                }});
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(axum::http::header::RETRY_AFTER, retry_after.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
             ApiError::Conflict { code, message, job } => {
                 let mut error = json!({"code": code, "message": message});
                 if let Some(id) = job {
@@ -104,6 +122,7 @@ impl ApiError {
                 "unauthorized",
                 "missing or invalid API token: send `Authorization: Bearer <token>` or a `token` cookie".to_string(),
             ),
+            ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", m.clone()),
             ApiError::Unavailable(internal) => {
                 tracing::warn!(error = %internal, "database unavailable");
@@ -122,6 +141,7 @@ impl ApiError {
                 )
             }
             ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.to_string()),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! `EventSource` to stop reconnecting. Every connection reads the store at its own pace; none can
 //! hold up an import.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,9 @@ use futures_util::Stream;
 use serde::Deserialize;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
-use super::jobs::parse_id;
+use super::jobs::{load_job, parse_id};
 use crate::events::{EventReader, event_json, event_name};
 use crate::store::JobEvent;
 
@@ -65,15 +67,13 @@ pub async fn job_events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(query): Query<After>,
+    axum::Extension(caller): axum::Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let after = resume_point(&headers, &query)?.unwrap_or(0);
-    let job = state
-        .jobs
-        .store_call(move |s| s.job_get(id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))?;
+    // Another organisation's job answers exactly like a missing one.
+    let job = load_job(&state, &caller, id).await?;
     if job.status.is_finished() {
         let pending = state
             .jobs
@@ -93,6 +93,7 @@ pub async fn job_events(
 pub async fn all_events(
     State(state): State<Arc<AppState>>,
     Query(query): Query<After>,
+    axum::Extension(caller): axum::Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let after = match resume_point(&headers, &query)? {
@@ -104,11 +105,12 @@ pub async fn all_events(
         .event("ready")
         .data(serde_json::json!({"after": after}).to_string());
     let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(ready) });
-    Ok(
-        Sse::new(futures_util::StreamExt::chain(stream, forever(reader)))
-            .keep_alive(keep_alive())
-            .into_response(),
-    )
+    Ok(Sse::new(futures_util::StreamExt::chain(
+        stream,
+        forever(reader, state.jobs.clone(), caller.org_id),
+    ))
+    .keep_alive(keep_alive())
+    .into_response())
 }
 
 /// A job's events up to and including its latest `done` event. An earlier `done` (the job was
@@ -130,14 +132,44 @@ fn until_done(reader: EventReader) -> impl Stream<Item = Result<Event, Infallibl
     })
 }
 
-fn forever(reader: EventReader) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures_util::stream::unfold(reader, |mut reader| async move {
-        match reader.next().await {
-            Ok(Some(e)) => Some((Ok(sse_event(&e)), reader)),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream ended on a store error");
-                None
+/// Every event of the caller's organisation's jobs, for as long as the client listens. Which
+/// organisation a job belongs to is looked up once per job.
+fn forever(
+    reader: EventReader,
+    ctx: Arc<crate::jobs::JobContext>,
+    org: i64,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let seen: HashMap<i64, bool> = HashMap::new();
+    futures_util::stream::unfold((reader, seen), move |(mut reader, mut seen)| {
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                match reader.next().await {
+                    Ok(Some(e)) => {
+                        let visible = match seen.get(&e.job_id) {
+                            Some(v) => *v,
+                            None => {
+                                let job = e.job_id;
+                                let v = ctx
+                                    .store_call(move |s| s.job_get(job))
+                                    .await
+                                    .ok()
+                                    .flatten()
+                                    .is_some_and(|j| j.org_id == Some(org));
+                                seen.insert(e.job_id, v);
+                                v
+                            }
+                        };
+                        if visible {
+                            return Some((Ok(sse_event(&e)), (reader, seen)));
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream ended on a store error");
+                        return None;
+                    }
+                }
             }
         }
     })

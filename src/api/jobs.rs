@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
 
@@ -20,11 +21,17 @@ use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
 const CSV_PAGE: u64 = 5_000;
 const DEFAULT_LIMIT: u64 = 100;
 
+/// The answer for a job the caller cannot see: a missing job and another organisation's job
+/// get the very same body, so a job id reveals nothing across organisations.
+pub(super) fn job_not_found() -> ApiError {
+    ApiError::NotFound("no such job".into())
+}
+
 pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
     id.parse::<JobId>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+        .ok_or_else(job_not_found)
 }
 
 fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
@@ -39,12 +46,18 @@ fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<
     }
 }
 
-async fn load_job(state: &AppState, id: JobId) -> Result<Job, ApiError> {
+/// The job, if the caller's organisation owns it; any other job is "not found".
+pub(super) async fn load_job(
+    state: &AppState,
+    caller: &Caller,
+    id: JobId,
+) -> Result<Job, ApiError> {
     state
         .jobs
         .store_call(move |s| s.job_get(id))
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no job with id `{id}`")))
+        .filter(|job| caller.sees(job))
+        .ok_or_else(job_not_found)
 }
 
 /// A job as the API shows it.
@@ -97,6 +110,8 @@ pub fn job_json(job: &Job) -> JsonValue {
         "duplicateOf": job.duplicate_of,
         "retryOf": job.retry_of,
         "fileRetained": !job.blob_deleted,
+        // Who started it: the user, inside the caller's own organisation.
+        "userId": job.user_id,
     });
     if let Some(total) = job.chunks_total {
         data["chunks"] = json!({"total": total, "completed": job.chunks_completed});
@@ -125,15 +140,17 @@ pub fn error_json(e: &ErrorRecord) -> JsonValue {
 /// `GET /api/v1/import/status/{jobId}`
 pub async fn status(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JsonValue>, ApiError> {
-    let job = load_job(&state, parse_id(&id)?).await?;
+    let job = load_job(&state, &caller, parse_id(&id)?).await?;
     Ok(Json(json!({"success": true, "data": job_json(&job)})))
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`
 pub async fn list(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let status = params
@@ -143,6 +160,7 @@ pub async fn list(
         .transpose()
         .map_err(|m| ApiError::bad("invalid_parameter", m))?;
     let filter = JobFilter {
+        org_id: Some(caller.org_id),
         status,
         dataset: params.get("dataset").filter(|s| !s.is_empty()).cloned(),
         limit: number(&params, "limit", 20)?.min(1000),
@@ -164,10 +182,11 @@ pub async fn list(
 /// `GET /api/v1/import/{jobId}/errors?format=json|csv&limit=&offset=`
 pub async fn errors(
     State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let job = load_job(&state, parse_id(&id)?).await?;
+    let job = load_job(&state, &caller, parse_id(&id)?).await?;
     match params.get("format").map(String::as_str).unwrap_or("json") {
         "json" => {
             let limit = number(&params, "limit", DEFAULT_LIMIT)?;
@@ -254,13 +273,25 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
         .into_response()
 }
 
+/// A cell made safe for spreadsheets (OWASP "CSV injection"): a cell starting with `=`, `+`,
+/// `-`, `@`, tab or carriage return could run as a formula when the file is opened, so it gets a
+/// leading `'`. A genuine negative number such as `-5` is prefixed too (`'-5`): remove the quote
+/// before importing such a value again.
+pub(super) fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
+    match cell.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
+        _ => cell.into(),
+    }
+}
+
+/// CSV text of rows, every cell neutralised.
 fn csv_bytes(rows: impl Iterator<Item = Vec<String>>) -> Bytes {
     let mut w = csv::WriterBuilder::new()
         .flexible(true)
         .from_writer(Vec::new());
     for r in rows {
         // Writing to a Vec cannot fail.
-        let _ = w.write_record(&r);
+        let _ = w.write_record(r.iter().map(|c| neutralise(c).into_owned()));
     }
     Bytes::from(w.into_inner().unwrap_or_default())
 }
@@ -294,4 +325,24 @@ pub async fn datasets(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
         })
         .collect();
     Json(json!({"success": true, "data": {"datasets": list}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_prefixed_and_others_left_alone() {
+        for risky in ["=1+1", "+1", "-5", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(neutralise(risky), format!("'{risky}"));
+        }
+        for safe in ["", "abc", "1-2", "'=x", " =x"] {
+            assert_eq!(neutralise(safe), safe);
+        }
+        let csv = csv_bytes(std::iter::once(vec![
+            "=cmd|' /C calc'!A0".into(),
+            "ok".into(),
+        ]));
+        assert_eq!(&csv[..], b"'=cmd|' /C calc'!A0,ok\n");
+    }
 }

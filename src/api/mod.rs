@@ -3,11 +3,14 @@
 //! `upload` receives files and creates jobs, `jobs` reports on them; `error` is the single place
 //! an error becomes a response, `auth` the single place a token is checked.
 
+mod admin;
+mod audit;
 pub mod auth;
 mod control;
 pub mod error;
 mod events;
 mod jobs;
+pub mod limit;
 mod preview;
 mod upload;
 mod webhooks;
@@ -25,6 +28,8 @@ pub struct AppState {
     pub jobs: Arc<JobContext>,
     /// Largest upload accepted, in bytes.
     pub max_upload_bytes: u64,
+    /// Requests per second per token.
+    pub limiter: limit::RateLimiter,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -65,6 +70,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/datasets/{id}/templates",
             get(preview::templates).post(preview::save_template),
         )
+        .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/admin/users", post(admin::user_create))
+        .route("/api/v1/admin/tokens", post(admin::token_create))
+        .route(
+            "/api/v1/admin/tokens/{id}",
+            axum::routing::delete(admin::token_revoke),
+        )
+        // Layers run outside in: the token is checked first, then its rate.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::rate_limit,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -77,5 +94,28 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .merge(crate::web::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// Headers on every response: nothing is sniffed, framed, cached or given a referrer, and a
+/// response rendered by mistake as a page may load nothing. (A web UI will need its own CSP.)
+async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
 }

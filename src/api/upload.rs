@@ -113,6 +113,12 @@ pub async fn upload(
             return replay(&state, job_id).await;
         }
     }
+    // The organisation's limits narrow the server's, never widen them.
+    let max_bytes = caller
+        .limits
+        .max_upload_bytes
+        .map_or(state.max_upload_bytes, |m| m.min(state.max_upload_bytes));
+    let max_rows = caller.limits.max_rows;
     let mut params = query;
     let is_multipart = req
         .headers()
@@ -136,7 +142,7 @@ pub async fn upload(
                     return Err(ApiError::bad("multiple_files", "send one file per request"));
                 }
                 filename = field.file_name().map(str::to_string).or(filename);
-                saved = Some(save_stream(&state, &mut field).await?);
+                saved = Some(save_stream(&state, max_bytes, &mut field).await?);
             } else {
                 let mut text = Vec::new();
                 while let Some(chunk) = field
@@ -162,7 +168,7 @@ pub async fn upload(
             )
         })?
     } else {
-        save_stream(&state, &mut req.into_body().into_data_stream()).await?
+        save_stream(&state, max_bytes, &mut req.into_body().into_data_stream()).await?
     };
 
     let mode: Mode = param(&params, "mode")
@@ -216,7 +222,15 @@ pub async fn upload(
             saved.size,
         );
         tokio::task::spawn_blocking(move || {
-            inspect(&blobs, &name, size, &dataset, &requested, explicit.as_ref())
+            inspect(
+                &blobs,
+                &name,
+                size,
+                &dataset,
+                max_rows,
+                &requested,
+                explicit.as_ref(),
+            )
         })
         .await
         .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
@@ -244,16 +258,24 @@ pub async fn upload(
         header: inspected.header,
         mapping: inspected.mapping,
         created_by: Some(caller.token_id),
+        org_id: caller.org_id,
+        user_id: Some(caller.user_id),
         idempotency_key,
         retry_of: None,
     };
     if dataset.sync {
-        return import_now(&state, new_job, saved).await;
+        return import_now(&state, &caller, new_job, saved).await;
     }
+    let detail = upload_detail(&new_job);
     let inserted = ctx
         .store_call(move |s| s.job_insert(&new_job, None))
         .await?;
     let job_id = created_or_answer(&state, inserted).await?;
+    super::audit::record(
+        &state,
+        caller.audit("upload", format!("job:{job_id}"), detail),
+    )
+    .await;
     let mut saved = saved;
     saved.keep = true;
     ctx.wake.notify_one();
@@ -279,13 +301,23 @@ async fn template_mapping(
     })
 }
 
+/// What the audit log says about an upload: the file, its size and where it goes.
+fn upload_detail(job: &NewJob) -> Option<String> {
+    Some(format!(
+        "{} ({} bytes) into {}",
+        job.filename, job.file_size, job.dataset
+    ))
+}
+
 /// Synchronous datasets: run the import inside the request and answer with its results.
 async fn import_now(
     state: &Arc<AppState>,
+    caller: &Caller,
     new_job: NewJob,
     mut saved: SavedBlob,
 ) -> Result<Response, ApiError> {
     let ctx = &state.jobs;
+    let detail = upload_detail(&new_job);
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
     let t = token.clone();
@@ -294,6 +326,11 @@ async fn import_now(
         .await?;
     let job_id = created_or_answer(state, inserted).await?;
     saved.keep = true;
+    super::audit::record(
+        state,
+        caller.audit("upload", format!("job:{job_id}"), detail),
+    )
+    .await;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
         .await?
@@ -424,7 +461,11 @@ fn clean_filename(name: Option<&str>) -> String {
 }
 
 /// Streams a body to a new blob, hashing on the way and refusing past the size limit.
-async fn save_stream<S, E>(state: &AppState, stream: &mut S) -> Result<SavedBlob, ApiError>
+async fn save_stream<S, E>(
+    state: &AppState,
+    max_bytes: u64,
+    stream: &mut S,
+) -> Result<SavedBlob, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
@@ -454,10 +495,9 @@ where
             )
         })?;
         saved.size += chunk.len() as u64;
-        if saved.size > state.max_upload_bytes {
+        if saved.size > max_bytes {
             return Err(ApiError::TooLarge(format!(
-                "the file is larger than the limit of {} bytes",
-                state.max_upload_bytes
+                "the file is larger than the limit of {max_bytes} bytes"
             )));
         }
         hasher.update(&chunk);
@@ -488,6 +528,7 @@ fn inspect(
     name: &str,
     size: u64,
     dataset: &Dataset,
+    org_max_rows: Option<u64>,
     requested: &SourceOptions,
     explicit: Option<&BTreeMap<String, Option<String>>>,
 ) -> Result<Inspected, FileError> {
@@ -501,23 +542,27 @@ fn inspect(
     let mut source = Source::open(&path, format, &options)?;
     let header = source.headers().to_vec();
     let mapping = map::resolve(dataset, &header, explicit)?;
+    // Background datasets only need to know the file has rows; synchronous ones, and uploads of
+    // an organisation with a row limit, are counted up to the limit.
+    let limit = match (dataset.sync.then_some(dataset.max_rows), org_max_rows) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut record = csv::ByteRecord::new();
     let mut rows = 0u64;
     while source.next_record(&mut record)?.is_some() {
         rows += 1;
-        // Background datasets only need to know the file has rows; synchronous ones are counted
-        // up to their limit.
-        if !dataset.sync || rows > dataset.max_rows {
+        if limit.is_none_or(|max| rows > max) {
             break;
         }
     }
     if rows == 0 {
         return Err(FileError::NoRows);
     }
-    if dataset.sync && rows > dataset.max_rows {
-        return Err(FileError::TooManyRows {
-            max: dataset.max_rows,
-        });
+    if let Some(max) = limit
+        && rows > max
+    {
+        return Err(FileError::TooManyRows { max });
     }
     Ok(Inspected {
         format,

@@ -61,6 +61,7 @@ pub async fn create(
     axum::Extension(caller): axum::Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    caller.require_admin()?;
     let req: NewWebhook = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad(
             "invalid_body",
@@ -83,9 +84,38 @@ pub async fn create(
         .into_response())
 }
 
+/// The webhooks of the caller's organisation (a webhook belongs to the organisation of the
+/// token that registered it). Admins only.
+async fn org_webhooks(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<Vec<crate::store::Webhook>, ApiError> {
+    caller.require_admin()?;
+    let org = caller.org_id;
+    Ok(state
+        .jobs
+        .store_call(move |s| {
+            let mut mine = Vec::new();
+            for hook in s.webhook_list()? {
+                let owner = match hook.created_by {
+                    Some(token) => s.token_org(token)?,
+                    None => None,
+                };
+                if owner == Some(org) {
+                    mine.push(hook);
+                }
+            }
+            Ok(mine)
+        })
+        .await?)
+}
+
 /// `GET /api/v1/webhooks`
-pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>, ApiError> {
-    let hooks = state.jobs.store_call(|s| s.webhook_list()).await?;
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<JsonValue>, ApiError> {
+    let hooks = org_webhooks(&state, &caller).await?;
     Ok(Json(json!({
         "success": true,
         "data": {"webhooks": hooks.iter().map(webhook_json).collect::<Vec<_>>()},
@@ -96,9 +126,15 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<JsonValue>,
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let id = parse_webhook_id(&id)?;
-    if !state.jobs.store_call(move |s| s.webhook_delete(id)).await? {
+    if !org_webhooks(&state, &caller)
+        .await?
+        .iter()
+        .any(|h| h.id == id)
+        || !state.jobs.store_call(move |s| s.webhook_delete(id)).await?
+    {
         return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
     }
     Ok(Json(
@@ -111,6 +147,7 @@ pub async fn deliveries(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let id = parse_webhook_id(&id)?;
     let number = |name: &str, default: u64| -> Result<u64, ApiError> {
@@ -124,7 +161,7 @@ pub async fn deliveries(
         })
     };
     let (limit, offset) = (number("limit", 50)?.min(1000), number("offset", 0)?);
-    let hooks = state.jobs.store_call(|s| s.webhook_list()).await?;
+    let hooks = org_webhooks(&state, &caller).await?;
     if !hooks.iter().any(|h| h.id == id) {
         return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
     }

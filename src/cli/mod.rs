@@ -1,9 +1,11 @@
-//! The command line: `serve` and `migrate` run the service; `import`, `status`, `jobs` and
-//! `errors` are clients of its HTTP API.
+//! The command line: `serve` and `migrate` run the service; `org`, `user` and `token` manage
+//! tenants in the database directly; `import`, `status`, `jobs` and `errors` are clients of its
+//! HTTP API.
 //!
 //! Every flag has a `SLUICE_*` environment variable. Errors end the process with a message and
 //! a non-zero exit code.
 
+mod admin;
 mod client;
 mod serve;
 
@@ -37,6 +39,15 @@ enum Command {
     Worker(serve::WorkerOnlyArgs),
     /// Create or upgrade the job store and the dataset tables, then exit.
     Migrate(serve::StorageArgs),
+    /// Manage organisations (in the database, like `migrate`).
+    #[command(subcommand)]
+    Org(admin::OrgCommand),
+    /// Manage users of organisations.
+    #[command(subcommand)]
+    User(admin::UserCommand),
+    /// Create and revoke API tokens.
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
     /// Upload a file to a running server; with --wait, follow it to the end.
     Import(client::ImportArgs),
     /// Show one job's status.
@@ -80,6 +91,9 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(args).await,
             Command::Worker(args) => serve::worker(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
+            Command::Org(cmd) => admin::org(cmd).await,
+            Command::User(cmd) => admin::user(cmd).await,
+            Command::Token(cmd) => admin::token(cmd).await,
             Command::Import(args) => client::import(args).await,
             Command::Status(args) => client::status(args).await,
             Command::Jobs(args) => client::jobs(args).await,

@@ -108,6 +108,10 @@ pub struct ServeArgs {
     /// Largest upload accepted, in megabytes.
     #[arg(long, env = "SLUICE_MAX_UPLOAD_MB", default_value_t = 2048)]
     pub max_upload_mb: u64,
+    /// Requests per second each API token may send on average (bursts up to twice that);
+    /// beyond it the API answers 429 with `Retry-After`. 0 turns the limit off.
+    #[arg(long, env = "SLUICE_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
     /// Create this admin token at start if it does not exist yet (for automation; otherwise a
     /// random one is created and printed on the first start).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
@@ -149,28 +153,33 @@ fn load_datasets(args: &StorageArgs) -> Result<Datasets, String> {
 }
 
 fn open_store(args: &StorageArgs, datasets: &Datasets) -> Result<Arc<dyn JobStore>, String> {
+    let store = open_job_store(args)?;
+    store
+        .datasets_prepare(datasets)
+        .map_err(|e| format!("cannot prepare the dataset tables: {e}"))?;
+    Ok(store)
+}
+
+/// Opens the job store (applying its migrations) without touching the dataset tables.
+pub(super) fn open_job_store(args: &StorageArgs) -> Result<Arc<dyn JobStore>, String> {
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
         format!(
             "cannot create data directory {}: {e}",
             args.data_dir.display()
         )
     })?;
-    let (store, name): (Arc<dyn JobStore>, String) =
-        match database(&args.data_dir, args.database_url.as_deref())? {
-            Database::Sqlite(path) => {
-                let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
-                    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-                (Arc::new(store), path.display().to_string())
-            }
-            Database::Postgres(url) => {
-                let store = PgStore::open(&url, Duration::from_millis(args.busy_timeout_ms))
-                    .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
-                (Arc::new(store), "the PostgreSQL database".to_string())
-            }
-        };
-    store
-        .datasets_prepare(datasets)
-        .map_err(|e| format!("cannot prepare the dataset tables in {name}: {e}"))?;
+    let store: Arc<dyn JobStore> = match database(&args.data_dir, args.database_url.as_deref())? {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
+                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            Arc::new(store)
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::open(&url, Duration::from_millis(args.busy_timeout_ms))
+                .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+            Arc::new(store)
+        }
+    };
     Ok(store)
 }
 
@@ -181,22 +190,27 @@ pub async fn migrate(args: StorageArgs) -> CliResult {
     Ok(())
 }
 
-/// Makes sure someone can call the API: the configured token, or a new one printed once.
+/// Makes sure someone can call the API: the configured token, or a new one printed once. Both
+/// act as the first admin user of the `default` organisation (created by migration 0006).
 fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String> {
     let err = |e: crate::store::StoreError| e.to_string();
+    let admin = store.user_first_admin().map_err(err)?.ok_or(
+        "the database has no admin user; create one with `sluice user create --role admin`",
+    )?;
     if let Some(token) = args.admin_token.as_deref().filter(|t| !t.is_empty()) {
         let hash = auth::hash_token(token);
         if store.token_find(&hash).map_err(err)?.is_none() {
-            store
-                .token_insert("SLUICE_ADMIN_TOKEN", &hash, "admin")
-                .map_err(err)?;
+            // A revoked or expired SLUICE_ADMIN_TOKEN stays dead: its hash is taken.
+            if let Err(e) = store.token_insert("SLUICE_ADMIN_TOKEN", &hash, admin, None) {
+                tracing::warn!(error = %e, "SLUICE_ADMIN_TOKEN was revoked or expired; not restored");
+            }
         }
         return Ok(());
     }
     if store.token_count().map_err(err)? == 0 {
         let token = auth::new_token();
         store
-            .token_insert("first admin token", &auth::hash_token(&token), "admin")
+            .token_insert("first admin token", &auth::hash_token(&token), admin, None)
             .map_err(err)?;
         let host = match args.listen.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),
@@ -318,6 +332,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     let state = Arc::new(AppState {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
+        limiter: api::limit::RateLimiter::new(args.rate_limit),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -94,6 +94,9 @@ pub struct NewJob {
     pub header: Vec<String>,
     pub mapping: Mapping,
     pub created_by: Option<i64>,
+    /// The organisation the job belongs to, and the user who started it.
+    pub org_id: i64,
+    pub user_id: Option<i64>,
     /// A client's `Idempotency-Key`: a repeated request returns the job it created first.
     pub idempotency_key: Option<String>,
     /// The job this one repeats from the start (`retry?fromStart=true`).
@@ -186,6 +189,10 @@ pub struct Job {
     /// A split job: how many chunk jobs it has, and how many completed.
     pub chunks_total: Option<u32>,
     pub chunks_completed: u32,
+    /// The organisation the job belongs to (`None`: an unmigrated row no organisation sees).
+    pub org_id: Option<i64>,
+    /// The user who started it.
+    pub user_id: Option<i64>,
 }
 
 /// What a completing `mode=replace` job swaps: the staging table's rows become the table's rows,
@@ -255,6 +262,8 @@ pub struct Lease {
 /// Filters for the job list.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
+    /// Only this organisation's jobs (`None`: all, for operators).
+    pub org_id: Option<i64>,
     pub status: Option<JobStatus>,
     pub dataset: Option<String>,
     pub limit: u64,
@@ -270,6 +279,89 @@ pub struct ErrorRecord {
     pub message: String,
     #[serde(skip)]
     pub record: Vec<String>,
+}
+
+/// A user's role inside their organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Manages tokens, users and the audit log, and controls every job of the organisation.
+    Admin,
+    /// Imports, sees the organisation's jobs, and controls the jobs they started.
+    Member,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "member" => Ok(Role::Member),
+            other => Err(format!("unknown role `{other}`: use admin or member")),
+        }
+    }
+}
+
+/// Who a live token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: i64,
+    pub user_id: i64,
+    pub org_id: i64,
+    pub role: Role,
+    /// The organisation's limits (`None`: the server's).
+    pub limits: OrgLimits,
+}
+
+/// An organisation's own limits on uploads; `None` leaves the server's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrgLimits {
+    pub max_upload_bytes: Option<u64>,
+    /// Most data rows one upload may have.
+    pub max_rows: Option<u64>,
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub org_id: i64,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A line of the audit log: who did what to what.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub org_id: Option<i64>,
+    /// `None`: the command line on the server.
+    pub user_id: Option<i64>,
+    pub token_id: Option<i64>,
+    /// `upload`, `cancel`, `pause`, `resume`, `retry`, `delete`, `token.create`, `token.revoke`.
+    pub action: String,
+    /// What it was done to, e.g. `job:42` or `token:7`.
+    pub target: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
 }
 
 /// One entry of the job event log (`job_events`): a snapshot of a job's counts when it was
@@ -398,10 +490,46 @@ pub trait JobStore: Send + Sync + 'static {
     /// Creates or upgrades one table (a replace job's staging table).
     fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()>;
 
+    /// Creates an organisation; `None` when the name is taken.
+    fn org_insert(&self, name: &str) -> StoreResult<Option<i64>>;
+    /// The id of the organisation with this name.
+    fn org_find(&self, name: &str) -> StoreResult<Option<i64>>;
+    /// Whether the organisation exists.
+    fn org_exists(&self, id: i64) -> StoreResult<bool>;
+    /// Sets the organisation's limits; false when there is no such organisation.
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool>;
+    /// Creates a user; `None` when the organisation already has a user of this name.
+    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>>;
+    fn user_get(&self, id: i64) -> StoreResult<Option<User>>;
+    /// The first admin user of the oldest organisation (the one the start-up token acts as).
+    fn user_first_admin(&self) -> StoreResult<Option<i64>>;
+
     fn token_count(&self) -> StoreResult<u64>;
-    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64>;
-    /// The id of the live token with this hash, marking it used.
-    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>>;
+    /// Stores a token (its hash) for a user, optionally expiring.
+    fn token_insert(
+        &self,
+        label: &str,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<i64>;
+    /// Who the live (not revoked, not expired) token with this hash speaks for, marking it used.
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
+    /// Revokes a token (only one of organisation `org_id`'s users, when given); returns the
+    /// organisation of its user, or `None` when there is no such live token.
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>>;
+    /// The organisation of a token's user (revoked tokens included: what they created keeps
+    /// belonging to that organisation).
+    fn token_org(&self, id: i64) -> StoreResult<Option<i64>>;
+
+    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()>;
+    /// A page of the organisation's audit log, newest first, and its total.
+    fn audit_list(
+        &self,
+        org_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<AuditRecord>, u64)>;
 
     /// Creates a job, unless the same caller already sent the same Idempotency-Key or the same
     /// file is already active for the dataset. With a lease, the job starts out `processing`
@@ -462,7 +590,8 @@ pub trait JobStore: Send + Sync + 'static {
         files_before: DateTime<Utc>,
         jobs_before: DateTime<Utc>,
     ) -> StoreResult<(Vec<String>, u64)>;
-    fn job_stats(&self) -> StoreResult<Stats>;
+    /// Figures over the organisation's jobs (`None`: all jobs).
+    fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats>;
 
     /// Whether the store keeps uploaded files itself, so that every node can read them.
     fn keeps_blobs(&self) -> bool {

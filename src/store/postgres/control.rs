@@ -103,9 +103,9 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
                 let target = if from_start {
                     tx.query_one(
                         "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, \
-                         header, mapping, created_by, created_at, retry_of) \
+                         header, mapping, created_by, created_at, retry_of, org_id, user_id) \
                          SELECT dataset, 'pending', mode, filename, blob, file_size, sha256, format, options, header, \
-                         mapping, created_by, now(), id FROM jobs WHERE id = $1 RETURNING id",
+                         mapping, created_by, now(), id, org_id, user_id FROM jobs WHERE id = $1 RETURNING id",
                         &[&id],
                     )
                     .map_err(pg_err)?
@@ -274,12 +274,14 @@ pub(super) fn sweep(
     Ok((blobs, deleted.len() as u64))
 }
 
-pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
+/// `org_id`: only that organisation's jobs (`None`: all).
+pub(super) fn stats(conn: &mut Client, org_id: Option<i64>) -> StoreResult<Stats> {
     let mut stats = Stats::default();
     for r in conn
         .query(
-            "SELECT status, count(*) FROM jobs WHERE parent_id IS NULL GROUP BY status",
-            &[],
+            "SELECT status, count(*) FROM jobs WHERE parent_id IS NULL \
+             AND ($1::bigint IS NULL OR org_id = $1) GROUP BY status",
+            &[&org_id],
         )
         .map_err(pg_err)?
     {
@@ -300,8 +302,9 @@ pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
     let today: i64 = conn
         .query_one(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count), 0)::bigint FROM jobs \
-             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= date_trunc('day', now())",
-            &[],
+             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= date_trunc('day', now()) \
+             AND ($1::bigint IS NULL OR org_id = $1)",
+            &[&org_id],
         )
         .map_err(pg_err)?
         .get(0);
@@ -310,8 +313,9 @@ pub(super) fn stats(conn: &mut Client) -> StoreResult<Stats> {
         .query_one(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count + error_count), 0)::float8, \
              COALESCE(sum(EXTRACT(EPOCH FROM completed_at - started_at)), 0)::float8 \
-             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100) j",
-            &[],
+             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL \
+             AND ($1::bigint IS NULL OR org_id = $1) ORDER BY id DESC LIMIT 100) j",
+            &[&org_id],
         )
         .map_err(pg_err)?;
     let (rows, seconds): (f64, f64) = (row.get(0), row.get(1));

@@ -13,6 +13,7 @@ use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
+use crate::store::{AuditEntry, AuditRecord, OrgLimits, Principal, Role, User};
 use crate::store::{
     Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
     Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
@@ -22,7 +23,7 @@ use crate::store::{
 pub(super) const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
-    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed";
+    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed, org_id, user_id";
 
 pub(super) fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
@@ -75,6 +76,8 @@ pub(super) fn job_from_row(r: &Row) -> StoreResult<Job> {
         chunk_index: r.get::<_, Option<i32>>(30).map(|n| n as u32),
         chunks_total: r.get::<_, Option<i32>>(31).map(|n| n as u32),
         chunks_completed: r.get::<_, i32>(32) as u32,
+        org_id: r.get(33),
+        user_id: r.get(34),
     })
 }
 
@@ -117,36 +120,78 @@ impl JobStore for PgStore {
         super::tables::prepare_dataset(&mut *self.conn()?, dataset)
     }
 
+    fn org_insert(&self, name: &str) -> StoreResult<Option<i64>> {
+        super::tenants::org_insert(&mut *self.conn()?, name)
+    }
+
+    fn org_find(&self, name: &str) -> StoreResult<Option<i64>> {
+        super::tenants::org_find(&mut *self.conn()?, name)
+    }
+
+    fn org_exists(&self, id: i64) -> StoreResult<bool> {
+        super::tenants::org_exists(&mut *self.conn()?, id)
+    }
+
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+        super::tenants::org_set_limits(&mut *self.conn()?, id, limits)
+    }
+
+    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>> {
+        super::tenants::user_insert(&mut *self.conn()?, org_id, name, role)
+    }
+
+    fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
+        super::tenants::user_get(&mut *self.conn()?, id)
+    }
+
+    fn user_first_admin(&self) -> StoreResult<Option<i64>> {
+        super::tenants::user_first_admin(&mut *self.conn()?)
+    }
+
     fn token_count(&self) -> StoreResult<u64> {
-        let n: i64 = self
-            .conn()?
-            .query_one("SELECT count(*) FROM tokens WHERE revoked_at IS NULL", &[])
-            .map_err(pg_err)?
-            .get(0);
-        Ok(n as u64)
+        super::tenants::token_count(&mut *self.conn()?)
     }
 
-    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64> {
-        let row = self
-            .conn()?
-            .query_one(
-                "INSERT INTO tokens (label, token_hash, role, created_at) VALUES ($1, $2, $3, now()) \
-                 ON CONFLICT (token_hash) DO UPDATE SET label = tokens.label RETURNING id",
-                &[&label, &token_hash, &role],
-            )
-            .map_err(pg_err)?;
-        Ok(row.get(0))
+    fn token_insert(
+        &self,
+        label: &str,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<i64> {
+        super::tenants::token_insert(&mut *self.conn()?, label, token_hash, user_id, expires_at)
     }
 
-    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>> {
-        let row = self
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        super::tenants::token_find(&mut *self.conn()?, token_hash)
+    }
+
+    fn token_org(&self, id: i64) -> StoreResult<Option<i64>> {
+        Ok(self
             .conn()?
             .query_opt(
-                "UPDATE tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
-                &[&token_hash],
+                "SELECT u.org_id FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
+                &[&id],
             )
-            .map_err(pg_err)?;
-        Ok(row.map(|r| r.get(0)))
+            .map_err(pg_err)?
+            .map(|r| r.get(0)))
+    }
+
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
+        super::tenants::token_revoke(&mut *self.conn()?, id, org_id)
+    }
+
+    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {
+        super::tenants::audit_insert(&mut *self.conn()?, entry)
+    }
+
+    fn audit_list(
+        &self,
+        org_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<AuditRecord>, u64)> {
+        super::tenants::audit_list(&mut *self.conn()?, org_id, limit, offset)
     }
 
     fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
@@ -162,8 +207,9 @@ impl JobStore for PgStore {
         }
         let active = tx
             .query_opt(
-                "SELECT id FROM jobs WHERE dataset = $1 AND sha256 = $2 AND status IN ('pending', 'processing', 'paused')",
-                &[&job.dataset, &job.sha256],
+                "SELECT id FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
+                 AND status IN ('pending', 'processing', 'paused')",
+                &[&job.dataset, &job.sha256, &job.org_id],
             )
             .map_err(pg_err)?;
         if let Some(row) = active {
@@ -171,8 +217,8 @@ impl JobStore for PgStore {
         }
         let duplicate_of: Option<i64> = tx
             .query_one(
-                "SELECT max(id) FROM jobs WHERE dataset = $1 AND sha256 = $2 AND status = 'completed'",
-                &[&job.dataset, &job.sha256],
+                "SELECT max(id) FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 AND status = 'completed'",
+                &[&job.dataset, &job.sha256, &job.org_id],
             )
             .map_err(pg_err)?
             .get(0);
@@ -190,9 +236,9 @@ impl JobStore for PgStore {
             .query_one(
                 "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
                  mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
-                 idempotency_key, retry_of, duplicate_of) \
+                 idempotency_key, retry_of, duplicate_of, org_id, user_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now(), \
-                 CASE WHEN $13::bigint = 1 THEN now() END, $13, $14, $15, $16, $17, $18) RETURNING id",
+                 CASE WHEN $13::bigint = 1 THEN now() END, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id",
                 &[
                     &job.dataset,
                     &status.as_str(),
@@ -212,6 +258,8 @@ impl JobStore for PgStore {
                     &job.idempotency_key,
                     &job.retry_of,
                     &duplicate_of,
+                    &job.org_id,
+                    &job.user_id,
                 ],
             )
             .map_err(pg_err)?;
@@ -245,18 +293,19 @@ impl JobStore for PgStore {
         let mut conn = self.conn()?;
         let status = filter.status.map(JobStatus::as_str);
         let dataset = filter.dataset.as_deref();
-        let condition = "parent_id IS NULL AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR dataset = $2)";
+        let condition = "parent_id IS NULL AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR dataset = $2) \
+             AND ($3::bigint IS NULL OR org_id = $3)";
         let total: i64 = conn
             .query_one(
                 &format!("SELECT count(*) FROM jobs WHERE {condition}"),
-                &[&status, &dataset],
+                &[&status, &dataset, &filter.org_id],
             )
             .map_err(pg_err)?
             .get(0);
         let rows = conn
             .query(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT $3 OFFSET $4"),
-                &[&status, &dataset, &(filter.limit as i64), &(filter.offset as i64)],
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"),
+                &[&status, &dataset, &filter.org_id, &(filter.limit as i64), &(filter.offset as i64)],
             )
             .map_err(pg_err)?;
         let jobs = rows
@@ -375,9 +424,9 @@ impl JobStore for PgStore {
         for (i, c) in chunks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-                 mapping, created_by, created_at, total_rows, parent_id, chunk_index) \
+                 mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id) \
                  SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || $4::int, 'csv', $5, header, \
-                 mapping, created_by, now(), $6, id, $4::int FROM jobs WHERE id = $1",
+                 mapping, created_by, now(), $6, id, $4::int, org_id, user_id FROM jobs WHERE id = $1",
                 &[&lease.job_id, &c.blob, &(c.size as i64), &(i as i32), &options, &(c.rows as i64)],
             )
             .map_err(pg_err)?;
@@ -423,8 +472,8 @@ impl JobStore for PgStore {
         super::control::sweep(&mut *self.conn()?, files_before, jobs_before)
     }
 
-    fn job_stats(&self) -> StoreResult<Stats> {
-        super::control::stats(&mut *self.conn()?)
+    fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats> {
+        super::control::stats(&mut *self.conn()?, org_id)
     }
 
     fn keeps_blobs(&self) -> bool {

@@ -13,6 +13,7 @@ mod control;
 mod hooks;
 mod jobs;
 mod tables;
+mod tenants;
 mod writer;
 
 use std::sync::Mutex;
@@ -51,6 +52,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         5,
         "0005_events_webhooks_templates",
         include_str!("../../../migrations/postgres/0005_events_webhooks_templates.sql"),
+    ),
+    (
+        6,
+        "0006_tenants",
+        include_str!("../../../migrations/postgres/0006_tenants.sql"),
     ),
 ];
 
@@ -129,10 +135,10 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
         )
         .map_err(pg_err)?
         .get(0);
-    if applied as usize > MIGRATIONS.len() {
+    let known = MIGRATIONS.last().map_or(0, |m| m.0);
+    if applied > known {
         return Err(StoreError::Other(format!(
-            "the database was written by a newer sluice (schema version {applied}, this one knows {})",
-            MIGRATIONS.len()
+            "the database was written by a newer sluice (schema version {applied}, this one knows {known})"
         )));
     }
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > applied) {

@@ -107,9 +107,9 @@ pub(super) fn control(
                 if from_start {
                     tx.execute(
                         "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, \
-                         header, mapping, created_by, created_at, retry_of) \
+                         header, mapping, created_by, created_at, retry_of, org_id, user_id) \
                          SELECT dataset, 'pending', mode, filename, blob, file_size, sha256, format, options, header, \
-                         mapping, created_by, ?2, id FROM jobs WHERE id = ?1",
+                         mapping, created_by, ?2, id, org_id, user_id FROM jobs WHERE id = ?1",
                         params![id, now_text()],
                     )
                     .map_err(db_err)?;
@@ -302,14 +302,20 @@ pub(super) fn sweep(
     Ok((blobs, deleted))
 }
 
-pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
+/// `org_id`: only that organisation's jobs (`None`: all).
+pub(super) fn stats(conn: &Connection, org_id: Option<i64>) -> StoreResult<Stats> {
     let mut stats = Stats::default();
     {
         let mut stmt = conn
-            .prepare("SELECT status, count(*) FROM jobs WHERE parent_id IS NULL GROUP BY status")
+            .prepare(
+                "SELECT status, count(*) FROM jobs WHERE parent_id IS NULL \
+                 AND (?1 IS NULL OR org_id = ?1) GROUP BY status",
+            )
             .map_err(db_err)?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .query_map([org_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })
             .map_err(db_err)?;
         for r in rows {
             let (status, n) = r.map_err(db_err)?;
@@ -335,8 +341,9 @@ pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
     let today: i64 = conn
         .query_row(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count), 0) FROM jobs \
-             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= ?1",
-            [text(midnight)],
+             WHERE parent_id IS NULL AND status = 'completed' AND completed_at >= ?1 \
+             AND (?2 IS NULL OR org_id = ?2)",
+            params![text(midnight), org_id],
             |r| r.get(0),
         )
         .map_err(db_err)?;
@@ -345,8 +352,9 @@ pub(super) fn stats(conn: &Connection) -> StoreResult<Stats> {
         .query_row(
             "SELECT COALESCE(sum(created_count + updated_count + unchanged_count + error_count), 0), \
              COALESCE(sum((julianday(completed_at) - julianday(started_at)) * 86400.0), 0) \
-             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL ORDER BY id DESC LIMIT 100)",
-            [],
+             FROM (SELECT * FROM jobs WHERE parent_id IS NULL AND status = 'completed' AND started_at IS NOT NULL \
+             AND (?1 IS NULL OR org_id = ?1) ORDER BY id DESC LIMIT 100)",
+            [org_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .map_err(db_err)?;

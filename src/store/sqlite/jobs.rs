@@ -10,6 +10,7 @@ use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
+use crate::store::{AuditEntry, AuditRecord, OrgLimits, Principal, Role, User};
 use crate::store::{
     Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
     Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
@@ -19,7 +20,7 @@ use crate::store::{
 const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
-    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed";
+    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed, org_id, user_id";
 
 pub(super) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -96,6 +97,8 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
             chunk_index: r.get::<_, Option<i64>>(30)?.map(|n| n as u32),
             chunks_total: r.get::<_, Option<i64>>(31)?.map(|n| n as u32),
             chunks_completed: r.get::<_, i64>(32)? as u32,
+            org_id: r.get(33)?,
+            user_id: r.get(34)?,
         },
     })
 }
@@ -147,46 +150,78 @@ impl JobStore for SqliteStore {
         super::tables::prepare_dataset(&mut conn, dataset)
     }
 
+    fn org_insert(&self, name: &str) -> StoreResult<Option<i64>> {
+        super::tenants::org_insert(&*self.conn()?, name)
+    }
+
+    fn org_find(&self, name: &str) -> StoreResult<Option<i64>> {
+        super::tenants::org_find(&*self.conn()?, name)
+    }
+
+    fn org_exists(&self, id: i64) -> StoreResult<bool> {
+        super::tenants::org_exists(&*self.conn()?, id)
+    }
+
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+        super::tenants::org_set_limits(&*self.conn()?, id, limits)
+    }
+
+    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>> {
+        super::tenants::user_insert(&*self.conn()?, org_id, name, role)
+    }
+
+    fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
+        super::tenants::user_get(&*self.conn()?, id)
+    }
+
+    fn user_first_admin(&self) -> StoreResult<Option<i64>> {
+        super::tenants::user_first_admin(&*self.conn()?)
+    }
+
     fn token_count(&self) -> StoreResult<u64> {
-        let conn = self.conn()?;
-        let n: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM tokens WHERE revoked_at IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        Ok(n as u64)
+        super::tenants::token_count(&*self.conn()?)
     }
 
-    fn token_insert(&self, label: &str, token_hash: &str, role: &str) -> StoreResult<i64> {
-        let conn = self.conn()?;
-        conn.execute(
-            "INSERT INTO tokens (label, token_hash, role, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![label, token_hash, role, now_text()],
-        )
-        .map_err(db_err)?;
-        Ok(conn.last_insert_rowid())
+    fn token_insert(
+        &self,
+        label: &str,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> StoreResult<i64> {
+        super::tenants::token_insert(&*self.conn()?, label, token_hash, user_id, expires_at)
     }
 
-    fn token_find(&self, token_hash: &str) -> StoreResult<Option<i64>> {
-        let conn = self.conn()?;
-        let id: Option<i64> = conn
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        super::tenants::token_find(&*self.conn()?, token_hash)
+    }
+
+    fn token_org(&self, id: i64) -> StoreResult<Option<i64>> {
+        self.conn()?
             .query_row(
-                "SELECT id FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
-                [token_hash],
+                "SELECT u.org_id FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?1",
+                [id],
                 |r| r.get(0),
             )
             .optional()
-            .map_err(db_err)?;
-        if let Some(id) = id {
-            // Best effort: a busy database must not turn a valid token away.
-            let _ = conn.execute(
-                "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2",
-                params![now_text(), id],
-            );
-        }
-        Ok(id)
+            .map_err(db_err)
+    }
+
+    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
+        super::tenants::token_revoke(&*self.conn()?, id, org_id)
+    }
+
+    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {
+        super::tenants::audit_insert(&*self.conn()?, entry)
+    }
+
+    fn audit_list(
+        &self,
+        org_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<AuditRecord>, u64)> {
+        super::tenants::audit_list(&*self.conn()?, org_id, limit, offset)
     }
 
     fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
@@ -201,8 +236,8 @@ impl JobStore for SqliteStore {
         }
         let active: Option<i64> = tx
             .query_row(
-                "SELECT id FROM jobs WHERE dataset = ?1 AND sha256 = ?2 AND status IN ('pending', 'processing', 'paused')",
-                params![job.dataset, job.sha256],
+                "SELECT id FROM jobs WHERE org_id = ?3 AND dataset = ?1 AND sha256 = ?2 AND status IN ('pending', 'processing', 'paused')",
+                params![job.dataset, job.sha256, job.org_id],
                 |r| r.get(0),
             )
             .optional()
@@ -212,8 +247,8 @@ impl JobStore for SqliteStore {
         }
         let duplicate_of: Option<i64> = tx
             .query_row(
-                "SELECT max(id) FROM jobs WHERE dataset = ?1 AND sha256 = ?2 AND status = 'completed'",
-                params![job.dataset, job.sha256],
+                "SELECT max(id) FROM jobs WHERE org_id = ?3 AND dataset = ?1 AND sha256 = ?2 AND status = 'completed'",
+                params![job.dataset, job.sha256, job.org_id],
                 |r| r.get(0),
             )
             .map_err(db_err)?;
@@ -230,8 +265,8 @@ impl JobStore for SqliteStore {
         tx.execute(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
              mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
-             idempotency_key, retry_of, duplicate_of) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+             idempotency_key, retry_of, duplicate_of, org_id, user_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             params![
                 job.dataset,
                 status.as_str(),
@@ -253,6 +288,8 @@ impl JobStore for SqliteStore {
                 job.idempotency_key,
                 job.retry_of,
                 duplicate_of,
+                job.org_id,
+                job.user_id,
             ],
         )
         .map_err(db_err)?;
@@ -287,12 +324,12 @@ impl JobStore for SqliteStore {
         let conn = self.conn()?;
         let status = filter.status.map(JobStatus::as_str);
         let dataset = filter.dataset.as_deref();
-        let condition =
-            "parent_id IS NULL AND (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR dataset = ?2)";
+        let condition = "parent_id IS NULL AND (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR dataset = ?2) \
+             AND (?5 IS NULL OR org_id = ?5)";
         let total: i64 = conn
             .query_row(
                 &format!("SELECT count(*) FROM jobs WHERE {condition}"),
-                params![status, dataset],
+                params![status, dataset, None::<i64>, None::<i64>, filter.org_id],
                 |r| r.get(0),
             )
             .map_err(db_err)?;
@@ -303,7 +340,13 @@ impl JobStore for SqliteStore {
             .map_err(db_err)?;
         let raws = stmt
             .query_map(
-                params![status, dataset, filter.limit as i64, filter.offset as i64],
+                params![
+                    status,
+                    dataset,
+                    filter.limit as i64,
+                    filter.offset as i64,
+                    filter.org_id
+                ],
                 raw_job,
             )
             .map_err(db_err)?
@@ -433,9 +476,9 @@ impl JobStore for SqliteStore {
         for (i, c) in chunks.iter().enumerate() {
             tx.execute(
                 "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-                 mapping, created_by, created_at, total_rows, parent_id, chunk_index) \
+                 mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id) \
                  SELECT dataset, 'pending', mode, filename, ?2, ?3, sha256 || '#chunk' || ?4, 'csv', ?5, header, \
-                 mapping, created_by, ?6, ?7, id, ?4 FROM jobs WHERE id = ?1",
+                 mapping, created_by, ?6, ?7, id, ?4, org_id, user_id FROM jobs WHERE id = ?1",
                 params![lease.job_id, c.blob, c.size as i64, i as i64, options, now, c.rows as i64],
             )
             .map_err(db_err)?;
@@ -473,9 +516,9 @@ impl JobStore for SqliteStore {
         super::control::sweep(&mut conn, files_before, jobs_before)
     }
 
-    fn job_stats(&self) -> StoreResult<Stats> {
+    fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats> {
         let conn = self.conn()?;
-        super::control::stats(&conn)
+        super::control::stats(&conn, org_id)
     }
 
     fn errors_page(

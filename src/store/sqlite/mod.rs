@@ -9,6 +9,7 @@ mod control;
 mod hooks;
 mod jobs;
 mod tables;
+mod tenants;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +41,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0005_events_webhooks_templates",
         include_str!("../../../migrations/sqlite/0005_events_webhooks_templates.sql"),
+    ),
+    (
+        "0006_tenants",
+        include_str!("../../../migrations/sqlite/0006_tenants.sql"),
     ),
 ];
 

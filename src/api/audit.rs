@@ -1,0 +1,54 @@
+//! The audit log: who did what and when (uploads, job control, token changes), kept per
+//! organisation and listed for its admins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Extension, Query, State};
+use serde_json::{Value as JsonValue, json};
+
+use super::AppState;
+use super::auth::Caller;
+use super::error::ApiError;
+use crate::store::AuditEntry;
+
+/// Records an action that already happened. Best effort: the action stands even when its audit
+/// line cannot be written, and the failure is logged.
+pub(super) async fn record(state: &AppState, entry: AuditEntry) {
+    let action = entry.action.clone();
+    if let Err(e) = state.jobs.store_call(move |s| s.audit_insert(&entry)).await {
+        tracing::error!(error = %e, action, "writing the audit log failed");
+    }
+}
+
+fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
+    params.get(name).map_or(Ok(default), |v| {
+        v.parse().map_err(|_| {
+            ApiError::bad(
+                "invalid_parameter",
+                format!("`{name}` must be a whole number ≥ 0"),
+            )
+        })
+    })
+}
+
+/// `GET /api/v1/audit?limit=&offset=`: the caller's organisation's log, newest first (admins).
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.require_admin()?;
+    let limit = number(&params, "limit", 100)?.min(1000);
+    let offset = number(&params, "offset", 0)?;
+    let org = caller.org_id;
+    let (entries, total) = state
+        .jobs
+        .store_call(move |s| s.audit_list(org, limit, offset))
+        .await?;
+    Ok(Json(json!({
+        "success": true,
+        "data": {"entries": entries, "total": total, "limit": limit, "offset": offset},
+    })))
+}

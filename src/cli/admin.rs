@@ -1,0 +1,278 @@
+//! `sluice org`, `sluice user` and `sluice token`: managing organisations, users and API tokens
+//! directly in the database (the same `--data-dir` / `--database-url` as `sluice migrate`).
+//!
+//! Each command prints what scripts need on stdout (an id, or the new token) and a sentence
+//! for people on stderr. Token changes are written to the audit log of the user's organisation.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use clap::{Args, Subcommand};
+
+use super::CliResult;
+use super::serve::{StorageArgs, open_job_store};
+use crate::api::auth;
+use crate::store::{AuditEntry, JobStore, OrgLimits, Role};
+
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    /// Create an organisation; prints its id.
+    Create(OrgCreateArgs),
+    /// Set (or, when a flag is left out, clear) an organisation's upload limits.
+    Limits(OrgLimitsArgs),
+}
+
+#[derive(Args)]
+pub struct OrgCreateArgs {
+    /// A unique name.
+    pub name: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Args)]
+pub struct OrgLimitsArgs {
+    /// The organisation: its name or its id.
+    pub org: String,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// An organisation's own limits; they narrow the server's, never widen them.
+#[derive(Args)]
+pub struct LimitArgs {
+    /// Largest upload, in megabytes (default: the server's `--max-upload-mb`).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_mb: Option<u64>,
+    /// Most data rows one upload may have (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_rows: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> OrgLimits {
+        OrgLimits {
+            max_upload_bytes: self.max_upload_mb.map(|mb| mb.saturating_mul(1024 * 1024)),
+            max_rows: self.max_rows,
+        }
+    }
+}
+
+/// The id of an organisation named by id or by name.
+fn org_id(s: &dyn JobStore, org: &str) -> Result<i64, String> {
+    match org.parse::<i64>() {
+        Ok(id) if s.org_exists(id).map_err(store_err)? => Some(id),
+        _ => s.org_find(org).map_err(store_err)?,
+    }
+    .ok_or_else(|| format!("no organisation `{org}`: create it with `sluice org create`"))
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Create a user in an organisation; prints its id.
+    Create(UserCreateArgs),
+}
+
+#[derive(Args)]
+pub struct UserCreateArgs {
+    /// The organisation: its name or its id.
+    #[arg(long)]
+    pub org: String,
+    /// A name unique inside the organisation.
+    #[arg(long)]
+    pub name: String,
+    /// `admin` (manages tokens and users, controls every job of the organisation) or `member`
+    /// (imports, sees the organisation's jobs, controls the jobs they started).
+    #[arg(long, value_parser = parse_role)]
+    pub role: Role,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for a user; prints the token, which is shown only this once.
+    Create(TokenCreateArgs),
+    /// Revoke a token by its id: it answers 401 from now on.
+    Revoke(TokenRevokeArgs),
+}
+
+#[derive(Args)]
+pub struct TokenCreateArgs {
+    /// The user's id (printed by `sluice user create`).
+    #[arg(long)]
+    pub user: i64,
+    /// How long the token lives (`90m`, `12h`, `30d`, …); default: until revoked.
+    #[arg(long, value_parser = crate::duration::parse)]
+    pub expires: Option<std::time::Duration>,
+    /// A note saying what the token is for.
+    #[arg(long, default_value = "created by sluice token create")]
+    pub label: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Args)]
+pub struct TokenRevokeArgs {
+    /// The token's id (printed by `sluice token create`).
+    pub id: i64,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
+}
+
+/// Runs `f` on the store, off the async runtime.
+async fn with_store<T: Send + 'static>(
+    storage: StorageArgs,
+    f: impl FnOnce(&dyn JobStore) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(move || {
+        let store: Arc<dyn JobStore> = open_job_store(&storage)?;
+        f(store.as_ref())
+    })
+    .await
+    .map_err(|e| format!("store task failed: {e}"))?
+}
+
+fn store_err(e: crate::store::StoreError) -> String {
+    e.to_string()
+}
+
+pub async fn org(cmd: OrgCommand) -> CliResult {
+    match cmd {
+        OrgCommand::Create(args) => {
+            let name = args.name.trim().to_string();
+            if name.is_empty() {
+                return Err("an organisation needs a name".into());
+            }
+            let (n, limits) = (name.clone(), args.limits.limits());
+            let id = with_store(args.storage, move |s| {
+                let id = s
+                    .org_insert(&n)
+                    .map_err(store_err)?
+                    .ok_or_else(|| format!("an organisation named `{n}` already exists"))?;
+                if limits != OrgLimits::default() {
+                    s.org_set_limits(id, limits).map_err(store_err)?;
+                }
+                Ok(id)
+            })
+            .await?;
+            println!("{id}");
+            eprintln!("sluice: created organisation {id} ({name})");
+        }
+        OrgCommand::Limits(args) => {
+            let (org, limits) = (args.org.trim().to_string(), args.limits.limits());
+            let id = with_store(args.storage, move |s| {
+                let id = org_id(s, &org)?;
+                s.org_set_limits(id, limits).map_err(store_err)?;
+                Ok(id)
+            })
+            .await?;
+            println!("{id}");
+            eprintln!("sluice: set the limits of organisation {id}: {limits:?}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn user(cmd: UserCommand) -> CliResult {
+    let UserCommand::Create(args) = cmd;
+    let name = args.name.trim().to_string();
+    if name.is_empty() {
+        return Err("a user needs a name".into());
+    }
+    let (org, role, n) = (args.org.trim().to_string(), args.role, name.clone());
+    let (id, org_id) = with_store(args.storage, move |s| {
+        let org_id = org_id(s, &org)?;
+        let id = s
+            .user_insert(org_id, &n, role)
+            .map_err(store_err)?
+            .ok_or_else(|| format!("organisation {org_id} already has a user named `{n}`"))?;
+        Ok((id, org_id))
+    })
+    .await?;
+    println!("{id}");
+    eprintln!(
+        "sluice: created user {id} ({name}, {}) in organisation {org_id}",
+        role.as_str()
+    );
+    Ok(())
+}
+
+pub async fn token(cmd: TokenCommand) -> CliResult {
+    match cmd {
+        TokenCommand::Create(args) => {
+            let expires_at = args
+                .expires
+                .map(|d| {
+                    chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| Utc::now().checked_add_signed(d))
+                        .ok_or("--expires is too far in the future")
+                })
+                .transpose()?;
+            let token = auth::new_token();
+            let hash = auth::hash_token(&token);
+            let (user, label) = (args.user, args.label);
+            let (id, org_id) = with_store(args.storage, move |s| {
+                let u = s
+                    .user_get(user)
+                    .map_err(store_err)?
+                    .ok_or_else(|| format!("no user with id {user}"))?;
+                let id = s
+                    .token_insert(&label, &hash, u.id, expires_at)
+                    .map_err(store_err)?;
+                s.audit_insert(&AuditEntry {
+                    org_id: Some(u.org_id),
+                    action: "token.create".into(),
+                    target: Some(format!("token:{id}")),
+                    detail: Some(format!(
+                        "for user {} ({}) from the command line",
+                        u.id, u.name
+                    )),
+                    ..Default::default()
+                })
+                .map_err(store_err)?;
+                Ok((id, u.org_id))
+            })
+            .await?;
+            println!("{token}");
+            let until = expires_at.map_or("until revoked".to_string(), |t| {
+                format!("until {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+            });
+            eprintln!(
+                "sluice: created token {id} for user {user} in organisation {org_id}, valid {until}. \
+                 It is shown only this once; keep it."
+            );
+            Ok(())
+        }
+        TokenCommand::Revoke(args) => {
+            let id = args.id;
+            with_store(args.storage, move |s| {
+                let org_id = s
+                    .token_revoke(id, None)
+                    .map_err(store_err)?
+                    .ok_or_else(|| format!("no live token with id {id}"))?;
+                s.audit_insert(&AuditEntry {
+                    org_id: Some(org_id),
+                    action: "token.revoke".into(),
+                    target: Some(format!("token:{id}")),
+                    detail: Some("from the command line".into()),
+                    ..Default::default()
+                })
+                .map_err(store_err)
+            })
+            .await?;
+            println!("{id}");
+            eprintln!("sluice: revoked token {id}");
+            Ok(())
+        }
+    }
+}

@@ -3,7 +3,8 @@
 //! [`JobStore`] is a blocking interface (callers on the async side use `spawn_blocking`); method
 //! names read noun-then-verb (`job_claim`, `job_heartbeat`) and every write a worker makes after
 //! claiming a job is fenced by its [`Lease`]: zero rows updated means the lease was lost. SQL
-//! lives only in the backend modules and `migrations/`. Today's backend is SQLite.
+//! lives only in the backend modules and `migrations/`. Two backends implement it: `sqlite`
+//! (embedded, the default) and `postgres` (shared by many processes and machines).
 
 mod pool;
 pub mod postgres;

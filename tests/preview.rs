@@ -237,8 +237,77 @@ async fn a_big_file_is_previewed_from_its_first_megabyte(backend: Backend) {
 }
 
 conformance!(
+    a_workbook_preview_lists_its_sheets_and_reads_the_chosen_one,
     preview_shows_the_format_the_auto_mapping_with_confidence_and_the_first_rows_errors,
     an_upload_without_a_mapping_applies_and_reports_confident_fuzzy_matches,
     an_edited_mapping_is_saved_as_a_template_suggested_next_time_and_used_by_the_import,
     a_big_file_is_previewed_from_its_first_megabyte,
 );
+
+/// A workbook is previewed whole: its sheets are listed, and `sheet` picks the one shown.
+async fn a_workbook_preview_lists_its_sheets_and_reads_the_chosen_one(backend: Backend) {
+    use common::xlsx::{RawSheet, header, is, raw_xlsx};
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let sheet = |name: &str, sku: &str| RawSheet {
+        name: Box::leak(name.to_string().into_boxed_str()),
+        hidden: false,
+        rows: format!(
+            "{}<row r=\"2\">{}{}{}</row>",
+            header(&["sku", "name", "updated_at"]),
+            is("A2", sku),
+            is("B2", "n"),
+            is("C2", "2024-01-01")
+        ),
+    };
+    // Big enough (hard-to-compress padding in a hidden third sheet) that the 1 MiB head a text
+    // preview reads would cut the zip.
+    let mut padding = String::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for r in 1..=40_000 {
+        let mut cell = String::new();
+        for _ in 0..8 {
+            // The high half of an LCG step: the low bits of an LCG repeat quickly.
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            cell.push_str(&format!("{:08x}", x >> 32));
+        }
+        padding.push_str(&format!(
+            "<row r=\"{r}\">{}</row>",
+            is(&format!("A{r}"), &cell)
+        ));
+    }
+    let book = raw_xlsx(
+        &[
+            sheet("Notes", "N-1"),
+            sheet("Prices", "P-1"),
+            RawSheet {
+                name: "Padding",
+                hidden: true,
+                rows: padding,
+            },
+        ],
+        &[],
+        false,
+        "",
+    );
+    assert!(
+        book.len() > 1 << 20,
+        "the workbook must exceed the 1 MiB head: {}",
+        book.len()
+    );
+    let path = app.path("book.xlsx");
+    std::fs::write(&path, &book).unwrap();
+    let (code, body) = preview(&app, &path, &[("sheet", "Prices")]).await;
+    assert_eq!(code, 200, "{body}");
+    let d = &body["data"];
+    assert_eq!(
+        d["sheets"],
+        serde_json::json!(["Notes", "Prices", "Padding"])
+    );
+    assert_eq!(d["truncated"], false);
+    assert_eq!(d["rows"][0]["values"][0], "P-1", "{d}");
+}

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
+use tokio::io::AsyncWriteExt;
 
 use super::AppState;
 use super::error::ApiError;
@@ -50,7 +51,27 @@ fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
 struct Head {
     bytes: Vec<u8>,
     truncated: bool,
+    /// The head is the whole file.
+    whole: bool,
     params: HashMap<String, String>,
+}
+
+/// Appends a chunk to the spool, refusing past the upload limit.
+async fn spool_chunk(
+    out: &mut tokio::io::BufWriter<tokio::fs::File>,
+    size: &mut u64,
+    max_bytes: u64,
+    chunk: &[u8],
+) -> Result<(), ApiError> {
+    *size += chunk.len() as u64;
+    if *size > max_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "the file is larger than the limit of {max_bytes} bytes"
+        )));
+    }
+    out.write_all(chunk)
+        .await
+        .map_err(|e| ApiError::Internal(format!("writing preview spool: {e}")))
 }
 
 /// Appends `chunk` to `head` up to the preview limit.
@@ -63,7 +84,20 @@ fn take(head: &mut Head, chunk: &[u8]) {
         .extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
-async fn read_head(req: Request, mut params: HashMap<String, String>) -> Result<Head, ApiError> {
+/// Reads the request: the file's first [`PREVIEW_BYTES`] into memory, the whole file into
+/// `spool` (a workbook can only be read whole), and the other form fields.
+async fn read_head(
+    req: Request,
+    mut params: HashMap<String, String>,
+    spool: &std::path::Path,
+    max_bytes: u64,
+) -> Result<Head, ApiError> {
+    let mut out = tokio::io::BufWriter::new(
+        tokio::fs::File::create(spool)
+            .await
+            .map_err(|e| ApiError::Internal(format!("creating preview spool: {e}")))?,
+    );
+    let mut size = 0u64;
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -72,6 +106,7 @@ async fn read_head(req: Request, mut params: HashMap<String, String>) -> Result<
     let mut head = Head {
         bytes: Vec::new(),
         truncated: false,
+        whole: true,
         params: HashMap::new(),
     };
     let bad =
@@ -87,6 +122,7 @@ async fn read_head(req: Request, mut params: HashMap<String, String>) -> Result<
                 saw_file = true;
                 while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     take(&mut head, &chunk);
+                    spool_chunk(&mut out, &mut size, max_bytes, &chunk).await?;
                 }
             } else {
                 let mut text = Vec::new();
@@ -118,8 +154,13 @@ async fn read_head(req: Request, mut params: HashMap<String, String>) -> Result<
                 )
             })?;
             take(&mut head, &chunk);
+            spool_chunk(&mut out, &mut size, max_bytes, &chunk).await?;
         }
     }
+    out.flush()
+        .await
+        .map_err(|e| ApiError::Internal(format!("writing preview spool: {e}")))?;
+    head.whole = !head.truncated;
     if head.truncated {
         // Only whole lines: drop the partial last one.
         let end = head
@@ -140,8 +181,12 @@ struct TempBlob {
 }
 
 impl Drop for TempBlob {
+    /// A preview file is only ever local (never published to the store), so removing it touches
+    /// no database — safe on an async thread, on every early return.
     fn drop(&mut self) {
-        self.blobs.remove(&self.name);
+        if let Some(path) = self.blobs.path(&self.name) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -154,7 +199,15 @@ pub async fn preview(
     req: Request,
 ) -> Result<Json<JsonValue>, ApiError> {
     let ds = dataset(&state, &name)?;
-    let head = read_head(req, query).await?;
+    let blobs = state.jobs.blobs.clone();
+    let spool = TempBlob {
+        name: BlobStore::new_name(),
+        blobs: blobs.clone(),
+    };
+    let spool_path = blobs
+        .path(&spool.name)
+        .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
+    let head = read_head(req, query, &spool_path, state.max_upload_bytes).await?;
     let p = |k: &str| {
         head.params
             .get(k)
@@ -203,7 +256,6 @@ pub async fn preview(
     if head.bytes.is_empty() {
         return Err(FileError::Empty.into());
     }
-    let blobs = state.jobs.blobs.clone();
     let temp = TempBlob {
         name: BlobStore::new_name(),
         blobs: blobs.clone(),
@@ -211,17 +263,27 @@ pub async fn preview(
     let path = blobs
         .path(&temp.name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
-    let truncated = head.truncated;
-    let mut out = tokio::task::spawn_blocking(move || {
-        std::fs::write(&path, &head.bytes)?;
-        let out = analyze(&ds, &path, &requested, explicit.as_ref(), source);
-        drop(temp);
-        out
+    // A workbook (zip or OLE) is only readable whole; text is previewed from its head.
+    let workbook =
+        head.bytes.starts_with(b"PK\x03\x04") || head.bytes.starts_with(&[0xD0, 0xCF, 0x11, 0xE0]);
+    let truncated = head.truncated && !workbook;
+    let (mut out, sheets) = tokio::task::spawn_blocking(move || {
+        let file = if workbook {
+            spool_path.clone()
+        } else {
+            std::fs::write(&path, &head.bytes)?;
+            path.clone()
+        };
+        let out = analyze(&ds, &file, &requested, explicit.as_ref(), source)?;
+        let format = crate::import::read::detect_format(&file)?;
+        let sheets = crate::import::read::sheet_names(&file, format)?;
+        drop((temp, spool));
+        Ok::<_, FileError>((out, sheets))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("preview task: {e}")))??;
     out["truncated"] = json!(truncated);
-    out["sheets"] = json!([]);
+    out["sheets"] = json!(sheets);
     let headers: Vec<String> = serde_json::from_value(out["headers"].clone()).unwrap_or_default();
     out["templates"] = json!(templates.iter().map(template_json).collect::<Vec<_>>());
     out["suggestedTemplate"] = json!(suggest(&templates, &headers));

@@ -82,6 +82,14 @@ fn sheets(wb: &Workbook) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The workbook's sheet names, in order.
+pub(super) fn sheet_names(path: &Path, format: Format) -> Result<Vec<String>, FileError> {
+    Ok(sheets(&open_workbook(path, format)?)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
 /// The exact name of the sheet to read.
 pub(super) fn resolve_sheet(
     path: &Path,

@@ -240,6 +240,15 @@ fn spreadsheet_options(sheet: String) -> SourceOptions {
     }
 }
 
+/// The sheets of a workbook in workbook order (hidden ones included); none for CSV.
+pub fn sheet_names(path: &Path, format: Format) -> Result<Vec<String>, FileError> {
+    match format {
+        Format::Csv => Ok(Vec::new()),
+        Format::Xlsx => xlsx::sheet_names(&mut archive::open(path)?),
+        Format::Xls | Format::Ods => calc::sheet_names(path, format),
+    }
+}
+
 /// Picks a sheet by exact name, then by 1-based position; `None` picks the first visible one.
 /// `sheets` is `(name, visible)` in workbook order.
 pub(crate) fn pick_sheet(

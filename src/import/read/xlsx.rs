@@ -261,6 +261,15 @@ fn sheet_list(wb: &Workbook) -> Vec<(String, bool)> {
         .collect()
 }
 
+/// The workbook's sheet names, in order.
+pub(super) fn sheet_names(zip: &mut ZipArchive<File>) -> Result<Vec<String>, FileError> {
+    Ok(read_workbook(zip)?
+        .sheets
+        .iter()
+        .map(|s| s.name.clone())
+        .collect())
+}
+
 /// The exact name of the sheet to read.
 pub(super) fn resolve_sheet(
     zip: &mut ZipArchive<File>,

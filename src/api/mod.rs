@@ -99,7 +99,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Headers on every response: nothing is sniffed, framed, cached or given a referrer, and a
-/// response rendered by mistake as a page may load nothing. (A web UI will need its own CSP.)
+/// response rendered by mistake as a page may load nothing. A handler that sets its own (the web
+/// UI's CSP, its caching) keeps them.
 async fn security_headers(mut response: axum::response::Response) -> axum::response::Response {
     use axum::http::{HeaderValue, header};
     let headers = response.headers_mut();
@@ -112,7 +113,9 @@ async fn security_headers(mut response: axum::response::Response) -> axum::respo
             "default-src 'none'; frame-ancestors 'none'",
         ),
     ] {
-        headers.insert(name, HeaderValue::from_static(value));
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
     }
     headers
         .entry(header::CACHE_CONTROL)

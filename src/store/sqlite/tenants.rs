@@ -176,10 +176,13 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
     let Some((token_id, user_id, org_id, r, limits)) = row else {
         return Ok(None);
     };
-    // Best effort: a busy database must not turn a valid token away.
+    // Best effort: a busy database must not turn a valid token away. At most once a minute per
+    // token, so that reads do not queue for SQLite's single write lock on every request.
+    let a_minute_ago = (chrono::Utc::now() - chrono::Duration::seconds(60))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let _ = conn.execute(
-        "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2",
-        params![now, token_id],
+        "UPDATE tokens SET last_used_at = ?1 WHERE id = ?2 AND (last_used_at IS NULL OR last_used_at < ?3)",
+        params![now, token_id, a_minute_ago],
     );
     Ok(Some(Principal {
         token_id,

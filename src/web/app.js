@@ -251,13 +251,29 @@ function renderLists() {
   const recent = jobs.filter((j) => !ACTIVE.includes(j.status))
     .sort((a, b) => String(b.completedAt || b.createdAt).localeCompare(String(a.completedAt || a.createdAt)))
     .slice(0, 10);
-  $('#active').replaceChildren(...active.map((job) => el('li', { 'data-job': job.jobId, 'data-status': job.status },
-    el('div', { class: 'job-head' },
-      el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId} ${job.filename || ''}` }),
-      el('span', { class: `badge ${job.status}`, text: job.status })),
-    progressBar(job),
-    el('div', { class: 'stats', text: statsLine(job) }),
-    actionButtons(job))));
+  // Items are updated in place, and rebuilt only when their status (and so their buttons)
+  // changes: a progress event must never pull a button from under a user's click.
+  const list = $('#active');
+  const items = active.map((job) => {
+    const old = list.querySelector(`li[data-job="${job.jobId}"]`);
+    if (old && old.dataset.status === job.status) {
+      const pct = job.progress ? job.progress.percentage : 0;
+      const bar = old.querySelector('.progress');
+      bar.setAttribute('aria-valuenow', pct);
+      bar.firstChild.style.width = pct + '%';
+      old.querySelector('.stats').textContent = statsLine(job);
+      return old;
+    }
+    return el('li', { 'data-job': job.jobId, 'data-status': job.status },
+      el('div', { class: 'job-head' },
+        el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId} ${job.filename || ''}` }),
+        el('span', { class: `badge ${job.status}`, text: job.status })),
+      progressBar(job),
+      el('div', { class: 'stats', text: statsLine(job) }),
+      actionButtons(job));
+  });
+  const same = items.length === list.children.length && items.every((li, i) => list.children[i] === li);
+  if (!same) list.replaceChildren(...items);
   $('#active-empty').hidden = active.length > 0;
   $('#recent tbody').replaceChildren(...recent.map((job) => {
     const r = job.results || job;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -21,6 +21,7 @@ use serde_json::{Value as JsonValue, json};
 use tokio::io::AsyncWriteExt;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::ApiError;
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
@@ -196,6 +197,7 @@ pub async fn preview(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
+    Extension(caller): Extension<Caller>,
     req: Request,
 ) -> Result<Json<JsonValue>, ApiError> {
     let ds = dataset(&state, &name)?;
@@ -216,7 +218,10 @@ pub async fn preview(
     };
     let templates = {
         let n = ds.name.clone();
-        state.jobs.store_call(move |s| s.template_list(&n)).await?
+        state
+            .jobs
+            .store_call(move |s| s.template_list(caller.org_id, &n))
+            .await?
     };
     let (explicit, source): (Option<Explicit>, &str) = match (p("mapping"), p("template")) {
         (Some(m), _) => (
@@ -427,11 +432,12 @@ struct NewTemplate {
 pub async fn templates(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
 ) -> Result<Json<JsonValue>, ApiError> {
     let ds = dataset(&state, &name)?;
     let list = state
         .jobs
-        .store_call(move |s| s.template_list(&ds.name))
+        .store_call(move |s| s.template_list(caller.org_id, &ds.name))
         .await?;
     Ok(Json(json!({
         "success": true,
@@ -443,6 +449,7 @@ pub async fn templates(
 pub async fn save_template(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ds = dataset(&state, &name)?;
@@ -482,7 +489,7 @@ pub async fn save_template(
     }
     let saved = state
         .jobs
-        .store_call(move |s| s.template_save(&ds.name, &tname, &req.mapping))
+        .store_call(move |s| s.template_save(caller.org_id, &ds.name, &tname, &req.mapping))
         .await?;
     Ok((
         StatusCode::CREATED,

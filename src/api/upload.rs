@@ -196,7 +196,9 @@ pub async fn upload(
         explicit,
         param(&params, "template").filter(|t| !t.trim().is_empty()),
     ) {
-        (None, Some(name)) => Some(template_mapping(&state, &dataset.name, name).await?),
+        (None, Some(name)) => {
+            Some(template_mapping(&state, caller.org_id, &dataset.name, name).await?)
+        }
         (explicit, _) => explicit,
     };
     let text_option = |name: &str| {
@@ -282,16 +284,17 @@ pub async fn upload(
     Ok(accepted(&dataset.name, job_id))
 }
 
-/// The mapping of a saved template (`template` field), marking the template used.
+/// The mapping of one of the organisation's saved templates (`template` field), marking it used.
 async fn template_mapping(
     state: &Arc<AppState>,
+    org_id: i64,
     dataset: &str,
     name: &str,
 ) -> Result<BTreeMap<String, Option<String>>, ApiError> {
     let (d, n) = (dataset.to_string(), name.to_string());
     let found = state
         .jobs
-        .store_call(move |s| s.template_use(&d, &n))
+        .store_call(move |s| s.template_use(org_id, &d, &n))
         .await?;
     found.map(|t| t.mapping).ok_or_else(|| {
         ApiError::bad(

@@ -174,9 +174,9 @@ pub async fn execute(
     });
     // A replace job's rows become the table's when it (or, for a chunk, its parent) completes.
     let replacement = (job.mode == Mode::Replace)
-        .then(|| ctx.datasets.get(&job.dataset))
+        .then(|| ctx.datasets.get(&job.dataset).zip(job.org_id))
         .flatten()
-        .map(|d| Replacement::for_dataset(&d, job.parent_id.unwrap_or(job.id)));
+        .map(|(d, org)| Replacement::for_dataset(&d, job.parent_id.unwrap_or(job.id), org));
     let watcher = tokio::spawn(watch(
         ctx.clone(),
         lease.clone(),
@@ -424,6 +424,11 @@ fn run_blocking(
     let dataset = ctx.datasets.get(&job.dataset).ok_or_else(|| {
         FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset))
     })?;
+    // Rows are written into the job's organisation; a job without one (never backfilled) writes
+    // nothing, as no organisation may see it.
+    let org = job
+        .org_id
+        .ok_or_else(|| FileError::Unreadable("the job belongs to no organisation".into()))?;
     let store_err = |e: StoreError| match e {
         StoreError::Unavailable(m) => SinkError::Retryable(m),
         other => SinkError::Fatal(other.to_string()),
@@ -464,7 +469,7 @@ fn run_blocking(
     };
     let sink = ctx
         .store
-        .batch_sink(target, lease, job.mode, job.parent_id)
+        .batch_sink(target, lease, job.mode, job.parent_id, org)
         .map_err(store_err)?;
     let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {

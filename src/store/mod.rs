@@ -196,19 +196,31 @@ pub struct Job {
     pub user_id: Option<i64>,
 }
 
-/// What a completing `mode=replace` job swaps: the staging table's rows become the table's rows,
-/// in the transaction that completes the job (or, for a chunk, its parent).
+/// The column of every dataset table (and its history and staging tables) that names the
+/// organisation a row belongs to; the key is unique per organisation: `(_sluice_org, key…)`.
+pub const ORG_COLUMN: &str = "_sluice_org";
+
+/// The organisation that owns rows written before dataset rows carried one: migration 0006
+/// moved every existing job to it.
+pub const DEFAULT_ORG: i64 = 1;
+
+/// What a completing `mode=replace` job swaps: the staging table's rows become the table's rows
+/// of the job's organisation, in the transaction that completes the job (or, for a chunk, its
+/// parent). Other organisations' rows are not touched.
 #[derive(Debug, Clone)]
 pub struct Replacement {
     pub table: String,
     pub staging: String,
-    /// Columns copied (the dataset's fields and sluice's bookkeeping).
+    /// The organisation whose rows are replaced.
+    pub org: i64,
+    /// Columns copied (the organisation, the dataset's fields and sluice's bookkeeping).
     pub columns: Vec<String>,
 }
 
 impl Replacement {
-    pub fn for_dataset(dataset: &Dataset, owner: JobId) -> Self {
-        let mut columns: Vec<String> = dataset.fields.iter().map(|f| f.name.clone()).collect();
+    pub fn for_dataset(dataset: &Dataset, owner: JobId, org: i64) -> Self {
+        let mut columns: Vec<String> = vec![ORG_COLUMN.to_string()];
+        columns.extend(dataset.fields.iter().map(|f| f.name.clone()));
         columns.extend(
             [
                 "_sluice_job",
@@ -221,6 +233,7 @@ impl Replacement {
         Self {
             table: dataset.table.clone(),
             staging: crate::dataset::staging_table(owner),
+            org,
             columns,
         }
     }
@@ -234,7 +247,10 @@ impl Replacement {
             .collect::<Vec<_>>()
             .join(", ");
         [
-            format!("DELETE FROM \"{}\"", self.table),
+            format!(
+                "DELETE FROM \"{}\" WHERE {ORG_COLUMN} = {}",
+                self.table, self.org
+            ),
             format!(
                 "INSERT INTO \"{}\" ({cols}) SELECT {cols} FROM \"{}\"",
                 self.table, self.staging
@@ -621,7 +637,7 @@ pub trait JobStore: Send + Sync + 'static {
         offset: u64,
     ) -> StoreResult<(Vec<ErrorRecord>, u64)>;
 
-    /// A writer of batches for a claimed job.
+    /// A writer of batches for a claimed job, into the rows of organisation `org`.
     /// For a chunk job, `parent` receives the counts and row errors, and stamps rows as its own
     /// (so a key repeated in the file is caught).
     fn batch_sink(
@@ -630,6 +646,7 @@ pub trait JobStore: Send + Sync + 'static {
         lease: Lease,
         mode: Mode,
         parent: Option<JobId>,
+        org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
 
     // --- Job events (migration 0004). The backend must append a `JobEvent` in the same
@@ -696,15 +713,19 @@ pub trait JobStore: Send + Sync + 'static {
 
     // --- Mapping templates.
 
-    /// Creates or replaces the dataset's template of that name.
+    // Templates belong to an organisation (migration 0007): each call names it.
+
+    /// Creates or replaces the organisation's template of that name for the dataset.
     fn template_save(
         &self,
+        org_id: i64,
         dataset: &str,
         name: &str,
         mapping: &std::collections::BTreeMap<String, Option<String>>,
     ) -> StoreResult<Template>;
-    /// The dataset's templates, most recently used or saved first.
-    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>>;
-    /// One template, marking it used (so it is suggested first next time).
-    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>>;
+    /// The organisation's templates for the dataset, most recently used or saved first.
+    fn template_list(&self, org_id: i64, dataset: &str) -> StoreResult<Vec<Template>>;
+    /// One of the organisation's templates, marking it used (so it is suggested first next time).
+    fn template_use(&self, org_id: i64, dataset: &str, name: &str)
+    -> StoreResult<Option<Template>>;
 }

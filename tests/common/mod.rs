@@ -643,3 +643,49 @@ impl TestApp {
         req.send().await.expect("open event stream")
     }
 }
+
+// --- The server-side CLI (`sluice org|user|token …`) on the test's database.
+
+/// Runs `sluice ARGS` against the test's database; returns stdout (trimmed) and stderr.
+pub fn sluice(app: &TestApp, args: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(app.data_dir())
+        .env_remove("SLUICE_DATABASE_URL")
+        .env("SLUICE_LOG", "warn");
+    if let Some(url) = app.database_url() {
+        cmd.arg("--database-url").arg(url);
+    }
+    let out = cmd.output().expect("run sluice");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "sluice {args:?}: {stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// The id a `create` command printed.
+pub fn created(app: &TestApp, args: &[&str]) -> i64 {
+    let (stdout, stderr) = sluice(app, args);
+    stdout
+        .parse()
+        .unwrap_or_else(|_| panic!("sluice {args:?} printed `{stdout}` ({stderr})"))
+}
+
+/// A new token for a user: the token and its id (from the sentence on stderr).
+pub fn token_for(app: &TestApp, user: i64, extra: &[&str]) -> (String, i64) {
+    let user = user.to_string();
+    let mut args = vec!["token", "create", "--user", user.as_str()];
+    args.extend_from_slice(extra);
+    let (token, stderr) = sluice(app, &args);
+    assert!(token.starts_with("slc_"), "{token}");
+    let id = stderr
+        .split("created token ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no token id in `{stderr}`"));
+    (token, id)
+}

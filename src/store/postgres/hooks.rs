@@ -350,6 +350,7 @@ fn template(r: &Row) -> StoreResult<Template> {
 
 pub(super) fn template_save(
     c: &mut Client,
+    org_id: i64,
     dataset: &str,
     name: &str,
     mapping: &BTreeMap<String, Option<String>>,
@@ -358,23 +359,27 @@ pub(super) fn template_save(
     let row = c
         .query_one(
             &format!(
-                "INSERT INTO mapping_templates (dataset, name, mapping, created_at, updated_at) \
-                 VALUES ($1, $2, $3, now(), now()) ON CONFLICT (dataset, name) DO UPDATE SET \
+                "INSERT INTO mapping_templates (org_id, dataset, name, mapping, created_at, updated_at) \
+                 VALUES ($4, $1, $2, $3, now(), now()) ON CONFLICT (org_id, dataset, name) DO UPDATE SET \
                  mapping = EXCLUDED.mapping, updated_at = EXCLUDED.updated_at RETURNING {TEMPLATE_COLUMNS}"
             ),
-            &[&dataset, &name, &json],
+            &[&dataset, &name, &json, &org_id],
         )
         .map_err(pg_err)?;
     template(&row)
 }
 
-pub(super) fn template_list(c: &mut Client, dataset: &str) -> StoreResult<Vec<Template>> {
+pub(super) fn template_list(
+    c: &mut Client,
+    org_id: i64,
+    dataset: &str,
+) -> StoreResult<Vec<Template>> {
     c.query(
         &format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM mapping_templates WHERE dataset = $1 \
+            "SELECT {TEMPLATE_COLUMNS} FROM mapping_templates WHERE org_id = $2 AND dataset = $1 \
              ORDER BY GREATEST(COALESCE(used_at, updated_at), updated_at) DESC, name"
         ),
-        &[&dataset],
+        &[&dataset, &org_id],
     )
     .map_err(pg_err)?
     .iter()
@@ -384,15 +389,16 @@ pub(super) fn template_list(c: &mut Client, dataset: &str) -> StoreResult<Vec<Te
 
 pub(super) fn template_use(
     c: &mut Client,
+    org_id: i64,
     dataset: &str,
     name: &str,
 ) -> StoreResult<Option<Template>> {
     c.query_opt(
         &format!(
-            "UPDATE mapping_templates SET used_at = clock_timestamp() WHERE dataset = $1 AND name = $2 \
+            "UPDATE mapping_templates SET used_at = clock_timestamp() WHERE org_id = $3 AND dataset = $1 AND name = $2 \
              RETURNING {TEMPLATE_COLUMNS}"
         ),
-        &[&dataset, &name],
+        &[&dataset, &name, &org_id],
     )
     .map_err(pg_err)?
     .as_ref()

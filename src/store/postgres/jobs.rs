@@ -530,9 +530,12 @@ impl JobStore for PgStore {
         lease: Lease,
         mode: Mode,
         parent: Option<JobId>,
+        org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.pool.open()?;
-        Ok(Box::new(PgSink::new(conn, dataset, lease, mode, parent)))
+        Ok(Box::new(PgSink::new(
+            conn, dataset, lease, mode, parent, org,
+        )))
     }
 
     fn events_after(
@@ -609,18 +612,24 @@ impl JobStore for PgStore {
 
     fn template_save(
         &self,
+        org_id: i64,
         dataset: &str,
         name: &str,
         mapping: &std::collections::BTreeMap<String, Option<String>>,
     ) -> StoreResult<Template> {
-        super::hooks::template_save(&mut *self.conn()?, dataset, name, mapping)
+        super::hooks::template_save(&mut *self.conn()?, org_id, dataset, name, mapping)
     }
 
-    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>> {
-        super::hooks::template_list(&mut *self.conn()?, dataset)
+    fn template_list(&self, org_id: i64, dataset: &str) -> StoreResult<Vec<Template>> {
+        super::hooks::template_list(&mut *self.conn()?, org_id, dataset)
     }
 
-    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>> {
-        super::hooks::template_use(&mut *self.conn()?, dataset, name)
+    fn template_use(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        name: &str,
+    ) -> StoreResult<Option<Template>> {
+        super::hooks::template_use(&mut *self.conn()?, org_id, dataset, name)
     }
 }

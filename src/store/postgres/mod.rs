@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0006_tenants",
         include_str!("../../../migrations/postgres/0006_tenants.sql"),
     ),
+    (
+        7,
+        "0007_org_templates",
+        include_str!("../../../migrations/postgres/0007_org_templates.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

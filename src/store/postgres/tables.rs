@@ -2,7 +2,8 @@
 //! columns (under the schema advisory lock, so concurrent starts do not race).
 //!
 //! Types: text → TEXT, integer → BIGINT, decimal → NUMERIC (`NUMERIC(38, scale)` with a `scale`),
-//! boolean → BOOLEAN, date → DATE, datetime → TIMESTAMP. Bookkeeping columns as on SQLite:
+//! boolean → BOOLEAN, date → DATE, datetime → TIMESTAMP. `_sluice_org BIGINT` owns each row and
+//! leads the primary key `(_sluice_org, key…)`. Bookkeeping columns as on SQLite:
 //! `_sluice_job`, `_sluice_row`, `_sluice_created_at`, `_sluice_updated_at`,
 //! `_sluice_since_<field>` per history field.
 
@@ -10,7 +11,7 @@ use postgres::Client;
 
 use super::{SCHEMA_LOCK, ident, pg_err};
 use crate::dataset::{Dataset, Datasets, Field, FieldType};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{DEFAULT_ORG, ORG_COLUMN, StoreError, StoreResult};
 
 pub(super) fn since_column(field: &str) -> String {
     format!("_sluice_since_{field}")
@@ -75,31 +76,55 @@ pub(super) fn prepare_dataset(conn: &mut Client, ds: &Dataset) -> StoreResult<()
     tx.commit().map_err(pg_err)
 }
 
-fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<()> {
-    let table = ident(&ds.table);
-    let existing: Vec<String> = tx
+fn key_names(ds: &Dataset) -> Vec<String> {
+    ds.key.iter().map(|&k| ds.fields[k].name.clone()).collect()
+}
+
+fn columns_of(tx: &mut postgres::Transaction<'_>, table: &str) -> StoreResult<Vec<String>> {
+    Ok(tx
         .query(
             "SELECT column_name::text FROM information_schema.columns \
              WHERE table_schema = current_schema() AND table_name = $1",
-            &[&ds.table],
+            &[&table],
         )
         .map_err(pg_err)?
         .iter()
         .map(|r| r.get(0))
-        .collect();
+        .collect())
+}
+
+/// The primary key constraint's name and columns in key order, if the table has one.
+fn primary_key(
+    tx: &mut postgres::Transaction<'_>,
+    table: &str,
+) -> StoreResult<Option<(String, Vec<String>)>> {
+    let row = tx
+        .query_opt(
+            "SELECT c.conname::text, array_agg(a.attname::text ORDER BY k.ord) \
+             FROM pg_constraint c \
+             CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum \
+             WHERE c.contype = 'p' AND c.conrelid = to_regclass($1) GROUP BY c.conname",
+            &[&ident(table)],
+        )
+        .map_err(pg_err)?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<()> {
+    let table = ident(&ds.table);
+    let existing = columns_of(tx, &ds.table)?;
+    let mut org_key = vec![ORG_COLUMN.to_string()];
+    org_key.extend(key_names(ds));
     if existing.is_empty() {
-        let mut cols: Vec<String> = ds
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let not_null = if ds.is_key(i) { " NOT NULL" } else { "" };
-                format!("{} {}{not_null}", ident(&f.name), sql_type(f))
-            })
-            .collect();
+        let mut cols: Vec<String> = vec![format!("{ORG_COLUMN} BIGINT NOT NULL")];
+        cols.extend(ds.fields.iter().enumerate().map(|(i, f)| {
+            let not_null = if ds.is_key(i) { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", ident(&f.name), sql_type(f))
+        }));
         cols.extend(meta_columns(ds).iter().map(|(n, t)| format!("{n} {t}")));
         tx.batch_execute(&format!(
-            "CREATE TABLE {table} ({}, PRIMARY KEY ({}))",
+            "CREATE TABLE {table} ({}, PRIMARY KEY ({ORG_COLUMN}, {}))",
             cols.join(", "),
             key_list(ds)
         ))
@@ -112,6 +137,27 @@ fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<
                     ds.table, ds.fields[k].name
                 )));
             }
+        }
+        if !existing.iter().any(|c| c == ORG_COLUMN) {
+            // Rows from before organisations owned rows belong to the `default` one, as their
+            // jobs do since migration 0006; a primary key on the dataset key (as sluice created
+            // it) becomes `(_sluice_org, key…)`.
+            tx.batch_execute(&format!(
+                "ALTER TABLE {table} ADD COLUMN {ORG_COLUMN} BIGINT NOT NULL DEFAULT {DEFAULT_ORG};
+                 ALTER TABLE {table} ALTER COLUMN {ORG_COLUMN} DROP DEFAULT"
+            ))
+            .map_err(pg_err)?;
+            if let Some((name, cols)) = primary_key(tx, &ds.table)?
+                && cols == key_names(ds)
+            {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT {}, ADD PRIMARY KEY ({ORG_COLUMN}, {})",
+                    ident(&name),
+                    key_list(ds)
+                ))
+                .map_err(pg_err)?;
+            }
+            tracing::info!(table = %ds.table, "dataset table upgraded: rows belong to organisations");
         }
         let wanted: Vec<(String, String)> = ds
             .fields
@@ -133,35 +179,60 @@ fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<
             ))
             .map_err(pg_err)?;
         }
-        tx.batch_execute(&format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
-            ident(&format!("{}_sluice_key", ds.table)),
-            key_list(ds)
-        ))
-        .map_err(pg_err)?;
+        // Upserts need a unique index on (organisation, key), whoever created the table.
+        if primary_key(tx, &ds.table)?.map(|(_, cols)| cols) != Some(org_key) {
+            tx.batch_execute(&format!(
+                "DROP INDEX IF EXISTS {};
+                 CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({ORG_COLUMN}, {})",
+                ident(&format!("{}_sluice_key", ds.table)),
+                ident(&format!("{}_sluice_org_key", ds.table)),
+                key_list(ds)
+            ))
+            .map_err(pg_err)?;
+        }
     }
     if ds.has_history() {
-        let key_cols: Vec<String> = ds
-            .key
-            .iter()
-            .map(|&k| {
-                format!(
-                    "{} {} NOT NULL",
-                    ident(&ds.fields[k].name),
-                    sql_type(&ds.fields[k])
-                )
-            })
-            .collect();
-        let history = ident(&ds.history_table());
+        prepare_history(tx, ds)?;
+    }
+    Ok(())
+}
+
+/// The history table: the organisation and key of the row, the field, the old and new values and
+/// the validity of the old one.
+fn prepare_history(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<()> {
+    let key_cols: Vec<String> = ds
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "{} {} NOT NULL",
+                ident(&ds.fields[k].name),
+                sql_type(&ds.fields[k])
+            )
+        })
+        .collect();
+    let name = ds.history_table();
+    let history = ident(&name);
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {history} (id BIGSERIAL PRIMARY KEY, {ORG_COLUMN} BIGINT NOT NULL, {}, \
+         field TEXT NOT NULL, old_value TEXT, new_value TEXT, valid_from TIMESTAMPTZ, \
+         valid_to TIMESTAMPTZ NOT NULL, job_id BIGINT NOT NULL)",
+        key_cols.join(", "),
+    ))
+    .map_err(pg_err)?;
+    if !columns_of(tx, &name)?.iter().any(|c| c == ORG_COLUMN) {
         tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {history} (id BIGSERIAL PRIMARY KEY, {}, field TEXT NOT NULL, \
-             old_value TEXT, new_value TEXT, valid_from TIMESTAMPTZ, valid_to TIMESTAMPTZ NOT NULL, job_id BIGINT NOT NULL);
-             CREATE INDEX IF NOT EXISTS {} ON {history} ({}, field, valid_to);",
-            key_cols.join(", "),
-            ident(&format!("{}_history_key", ds.table)),
-            key_list(ds)
+            "ALTER TABLE {history} ADD COLUMN {ORG_COLUMN} BIGINT NOT NULL DEFAULT {DEFAULT_ORG};
+             ALTER TABLE {history} ALTER COLUMN {ORG_COLUMN} DROP DEFAULT"
         ))
         .map_err(pg_err)?;
     }
-    Ok(())
+    tx.batch_execute(&format!(
+        "DROP INDEX IF EXISTS {};
+         CREATE INDEX IF NOT EXISTS {} ON {history} ({ORG_COLUMN}, {}, field, valid_to);",
+        ident(&format!("{}_history_key", ds.table)),
+        ident(&format!("{}_history_org_key", ds.table)),
+        key_list(ds)
+    ))
+    .map_err(pg_err)
 }

@@ -5,7 +5,8 @@
 //! unchanged, a key this job already wrote), archive changed history fields with
 //! `INSERT … SELECT`, upsert new and changed rows with `INSERT … SELECT … ON CONFLICT DO UPDATE`,
 //! stamp unchanged rows, COPY the row errors, and move the job's checkpoint and counts fenced by
-//! the lease. No per-row round trips. If a statement fails on the data (a constraint of the
+//! the lease. Every statement is scoped to the job's organisation (`_sluice_org`). No per-row
+//! round trips. If a statement fails on the data (a constraint of the
 //! table, a value out of range), the batch is redone one row at a time under savepoints so only
 //! the bad rows are rejected.
 
@@ -20,7 +21,7 @@ use super::tables::{since_column, sql_type};
 use super::{error_text, ident, is_row_problem, is_transient};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
-use crate::store::Lease;
+use crate::store::{Lease, ORG_COLUMN};
 
 const STAGE: &str = "sluice_stage";
 
@@ -134,16 +135,18 @@ impl Plan {
         };
         let classify = format!(
             "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
-             FROM {stage} s LEFT JOIN {table} t ON {join} WHERE s.ord = ANY($1) ORDER BY s.ord",
+             FROM {stage} s LEFT JOIN {table} t ON t.{ORG_COLUMN} = $2 AND {join} \
+             WHERE s.ord = ANY($1) ORDER BY s.ord",
             k0 = keys[0]
         );
         let history_sql = history
             .iter()
             .map(|&i| {
                 format!(
-                    "INSERT INTO {hist} ({keys}, field, old_value, new_value, valid_from, valid_to, job_id) \
-                     SELECT {tkeys}, $4, t.{f}::text, s.{f}::text, t.{since}, $3, $2 \
-                     FROM {stage} s JOIN {table} t ON {join} WHERE s.ord = ANY($1) AND t.{f} IS DISTINCT FROM s.{f}",
+                    "INSERT INTO {hist} ({ORG_COLUMN}, {keys}, field, old_value, new_value, valid_from, valid_to, job_id) \
+                     SELECT $5, {tkeys}, $4, t.{f}::text, s.{f}::text, t.{since}, $3, $2 \
+                     FROM {stage} s JOIN {table} t ON t.{ORG_COLUMN} = $5 AND {join} \
+                     WHERE s.ord = ANY($1) AND t.{f} IS DISTINCT FROM s.{f}",
                     hist = ident(&ds.history_table()),
                     keys = keys.join(", "),
                     tkeys = keys.iter().map(|k| format!("t.{k}")).collect::<Vec<_>>().join(", "),
@@ -159,12 +162,19 @@ impl Plan {
                 "_sluice_row",
                 "_sluice_created_at",
                 "_sluice_updated_at",
+                ORG_COLUMN,
             ]
             .map(String::from),
         );
         insert_cols.extend(history.iter().map(|&i| since_column(&ds.fields[i].name)));
         let mut select_cols: Vec<String> = cols.iter().map(|c| format!("s.{c}")).collect();
-        select_cols.extend(["$2".into(), "s.\"row\"".into(), "$3".into(), "$3".into()]);
+        select_cols.extend([
+            "$2".into(),
+            "s.\"row\"".into(),
+            "$3".into(),
+            "$3".into(),
+            "$4".into(),
+        ]);
         select_cols.extend(history.iter().map(|_| "$3".to_string()));
         let mut updates: Vec<String> = compare
             .iter()
@@ -183,14 +193,15 @@ impl Plan {
         }));
         let upsert = format!(
             "INSERT INTO {table} ({}) SELECT {} FROM {stage} s WHERE s.ord = ANY($1) \
-             ON CONFLICT ({}) DO UPDATE SET {}",
+             ON CONFLICT ({ORG_COLUMN}, {}) DO UPDATE SET {}",
             insert_cols.join(", "),
             select_cols.join(", "),
             keys.join(", "),
             updates.join(", ")
         );
         let stamp = format!(
-            "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s WHERE {join} AND s.ord = ANY($1)"
+            "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s \
+             WHERE t.{ORG_COLUMN} = $3 AND {join} AND s.ord = ANY($1)"
         );
         Plan {
             present,
@@ -211,6 +222,8 @@ pub struct PgSink {
     mode: Mode,
     /// A chunk job's parent: it receives the counts and row errors, and owns the stamps.
     parent: Option<i64>,
+    /// The organisation whose rows the job writes.
+    org: i64,
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
@@ -223,6 +236,7 @@ impl PgSink {
         lease: Lease,
         mode: Mode,
         parent: Option<i64>,
+        org: i64,
     ) -> Self {
         Self {
             conn,
@@ -230,6 +244,7 @@ impl PgSink {
             lease,
             mode,
             parent,
+            org,
             plan: None,
             buf: Vec::new(),
         }
@@ -247,6 +262,7 @@ struct Writer<'a> {
     ds: &'a Dataset,
     plan: &'a Plan,
     job: i64,
+    org: i64,
     mode: Mode,
     now: chrono::DateTime<Utc>,
 }
@@ -287,7 +303,7 @@ impl Writer<'_> {
     ) -> Result<Written, postgres::Error> {
         self.stage(tx, batch, rows, buf)?;
         let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
-        let classified = tx.query(&self.plan.classify, &[&ords])?;
+        let classified = tx.query(&self.plan.classify, &[&ords, &self.org])?;
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
@@ -344,15 +360,24 @@ impl Writer<'_> {
             if !changed.is_empty() {
                 tx.execute(
                     sql,
-                    &[&changed, &self.job, &self.now, &self.ds.fields[f].name],
+                    &[
+                        &changed,
+                        &self.job,
+                        &self.now,
+                        &self.ds.fields[f].name,
+                        &self.org,
+                    ],
                 )?;
             }
         }
         if !upsert.is_empty() {
-            tx.execute(&self.plan.upsert, &[&upsert, &self.job, &self.now])?;
+            tx.execute(
+                &self.plan.upsert,
+                &[&upsert, &self.job, &self.now, &self.org],
+            )?;
         }
         if !unchanged.is_empty() {
-            tx.execute(&self.plan.stamp, &[&unchanged, &self.job])?;
+            tx.execute(&self.plan.stamp, &[&unchanged, &self.job, &self.org])?;
         }
         Ok(Written { counts, rejected })
     }
@@ -372,6 +397,7 @@ impl BatchSink for PgSink {
             ds: &self.dataset,
             plan,
             job: self.parent.unwrap_or(self.lease.job_id),
+            org: self.org,
             mode: self.mode,
             now: Utc::now(),
         };

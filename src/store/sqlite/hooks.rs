@@ -422,6 +422,7 @@ fn decode_template((mut t, mapping): (Template, String)) -> StoreResult<Template
 
 pub(super) fn template_save(
     conn: &Connection,
+    org_id: i64,
     dataset: &str,
     name: &str,
     mapping: &BTreeMap<String, Option<String>>,
@@ -431,27 +432,31 @@ pub(super) fn template_save(
     let raw = conn
         .query_row(
             &format!(
-                "INSERT INTO mapping_templates (dataset, name, mapping, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?4) \
-                 ON CONFLICT (dataset, name) DO UPDATE SET mapping = excluded.mapping, \
+                "INSERT INTO mapping_templates (org_id, dataset, name, mapping, created_at, updated_at) \
+                 VALUES (?5, ?1, ?2, ?3, ?4, ?4) \
+                 ON CONFLICT (org_id, dataset, name) DO UPDATE SET mapping = excluded.mapping, \
                  updated_at = excluded.updated_at RETURNING {TEMPLATE_COLUMNS}"
             ),
-            params![dataset, name, json, now],
+            params![dataset, name, json, now, org_id],
             template_row,
         )
         .map_err(db_err)?;
     decode_template(raw)
 }
 
-pub(super) fn template_list(conn: &Connection, dataset: &str) -> StoreResult<Vec<Template>> {
+pub(super) fn template_list(
+    conn: &Connection,
+    org_id: i64,
+    dataset: &str,
+) -> StoreResult<Vec<Template>> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {TEMPLATE_COLUMNS} FROM mapping_templates WHERE dataset = ?1 \
+            "SELECT {TEMPLATE_COLUMNS} FROM mapping_templates WHERE org_id = ?2 AND dataset = ?1 \
              ORDER BY max(COALESCE(used_at, ''), updated_at) DESC, name"
         ))
         .map_err(db_err)?;
     let raws = stmt
-        .query_map([dataset], template_row)
+        .query_map(params![dataset, org_id], template_row)
         .map_err(db_err)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(db_err)?;
@@ -460,16 +465,17 @@ pub(super) fn template_list(conn: &Connection, dataset: &str) -> StoreResult<Vec
 
 pub(super) fn template_use(
     conn: &Connection,
+    org_id: i64,
     dataset: &str,
     name: &str,
 ) -> StoreResult<Option<Template>> {
     let raw = conn
         .query_row(
             &format!(
-                "UPDATE mapping_templates SET used_at = ?3 WHERE dataset = ?1 AND name = ?2 \
+                "UPDATE mapping_templates SET used_at = ?3 WHERE org_id = ?4 AND dataset = ?1 AND name = ?2 \
                  RETURNING {TEMPLATE_COLUMNS}"
             ),
-            params![dataset, name, now_text()],
+            params![dataset, name, now_text(), org_id],
             template_row,
         )
         .optional()

@@ -578,10 +578,11 @@ impl JobStore for SqliteStore {
         lease: Lease,
         mode: Mode,
         parent: Option<JobId>,
+        org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         let conn = self.writer_conn()?;
         Ok(Box::new(SqliteSink::new(
-            conn, dataset, lease, mode, parent,
+            conn, dataset, lease, mode, parent, org,
         )))
     }
 
@@ -659,18 +660,24 @@ impl JobStore for SqliteStore {
 
     fn template_save(
         &self,
+        org_id: i64,
         dataset: &str,
         name: &str,
         mapping: &std::collections::BTreeMap<String, Option<String>>,
     ) -> StoreResult<Template> {
-        hooks::template_save(&*self.conn()?, dataset, name, mapping)
+        hooks::template_save(&*self.conn()?, org_id, dataset, name, mapping)
     }
 
-    fn template_list(&self, dataset: &str) -> StoreResult<Vec<Template>> {
-        hooks::template_list(&*self.conn()?, dataset)
+    fn template_list(&self, org_id: i64, dataset: &str) -> StoreResult<Vec<Template>> {
+        hooks::template_list(&*self.conn()?, org_id, dataset)
     }
 
-    fn template_use(&self, dataset: &str, name: &str) -> StoreResult<Option<Template>> {
-        hooks::template_use(&*self.conn()?, dataset, name)
+    fn template_use(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        name: &str,
+    ) -> StoreResult<Option<Template>> {
+        hooks::template_use(&*self.conn()?, org_id, dataset, name)
     }
 }

@@ -46,6 +46,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0006_tenants",
         include_str!("../../../migrations/sqlite/0006_tenants.sql"),
     ),
+    (
+        "0007_org_templates",
+        include_str!("../../../migrations/sqlite/0007_org_templates.sql"),
+    ),
 ];
 
 /// Idle connections kept for reuse.

@@ -1,6 +1,8 @@
 //! Dataset tables on SQLite: created from `datasets.toml`, upgraded by adding missing columns.
 //!
-//! Each table gets its declared fields plus four bookkeeping columns: `_sluice_job` and
+//! Each table gets `_sluice_org` (the organisation that owns the row; the primary key is
+//! `(_sluice_org, key…)`, so keys are unique per organisation), its declared fields, and
+//! bookkeeping columns: `_sluice_job` and
 //! `_sluice_row` (the job and spreadsheet row that last wrote the row, used to report a key that
 //! repeats inside one file), `_sluice_created_at`, `_sluice_updated_at`, and for each history field
 //! `_sluice_since_<field>` (since when it holds its value: the `valid_from` of the next archive). Decimals are TEXT so
@@ -10,7 +12,7 @@ use rusqlite::Connection;
 
 use super::{db_err, ident};
 use crate::dataset::{Dataset, Datasets, FieldType};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{DEFAULT_ORG, ORG_COLUMN, StoreError, StoreResult};
 
 pub(super) const META_COLUMNS: &[(&str, &str)] = &[
     ("_sluice_job", "INTEGER"),
@@ -84,22 +86,37 @@ fn key_list(ds: &Dataset) -> String {
         .join(", ")
 }
 
+/// The primary key's columns, in key order (empty: none declared, a rowid table).
+fn primary_key(conn: &Connection, table: &str) -> StoreResult<Vec<String>> {
+    let mut stmt = conn
+        .prepare(&format!("PRAGMA table_info({})", ident(table)))
+        .map_err(db_err)?;
+    let mut cols = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(5)?, r.get::<_, String>(1)?)))
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    cols.retain(|(pk, _)| *pk > 0);
+    cols.sort();
+    Ok(cols.into_iter().map(|(_, name)| name).collect())
+}
+
+fn key_names(ds: &Dataset) -> Vec<String> {
+    ds.key.iter().map(|&k| ds.fields[k].name.clone()).collect()
+}
+
 fn prepare_one(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
     let table = ident(&ds.table);
     let existing = existing_columns(conn, &ds.table)?;
     if existing.is_empty() {
-        let mut cols: Vec<String> = ds
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let not_null = if ds.is_key(i) { " NOT NULL" } else { "" };
-                format!("{} {}{not_null}", ident(&f.name), sql_type(f.ty))
-            })
-            .collect();
+        let mut cols: Vec<String> = vec![format!("{ORG_COLUMN} INTEGER NOT NULL")];
+        cols.extend(ds.fields.iter().enumerate().map(|(i, f)| {
+            let not_null = if ds.is_key(i) { " NOT NULL" } else { "" };
+            format!("{} {}{not_null}", ident(&f.name), sql_type(f.ty))
+        }));
         cols.extend(meta_columns(ds).iter().map(|(n, t)| format!("{n} {t}")));
         conn.execute_batch(&format!(
-            "CREATE TABLE {table} ({}, PRIMARY KEY ({})) WITHOUT ROWID",
+            "CREATE TABLE {table} ({}, PRIMARY KEY ({ORG_COLUMN}, {})) WITHOUT ROWID",
             cols.join(", "),
             key_list(ds)
         ))
@@ -113,6 +130,10 @@ fn prepare_one(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
                 )));
             }
         }
+        if !existing.iter().any(|c| c == ORG_COLUMN) {
+            add_org_column(conn, ds)?;
+        }
+        let existing = existing_columns(conn, &ds.table)?;
         let wanted: Vec<(String, &str)> = ds
             .fields
             .iter()
@@ -129,36 +150,156 @@ fn prepare_one(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
             ))
             .map_err(db_err)?;
         }
-        // Upserts need a unique index on the key, whoever created the table.
-        conn.execute_batch(&format!(
-            "CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({})",
-            ident(&format!("{}_sluice_key", ds.table)),
-            key_list(ds)
-        ))
-        .map_err(db_err)?;
+        // Upserts need a unique index on (organisation, key), whoever created the table.
+        let mut org_key = vec![ORG_COLUMN.to_string()];
+        org_key.extend(key_names(ds));
+        if primary_key(conn, &ds.table)? != org_key {
+            conn.execute_batch(&format!(
+                "DROP INDEX IF EXISTS {};
+                 CREATE UNIQUE INDEX IF NOT EXISTS {} ON {table} ({ORG_COLUMN}, {})",
+                ident(&format!("{}_sluice_key", ds.table)),
+                ident(&format!("{}_sluice_org_key", ds.table)),
+                key_list(ds)
+            ))
+            .map_err(db_err)?;
+        }
     }
     if ds.has_history() {
-        let key_cols: Vec<String> = ds
-            .key
-            .iter()
-            .map(|&k| {
-                format!(
-                    "{} {} NOT NULL",
-                    ident(&ds.fields[k].name),
-                    sql_type(ds.fields[k].ty)
-                )
-            })
-            .collect();
-        let history = ident(&ds.history_table());
+        prepare_history(conn, ds)?;
+    }
+    Ok(())
+}
+
+/// Gives a table from before organisations owned rows its `_sluice_org` column; its rows belong
+/// to the `default` organisation, as their jobs do since migration 0006. A table whose primary
+/// key is the dataset key and whose definition has nothing but columns, types, NOT NULL and
+/// defaults (as sluice created them) is rebuilt with the key `(_sluice_org, key…)`, keeping its
+/// rows, columns and indexes; any other table gets the column and a unique index.
+fn add_org_column(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
+    let table = ident(&ds.table);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [&ds.table],
+            |r| r.get(0),
+        )
+        .map_err(db_err)?;
+    // A rebuild from `table_info` keeps names, types, NOT NULL and defaults; a table with
+    // anything more in its definition keeps its definition instead.
+    let upper = sql.to_uppercase();
+    let plain = !["CHECK", "REFERENCES", "UNIQUE", "COLLATE", "GENERATED"]
+        .iter()
+        .any(|w| upper.contains(w));
+    if !plain || primary_key(conn, &ds.table)? != key_names(ds) {
+        if primary_key(conn, &ds.table)? == key_names(ds) {
+            tracing::warn!(
+                table = %ds.table,
+                "the table's own primary key keeps keys unique across organisations; \
+                 another organisation's row with a taken key is refused"
+            );
+        }
+        return conn
+            .execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {ORG_COLUMN} INTEGER NOT NULL DEFAULT {DEFAULT_ORG}"
+            ))
+            .map_err(db_err);
+    }
+    let columns: Vec<(String, String, bool, Option<String>)> = {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(db_err)?;
+        stmt.query_map([], |r| Ok((r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .map_err(db_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?
+    };
+    // The table's own indexes, recreated after the rebuild; not sluice's old unique key index,
+    // which would keep keys unique across organisations.
+    let indexes: Vec<String> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 \
+                 AND sql IS NOT NULL AND name <> ?2",
+            )
+            .map_err(db_err)?;
+        stmt.query_map([&ds.table, &format!("{}_sluice_key", ds.table)], |r| {
+            r.get(0)
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?
+    };
+    let old = ident(&format!("_sluice_upgrade_{}", ds.table));
+    let mut defs = vec![format!("{ORG_COLUMN} INTEGER NOT NULL")];
+    defs.extend(columns.iter().map(|(name, ty, not_null, default)| {
+        let mut def = format!("{} {ty}", ident(name));
+        if *not_null {
+            def.push_str(" NOT NULL");
+        }
+        if let Some(default) = default {
+            def.push_str(&format!(" DEFAULT {default}"));
+        }
+        def
+    }));
+    let names = columns
+        .iter()
+        .map(|(n, ..)| ident(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    conn.execute_batch(&format!(
+        "ALTER TABLE {table} RENAME TO {old};
+         CREATE TABLE {table} ({}, PRIMARY KEY ({ORG_COLUMN}, {})) WITHOUT ROWID;
+         INSERT INTO {table} ({ORG_COLUMN}, {names}) SELECT {DEFAULT_ORG}, {names} FROM {old};
+         DROP TABLE {old};",
+        defs.join(", "),
+        key_list(ds)
+    ))
+    .map_err(db_err)?;
+    for sql in indexes {
+        conn.execute_batch(&sql).map_err(db_err)?;
+    }
+    tracing::info!(table = %ds.table, "dataset table upgraded: rows belong to organisations");
+    Ok(())
+}
+
+/// The history table: the organisation and key of the row, the field, the old and new values and
+/// the validity of the old one.
+fn prepare_history(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
+    let key_cols: Vec<String> = ds
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "{} {} NOT NULL",
+                ident(&ds.fields[k].name),
+                sql_type(ds.fields[k].ty)
+            )
+        })
+        .collect();
+    let name = ds.history_table();
+    let history = ident(&name);
+    conn.execute_batch(&format!(
+        "CREATE TABLE IF NOT EXISTS {history} (id INTEGER PRIMARY KEY, {ORG_COLUMN} INTEGER NOT NULL, {}, \
+         field TEXT NOT NULL, old_value TEXT, new_value TEXT, valid_from TEXT, valid_to TEXT NOT NULL, \
+         job_id INTEGER NOT NULL)",
+        key_cols.join(", "),
+    ))
+    .map_err(db_err)?;
+    if !existing_columns(conn, &name)?
+        .iter()
+        .any(|c| c == ORG_COLUMN)
+    {
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {history} (id INTEGER PRIMARY KEY, {}, field TEXT NOT NULL, \
-             old_value TEXT, new_value TEXT, valid_from TEXT, valid_to TEXT NOT NULL, job_id INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS {} ON {history} ({}, field, valid_to);",
-            key_cols.join(", "),
-            ident(&format!("{}_history_key", ds.table)),
-            key_list(ds)
+            "ALTER TABLE {history} ADD COLUMN {ORG_COLUMN} INTEGER NOT NULL DEFAULT {DEFAULT_ORG}"
         ))
         .map_err(db_err)?;
     }
-    Ok(())
+    conn.execute_batch(&format!(
+        "DROP INDEX IF EXISTS {};
+         CREATE INDEX IF NOT EXISTS {} ON {history} ({ORG_COLUMN}, {}, field, valid_to);",
+        ident(&format!("{}_history_key", ds.table)),
+        ident(&format!("{}_history_org_key", ds.table)),
+        key_list(ds)
+    ))
+    .map_err(db_err)
 }

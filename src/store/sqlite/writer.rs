@@ -4,7 +4,8 @@
 //! as new, changed, unchanged or a duplicate, upsert new and changed rows with prepared
 //! multi-row statements, stamp unchanged rows with this job (so a later repeat of the key is
 //! caught), archive changed history fields, store the row errors, and move the job's checkpoint
-//! and counts — fenced by the lease. If the data statements fail as a whole (a constraint of the
+//! and counts — fenced by the lease. Every statement is scoped to the job's organisation
+//! (`_sluice_org`, which leads the key). If the data statements fail as a whole (a constraint of the
 //! table), the batch is redone row by row under savepoints so only the bad rows are rejected.
 
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ use super::tables::since_column;
 use super::{ident, is_transient};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
-use crate::store::Lease;
+use crate::store::{Lease, ORG_COLUMN};
 
 /// Keys looked up per statement.
 const LOOKUP_CHUNK: usize = 500;
@@ -153,8 +154,9 @@ impl Plan {
         } else {
             format!("({})", key_cols.join(", "))
         };
+        // The key is unique per organisation: every statement names the job's.
         let select_prefix = format!(
-            "SELECT {} FROM {table} WHERE {key_expr} IN ",
+            "SELECT {} FROM {table} WHERE {ORG_COLUMN} = ? AND {key_expr} IN ",
             select_cols.join(", ")
         );
 
@@ -165,6 +167,7 @@ impl Plan {
                 "_sluice_row",
                 "_sluice_created_at",
                 "_sluice_updated_at",
+                ORG_COLUMN,
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -190,7 +193,7 @@ impl Plan {
         let width = insert_cols.len();
         let upsert_head = format!("INSERT INTO {table} ({}) VALUES ", insert_cols.join(", "));
         let upsert_tail = format!(
-            " ON CONFLICT ({}) DO UPDATE SET {}",
+            " ON CONFLICT ({ORG_COLUMN}, {}) DO UPDATE SET {}",
             key_cols.join(", "),
             updates.join(", ")
         );
@@ -200,15 +203,16 @@ impl Plan {
         let key_where: Vec<String> = key_cols
             .iter()
             .enumerate()
-            .map(|(j, k)| format!("{k} = ?{}", j + 3))
+            .map(|(j, k)| format!("{k} = ?{}", j + 4))
             .collect();
         let stamp = format!(
-            "UPDATE {table} SET _sluice_job = ?1, _sluice_row = ?2 WHERE {}",
+            "UPDATE {table} SET _sluice_job = ?1, _sluice_row = ?2 WHERE {ORG_COLUMN} = ?3 AND {}",
             key_where.join(" AND ")
         );
         let history_insert = (!history.is_empty()).then(|| {
             format!(
-                "INSERT INTO {} ({}, field, old_value, new_value, valid_from, valid_to, job_id) VALUES ({}, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO {} ({}, field, old_value, new_value, valid_from, valid_to, job_id, {ORG_COLUMN}) \
+                 VALUES ({}, ?, ?, ?, ?, ?, ?, ?)",
                 ident(&ds.history_table()),
                 key_cols.join(", "),
                 vec!["?"; key_cols.len()].join(", ")
@@ -277,6 +281,8 @@ pub struct SqliteSink {
     plan: Option<Plan>,
     /// A chunk job's parent: it receives the counts and row errors, and owns the stamps.
     parent: Option<i64>,
+    /// The organisation whose rows the job writes.
+    org: i64,
 }
 
 impl SqliteSink {
@@ -286,6 +292,7 @@ impl SqliteSink {
         lease: Lease,
         mode: Mode,
         parent: Option<i64>,
+        org: i64,
     ) -> Self {
         Self {
             conn,
@@ -294,6 +301,7 @@ impl SqliteSink {
             mode,
             plan: None,
             parent,
+            org,
         }
     }
 
@@ -328,6 +336,7 @@ impl BatchSink for SqliteSink {
             ds: &self.dataset,
             plan,
             job: owner,
+            org: self.org,
             mode: self.mode,
             now: now_text(),
         };
@@ -368,6 +377,7 @@ impl SqliteSink {
             ds: &self.dataset,
             plan,
             job: self.owner(),
+            org: self.org,
             mode: self.mode,
             now: now_text(),
         };
@@ -484,6 +494,7 @@ struct WriteCtx<'a> {
     ds: &'a Dataset,
     plan: &'a Plan,
     job: i64,
+    org: i64,
     mode: Mode,
     now: String,
 }
@@ -583,7 +594,8 @@ impl WriteCtx<'_> {
         for chunk in rows.chunks(LOOKUP_CHUNK) {
             let sql = self.plan.select_sql(chunk.len(), key.len());
             let mut stmt = tx.prepare_cached(&sql)?;
-            let mut idx = 1;
+            stmt.raw_bind_parameter(1, self.org)?;
+            let mut idx = 2;
             for &i in chunk {
                 let values = batch.row_values(i);
                 for &k in key {
@@ -639,7 +651,8 @@ impl WriteCtx<'_> {
                 stmt.raw_bind_parameter(idx + 1, batch.rows[*i] as i64)?;
                 stmt.raw_bind_parameter(idx + 2, &self.now)?;
                 stmt.raw_bind_parameter(idx + 3, &self.now)?;
-                idx += 4;
+                stmt.raw_bind_parameter(idx + 4, self.org)?;
+                idx += 5;
                 let old = match changed {
                     Some(_) => existing.get(&sql_key(values, &self.ds.key)),
                     None => None,
@@ -672,8 +685,9 @@ impl WriteCtx<'_> {
             let values = batch.row_values(i);
             stmt.raw_bind_parameter(1, self.job)?;
             stmt.raw_bind_parameter(2, batch.rows[i] as i64)?;
+            stmt.raw_bind_parameter(3, self.org)?;
             for (j, &k) in self.ds.key.iter().enumerate() {
-                stmt.raw_bind_parameter(j + 3, &values[k])?;
+                stmt.raw_bind_parameter(j + 4, &values[k])?;
             }
             stmt.raw_execute()?;
         }
@@ -713,6 +727,7 @@ impl WriteCtx<'_> {
                 stmt.raw_bind_parameter(idx + 3, &old.since[h])?;
                 stmt.raw_bind_parameter(idx + 4, &self.now)?;
                 stmt.raw_bind_parameter(idx + 5, self.job)?;
+                stmt.raw_bind_parameter(idx + 6, self.org)?;
                 stmt.raw_execute()?;
             }
         }

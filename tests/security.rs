@@ -120,6 +120,7 @@ const JOB_ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/api/v1/import/status/{id}", false),
     ("GET", "/api/v1/import/{id}/errors", false),
     ("GET", "/api/v1/import/{id}/errors?format=csv", false),
+    ("GET", "/api/v1/import/{id}/events", false),
     ("POST", "/api/v1/import/{id}/cancel", true),
     ("POST", "/api/v1/import/{id}/pause", true),
     ("POST", "/api/v1/import/{id}/resume", true),
@@ -144,10 +145,111 @@ fn method(m: &str) -> Method {
     Method::from_bytes(m.as_bytes()).expect("method")
 }
 
+/// The organisations, users and tokens every matrix runs with: acme (alice and bob, members;
+/// carol, admin) and other (mallory, admin); alice's tokens include a revoked one and one that
+/// expires 3 s after it was made.
+struct Cast {
+    acme: i64,
+    other: i64,
+    alice: i64,
+    bob: i64,
+    carol: i64,
+    alice_t: String,
+    alice_tid: i64,
+    bob_t: String,
+    carol_t: String,
+    mallory_t: String,
+    revoked_t: String,
+    revoked_id: i64,
+    expired_t: String,
+    expiry_starts: Instant,
+}
+
+async fn cast(app: &TestApp) -> Cast {
+    let acme = created(app, &["org", "create", "acme"]);
+    let other = created(app, &["org", "create", "other"]);
+    let (acme_s, other_s) = (acme.to_string(), other.to_string());
+    let alice = created(
+        app,
+        &[
+            "user", "create", "--org", "acme", "--name", "alice", "--role", "member",
+        ],
+    );
+    let bob = created(
+        app,
+        &[
+            "user", "create", "--org", &acme_s, "--name", "bob", "--role", "member",
+        ],
+    );
+    let carol = created(
+        app,
+        &[
+            "user", "create", "--org", "acme", "--name", "carol", "--role", "admin",
+        ],
+    );
+    let mallory = created(
+        app,
+        &[
+            "user", "create", "--org", &other_s, "--name", "mallory", "--role", "admin",
+        ],
+    );
+    let (alice_t, alice_tid) = token_for(app, alice, &[]);
+    let (bob_t, _) = token_for(app, bob, &["--expires", "30d"]);
+    let (carol_t, _) = token_for(app, carol, &[]);
+    let (mallory_t, _) = token_for(app, mallory, &[]);
+    let (revoked_t, revoked_id) = token_for(app, alice, &[]);
+    let (expired_t, _) = token_for(app, alice, &["--expires", "3s"]);
+    let expiry_starts = Instant::now();
+
+    // Both short-lived tokens work until they are revoked or expire.
+    for t in [&revoked_t, &expired_t] {
+        let (code, _) = call(app, Method::GET, "/api/v1/import/jobs", Auth::Bearer(t)).await;
+        assert_eq!(code, 200);
+    }
+    sluice(app, &["token", "revoke", &revoked_id.to_string()]);
+    Cast {
+        acme,
+        other,
+        alice,
+        bob,
+        carol,
+        alice_t,
+        alice_tid,
+        bob_t,
+        carol_t,
+        mallory_t,
+        revoked_t,
+        revoked_id,
+        expired_t,
+        expiry_starts,
+    }
+}
+
+/// Waits until the short-lived token made at `since` has expired.
+async fn until_expired(since: Instant) {
+    if let Some(left) = Duration::from_millis(3_300).checked_sub(since.elapsed()) {
+        tokio::time::sleep(left).await;
+    }
+}
+
 async fn every_route_refuses_every_attacker(backend: Backend) {
     let app = spawn(backend, &[]);
-    let acme = created(&app, &["org", "create", "acme"]);
-    let other = created(&app, &["org", "create", "other"]);
+    let Cast {
+        acme,
+        other,
+        alice,
+        bob,
+        carol,
+        alice_t,
+        alice_tid,
+        bob_t,
+        carol_t,
+        mallory_t,
+        revoked_t,
+        revoked_id,
+        expired_t,
+        expiry_starts,
+    } = cast(&app).await;
     // The same name again is refused.
     let dup = Command::new(binary())
         .args(["org", "create", "acme", "--data-dir"])
@@ -160,45 +262,6 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         .output()
         .expect("run sluice");
     assert!(!dup.status.success());
-    let (acme_s, other_s) = (acme.to_string(), other.to_string());
-    let alice = created(
-        &app,
-        &[
-            "user", "create", "--org", "acme", "--name", "alice", "--role", "member",
-        ],
-    );
-    let bob = created(
-        &app,
-        &[
-            "user", "create", "--org", &acme_s, "--name", "bob", "--role", "member",
-        ],
-    );
-    let carol = created(
-        &app,
-        &[
-            "user", "create", "--org", "acme", "--name", "carol", "--role", "admin",
-        ],
-    );
-    let mallory = created(
-        &app,
-        &[
-            "user", "create", "--org", &other_s, "--name", "mallory", "--role", "admin",
-        ],
-    );
-    let (alice_t, alice_tid) = token_for(&app, alice, &[]);
-    let (bob_t, _) = token_for(&app, bob, &["--expires", "30d"]);
-    let (carol_t, _) = token_for(&app, carol, &[]);
-    let (mallory_t, _) = token_for(&app, mallory, &[]);
-    let (revoked_t, revoked_id) = token_for(&app, alice, &[]);
-    let (expired_t, _) = token_for(&app, alice, &["--expires", "3s"]);
-    let expiry_starts = Instant::now();
-
-    // Both short-lived tokens work until they are revoked or expire.
-    for t in [&revoked_t, &expired_t] {
-        let (code, _) = call(&app, Method::GET, "/api/v1/import/jobs", Auth::Bearer(t)).await;
-        assert_eq!(code, 200);
-    }
-    sluice(&app, &["token", "revoke", &revoked_id.to_string()]);
 
     // Alice imports; one row is rejected.
     let job = upload_as(
@@ -219,9 +282,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
     let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
     assert_eq!(code, 404);
 
-    if let Some(left) = Duration::from_millis(3_300).checked_sub(expiry_starts.elapsed()) {
-        tokio::time::sleep(left).await;
-    }
+    until_expired(expiry_starts).await;
 
     let missing = 987_654;
     let mut cases = 0u32;
@@ -795,7 +856,264 @@ async fn an_organisations_limits_bound_its_uploads(backend: Backend) {
     assert_eq!(code, 202, "{body}");
 }
 
+/// What one attacker must get from an organisation-scoped route.
+enum Expect {
+    /// This status.
+    Code(u16),
+    /// 404 with exactly the body of the same route aimed at nothing (`missing_path`).
+    LooksMissing,
+}
+
+/// An organisation-scoped route: method, path aimed at acme's resource, path aimed at nothing,
+/// body, and what another organisation's admin and a member of acme get.
+struct ScopedRoute {
+    method: &'static str,
+    path: String,
+    missing_path: String,
+    body: Option<Vec<u8>>,
+    json: bool,
+    foreign: Expect,
+    member: Expect,
+}
+
+async fn send_raw(app: &TestApp, route: &ScopedRoute, path: &str, auth: Auth<'_>) -> (u16, String) {
+    let mut req = app.http.request(method(route.method), app.url(path));
+    if let Some(body) = &route.body {
+        req = req.body(body.clone());
+        if route.json {
+            req = req.header("content-type", "application/json");
+        }
+    }
+    req = match auth {
+        Auth::None => req,
+        Auth::Bearer(t) => req.bearer_auth(t),
+        Auth::Cookie(t) => req.header("cookie", format!("token={t}")),
+    };
+    let resp = req.send().await.expect("request");
+    (resp.status().as_u16(), resp.text().await.expect("body"))
+}
+
+/// Everything the global event stream sends within `for_ms` (it never ends by itself).
+async fn stream_text(app: &TestApp, token: &str, for_ms: u64) -> String {
+    let mut resp = app
+        .http
+        .get(app.url("/api/v1/events?after=0"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("open event stream");
+    assert_eq!(resp.status().as_u16(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(for_ms);
+    let mut text = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, resp.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+/// The routes that hold an organisation's things other than jobs — templates, previews with a
+/// template, webhooks and their deliveries, the global event stream — tried by the same five
+/// attackers as the job routes.
+async fn organisation_resources_refuse_every_attacker(backend: Backend) {
+    let app = spawn(backend, &[]);
+    let Cast {
+        alice_t,
+        bob_t,
+        carol_t,
+        mallory_t,
+        revoked_t,
+        expired_t,
+        expiry_starts,
+        ..
+    } = cast(&app).await;
+    // acme's things: a template, a webhook, a finished job.
+    let (code, text) = call_with(
+        &app,
+        Method::POST,
+        "/api/v1/datasets/items/templates",
+        Auth::Bearer(&carol_t),
+        Some(&serde_json::json!({"name": "acme-map", "mapping": {"Artikel": "code"}})),
+    )
+    .await;
+    assert_eq!(code, 201, "{text}");
+    let (code, hook) = call_with(
+        &app,
+        Method::POST,
+        "/api/v1/webhooks",
+        Auth::Bearer(&carol_t),
+        Some(&serde_json::json!({"url": "http://127.0.0.1:9/acme-hook"})),
+    )
+    .await;
+    assert_eq!(code, 201, "{hook}");
+    let hook: Value = serde_json::from_str(&hook).expect("json");
+    let hook = hook["data"]["id"].as_i64().expect("webhook id");
+    let job = upload_as(&app, &alice_t, "a.csv", "code,qty,name\nA1,1,x\n").await;
+    wait_done_as(&app, &alice_t, job).await;
+    until_expired(expiry_starts).await;
+
+    let json_body = |v: Value| Some(v.to_string().into_bytes());
+    let routes = [
+        ScopedRoute {
+            method: "GET",
+            path: "/api/v1/datasets/items/templates".into(),
+            missing_path: String::new(),
+            body: None,
+            json: false,
+            foreign: Expect::Code(200),
+            member: Expect::Code(200),
+        },
+        ScopedRoute {
+            method: "POST",
+            path: "/api/v1/import/items/preview?template=acme-map&filename=p.csv".into(),
+            missing_path: String::new(),
+            body: Some(b"Artikel,qty\nP1,1\n".to_vec()),
+            json: false,
+            foreign: Expect::Code(400),
+            member: Expect::Code(200),
+        },
+        ScopedRoute {
+            method: "POST",
+            path: "/api/v1/datasets/items/templates".into(),
+            missing_path: String::new(),
+            body: json_body(serde_json::json!({"name": "acme-map", "mapping": {"X": "code"}})),
+            json: true,
+            foreign: Expect::Code(201),
+            member: Expect::Code(201),
+        },
+        ScopedRoute {
+            method: "GET",
+            path: "/api/v1/webhooks".into(),
+            missing_path: String::new(),
+            body: None,
+            json: false,
+            foreign: Expect::Code(200),
+            member: Expect::Code(403),
+        },
+        ScopedRoute {
+            method: "POST",
+            path: "/api/v1/webhooks".into(),
+            missing_path: String::new(),
+            body: json_body(serde_json::json!({"url": "http://127.0.0.1:9/other-hook"})),
+            json: true,
+            foreign: Expect::Code(201),
+            member: Expect::Code(403),
+        },
+        ScopedRoute {
+            method: "GET",
+            path: format!("/api/v1/webhooks/{hook}/deliveries"),
+            missing_path: "/api/v1/webhooks/987654/deliveries".into(),
+            body: None,
+            json: false,
+            foreign: Expect::LooksMissing,
+            member: Expect::Code(403),
+        },
+        ScopedRoute {
+            method: "DELETE",
+            path: format!("/api/v1/webhooks/{hook}"),
+            missing_path: "/api/v1/webhooks/987654".into(),
+            body: None,
+            json: false,
+            foreign: Expect::LooksMissing,
+            member: Expect::Code(403),
+        },
+    ];
+    let mut cases = 0u32;
+    for route in &routes {
+        let (m, path) = (route.method, route.path.as_str());
+        for auth in [
+            Auth::None,
+            Auth::Bearer(&expired_t),
+            Auth::Cookie(&revoked_t),
+        ] {
+            let (code, text) = send_raw(&app, route, path, auth).await;
+            assert_eq!(code, 401, "{m} {path} with {auth:?}: {text}");
+            cases += 1;
+        }
+        for (who, token, expect) in [
+            ("another organisation", &mallory_t, &route.foreign),
+            ("a member", &bob_t, &route.member),
+        ] {
+            let (code, text) = send_raw(&app, route, path, Auth::Bearer(token)).await;
+            match expect {
+                Expect::Code(want) => assert_eq!(code, *want, "{m} {path} by {who}: {text}"),
+                Expect::LooksMissing => {
+                    let (_, missing) =
+                        send_raw(&app, route, &route.missing_path, Auth::Bearer(token)).await;
+                    assert_eq!(code, 404, "{m} {path} by {who}: {text}");
+                    assert_eq!(
+                        text, missing,
+                        "{m} {path}: acme's webhook must look missing"
+                    );
+                }
+            }
+            // Nothing of acme's shows in another organisation's answers.
+            if token == &mallory_t {
+                assert!(
+                    !text.contains("acme-hook") && !text.contains("\"Artikel\""),
+                    "{m} {path} leaks acme's things to another organisation: {text}"
+                );
+            }
+            cases += 1;
+        }
+    }
+    // The global event stream: 401 without a valid token; another organisation's stream holds
+    // none of acme's jobs, a member's holds them.
+    for auth in [
+        Auth::None,
+        Auth::Bearer(&expired_t),
+        Auth::Cookie(&revoked_t),
+    ] {
+        let (code, text) = call(&app, Method::GET, "/api/v1/events", auth).await;
+        assert_eq!(code, 401, "events with {auth:?}: {text}");
+        cases += 1;
+    }
+    let needle = format!("\"jobId\":{job}");
+    let foreign = stream_text(&app, &mallory_t, 1_000).await;
+    assert!(foreign.contains("event: ready"), "{foreign}");
+    assert!(!foreign.contains(&needle), "{foreign}");
+    let member = stream_text(&app, &bob_t, 1_000).await;
+    assert!(member.contains(&needle), "{member}");
+    cases += 2;
+
+    // acme's things are as they were: one template with its own mapping, the webhook (carol's
+    // and bob's attempts were refused; mallory's template and webhook are mallory's).
+    let (_, list) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/datasets/items/templates",
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    let list = list["data"]["templates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(
+        list[0]["mapping"],
+        serde_json::json!({"X": "code"}),
+        "bob saved over it"
+    );
+    let (_, hooks) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/webhooks",
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    let hooks = hooks["data"]["webhooks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    assert_eq!(hooks[0]["id"], hook);
+
+    println!("organisation-resource route × attacker cases tried: {cases}");
+    assert_eq!(cases, ((routes.len() + 1) * 5) as u32);
+}
+
 conformance!(
+    organisation_resources_refuse_every_attacker,
     events_and_webhooks_stay_inside_the_organisation,
     an_organisations_limits_bound_its_uploads,
     every_response_carries_security_headers,

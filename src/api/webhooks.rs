@@ -52,7 +52,13 @@ fn parse_webhook_id(id: &str) -> Result<i64, ApiError> {
     id.parse::<i64>()
         .ok()
         .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::NotFound(format!("no webhook with id `{id}`")))
+        .ok_or_else(webhook_not_found)
+}
+
+/// The answer for a webhook the caller cannot see: a missing one and another organisation's are
+/// told apart by nothing, not even the id echoed back.
+fn webhook_not_found() -> ApiError {
+    ApiError::NotFound("no such webhook".into())
 }
 
 /// `POST /api/v1/webhooks {url, events}` → 201 with the signing secret (shown only here).
@@ -135,7 +141,7 @@ pub async fn delete(
         .any(|h| h.id == id)
         || !state.jobs.store_call(move |s| s.webhook_delete(id)).await?
     {
-        return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
+        return Err(webhook_not_found());
     }
     Ok(Json(
         json!({"success": true, "message": format!("webhook {id} deleted")}),
@@ -163,7 +169,7 @@ pub async fn deliveries(
     let (limit, offset) = (number("limit", 50)?.min(1000), number("offset", 0)?);
     let hooks = org_webhooks(&state, &caller).await?;
     if !hooks.iter().any(|h| h.id == id) {
-        return Err(ApiError::NotFound(format!("no webhook with id `{id}`")));
+        return Err(webhook_not_found());
     }
     let (list, total) = state
         .jobs

@@ -6,8 +6,9 @@
 //! other job answers exactly like a missing one), and controls a job only as its creator or as
 //! an admin of its organisation ([`Caller::controls`]).
 //!
-//! Tokens are looked up by the hash of what the client sent, in a unique index: no secret is
-//! compared byte by byte in Rust, so there is no early-exit comparison to time.
+//! Tokens are looked up by the SHA-256 of what the client sent, in a unique index, and the hash
+//! found is then confirmed against the one computed with a constant-time comparison
+//! ([`same_secret`]), so neither step has an early exit that depends on a valid token's bytes.
 
 use std::sync::Arc;
 
@@ -84,6 +85,15 @@ impl Caller {
     }
 }
 
+/// Whether two secrets are equal, in time that depends only on their lengths.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 pub fn hash_token(token: &str) -> String {
     Sha256::digest(token.as_bytes())
         .iter()
@@ -132,11 +142,28 @@ pub async fn require_token(
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized)?;
     let hash = hash_token(&token);
+    let lookup = hash.clone();
     let principal = state
         .jobs
-        .store_call(move |s| s.token_find(&hash))
+        .store_call(move |s| s.token_find(&lookup))
         .await?
+        .filter(|p| same_secret(p.token_hash.as_bytes(), hash.as_bytes()))
         .ok_or(ApiError::Unauthorized)?;
     req.extensions_mut().insert(Caller::from(principal));
     Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_secret_is_equality() {
+        let h = hash_token("slc_a");
+        assert!(same_secret(h.as_bytes(), hash_token("slc_a").as_bytes()));
+        assert!(!same_secret(h.as_bytes(), hash_token("slc_b").as_bytes()));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(same_secret(b"", b""));
+    }
 }

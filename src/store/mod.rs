@@ -329,9 +329,11 @@ impl std::str::FromStr for Role {
 }
 
 /// Who a live token speaks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub token_id: i64,
+    /// The stored hash the token was found by; the caller confirms it in constant time.
+    pub token_hash: String,
     pub user_id: i64,
     pub org_id: i64,
     pub role: Role,

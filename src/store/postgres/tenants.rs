@@ -134,13 +134,14 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
             "UPDATE tokens t SET last_used_at = now() FROM users u JOIN orgs o ON o.id = u.org_id \
              WHERE u.id = t.user_id AND t.token_hash = $1 AND t.revoked_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > now()) \
-             RETURNING t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows",
+             RETURNING t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows, t.token_hash",
             &[&token_hash],
         )
         .map_err(pg_err)?;
     row.map(|r| {
         Ok(Principal {
             token_id: r.get(0),
+            token_hash: r.get(6),
             user_id: r.get(1),
             org_id: r.get(2),
             role: role(r.get(3))?,

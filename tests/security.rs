@@ -917,11 +917,14 @@ async fn stream_text(app: &TestApp, token: &str, for_ms: u64) -> String {
 async fn organisation_resources_refuse_every_attacker(backend: Backend) {
     let app = spawn(backend, &[]);
     let Cast {
+        acme,
+        alice,
         alice_t,
         bob_t,
         carol_t,
         mallory_t,
         revoked_t,
+        revoked_id,
         expired_t,
         expiry_starts,
         ..
@@ -1000,6 +1003,24 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
         },
         ScopedRoute {
             method: "GET",
+            path: "/api/v1/admin/users".into(),
+            missing_path: String::new(),
+            body: None,
+            json: false,
+            foreign: Expect::Code(200),
+            member: Expect::Code(403),
+        },
+        ScopedRoute {
+            method: "GET",
+            path: "/api/v1/admin/tokens".into(),
+            missing_path: String::new(),
+            body: None,
+            json: false,
+            foreign: Expect::Code(200),
+            member: Expect::Code(403),
+        },
+        ScopedRoute {
+            method: "GET",
             path: format!("/api/v1/webhooks/{hook}/deliveries"),
             missing_path: "/api/v1/webhooks/987654/deliveries".into(),
             body: None,
@@ -1049,7 +1070,9 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
             // Nothing of acme's shows in another organisation's answers.
             if token == &mallory_t {
                 assert!(
-                    !text.contains("acme-hook") && !text.contains("\"Artikel\""),
+                    !["acme-hook", "\"Artikel\"", "alice", "carol"]
+                        .iter()
+                        .any(|acme_thing| text.contains(acme_thing)),
                     "{m} {path} leaks acme's things to another organisation: {text}"
                 );
             }
@@ -1107,6 +1130,79 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
         .unwrap_or_default();
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert_eq!(hooks[0]["id"], hook);
+
+    // An admin lists the organisation's users and tokens: their state, never the secrets.
+    let (_, users) = call_json(
+        &app,
+        Method::GET,
+        "/api/v1/admin/users",
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    let names: Vec<&str> = users["data"]["users"]
+        .as_array()
+        .map(|u| u.iter().filter_map(|u| u["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, ["alice", "bob", "carol"], "{users}");
+    let (code, text) = call(
+        &app,
+        Method::GET,
+        "/api/v1/admin/tokens",
+        Auth::Bearer(&carol_t),
+    )
+    .await;
+    assert_eq!(code, 200, "{text}");
+    assert!(!text.contains("slc_") && !text.contains("Hash"), "{text}");
+    let tokens: Value = serde_json::from_str(&text).expect("json");
+    let tokens = tokens["data"]["tokens"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let of_alice: Vec<&Value> = tokens.iter().filter(|t| t["userId"] == alice).collect();
+    assert_eq!(of_alice.len(), 3, "{text}");
+    let revoked = tokens
+        .iter()
+        .find(|t| t["id"] == revoked_id)
+        .expect("revoked token");
+    assert!(revoked["revokedAt"].is_string(), "{revoked}");
+    assert!(
+        of_alice.iter().any(|t| t["expiresAt"].is_string()),
+        "{text}"
+    );
+    assert!(
+        of_alice.iter().all(|t| t["lastUsedAt"].is_string()),
+        "all were used: {text}"
+    );
+    assert!(tokens.iter().all(|t| t["orgId"] == acme), "{text}");
+    // The same from the command line, with each token's state.
+    let (listed, _) = sluice(&app, &["token", "list", "--org", "acme"]);
+    let states: Vec<(String, String)> = listed
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[1].to_string(), f[3].to_string())
+        })
+        .collect();
+    let alice_s = alice.to_string();
+    let mut alices: Vec<&str> = states
+        .iter()
+        .filter(|(u, _)| *u == alice_s)
+        .map(|(_, s)| s.as_str())
+        .collect();
+    alices.sort_unstable();
+    assert_eq!(alices, ["expired", "live", "revoked"], "{listed}");
+    assert!(!listed.contains("slc_"), "{listed}");
+    let (listed, _) = sluice(&app, &["user", "list", "--org", "other"]);
+    assert!(
+        listed.contains("mallory") && !listed.contains("alice"),
+        "{listed}"
+    );
+    let (listed, _) = sluice(&app, &["org", "list"]);
+    assert!(
+        listed.contains("\tacme\t") && listed.contains("\tdefault\t"),
+        "{listed}"
+    );
 
     println!("organisation-resource route × attacker cases tried: {cases}");
     assert_eq!(cases, ((routes.len() + 1) * 5) as u32);

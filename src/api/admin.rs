@@ -1,6 +1,6 @@
 //! Admin routes: users and API tokens of the caller's own organisation (admins only).
 //!
-//! The same operations as `sluice user create`, `sluice token create` and `sluice token revoke`,
+//! The same operations as `sluice user create|list`, `sluice token create|list|revoke`,
 //! confined to the organisation of the admin's token: a user or token of another organisation
 //! answers 404 like one that does not exist. Creating organisations stays on the command line.
 
@@ -40,6 +40,35 @@ fn body<T>(
     payload
         .map(|Json(v)| v)
         .map_err(|e| ApiError::bad("invalid_body", e.body_text()))
+}
+
+/// `GET /api/v1/admin/users`: the users of the admin's organisation.
+pub async fn user_list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.require_admin()?;
+    let org = caller.org_id;
+    let users = state
+        .jobs
+        .store_call(move |s| s.user_list(Some(org)))
+        .await?;
+    Ok(Json(json!({"success": true, "data": {"users": users}})))
+}
+
+/// `GET /api/v1/admin/tokens`: the tokens of the admin's organisation, newest first, with
+/// their user, label, expiry, last use and revocation — never the token itself.
+pub async fn token_list(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<JsonValue>, ApiError> {
+    caller.require_admin()?;
+    let org = caller.org_id;
+    let tokens = state
+        .jobs
+        .store_call(move |s| s.token_list(Some(org)))
+        .await?;
+    Ok(Json(json!({"success": true, "data": {"tokens": tokens}})))
 }
 
 /// `POST /api/v1/admin/users {name, role}`: a user in the admin's organisation.

@@ -71,8 +71,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(preview::templates).post(preview::save_template),
         )
         .route("/api/v1/audit", get(audit::list))
-        .route("/api/v1/admin/users", post(admin::user_create))
-        .route("/api/v1/admin/tokens", post(admin::token_create))
+        .route(
+            "/api/v1/admin/users",
+            post(admin::user_create).get(admin::user_list),
+        )
+        .route(
+            "/api/v1/admin/tokens",
+            post(admin::token_create).get(admin::token_list),
+        )
         .route(
             "/api/v1/admin/tokens/{id}",
             axum::routing::delete(admin::token_revoke),

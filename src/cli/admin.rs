@@ -20,6 +20,25 @@ pub enum OrgCommand {
     Create(OrgCreateArgs),
     /// Set (or, when a flag is left out, clear) an organisation's upload limits.
     Limits(OrgLimitsArgs),
+    /// List organisations: id, name and limits, tab-separated under a header line.
+    List(StorageOnly),
+}
+
+/// A command that needs only the database.
+#[derive(Args)]
+pub struct StorageOnly {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Which organisation's users or tokens to list.
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only this organisation (its name or its id); default: all.
+    #[arg(long)]
+    pub org: Option<String>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Args)]
@@ -75,6 +94,8 @@ fn org_id(s: &dyn JobStore, org: &str) -> Result<i64, String> {
 pub enum UserCommand {
     /// Create a user in an organisation; prints its id.
     Create(UserCreateArgs),
+    /// List users: id, organisation, name and role, tab-separated under a header line.
+    List(ListArgs),
 }
 
 #[derive(Args)]
@@ -99,6 +120,10 @@ pub enum TokenCommand {
     Create(TokenCreateArgs),
     /// Revoke a token by its id: it answers 401 from now on.
     Revoke(TokenRevokeArgs),
+    /// List tokens, newest first: id, user, organisation, state (live, expired, revoked),
+    /// created, expires, last used and label, tab-separated under a header line. Never the
+    /// tokens themselves.
+    List(ListArgs),
 }
 
 #[derive(Args)]
@@ -178,12 +203,52 @@ pub async fn org(cmd: OrgCommand) -> CliResult {
             println!("{id}");
             eprintln!("sluice: set the limits of organisation {id}: {limits:?}");
         }
+        OrgCommand::List(args) => {
+            let orgs = with_store(args.storage, |s| s.org_list().map_err(store_err)).await?;
+            println!("id\tname\tmax_upload_mb\tmax_rows");
+            for o in orgs {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    o.id,
+                    o.name,
+                    o.limits
+                        .max_upload_bytes
+                        .map_or("-".into(), |b| (b / (1024 * 1024)).to_string()),
+                    o.limits.max_rows.map_or("-".into(), |n| n.to_string()),
+                );
+            }
+        }
     }
     Ok(())
 }
 
+/// The organisation named by `--org`, if any.
+fn org_filter(s: &dyn JobStore, org: Option<&str>) -> Result<Option<i64>, String> {
+    org.map(|o| org_id(s, o.trim())).transpose()
+}
+
+/// A time as the list commands print it; `-` for none.
+fn when(t: Option<chrono::DateTime<Utc>>) -> String {
+    t.map_or("-".into(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
 pub async fn user(cmd: UserCommand) -> CliResult {
-    let UserCommand::Create(args) = cmd;
+    let args = match cmd {
+        UserCommand::Create(args) => args,
+        UserCommand::List(args) => {
+            let org = args.org;
+            let users = with_store(args.storage, move |s| {
+                let org = org_filter(s, org.as_deref())?;
+                s.user_list(org).map_err(store_err)
+            })
+            .await?;
+            println!("id\torg\tname\trole");
+            for u in users {
+                println!("{}\t{}\t{}\t{}", u.id, u.org_id, u.name, u.role.as_str());
+            }
+            return Ok(());
+        }
+    };
     let name = args.name.trim().to_string();
     if name.is_empty() {
         return Err("a user needs a name".into());
@@ -272,6 +337,37 @@ pub async fn token(cmd: TokenCommand) -> CliResult {
             .await?;
             println!("{id}");
             eprintln!("sluice: revoked token {id}");
+            Ok(())
+        }
+        TokenCommand::List(args) => {
+            let org = args.org;
+            let tokens = with_store(args.storage, move |s| {
+                let org = org_filter(s, org.as_deref())?;
+                s.token_list(org).map_err(store_err)
+            })
+            .await?;
+            let now = Utc::now();
+            println!("id\tuser\torg\tstate\tcreated\texpires\tlast_used\tlabel");
+            for t in tokens {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.expires_at.is_some_and(|e| e <= now) {
+                    "expired"
+                } else {
+                    "live"
+                };
+                let id_or_dash = |n: Option<i64>| n.map_or("-".into(), |n| n.to_string());
+                println!(
+                    "{}\t{}\t{}\t{state}\t{}\t{}\t{}\t{}",
+                    t.id,
+                    id_or_dash(t.user_id),
+                    id_or_dash(t.org_id),
+                    when(Some(t.created_at)),
+                    when(t.expires_at),
+                    when(t.last_used_at),
+                    t.label.replace(['\t', '\n'], " "),
+                );
+            }
             Ok(())
         }
     }

@@ -349,8 +349,32 @@ pub struct OrgLimits {
     pub max_rows: Option<u64>,
 }
 
-/// A user as stored.
+/// An organisation as listed for operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Org {
+    pub id: i64,
+    pub name: String,
+    pub limits: OrgLimits,
+}
+
+/// An API token as admins see it: never the token, nor its hash.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub user_name: Option<String>,
+    pub org_id: Option<i64>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: i64,
     pub org_id: i64,
@@ -520,6 +544,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// Creates a user; `None` when the organisation already has a user of this name.
     fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>>;
     fn user_get(&self, id: i64) -> StoreResult<Option<User>>;
+    /// Every organisation, by id.
+    fn org_list(&self) -> StoreResult<Vec<Org>>;
+    /// The users of one organisation (`None`: of all), by id.
+    fn user_list(&self, org_id: Option<i64>) -> StoreResult<Vec<User>>;
+    /// The tokens of one organisation (`None`: of all), newest first; revoked ones included.
+    fn token_list(&self, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>>;
     /// The first admin user of the oldest organisation (the one the start-up token acts as).
     fn user_first_admin(&self) -> StoreResult<Option<i64>>;
 

@@ -13,7 +13,7 @@ use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
-use crate::store::{AuditEntry, AuditRecord, OrgLimits, Principal, Role, User};
+use crate::store::{AuditEntry, AuditRecord, Org, OrgLimits, Principal, Role, TokenInfo, User};
 use crate::store::{
     Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
     Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
@@ -142,6 +142,18 @@ impl JobStore for PgStore {
 
     fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
         super::tenants::user_get(&mut *self.conn()?, id)
+    }
+
+    fn org_list(&self) -> StoreResult<Vec<Org>> {
+        super::tenants::org_list(&mut *self.conn()?)
+    }
+
+    fn user_list(&self, org_id: Option<i64>) -> StoreResult<Vec<User>> {
+        super::tenants::user_list(&mut *self.conn()?, org_id)
+    }
+
+    fn token_list(&self, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>> {
+        super::tenants::token_list(&mut *self.conn()?, org_id)
     }
 
     fn user_first_admin(&self) -> StoreResult<Option<i64>> {

@@ -6,7 +6,8 @@ use postgres::error::SqlState;
 
 use super::pg_err;
 use crate::store::{
-    AuditEntry, AuditRecord, OrgLimits, Principal, Role, StoreError, StoreResult, User,
+    AuditEntry, AuditRecord, Org, OrgLimits, Principal, Role, StoreError, StoreResult, TokenInfo,
+    User,
 };
 
 fn role(s: &str) -> StoreResult<Role> {
@@ -89,6 +90,65 @@ pub(super) fn user_get(c: &mut Client, id: i64) -> StoreResult<Option<User>> {
         })
     })
     .transpose()
+}
+
+pub(super) fn org_list(c: &mut Client) -> StoreResult<Vec<Org>> {
+    Ok(c.query(
+        "SELECT id, name, max_upload_bytes, max_rows FROM orgs ORDER BY id",
+        &[],
+    )
+    .map_err(pg_err)?
+    .iter()
+    .map(|r| Org {
+        id: r.get(0),
+        name: r.get(1),
+        limits: OrgLimits {
+            max_upload_bytes: from_db(r.get(2)),
+            max_rows: from_db(r.get(3)),
+        },
+    })
+    .collect())
+}
+
+pub(super) fn user_list(c: &mut Client, org_id: Option<i64>) -> StoreResult<Vec<User>> {
+    c.query(
+        "SELECT id, org_id, name, role FROM users WHERE $1::BIGINT IS NULL OR org_id = $1 ORDER BY id",
+        &[&org_id],
+    )
+    .map_err(pg_err)?
+    .iter()
+    .map(|r| {
+        Ok(User {
+            id: r.get(0),
+            org_id: r.get(1),
+            name: r.get(2),
+            role: role(r.get(3))?,
+        })
+    })
+    .collect()
+}
+
+pub(super) fn token_list(c: &mut Client, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>> {
+    Ok(c.query(
+        "SELECT t.id, t.user_id, u.name, u.org_id, t.label, t.created_at, t.expires_at, \
+             t.last_used_at, t.revoked_at FROM tokens t LEFT JOIN users u ON u.id = t.user_id \
+             WHERE $1::BIGINT IS NULL OR u.org_id = $1 ORDER BY t.id DESC",
+        &[&org_id],
+    )
+    .map_err(pg_err)?
+    .iter()
+    .map(|r| TokenInfo {
+        id: r.get(0),
+        user_id: r.get(1),
+        user_name: r.get(2),
+        org_id: r.get(3),
+        label: r.get(4),
+        created_at: r.get(5),
+        expires_at: r.get(6),
+        last_used_at: r.get(7),
+        revoked_at: r.get(8),
+    })
+    .collect())
 }
 
 pub(super) fn user_first_admin(c: &mut Client) -> StoreResult<Option<i64>> {

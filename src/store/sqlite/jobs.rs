@@ -10,7 +10,7 @@ use crate::dataset::{Dataset, Datasets};
 use crate::import::SourceOptions;
 use crate::import::{BatchSink, Mode};
 use crate::store::Replacement;
-use crate::store::{AuditEntry, AuditRecord, OrgLimits, Principal, Role, User};
+use crate::store::{AuditEntry, AuditRecord, Org, OrgLimits, Principal, Role, TokenInfo, User};
 use crate::store::{
     Control, Controlled, Delivery, DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord,
     Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery,
@@ -172,6 +172,18 @@ impl JobStore for SqliteStore {
 
     fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
         super::tenants::user_get(&*self.conn()?, id)
+    }
+
+    fn org_list(&self) -> StoreResult<Vec<Org>> {
+        super::tenants::org_list(&*self.conn()?)
+    }
+
+    fn user_list(&self, org_id: Option<i64>) -> StoreResult<Vec<User>> {
+        super::tenants::user_list(&*self.conn()?, org_id)
+    }
+
+    fn token_list(&self, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>> {
+        super::tenants::token_list(&*self.conn()?, org_id)
     }
 
     fn user_first_admin(&self) -> StoreResult<Option<i64>> {

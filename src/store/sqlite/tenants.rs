@@ -9,7 +9,8 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use super::db_err;
 use super::jobs::now_text;
 use crate::store::{
-    AuditEntry, AuditRecord, OrgLimits, Principal, Role, StoreError, StoreResult, User,
+    AuditEntry, AuditRecord, Org, OrgLimits, Principal, Role, StoreError, StoreResult, TokenInfo,
+    User,
 };
 
 fn text(t: DateTime<Utc>) -> String {
@@ -106,6 +107,87 @@ pub(super) fn user_get(conn: &Connection, id: i64) -> StoreResult<Option<User>> 
         })
     })
     .transpose()
+}
+
+/// A stored RFC 3339 time; `None` for NULL (or text that is not one).
+fn stored_time(s: Option<String>) -> Option<DateTime<Utc>> {
+    s.and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|d| d.to_utc())
+}
+
+pub(super) fn org_list(conn: &Connection) -> StoreResult<Vec<Org>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id, name, max_upload_bytes, max_rows FROM orgs ORDER BY id")
+        .map_err(db_err)?;
+    stmt.query_map([], |r| {
+        Ok(Org {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            limits: OrgLimits {
+                max_upload_bytes: from_db(r.get(2)?),
+                max_rows: from_db(r.get(3)?),
+            },
+        })
+    })
+    .map_err(db_err)?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(db_err)
+}
+
+pub(super) fn user_list(conn: &Connection, org_id: Option<i64>) -> StoreResult<Vec<User>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, org_id, name, role FROM users WHERE ?1 IS NULL OR org_id = ?1 ORDER BY id",
+        )
+        .map_err(db_err)?;
+    let rows = stmt
+        .query_map([org_id], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(db_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+    rows.into_iter()
+        .map(|(id, org_id, name, r)| {
+            Ok(User {
+                id,
+                org_id,
+                name,
+                role: role(r)?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn token_list(conn: &Connection, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT t.id, t.user_id, u.name, u.org_id, t.label, t.created_at, t.expires_at, \
+             t.last_used_at, t.revoked_at FROM tokens t LEFT JOIN users u ON u.id = t.user_id \
+             WHERE ?1 IS NULL OR u.org_id = ?1 ORDER BY t.id DESC",
+        )
+        .map_err(db_err)?;
+    stmt.query_map([org_id], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            user_id: r.get(1)?,
+            user_name: r.get(2)?,
+            org_id: r.get(3)?,
+            label: r.get(4)?,
+            created_at: stored_time(r.get(5)?).unwrap_or_default(),
+            expires_at: stored_time(r.get(6)?),
+            last_used_at: stored_time(r.get(7)?),
+            revoked_at: stored_time(r.get(8)?),
+        })
+    })
+    .map_err(db_err)?
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(db_err)
 }
 
 pub(super) fn user_first_admin(conn: &Connection) -> StoreResult<Option<i64>> {

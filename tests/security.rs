@@ -278,6 +278,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         done["userId"], alice,
         "the job records who started it: {done}"
     );
+    assert_eq!(done["userName"], "alice", "{done}");
     // The admin of the default organisation does not see it either.
     let (code, _) = app.get_json(&format!("/api/v1/import/status/{job}")).await;
     assert_eq!(code, 404);

@@ -112,6 +112,7 @@ pub fn job_json(job: &Job) -> JsonValue {
         "fileRetained": !job.blob_deleted,
         // Who started it: the user, inside the caller's own organisation.
         "userId": job.user_id,
+        "userName": job.user_name,
     });
     if let Some(total) = job.chunks_total {
         data["chunks"] = json!({"total": total, "completed": job.chunks_completed});

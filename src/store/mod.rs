@@ -192,8 +192,9 @@ pub struct Job {
     pub chunks_completed: u32,
     /// The organisation the job belongs to (`None`: an unmigrated row no organisation sees).
     pub org_id: Option<i64>,
-    /// The user who started it.
+    /// The user who started it, and their name.
     pub user_id: Option<i64>,
+    pub user_name: Option<String>,
 }
 
 /// The column of every dataset table (and its history and staging tables) that names the

@@ -319,7 +319,7 @@ function renderJob(job) {
   $('#job-progress').replaceChildren(progressBar(job), el('div', { class: 'stats', text: statsLine(job) }));
   const r = job.results || job;
   const facts = [
-    ['Dataset', job.dataset], ['Created', fmt(r.createdCount)], ['Updated', fmt(r.updatedCount)],
+    ['Dataset', job.dataset], ['Started by', job.userName || '—'], ['Created', fmt(r.createdCount)], ['Updated', fmt(r.updatedCount)],
     ['Unchanged', fmt(r.unchangedCount)], ['Rejected', fmt(r.errorCount)],
     ['Started', when(job.startedAt)], ['Finished', when(job.completedAt)],
     ['Elapsed', duration(elapsedSeconds(job))],

@@ -20,7 +20,8 @@ use crate::store::{
 const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
-    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed, org_id, user_id";
+    retry_of, blob_deleted_at, parent_id, chunk_index, chunks_total, chunks_completed, org_id, user_id, \
+    (SELECT name FROM users WHERE users.id = jobs.user_id)";
 
 pub(super) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -99,6 +100,7 @@ fn raw_job(r: &Row<'_>) -> rusqlite::Result<RawJob> {
             chunks_completed: r.get::<_, i64>(32)? as u32,
             org_id: r.get(33)?,
             user_id: r.get(34)?,
+            user_name: r.get(35)?,
         },
     })
 }

@@ -369,7 +369,60 @@ fn items_of(app: &TestApp) -> Vec<(i64, String, Option<i64>)> {
         .collect()
 }
 
+/// The same file in two organisations is two unrelated uploads: neither blocks the other's upload
+/// or retry, and no answer names the other organisation's job.
+async fn another_organisations_upload_of_the_same_file_stays_out_of_sight(backend: Backend) {
+    // No workers: jobs stay where the test puts them.
+    let app = spawn_app(AppOptions {
+        backend,
+        datasets: Some(ITEMS.into()),
+        workers: 0,
+        ..Default::default()
+    });
+    let (_, acme_t) = org_with_admin(&app, "acme");
+    let (_, other_t) = org_with_admin(&app, "other");
+    let file = "code,qty,name\nS1,1,same\n";
+    let (code, body) = upload(&app, &acme_t, "", file, &[]).await;
+    assert_eq!(code, 202, "{body}");
+    let acme_job = job_id(&body);
+    let act = |token: &str, path: String| {
+        app.http
+            .post(app.url(&path))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    let (code, body) = json_of(
+        act(&acme_t, format!("/api/v1/import/{acme_job}/cancel"))
+            .await
+            .expect("cancel"),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = upload(&app, &other_t, "", file, &[]).await;
+    assert_eq!(code, 202, "not a duplicate of acme's upload: {body}");
+    let other_job = job_id(&body);
+    let (code, body) = json_of(
+        act(&acme_t, format!("/api/v1/import/{acme_job}/retry"))
+            .await
+            .expect("retry"),
+    )
+    .await;
+    assert_eq!(
+        code, 200,
+        "other's active upload must not block acme's retry: {body}"
+    );
+    assert!(
+        !body.to_string().contains(&format!("job {other_job}")),
+        "{body}"
+    );
+    // Within one organisation the duplicate is still caught, naming its own job.
+    let (code, body) = upload(&app, &acme_t, "", file, &[]).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["jobId"], acme_job, "{body}");
+}
+
 conformance!(
+    another_organisations_upload_of_the_same_file_stays_out_of_sight,
     each_organisation_has_its_own_rows,
     tables_from_before_organisations_keep_their_rows,
     mapping_templates_belong_to_their_organisation,

@@ -90,7 +90,7 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
                 let twin = tx
                     .query_opt(
                         "SELECT b.id FROM jobs a JOIN jobs b ON b.dataset = a.dataset AND b.sha256 = a.sha256 \
-                         AND b.id != a.id WHERE a.id = $1 AND b.status IN ('pending', 'processing', 'paused')",
+                         AND b.org_id IS NOT DISTINCT FROM a.org_id AND b.id != a.id WHERE a.id = $1 AND b.status IN ('pending', 'processing', 'paused')",
                         &[&id],
                     )
                     .map_err(pg_err)?;

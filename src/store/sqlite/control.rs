@@ -133,10 +133,12 @@ pub(super) fn control(
     Ok(result)
 }
 
-/// Another active job of the same file and dataset.
+/// Another active job of the same file and dataset in the same organisation (another
+/// organisation's is none of its business, and its id must not show).
 fn active_twin(conn: &Connection, id: JobId) -> StoreResult<Option<JobId>> {
     conn.query_row(
-        "SELECT b.id FROM jobs a JOIN jobs b ON b.dataset = a.dataset AND b.sha256 = a.sha256 AND b.id != a.id \
+        "SELECT b.id FROM jobs a JOIN jobs b ON b.dataset = a.dataset AND b.sha256 = a.sha256 \
+         AND b.org_id IS a.org_id AND b.id != a.id \
          WHERE a.id = ?1 AND b.status IN ('pending', 'processing', 'paused')",
         [id],
         |r| r.get(0),

@@ -103,8 +103,12 @@ impl Plan {
         let table = ident(&ds.table);
         let name = |i: usize| ident(&ds.fields[i].name);
         let keys: Vec<String> = ds.key.iter().map(|&k| name(k)).collect();
-        let join = keys
-            .iter()
+        // The organisation is a column of the staged rows (not a parameter), so the planner sees
+        // a join on `(_sluice_org, key…)` like the one on the key alone, whatever the target's
+        // statistics say; a restriction `_sluice_org = $n` on a table not yet analyzed made it scan
+        // the whole organisation per batch.
+        let join = std::iter::once(ORG_COLUMN.to_string())
+            .chain(keys.iter().cloned())
             .map(|k| format!("t.{k} = s.{k}"))
             .collect::<Vec<_>>()
             .join(" AND ");
@@ -115,13 +119,14 @@ impl Plan {
             .map(|&i| format!("{} {}", name(i), sql_type(&ds.fields[i])))
             .collect();
         let stage_ddl = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {STAGE}_{t} (ord INT NOT NULL, \"row\" BIGINT NOT NULL, {}) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE IF NOT EXISTS {STAGE}_{t} (ord INT NOT NULL, \"row\" BIGINT NOT NULL, \
+             {ORG_COLUMN} BIGINT NOT NULL, {}) ON COMMIT DELETE ROWS",
             stage_cols.join(", "),
             t = ds.table
         );
         let stage = format!("{STAGE}_{}", ds.table);
         let copy = format!(
-            "COPY {stage} (ord, \"row\", {}) FROM STDIN",
+            "COPY {stage} (ord, \"row\", {ORG_COLUMN}, {}) FROM STDIN",
             cols.join(", ")
         );
         let changed = if compare.is_empty() {
@@ -135,7 +140,7 @@ impl Plan {
         };
         let classify = format!(
             "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
-             FROM {stage} s LEFT JOIN {table} t ON t.{ORG_COLUMN} = $2 AND {join} \
+             FROM {stage} s LEFT JOIN {table} t ON {join} \
              WHERE s.ord = ANY($1) ORDER BY s.ord",
             k0 = keys[0]
         );
@@ -144,8 +149,8 @@ impl Plan {
             .map(|&i| {
                 format!(
                     "INSERT INTO {hist} ({ORG_COLUMN}, {keys}, field, old_value, new_value, valid_from, valid_to, job_id) \
-                     SELECT $5, {tkeys}, $4, t.{f}::text, s.{f}::text, t.{since}, $3, $2 \
-                     FROM {stage} s JOIN {table} t ON t.{ORG_COLUMN} = $5 AND {join} \
+                     SELECT s.{ORG_COLUMN}, {tkeys}, $4, t.{f}::text, s.{f}::text, t.{since}, $3, $2 \
+                     FROM {stage} s JOIN {table} t ON {join} \
                      WHERE s.ord = ANY($1) AND t.{f} IS DISTINCT FROM s.{f}",
                     hist = ident(&ds.history_table()),
                     keys = keys.join(", "),
@@ -173,7 +178,7 @@ impl Plan {
             "s.\"row\"".into(),
             "$3".into(),
             "$3".into(),
-            "$4".into(),
+            format!("s.{ORG_COLUMN}"),
         ]);
         select_cols.extend(history.iter().map(|_| "$3".to_string()));
         let mut updates: Vec<String> = compare
@@ -201,7 +206,7 @@ impl Plan {
         );
         let stamp = format!(
             "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s \
-             WHERE t.{ORG_COLUMN} = $3 AND {join} AND s.ord = ANY($1)"
+             WHERE {join} AND s.ord = ANY($1)"
         );
         Plan {
             present,
@@ -276,10 +281,13 @@ impl Writer<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<(), postgres::Error> {
         buf.clear();
+        let org = self.org.to_string();
         for &i in rows {
             buf.extend_from_slice(i.to_string().as_bytes());
             buf.push(b'\t');
             buf.extend_from_slice(batch.rows[i].to_string().as_bytes());
+            buf.push(b'\t');
+            buf.extend_from_slice(org.as_bytes());
             let values = batch.row_values(i);
             for &f in &self.plan.present {
                 buf.push(b'\t');
@@ -303,7 +311,7 @@ impl Writer<'_> {
     ) -> Result<Written, postgres::Error> {
         self.stage(tx, batch, rows, buf)?;
         let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
-        let classified = tx.query(&self.plan.classify, &[&ords, &self.org])?;
+        let classified = tx.query(&self.plan.classify, &[&ords])?;
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
@@ -360,24 +368,15 @@ impl Writer<'_> {
             if !changed.is_empty() {
                 tx.execute(
                     sql,
-                    &[
-                        &changed,
-                        &self.job,
-                        &self.now,
-                        &self.ds.fields[f].name,
-                        &self.org,
-                    ],
+                    &[&changed, &self.job, &self.now, &self.ds.fields[f].name],
                 )?;
             }
         }
         if !upsert.is_empty() {
-            tx.execute(
-                &self.plan.upsert,
-                &[&upsert, &self.job, &self.now, &self.org],
-            )?;
+            tx.execute(&self.plan.upsert, &[&upsert, &self.job, &self.now])?;
         }
         if !unchanged.is_empty() {
-            tx.execute(&self.plan.stamp, &[&unchanged, &self.job, &self.org])?;
+            tx.execute(&self.plan.stamp, &[&unchanged, &self.job])?;
         }
         Ok(Written { counts, rejected })
     }

@@ -30,6 +30,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Requests per second per token.
     pub limiter: limit::RateLimiter,
+    /// Webhooks may point at private and loopback addresses (`--webhook-allow-private`).
+    pub webhook_allow_private: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -12,6 +12,7 @@ mod events;
 mod jobs;
 pub mod limit;
 mod preview;
+mod session;
 mod upload;
 mod webhooks;
 
@@ -92,6 +93,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        // Takes the token in its body, so it is outside the token middleware.
+        .route(
+            "/api/v1/session",
+            post(session::create).delete(session::delete),
         )
         .merge(api)
         .merge(crate::web::router())

@@ -343,6 +343,38 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         }
         cases += 2; // another organisation and another member: checked one by one below
     }
+    // Signing in (`POST /api/v1/session`) with no token, or a dead one in the body or the
+    // headers: the same 401 as everywhere, and no cookie.
+    let session_attempts = [
+        (Auth::None, None),
+        (Auth::Bearer(&expired_t), None),
+        (Auth::Cookie(&revoked_t), None),
+        (Auth::None, Some(serde_json::json!({"token": expired_t}))),
+        (Auth::None, Some(serde_json::json!({"token": revoked_t}))),
+    ];
+    for (auth, body) in &session_attempts {
+        let mut req = app.http.post(app.url("/api/v1/session"));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req = match *auth {
+            Auth::None => req,
+            Auth::Bearer(t) => req.bearer_auth(t),
+            Auth::Cookie(t) => req.header("cookie", format!("token={t}")),
+        };
+        let resp = req.send().await.expect("request");
+        assert_eq!(
+            resp.status().as_u16(),
+            401,
+            "session with {auth:?} {body:?}"
+        );
+        assert!(
+            resp.headers().get("set-cookie").is_none(),
+            "no cookie for {auth:?} {body:?}"
+        );
+        unauthorized_bodies.insert(resp.text().await.expect("body"));
+        cases += 1;
+    }
     // Admin routes: a target of acme (alice and her token), and one that does not exist.
     let admin_routes: [AdminRoute; 3] = [
         (
@@ -556,10 +588,11 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
     wait_done_as(&app, &alice_t, bobs).await;
 
     println!("route × attacker cases tried: {cases}");
-    // Five attackers on every job route, every other route and the three admin routes.
+    // Five attackers on every job route, every other route and the three admin routes, and
+    // five dead sign-ins.
     assert_eq!(
         cases,
-        ((JOB_ROUTES.len() + OTHER_ROUTES.len() + 3) * 5) as u32
+        ((JOB_ROUTES.len() + OTHER_ROUTES.len() + 3) * 5 + session_attempts.len()) as u32
     );
 
     // Nothing the attackers tried changed the job.
@@ -916,7 +949,8 @@ async fn stream_text(app: &TestApp, token: &str, for_ms: u64) -> String {
 /// template, webhooks and their deliveries, the global event stream — tried by the same five
 /// attackers as the job routes.
 async fn organisation_resources_refuse_every_attacker(backend: Backend) {
-    let app = spawn(backend, &[]);
+    // The webhooks point at 127.0.0.1:9, where deliveries simply fail.
+    let app = spawn(backend, &["--webhook-allow-private"]);
     let Cast {
         acme,
         alice,
@@ -1224,7 +1258,8 @@ conformance!(
 /// a 404, the global stream never shows a foreign job, and webhooks are for admins and hear only
 /// of their own organisation's jobs.
 async fn events_and_webhooks_stay_inside_the_organisation(backend: Backend) {
-    let app = spawn(backend, &[]);
+    // The webhook below names a local port.
+    let app = spawn(backend, &["--webhook-allow-private"]);
     created(&app, &["org", "create", "acme"]);
     created(&app, &["org", "create", "other"]);
     let alice = created(

@@ -113,6 +113,7 @@ async fn settled(app: &TestApp, hook: i64) -> Value {
 async fn a_finished_import_is_posted_signed_and_the_receiver_can_verify_it(backend: Backend) {
     let app = spawn_app(AppOptions {
         backend,
+        webhook_allow_private: true,
         ..Default::default()
     });
     let (url, got) = receiver(0).await;
@@ -211,6 +212,7 @@ async fn a_failing_receiver_is_retried_with_backoff_and_every_attempt_is_recorde
             "--webhook-attempts".into(),
             "4".into(),
         ],
+        webhook_allow_private: true,
         ..AppOptions::default()
     });
     let (flaky_url, got) = receiver(2).await;
@@ -255,6 +257,7 @@ async fn a_failing_receiver_is_retried_with_backoff_and_every_attempt_is_recorde
 async fn webhook_registration_is_checked(backend: Backend) {
     let app = spawn_app(AppOptions {
         backend,
+        webhook_allow_private: true,
         ..Default::default()
     });
     let (code, body) = register(&app, json!({"url": "https://example.com/hook"})).await;
@@ -307,6 +310,7 @@ async fn webhook_registration_is_checked(backend: Backend) {
 async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend) {
     let app = spawn_app(AppOptions {
         backend,
+        webhook_allow_private: true,
         ..Default::default()
     });
     // Accepts connections and never answers.
@@ -357,6 +361,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend
 async fn a_new_webhook_hears_only_of_jobs_that_end_after_it_was_registered(backend: Backend) {
     let app = spawn_app(AppOptions {
         backend,
+        webhook_allow_private: true,
         ..Default::default()
     });
     let (file, _) = generate(app.dir.path(), "old.csv", &["--rows", "300"]);
@@ -385,10 +390,108 @@ async fn a_new_webhook_hears_only_of_jobs_that_end_after_it_was_registered(backe
     assert_eq!(got.lock().unwrap().len(), 1);
 }
 
+/// Without `--webhook-allow-private`, internal destinations are refused when the webhook is
+/// registered: IP literals in every spelling, and a host name (`localhost`) whose addresses
+/// are all loopback.
+async fn internal_destinations_are_refused_at_registration_by_default(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let (url, got) = receiver(0).await;
+    let port = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/hook")
+        .to_string();
+    for target in [
+        url.clone(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://[::1]/".to_string(),
+        format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        format!("http://2130706433:{port}/hook"),
+        "http://192.168.1.10:8080/".to_string(),
+        "http://100.64.0.1/".to_string(),
+        "http://0.0.0.0/".to_string(),
+        format!("http://localhost:{port}/hook"),
+    ] {
+        let (code, body) = register(&app, json!({"url": target})).await;
+        assert_eq!(
+            (code, body["error"]["code"].as_str()),
+            (400, Some("webhook_url_not_allowed")),
+            "{target}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("--webhook-allow-private"), "{message}");
+    }
+    // A public address is accepted (nothing is sent to it here: no job ends).
+    let (code, body) = register(&app, json!({"url": "http://8.8.8.8:9/hook"})).await;
+    assert_eq!(code, 201, "{body}");
+    let (_, hooks) = app.get_json("/api/v1/webhooks").await;
+    assert_eq!(hooks["data"]["webhooks"].as_array().unwrap().len(), 1);
+    assert!(got.lock().unwrap().is_empty());
+}
+
+/// The delivery-time guard, for webhooks that got past registration: a name that resolves to
+/// loopback now (DNS rebinding: it looked public when it was registered) and an IP literal are
+/// both refused before any request leaves, and the attempt records a message naming no address.
+async fn deliveries_to_internal_addresses_are_refused_and_nothing_reaches_the_receiver(
+    backend: Backend,
+) {
+    let app = spawn_app(AppOptions {
+        backend,
+        extra_args: vec!["--webhook-attempts".into(), "1".into()],
+        ..Default::default()
+    });
+    let (url, got) = receiver(0).await;
+    let by_name = url.replace("127.0.0.1", "localhost");
+    // Straight into the database, as if registered while the names pointed elsewhere.
+    let mut db = app.db();
+    let admin = db.number("SELECT id FROM tokens WHERE label = 'SLUICE_ADMIN_TOKEN'");
+    for target in [&by_name, &url] {
+        db.execute(&format!(
+            "INSERT INTO webhooks (url, events, secret, created_by, created_at) VALUES \
+             ('{target}', '[\"job.completed\",\"job.failed\",\"job.cancelled\"]', \
+              'whsec_test', {admin}, '2000-01-01T00:00:00.000Z')"
+        ));
+    }
+    drop(db);
+    let (_, hooks) = app.get_json("/api/v1/webhooks").await;
+    let ids: Vec<i64> = hooks["data"]["webhooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{hooks}");
+
+    let (file, _) = generate(app.dir.path(), "p.csv", &["--rows", "200"]);
+    let job = job_id(&app.upload("products", &file).await.1);
+    assert_eq!(app.wait_done(job, MINUTE).await["status"], "completed");
+    for id in ids {
+        let list = settled(&app, id).await;
+        assert_eq!(list[0]["state"], "failed", "{list}");
+        assert_eq!(list[0]["jobId"], job);
+        let attempt = &list[0]["attempts"][0];
+        assert!(attempt["httpStatus"].is_null(), "{attempt}");
+        let error = attempt["error"].as_str().unwrap();
+        assert!(error.contains("not allowed"), "{error}");
+        for leak in ["127.0.0.1", "::1", "localhost", "dns", "resolve"] {
+            assert!(!error.contains(leak), "{error}");
+        }
+    }
+    assert!(
+        got.lock().unwrap().is_empty(),
+        "a refused delivery must not reach the receiver"
+    );
+}
+
 conformance!(
     a_finished_import_is_posted_signed_and_the_receiver_can_verify_it,
     a_failing_receiver_is_retried_with_backoff_and_every_attempt_is_recorded,
     webhook_registration_is_checked,
     a_receiver_that_never_answers_does_not_hold_up_imports,
     a_new_webhook_hears_only_of_jobs_that_end_after_it_was_registered,
+    internal_destinations_are_refused_at_registration_by_default,
+    deliveries_to_internal_addresses_are_refused_and_nothing_reaches_the_receiver,
 );

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header;
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
@@ -109,16 +109,17 @@ pub fn new_token() -> String {
     format!("slc_{hex}")
 }
 
-fn token_from(req: &Request) -> Option<String> {
-    let headers = req.headers();
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        && let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-    {
-        return Some(t.trim().to_string());
+/// Where a request's token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Bearer,
+    Cookie,
+}
+
+/// The token of a request: `Authorization: Bearer` first, then the `token` cookie.
+pub fn token_from(headers: &HeaderMap) -> Option<(String, TokenSource)> {
+    if let Some(t) = bearer(headers) {
+        return Some((t, TokenSource::Bearer));
     }
     headers
         .get_all(header::COOKIE)
@@ -130,25 +131,90 @@ fn token_from(req: &Request) -> Option<String> {
                 .strip_prefix("token=")
                 .map(|t| t.trim().to_string())
         })
+        .map(|t| (t, TokenSource::Cookie))
 }
 
-/// Middleware: rejects requests without a live token with 401.
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
+    Some(t.trim().to_string())
+}
+
+/// Checks a token as every authenticated route does: unknown, revoked and expired tokens are
+/// all the same 401.
+pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if token.is_empty() {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = hash_token(token);
+    let lookup = hash.clone();
+    state
+        .jobs
+        .store_call(move |s| s.token_find(&lookup))
+        .await?
+        .filter(|p| same_secret(p.token_hash.as_bytes(), hash.as_bytes()))
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The cheap CSRF check: false when the request names an `Origin` whose host and port differ
+/// from the server's, as the request's `Host` (or a proxy's `X-Forwarded-Host`) gives it. A
+/// request without `Origin` passes (not a browser's cross-site request: browsers send `Origin`
+/// with every cross-origin request that is not a GET or HEAD).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some((scheme, authority)) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.trim().split_once("://"))
+    else {
+        return false; // `null` (sandboxed frames, file:// pages) or garbage
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let normal = |a: &str| {
+        let a = a.trim().to_ascii_lowercase();
+        match a.strip_suffix(default_port) {
+            Some(bare) => bare.to_string(),
+            None => a,
+        }
+    };
+    let origin = normal(authority.trim_end_matches('/'));
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(normal)
+    };
+    [first("host"), first("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|host| host == origin)
+}
+
+/// Middleware: rejects requests without a live token with 401, and cookie-authenticated
+/// requests that change something from another site's page with 403.
 pub async fn require_token(
     State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let token = token_from(&req)
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::Unauthorized)?;
-    let hash = hash_token(&token);
-    let lookup = hash.clone();
-    let principal = state
-        .jobs
-        .store_call(move |s| s.token_find(&lookup))
-        .await?
-        .filter(|p| same_secret(p.token_hash.as_bytes(), hash.as_bytes()))
-        .ok_or(ApiError::Unauthorized)?;
+    let (token, source) = token_from(req.headers()).ok_or(ApiError::Unauthorized)?;
+    let principal = authenticate(&state, &token).await?;
+    if source == TokenSource::Cookie
+        && !matches!(*req.method(), Method::GET | Method::HEAD)
+        && !same_origin(req.headers())
+    {
+        return Err(ApiError::CrossOrigin);
+    }
     req.extensions_mut().insert(Caller::from(principal));
     Ok(next.run(req).await)
 }
@@ -165,5 +231,53 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"ab"));
         assert!(same_secret(b"", b""));
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origin_must_match_the_host() {
+        assert!(same_origin(&headers(&[("host", "127.0.0.1:8080")])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("host", "Sluice.Example.com"),
+            ("origin", "https://sluice.example.com:443")
+        ])));
+        assert!(same_origin(&headers(&[
+            ("host", "127.0.0.1:8080"),
+            ("x-forwarded-host", "sluice.example.com"),
+            ("origin", "https://sluice.example.com")
+        ])));
+        for origin in [
+            "http://evil.example",
+            "http://127.0.0.1:8081",
+            "null",
+            "127.0.0.1:8080",
+            "ftp://127.0.0.1:8080",
+        ] {
+            let mut h = headers(&[("host", "127.0.0.1:8080")]);
+            h.insert(header::ORIGIN, origin.parse().unwrap());
+            assert!(!same_origin(&h), "{origin}");
+        }
+    }
+
+    #[test]
+    fn bearer_wins_over_the_cookie() {
+        let h = headers(&[
+            ("authorization", "Bearer abc"),
+            ("cookie", "a=1; token=xyz"),
+        ]);
+        assert_eq!(token_from(&h), Some(("abc".into(), TokenSource::Bearer)));
+        let h = headers(&[("cookie", "a=1; token=xyz")]);
+        assert_eq!(token_from(&h), Some(("xyz".into(), TokenSource::Cookie)));
     }
 }

@@ -22,6 +22,9 @@ pub enum ApiError {
     /// 403: the caller is known but may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: a cookie-authenticated request that changes something came from another site.
+    #[error("cross-origin request refused")]
+    CrossOrigin,
     /// 429: the token sent more requests than its rate allows; retry after this many seconds.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
@@ -123,6 +126,11 @@ impl ApiError {
                 "missing or invalid API token: send `Authorization: Bearer <token>` or a `token` cookie".to_string(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone()),
+            ApiError::CrossOrigin => (
+                StatusCode::FORBIDDEN,
+                "cross_origin_request",
+                "a request authenticated by the session cookie may change something only from this server's own pages (its Origin names another site); send the token as `Authorization: Bearer` instead".to_string(),
+            ),
             ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large", m.clone()),
             ApiError::Unavailable(internal) => {
                 tracing::warn!(error = %internal, "database unavailable");

@@ -12,6 +12,7 @@ mod events;
 mod jobs;
 pub mod limit;
 mod preview;
+mod session;
 mod upload;
 mod webhooks;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Requests per second per token.
     pub limiter: limit::RateLimiter,
+    /// Webhooks may point at private and loopback addresses (`--webhook-allow-private`).
+    pub webhook_allow_private: bool,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -96,6 +99,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/healthz",
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        // Takes the token in its body, so it is outside the token middleware.
+        .route(
+            "/api/v1/session",
+            post(session::create).delete(session::delete),
         )
         .merge(api)
         .merge(crate::web::router())

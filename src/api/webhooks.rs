@@ -18,7 +18,14 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use crate::store::Webhook;
+use crate::webhooks::guard::DestinationError;
 use crate::webhooks::{self, WebhookError};
+
+impl From<DestinationError> for ApiError {
+    fn from(e: DestinationError) -> Self {
+        ApiError::bad("webhook_url_not_allowed", e.to_string())
+    }
+}
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
@@ -75,6 +82,11 @@ pub async fn create(
         )
     })?;
     let events = webhooks::check(&req.url, &req.events)?;
+    if !state.webhook_allow_private {
+        let url = reqwest::Url::parse(&req.url)
+            .map_err(|e| ApiError::from(WebhookError::InvalidUrl(e.to_string())))?;
+        webhooks::guard::check_destination(&url).await?;
+    }
     let secret = webhooks::new_secret();
     let (url, s) = (req.url.clone(), secret.clone());
     let hook = state

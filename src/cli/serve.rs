@@ -130,6 +130,16 @@ pub struct ServeArgs {
     /// (at most 1 h), plus up to 10% jitter.
     #[arg(long, env = "SLUICE_WEBHOOK_BACKOFF_MS", default_value_t = 2000)]
     pub webhook_backoff_ms: u64,
+    /// Let webhooks reach loopback, private, link-local and other internal addresses (receivers
+    /// on this machine or its private network). Off by default: on a server shared by several
+    /// organisations such a URL would let an admin reach internal services or the cloud
+    /// metadata endpoint (SSRF). For single-tenant deployments beside their receivers.
+    #[arg(
+        long,
+        env = "SLUICE_WEBHOOK_ALLOW_PRIVATE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub webhook_allow_private: bool,
 }
 
 /// `sluice worker`: workers only, sharing the store with other processes.
@@ -325,6 +335,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
             attempts: args.webhook_attempts,
             backoff: Duration::from_millis(args.webhook_backoff_ms),
             timeout: Duration::from_secs(10),
+            allow_private: args.webhook_allow_private,
         },
         shutdown.clone(),
     );
@@ -333,6 +344,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         limiter: api::limit::RateLimiter::new(args.rate_limit),
+        webhook_allow_private: args.webhook_allow_private,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -340,6 +352,11 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     let addr = listener.local_addr()?;
     println!("sluice listening on http://{addr}");
     tracing::info!(%addr, workers = args.work.workers, "sluice started");
+    if args.webhook_allow_private {
+        tracing::warn!(
+            "webhooks may be delivered to private and loopback addresses (--webhook-allow-private)"
+        );
+    }
     cancel_on_signal(&shutdown);
     // Open event streams end at shutdown, so they do not keep the server from stopping.
     {

@@ -340,6 +340,8 @@ pub struct Principal {
     pub role: Role,
     /// The organisation's limits (`None`: the server's).
     pub limits: OrgLimits,
+    /// When the token stops working (`None`: never); a session cookie lasts no longer.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// An organisation's own limits on uploads; `None` leaves the server's default.

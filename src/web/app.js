@@ -110,17 +110,9 @@ function announceDone(job) {
 }
 
 // ---------------------------------------------------------------- sign in
-
-function getCookieToken() {
-  return document.cookie.split(';').map((c) => c.trim()).find((c) => c.startsWith('token='));
-}
-
-function setCookie(token) {
-  const secure = location.protocol === 'https:' ? '; Secure' : '';
-  document.cookie = token
-    ? `token=${token}; Path=/; SameSite=Strict${secure}`
-    : `token=; Path=/; Max-Age=0; SameSite=Strict${secure}`;
-}
+// The token goes once to POST /api/v1/session, which answers with an HttpOnly cookie: the page
+// keeps no copy, and no script (this one or an injected one) can read it back. Whether we are
+// signed in is what the server says of a request carrying the cookie.
 
 function showSignin(message) {
   if (state.events) { state.events.close(); state.events = null; }
@@ -135,15 +127,28 @@ async function signIn(ev) {
   ev.preventDefault();
   const token = $('#token').value.trim();
   if (!token || /[;\s]/.test(token)) { $('#signin-error').textContent = 'That is not an API token.'; return; }
-  const res = await fetch('/api/v1/datasets', { headers: { Authorization: `Bearer ${token}` } });
-  if (!res.ok) { $('#signin-error').textContent = 'This token was not accepted.'; return; }
-  setCookie(token);
+  const res = await fetch('/api/v1/session', {
+    method: 'POST',
+    credentials: 'same-origin',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ token }),
+  });
+  if (!res.ok) {
+    let message = 'This token was not accepted.';
+    if (res.status !== 401) {
+      try { message = (await res.json()).error.message; } catch (_) { /* keep the default */ }
+    }
+    $('#signin-error').textContent = message;
+    return;
+  }
   $('#token').value = '';
   await start();
 }
 
-function signOut() {
-  setCookie(null);
+async function signOut() {
+  if (state.events) { state.events.close(); state.events = null; }
+  try { await fetch('/api/v1/session', { method: 'DELETE', credentials: 'same-origin' }); }
+  catch (_) { /* the page signs out either way */ }
   state.jobs.clear();
   showSignin();
 }
@@ -535,12 +540,12 @@ async function runImport() {
 
 // ---------------------------------------------------------------- start
 
-async function start() {
+async function start(datasets) {
   $('#signin').hidden = true;
   $('#app').hidden = false;
   $('#nav').hidden = false;
   renderNotifyButton();
-  const body = await api('/api/v1/datasets');
+  const body = datasets || await api('/api/v1/datasets');
   state.datasets = body.data.datasets;
   const sel = $('#dataset');
   sel.replaceChildren(...state.datasets.map((d) => el('option', { value: d.name, text: d.name + (d.sync ? ' (small, immediate)' : '') })));
@@ -593,6 +598,13 @@ function wire() {
 
 document.addEventListener('DOMContentLoaded', async () => {
   wire();
-  if (!getCookieToken()) { showSignin(); return; }
-  try { await start(); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) showSignin(e.message); }
+  // Signed in? Only the server can tell: the cookie is HttpOnly.
+  let datasets;
+  try {
+    const res = await fetch('/api/v1/datasets', { credentials: 'same-origin' });
+    if (res.status === 401) { showSignin(); return; }
+    if (!res.ok) throw new Error(`The server answered ${res.status}.`);
+    datasets = await res.json();
+  } catch (e) { showSignin(e.message); return; }
+  try { await start(datasets); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) showSignin(e.message); }
 });

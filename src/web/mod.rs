@@ -3,8 +3,9 @@
 //! client with `uploadAndMonitor`). Plain HTML, CSS and JavaScript: no build step, no CDN, so
 //! `cargo run` alone serves a working UI on a machine without internet.
 //!
-//! The page signs in with an API token, keeps it as the `token` cookie, and then talks to the
-//! API like any client (live progress through `GET /api/v1/events`). Every response carries
+//! The page signs in with an API token through `POST /api/v1/session`, which sets it as an
+//! HttpOnly `token` cookie (no script reads it), and then talks to the API like any client
+//! (live progress through `GET /api/v1/events`). Every response carries
 //! security headers; the Content-Security-Policy allows no inline script or style and no other
 //! origin.
 

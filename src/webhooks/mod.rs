@@ -10,6 +10,12 @@
 //! payload's `id`.
 //!
 //! Signature: `Sluice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
+//!
+//! Destinations are guarded against SSRF ([`guard`]): unless the server allows private
+//! destinations, the client's resolver drops loopback, private, link-local and other internal
+//! addresses, and IP-literal URLs are checked before each attempt.
+
+pub mod guard;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,7 +88,12 @@ pub struct WebhookConfig {
     pub backoff: Duration,
     /// Longest an attempt may take.
     pub timeout: Duration,
+    /// Deliver to loopback, private and link-local addresses too (`--webhook-allow-private`).
+    pub allow_private: bool,
 }
+
+/// What a refused attempt records: nothing about the addresses the name had.
+pub const REFUSED_MESSAGE: &str = "the receiver's address is not allowed: private, loopback and link-local destinations are refused";
 
 /// A new signing secret: `whsec_` and 64 hex digits.
 pub fn new_secret() -> String {
@@ -131,11 +142,18 @@ pub fn spawn_dispatcher(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let http = match reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.timeout)
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
-            .build()
-        {
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
+        if !config.allow_private {
+            // Every lookup goes through the guard; a proxy would be resolved instead of the
+            // receiver (and would reach anything), so none is used.
+            builder = builder
+                .dns_resolver(guard::GuardedResolver)
+                .redirect(guard::redirect_policy())
+                .no_proxy();
+        }
+        let http = match builder.build() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "webhooks disabled: no HTTP client");
@@ -264,28 +282,39 @@ async fn deliver(
     let timestamp = chrono::Utc::now().timestamp();
     let started = Instant::now();
     let at = chrono::Utc::now();
-    let sent = http
-        .post(&d.url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .header(
-            SIGNATURE_HEADER,
-            signature_header(&d.secret, timestamp, d.payload.as_bytes()),
-        )
-        .header("Sluice-Event", &d.event)
-        .header("Sluice-Delivery", d.id.to_string())
-        .header("Sluice-Attempt", number.to_string())
-        .body(d.payload.clone())
-        .send()
-        .await;
+    // IP-literal hosts never reach the resolver: checked here, before anything is sent.
+    let literal_refused = !config.allow_private
+        && reqwest::Url::parse(&d.url).is_ok_and(|u| !guard::literal_allowed(&u));
+    let sent = if literal_refused {
+        Err(None)
+    } else {
+        http.post(&d.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                SIGNATURE_HEADER,
+                signature_header(&d.secret, timestamp, d.payload.as_bytes()),
+            )
+            .header("Sluice-Event", &d.event)
+            .header("Sluice-Delivery", d.id.to_string())
+            .header("Sluice-Attempt", number.to_string())
+            .body(d.payload.clone())
+            .send()
+            .await
+            .map_err(Some)
+    };
     let (http_status, error) = match sent {
         Ok(resp) if resp.status().is_success() => (Some(resp.status().as_u16()), None),
         Ok(resp) => (
             Some(resp.status().as_u16()),
             Some(format!("the receiver answered {}", resp.status())),
         ),
-        Err(e) if e.is_timeout() => (None, Some("the receiver did not answer in time".into())),
-        Err(e) if e.is_connect() => (None, Some("could not connect to the receiver".into())),
-        Err(e) => (None, Some(format!("the request failed: {e}"))),
+        Err(None) => (None, Some(REFUSED_MESSAGE.into())),
+        Err(Some(e)) if guard::is_refusal(&e) => (None, Some(REFUSED_MESSAGE.into())),
+        Err(Some(e)) if e.is_timeout() => {
+            (None, Some("the receiver did not answer in time".into()))
+        }
+        Err(Some(e)) if e.is_connect() => (None, Some("could not connect to the receiver".into())),
+        Err(Some(e)) => (None, Some(format!("the request failed: {e}"))),
     };
     let state = match (&error, number >= config.attempts) {
         (None, _) => DeliveryState::Delivered,
@@ -336,6 +365,7 @@ mod tests {
             attempts: 5,
             backoff: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
+            allow_private: false,
         };
         for (attempt, base) in [(1, 100), (2, 400), (3, 1600)] {
             let d = backoff(&c, attempt).as_millis() as u64;

@@ -63,7 +63,16 @@ try {
   await page.fill('#token', TOKEN);
   await page.click('#signin-form button[type=submit]');
   await page.waitForSelector('#app:not([hidden])');
-  check((await page.context().cookies()).some((c) => c.name === 'token' && c.value === TOKEN), 'token cookie set');
+  // The cookie comes from POST /api/v1/session: HttpOnly, so no script on the page sees it.
+  const cookie = (await page.context().cookies()).find((c) => c.name === 'token');
+  check(cookie && cookie.value === TOKEN, 'token cookie set');
+  check(cookie.httpOnly === true, 'the token cookie is HttpOnly');
+  check(cookie.sameSite === 'Strict', `the token cookie is SameSite=Strict, not ${cookie.sameSite}`);
+  check(!(await page.evaluate(() => document.cookie)).includes(TOKEN), 'document.cookie does not show the token');
+  check(!(await page.evaluate(() => document.cookie)).includes('token='), 'document.cookie has no token cookie');
+  // A reload stays signed in: the page asks the server, not document.cookie.
+  await page.reload();
+  await page.waitForSelector('#app:not([hidden])');
   await page.selectOption('#dataset', 'products');
   await page.click('#notify-btn');
   await page.waitForFunction(() => document.querySelector('#notify-btn').textContent === 'Notifications on');
@@ -191,6 +200,10 @@ try {
   step = 'sign out';
   await page.click('#signout');
   await page.waitForSelector('#signin:not([hidden])');
+  check(!(await page.context().cookies()).some((c) => c.name === 'token'), 'sign-out cleared the cookie');
+  await page.reload();
+  await page.waitForSelector('#signin:not([hidden])');
+  check(await page.isHidden('#app'), 'signed out after a reload');
 
   check(problems.length === 0, `browser problems: ${problems.join(' | ')}`);
   console.log(JSON.stringify({ ok: true, jobA, jobB, barValues: moving.length }));

@@ -158,6 +158,8 @@ pub struct AppOptions {
     pub setup_sql: Option<String>,
     /// More `sluice serve` flags.
     pub extra_args: Vec<String>,
+    /// `--webhook-allow-private`: for tests whose webhook receivers listen on 127.0.0.1.
+    pub webhook_allow_private: bool,
 }
 
 impl Default for AppOptions {
@@ -172,6 +174,7 @@ impl Default for AppOptions {
             admin_token: Some(TOKEN.into()),
             setup_sql: None,
             extra_args: Vec::new(),
+            webhook_allow_private: false,
         }
     }
 }
@@ -266,6 +269,9 @@ impl TestApp {
             cmd.env("SLUICE_ADMIN_TOKEN", t);
         }
         cmd.args(&self.options.extra_args);
+        if self.options.webhook_allow_private {
+            cmd.arg("--webhook-allow-private");
+        }
         if let Some(url) = self.database_url() {
             cmd.arg("--database-url").arg(url);
         }

@@ -194,7 +194,7 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
             "UPDATE tokens t SET last_used_at = now() FROM users u JOIN orgs o ON o.id = u.org_id \
              WHERE u.id = t.user_id AND t.token_hash = $1 AND t.revoked_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > now()) \
-             RETURNING t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows, t.token_hash",
+             RETURNING t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows, t.token_hash, t.expires_at",
             &[&token_hash],
         )
         .map_err(pg_err)?;
@@ -209,6 +209,7 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
                 max_upload_bytes: from_db(r.get(4)),
                 max_rows: from_db(r.get(5)),
             },
+            expires_at: r.get(7),
         })
     })
     .transpose()

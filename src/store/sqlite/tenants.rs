@@ -235,7 +235,7 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
     let now = now_text();
     let row = conn
         .query_row(
-            "SELECT t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows, t.token_hash \
+            "SELECT t.id, u.id, u.org_id, u.role, o.max_upload_bytes, o.max_rows, t.token_hash, t.expires_at \
              FROM tokens t JOIN users u ON u.id = t.user_id JOIN orgs o ON o.id = u.org_id \
              WHERE t.token_hash = ?1 AND t.revoked_at IS NULL \
              AND (t.expires_at IS NULL OR t.expires_at > ?2)",
@@ -251,12 +251,13 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
                         max_rows: from_db(r.get(5)?),
                     },
                     r.get::<_, String>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             },
         )
         .optional()
         .map_err(db_err)?;
-    let Some((token_id, user_id, org_id, r, limits, token_hash)) = row else {
+    let Some((token_id, user_id, org_id, r, limits, token_hash, expires_at)) = row else {
         return Ok(None);
     };
     // Best effort: a busy database must not turn a valid token away. At most once a minute per
@@ -274,6 +275,9 @@ pub(super) fn token_find(conn: &Connection, token_hash: &str) -> StoreResult<Opt
         org_id,
         role: role(r)?,
         limits,
+        expires_at: expires_at
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)),
     }))
 }
 

@@ -419,6 +419,74 @@ async fn another_organisations_upload_of_the_same_file_stays_out_of_sight(backen
     let (code, body) = upload(&app, &acme_t, "", file, &[]).await;
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"]["jobId"], acme_job, "{body}");
+
+    // The audit log has a line for every action that happened, written with it, and none for
+    // the refused ones: the 409 upload above, and a retry of a job that is already pending.
+    let (code, body) = json_of(
+        act(
+            &acme_t,
+            format!("/api/v1/import/{acme_job}/retry?fromStart=true"),
+        )
+        .await
+        .expect("retry"),
+    )
+    .await;
+    assert_eq!(code, 409, "{body}");
+    for path in ["cancel", "retry?fromStart=true"] {
+        let (code, body) = json_of(
+            act(&acme_t, format!("/api/v1/import/{acme_job}/{path}"))
+                .await
+                .expect("control"),
+        )
+        .await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let resp = app
+        .http
+        .get(app.url("/api/v1/audit"))
+        .bearer_auth(&acme_t)
+        .send()
+        .await
+        .expect("audit");
+    let (code, body) = json_of(resp).await;
+    assert_eq!(code, 200, "{body}");
+    let mut lines: Vec<String> = body["data"]["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["action"].as_str().unwrap_or_default(),
+                e["target"].as_str().unwrap_or_default(),
+                e["detail"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    lines.reverse();
+    let job = format!("job:{acme_job}");
+    let tail: Vec<&str> = lines.iter().map(|l| l.trim_end()).collect();
+    assert!(tail[0].starts_with("user.create user:"), "{lines:?}");
+    assert!(
+        tail[0].ends_with("admin from the command line"),
+        "{lines:?}"
+    );
+    assert!(tail[1].starts_with("token.create token:"), "{lines:?}");
+    assert!(
+        tail[2].starts_with(&format!("upload {job} items.csv")),
+        "{lines:?}"
+    );
+    assert_eq!(
+        tail[3..5],
+        [format!("cancel {job}"), format!("retry {job}")],
+        "{lines:?}"
+    );
+    assert_eq!(tail[5], format!("cancel {job}"), "{lines:?}");
+    assert!(
+        tail[6].starts_with(&format!("retry {job} new job ")),
+        "{lines:?}"
+    );
+    assert_eq!(tail.len(), 7, "refused actions leave no line: {lines:?}");
 }
 
 conformance!(

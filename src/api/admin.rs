@@ -14,7 +14,6 @@ use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
-use super::audit;
 use super::auth::{self, Caller};
 use super::error::ApiError;
 use crate::store::Role;
@@ -91,24 +90,16 @@ pub async fn user_create(
         .parse()
         .map_err(|m: String| ApiError::bad("invalid_role", m))?;
     let (org, n) = (caller.org_id, name.clone());
+    let audit = caller.audit("user.create", None, Some(role.as_str().into()));
     let id = state
         .jobs
-        .store_call(move |s| s.user_insert(org, &n, role))
+        .store_call(move |s| s.user_insert(org, &n, role, Some(&audit)))
         .await?
         .ok_or_else(|| ApiError::Conflict {
             code: "user_exists",
             message: format!("the organisation already has a user named `{name}`"),
             job: None,
         })?;
-    audit::record(
-        &state,
-        caller.audit(
-            "user.create",
-            format!("user:{id}"),
-            Some(role.as_str().into()),
-        ),
-    )
-    .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"success": true, "data": {"id": id, "name": name, "role": role}})),
@@ -149,23 +140,17 @@ pub async fn token_create(
     let token = auth::new_token();
     let hash = auth::hash_token(&token);
     let (user_id, org) = (new.user_id, caller.org_id);
+    let audit = caller.audit("token.create", None, Some(format!("for user {user_id}")));
     let id = state
         .jobs
         .store_call(move |s| match s.user_get(user_id)? {
-            Some(u) if u.org_id == org => s.token_insert(&label, &hash, u.id, expires_at).map(Some),
+            Some(u) if u.org_id == org => s
+                .token_insert(&label, &hash, u.id, expires_at, Some(&audit))
+                .map(Some),
             _ => Ok(None),
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
-    audit::record(
-        &state,
-        caller.audit(
-            "token.create",
-            format!("token:{id}"),
-            Some(format!("for user {user_id}")),
-        ),
-    )
-    .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({"success": true, "data": {
@@ -184,16 +169,12 @@ pub async fn token_revoke(
     let not_found = || ApiError::NotFound("no such token".into());
     let id: i64 = id.parse().map_err(|_| not_found())?;
     let org = caller.org_id;
+    let audit = caller.audit("token.revoke", None, None);
     state
         .jobs
-        .store_call(move |s| s.token_revoke(id, Some(org)))
+        .store_call(move |s| s.token_revoke(id, Some(org), Some(&audit)))
         .await?
         .ok_or_else(not_found)?;
-    audit::record(
-        &state,
-        caller.audit("token.revoke", format!("token:{id}"), None),
-    )
-    .await;
     Ok(Json(
         json!({"success": true, "message": format!("token {id} revoked")}),
     ))

@@ -1,5 +1,7 @@
-//! The audit log: who did what and when (uploads, job control, token changes), kept per
-//! organisation and listed for its admins.
+//! The audit log: who did what and when (uploads, job control, users and token changes), kept
+//! per organisation and listed for its admins. Lines are written by the store in the same
+//! transaction as their action (each audited store call takes its line), so there is never an
+//! action without its line nor a line for an action that did not happen.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,16 +13,6 @@ use serde_json::{Value as JsonValue, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
-use crate::store::AuditEntry;
-
-/// Records an action that already happened. Best effort: the action stands even when its audit
-/// line cannot be written, and the failure is logged.
-pub(super) async fn record(state: &AppState, entry: AuditEntry) {
-    let action = entry.action.clone();
-    if let Err(e) = state.jobs.store_call(move |s| s.audit_insert(&entry)).await {
-        tracing::error!(error = %e, action, "writing the audit log failed");
-    }
-}
 
 fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
     params.get(name).map_or(Ok(default), |v| {

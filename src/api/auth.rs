@@ -72,14 +72,20 @@ impl Caller {
         }
     }
 
-    /// An audit entry for an action of this caller.
-    pub fn audit(&self, action: &str, target: String, detail: Option<String>) -> AuditEntry {
+    /// An audit line for an action of this caller, for the store to write with the action
+    /// (`target: None`: the row the action creates).
+    pub fn audit(
+        &self,
+        action: &str,
+        target: Option<String>,
+        detail: Option<String>,
+    ) -> AuditEntry {
         AuditEntry {
             org_id: Some(self.org_id),
             user_id: Some(self.user_id),
             token_id: Some(self.token_id),
             action: action.to_string(),
-            target: Some(target),
+            target,
             detail,
         }
     }

@@ -14,7 +14,6 @@ use axum::extract::{Extension, Path, Query, State};
 use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
-use super::audit;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::jobs::{job_json, job_not_found, load_job, parse_id};
@@ -45,7 +44,11 @@ pub async fn act(
     };
     permitted(&caller, &job)?;
     let ctx = &state.jobs;
-    let target = match ctx.store_call(move |s| s.job_control(id, control)).await? {
+    let audit = caller.audit(&action, Some(format!("job:{id}")), None);
+    let target = match ctx
+        .store_call(move |s| s.job_control(id, control, Some(&audit)))
+        .await?
+    {
         Controlled::Done(target) => target,
         Controlled::NotFound => return Err(job_not_found()),
         Controlled::Conflict(message) => {
@@ -56,8 +59,6 @@ pub async fn act(
             });
         }
     };
-    let detail = (target != id).then(|| format!("new job {target}"));
-    audit::record(&state, caller.audit(&action, format!("job:{id}"), detail)).await;
     if matches!(control, Control::Resume | Control::Retry { .. }) {
         ctx.wake.notify_one();
     }
@@ -98,11 +99,17 @@ pub async fn delete(
     let job = load_job(&state, &caller, id).await?;
     permitted(&caller, &job)?;
     let ctx = &state.jobs;
-    match ctx.store_call(move |s| s.job_delete(id)).await? {
+    let audit = caller.audit(
+        "delete",
+        Some(format!("job:{id}")),
+        Some(format!("{} into {}", job.filename, job.dataset)),
+    );
+    match ctx
+        .store_call(move |s| s.job_delete(id, Some(&audit)))
+        .await?
+    {
         None => Err(job_not_found()),
         Some(names) => {
-            let detail = Some(format!("{} into {}", job.filename, job.dataset));
-            audit::record(&state, caller.audit("delete", format!("job:{id}"), detail)).await;
             let blobs = ctx.blobs.clone();
             let _ = tokio::task::spawn_blocking(move || names.iter().for_each(|b| blobs.remove(b)))
                 .await;

@@ -268,16 +268,11 @@ pub async fn upload(
     if dataset.sync {
         return import_now(&state, &caller, new_job, saved).await;
     }
-    let detail = upload_detail(&new_job);
+    let audit = caller.audit("upload", None, upload_detail(&new_job));
     let inserted = ctx
-        .store_call(move |s| s.job_insert(&new_job, None))
+        .store_call(move |s| s.job_insert(&new_job, None, Some(&audit)))
         .await?;
     let job_id = created_or_answer(&state, inserted).await?;
-    super::audit::record(
-        &state,
-        caller.audit("upload", format!("job:{job_id}"), detail),
-    )
-    .await;
     let mut saved = saved;
     saved.keep = true;
     ctx.wake.notify_one();
@@ -320,20 +315,15 @@ async fn import_now(
     mut saved: SavedBlob,
 ) -> Result<Response, ApiError> {
     let ctx = &state.jobs;
-    let detail = upload_detail(&new_job);
+    let audit = caller.audit("upload", None, upload_detail(&new_job));
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
     let t = token.clone();
     let inserted = ctx
-        .store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms))))
+        .store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms)), Some(&audit)))
         .await?;
     let job_id = created_or_answer(state, inserted).await?;
     saved.keep = true;
-    super::audit::record(
-        state,
-        caller.audit("upload", format!("job:{job_id}"), detail),
-    )
-    .await;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
         .await?

@@ -256,8 +256,14 @@ pub async fn user(cmd: UserCommand) -> CliResult {
     let (org, role, n) = (args.org.trim().to_string(), args.role, name.clone());
     let (id, org_id) = with_store(args.storage, move |s| {
         let org_id = org_id(s, &org)?;
+        let audit = AuditEntry {
+            org_id: Some(org_id),
+            action: "user.create".into(),
+            detail: Some(format!("{} from the command line", role.as_str())),
+            ..Default::default()
+        };
         let id = s
-            .user_insert(org_id, &n, role)
+            .user_insert(org_id, &n, role, Some(&audit))
             .map_err(store_err)?
             .ok_or_else(|| format!("organisation {org_id} already has a user named `{n}`"))?;
         Ok((id, org_id))
@@ -291,20 +297,18 @@ pub async fn token(cmd: TokenCommand) -> CliResult {
                     .user_get(user)
                     .map_err(store_err)?
                     .ok_or_else(|| format!("no user with id {user}"))?;
-                let id = s
-                    .token_insert(&label, &hash, u.id, expires_at)
-                    .map_err(store_err)?;
-                s.audit_insert(&AuditEntry {
+                let audit = AuditEntry {
                     org_id: Some(u.org_id),
                     action: "token.create".into(),
-                    target: Some(format!("token:{id}")),
                     detail: Some(format!(
                         "for user {} ({}) from the command line",
                         u.id, u.name
                     )),
                     ..Default::default()
-                })
-                .map_err(store_err)?;
+                };
+                let id = s
+                    .token_insert(&label, &hash, u.id, expires_at, Some(&audit))
+                    .map_err(store_err)?;
                 Ok((id, u.org_id))
             })
             .await?;
@@ -321,18 +325,17 @@ pub async fn token(cmd: TokenCommand) -> CliResult {
         TokenCommand::Revoke(args) => {
             let id = args.id;
             with_store(args.storage, move |s| {
-                let org_id = s
-                    .token_revoke(id, None)
-                    .map_err(store_err)?
-                    .ok_or_else(|| format!("no live token with id {id}"))?;
-                s.audit_insert(&AuditEntry {
-                    org_id: Some(org_id),
+                let missing = || format!("no live token with id {id}");
+                let audit = AuditEntry {
+                    org_id: Some(s.token_org(id).map_err(store_err)?.ok_or_else(missing)?),
                     action: "token.revoke".into(),
-                    target: Some(format!("token:{id}")),
                     detail: Some("from the command line".into()),
                     ..Default::default()
-                })
-                .map_err(store_err)
+                };
+                s.token_revoke(id, None, Some(&audit))
+                    .map_err(store_err)?
+                    .map(|_| ())
+                    .ok_or_else(missing)
             })
             .await?;
             println!("{id}");

@@ -211,7 +211,7 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
         let hash = auth::hash_token(token);
         if store.token_find(&hash).map_err(err)?.is_none() {
             // A revoked or expired SLUICE_ADMIN_TOKEN stays dead: its hash is taken.
-            if let Err(e) = store.token_insert("SLUICE_ADMIN_TOKEN", &hash, admin, None) {
+            if let Err(e) = store.token_insert("SLUICE_ADMIN_TOKEN", &hash, admin, None, None) {
                 tracing::warn!(error = %e, "SLUICE_ADMIN_TOKEN was revoked or expired; not restored");
             }
         }
@@ -220,7 +220,13 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
     if store.token_count().map_err(err)? == 0 {
         let token = auth::new_token();
         store
-            .token_insert("first admin token", &auth::hash_token(&token), admin, None)
+            .token_insert(
+                "first admin token",
+                &auth::hash_token(&token),
+                admin,
+                None,
+                None,
+            )
             .map_err(err)?;
         let host = match args.listen.ip() {
             ip if ip.is_unspecified() => "127.0.0.1".to_string(),

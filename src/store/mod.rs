@@ -400,6 +400,19 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+impl AuditEntry {
+    /// The line as a store call writes it for what it just did: `target` and `detail` filled in
+    /// where the caller left them out (the id of a row the call creates is known only inside it).
+    pub fn filled(&self, target: String, detail: Option<String>) -> AuditEntry {
+        let mut e = self.clone();
+        e.target.get_or_insert(target);
+        if e.detail.is_none() {
+            e.detail = detail;
+        }
+        e
+    }
+}
+
 /// A stored audit entry.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -544,8 +557,19 @@ pub trait JobStore: Send + Sync + 'static {
     fn org_exists(&self, id: i64) -> StoreResult<bool>;
     /// Sets the organisation's limits; false when there is no such organisation.
     fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool>;
+    // Actions that are audited take the audit line (`audit`) and write it in their own
+    // transaction, only when the action happens: no action without its line, no line without
+    // its action. A line without a `target` gets the created row's (`user:ID`, `token:ID`,
+    // `job:ID`); see [`AuditEntry::filled`].
+
     /// Creates a user; `None` when the organisation already has a user of this name.
-    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>>;
+    fn user_insert(
+        &self,
+        org_id: i64,
+        name: &str,
+        role: Role,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>>;
     fn user_get(&self, id: i64) -> StoreResult<Option<User>>;
     /// Every organisation, by id.
     fn org_list(&self) -> StoreResult<Vec<Org>>;
@@ -564,17 +588,22 @@ pub trait JobStore: Send + Sync + 'static {
         token_hash: &str,
         user_id: i64,
         expires_at: Option<DateTime<Utc>>,
+        audit: Option<&AuditEntry>,
     ) -> StoreResult<i64>;
     /// Who the live (not revoked, not expired) token with this hash speaks for, marking it used.
     fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>>;
     /// Revokes a token (only one of organisation `org_id`'s users, when given); returns the
     /// organisation of its user, or `None` when there is no such live token.
-    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>>;
+    fn token_revoke(
+        &self,
+        id: i64,
+        org_id: Option<i64>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>>;
     /// The organisation of a token's user (revoked tokens included: what they created keeps
     /// belonging to that organisation).
     fn token_org(&self, id: i64) -> StoreResult<Option<i64>>;
 
-    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()>;
     /// A page of the organisation's audit log, newest first, and its total.
     fn audit_list(
         &self,
@@ -586,7 +615,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Creates a job, unless the same caller already sent the same Idempotency-Key or the same
     /// file is already active for the dataset. With a lease, the job starts out `processing`
     /// and owned by the caller (synchronous imports); without, it is `pending` for the workers.
-    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted>;
+    /// The audit line is written only when a job is created.
+    fn job_insert(
+        &self,
+        job: &NewJob,
+        lease: Option<(&str, u64)>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Inserted>;
     /// The job an earlier request with this Idempotency-Key created.
     fn job_find_idempotent(&self, created_by: Option<i64>, key: &str)
     -> StoreResult<Option<JobId>>;
@@ -630,11 +665,18 @@ pub trait JobStore: Send + Sync + 'static {
         Ok(false)
     }
 
-    /// Cancel, pause, resume or retry a job.
-    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled>;
+    /// Cancel, pause, resume or retry a job. The audit line (written when the action is done)
+    /// gets the detail `new job ID` for a retry from the start.
+    fn job_control(
+        &self,
+        id: JobId,
+        action: Control,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Controlled>;
     /// Deletes a job (with its chunks) and its row errors; returns the blob names to remove,
     /// or `None` when there was no such job.
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>>;
+    fn job_delete(&self, id: JobId, audit: Option<&AuditEntry>)
+    -> StoreResult<Option<Vec<String>>>;
     /// Retention: forgets the files of jobs finished before `files_before` and deletes jobs
     /// finished before `jobs_before`. Returns the blob names to remove and the jobs deleted.
     fn jobs_sweep(

@@ -7,9 +7,14 @@ use postgres::Client;
 
 use super::jobs::notify;
 use super::pg_err;
-use crate::store::{Control, Controlled, JobId, JobStatus, Stats, StoreResult};
+use crate::store::{AuditEntry, Control, Controlled, JobId, JobStatus, Stats, StoreResult};
 
-pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreResult<Controlled> {
+pub(super) fn control(
+    conn: &mut Client,
+    id: JobId,
+    action: Control,
+    audit: Option<&AuditEntry>,
+) -> StoreResult<Controlled> {
     let mut tx = conn.transaction().map_err(pg_err)?;
     let row = tx
         .query_opt(
@@ -127,11 +132,19 @@ pub(super) fn control(conn: &mut Client, id: JobId, action: Control) -> StoreRes
     if split && result == Controlled::Done(id) {
         control_chunks(&mut tx, id, action)?;
     }
+    if let (Controlled::Done(target), Some(audit)) = (&result, audit) {
+        let detail = (*target != id).then(|| format!("new job {target}"));
+        super::tenants::audit_insert(&mut tx, &audit.filled(format!("job:{id}"), detail))?;
+    }
     tx.commit().map_err(pg_err)?;
     Ok(result)
 }
 
-pub(super) fn delete(conn: &mut Client, id: JobId) -> StoreResult<Option<Vec<String>>> {
+pub(super) fn delete(
+    conn: &mut Client,
+    id: JobId,
+    audit: Option<&AuditEntry>,
+) -> StoreResult<Option<Vec<String>>> {
     let mut tx = conn.transaction().map_err(pg_err)?;
     let blobs: Vec<String> = tx
         .query(
@@ -146,6 +159,11 @@ pub(super) fn delete(conn: &mut Client, id: JobId) -> StoreResult<Option<Vec<Str
     let n = tx
         .execute("DELETE FROM jobs WHERE id = $1", &[&id])
         .map_err(pg_err)?;
+    if n == 1
+        && let Some(audit) = audit
+    {
+        super::tenants::audit_insert(&mut tx, &audit.filled(format!("job:{id}"), None))?;
+    }
     tx.commit().map_err(pg_err)?;
     Ok((n == 1).then_some(blobs))
 }

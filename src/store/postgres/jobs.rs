@@ -138,8 +138,18 @@ impl JobStore for PgStore {
         super::tenants::org_set_limits(&mut *self.conn()?, id, limits)
     }
 
-    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>> {
-        super::tenants::user_insert(&mut *self.conn()?, org_id, name, role)
+    fn user_insert(
+        &self,
+        org_id: i64,
+        name: &str,
+        role: Role,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| super::tenants::user_insert(c, org_id, name, role),
+            |id| id.map(|id| format!("user:{id}")),
+        )
     }
 
     fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
@@ -172,8 +182,13 @@ impl JobStore for PgStore {
         token_hash: &str,
         user_id: i64,
         expires_at: Option<DateTime<Utc>>,
+        audit: Option<&AuditEntry>,
     ) -> StoreResult<i64> {
-        super::tenants::token_insert(&mut *self.conn()?, label, token_hash, user_id, expires_at)
+        self.audited(
+            audit,
+            |c| super::tenants::token_insert(c, label, token_hash, user_id, expires_at),
+            |id| Some(format!("token:{id}")),
+        )
     }
 
     fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
@@ -191,12 +206,17 @@ impl JobStore for PgStore {
             .map(|r| r.get(0)))
     }
 
-    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
-        super::tenants::token_revoke(&mut *self.conn()?, id, org_id)
-    }
-
-    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {
-        super::tenants::audit_insert(&mut *self.conn()?, entry)
+    fn token_revoke(
+        &self,
+        id: i64,
+        org_id: Option<i64>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| super::tenants::token_revoke(c, id, org_id),
+            |org| org.map(|_| format!("token:{id}")),
+        )
     }
 
     fn audit_list(
@@ -208,7 +228,12 @@ impl JobStore for PgStore {
         super::tenants::audit_list(&mut *self.conn()?, org_id, limit, offset)
     }
 
-    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
+    fn job_insert(
+        &self,
+        job: &NewJob,
+        lease: Option<(&str, u64)>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Inserted> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(pg_err)?;
         // Serialise inserts of the same file so the duplicate check and the insert agree.
@@ -280,8 +305,12 @@ impl JobStore for PgStore {
         if lease.is_none() {
             notify(&mut tx)?;
         }
+        let id: i64 = row.get(0);
+        if let Some(audit) = audit {
+            super::tenants::audit_insert(&mut tx, &audit.filled(format!("job:{id}"), None))?;
+        }
         tx.commit().map_err(pg_err)?;
-        Ok(Inserted::Created(row.get(0)))
+        Ok(Inserted::Created(id))
     }
 
     fn job_find_idempotent(
@@ -470,12 +499,21 @@ impl JobStore for PgStore {
         self.wait_for_notify(timeout)
     }
 
-    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled> {
-        super::control::control(&mut *self.conn()?, id, action)
+    fn job_control(
+        &self,
+        id: JobId,
+        action: Control,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Controlled> {
+        super::control::control(&mut *self.conn()?, id, action, audit)
     }
 
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>> {
-        super::control::delete(&mut *self.conn()?, id)
+    fn job_delete(
+        &self,
+        id: JobId,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<Vec<String>>> {
+        super::control::delete(&mut *self.conn()?, id, audit)
     }
 
     fn jobs_sweep(
@@ -645,5 +683,27 @@ impl JobStore for PgStore {
         name: &str,
     ) -> StoreResult<Option<Template>> {
         super::hooks::template_use(&mut *self.conn()?, org_id, dataset, name)
+    }
+}
+
+impl PgStore {
+    /// Runs `act` and writes its audit line in one transaction; `target` names what the action
+    /// did, or `None` when it did nothing (no line then).
+    fn audited<T>(
+        &self,
+        audit: Option<&AuditEntry>,
+        act: impl FnOnce(&mut postgres::Transaction<'_>) -> StoreResult<T>,
+        target: impl FnOnce(&T) -> Option<String>,
+    ) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        let done = act(&mut tx)?;
+        if let Some(audit) = audit
+            && let Some(target) = target(&done)
+        {
+            super::tenants::audit_insert(&mut tx, &audit.filled(target, None))?;
+        }
+        tx.commit().map_err(pg_err)?;
+        Ok(done)
     }
 }

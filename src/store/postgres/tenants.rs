@@ -1,8 +1,8 @@
 //! Organisations, users, API tokens and the audit log on PostgreSQL.
 
 use chrono::{DateTime, Utc};
-use postgres::Client;
 use postgres::error::SqlState;
+use postgres::{Client, GenericClient};
 
 use super::pg_err;
 use crate::store::{
@@ -63,7 +63,7 @@ pub(super) fn org_set_limits(c: &mut Client, id: i64, limits: OrgLimits) -> Stor
 }
 
 pub(super) fn user_insert(
-    c: &mut Client,
+    c: &mut impl GenericClient,
     org_id: i64,
     name: &str,
     role: Role,
@@ -170,7 +170,7 @@ pub(super) fn token_count(c: &mut Client) -> StoreResult<u64> {
 }
 
 pub(super) fn token_insert(
-    c: &mut Client,
+    c: &mut impl GenericClient,
     label: &str,
     token_hash: &str,
     user_id: i64,
@@ -216,7 +216,7 @@ pub(super) fn token_find(c: &mut Client, token_hash: &str) -> StoreResult<Option
 }
 
 pub(super) fn token_revoke(
-    c: &mut Client,
+    c: &mut impl GenericClient,
     id: i64,
     org_id: Option<i64>,
 ) -> StoreResult<Option<i64>> {
@@ -231,7 +231,7 @@ pub(super) fn token_revoke(
     Ok(row.map(|r| r.get(0)))
 }
 
-pub(super) fn audit_insert(c: &mut Client, e: &AuditEntry) -> StoreResult<()> {
+pub(super) fn audit_insert(c: &mut impl GenericClient, e: &AuditEntry) -> StoreResult<()> {
     c.execute(
         "INSERT INTO audit_log (org_id, user_id, token_id, action, target, detail) \
          VALUES ($1, $2, $3, $4, $5, $6)",

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::db_err;
 use super::jobs::now_text;
-use crate::store::{Control, Controlled, JobId, JobStatus, Stats, StoreResult};
+use crate::store::{AuditEntry, Control, Controlled, JobId, JobStatus, Stats, StoreResult};
 
 fn status_of(conn: &Connection, id: JobId) -> StoreResult<Option<(JobStatus, bool)>> {
     let row: Option<(String, Option<String>)> = conn
@@ -27,6 +27,7 @@ pub(super) fn control(
     conn: &mut Connection,
     id: JobId,
     action: Control,
+    audit: Option<&AuditEntry>,
 ) -> StoreResult<Controlled> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -129,6 +130,10 @@ pub(super) fn control(
     if split && result == Controlled::Done(id) {
         control_chunks(&tx, id, action)?;
     }
+    if let (Controlled::Done(target), Some(audit)) = (&result, audit) {
+        let detail = (*target != id).then(|| format!("new job {target}"));
+        super::tenants::audit_insert(&tx, &audit.filled(format!("job:{id}"), detail))?;
+    }
     tx.commit().map_err(db_err)?;
     Ok(result)
 }
@@ -147,7 +152,11 @@ fn active_twin(conn: &Connection, id: JobId) -> StoreResult<Option<JobId>> {
     .map_err(db_err)
 }
 
-pub(super) fn delete(conn: &mut Connection, id: JobId) -> StoreResult<Option<Vec<String>>> {
+pub(super) fn delete(
+    conn: &mut Connection,
+    id: JobId,
+    audit: Option<&AuditEntry>,
+) -> StoreResult<Option<Vec<String>>> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db_err)?;
@@ -164,6 +173,11 @@ pub(super) fn delete(conn: &mut Connection, id: JobId) -> StoreResult<Option<Vec
     let n = tx
         .execute("DELETE FROM jobs WHERE id = ?1", [id])
         .map_err(db_err)?;
+    if n == 1
+        && let Some(audit) = audit
+    {
+        super::tenants::audit_insert(&tx, &audit.filled(format!("job:{id}"), None))?;
+    }
     tx.commit().map_err(db_err)?;
     Ok((n == 1).then_some(blobs))
 }

@@ -168,8 +168,18 @@ impl JobStore for SqliteStore {
         super::tenants::org_set_limits(&*self.conn()?, id, limits)
     }
 
-    fn user_insert(&self, org_id: i64, name: &str, role: Role) -> StoreResult<Option<i64>> {
-        super::tenants::user_insert(&*self.conn()?, org_id, name, role)
+    fn user_insert(
+        &self,
+        org_id: i64,
+        name: &str,
+        role: Role,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| super::tenants::user_insert(c, org_id, name, role),
+            |id| id.map(|id| format!("user:{id}")),
+        )
     }
 
     fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
@@ -202,8 +212,13 @@ impl JobStore for SqliteStore {
         token_hash: &str,
         user_id: i64,
         expires_at: Option<DateTime<Utc>>,
+        audit: Option<&AuditEntry>,
     ) -> StoreResult<i64> {
-        super::tenants::token_insert(&*self.conn()?, label, token_hash, user_id, expires_at)
+        self.audited(
+            audit,
+            |c| super::tenants::token_insert(c, label, token_hash, user_id, expires_at),
+            |id| Some(format!("token:{id}")),
+        )
     }
 
     fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
@@ -221,12 +236,17 @@ impl JobStore for SqliteStore {
             .map_err(db_err)
     }
 
-    fn token_revoke(&self, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
-        super::tenants::token_revoke(&*self.conn()?, id, org_id)
-    }
-
-    fn audit_insert(&self, entry: &AuditEntry) -> StoreResult<()> {
-        super::tenants::audit_insert(&*self.conn()?, entry)
+    fn token_revoke(
+        &self,
+        id: i64,
+        org_id: Option<i64>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| super::tenants::token_revoke(c, id, org_id),
+            |org| org.map(|_| format!("token:{id}")),
+        )
     }
 
     fn audit_list(
@@ -238,7 +258,12 @@ impl JobStore for SqliteStore {
         super::tenants::audit_list(&*self.conn()?, org_id, limit, offset)
     }
 
-    fn job_insert(&self, job: &NewJob, lease: Option<(&str, u64)>) -> StoreResult<Inserted> {
+    fn job_insert(
+        &self,
+        job: &NewJob,
+        lease: Option<(&str, u64)>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Inserted> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -308,6 +333,9 @@ impl JobStore for SqliteStore {
         )
         .map_err(db_err)?;
         let id = tx.last_insert_rowid();
+        if let Some(audit) = audit {
+            super::tenants::audit_insert(&tx, &audit.filled(format!("job:{id}"), None))?;
+        }
         tx.commit().map_err(db_err)?;
         Ok(Inserted::Created(id))
     }
@@ -511,14 +539,23 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    fn job_control(&self, id: JobId, action: Control) -> StoreResult<Controlled> {
+    fn job_control(
+        &self,
+        id: JobId,
+        action: Control,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Controlled> {
         let mut conn = self.conn()?;
-        super::control::control(&mut conn, id, action)
+        super::control::control(&mut conn, id, action, audit)
     }
 
-    fn job_delete(&self, id: JobId) -> StoreResult<Option<Vec<String>>> {
+    fn job_delete(
+        &self,
+        id: JobId,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<Vec<String>>> {
         let mut conn = self.conn()?;
-        super::control::delete(&mut conn, id)
+        super::control::delete(&mut conn, id, audit)
     }
 
     fn jobs_sweep(
@@ -693,5 +730,29 @@ impl JobStore for SqliteStore {
         name: &str,
     ) -> StoreResult<Option<Template>> {
         hooks::template_use(&*self.conn()?, org_id, dataset, name)
+    }
+}
+
+impl SqliteStore {
+    /// Runs `act` and writes its audit line in one transaction; `target` names what the action
+    /// did, or `None` when it did nothing (no line then).
+    fn audited<T>(
+        &self,
+        audit: Option<&AuditEntry>,
+        act: impl FnOnce(&rusqlite::Connection) -> StoreResult<T>,
+        target: impl FnOnce(&T) -> Option<String>,
+    ) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let done = act(&tx)?;
+        if let Some(audit) = audit
+            && let Some(target) = target(&done)
+        {
+            super::tenants::audit_insert(&tx, &audit.filled(target, None))?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(done)
     }
 }

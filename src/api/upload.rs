@@ -36,6 +36,11 @@ use crate::store::{Inserted, JobId, JobStatus, NewJob};
 const MAX_FORM_FIELD: usize = 64 * 1024;
 /// Row errors included in a synchronous import's answer; the rest are at `errorsUrl`.
 const SYNC_ERRORS_SHOWN: u64 = 100;
+/// What is read and thrown away of an upload refused as too large before the 413 goes out, so
+/// that a client still sending receives the answer rather than a reset connection; a larger
+/// remainder is cut off with the connection.
+const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// An upload on disk; removed on drop unless kept (so every early return cleans up).
 struct SavedBlob {
@@ -142,7 +147,19 @@ pub async fn upload(
                     return Err(ApiError::bad("multiple_files", "send one file per request"));
                 }
                 filename = field.file_name().map(str::to_string).or(filename);
-                saved = Some(save_stream(&state, max_bytes, &mut field).await?);
+                let result = save_stream(&state, max_bytes, &mut field).await;
+                drop(field);
+                if let Err(e @ ApiError::TooLarge(_)) = result {
+                    // The rest of the form (its closing boundary, fields after the file).
+                    let deadline = tokio::time::Instant::now() + DISCARD_TIME;
+                    while let Ok(Ok(Some(mut rest))) =
+                        tokio::time::timeout_at(deadline, multipart.next_field()).await
+                    {
+                        discard(&mut rest).await;
+                    }
+                    return Err(e);
+                }
+                saved = Some(result?);
             } else {
                 let mut text = Vec::new();
                 while let Some(chunk) = field
@@ -454,6 +471,22 @@ fn clean_filename(name: Option<&str>) -> String {
 }
 
 /// Streams a body to a new blob, hashing on the way and refusing past the size limit.
+/// Reads and throws away the rest of a refused upload, within `DISCARD_BYTES` and
+/// `DISCARD_TIME`.
+async fn discard<S, E>(stream: &mut S)
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + DISCARD_TIME;
+    let mut left = DISCARD_BYTES;
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        left = left.saturating_sub(chunk.len() as u64);
+        if left == 0 {
+            break;
+        }
+    }
+}
+
 async fn save_stream<S, E>(
     state: &AppState,
     max_bytes: u64,
@@ -489,6 +522,7 @@ where
         })?;
         saved.size += chunk.len() as u64;
         if saved.size > max_bytes {
+            discard(stream).await;
             return Err(ApiError::TooLarge(format!(
                 "the file is larger than the limit of {max_bytes} bytes"
             )));

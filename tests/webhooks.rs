@@ -308,9 +308,11 @@ async fn webhook_registration_is_checked(backend: Backend) {
 }
 
 async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend) {
+    // Deliveries wait far longer than the imports take, however slow the machine.
     let app = spawn_app(AppOptions {
         backend,
         webhook_allow_private: true,
+        extra_args: vec!["--webhook-timeout".into(), "5m".into()],
         ..Default::default()
     });
     // Accepts connections and never answers.
@@ -321,12 +323,11 @@ async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend
         for s in hanging.incoming().take(4).flatten() {
             open.push(s);
         }
-        std::thread::sleep(Duration::from_secs(30));
+        std::thread::sleep(Duration::from_secs(60));
         drop(open);
     });
     let (_, hook) = register(&app, json!({"url": url})).await;
     let hook = hook["data"]["id"].as_i64().unwrap();
-    let started = std::time::Instant::now();
     for n in 0..3 {
         let (file, _) = generate(
             app.dir.path(),
@@ -341,12 +342,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend
         let job = job_id(&app.upload("products", &file).await.1);
         assert_eq!(app.wait_done(job, MINUTE).await["status"], "completed");
     }
-    // Three jobs done while every delivery is still waiting for its answer (10 s timeout).
-    assert!(
-        started.elapsed() < Duration::from_secs(9),
-        "{:?}",
-        started.elapsed()
-    );
+    // Three jobs done while every delivery is still waiting for its answer.
     let list = deliveries(&app, hook).await;
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert!(

@@ -130,6 +130,10 @@ pub struct ServeArgs {
     /// (at most 1 h), plus up to 10% jitter.
     #[arg(long, env = "SLUICE_WEBHOOK_BACKOFF_MS", default_value_t = 2000)]
     pub webhook_backoff_ms: u64,
+    /// How long one webhook delivery may take (connecting, sending and the receiver's answer)
+    /// before it counts as failed and is retried (`10s`, `1m`, …).
+    #[arg(long, env = "SLUICE_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
     /// Let webhooks reach loopback, private, link-local and other internal addresses (receivers
     /// on this machine or its private network). Off by default: on a server shared by several
     /// organisations such a URL would let an admin reach internal services or the cloud
@@ -340,7 +344,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         crate::webhooks::WebhookConfig {
             attempts: args.webhook_attempts,
             backoff: Duration::from_millis(args.webhook_backoff_ms),
-            timeout: Duration::from_secs(10),
+            timeout: args.webhook_timeout,
             allow_private: args.webhook_allow_private,
         },
         shutdown.clone(),

@@ -214,14 +214,13 @@ pub struct Replacement {
     pub staging: String,
     /// The organisation whose rows are replaced.
     pub org: i64,
-    /// Columns copied (the organisation, the dataset's fields and sluice's bookkeeping).
+    /// Columns copied (the dataset's fields and sluice's bookkeeping).
     pub columns: Vec<String>,
 }
 
 impl Replacement {
     pub fn for_dataset(dataset: &Dataset, owner: JobId, org: i64) -> Self {
-        let mut columns: Vec<String> = vec![ORG_COLUMN.to_string()];
-        columns.extend(dataset.fields.iter().map(|f| f.name.clone()));
+        let mut columns: Vec<String> = dataset.fields.iter().map(|f| f.name.clone()).collect();
         columns.extend(
             [
                 "_sluice_job",
@@ -239,7 +238,9 @@ impl Replacement {
         }
     }
 
-    /// The statements of the swap, in order.
+    /// The statements of the swap, in order. The rows go in as the job's organisation's
+    /// whatever the staging table says (one staged before the staging table had the column
+    /// reads as the `default` organisation's).
     pub fn statements(&self) -> [String; 3] {
         let cols = self
             .columns
@@ -253,8 +254,8 @@ impl Replacement {
                 self.table, self.org
             ),
             format!(
-                "INSERT INTO \"{}\" ({cols}) SELECT {cols} FROM \"{}\"",
-                self.table, self.staging
+                "INSERT INTO \"{}\" ({ORG_COLUMN}, {cols}) SELECT {}, {cols} FROM \"{}\"",
+                self.table, self.org, self.staging
             ),
             format!("DROP TABLE \"{}\"", self.staging),
         ]

@@ -186,11 +186,7 @@ fn add_org_column(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
         .map_err(db_err)?;
     // A rebuild from `table_info` keeps names, types, NOT NULL and defaults; a table with
     // anything more in its definition keeps its definition instead.
-    let upper = sql.to_uppercase();
-    let plain = !["CHECK", "REFERENCES", "UNIQUE", "COLLATE", "GENERATED"]
-        .iter()
-        .any(|w| upper.contains(w));
-    if !plain || primary_key(conn, &ds.table)? != key_names(ds) {
+    if !is_plain_definition(&sql) || primary_key(conn, &ds.table)? != key_names(ds) {
         if primary_key(conn, &ds.table)? == key_names(ds) {
             tracing::warn!(
                 table = %ds.table,
@@ -262,6 +258,39 @@ fn add_org_column(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
     Ok(())
 }
 
+/// Whether a `CREATE TABLE` statement has nothing but columns, types, NOT NULL, defaults and a
+/// primary key: none of the keywords of what a rebuild from `table_info` would lose, outside
+/// quoted names and strings (so a column named `"checksum"` or `unique_code` does not count).
+fn is_plain_definition(sql: &str) -> bool {
+    let mut bare = String::with_capacity(sql.len());
+    let mut quote = None;
+    for c in sql.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if matches!(c, '"' | '\'' | '`' | '[') => {
+                quote = Some(if c == '[' { ']' } else { c });
+                bare.push(' ');
+            }
+            None => bare.push(c),
+        }
+    }
+    !bare
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|word| {
+            [
+                "CHECK",
+                "REFERENCES",
+                "UNIQUE",
+                "COLLATE",
+                "GENERATED",
+                "FOREIGN",
+            ]
+            .iter()
+            .any(|k| word.eq_ignore_ascii_case(k))
+        })
+}
+
 /// The history table: the organisation and key of the row, the field, the old and new values and
 /// the validity of the old one.
 fn prepare_history(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
@@ -302,4 +331,25 @@ fn prepare_history(conn: &Connection, ds: &Dataset) -> StoreResult<()> {
         key_list(ds)
     ))
     .map_err(db_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_plain_definition;
+
+    #[test]
+    fn plain_definitions_are_told_from_richer_ones() {
+        assert!(is_plain_definition(
+            r#"CREATE TABLE "p" ("sku" TEXT NOT NULL, "checksum" TEXT, unique_code TEXT DEFAULT 'CHECK', PRIMARY KEY ("sku")) WITHOUT ROWID"#
+        ));
+        for rich in [
+            "CREATE TABLE p (sku TEXT PRIMARY KEY, price TEXT CHECK (price > 0))",
+            "CREATE TABLE p (sku TEXT PRIMARY KEY, name TEXT UNIQUE)",
+            "CREATE TABLE p (sku TEXT PRIMARY KEY COLLATE NOCASE)",
+            "CREATE TABLE p (sku TEXT PRIMARY KEY, d TEXT REFERENCES dealers (code))",
+            "CREATE TABLE p (sku TEXT PRIMARY KEY, n INTEGER GENERATED ALWAYS AS (1))",
+        ] {
+            assert!(!is_plain_definition(rich), "{rich}");
+        }
+    }
 }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use common::*;
 
@@ -1038,6 +1038,15 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
         },
         ScopedRoute {
             method: "GET",
+            path: "/api/v1/me".into(),
+            missing_path: String::new(),
+            body: None,
+            json: false,
+            foreign: Expect::Code(200),
+            member: Expect::Code(200),
+        },
+        ScopedRoute {
+            method: "GET",
             path: "/api/v1/admin/users".into(),
             missing_path: String::new(),
             body: None,
@@ -1165,6 +1174,28 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
         .unwrap_or_default();
     assert_eq!(hooks.len(), 1, "{hooks:?}");
     assert_eq!(hooks[0]["id"], hook);
+
+    // Who am I: each token speaks for its own user and organisation.
+    let (_, me) = call_json(&app, Method::GET, "/api/v1/me", Auth::Bearer(&carol_t)).await;
+    assert_eq!(
+        (
+            &me["data"]["userName"],
+            &me["data"]["orgName"],
+            &me["data"]["role"]
+        ),
+        (&json!("carol"), &json!("acme"), &json!("admin")),
+        "{me}"
+    );
+    let (_, me) = call_json(&app, Method::GET, "/api/v1/me", Auth::Cookie(&bob_t)).await;
+    assert_eq!(
+        (
+            &me["data"]["userName"],
+            &me["data"]["role"],
+            &me["data"]["orgId"]
+        ),
+        (&json!("bob"), &json!("member"), &json!(acme)),
+        "{me}"
+    );
 
     // An admin lists the organisation's users and tokens: their state, never the secrets.
     let (_, users) = call_json(

@@ -74,6 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(preview::templates).post(preview::save_template),
         )
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/me", get(session::me))
         .route(
             "/api/v1/admin/users",
             post(admin::user_create).get(admin::user_list),

@@ -123,6 +123,31 @@ pub async fn delete(headers: HeaderMap) -> Result<Response, ApiError> {
     Ok(res)
 }
 
+/// `GET /api/v1/me`: who the caller is — user, organisation and role — for clients and the
+/// UI's header (behind the token middleware like every API route).
+pub async fn me(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Extension(caller): axum::extract::Extension<auth::Caller>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (user_id, org_id) = (caller.user_id, caller.org_id);
+    let (user, org) = state
+        .jobs
+        .store_call(move |s| {
+            let user = s.user_get(user_id)?;
+            let org = s.org_list()?.into_iter().find(|o| o.id == org_id);
+            Ok((user, org))
+        })
+        .await?;
+    Ok(Json(json!({"success": true, "data": {
+        "userId": user_id,
+        "userName": user.map(|u| u.name),
+        "orgId": org_id,
+        "orgName": org.map(|o| o.name),
+        "role": caller.role,
+        "tokenId": caller.token_id,
+    }})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -545,6 +545,10 @@ async function start(datasets) {
   $('#app').hidden = false;
   $('#nav').hidden = false;
   renderNotifyButton();
+  api('/api/v1/me').then((me) => {
+    const d = me.data;
+    $('#whoami').textContent = `${d.userName || 'user ' + d.userId} · ${d.orgName || 'organisation ' + d.orgId} (${d.role})`;
+  }).catch(() => { $('#whoami').textContent = ''; });
   const body = datasets || await api('/api/v1/datasets');
   state.datasets = body.data.datasets;
   const sel = $('#dataset');

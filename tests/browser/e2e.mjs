@@ -73,6 +73,10 @@ try {
   // A reload stays signed in: the page asks the server, not document.cookie.
   await page.reload();
   await page.waitForSelector('#app:not([hidden])');
+  // The header says who is signed in: the start-up token is the default organisation's admin.
+  await page.waitForFunction(() => document.querySelector('#whoami').textContent.length > 0);
+  const who = await page.textContent('#whoami');
+  check(who === 'admin · default (admin)', `signed in as: ${who}`);
   await page.selectOption('#dataset', 'products');
   await page.click('#notify-btn');
   await page.waitForFunction(() => document.querySelector('#notify-btn').textContent === 'Notifications on');

@@ -342,9 +342,17 @@ async fn a_receiver_that_never_answers_does_not_hold_up_imports(backend: Backend
         let job = job_id(&app.upload("products", &file).await.1);
         assert_eq!(app.wait_done(job, MINUTE).await["status"], "completed");
     }
-    // Three jobs done while every delivery is still waiting for its answer.
-    let list = deliveries(&app, hook).await;
-    assert_eq!(list.as_array().unwrap().len(), 3);
+    // Three jobs done while every delivery is still waiting for its answer. (The dispatcher
+    // plans a delivery shortly after its job ends: wait for all three to be planned.)
+    let start = std::time::Instant::now();
+    let list = loop {
+        let list = deliveries(&app, hook).await;
+        if list.as_array().unwrap().len() == 3 {
+            break list;
+        }
+        assert!(start.elapsed() < MINUTE, "deliveries not planned: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         list.as_array()
             .unwrap()

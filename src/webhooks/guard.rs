@@ -148,6 +148,11 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Refusal> {
             Refusal::Benchmarking,
         ),
         (
+            Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
+            32,
+            Refusal::Reserved,
+        ), // Teredo: a tunnel to an IPv4 host hidden (XORed) in the address
+        (
             Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
             7,
             Refusal::Private,
@@ -371,6 +376,7 @@ mod tests {
             ("ff02::1", Multicast),
             ("2001:db8::1", Documentation),
             ("2001:2::1", Benchmarking),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", Reserved), // Teredo
             ("100::1", Reserved),
             ("64:ff9b:1::1", Private),
             // IPv4-mapped forms of internal addresses.

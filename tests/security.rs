@@ -66,43 +66,11 @@ async fn call_json(app: &TestApp, method: Method, path: &str, auth: Auth<'_>) ->
 }
 
 async fn upload_as(app: &TestApp, token: &str, name: &str, csv: &str) -> i64 {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(csv.as_bytes().to_vec()).file_name(name.to_string()),
-    );
-    let resp = app
-        .http
-        .post(app.url("/api/v1/import/items"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
-    let (code, body) = json_of(resp).await;
+    let (code, body) = app
+        .upload_text_as(token, "/api/v1/import/items", name, csv, &[])
+        .await;
     assert_eq!(code, 202, "{body}");
     job_id(&body)
-}
-
-async fn wait_done_as(app: &TestApp, token: &str, job: i64) -> Value {
-    let start = Instant::now();
-    loop {
-        let (code, body) = call_json(
-            app,
-            Method::GET,
-            &format!("/api/v1/import/status/{job}"),
-            Auth::Bearer(token),
-        )
-        .await;
-        assert_eq!(code, 200, "{body}");
-        if matches!(
-            body["data"]["status"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        ) {
-            return body["data"].clone();
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn spawn(backend: Backend, extra_args: &[&str]) -> TestApp {
@@ -271,7 +239,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         "code,qty,name\nA1,1,x\nA2,oops,y\n",
     )
     .await;
-    let done = wait_done_as(&app, &alice_t, job).await;
+    let done = app.wait_done_as(&alice_t, job).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["errorCount"], 1, "{done}");
     assert_eq!(
@@ -585,7 +553,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
         "the same file in another organisation is its own job"
     );
     let bobs = upload_as(&app, &bob_t, "b.csv", "code,qty,name\nB1,1,x\n").await;
-    wait_done_as(&app, &alice_t, bobs).await;
+    app.wait_done_as(&alice_t, bobs).await;
 
     println!("route × attacker cases tried: {cases}");
     // Five attackers on every job route, every other route and the three admin routes, and
@@ -596,7 +564,7 @@ async fn every_route_refuses_every_attacker(backend: Backend) {
     );
 
     // Nothing the attackers tried changed the job.
-    let after = wait_done_as(&app, &alice_t, job).await;
+    let after = app.wait_done_as(&alice_t, job).await;
     assert_eq!(after["status"], "completed", "{after}");
     assert_eq!(after["attempts"], done["attempts"], "{after}");
 
@@ -986,7 +954,7 @@ async fn organisation_resources_refuse_every_attacker(backend: Backend) {
     let hook: Value = serde_json::from_str(&hook).expect("json");
     let hook = hook["data"]["id"].as_i64().expect("webhook id");
     let job = upload_as(&app, &alice_t, "a.csv", "code,qty,name\nA1,1,x\n").await;
-    wait_done_as(&app, &alice_t, job).await;
+    app.wait_done_as(&alice_t, job).await;
     until_expired(expiry_starts).await;
 
     let json_body = |v: Value| Some(v.to_string().into_bytes());
@@ -1325,7 +1293,7 @@ async fn events_and_webhooks_stay_inside_the_organisation(backend: Backend) {
     .await;
     assert_eq!(ready["data"]["total"], 0);
     let job = upload_as(&app, &alice_t, "a.csv", "code,name\n1,a\n2,b\n").await;
-    wait_done_as(&app, &alice_t, job).await;
+    app.wait_done_as(&alice_t, job).await;
 
     let (code, body) = call(
         &app,

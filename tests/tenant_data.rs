@@ -8,8 +8,6 @@
 #[macro_use]
 mod common;
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use common::*;
@@ -52,23 +50,9 @@ async fn upload(
     csv: &str,
     fields: &[(&str, &str)],
 ) -> (u16, Value) {
-    let mut form = reqwest::multipart::Form::new();
-    for (k, v) in fields {
-        form = form.text(k.to_string(), v.to_string());
-    }
-    let form = form.part(
-        "file",
-        reqwest::multipart::Part::bytes(csv.as_bytes().to_vec()).file_name("items.csv"),
-    );
-    let resp = app
-        .http
-        .post(app.url(&format!("/api/v1/import/items{query}")))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
+    let path = format!("/api/v1/import/items{query}");
+    app.upload_text_as(token, &path, "items.csv", csv, fields)
         .await
-        .expect("upload");
-    json_of(resp).await
 }
 
 /// Uploads `csv` to `items` with the token and query; waits for the end; returns the status.
@@ -85,26 +69,9 @@ async fn import_with(
 ) -> Value {
     let (code, body) = upload(app, token, query, csv, fields).await;
     assert_eq!(code, 202, "{body}");
-    let job = job_id(&body);
-    let start = Instant::now();
-    loop {
-        let resp = app
-            .http
-            .get(app.url(&format!("/api/v1/import/status/{job}")))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("status");
-        let (code, body) = json_of(resp).await;
-        assert_eq!(code, 200, "{body}");
-        let status = body["data"]["status"].as_str().unwrap_or_default();
-        if matches!(status, "completed" | "failed" | "cancelled") {
-            assert_eq!(status, "completed", "{body}");
-            return body["data"].clone();
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = app.wait_done_as(token, job_id(&body)).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    s
 }
 
 fn counts(s: &Value) -> [u64; 4] {

@@ -451,6 +451,60 @@ impl TestApp {
         }
     }
 
+    /// Uploads `text` as a file named `name` to `POST path` (e.g. `/api/v1/import/items?mode=
+    /// insert`) with `token` and more form fields; the answer.
+    pub async fn upload_text_as(
+        &self,
+        token: &str,
+        path: &str,
+        name: &str,
+        text: &str,
+        fields: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        let form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(text.as_bytes().to_vec()).file_name(name.to_string()),
+        );
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload");
+        json_of(resp).await
+    }
+
+    /// Polls the job's status with `token` until it is completed, failed or cancelled; the
+    /// status's `data`.
+    pub async fn wait_done_as(&self, token: &str, job: i64) -> Value {
+        let start = Instant::now();
+        loop {
+            let resp = self
+                .http
+                .get(self.url(&format!("/api/v1/import/status/{job}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("status");
+            let (code, body) = json_of(resp).await;
+            assert_eq!(code, 200, "{body}");
+            if matches!(
+                body["data"]["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return body["data"].clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn errors_csv(&self, job: i64) -> String {
         let resp = self
             .get(&format!("/api/v1/import/{job}/errors?format=csv"))

@@ -32,6 +32,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 503 `busy`: every database connection stayed in use for the whole wait.
+    #[error("{0}")]
+    Busy(String),
     /// 409: the request clashes with a job's state or with another job.
     #[error("{message}")]
     Conflict {
@@ -71,6 +74,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Busy(m) => ApiError::Busy(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -88,6 +92,19 @@ impl IntoResponse for ApiError {
                 return (
                     StatusCode::TOO_MANY_REQUESTS,
                     [(axum::http::header::RETRY_AFTER, retry_after.to_string())],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            ApiError::Busy(internal) => {
+                tracing::warn!(error = %internal, "database connections exhausted");
+                let body = json!({"success": false, "error": {
+                    "code": "busy",
+                    "message": "the server is busy (every database connection is in use); retry after 1 s",
+                }});
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(axum::http::header::RETRY_AFTER, "1".to_string())],
                     Json(body),
                 )
                     .into_response();
@@ -148,7 +165,7 @@ impl ApiError {
                     "internal server error; the details are in the server log".to_string(),
                 )
             }
-            ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
+            ApiError::Conflict { .. } | ApiError::Replay(_) | ApiError::Busy(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.to_string()),
         }
     }

@@ -45,6 +45,15 @@ pub struct StorageArgs {
     /// timeout, PostgreSQL `lock_timeout`) before it counts as a (retried) system error.
     #[arg(long, env = "SLUICE_BUSY_TIMEOUT_MS", default_value_t = 10_000)]
     pub busy_timeout_ms: u64,
+    /// Most database connections this process keeps for API requests and job bookkeeping
+    /// (default: 8 on SQLite, 10 on PostgreSQL). Each running worker opens one more for its
+    /// batch writer, and a PostgreSQL process one to listen for new jobs.
+    #[arg(long, env = "SLUICE_DB_CONNECTIONS")]
+    pub db_connections: Option<u32>,
+    /// Milliseconds a request waits for a free database connection before it is answered
+    /// `503 busy` with `Retry-After` (workers retry with backoff).
+    #[arg(long, env = "SLUICE_DB_WAIT_MS", default_value_t = 5_000)]
+    pub db_wait_ms: u64,
     /// Where uploaded files are kept: `local` (`<data-dir>/blobs`; every node must share it),
     /// `database` (PostgreSQL only: every node can read them), or `auto` (database on
     /// PostgreSQL, local on SQLite).
@@ -184,13 +193,25 @@ pub(super) fn open_job_store(args: &StorageArgs) -> Result<Arc<dyn JobStore>, St
     })?;
     let store: Arc<dyn JobStore> = match database(&args.data_dir, args.database_url.as_deref())? {
         Database::Sqlite(path) => {
-            let store = SqliteStore::open(&path, Duration::from_millis(args.busy_timeout_ms))
-                .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+            let store = SqliteStore::open(
+                &path,
+                Duration::from_millis(args.busy_timeout_ms),
+                args.db_connections
+                    .unwrap_or(crate::store::sqlite::DEFAULT_CONNECTIONS),
+                Duration::from_millis(args.db_wait_ms),
+            )
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
             Arc::new(store)
         }
         Database::Postgres(url) => {
-            let store = PgStore::open(&url, Duration::from_millis(args.busy_timeout_ms))
-                .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+            let store = PgStore::open(
+                &url,
+                Duration::from_millis(args.busy_timeout_ms),
+                args.db_connections
+                    .unwrap_or(crate::store::postgres::DEFAULT_CONNECTIONS),
+                Duration::from_millis(args.db_wait_ms),
+            )
+            .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
             Arc::new(store)
         }
     };
@@ -215,7 +236,10 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
         let hash = auth::hash_token(token);
         if store.token_find(&hash).map_err(err)?.is_none() {
             // A revoked or expired SLUICE_ADMIN_TOKEN stays dead: its hash is taken.
-            if let Err(e) = store.token_insert("SLUICE_ADMIN_TOKEN", &hash, admin, None, None) {
+            if let Err(e) = store.token_insert("SLUICE_ADMIN_TOKEN", &hash, admin, None, None)
+                // Another process starting at the same moment may have stored it just now.
+                && store.token_find(&hash).map_err(err)?.is_none()
+            {
                 tracing::warn!(error = %e, "SLUICE_ADMIN_TOKEN was revoked or expired; not restored");
             }
         }

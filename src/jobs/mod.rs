@@ -277,7 +277,7 @@ async fn finish(
             .store_call(move |s| s.job_finish(&l, r.as_ref(), status, msg.as_deref()))
             .await
         {
-            Err(StoreError::Unavailable(e)) if tokio::time::Instant::now() < give_up => {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
                 tracing::warn!(error = %e, "recording the end of the job failed; retrying");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
@@ -430,7 +430,7 @@ fn run_blocking(
         .org_id
         .ok_or_else(|| FileError::Unreadable("the job belongs to no organisation".into()))?;
     let store_err = |e: StoreError| match e {
-        StoreError::Unavailable(m) => SinkError::Retryable(m),
+        e if e.is_transient() => SinkError::Retryable(e.to_string()),
         other => SinkError::Fatal(other.to_string()),
     };
     let path = match ctx.blobs.checkout(&job.blob) {

@@ -6,9 +6,17 @@
 //! lives only in the backend modules and `migrations/`. Two backends implement it: `sqlite`
 //! (embedded, the default) and `postgres` (shared by many processes and machines).
 
+mod control;
+mod hooks;
+mod jobs;
 mod pool;
 pub mod postgres;
+pub mod sql;
+mod sql_store;
 pub mod sqlite;
+mod tenants;
+
+pub use sql_store::{Backend, SqlStore};
 
 use std::sync::Arc;
 
@@ -25,6 +33,9 @@ pub enum StoreError {
     /// The database is busy, unavailable or out of space: worth retrying.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every pooled connection stayed in use for the whole wait: worth retrying soon.
+    #[error("database busy: {0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Other(String),
     #[error("stored data is not readable: {0}")]
@@ -32,6 +43,13 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// Whether trying again later may succeed (the database was unreachable, busy or full).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Busy(_))
+    }
+}
 
 /// The closed set of job states. `pending → processing → completed | failed`; `paused` and
 /// `cancelled` are part of the schema for the crash-safe jobs work.

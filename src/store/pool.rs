@@ -1,90 +1,153 @@
-//! A small blocking connection pool shared by the backends: connections open on demand, up to
-//! `max_idle` are kept for reuse, and one in a bad state (closed, or left inside a transaction)
-//! is dropped instead of returned.
+//! The bounded connection pool both backends share, over r2d2.
+//!
+//! At most `size` connections are open at once (`--db-connections`); a caller waits at most
+//! `wait` (`--db-wait`) for one to come free and then gets [`StoreError::Busy`] (the API answers
+//! `503 busy` with `Retry-After`), or [`StoreError::Unavailable`] when the database could not be
+//! reached meanwhile. Connections open on demand and close after ten idle minutes; one in a bad
+//! state (closed, or left inside a transaction) is dropped instead of returned. Batch writers
+//! open connections of their own ([`Pool::open`]): one per running worker, outside the cap.
 
-use std::ops::{Deref, DerefMut};
-use std::sync::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 
-type Connect<C> = Box<dyn Fn() -> StoreResult<C> + Send + Sync>;
+/// How long opening a store waits for its first connection.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
-pub struct Pool<C> {
-    idle: Mutex<Vec<C>>,
-    max_idle: usize,
+type Connect<C> = Arc<dyn Fn() -> StoreResult<C> + Send + Sync>;
+
+pub struct Manager<C> {
     connect: Connect<C>,
-    reusable: fn(&C) -> bool,
+    broken: fn(&C) -> bool,
+    /// Whether the last attempt to connect failed (a timeout then means "unavailable").
+    failing: Arc<AtomicBool>,
 }
 
-impl<C> Pool<C> {
-    pub fn new(max_idle: usize, connect: Connect<C>, reusable: fn(&C) -> bool) -> Self {
+impl<C: Send + 'static> r2d2::ManageConnection for Manager<C> {
+    type Connection = C;
+    type Error = StoreError;
+
+    fn connect(&self) -> Result<C, StoreError> {
+        let result = (self.connect)();
+        self.failing.store(result.is_err(), Ordering::Relaxed);
+        result
+    }
+
+    fn is_valid(&self, _: &mut C) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut C) -> bool {
+        (self.broken)(conn)
+    }
+}
+
+/// Logs connection failures once through tracing instead of r2d2's `log` output.
+#[derive(Debug)]
+struct QuietErrors;
+
+impl r2d2::HandleError<StoreError> for QuietErrors {
+    fn handle_error(&self, error: StoreError) {
+        tracing::warn!(%error, "opening a database connection failed");
+    }
+}
+
+pub type Pooled<C> = r2d2::PooledConnection<Manager<C>>;
+
+pub struct Pool<C: Send + 'static> {
+    /// Always `Some` until dropped (it is dropped on a thread of its own: see `Drop`).
+    inner: Option<r2d2::Pool<Manager<C>>>,
+    connect: Connect<C>,
+    failing: Arc<AtomicBool>,
+    size: u32,
+}
+
+impl<C: Send + 'static> Pool<C> {
+    pub fn new(
+        size: u32,
+        wait: Duration,
+        connect: impl Fn() -> StoreResult<C> + Send + Sync + 'static,
+        broken: fn(&C) -> bool,
+    ) -> Self {
+        let connect: Connect<C> = Arc::new(connect);
+        let failing = Arc::new(AtomicBool::new(false));
+        let size = size.max(1);
+        let inner = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(0))
+            .connection_timeout(wait.max(Duration::from_millis(1)))
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .test_on_check_out(false)
+            .error_handler(Box::new(QuietErrors))
+            .build_unchecked(Manager {
+                connect: connect.clone(),
+                broken,
+                failing: failing.clone(),
+            });
         Self {
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            inner: Some(inner),
             connect,
-            reusable,
+            failing,
+            size,
         }
     }
 
-    /// An idle connection, or a new one.
-    pub fn get(&self) -> StoreResult<Pooled<'_, C>> {
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        let conn = match idle {
-            Some(c) => c,
-            None => (self.connect)()?,
-        };
-        Ok(Pooled {
-            pool: self,
-            conn: Some(conn),
-        })
+    fn pool(&self) -> &r2d2::Pool<Manager<C>> {
+        self.inner.as_ref().expect("present until drop")
     }
 
-    /// A new connection that is not pooled (a batch writer's own, say).
+    /// A pooled connection, waiting up to the pool's wait time for one to come free.
+    pub fn get(&self) -> StoreResult<Pooled<C>> {
+        let result = self.pool().get();
+        result.map_err(|e| self.timed_out(e))
+    }
+
+    /// A pooled connection, waiting up to `wait` (start-up: the database may be slow to answer
+    /// its first connection).
+    pub fn get_patiently(&self, wait: Duration) -> StoreResult<Pooled<C>> {
+        let result = self.pool().get_timeout(wait);
+        result.map_err(|e| self.timed_out(e))
+    }
+
+    /// Busy when every connection is open and in use; unavailable when the database could not
+    /// be reached, or did not answer a new connection in time.
+    fn timed_out(&self, e: r2d2::Error) -> StoreError {
+        let open = self.pool().state().connections;
+        if self.failing.load(Ordering::Relaxed) || open < self.size {
+            StoreError::Unavailable(format!("cannot connect to the database ({e})"))
+        } else {
+            StoreError::Busy(format!(
+                "all {} database connections are in use ({e})",
+                self.size
+            ))
+        }
+    }
+
+    /// A pooled connection if one is free at once.
+    pub fn try_get(&self) -> Option<Pooled<C>> {
+        self.pool().try_get()
+    }
+
+    /// A new connection that is not pooled (a batch writer's own).
     pub fn open(&self) -> StoreResult<C> {
         (self.connect)()
     }
 
-    /// Takes every idle connection out of the pool (to close them somewhere safe).
-    pub fn drain(&self) -> Vec<C> {
-        self.idle
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default()
-    }
-
-    fn put_back(&self, conn: C) {
-        if (self.reusable)(&conn)
-            && let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_idle
-        {
-            idle.push(conn);
-        }
+    /// The cap, and the connections open and idle now.
+    pub fn state(&self) -> (u32, u32, u32) {
+        let s = self.pool().state();
+        (self.size, s.connections, s.idle_connections)
     }
 }
 
-/// A connection borrowed from the pool; returned on drop.
-pub struct Pooled<'a, C> {
-    pool: &'a Pool<C>,
-    conn: Option<C>,
-}
-
-impl<C> Deref for Pooled<'_, C> {
-    type Target = C;
-    fn deref(&self) -> &C {
-        self.conn.as_ref().expect("present until drop")
-    }
-}
-
-impl<C> DerefMut for Pooled<'_, C> {
-    fn deref_mut(&mut self) -> &mut C {
-        self.conn.as_mut().expect("present until drop")
-    }
-}
-
-impl<C> Drop for Pooled<'_, C> {
+impl<C: Send + 'static> Drop for Pool<C> {
+    /// The `postgres` client closes its connection by blocking on its own runtime, which must
+    /// not happen on an async thread: the idle connections are closed on a thread of their own.
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.pool.put_back(conn);
+        if let Some(pool) = self.inner.take() {
+            let _ = std::thread::spawn(move || drop(pool)).join();
         }
     }
 }

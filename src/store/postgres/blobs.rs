@@ -5,12 +5,12 @@ use std::io::{Read, Write};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::{PgStore, pg_err};
+use super::{Postgres, pg_err};
 use crate::store::{StoreError, StoreResult};
 
 const CHUNK: usize = 1024 * 1024;
 
-impl PgStore {
+impl Postgres {
     pub(super) fn write_blob(&self, name: &str, from: &mut dyn Read) -> StoreResult<u64> {
         let mut conn = self.conn()?;
         let mut tx = conn.transaction().map_err(pg_err)?;

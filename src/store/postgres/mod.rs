@@ -9,22 +9,22 @@
 //! client: the store interface is blocking and always called from blocking threads.
 
 mod blobs;
-mod control;
-mod hooks;
-mod jobs;
 mod tables;
-mod tenants;
 mod writer;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls};
+use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use postgres::{Client, GenericClient, NoTls};
 
 use super::pool::{Pool, Pooled};
-use super::{StoreError, StoreResult};
+use super::sql::{Dialect, Row, Sql, Value};
+use super::{Backend, JobId, Lease, SqlStore, StoreError, StoreResult};
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Mode};
 
 /// Migrations in order; the same numbering and meaning as on SQLite. Append only.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -71,9 +71,14 @@ const SCHEMA_LOCK: i64 = 0x5111_CE00;
 /// The channel that announces claimable jobs.
 const CHANNEL: &str = "sluice_jobs";
 
-const POOL_IDLE: usize = 8;
+/// The default cap on pooled connections per process (PostgreSQL allows 100 in all by default).
+pub const DEFAULT_CONNECTIONS: u32 = 10;
 
-pub struct PgStore {
+/// The job store on PostgreSQL.
+pub type PgStore = SqlStore<Postgres>;
+
+/// The PostgreSQL backend of [`SqlStore`].
+pub struct Postgres {
     url: String,
     /// How long a statement waits for a lock another session holds (`lock_timeout`).
     lock_timeout: Duration,
@@ -82,28 +87,231 @@ pub struct PgStore {
     listener: Mutex<Option<Client>>,
 }
 
-impl PgStore {
-    /// Connects, and creates or upgrades the job store schema.
-    pub fn open(url: &str, lock_timeout: Duration) -> StoreResult<Self> {
+impl SqlStore<Postgres> {
+    /// Connects, and creates or upgrades the job store schema. At most `connections` pooled
+    /// connections are open at once; a caller waits up to `wait` for one.
+    pub fn open(
+        url: &str,
+        lock_timeout: Duration,
+        connections: u32,
+        wait: Duration,
+    ) -> StoreResult<Self> {
         let u = url.to_string();
-        let store = Self {
+        let backend = Postgres {
             url: url.to_string(),
             lock_timeout,
             pool: Pool::new(
-                POOL_IDLE,
-                Box::new(move || connect(&u, lock_timeout)),
-                |c: &Client| !c.is_closed(),
+                connections,
+                wait,
+                move || connect(&u, lock_timeout),
+                Client::is_closed,
             ),
             listener: Mutex::new(None),
         };
-        let mut conn = store.conn()?;
-        migrate(&mut conn)?;
-        drop(conn);
-        Ok(store)
+        migrate(&mut *backend.pool.get_patiently(super::pool::STARTUP_WAIT)?)?;
+        Ok(SqlStore(backend))
     }
 
-    fn conn(&self) -> StoreResult<Pooled<'_, Client>> {
+    /// The pool's cap, and the connections open and idle now.
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        self.0.pool.state()
+    }
+}
+
+impl Postgres {
+    fn conn(&self) -> StoreResult<Pooled<Client>> {
         self.pool.get()
+    }
+}
+
+/// A client or an open transaction, as the shared store logic sees it.
+struct Pg<'a, C>(&'a mut C);
+
+impl ToSql for Value {
+    /// Binds to the type the server inferred for the parameter (an integer to `int4` or
+    /// `int8`, a time to `timestamptz`), so statements are written once for both backends.
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(n) => match *ty {
+                Type::INT2 => i16::try_from(*n)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*n)?.to_sql(ty, out),
+                Type::FLOAT8 => (*n as f64).to_sql(ty, out),
+                Type::BOOL => (*n != 0).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => n.to_string().to_sql(ty, out),
+                _ => n.to_sql(ty, out),
+            },
+            Value::Real(f) => match *ty {
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => f.to_sql(ty, out),
+            },
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Time(t) => match *ty {
+                Type::TIMESTAMP => t.naive_utc().to_sql(ty, out),
+                _ => t.to_sql(ty, out),
+            },
+            Value::Bool(b) => match *ty {
+                Type::INT2 | Type::INT4 | Type::INT8 => Value::Int(i64::from(*b)).to_sql(ty, out),
+                _ => b.to_sql(ty, out),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+/// One column of a result row as a [`Value`], by its type.
+fn column(r: &postgres::Row, i: usize) -> StoreResult<Value> {
+    fn get<'a, T: postgres::types::FromSql<'a>>(
+        r: &'a postgres::Row,
+        i: usize,
+        v: impl FnOnce(T) -> Value,
+    ) -> StoreResult<Value> {
+        r.try_get::<_, Option<T>>(i)
+            .map(|o| o.map_or(Value::Null, v))
+            .map_err(|e| StoreError::Corrupt(format!("column {i}: {e}")))
+    }
+    match *r.columns()[i].type_() {
+        Type::INT2 => get(r, i, |n: i16| Value::Int(n.into())),
+        Type::INT4 => get(r, i, |n: i32| Value::Int(n.into())),
+        Type::INT8 => get(r, i, Value::Int),
+        Type::FLOAT4 => get(r, i, |f: f32| Value::Real(f.into())),
+        Type::FLOAT8 => get(r, i, Value::Real),
+        Type::BOOL => get(r, i, Value::Bool),
+        Type::TIMESTAMPTZ => get(r, i, Value::Time),
+        Type::TIMESTAMP => get(r, i, |t: chrono::NaiveDateTime| Value::Time(t.and_utc())),
+        _ => get(r, i, Value::Text),
+    }
+}
+
+fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+impl<C: GenericClient> Sql for Pg<'_, C> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> StoreResult<u64> {
+        self.0.execute(sql, &refs(params)).map_err(pg_err)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
+        self.0
+            .query(sql, &refs(params))
+            .map_err(pg_err)?
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| column(r, i))
+                    .collect::<StoreResult<_>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+
+    fn notify_jobs(&mut self) -> StoreResult<()> {
+        self.0
+            .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn lock_key(&mut self, key: &str) -> StoreResult<()> {
+        self.0
+            .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    fn batch(&mut self, sql: &str) -> StoreResult<()> {
+        self.0.batch_execute(sql).map_err(pg_err)
+    }
+}
+
+impl Backend for Postgres {
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        f(&mut Pg(&mut *conn))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        let done = f(&mut Pg(&mut tx))?;
+        tx.commit().map_err(pg_err)?;
+        Ok(done)
+    }
+
+    fn write_nowait(&self, sql: &str, params: &[Value]) -> StoreResult<u64> {
+        let mut conn = self
+            .pool
+            .try_get()
+            .ok_or_else(|| StoreError::Busy("no idle connection".into()))?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        // Give up at once on a lock, and do not wait for the commit to reach the disk: losing
+        // this write in a crash is harmless.
+        tx.batch_execute("SET LOCAL lock_timeout = '1ms'; SET LOCAL synchronous_commit = off")
+            .map_err(pg_err)?;
+        let n = Pg(&mut tx).execute(sql, params)?;
+        tx.commit().map_err(pg_err)?;
+        Ok(n)
+    }
+
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
+        tables::prepare(&mut *self.conn()?, datasets)
+    }
+
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()> {
+        tables::prepare_dataset(&mut *self.conn()?, dataset)
+    }
+
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<JobId>,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        // A connection of its own for the whole job, outside the pool.
+        let conn = self.pool.open()?;
+        Ok(Box::new(writer::PgSink::new(
+            conn, dataset, lease, mode, parent, org,
+        )))
+    }
+
+    fn announces_jobs(&self) -> bool {
+        true
+    }
+
+    fn jobs_wait(&self, timeout: Duration) -> StoreResult<bool> {
+        self.wait_for_notify(timeout)
+    }
+
+    fn keeps_blobs(&self) -> bool {
+        true
+    }
+
+    fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
+        self.write_blob(name, from)
+    }
+
+    fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
+        self.read_blob(name, to)
+    }
+
+    fn blob_delete(&self, name: &str) -> StoreResult<()> {
+        self.delete_blob(name)
     }
 }
 
@@ -203,23 +411,20 @@ fn ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
-impl Drop for PgStore {
+impl Drop for Postgres {
     /// The `postgres` client closes its connection by blocking on its own runtime, which must
-    /// not happen on an async thread: close them on a thread of their own.
+    /// not happen on an async thread: close the listener on a thread of its own (the pool does
+    /// the same for its connections).
     fn drop(&mut self) {
-        let mut clients = self.pool.drain();
         if let Ok(mut listener) = self.listener.lock()
             && let Some(c) = listener.take()
         {
-            clients.push(c);
-        }
-        if !clients.is_empty() {
-            let _ = std::thread::spawn(move || drop(clients)).join();
+            let _ = std::thread::spawn(move || drop(c)).join();
         }
     }
 }
 
-impl PgStore {
+impl Postgres {
     /// Blocks until a claimable job is announced or `timeout` passes.
     fn wait_for_notify(&self, timeout: Duration) -> StoreResult<bool> {
         let mut guard = self

@@ -5,20 +5,20 @@
 //! writers `synchronous=NORMAL` (a lost batch is redone from its checkpoint). Migrations are the
 //! files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
-mod control;
-mod hooks;
-mod jobs;
 mod tables;
-mod tenants;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-use super::pool::{Pool, Pooled};
-use super::{StoreError, StoreResult};
+use super::pool::Pool;
+use super::sql::{self, Dialect, Row, Sql, Value};
+use super::{Backend, Lease, SqlStore, StoreError, StoreResult};
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Mode};
 
 /// Migrations in order; `user_version` counts how many are applied. Append only.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -52,48 +52,175 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ),
 ];
 
-/// Idle connections kept for reuse.
-const POOL_IDLE: usize = 8;
+/// The default cap on pooled connections: WAL readers run side by side, writers take turns.
+pub const DEFAULT_CONNECTIONS: u32 = 8;
 
-pub struct SqliteStore {
+/// The job store on SQLite.
+pub type SqliteStore = SqlStore<Sqlite>;
+
+/// The SQLite backend of [`SqlStore`].
+pub struct Sqlite {
     path: PathBuf,
     /// How long a statement waits for another connection's write lock before failing busy.
     busy_timeout: Duration,
     pool: Pool<Connection>,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database file and applies pending migrations.
-    pub fn open(path: &Path, busy_timeout: Duration) -> StoreResult<Self> {
+impl SqlStore<Sqlite> {
+    /// Opens (creating if needed) the database file and applies pending migrations. At most
+    /// `connections` pooled connections are open at once; a caller waits up to `wait` for one.
+    pub fn open(
+        path: &Path,
+        busy_timeout: Duration,
+        connections: u32,
+        wait: Duration,
+    ) -> StoreResult<Self> {
         let (p, t) = (path.to_path_buf(), busy_timeout);
-        let store = Self {
+        let backend = Sqlite {
             path: path.to_path_buf(),
             busy_timeout,
             pool: Pool::new(
-                POOL_IDLE,
-                Box::new(move || connect(&p, t, true)),
-                Connection::is_autocommit,
+                connections,
+                wait,
+                move || connect(&p, t, true),
+                |c: &Connection| !c.is_autocommit(),
             ),
         };
-        let mut conn = store.conn()?;
-        migrate(&mut conn)?;
-        drop(conn);
-        Ok(store)
+        migrate(&mut *backend.pool.get_patiently(super::pool::STARTUP_WAIT)?)?;
+        Ok(SqlStore(backend))
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.0.path
     }
 
-    /// A pooled connection for short API and job-store statements.
-    fn conn(&self) -> StoreResult<Pooled<'_, Connection>> {
-        self.pool.get()
+    /// The pool's cap, and the connections open and idle now.
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        self.0.pool.state()
+    }
+}
+
+/// A connection (or a transaction, through `Deref`) as the shared store logic sees it.
+struct Lite<'a>(&'a Connection);
+
+impl rusqlite::ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value as V, ValueRef};
+        Ok(match self {
+            Value::Null => ToSqlOutput::Owned(V::Null),
+            Value::Int(n) => ToSqlOutput::Owned(V::Integer(*n)),
+            Value::Real(f) => ToSqlOutput::Owned(V::Real(*f)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Time(t) => ToSqlOutput::Owned(V::Text(sql::time_text(*t))),
+            Value::Bool(b) => ToSqlOutput::Owned(V::Integer(i64::from(*b))),
+        })
+    }
+}
+
+impl Sql for Lite<'_> {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
     }
 
-    /// A connection of its own for a batch writer (`synchronous=NORMAL`).
-    fn writer_conn(&self) -> StoreResult<Connection> {
-        connect(&self.path, self.busy_timeout, false)
+    fn execute(&mut self, text: &str, params: &[Value]) -> StoreResult<u64> {
+        let mut stmt = self
+            .0
+            .prepare_cached(&sql::sqlite_placeholders(text))
+            .map_err(db_err)?;
+        let n = stmt
+            .execute(rusqlite::params_from_iter(params))
+            .map_err(db_err)?;
+        Ok(n as u64)
     }
+
+    fn query(&mut self, text: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
+        use rusqlite::types::ValueRef;
+        let mut stmt = self
+            .0
+            .prepare_cached(&sql::sqlite_placeholders(text))
+            .map_err(db_err)?;
+        let n = stmt.column_count();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(db_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(db_err)? {
+            let mut values = Vec::with_capacity(n);
+            for i in 0..n {
+                values.push(match r.get_ref(i).map_err(db_err)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::Int(n),
+                    ValueRef::Real(f) => Value::Real(f),
+                    ValueRef::Text(t) | ValueRef::Blob(t) => {
+                        Value::Text(String::from_utf8_lossy(t).into_owned())
+                    }
+                });
+            }
+            out.push(Row(values));
+        }
+        Ok(out)
+    }
+
+    fn batch(&mut self, text: &str) -> StoreResult<()> {
+        self.0.execute_batch(text).map_err(db_err)
+    }
+}
+
+impl Backend for Sqlite {
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let conn = self.pool.get()?;
+        f(&mut Lite(&conn))
+    }
+
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.pool.get()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let done = f(&mut Lite(&tx))?;
+        tx.commit().map_err(db_err)?;
+        Ok(done)
+    }
+
+    fn write_nowait(&self, text: &str, params: &[Value]) -> StoreResult<u64> {
+        let conn = self
+            .pool
+            .try_get()
+            .ok_or_else(|| StoreError::Busy("no idle connection".into()))?;
+        // Fail at once instead of waiting for another connection's write lock.
+        conn.busy_timeout(Duration::ZERO).map_err(db_err)?;
+        let result = Lite(&conn).execute(text, params);
+        conn.busy_timeout(self.busy_timeout).map_err(db_err)?;
+        result
+    }
+
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
+        tables::prepare(&mut *self.pool.get()?, datasets)
+    }
+
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()> {
+        tables::prepare_dataset(&mut *self.pool.get()?, dataset)
+    }
+
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<super::JobId>,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        // A connection of its own (`synchronous=NORMAL`), outside the pool.
+        let conn = connect(&self.path, self.busy_timeout, false)?;
+        Ok(Box::new(writer::SqliteSink::new(
+            conn, dataset, lease, mode, parent, org,
+        )))
+    }
+}
+
+/// Now, as SQLite stores times.
+fn now_text() -> String {
+    sql::time_text(chrono::Utc::now())
 }
 
 /// Opens a new connection with sluice's settings.

@@ -15,7 +15,7 @@ use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior, params};
 use rust_decimal::Decimal;
 
-use super::jobs::now_text;
+use super::now_text;
 use super::tables::since_column;
 use super::{ident, is_transient};
 use crate::dataset::Dataset;

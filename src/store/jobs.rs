@@ -1,0 +1,381 @@
+//! Jobs, claims, leases and row errors: one implementation for both backends.
+//!
+//! The claim is one statement ([`claim`]): the oldest pending job, or a processing one whose
+//! lease expired, becomes `processing` under a new lease token (PostgreSQL skips rows another
+//! claim holds: `FOR UPDATE SKIP LOCKED`). Every later write of the worker is fenced by that
+//! token: zero rows updated means the lease was lost.
+
+use chrono::Utc;
+
+use super::control::chunk_finished;
+use super::sql::{Row, Sql, Value, params};
+use super::tenants::audit_insert;
+use super::{
+    AuditEntry, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease, NewChunk, NewJob,
+    Replacement, StoreError, StoreResult,
+};
+use crate::import::SourceOptions;
+
+pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
+    header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
+    batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
+    retry_of, blob_deleted_at IS NOT NULL, parent_id, chunk_index, chunks_total, chunks_completed, org_id, \
+    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id)";
+
+fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".into())
+}
+
+/// A job row read with [`JOB_COLUMNS`].
+pub fn job_from_row(r: &Row) -> StoreResult<Job> {
+    Ok(Job {
+        id: r.i64(0)?,
+        dataset: r.text(1)?,
+        status: r.text(2)?.parse().map_err(StoreError::Corrupt)?,
+        mode: json(&format!("\"{}\"", r.text(3)?), "mode")?,
+        filename: r.text(4)?,
+        blob: r.text(5)?,
+        file_size: r.u64(6)?,
+        sha256: r.text(7)?,
+        format: json(&format!("\"{}\"", r.text(8)?), "format")?,
+        options: r.json(9, "job options")?,
+        header: r.json(10, "job header")?,
+        mapping: r.json(11, "job mapping")?,
+        total_rows: r.opt_u64(12)?,
+        rows_done: r.u64(13)?,
+        created_count: r.u64(14)?,
+        updated_count: r.u64(15)?,
+        unchanged_count: r.u64(16)?,
+        error_count: r.u64(17)?,
+        batches_done: r.u64(18)?,
+        error: r.opt_text(19)?,
+        created_by: r.opt_i64(20)?,
+        created_at: r.time(21)?,
+        started_at: r.opt_time(22)?,
+        completed_at: r.opt_time(23)?,
+        attempts: r.u64(24)?,
+        lease_owner: r.opt_text(25)?,
+        duplicate_of: r.opt_i64(26)?,
+        retry_of: r.opt_i64(27)?,
+        blob_deleted: r.bool(28)?,
+        parent_id: r.opt_i64(29)?,
+        chunk_index: r.opt_u32(30)?,
+        chunks_total: r.opt_u32(31)?,
+        chunks_completed: r.u32(32)?,
+        org_id: r.opt_i64(33)?,
+        user_id: r.opt_i64(34)?,
+        user_name: r.opt_text(35)?,
+    })
+}
+
+/// A random lease token.
+pub fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // Without randomness, a time-derived token still separates leases of one process.
+    if getrandom::fill(&mut b).is_err() {
+        b[..8].copy_from_slice(&Utc::now().timestamp_millis().to_le_bytes());
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn find_idempotent(
+    c: &mut dyn Sql,
+    created_by: Option<i64>,
+    key: &str,
+) -> StoreResult<Option<JobId>> {
+    c.query_opt(
+        "SELECT id FROM jobs WHERE created_by IS NOT DISTINCT FROM $1 AND idempotency_key = $2",
+        params![created_by, key],
+    )?
+    .map(|r| r.i64(0))
+    .transpose()
+}
+
+/// Inside a write transaction: see [`super::JobStore::job_insert`].
+pub fn insert(
+    c: &mut dyn Sql,
+    job: &NewJob,
+    lease: Option<(&str, u64)>,
+    audit: Option<&AuditEntry>,
+) -> StoreResult<Inserted> {
+    // Serialise inserts of the same file so the duplicate check and the insert agree.
+    c.lock_key(&job.sha256)?;
+    if let Some(key) = &job.idempotency_key
+        && let Some(id) = find_idempotent(c, job.created_by, key)?
+    {
+        return Ok(Inserted::Replayed(id));
+    }
+    let same_file = params![job.dataset.as_str(), job.sha256.as_str(), job.org_id];
+    if let Some(r) = c.query_opt(
+        "SELECT id FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
+         AND status IN ('pending', 'processing', 'paused')",
+        same_file,
+    )? {
+        return Ok(Inserted::ActiveDuplicate(r.i64(0)?));
+    }
+    let duplicate_of = c
+        .query_one(
+            "SELECT max(id) FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
+             AND status = 'completed'",
+            same_file,
+        )?
+        .opt_i64(0)?;
+    let now = Utc::now();
+    let (status, token, expires, started) = match lease {
+        Some((token, ms)) => (
+            JobStatus::Processing,
+            Some(token),
+            Some(now.timestamp_millis() + ms as i64),
+            Some(now),
+        ),
+        None => (JobStatus::Pending, None, None, None),
+    };
+    let id = c
+        .query_one(
+            "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+             mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
+             idempotency_key, retry_of, duplicate_of, org_id, user_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22) RETURNING id",
+            params![
+                job.dataset.as_str(),
+                status.as_str(),
+                job.mode.as_str(),
+                job.filename.as_str(),
+                job.blob.as_str(),
+                job.file_size,
+                job.sha256.as_str(),
+                to_json(&job.format).trim_matches('"'),
+                to_json(&job.options),
+                to_json(&job.header),
+                to_json(&job.mapping),
+                job.created_by,
+                now,
+                started,
+                i64::from(lease.is_some()),
+                token,
+                expires,
+                job.idempotency_key.as_deref(),
+                job.retry_of,
+                duplicate_of,
+                job.org_id,
+                job.user_id,
+            ],
+        )?
+        .i64(0)?;
+    if lease.is_none() {
+        c.notify_jobs()?;
+    }
+    if let Some(audit) = audit {
+        audit_insert(c, &audit.filled(format!("job:{id}"), None))?;
+    }
+    Ok(Inserted::Created(id))
+}
+
+pub fn get(c: &mut dyn Sql, id: JobId) -> StoreResult<Option<Job>> {
+    c.query_opt(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+        params![id],
+    )?
+    .as_ref()
+    .map(job_from_row)
+    .transpose()
+}
+
+pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {
+    let condition = "parent_id IS NULL AND (CAST($1 AS TEXT) IS NULL OR status = $1) \
+         AND (CAST($2 AS TEXT) IS NULL OR dataset = $2) AND (CAST($3 AS BIGINT) IS NULL OR org_id = $3)";
+    let filter_params = [
+        Value::from(filter.status.map(JobStatus::as_str)),
+        Value::from(filter.dataset.as_deref()),
+        Value::from(filter.org_id),
+    ];
+    let total = c
+        .query_one(
+            &format!("SELECT count(*) FROM jobs WHERE {condition}"),
+            &filter_params,
+        )?
+        .u64(0)?;
+    let mut page = filter_params.to_vec();
+    page.extend([Value::from(filter.limit), Value::from(filter.offset)]);
+    let jobs = c
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"
+            ),
+            &page,
+        )?
+        .iter()
+        .map(job_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((jobs, total))
+}
+
+/// Claims the oldest pending job, or a processing one whose lease expired, for `owner`.
+pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+    let token = new_token();
+    let now = Utc::now();
+    let now_ms = now.timestamp_millis();
+    let lock = c.dialect().skip_locked();
+    let Some(row) = c.query_opt(
+        &format!(
+            "UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, \
+             attempts = attempts + 1, started_at = COALESCE(started_at, $3), lease_owner = $5 \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'pending' \
+                         OR (status = 'processing' AND lease_expires_ms < $4) \
+                         ORDER BY id LIMIT 1{lock}) \
+             RETURNING {JOB_COLUMNS}"
+        ),
+        params![token.as_str(), now_ms + lease_ms as i64, now, now_ms, owner],
+    )?
+    else {
+        return Ok(None);
+    };
+    let job = job_from_row(&row)?;
+    let lease = Lease {
+        job_id: job.id,
+        token,
+    };
+    Ok(Some((job, lease)))
+}
+
+pub fn heartbeat(c: &mut dyn Sql, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {
+    let expires = Utc::now().timestamp_millis() + lease_ms as i64;
+    Ok(c.execute(
+        "UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_token = $3 AND status = 'processing'",
+        params![expires, lease.job_id, lease.token.as_str()],
+    )? == 1)
+}
+
+pub fn set_total(c: &mut dyn Sql, lease: &Lease, total_rows: u64) -> StoreResult<bool> {
+    Ok(c.execute(
+        "UPDATE jobs SET total_rows = $1 WHERE id = $2 AND lease_token = $3",
+        params![total_rows, lease.job_id, lease.token.as_str()],
+    )? == 1)
+}
+
+/// Inside a write transaction: see [`super::JobStore::job_finish`].
+pub fn finish(
+    c: &mut dyn Sql,
+    lease: &Lease,
+    replace: Option<&Replacement>,
+    status: JobStatus,
+    error: Option<&str>,
+) -> StoreResult<bool> {
+    let Some(row) = c.query_opt(
+        &format!(
+            "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {} \
+             WHERE id = $4 AND lease_token = $5 RETURNING parent_id",
+            "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL"
+        ),
+        params![
+            status.as_str(),
+            error,
+            Utc::now(),
+            lease.job_id,
+            lease.token.as_str()
+        ],
+    )?
+    else {
+        return Ok(false);
+    };
+    let completed = match row.opt_i64(0)? {
+        Some(parent) => chunk_finished(c, parent, lease.job_id, status, error)?,
+        None => status == JobStatus::Completed,
+    };
+    if completed && let Some(replace) = replace {
+        for sql in replace.statements() {
+            c.batch(&sql)?;
+        }
+    }
+    Ok(true)
+}
+
+/// Inside a write transaction: see [`super::JobStore::job_split`].
+pub fn split(
+    c: &mut dyn Sql,
+    lease: &Lease,
+    total_rows: u64,
+    options: &SourceOptions,
+    chunks: &[NewChunk],
+) -> StoreResult<bool> {
+    let n = c.execute(
+        "UPDATE jobs SET total_rows = $1, chunks_total = $2, lease_token = NULL, lease_expires_ms = NULL, \
+         lease_owner = NULL WHERE id = $3 AND lease_token = $4 AND status = 'processing'",
+        params![
+            total_rows,
+            chunks.len(),
+            lease.job_id,
+            lease.token.as_str()
+        ],
+    )?;
+    if n != 1 {
+        return Ok(false);
+    }
+    let (now, options) = (Utc::now(), to_json(options));
+    for (i, chunk) in chunks.iter().enumerate() {
+        c.execute(
+            "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id) \
+             SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || CAST($4 AS INTEGER), \
+             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id FROM jobs WHERE id = $1",
+            params![
+                lease.job_id,
+                chunk.blob.as_str(),
+                chunk.size,
+                i,
+                options.as_str(),
+                now,
+                chunk.rows
+            ],
+        )?;
+    }
+    c.notify_jobs()?;
+    Ok(true)
+}
+
+/// Gives the job back (shutdown): it stays `processing` and is claimable at once.
+pub fn release(c: &mut dyn Sql, lease: &Lease) -> StoreResult<()> {
+    c.execute(
+        "UPDATE jobs SET lease_token = NULL, lease_expires_ms = 0, lease_owner = NULL \
+         WHERE id = $1 AND lease_token = $2",
+        params![lease.job_id, lease.token.as_str()],
+    )?;
+    c.notify_jobs()
+}
+
+pub fn errors_page(
+    c: &mut dyn Sql,
+    job: JobId,
+    limit: u64,
+    offset: u64,
+) -> StoreResult<(Vec<ErrorRecord>, u64)> {
+    let total = c
+        .query_one(
+            "SELECT count(*) FROM job_errors WHERE job_id = $1",
+            params![job],
+        )?
+        .u64(0)?;
+    let errors = c
+        .query(
+            "SELECT \"row\", \"column\", value, message, record FROM job_errors WHERE job_id = $1 \
+             ORDER BY \"row\" LIMIT $2 OFFSET $3",
+            params![job, limit, offset],
+        )?
+        .iter()
+        .map(|r| {
+            Ok(ErrorRecord {
+                row: r.u64(0)?,
+                column: r.opt_text(1)?,
+                value: r.opt_text(2)?,
+                message: r.text(3)?,
+                record: r.json(4, "error record")?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((errors, total))
+}

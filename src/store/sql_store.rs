@@ -1,0 +1,458 @@
+//! [`SqlStore`]: the one implementation of [`JobStore`], over a [`Backend`].
+//!
+//! The store's logic (jobs and claims, the control state machine, chunk finalisation, tenants
+//! and audit, the event log, webhooks and deliveries, templates) lives in `jobs.rs`,
+//! `control.rs`, `tenants.rs` and `hooks.rs` and runs on a [`Sql`] connection. A backend says how
+//! to get one (a pooled connection for reads, a write transaction for changes) and supplies what
+//! truly differs per database: dataset DDL, the batch writer, stored blobs, waiting for jobs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::sql::{Sql, Value, params};
+use super::{
+    AuditEntry, AuditRecord, Control, Controlled, Delivery, DeliveryAttempt, DeliveryState,
+    DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore,
+    Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role, Stats,
+    StoreResult, Template, TokenInfo, User, Webhook,
+};
+use super::{control, hooks, jobs, tenants};
+use crate::dataset::{Dataset, Datasets};
+use crate::import::{BatchSink, Mode, SourceOptions};
+
+/// What one database provides to [`SqlStore`].
+pub trait Backend: Send + Sync + 'static {
+    /// Runs `f` on a pooled connection in autocommit mode (reads, single statements).
+    fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T>;
+    /// Runs `f` in a write transaction: committed when it returns `Ok`, rolled back otherwise.
+    fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T>;
+    /// A best-effort single statement that never waits: not for a pooled connection, not for
+    /// a lock, not for a durable commit. For bookkeeping that may be lost (a token's last use).
+    fn write_nowait(&self, sql: &str, params: &[Value]) -> StoreResult<u64>;
+
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()>;
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()>;
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<JobId>,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>>;
+
+    fn announces_jobs(&self) -> bool {
+        false
+    }
+    fn jobs_wait(&self, timeout: Duration) -> StoreResult<bool> {
+        std::thread::sleep(timeout);
+        Ok(false)
+    }
+    fn keeps_blobs(&self) -> bool {
+        false
+    }
+    fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
+        let _ = (name, from);
+        Err(super::StoreError::Other("this store keeps no files".into()))
+    }
+    fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
+        let _ = (name, to);
+        Err(super::StoreError::Other("this store keeps no files".into()))
+    }
+    fn blob_delete(&self, name: &str) -> StoreResult<()> {
+        let _ = name;
+        Ok(())
+    }
+}
+
+/// The job store over one backend (`SqliteStore`, `PgStore`).
+pub struct SqlStore<B>(pub(super) B);
+
+impl<B: Backend> SqlStore<B> {
+    /// Runs `act` and writes its audit line in one transaction; `target` names what the action
+    /// did, or `None` when it did nothing (no line then).
+    fn audited<T>(
+        &self,
+        audit: Option<&AuditEntry>,
+        act: impl FnOnce(&mut dyn Sql) -> StoreResult<T>,
+        target: impl FnOnce(&T) -> Option<String>,
+    ) -> StoreResult<T> {
+        self.0.write(|c| {
+            let done = act(c)?;
+            if let Some(audit) = audit
+                && let Some(target) = target(&done)
+            {
+                tenants::audit_insert(c, &audit.filled(target, None))?;
+            }
+            Ok(done)
+        })
+    }
+}
+
+impl<B: Backend> JobStore for SqlStore<B> {
+    fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
+        self.0.datasets_prepare(datasets)
+    }
+
+    fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()> {
+        self.0.dataset_prepare(dataset)
+    }
+
+    fn org_insert(&self, name: &str) -> StoreResult<Option<i64>> {
+        self.0.write(|c| tenants::org_insert(c, name))
+    }
+
+    fn org_find(&self, name: &str) -> StoreResult<Option<i64>> {
+        self.0.read(|c| tenants::org_find(c, name))
+    }
+
+    fn org_exists(&self, id: i64) -> StoreResult<bool> {
+        self.0.read(|c| tenants::org_exists(c, id))
+    }
+
+    fn org_set_limits(&self, id: i64, limits: OrgLimits) -> StoreResult<bool> {
+        self.0.write(|c| tenants::org_set_limits(c, id, limits))
+    }
+
+    fn user_insert(
+        &self,
+        org_id: i64,
+        name: &str,
+        role: Role,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| tenants::user_insert(c, org_id, name, role),
+            |id| id.map(|id| format!("user:{id}")),
+        )
+    }
+
+    fn user_get(&self, id: i64) -> StoreResult<Option<User>> {
+        self.0.read(|c| tenants::user_get(c, id))
+    }
+
+    fn org_list(&self) -> StoreResult<Vec<Org>> {
+        self.0.read(tenants::org_list)
+    }
+
+    fn user_list(&self, org_id: Option<i64>) -> StoreResult<Vec<User>> {
+        self.0.read(|c| tenants::user_list(c, org_id))
+    }
+
+    fn token_list(&self, org_id: Option<i64>) -> StoreResult<Vec<TokenInfo>> {
+        self.0.read(|c| tenants::token_list(c, org_id))
+    }
+
+    fn user_first_admin(&self) -> StoreResult<Option<i64>> {
+        self.0.read(tenants::user_first_admin)
+    }
+
+    fn token_count(&self) -> StoreResult<u64> {
+        self.0.read(tenants::token_count)
+    }
+
+    fn token_insert(
+        &self,
+        label: &str,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: Option<DateTime<Utc>>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<i64> {
+        self.audited(
+            audit,
+            |c| tenants::token_insert(c, label, token_hash, user_id, expires_at),
+            |id| Some(format!("token:{id}")),
+        )
+    }
+
+    fn token_find(&self, token_hash: &str) -> StoreResult<Option<Principal>> {
+        let Some((principal, touch)) = self.0.read(|c| tenants::token_find(c, token_hash))? else {
+            return Ok(None);
+        };
+        if touch {
+            let now = Utc::now();
+            let a_minute_ago = now - chrono::Duration::seconds(60);
+            // Best effort: a busy database must not turn a valid token away or slow it down.
+            if let Err(e) = self.0.write_nowait(
+                tenants::TOKEN_TOUCH,
+                params![now, principal.token_id, a_minute_ago],
+            ) {
+                tracing::debug!(error = %e, "recording a token's last use was skipped");
+            }
+        }
+        Ok(Some(principal))
+    }
+
+    fn token_revoke(
+        &self,
+        id: i64,
+        org_id: Option<i64>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<i64>> {
+        self.audited(
+            audit,
+            |c| tenants::token_revoke(c, id, org_id),
+            |org| org.map(|_| format!("token:{id}")),
+        )
+    }
+
+    fn token_org(&self, id: i64) -> StoreResult<Option<i64>> {
+        self.0.read(|c| tenants::token_org(c, id))
+    }
+
+    fn audit_list(
+        &self,
+        org_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<AuditRecord>, u64)> {
+        self.0
+            .read(|c| tenants::audit_list(c, org_id, limit, offset))
+    }
+
+    fn job_insert(
+        &self,
+        job: &NewJob,
+        lease: Option<(&str, u64)>,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Inserted> {
+        self.0.write(|c| jobs::insert(c, job, lease, audit))
+    }
+
+    fn job_find_idempotent(
+        &self,
+        created_by: Option<i64>,
+        key: &str,
+    ) -> StoreResult<Option<JobId>> {
+        self.0.read(|c| jobs::find_idempotent(c, created_by, key))
+    }
+
+    fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
+        self.0.read(|c| jobs::get(c, id))
+    }
+
+    fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {
+        self.0.read(|c| jobs::list(c, filter))
+    }
+
+    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+        self.0.write(|c| jobs::claim(c, owner, lease_ms))
+    }
+
+    fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {
+        self.0.read(|c| jobs::heartbeat(c, lease, lease_ms))
+    }
+
+    fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool> {
+        self.0.read(|c| jobs::set_total(c, lease, total_rows))
+    }
+
+    fn job_split(
+        &self,
+        lease: &Lease,
+        total_rows: u64,
+        options: &SourceOptions,
+        chunks: &[NewChunk],
+    ) -> StoreResult<bool> {
+        self.0
+            .write(|c| jobs::split(c, lease, total_rows, options, chunks))
+    }
+
+    fn job_finish(
+        &self,
+        lease: &Lease,
+        replace: Option<&Replacement>,
+        status: JobStatus,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
+        self.0
+            .write(|c| jobs::finish(c, lease, replace, status, error))
+    }
+
+    fn job_release(&self, lease: &Lease) -> StoreResult<()> {
+        self.0.write(|c| jobs::release(c, lease))
+    }
+
+    fn announces_jobs(&self) -> bool {
+        self.0.announces_jobs()
+    }
+
+    fn jobs_wait(&self, timeout: Duration) -> StoreResult<bool> {
+        self.0.jobs_wait(timeout)
+    }
+
+    fn job_control(
+        &self,
+        id: JobId,
+        action: Control,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Controlled> {
+        self.0.write(|c| control::control(c, id, action, audit))
+    }
+
+    fn job_delete(
+        &self,
+        id: JobId,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<Option<Vec<String>>> {
+        self.0.write(|c| control::delete(c, id, audit))
+    }
+
+    fn jobs_sweep(
+        &self,
+        files_before: DateTime<Utc>,
+        jobs_before: DateTime<Utc>,
+    ) -> StoreResult<(Vec<String>, u64)> {
+        self.0
+            .write(|c| control::sweep(c, files_before, jobs_before))
+    }
+
+    fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats> {
+        self.0.read(|c| control::stats(c, org_id))
+    }
+
+    fn keeps_blobs(&self) -> bool {
+        self.0.keeps_blobs()
+    }
+
+    fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
+        self.0.blob_write(name, from)
+    }
+
+    fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
+        self.0.blob_read(name, to)
+    }
+
+    fn blob_delete(&self, name: &str) -> StoreResult<()> {
+        self.0.blob_delete(name)
+    }
+
+    fn errors_page(
+        &self,
+        job: JobId,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<ErrorRecord>, u64)> {
+        self.0.read(|c| jobs::errors_page(c, job, limit, offset))
+    }
+
+    fn batch_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        parent: Option<JobId>,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        self.0.batch_sink(dataset, lease, mode, parent, org)
+    }
+
+    fn events_after(
+        &self,
+        after: i64,
+        job: Option<JobId>,
+        limit: u64,
+    ) -> StoreResult<Vec<JobEvent>> {
+        self.0.read(|c| hooks::events_after(c, after, job, limit))
+    }
+
+    fn events_last_seq(&self) -> StoreResult<i64> {
+        self.0.read(hooks::events_last_seq)
+    }
+
+    fn webhook_insert(
+        &self,
+        url: &str,
+        events: &[String],
+        secret: &str,
+        created_by: Option<i64>,
+    ) -> StoreResult<Webhook> {
+        self.0
+            .write(|c| hooks::webhook_insert(c, url, events, secret, created_by))
+    }
+
+    fn webhook_list(&self) -> StoreResult<Vec<Webhook>> {
+        self.0.read(hooks::webhook_list)
+    }
+
+    fn webhook_delete(&self, id: i64) -> StoreResult<bool> {
+        self.0.write(|c| hooks::webhook_delete(c, id))
+    }
+
+    fn delivery_backlog(&self, limit: u64) -> StoreResult<(i64, Vec<JobEvent>)> {
+        self.0.read(|c| hooks::delivery_backlog(c, limit))
+    }
+
+    fn delivery_insert_many(
+        &self,
+        from: i64,
+        to: i64,
+        deliveries: &[NewDelivery],
+    ) -> StoreResult<bool> {
+        self.0
+            .write(|c| hooks::delivery_insert_many(c, from, to, deliveries))
+    }
+
+    fn delivery_claim_due(
+        &self,
+        now_ms: i64,
+        hold_ms: u64,
+        limit: u64,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        if !self.0.read(|c| hooks::delivery_any_due(c, now_ms))? {
+            return Ok(Vec::new());
+        }
+        self.0
+            .write(|c| hooks::delivery_claim_due(c, now_ms, hold_ms, limit))
+    }
+
+    fn delivery_record(
+        &self,
+        id: i64,
+        attempt: &DeliveryAttempt,
+        state: DeliveryState,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()> {
+        self.0
+            .write(|c| hooks::delivery_record(c, id, attempt, state, next_attempt_ms))
+    }
+
+    fn delivery_list(
+        &self,
+        webhook_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<Delivery>, u64)> {
+        self.0
+            .read(|c| hooks::delivery_list(c, webhook_id, limit, offset))
+    }
+
+    fn template_save(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        name: &str,
+        mapping: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> StoreResult<Template> {
+        self.0
+            .write(|c| hooks::template_save(c, org_id, dataset, name, mapping))
+    }
+
+    fn template_list(&self, org_id: i64, dataset: &str) -> StoreResult<Vec<Template>> {
+        self.0.read(|c| hooks::template_list(c, org_id, dataset))
+    }
+
+    fn template_use(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        name: &str,
+    ) -> StoreResult<Option<Template>> {
+        self.0
+            .write(|c| hooks::template_use(c, org_id, dataset, name))
+    }
+}

@@ -8,6 +8,9 @@ use common::*;
 
 #[tokio::test]
 async fn workers_without_a_shared_disk_read_uploads_from_the_database() {
+    if !postgres_wanted() {
+        return;
+    }
     let app = spawn_app(AppOptions {
         backend: Backend::Postgres,
         workers: 0,

@@ -1,0 +1,1213 @@
+//! The store conformance suite: one set of cases against `&dyn JobStore`, run on a fresh SQLite
+//! file (`sqlite::CASE`) and on a fresh PostgreSQL database (`postgres::CASE`), so the two
+//! backends are held to the same contract without going through HTTP.
+//!
+//! It covers: claiming (two workers racing for one job; lease expiry and re-claim; a stale
+//! lease's heartbeat, finish and batch commit refused), every operator transition and every
+//! refusal (`job_control`), tokens (find, revoke, expiry, organisation scope, re-inserting a
+//! taken hash, marking last use), chunk finalisation (a failing chunk; the last of racing chunks
+//! completing the parent once), the job event log, webhook deliveries (planning once when two
+//! dispatchers race, claiming, recording attempts) and the audit log (a line per action done,
+//! none for a refused one).
+//!
+//! Each case gets its own database. The PostgreSQL half creates `sluice_s_<random>` on the test
+//! server (`SLUICE_TEST_POSTGRES`, default the local one) and drops it afterwards; it is skipped
+//! by the same rule as the API tests (see `common::postgres_wanted`). Plain `#[test]`s: the
+//! store is blocking, and no async runtime is involved.
+
+#[macro_use]
+mod common;
+
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sluice::dataset::Datasets;
+use sluice::import::{Batch, Format, Mapping, Mode, SinkError, SourceOptions, Value};
+use sluice::store::postgres::PgStore;
+use sluice::store::sqlite::SqliteStore;
+use sluice::store::{
+    AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
+    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Role,
+};
+
+/// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// A lease long enough never to expire during a test.
+const LONG_LEASE_MS: u64 = 600_000;
+
+/// Declares the cases: each `fn CASE(store: &dyn JobStore)` becomes `sqlite::CASE` and
+/// `postgres::CASE`.
+macro_rules! store_conformance {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $case() { super::on_sqlite(super::$case) } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() { super::on_postgres(super::$case) } )*
+        }
+    };
+}
+
+fn on_sqlite(case: fn(&dyn JobStore)) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("sluice.db"), LOCK_TIMEOUT).expect("open");
+    case(&store);
+}
+
+fn on_postgres(case: fn(&dyn JobStore)) {
+    if !common::postgres_wanted() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let store = PgStore::open(&db.url(), LOCK_TIMEOUT).expect("open the PostgreSQL store");
+    case(&store);
+}
+
+/// A PostgreSQL database of one case, dropped when the case ends (passed or failed).
+struct PgDatabase(String);
+
+impl PgDatabase {
+    fn create() -> Self {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).unwrap();
+        let name = format!(
+            "sluice_s_{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        );
+        common::pg_admin_execute(&format!("CREATE DATABASE {name}")).unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL must be running for the postgres tests (server {}, see README): {e}",
+                common::postgres_server()
+            )
+        });
+        PgDatabase(name)
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", common::postgres_server(), self.0)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ =
+            common::pg_admin_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+    }
+}
+
+// --- Fixtures.
+
+const DATASETS: &str = r#"
+[datasets.items]
+key = ["sku"]
+
+[datasets.items.fields]
+sku  = { type = "text", required = true }
+name = { type = "text" }
+"#;
+
+fn datasets() -> Datasets {
+    Datasets::parse(DATASETS, "store_conformance.rs").expect("datasets")
+}
+
+/// An organisation with an admin user: (org, user).
+fn tenant(store: &dyn JobStore, name: &str) -> (i64, i64) {
+    let org = store.org_insert(name).unwrap().expect("new organisation");
+    let user = store
+        .user_insert(org, "ada", Role::Admin, None)
+        .unwrap()
+        .expect("new user");
+    (org, user)
+}
+
+/// An upload of file `name` (its own checksum) for organisation `org`.
+fn upload(org: i64, name: &str) -> NewJob {
+    NewJob {
+        dataset: "items".into(),
+        mode: Mode::Upsert,
+        filename: format!("{name}.csv"),
+        blob: format!("blob-{name}"),
+        file_size: 100,
+        sha256: format!("sha-{name}"),
+        format: Format::Csv,
+        options: SourceOptions::default(),
+        header: vec!["sku".into(), "name".into()],
+        mapping: Mapping {
+            columns: vec![Some("sku".into()), Some("name".into())],
+            ignored: Vec::new(),
+            fuzzy: Vec::new(),
+        },
+        created_by: None,
+        org_id: org,
+        user_id: None,
+        idempotency_key: None,
+        retry_of: None,
+    }
+}
+
+fn created(inserted: Inserted) -> JobId {
+    match inserted {
+        Inserted::Created(id) => id,
+        other => panic!("expected a new job, got {other:?}"),
+    }
+}
+
+/// A new pending job.
+fn pending(store: &dyn JobStore, org: i64, name: &str) -> JobId {
+    created(store.job_insert(&upload(org, name), None, None).unwrap())
+}
+
+/// A new job that starts out processing, owned by the caller (as a synchronous import does).
+fn processing(store: &dyn JobStore, org: i64, name: &str) -> Lease {
+    let token = format!("lease-{name}");
+    let id = created(
+        store
+            .job_insert(&upload(org, name), Some((&token, LONG_LEASE_MS)), None)
+            .unwrap(),
+    );
+    Lease { job_id: id, token }
+}
+
+fn job(store: &dyn JobStore, id: JobId) -> Job {
+    store.job_get(id).unwrap().expect("job exists")
+}
+
+fn status(store: &dyn JobStore, id: JobId) -> JobStatus {
+    job(store, id).status
+}
+
+/// A job in the given state, and its lease while it is processing.
+fn job_in(store: &dyn JobStore, org: i64, state: JobStatus, name: &str) -> (JobId, Option<Lease>) {
+    let finished = |status, error: Option<&str>| {
+        let lease = processing(store, org, name);
+        assert!(store.job_finish(&lease, None, status, error).unwrap());
+        (lease.job_id, None)
+    };
+    let (id, lease) = match state {
+        JobStatus::Pending => (pending(store, org, name), None),
+        JobStatus::Processing => {
+            let lease = processing(store, org, name);
+            (lease.job_id, Some(lease))
+        }
+        JobStatus::Paused => {
+            let id = pending(store, org, name);
+            assert_eq!(
+                store.job_control(id, Control::Pause, None).unwrap(),
+                Controlled::Done(id)
+            );
+            (id, None)
+        }
+        JobStatus::Cancelled => {
+            let id = pending(store, org, name);
+            assert_eq!(
+                store.job_control(id, Control::Cancel, None).unwrap(),
+                Controlled::Done(id)
+            );
+            (id, None)
+        }
+        JobStatus::Completed => finished(JobStatus::Completed, None),
+        JobStatus::Failed => finished(JobStatus::Failed, Some("the file cannot be read")),
+    };
+    assert_eq!(status(store, id), state);
+    (id, lease)
+}
+
+/// One valid row (`sku`, `name`) as the pipeline hands it to a sink: spreadsheet row 2.
+fn one_row_batch(sku: &str, name: &str) -> Batch {
+    let mut batch = Batch::new(vec![true, true]);
+    batch.rows.push(2);
+    batch
+        .values
+        .extend([Value::Text(sku.into()), Value::Text(name.into())]);
+    batch.raw.push(&csv::ByteRecord::from(vec![sku, name]));
+    batch.records = 1;
+    batch
+}
+
+/// Splits a claimed job into `n` chunk jobs of 10 rows each; their ids in chunk order.
+fn split(store: &dyn JobStore, lease: &Lease, n: usize) -> Vec<JobId> {
+    let chunks: Vec<NewChunk> = (0..n)
+        .map(|i| NewChunk {
+            blob: format!("chunk-{}-{i}", lease.job_id),
+            rows: 10,
+            size: 100,
+        })
+        .collect();
+    let options = SourceOptions {
+        row_column: true,
+        ..Default::default()
+    };
+    assert!(
+        store
+            .job_split(lease, 10 * n as u64, &options, &chunks)
+            .unwrap()
+    );
+    let mut ids: Vec<(u32, JobId)> = Vec::new();
+    for id in lease.job_id + 1..lease.job_id + 1 + 10 * n as i64 {
+        if let Some(j) = store.job_get(id).unwrap()
+            && j.parent_id == Some(lease.job_id)
+        {
+            ids.push((j.chunk_index.expect("chunk index"), j.id));
+        }
+    }
+    ids.sort();
+    assert_eq!(ids.len(), n, "{n} chunk jobs");
+    ids.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Claims the next job, which must be `want`.
+fn claim(store: &dyn JobStore, owner: &str, want: JobId) -> Lease {
+    let (job, lease) = store
+        .job_claim(owner, LONG_LEASE_MS)
+        .unwrap()
+        .expect("a claimable job");
+    assert_eq!(job.id, want, "claimed the oldest claimable job");
+    lease
+}
+
+/// Claims for `owner` as soon as another owner's short lease has expired: a bounded poll (a few
+/// seconds at most), not a guess at how long to sleep.
+fn claim_once_expired(store: &dyn JobStore, owner: &str) -> (Job, Lease) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(claimed) = store.job_claim(owner, LONG_LEASE_MS).unwrap() {
+            return claimed;
+        }
+        assert!(Instant::now() < deadline, "the short lease never expired");
+        std::thread::yield_now();
+    }
+}
+
+fn audit(org: i64, user: i64, action: &str) -> AuditEntry {
+    AuditEntry {
+        org_id: Some(org),
+        user_id: Some(user),
+        action: action.into(),
+        ..Default::default()
+    }
+}
+
+// --- Claims and leases.
+
+fn two_workers_racing_for_one_pending_job_exactly_one_claims_it(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let id = pending(store, org, "race");
+    let start = Barrier::new(2);
+    let claims: Vec<Option<Lease>> = std::thread::scope(|s| {
+        let workers: Vec<_> = ["worker-a", "worker-b"]
+            .into_iter()
+            .map(|owner| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    store
+                        .job_claim(owner, LONG_LEASE_MS)
+                        .unwrap()
+                        .map(|(_, l)| l)
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let won: Vec<&Lease> = claims.iter().flatten().collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one worker claims the job: {claims:?}"
+    );
+    assert_eq!(won[0].job_id, id);
+    let j = job(store, id);
+    assert_eq!(j.status, JobStatus::Processing);
+    assert_eq!(j.attempts, 1, "claimed once");
+    assert!(
+        store
+            .job_claim("worker-c", LONG_LEASE_MS)
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn an_expired_lease_is_claimed_by_another_owner_and_the_first_loses_it(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let id = pending(store, org, "expiring");
+    let (first_job, first) = store.job_claim("worker-a", 1).unwrap().expect("claimed");
+    assert_eq!(first_job.id, id);
+    assert_eq!(first_job.attempts, 1);
+    let (second_job, second) = claim_once_expired(store, "worker-b");
+    assert_eq!(second_job.id, id);
+    assert_eq!(second_job.attempts, first_job.attempts + 1);
+    assert_eq!(second_job.lease_owner.as_deref(), Some("worker-b"));
+    assert_ne!(first.token, second.token);
+    assert!(
+        !store.job_heartbeat(&first, LONG_LEASE_MS).unwrap(),
+        "the first owner's heartbeat is refused"
+    );
+    assert!(
+        !store
+            .job_finish(&first, None, JobStatus::Completed, None)
+            .unwrap(),
+        "the first owner cannot finish the job"
+    );
+    assert!(store.job_heartbeat(&second, LONG_LEASE_MS).unwrap());
+    assert_eq!(status(store, id), JobStatus::Processing);
+}
+
+fn a_stale_lease_cannot_commit_a_batch_after_the_job_was_claimed_again(store: &dyn JobStore) {
+    let datasets = datasets();
+    store.datasets_prepare(&datasets).unwrap();
+    let items = datasets.get("items").unwrap();
+    let (org, _) = tenant(store, "acme");
+    let id = pending(store, org, "stale");
+    let (_, stale) = store.job_claim("worker-a", 1).unwrap().expect("claimed");
+    let (_, current) = claim_once_expired(store, "worker-b");
+
+    let mut late = store
+        .batch_sink(items.clone(), stale, Mode::Upsert, None, org)
+        .unwrap();
+    let refused = late.commit(&one_row_batch("A-1", "from the stale lease"), 1);
+    assert!(
+        matches!(refused, Err(SinkError::LeaseLost)),
+        "the stale lease's commit fails with LeaseLost, got {refused:?}"
+    );
+    let j = job(store, id);
+    assert_eq!((j.rows_done, j.created_count, j.batches_done), (0, 0, 0));
+
+    // The current owner's commit of the same row goes through: nothing of the refused one stayed.
+    let mut sink = store
+        .batch_sink(items, current, Mode::Upsert, None, org)
+        .unwrap();
+    let counts = sink
+        .commit(&one_row_batch("A-1", "from the current lease"), 1)
+        .expect("the current lease commits");
+    assert_eq!((counts.created, counts.updated, counts.errors), (1, 0, 0));
+    let j = job(store, id);
+    assert_eq!((j.rows_done, j.created_count, j.batches_done), (1, 1, 1));
+}
+
+// --- Operator control.
+
+fn every_allowed_transition_is_done_and_every_other_is_a_conflict(store: &dyn JobStore) {
+    use JobStatus::*;
+    let (org, _) = tenant(store, "acme");
+    let checkpoint = Control::Retry { from_start: false };
+    let from_start = Control::Retry { from_start: true };
+    // (state before, action, state after; `None`: refused as a conflict).
+    let table: &[(JobStatus, Control, Option<JobStatus>)] = &[
+        (Pending, Control::Cancel, Some(Cancelled)),
+        (Processing, Control::Cancel, Some(Cancelled)),
+        (Paused, Control::Cancel, Some(Cancelled)),
+        (Completed, Control::Cancel, None),
+        (Failed, Control::Cancel, None),
+        (Cancelled, Control::Cancel, None),
+        (Pending, Control::Pause, Some(Paused)),
+        (Processing, Control::Pause, Some(Paused)),
+        (Paused, Control::Pause, Some(Paused)),
+        (Completed, Control::Pause, None),
+        (Failed, Control::Pause, None),
+        (Cancelled, Control::Pause, None),
+        (Pending, Control::Resume, Some(Pending)),
+        (Processing, Control::Resume, Some(Processing)),
+        (Paused, Control::Resume, Some(Pending)),
+        (Completed, Control::Resume, None),
+        (Failed, Control::Resume, None),
+        (Cancelled, Control::Resume, None),
+        (Pending, checkpoint, None),
+        (Processing, checkpoint, None),
+        (Paused, checkpoint, None),
+        (Completed, checkpoint, None),
+        (Failed, checkpoint, Some(Pending)),
+        (Cancelled, checkpoint, Some(Pending)),
+        (Pending, from_start, None),
+        (Processing, from_start, None),
+        (Paused, from_start, None),
+        (Completed, from_start, None),
+        // From the start: the old job stays as it was; a new pending job repeats it.
+        (Failed, from_start, Some(Failed)),
+        (Cancelled, from_start, Some(Cancelled)),
+    ];
+    for (n, &(before, action, after)) in table.iter().enumerate() {
+        let what = format!("{action:?} on a {} job", before.as_str());
+        let (id, lease) = job_in(store, org, before, &format!("job-{n}"));
+        let answer = store.job_control(id, action, None).unwrap();
+        match after {
+            None => {
+                let verb = match action {
+                    Control::Cancel => "cancel",
+                    Control::Pause => "pause",
+                    Control::Resume => "resume",
+                    Control::Retry { .. } => "retry",
+                };
+                assert_eq!(
+                    answer,
+                    Controlled::Conflict(format!(
+                        "cannot {verb} a job that is {}",
+                        before.as_str()
+                    )),
+                    "{what}"
+                );
+                assert_eq!(
+                    status(store, id),
+                    before,
+                    "{what}: a refusal changes nothing"
+                );
+            }
+            Some(after) => {
+                let j = job(store, id);
+                assert_eq!(j.status, after, "{what}");
+                if action == from_start {
+                    let Controlled::Done(new) = answer else {
+                        panic!("{what}: {answer:?}");
+                    };
+                    assert_ne!(new, id, "{what}: a new job");
+                    let retry = job(store, new);
+                    assert_eq!(retry.status, Pending, "{what}");
+                    assert_eq!(retry.retry_of, Some(id), "{what}");
+                    assert_eq!(retry.sha256, j.sha256, "{what}: the same file");
+                    store.job_delete(new, None).unwrap();
+                } else {
+                    assert_eq!(answer, Controlled::Done(id), "{what}");
+                }
+                if action == checkpoint {
+                    assert_eq!(j.error, None, "{what}: the old failure is cleared");
+                    assert_eq!(j.completed_at, None, "{what}");
+                }
+                if after == Cancelled && before != Cancelled {
+                    assert!(j.completed_at.is_some(), "{what}: cancelled at");
+                }
+            }
+        }
+        // An operator's cancel or pause takes a running job's lease away.
+        if let Some(lease) = lease {
+            let kept = matches!(after, Some(Processing)) || after.is_none();
+            assert_eq!(
+                store.job_heartbeat(&lease, LONG_LEASE_MS).unwrap(),
+                kept,
+                "{what}: the worker's heartbeat"
+            );
+        }
+        // Out of the way, so that each row's job is the only claimable one.
+        assert!(store.job_delete(id, None).unwrap().is_some());
+    }
+}
+
+fn control_of_a_missing_job_is_not_found(store: &dyn JobStore) {
+    for action in [
+        Control::Cancel,
+        Control::Pause,
+        Control::Resume,
+        Control::Retry { from_start: false },
+        Control::Retry { from_start: true },
+    ] {
+        assert_eq!(
+            store.job_control(4242, action, None).unwrap(),
+            Controlled::NotFound,
+            "{action:?}"
+        );
+    }
+    assert_eq!(store.job_delete(4242, None).unwrap(), None);
+}
+
+fn a_retry_is_refused_while_the_same_file_is_importing_again(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let (old, _) = job_in(store, org, JobStatus::Cancelled, "same-file");
+    let again = pending(store, org, "same-file");
+    for from_start in [false, true] {
+        assert_eq!(
+            store
+                .job_control(old, Control::Retry { from_start }, None)
+                .unwrap(),
+            Controlled::Conflict(format!("the same file is already importing as job {again}")),
+            "from_start: {from_start}"
+        );
+    }
+    assert_eq!(status(store, old), JobStatus::Cancelled);
+}
+
+fn a_chunk_job_refuses_control_and_names_its_parent(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let parent = processing(store, org, "split");
+    let chunks = split(store, &parent, 2);
+    let p = parent.job_id;
+    for action in [
+        Control::Cancel,
+        Control::Pause,
+        Control::Resume,
+        Control::Retry { from_start: false },
+        Control::Retry { from_start: true },
+    ] {
+        assert_eq!(
+            store.job_control(chunks[0], action, None).unwrap(),
+            Controlled::Conflict(format!("this job is a part of job {p}; act on job {p}")),
+            "{action:?}"
+        );
+    }
+    assert_eq!(status(store, chunks[0]), JobStatus::Pending);
+    // The parent is what operators act on: pausing it pauses its chunks, and resuming gives it
+    // back as `processing` (driven by its chunks), never `pending` (which would split it again).
+    assert_eq!(
+        store.job_control(p, Control::Pause, None).unwrap(),
+        Controlled::Done(p)
+    );
+    assert_eq!(status(store, chunks[1]), JobStatus::Paused);
+    assert!(store.job_claim("worker", LONG_LEASE_MS).unwrap().is_none());
+    assert_eq!(
+        store.job_control(p, Control::Resume, None).unwrap(),
+        Controlled::Done(p)
+    );
+    assert_eq!(status(store, p), JobStatus::Processing);
+    assert_eq!(status(store, chunks[0]), JobStatus::Pending);
+    claim(store, "worker", chunks[0]);
+}
+
+// --- Tokens.
+
+fn a_token_is_found_with_its_user_organisation_and_role_until_revoked(store: &dyn JobStore) {
+    let (org, admin) = tenant(store, "acme");
+    let member = store
+        .user_insert(org, "bob", Role::Member, None)
+        .unwrap()
+        .expect("new user");
+    let admin_token = store
+        .token_insert("ci", "hash-admin", admin, None, None)
+        .unwrap();
+    let member_token = store
+        .token_insert("laptop", "hash-member", member, None, None)
+        .unwrap();
+    assert_ne!(admin_token, member_token);
+
+    let p = store.token_find("hash-admin").unwrap().expect("live token");
+    assert_eq!(
+        (p.token_id, p.user_id, p.org_id, p.role),
+        (admin_token, admin, org, Role::Admin)
+    );
+    assert_eq!(p.token_hash, "hash-admin");
+    assert_eq!(p.expires_at, None);
+    let p = store
+        .token_find("hash-member")
+        .unwrap()
+        .expect("live token");
+    assert_eq!(
+        (p.token_id, p.user_id, p.org_id, p.role),
+        (member_token, member, org, Role::Member)
+    );
+    assert_eq!(store.token_find("hash-unknown").unwrap(), None);
+
+    assert_eq!(
+        store.token_revoke(member_token, None, None).unwrap(),
+        Some(org)
+    );
+    assert_eq!(store.token_find("hash-member").unwrap(), None);
+    assert_eq!(
+        store.token_revoke(member_token, None, None).unwrap(),
+        None,
+        "a revoked token is not live"
+    );
+    assert!(store.token_find("hash-admin").unwrap().is_some());
+    assert_eq!(store.token_org(member_token).unwrap(), Some(org));
+    let listed = store.token_list(Some(org)).unwrap();
+    let revoked = listed.iter().find(|t| t.id == member_token).unwrap();
+    assert!(revoked.revoked_at.is_some(), "listed, as revoked");
+    assert_eq!(store.token_count().unwrap(), 1, "live tokens");
+}
+
+fn an_expired_token_is_not_found(store: &dyn JobStore) {
+    let (_, user) = tenant(store, "acme");
+    let past = Utc::now() - chrono::Duration::minutes(1);
+    let future = DateTime::from_timestamp(Utc::now().timestamp() + 3600, 0).unwrap();
+    store
+        .token_insert("old", "hash-past", user, Some(past), None)
+        .unwrap();
+    store
+        .token_insert("new", "hash-future", user, Some(future), None)
+        .unwrap();
+    assert_eq!(store.token_find("hash-past").unwrap(), None);
+    let p = store
+        .token_find("hash-future")
+        .unwrap()
+        .expect("live token");
+    assert_eq!(p.expires_at, Some(future));
+}
+
+fn a_token_cannot_be_revoked_from_another_organisation(store: &dyn JobStore) {
+    let (acme, ada) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let id = store
+        .token_insert("ci", "hash-acme", ada, None, None)
+        .unwrap();
+    assert_eq!(store.token_revoke(id, Some(globex), None).unwrap(), None);
+    assert!(
+        store.token_find("hash-acme").unwrap().is_some(),
+        "still live after a foreign revoke"
+    );
+    assert_eq!(
+        store.token_revoke(id, Some(acme), None).unwrap(),
+        Some(acme)
+    );
+    assert_eq!(store.token_find("hash-acme").unwrap(), None);
+}
+
+/// Where the backends must agree (they drift today): re-inserting a hash that is taken.
+///
+/// `sluice serve` (src/cli/serve.rs, `bootstrap_token`) calls `token_insert` for
+/// `SLUICE_ADMIN_TOKEN` whenever `token_find` does not find it, meaning "not there yet" or
+/// "revoked or expired", and logs "SLUICE_ADMIN_TOKEN was revoked or expired; not restored"
+/// only when `token_insert` returns an error. So the contract is: inserting a taken hash is an
+/// error; it creates no second token, does not revive the revoked one, and writes no audit line.
+/// (Returning the existing id instead would keep the token dead too, but would make that
+/// warning unreachable, and would hand a caller an id as if a token had been created.)
+fn inserting_a_taken_token_hash_fails_and_does_not_revive_a_revoked_token(store: &dyn JobStore) {
+    let (org, admin) = tenant(store, "acme");
+    let first = store
+        .token_insert("SLUICE_ADMIN_TOKEN", "hash-admin", admin, None, None)
+        .unwrap();
+    assert_eq!(store.token_revoke(first, None, None).unwrap(), Some(org));
+    let tokens_before = store.token_list(None).unwrap().len();
+    let (_, audit_before) = store.audit_list(org, 100, 0).unwrap();
+
+    let again = store.token_insert(
+        "SLUICE_ADMIN_TOKEN",
+        "hash-admin",
+        admin,
+        None,
+        Some(&audit(org, admin, "token.create")),
+    );
+    assert!(
+        again.is_err(),
+        "token_insert of a taken hash must fail (serve.rs warns \"not restored\" only on an \
+         error), got {again:?}"
+    );
+    assert_eq!(store.token_list(None).unwrap().len(), tokens_before);
+    assert_eq!(
+        store.token_find("hash-admin").unwrap(),
+        None,
+        "stays revoked"
+    );
+    assert_eq!(store.audit_list(org, 100, 0).unwrap().1, audit_before);
+}
+
+/// Where the backends must agree: `token_find` marks the token used (shown to admins as
+/// `lastUsedAt`), and every request authenticates, however many arrive at once.
+fn token_find_marks_last_use_and_succeeds_when_called_many_times_at_once(store: &dyn JobStore) {
+    let (org, user) = tenant(store, "acme");
+    let id = store
+        .token_insert("busy", "hash-busy", user, None, None)
+        .unwrap();
+    let last_used = || {
+        store
+            .token_list(Some(org))
+            .unwrap()
+            .into_iter()
+            .find(|t| t.id == id)
+            .expect("listed")
+            .last_used_at
+    };
+    assert_eq!(last_used(), None, "never used yet");
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    assert!(store.token_find("hash-busy").unwrap().is_some());
+    let after = Utc::now() + chrono::Duration::seconds(5);
+    let used = last_used().expect("marked as used");
+    assert!(
+        before <= used && used <= after,
+        "last used at {used}, between {before} and {after}"
+    );
+
+    let (threads, calls) = (8, 25);
+    let start = Barrier::new(threads);
+    let found: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let start = &start;
+                s.spawn(move || {
+                    start.wait();
+                    let mut n = 0;
+                    for _ in 0..calls {
+                        match store.token_find("hash-busy") {
+                            Ok(Some(p)) if p.token_id == id => n += 1,
+                            other => return Err(format!("{other:?}")),
+                        }
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for f in &found {
+        assert_eq!(f, &Ok(calls), "every lookup finds the token: {found:?}");
+    }
+    assert!(last_used().is_some_and(|t| t >= used));
+}
+
+// --- Chunk jobs.
+
+fn a_failing_chunk_fails_the_parent_naming_the_part_and_cancels_the_rest(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let parent = processing(store, org, "big");
+    let chunks = split(store, &parent, 3);
+    let p = parent.job_id;
+    let j = job(store, p);
+    assert_eq!(j.status, JobStatus::Processing);
+    assert_eq!((j.chunks_total, j.chunks_completed), (Some(3), 0));
+    assert_eq!(j.total_rows, Some(30));
+    assert!(
+        !store.job_heartbeat(&parent, LONG_LEASE_MS).unwrap(),
+        "the parent's lease was given back"
+    );
+
+    let first = claim(store, "worker-a", chunks[0]);
+    let second = claim(store, "worker-b", chunks[1]);
+    assert!(
+        store
+            .job_finish(&first, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    assert_eq!(job(store, p).chunks_completed, 1);
+    assert_eq!(status(store, p), JobStatus::Processing);
+    assert!(
+        store
+            .job_finish(
+                &second,
+                None,
+                JobStatus::Failed,
+                Some("the file cannot be read")
+            )
+            .unwrap()
+    );
+
+    let j = job(store, p);
+    assert_eq!(j.status, JobStatus::Failed);
+    assert_eq!(
+        j.error.as_deref(),
+        Some("part 2 of the file failed: the file cannot be read")
+    );
+    assert!(j.completed_at.is_some());
+    assert_eq!(status(store, chunks[0]), JobStatus::Completed);
+    assert_eq!(status(store, chunks[1]), JobStatus::Failed);
+    assert_eq!(status(store, chunks[2]), JobStatus::Cancelled);
+    assert!(
+        store
+            .job_claim("worker-c", LONG_LEASE_MS)
+            .unwrap()
+            .is_none()
+    );
+}
+
+fn the_last_chunks_completing_at_once_complete_the_parent_exactly_once(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let parent = processing(store, org, "big");
+    let chunks = split(store, &parent, 3);
+    let p = parent.job_id;
+    let leases: Vec<Lease> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| claim(store, &format!("worker-{i}"), c))
+        .collect();
+    assert!(
+        store
+            .job_finish(&leases[0], None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    assert_eq!(status(store, p), JobStatus::Processing);
+
+    // The two last chunks finish at the same moment.
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        for lease in &leases[1..] {
+            let start = &start;
+            s.spawn(move || {
+                start.wait();
+                assert!(
+                    store
+                        .job_finish(lease, None, JobStatus::Completed, None)
+                        .unwrap()
+                );
+            });
+        }
+    });
+
+    let j = job(store, p);
+    assert_eq!(j.status, JobStatus::Completed);
+    assert_eq!(j.chunks_completed, 3);
+    let completions = store
+        .events_after(0, Some(p), 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "status" && e.status == JobStatus::Completed)
+        .count();
+    assert_eq!(completions, 1, "the parent completed exactly once");
+    assert!(
+        !store
+            .job_finish(&leases[2], None, JobStatus::Completed, None)
+            .unwrap(),
+        "a finished chunk's lease is spent"
+    );
+    assert_eq!(job(store, p).chunks_completed, 3);
+}
+
+// --- The job event log.
+
+fn events_come_back_in_order_resume_after_a_position_and_filter_by_job(store: &dyn JobStore) {
+    assert_eq!(store.events_last_seq().unwrap(), 0, "a fresh log is empty");
+    let (org, _) = tenant(store, "acme");
+    let a = pending(store, org, "a");
+    let b = pending(store, org, "b");
+    let lease = claim(store, "worker", a);
+    assert!(store.job_set_total(&lease, 10).unwrap());
+    assert_eq!(
+        store.job_control(b, Control::Pause, None).unwrap(),
+        Controlled::Done(b)
+    );
+
+    let all = store.events_after(0, None, 100).unwrap();
+    let seen: Vec<(JobId, &str, JobStatus)> = all
+        .iter()
+        .map(|e| (e.job_id, e.kind.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (a, "created", JobStatus::Pending),
+            (b, "created", JobStatus::Pending),
+            (a, "status", JobStatus::Processing),
+            (a, "progress", JobStatus::Processing),
+            (b, "status", JobStatus::Paused),
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "in seq order");
+    assert_eq!(all[3].total_rows, Some(10));
+    assert_eq!(all[0].dataset, "items");
+    assert_eq!(all[0].filename, "a.csv");
+    assert_eq!(store.events_last_seq().unwrap(), all[4].seq);
+
+    fn seqs(events: &[JobEvent]) -> Vec<i64> {
+        events.iter().map(|e| e.seq).collect()
+    }
+    let rest = store.events_after(all[1].seq, None, 100).unwrap();
+    assert_eq!(seqs(&rest), seqs(&all[2..]), "resumes after a position");
+    let first_two = store.events_after(0, None, 2).unwrap();
+    assert_eq!(seqs(&first_two), seqs(&all[..2]), "limit");
+    let of_b = store.events_after(0, Some(b), 100).unwrap();
+    assert_eq!(seqs(&of_b), [all[1].seq, all[4].seq], "only job b's");
+    assert!(
+        store
+            .events_after(all[4].seq, None, 100)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// --- Webhook deliveries.
+
+/// A webhook and one completed job: the delivery to plan from the backlog.
+fn completed_job_for_a_webhook(store: &dyn JobStore) -> (i64, NewDelivery, i64, i64) {
+    let hook = store
+        .webhook_insert(
+            "http://hooks.example/sluice",
+            &["job.completed".to_string()],
+            "whsec_test",
+            None,
+        )
+        .unwrap();
+    let (org, _) = tenant(store, "acme");
+    let lease = processing(store, org, "done");
+    assert!(
+        store
+            .job_finish(&lease, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    let (cursor, ends) = store.delivery_backlog(100).unwrap();
+    assert_eq!(ends.len(), 1, "one job end after the cursor: {ends:?}");
+    let end = &ends[0];
+    assert_eq!(
+        (end.job_id, end.kind.as_str(), end.status),
+        (lease.job_id, "status", JobStatus::Completed)
+    );
+    let delivery = NewDelivery {
+        webhook_id: hook.id,
+        event_seq: end.seq,
+        event: "job.completed".into(),
+        job_id: end.job_id,
+        payload: format!("{{\"id\":\"evt_{}\"}}", end.seq),
+    };
+    (hook.id, delivery, cursor, end.seq)
+}
+
+fn two_dispatchers_planning_the_same_backlog_insert_its_deliveries_once(store: &dyn JobStore) {
+    let (hook, delivery, cursor, last) = completed_job_for_a_webhook(store);
+    let start = Barrier::new(2);
+    let moved: Vec<bool> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let (start, delivery) = (&start, delivery.clone());
+                s.spawn(move || {
+                    start.wait();
+                    store
+                        .delivery_insert_many(cursor, last, std::slice::from_ref(&delivery))
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        moved.iter().filter(|m| **m).count(),
+        1,
+        "the cursor moves exactly once: {moved:?}"
+    );
+    let (deliveries, total) = store.delivery_list(hook, 10, 0).unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(deliveries[0].state, DeliveryState::Pending);
+    assert_eq!(deliveries[0].job_id, delivery.job_id);
+    assert!(deliveries[0].attempts.is_empty());
+    let (cursor_now, ends) = store.delivery_backlog(100).unwrap();
+    assert_eq!(cursor_now, last);
+    assert!(ends.is_empty(), "nothing left to plan");
+    assert!(
+        !store
+            .delivery_insert_many(cursor, last, std::slice::from_ref(&delivery))
+            .unwrap(),
+        "a dispatcher behind the cursor writes nothing"
+    );
+}
+
+fn a_claimed_delivery_is_not_claimed_again_while_held_and_attempts_are_recorded(
+    store: &dyn JobStore,
+) {
+    let (hook, delivery, cursor, last) = completed_job_for_a_webhook(store);
+    assert!(
+        store
+            .delivery_insert_many(cursor, last, std::slice::from_ref(&delivery))
+            .unwrap()
+    );
+    let now = Utc::now().timestamp_millis() + 1000;
+    let hold = 60_000;
+    let due = store.delivery_claim_due(now, hold, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    let d = &due[0];
+    assert_eq!(
+        (
+            d.url.as_str(),
+            d.secret.as_str(),
+            d.event.as_str(),
+            d.attempts
+        ),
+        (
+            "http://hooks.example/sluice",
+            "whsec_test",
+            "job.completed",
+            0
+        )
+    );
+    assert_eq!(d.payload, delivery.payload);
+    assert!(
+        store.delivery_claim_due(now, hold, 10).unwrap().is_empty(),
+        "held: not claimed again"
+    );
+    assert!(
+        store
+            .delivery_claim_due(now + hold as i64 - 1, hold, 10)
+            .unwrap()
+            .is_empty(),
+        "still held just before the hold ends"
+    );
+
+    // The first attempt fails and is due again at `now`; the second is delivered.
+    let at = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+    let failed = DeliveryAttempt {
+        attempt: 1,
+        at,
+        http_status: Some(500),
+        error: Some("the receiver answered 500".into()),
+        duration_ms: 12,
+    };
+    store
+        .delivery_record(d.id, &failed, DeliveryState::Pending, now)
+        .unwrap();
+    let (listed, _) = store.delivery_list(hook, 10, 0).unwrap();
+    assert_eq!(listed[0].state, DeliveryState::Pending);
+    assert_eq!(listed[0].attempts.len(), 1);
+    assert_eq!(
+        listed[0].next_attempt_at.map(|t| t.timestamp_millis()),
+        Some(now)
+    );
+    let due = store.delivery_claim_due(now, hold, 10).unwrap();
+    assert_eq!(due.len(), 1, "due again after a failed attempt");
+    assert_eq!(due[0].attempts, 1);
+    let delivered = DeliveryAttempt {
+        attempt: 2,
+        at,
+        http_status: Some(204),
+        error: None,
+        duration_ms: 3,
+    };
+    store
+        .delivery_record(d.id, &delivered, DeliveryState::Delivered, now)
+        .unwrap();
+
+    let (listed, total) = store.delivery_list(hook, 10, 0).unwrap();
+    assert_eq!(total, 1);
+    let l = &listed[0];
+    assert_eq!(l.state, DeliveryState::Delivered);
+    assert_eq!(l.next_attempt_at, None);
+    let attempts: Vec<(u32, Option<u16>, Option<&str>, u64)> = l
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.http_status, a.error.as_deref(), a.duration_ms))
+        .collect();
+    assert_eq!(
+        attempts,
+        [
+            (1, Some(500), Some("the receiver answered 500"), 12),
+            (2, Some(204), None, 3)
+        ]
+    );
+    assert!(l.attempts.iter().all(|a| a.at == at));
+    assert!(
+        store
+            .delivery_claim_due(now + 10 * hold as i64, hold, 10)
+            .unwrap()
+            .is_empty(),
+        "a delivered delivery is never due"
+    );
+}
+
+// --- The audit log.
+
+fn an_audited_action_writes_its_line_and_a_refused_one_writes_none(store: &dyn JobStore) {
+    let (org, user) = tenant(store, "acme");
+    let (other_org, other_user) = tenant(store, "globex");
+    let lines = || {
+        let (records, total) = store.audit_list(org, 100, 0).unwrap();
+        assert_eq!(records.len() as u64, total);
+        records
+            .into_iter()
+            .map(|r| {
+                (
+                    r.entry.action,
+                    r.entry.target.unwrap_or_default(),
+                    r.entry.detail,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let line =
+        |action: &str, target: String, detail: Option<String>| (action.to_string(), target, detail);
+
+    let id = created(
+        store
+            .job_insert(&upload(org, "a"), None, Some(&audit(org, user, "upload")))
+            .unwrap(),
+    );
+    assert_eq!(lines(), [line("upload", format!("job:{id}"), None)]);
+    let (records, _) = store.audit_list(org, 1, 0).unwrap();
+    assert_eq!(
+        (records[0].entry.org_id, records[0].entry.user_id),
+        (Some(org), Some(user))
+    );
+
+    // Refused: the same file again while it is active, a retry of a pending job, deleting a job
+    // that does not exist.
+    assert!(matches!(
+        store
+            .job_insert(&upload(org, "a"), None, Some(&audit(org, user, "upload")))
+            .unwrap(),
+        Inserted::ActiveDuplicate(dup) if dup == id
+    ));
+    assert!(matches!(
+        store
+            .job_control(
+                id,
+                Control::Retry { from_start: true },
+                Some(&audit(org, user, "retry"))
+            )
+            .unwrap(),
+        Controlled::Conflict(_)
+    ));
+    assert_eq!(
+        store
+            .job_delete(4242, Some(&audit(org, user, "delete")))
+            .unwrap(),
+        None
+    );
+    assert_eq!(lines().len(), 1, "refused actions write no line");
+
+    assert_eq!(
+        store
+            .job_control(id, Control::Cancel, Some(&audit(org, user, "cancel")))
+            .unwrap(),
+        Controlled::Done(id)
+    );
+    let Controlled::Done(new) = store
+        .job_control(
+            id,
+            Control::Retry { from_start: true },
+            Some(&audit(org, user, "retry")),
+        )
+        .unwrap()
+    else {
+        panic!("retry from the start is done");
+    };
+    assert_eq!(
+        lines(),
+        [
+            line("retry", format!("job:{id}"), Some(format!("new job {new}"))),
+            line("cancel", format!("job:{id}"), None),
+            line("upload", format!("job:{id}"), None),
+        ],
+        "newest first"
+    );
+
+    // Tokens: a revoke from another organisation is refused and writes no line anywhere.
+    let token = store
+        .token_insert(
+            "ci",
+            "hash-acme",
+            user,
+            None,
+            Some(&audit(org, user, "token.create")),
+        )
+        .unwrap();
+    assert_eq!(
+        store
+            .token_revoke(
+                token,
+                Some(other_org),
+                Some(&audit(other_org, other_user, "token.revoke"))
+            )
+            .unwrap(),
+        None
+    );
+    assert_eq!(store.audit_list(other_org, 100, 0).unwrap().1, 0);
+    assert_eq!(
+        store
+            .token_revoke(token, Some(org), Some(&audit(org, user, "token.revoke")))
+            .unwrap(),
+        Some(org)
+    );
+    let all = lines();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0], line("token.revoke", format!("token:{token}"), None));
+    assert_eq!(all[1], line("token.create", format!("token:{token}"), None));
+}
+
+store_conformance!(
+    two_workers_racing_for_one_pending_job_exactly_one_claims_it,
+    an_expired_lease_is_claimed_by_another_owner_and_the_first_loses_it,
+    a_stale_lease_cannot_commit_a_batch_after_the_job_was_claimed_again,
+    every_allowed_transition_is_done_and_every_other_is_a_conflict,
+    control_of_a_missing_job_is_not_found,
+    a_retry_is_refused_while_the_same_file_is_importing_again,
+    a_chunk_job_refuses_control_and_names_its_parent,
+    a_token_is_found_with_its_user_organisation_and_role_until_revoked,
+    an_expired_token_is_not_found,
+    a_token_cannot_be_revoked_from_another_organisation,
+    inserting_a_taken_token_hash_fails_and_does_not_revive_a_revoked_token,
+    token_find_marks_last_use_and_succeeds_when_called_many_times_at_once,
+    a_failing_chunk_fails_the_parent_naming_the_part_and_cancels_the_rest,
+    the_last_chunks_completing_at_once_complete_the_parent_exactly_once,
+    events_come_back_in_order_resume_after_a_position_and_filter_by_job,
+    two_dispatchers_planning_the_same_backlog_insert_its_deliveries_once,
+    a_claimed_delivery_is_not_claimed_again_while_held_and_attempts_are_recorded,
+    an_audited_action_writes_its_line_and_a_refused_one_writes_none,
+);

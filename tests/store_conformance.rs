@@ -33,6 +33,8 @@ use sluice::store::{
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a store call waits for a pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(5);
 /// A lease long enough never to expire during a test.
 const LONG_LEASE_MS: u64 = 600_000;
 
@@ -51,7 +53,8 @@ macro_rules! store_conformance {
 
 fn on_sqlite(case: fn(&dyn JobStore)) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("sluice.db"), LOCK_TIMEOUT).expect("open");
+    let store =
+        SqliteStore::open(&dir.path().join("sluice.db"), LOCK_TIMEOUT, 8, POOL_WAIT).expect("open");
     case(&store);
 }
 
@@ -60,7 +63,8 @@ fn on_postgres(case: fn(&dyn JobStore)) {
         return;
     }
     let db = PgDatabase::create();
-    let store = PgStore::open(&db.url(), LOCK_TIMEOUT).expect("open the PostgreSQL store");
+    let store =
+        PgStore::open(&db.url(), LOCK_TIMEOUT, 10, POOL_WAIT).expect("open the PostgreSQL store");
     case(&store);
 }
 

@@ -151,3 +151,46 @@ impl<C: Send + 'static> Drop for Pool<C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_gets_busy_when_every_connection_stays_in_use() {
+        let pool = Pool::new(1, Duration::from_millis(20), || Ok(7u32), |_| false);
+        let held = pool.get().expect("the only connection");
+        assert!(matches!(pool.get(), Err(StoreError::Busy(_))));
+        assert!(pool.try_get().is_none());
+        drop(held);
+        assert_eq!(*pool.get().expect("returned to the pool"), 7);
+        assert_eq!(pool.state().0, 1);
+    }
+
+    #[test]
+    fn a_database_that_cannot_be_reached_is_unavailable_not_busy() {
+        let pool: Pool<u32> = Pool::new(
+            2,
+            Duration::from_millis(50),
+            || Err(StoreError::Unavailable("refused".into())),
+            |_| false,
+        );
+        assert!(matches!(pool.get(), Err(StoreError::Unavailable(_))));
+    }
+
+    #[test]
+    fn a_broken_connection_is_not_reused() {
+        let opened = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counter = opened.clone();
+        let pool = Pool::new(
+            1,
+            Duration::from_secs(1),
+            move || Ok(counter.fetch_add(1, Ordering::SeqCst)),
+            |n: &u32| *n == 0,
+        );
+        assert_eq!(*pool.get().unwrap(), 0);
+        // The first connection reported itself broken on return: a new one is opened.
+        assert_eq!(*pool.get().unwrap(), 1);
+        assert_eq!(*pool.get().unwrap(), 1);
+    }
+}

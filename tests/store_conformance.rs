@@ -882,6 +882,10 @@ fn events_come_back_in_order_resume_after_a_position_and_filter_by_job(store: &d
     assert_eq!(all[3].total_rows, Some(10));
     assert_eq!(all[0].dataset, "items");
     assert_eq!(all[0].filename, "a.csv");
+    assert!(
+        all.iter().all(|e| e.org_id == Some(org)),
+        "every event names its job's organisation"
+    );
     assert_eq!(store.events_last_seq().unwrap(), all[4].seq);
 
     fn seqs(events: &[JobEvent]) -> Vec<i64> {
@@ -905,15 +909,21 @@ fn events_come_back_in_order_resume_after_a_position_and_filter_by_job(store: &d
 
 /// A webhook and one completed job: the delivery to plan from the backlog.
 fn completed_job_for_a_webhook(store: &dyn JobStore) -> (i64, NewDelivery, i64, i64) {
+    let (org, _) = tenant(store, "acme");
     let hook = store
         .webhook_insert(
             "http://hooks.example/sluice",
             &["job.completed".to_string()],
             "whsec_test",
             None,
+            org,
         )
         .unwrap();
-    let (org, _) = tenant(store, "acme");
+    assert_eq!(hook.org_id, Some(org));
+    let (other, _) = tenant(store, "globex");
+    assert!(store.webhook_list(Some(other)).unwrap().is_empty());
+    assert_eq!(store.webhook_list(Some(org)).unwrap().len(), 1);
+    assert_eq!(store.webhook_list(None).unwrap().len(), 1);
     let lease = processing(store, org, "done");
     assert!(
         store

@@ -454,9 +454,10 @@ async fn deliveries_to_internal_addresses_are_refused_and_nothing_reaches_the_re
     let admin = db.number("SELECT id FROM tokens WHERE label = 'SLUICE_ADMIN_TOKEN'");
     for target in [&by_name, &url] {
         db.execute(&format!(
-            "INSERT INTO webhooks (url, events, secret, created_by, created_at) VALUES \
+            "INSERT INTO webhooks (url, events, secret, created_by, created_at, org_id) VALUES \
              ('{target}', '[\"job.completed\",\"job.failed\",\"job.cancelled\"]', \
-              'whsec_test', {admin}, '2000-01-01T00:00:00.000Z')"
+              'whsec_test', {admin}, '2000-01-01T00:00:00.000Z', \
+              (SELECT u.org_id FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = {admin}))"
         ));
     }
     drop(db);

@@ -8,7 +8,6 @@
 //! `EventSource` to stop reconnecting. Every connection reads the store at its own pace; none can
 //! hold up an import.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +106,7 @@ pub async fn all_events(
     let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(ready) });
     Ok(Sse::new(futures_util::StreamExt::chain(
         stream,
-        forever(reader, state.jobs.clone(), caller.org_id),
+        forever(reader, caller.org_id),
     ))
     .keep_alive(keep_alive())
     .into_response())
@@ -132,43 +131,19 @@ fn until_done(reader: EventReader) -> impl Stream<Item = Result<Event, Infallibl
     })
 }
 
-/// Every event of the caller's organisation's jobs, for as long as the client listens. Which
-/// organisation a job belongs to is looked up once per job.
-fn forever(
-    reader: EventReader,
-    ctx: Arc<crate::jobs::JobContext>,
-    org: i64,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    let seen: HashMap<i64, bool> = HashMap::new();
-    futures_util::stream::unfold((reader, seen), move |(mut reader, mut seen)| {
-        let ctx = ctx.clone();
-        async move {
-            loop {
-                match reader.next().await {
-                    Ok(Some(e)) => {
-                        let visible = match seen.get(&e.job_id) {
-                            Some(v) => *v,
-                            None => {
-                                let job = e.job_id;
-                                let v = ctx
-                                    .store_call(move |s| s.job_get(job))
-                                    .await
-                                    .ok()
-                                    .flatten()
-                                    .is_some_and(|j| j.org_id == Some(org));
-                                seen.insert(e.job_id, v);
-                                v
-                            }
-                        };
-                        if visible {
-                            return Some((Ok(sse_event(&e)), (reader, seen)));
-                        }
-                    }
-                    Ok(None) => return None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event stream ended on a store error");
-                        return None;
-                    }
+/// Every event of the caller's organisation's jobs, for as long as the client listens. Each
+/// event carries its job's organisation, so nothing is looked up (and no transient failure can
+/// hide a job for the rest of the stream).
+fn forever(reader: EventReader, org: i64) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(reader, move |mut reader| async move {
+        loop {
+            match reader.next().await {
+                Ok(Some(e)) if e.org_id == Some(org) => return Some((Ok(sse_event(&e)), reader)),
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream ended on a store error");
+                    return None;
                 }
             }
         }

@@ -91,7 +91,9 @@ pub async fn create(
     let (url, s) = (req.url.clone(), secret.clone());
     let hook = state
         .jobs
-        .store_call(move |st| st.webhook_insert(&url, &events, &s, Some(caller.token_id)))
+        .store_call(move |st| {
+            st.webhook_insert(&url, &events, &s, Some(caller.token_id), caller.org_id)
+        })
         .await?;
     let mut data = webhook_json(&hook);
     data["secret"] = json!(secret);
@@ -103,7 +105,7 @@ pub async fn create(
 }
 
 /// The webhooks of the caller's organisation (a webhook belongs to the organisation of the
-/// token that registered it). Admins only.
+/// token that registered it, recorded with it). Admins only.
 async fn org_webhooks(
     state: &AppState,
     caller: &Caller,
@@ -112,19 +114,7 @@ async fn org_webhooks(
     let org = caller.org_id;
     Ok(state
         .jobs
-        .store_call(move |s| {
-            let mut mine = Vec::new();
-            for hook in s.webhook_list()? {
-                let owner = match hook.created_by {
-                    Some(token) => s.token_org(token)?,
-                    None => None,
-                };
-                if owner == Some(org) {
-                    mine.push(hook);
-                }
-            }
-            Ok(mine)
-        })
+        .store_call(move |s| s.webhook_list(Some(org)))
         .await?)
 }
 

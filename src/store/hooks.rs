@@ -21,7 +21,7 @@ use super::{
 
 const EVENT_COLUMNS: &str = "seq, job_id, kind, dataset, filename, status, total_rows, rows_done, \
     created_count, updated_count, unchanged_count, error_count, batches_done, error, started_at, \
-    completed_at, at";
+    completed_at, at, (SELECT org_id FROM jobs WHERE jobs.id = job_events.job_id)";
 
 /// Events looked at when computing the horizon.
 const HORIZON_SCAN: i64 = 10_000;
@@ -48,6 +48,7 @@ fn event(r: &Row) -> StoreResult<JobEvent> {
         started_at: r.opt_time(14)?,
         completed_at: r.opt_time(15)?,
         at: r.time(16)?,
+        org_id: r.opt_i64(17)?,
     })
 }
 
@@ -99,7 +100,7 @@ pub fn events_last_seq(c: &mut dyn Sql) -> StoreResult<i64> {
     .i64(0)
 }
 
-const WEBHOOK_COLUMNS: &str = "id, url, events, secret, created_by, created_at";
+const WEBHOOK_COLUMNS: &str = "id, url, events, secret, created_by, created_at, org_id";
 
 fn webhook(r: &Row) -> StoreResult<Webhook> {
     Ok(Webhook {
@@ -109,6 +110,7 @@ fn webhook(r: &Row) -> StoreResult<Webhook> {
         secret: r.text(3)?,
         created_by: r.opt_i64(4)?,
         created_at: r.time(5)?,
+        org_id: r.opt_i64(6)?,
     })
 }
 
@@ -118,21 +120,26 @@ pub fn webhook_insert(
     events: &[String],
     secret: &str,
     created_by: Option<i64>,
+    org_id: i64,
 ) -> StoreResult<Webhook> {
     let events_json = serde_json::to_string(events).unwrap_or_else(|_| "[]".into());
     webhook(&c.query_one(
         &format!(
-            "INSERT INTO webhooks (url, events, secret, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING {WEBHOOK_COLUMNS}"
+            "INSERT INTO webhooks (url, events, secret, created_by, created_at, org_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {WEBHOOK_COLUMNS}"
         ),
-        params![url, events_json, secret, created_by, Utc::now()],
+        params![url, events_json, secret, created_by, Utc::now(), org_id],
     )?)
 }
 
-pub fn webhook_list(c: &mut dyn Sql) -> StoreResult<Vec<Webhook>> {
+/// The organisation's webhooks (`None`: every webhook, for the dispatcher), by id.
+pub fn webhook_list(c: &mut dyn Sql, org_id: Option<i64>) -> StoreResult<Vec<Webhook>> {
     c.query(
-        &format!("SELECT {WEBHOOK_COLUMNS} FROM webhooks ORDER BY id"),
-        &[],
+        &format!(
+            "SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE CAST($1 AS BIGINT) IS NULL OR org_id = $1 \
+             ORDER BY id"
+        ),
+        params![org_id],
     )?
     .iter()
     .map(webhook)

@@ -233,7 +233,8 @@ pub trait JobStore: Send + Sync + 'static {
     // transaction as every job insert, status change, batch commit and total count (SQLite does
     // it with triggers).
 
-    /// Up to `limit` events with `seq > after`, oldest first; only `job`'s when given.
+    /// Up to `limit` events with `seq > after`, oldest first; only `job`'s when given. Each
+    /// carries its job's organisation (`JobEvent::org_id`): readers show it only to that one.
     fn events_after(
         &self,
         after: i64,
@@ -245,14 +246,17 @@ pub trait JobStore: Send + Sync + 'static {
 
     // --- Webhooks and their deliveries.
 
+    /// Registers a webhook of organisation `org_id`.
     fn webhook_insert(
         &self,
         url: &str,
         events: &[String],
         secret: &str,
         created_by: Option<i64>,
+        org_id: i64,
     ) -> StoreResult<Webhook>;
-    fn webhook_list(&self) -> StoreResult<Vec<Webhook>>;
+    /// The organisation's webhooks (`None`: every webhook, for the dispatcher), by id.
+    fn webhook_list(&self, org_id: Option<i64>) -> StoreResult<Vec<Webhook>>;
     /// Deletes a webhook and its delivery log; false when it did not exist.
     fn webhook_delete(&self, id: i64) -> StoreResult<bool>;
     /// The webhook cursor and up to `limit` job events after it that ended a job (status

@@ -370,13 +370,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
         events: &[String],
         secret: &str,
         created_by: Option<i64>,
+        org_id: i64,
     ) -> StoreResult<Webhook> {
         self.0
-            .write(|c| hooks::webhook_insert(c, url, events, secret, created_by))
+            .write(|c| hooks::webhook_insert(c, url, events, secret, created_by, org_id))
     }
 
-    fn webhook_list(&self) -> StoreResult<Vec<Webhook>> {
-        self.0.read(hooks::webhook_list)
+    fn webhook_list(&self, org_id: Option<i64>) -> StoreResult<Vec<Webhook>> {
+        self.0.read(|c| hooks::webhook_list(c, org_id))
     }
 
     fn webhook_delete(&self, id: i64) -> StoreResult<bool> {

@@ -424,6 +424,9 @@ pub struct JobEvent {
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     pub at: DateTime<Utc>,
+    /// The organisation of the job (`None`: the job is gone, or belongs to none): readers show
+    /// an event only to its organisation.
+    pub org_id: Option<i64>,
 }
 
 /// A webhook subscription. `secret` is the HMAC-SHA256 key its deliveries are signed with.
@@ -435,6 +438,9 @@ pub struct Webhook {
     pub events: Vec<String>,
     pub secret: String,
     pub created_by: Option<i64>,
+    /// The organisation it belongs to (that of the token that registered it); it hears only of
+    /// that organisation's jobs.
+    pub org_id: Option<i64>,
     pub created_at: DateTime<Utc>,
 }
 

@@ -183,7 +183,7 @@ async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
     loop {
         // No webhooks, no writes: the cursor waits, and a webhook registered later only hears
         // of job ends after its creation (below).
-        let hooks = ctx.store_call(|s| s.webhook_list()).await?;
+        let hooks = ctx.store_call(|s| s.webhook_list(None)).await?;
         if hooks.is_empty() {
             return Ok(());
         }
@@ -191,28 +191,8 @@ async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
         let Some(last) = ends.last().map(|e| e.seq) else {
             return Ok(());
         };
-        // A webhook hears only of its own organisation's jobs: the organisation of the token
-        // that registered it, and of each job that ended.
-        let jobs: Vec<i64> = ends.iter().map(|e| e.job_id).collect();
-        let creators: Vec<Option<i64>> = hooks.iter().map(|h| h.created_by).collect();
-        let (hook_orgs, job_orgs) = ctx
-            .store_call(move |s| {
-                let mut hook_orgs = Vec::with_capacity(creators.len());
-                for token in creators {
-                    hook_orgs.push(match token {
-                        Some(t) => s.token_org(t)?,
-                        None => None,
-                    });
-                }
-                let mut job_orgs = std::collections::HashMap::new();
-                for job in jobs {
-                    if let std::collections::hash_map::Entry::Vacant(v) = job_orgs.entry(job) {
-                        v.insert(s.job_get(job)?.and_then(|j| j.org_id));
-                    }
-                }
-                Ok((hook_orgs, job_orgs))
-            })
-            .await?;
+        // A webhook hears only of its own organisation's jobs: both are recorded (the
+        // webhook's row, and the job of each event).
         let mut deliveries = Vec::new();
         for e in &ends {
             let event = format!("job.{}", e.status.as_str());
@@ -223,14 +203,13 @@ async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
                 "data": event_json(e),
             })
             .to_string();
-            let job_org = job_orgs.get(&e.job_id).copied().flatten();
-            let subscribed = hooks.iter().zip(&hook_orgs).filter(|(h, org)| {
+            let subscribed = hooks.iter().filter(|h| {
                 h.events.contains(&event)
                     && h.created_at <= e.at
-                    && job_org.is_some()
-                    && **org == job_org
+                    && e.org_id.is_some()
+                    && h.org_id == e.org_id
             });
-            for (hook, _) in subscribed {
+            for hook in subscribed {
                 deliveries.push(NewDelivery {
                     webhook_id: hook.id,
                     event_seq: e.seq,

@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0007_org_templates",
         include_str!("../../../migrations/postgres/0007_org_templates.sql"),
     ),
+    (
+        8,
+        "0008_webhook_orgs",
+        include_str!("../../../migrations/postgres/0008_webhook_orgs.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -50,6 +50,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0007_org_templates",
         include_str!("../../../migrations/sqlite/0007_org_templates.sql"),
     ),
+    (
+        "0008_webhook_orgs",
+        include_str!("../../../migrations/sqlite/0008_webhook_orgs.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

@@ -18,7 +18,9 @@ use super::error::ApiError;
 use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
 
 /// Errors fetched per page while streaming the CSV.
-const CSV_PAGE: u64 = 5_000;
+/// Rows per page of the rejected-rows CSV: each page is one short store call, and a client that
+/// stops reading holds at most one page in memory (and no database connection).
+const CSV_PAGE: u64 = 1_000;
 const DEFAULT_LIMIT: u64 = 100;
 
 /// The answer for a job the caller cannot see: a missing job and another organisation's job
@@ -220,7 +222,7 @@ pub async fn errors(
 /// Streams every rejected row as CSV: the file's columns plus `error`, ready to fix and upload
 /// again. Pages are read from the store as the client consumes them.
 fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let filename = format!("job-{}-rejected-rows.csv", job.id);
     tokio::spawn(async move {
         let mut header = job.header.clone();
@@ -229,15 +231,15 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
         if tx.send(Ok(first)).await.is_err() {
             return;
         }
-        let mut offset = 0;
+        let mut after = 0;
         loop {
             let id = job.id;
             let page = state
                 .jobs
-                .store_call(move |s| s.errors_page(id, CSV_PAGE, offset))
+                .store_call(move |s| s.errors_after(id, after, CSV_PAGE))
                 .await;
             let errors = match page {
-                Ok((errors, _)) => errors,
+                Ok(errors) => errors,
                 Err(e) => {
                     tracing::error!(error = %e, job = job.id, "reading errors for CSV failed");
                     let _ = tx
@@ -249,7 +251,7 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
             if errors.is_empty() {
                 return;
             }
-            offset += errors.len() as u64;
+            after = errors.last().map_or(after, |e| e.row);
             let rows = errors.into_iter().map(|e| {
                 let mut r = e.record;
                 r.push(e.message);

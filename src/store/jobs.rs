@@ -367,15 +367,35 @@ pub fn errors_page(
             params![job, limit, offset],
         )?
         .iter()
-        .map(|r| {
-            Ok(ErrorRecord {
-                row: r.u64(0)?,
-                column: r.opt_text(1)?,
-                value: r.opt_text(2)?,
-                message: r.text(3)?,
-                record: r.json(4, "error record")?,
-            })
-        })
+        .map(error_record)
         .collect::<StoreResult<Vec<_>>>()?;
     Ok((errors, total))
+}
+
+/// Up to `limit` row errors after row `after`, in row order (a keyset page: each costs the
+/// same wherever it starts).
+pub fn errors_after(
+    c: &mut dyn Sql,
+    job: JobId,
+    after: u64,
+    limit: u64,
+) -> StoreResult<Vec<ErrorRecord>> {
+    c.query(
+        "SELECT \"row\", \"column\", value, message, record FROM job_errors \
+         WHERE job_id = $1 AND \"row\" > $2 ORDER BY \"row\" LIMIT $3",
+        params![job, after, limit],
+    )?
+    .iter()
+    .map(error_record)
+    .collect()
+}
+
+fn error_record(r: &Row) -> StoreResult<ErrorRecord> {
+    Ok(ErrorRecord {
+        row: r.u64(0)?,
+        column: r.opt_text(1)?,
+        value: r.opt_text(2)?,
+        message: r.text(3)?,
+        record: r.json(4, "error record")?,
+    })
 }

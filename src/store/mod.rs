@@ -217,6 +217,9 @@ pub trait JobStore: Send + Sync + 'static {
         offset: u64,
     ) -> StoreResult<(Vec<ErrorRecord>, u64)>;
 
+    /// Up to `limit` of the job's row errors after row `after` (0: from the first), in row order.
+    fn errors_after(&self, job: JobId, after: u64, limit: u64) -> StoreResult<Vec<ErrorRecord>>;
+
     /// A writer of batches for a claimed job, into the rows of organisation `org`.
     /// For a chunk job, `parent` receives the counts and row errors, and stamps rows as its own
     /// (so a key repeated in the file is caught).

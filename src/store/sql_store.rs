@@ -340,6 +340,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(|c| jobs::errors_page(c, job, limit, offset))
     }
 
+    fn errors_after(&self, job: JobId, after: u64, limit: u64) -> StoreResult<Vec<ErrorRecord>> {
+        self.0.read(|c| jobs::errors_after(c, job, after, limit))
+    }
+
     fn batch_sink(
         &self,
         dataset: Arc<Dataset>,

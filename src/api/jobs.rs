@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -15,12 +16,16 @@ use serde_json::{Value as JsonValue, json};
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
+use crate::store::StoreError;
 use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
 
 /// Errors fetched per page while streaming the CSV.
 /// Rows per page of the rejected-rows CSV: each page is one short store call, and a client that
 /// stops reading holds at most one page in memory (and no database connection).
 const CSV_PAGE: u64 = 1_000;
+
+/// Tries at reading one page while the database is busy or unreachable, a second apart.
+const PAGE_ATTEMPTS: u32 = 10;
 const DEFAULT_LIMIT: u64 = 100;
 
 /// The answer for a job the caller cannot see: a missing job and another organisation's job
@@ -234,10 +239,22 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
         let mut after = 0;
         loop {
             let id = job.id;
-            let page = state
-                .jobs
-                .store_call(move |s| s.errors_after(id, after, CSV_PAGE))
-                .await;
+            let mut page = Err(StoreError::Busy("not read yet".into()));
+            // A busy or briefly unreachable database delays the download, it does not cut it.
+            for attempt in 0..PAGE_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Never closed: a failure here would only mean reading without a turn.
+                let _turn = state.bulk_reads.acquire().await.ok();
+                page = state
+                    .jobs
+                    .store_call(move |s| s.errors_after(id, after, CSV_PAGE))
+                    .await;
+                if !matches!(&page, Err(e) if e.is_transient()) {
+                    break;
+                }
+            }
             let errors = match page {
                 Ok(errors) => errors,
                 Err(e) => {

@@ -33,6 +33,15 @@ pub struct AppState {
     pub limiter: limit::RateLimiter,
     /// Webhooks may point at private and loopback addresses (`--webhook-allow-private`).
     pub webhook_allow_private: bool,
+    /// Pages of bulk downloads (the rejected-rows CSV) read at once, however many clients
+    /// download: a crowd of downloads shares this, and status requests keep their connections
+    /// and their CPU.
+    pub bulk_reads: Arc<tokio::sync::Semaphore>,
+}
+
+/// Bulk download pages read at once: half the cores, at least one.
+pub fn bulk_read_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -379,6 +379,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         limiter: api::limit::RateLimiter::new(args.rate_limit),
         webhook_allow_private: args.webhook_allow_private,
+        bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -240,7 +240,9 @@ impl<B: Backend> JobStore for SqlStore<B> {
     }
 
     fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
-        self.0.write(|c| jobs::claim(c, owner, lease_ms))
+        // One statement, atomic by itself: no transaction around it (an idle worker asks often,
+        // and on SQLite an explicit write transaction would queue behind every batch commit).
+        self.0.read(|c| jobs::claim(c, owner, lease_ms))
     }
 
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {

@@ -12,6 +12,7 @@ mod blobs;
 mod tables;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -87,7 +88,7 @@ pub struct Postgres {
     url: String,
     /// How long a statement waits for a lock another session holds (`lock_timeout`).
     lock_timeout: Duration,
-    pool: Pool<Client>,
+    pool: Pool<PgConn>,
     /// A connection that LISTENs on [`CHANNEL`], opened by the first `jobs_wait`.
     listener: Mutex<Option<Client>>,
 }
@@ -108,8 +109,8 @@ impl SqlStore<Postgres> {
             pool: Pool::new(
                 connections,
                 wait,
-                move || connect(&u, lock_timeout),
-                Client::is_closed,
+                move || connect(&u, lock_timeout).map(PgConn::new),
+                |c: &PgConn| c.client.is_closed(),
             ),
             listener: Mutex::new(None),
         };
@@ -124,13 +125,64 @@ impl SqlStore<Postgres> {
 }
 
 impl Postgres {
-    fn conn(&self) -> StoreResult<Pooled<Client>> {
+    fn conn(&self) -> StoreResult<Pooled<PgConn>> {
         self.pool.get()
     }
 }
 
-/// A client or an open transaction, as the shared store logic sees it.
-struct Pg<'a, C>(&'a mut C);
+/// A pooled connection and the statements prepared on it, by their text: the store's statements
+/// are fixed text, so each is parsed and planned once per connection, not on every call.
+pub(super) struct PgConn {
+    client: Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    fn new(client: Client) -> Self {
+        Self {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for PgConn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// Statements kept per connection; past this the cache starts again (only fixed text is
+/// cached, so this is never reached in practice).
+const STATEMENT_CACHE: usize = 256;
+
+/// A client or an open transaction on it, with its connection's statement cache, as the shared
+/// store logic sees it.
+struct Pg<'a, C> {
+    client: &'a mut C,
+    statements: &'a mut HashMap<String, postgres::Statement>,
+}
+
+impl<C: GenericClient> Pg<'_, C> {
+    fn statement(&mut self, sql: &str) -> StoreResult<postgres::Statement> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(pg_err)?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), statement.clone());
+        Ok(statement)
+    }
+}
 
 impl ToSql for Value {
     /// Binds to the type the server inferred for the parameter (an integer to `int4` or
@@ -207,12 +259,16 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> StoreResult<u64> {
-        self.0.execute(sql, &refs(params)).map_err(pg_err)
+        let statement = self.statement(sql)?;
+        self.client
+            .execute(&statement, &refs(params))
+            .map_err(pg_err)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> StoreResult<Vec<Row>> {
-        self.0
-            .query(sql, &refs(params))
+        let statement = self.statement(sql)?;
+        self.client
+            .query(&statement, &refs(params))
             .map_err(pg_err)?
             .iter()
             .map(|r| {
@@ -225,34 +281,39 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
     }
 
     fn notify_jobs(&mut self) -> StoreResult<()> {
-        self.0
+        self.client
             .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
             .map_err(pg_err)?;
         Ok(())
     }
 
     fn lock_key(&mut self, key: &str) -> StoreResult<()> {
-        self.0
+        self.client
             .execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&key])
             .map_err(pg_err)?;
         Ok(())
     }
 
     fn batch(&mut self, sql: &str) -> StoreResult<()> {
-        self.0.batch_execute(sql).map_err(pg_err)
+        self.client.batch_execute(sql).map_err(pg_err)
     }
 }
 
 impl Backend for Postgres {
     fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.conn()?;
-        f(&mut Pg(&mut *conn))
+        let PgConn { client, statements } = &mut *conn;
+        f(&mut Pg { client, statements })
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
-        let done = f(&mut Pg(&mut tx))?;
+        let PgConn { client, statements } = &mut *conn;
+        let mut tx = client.transaction().map_err(pg_err)?;
+        let done = f(&mut Pg {
+            client: &mut tx,
+            statements,
+        })?;
         tx.commit().map_err(pg_err)?;
         Ok(done)
     }
@@ -262,12 +323,17 @@ impl Backend for Postgres {
             .pool
             .try_get()
             .ok_or_else(|| StoreError::Busy("no idle connection".into()))?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
+        let PgConn { client, statements } = &mut *conn;
+        let mut tx = client.transaction().map_err(pg_err)?;
         // Give up at once on a lock, and do not wait for the commit to reach the disk: losing
         // this write in a crash is harmless.
         tx.batch_execute("SET LOCAL lock_timeout = '1ms'; SET LOCAL synchronous_commit = off")
             .map_err(pg_err)?;
-        let n = Pg(&mut tx).execute(sql, params)?;
+        let n = Pg {
+            client: &mut tx,
+            statements,
+        }
+        .execute(sql, params)?;
         tx.commit().map_err(pg_err)?;
         Ok(n)
     }
@@ -289,7 +355,7 @@ impl Backend for Postgres {
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         // A connection of its own for the whole job, outside the pool.
-        let conn = self.pool.open()?;
+        let conn = self.pool.open()?.client;
         Ok(Box::new(writer::PgSink::new(
             conn, dataset, lease, mode, parent, org,
         )))

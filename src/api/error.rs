@@ -82,33 +82,9 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry_after = self.retry_after();
         let (status, code, message) = match self {
             ApiError::Replay(response) => return *response,
-            ApiError::RateLimited { retry_after } => {
-                let body = json!({"success": false, "error": {
-                    "code": "rate_limited",
-                    "message": format!("too many requests for this token; retry after {retry_after} s"),
-                }});
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(axum::http::header::RETRY_AFTER, retry_after.to_string())],
-                    Json(body),
-                )
-                    .into_response();
-            }
-            ApiError::Busy(internal) => {
-                tracing::warn!(error = %internal, "database connections exhausted");
-                let body = json!({"success": false, "error": {
-                    "code": "busy",
-                    "message": "the server is busy (every database connection is in use); retry after 1 s",
-                }});
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(axum::http::header::RETRY_AFTER, "1".to_string())],
-                    Json(body),
-                )
-                    .into_response();
-            }
             ApiError::Conflict { code, message, job } => {
                 let mut error = json!({"code": code, "message": message});
                 if let Some(id) = job {
@@ -123,15 +99,29 @@ impl IntoResponse for ApiError {
             }
             other => other.parts(),
         };
-        (
-            status,
-            Json(json!({"success": false, "error": {"code": code, "message": message}})),
-        )
-            .into_response()
+        let body = Json(json!({"success": false, "error": {"code": code, "message": message}}));
+        match retry_after {
+            Some(seconds) => (
+                status,
+                [(axum::http::header::RETRY_AFTER, seconds.to_string())],
+                body,
+            )
+                .into_response(),
+            None => (status, body).into_response(),
+        }
     }
 }
 
 impl ApiError {
+    /// Seconds a client should wait before trying again (`Retry-After`), where that is known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        }
+    }
+
     /// Status, code and message of the plain error kinds.
     fn parts(&self) -> (StatusCode, &'static str, String) {
         match self {
@@ -165,8 +155,20 @@ impl ApiError {
                     "internal server error; the details are in the server log".to_string(),
                 )
             }
-            ApiError::Conflict { .. } | ApiError::Replay(_) | ApiError::Busy(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", self.to_string()),
+            ApiError::Busy(internal) => {
+                tracing::warn!(error = %internal, "database connections exhausted");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the server is busy (every database connection is in use); retry after 1 s".to_string(),
+                )
+            }
+            ApiError::RateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests for this token; retry after {retry_after} s"),
+            ),
+            ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::tenants::audit_insert;
 use super::{AuditEntry, Control, Controlled, JobId, JobStatus, Stats, StoreError, StoreResult};
 
 /// Clears the lease of the rows a statement updates.
-const RELEASE: &str = "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL";
+pub(super) const RELEASE: &str = "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL";
 
 /// Cancel, pause, resume or retry one job (and a split job's chunks), with its audit line.
 pub fn control(

@@ -7,7 +7,7 @@
 
 use chrono::Utc;
 
-use super::control::chunk_finished;
+use super::control::{RELEASE, chunk_finished};
 use super::sql::{Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
@@ -268,9 +268,8 @@ pub fn finish(
 ) -> StoreResult<bool> {
     let Some(row) = c.query_opt(
         &format!(
-            "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {} \
-             WHERE id = $4 AND lease_token = $5 RETURNING parent_id",
-            "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL"
+            "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {RELEASE} \
+             WHERE id = $4 AND lease_token = $5 RETURNING parent_id"
         ),
         params![
             status.as_str(),
@@ -304,14 +303,11 @@ pub fn split(
     chunks: &[NewChunk],
 ) -> StoreResult<bool> {
     let n = c.execute(
-        "UPDATE jobs SET total_rows = $1, chunks_total = $2, lease_token = NULL, lease_expires_ms = NULL, \
-         lease_owner = NULL WHERE id = $3 AND lease_token = $4 AND status = 'processing'",
-        params![
-            total_rows,
-            chunks.len(),
-            lease.job_id,
-            lease.token.as_str()
-        ],
+        &format!(
+            "UPDATE jobs SET total_rows = $1, chunks_total = $2, {RELEASE} \
+             WHERE id = $3 AND lease_token = $4 AND status = 'processing'"
+        ),
+        params![total_rows, chunks.len(), lease.job_id, lease.token.as_str()],
     )?;
     if n != 1 {
         return Ok(false);

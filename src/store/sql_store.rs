@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Sql, Value, params};
+use super::sql::{Sql, Value};
 use super::{
     AuditEntry, AuditRecord, Control, Controlled, Delivery, DeliveryAttempt, DeliveryState,
     DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore,
@@ -174,13 +174,9 @@ impl<B: Backend> JobStore for SqlStore<B> {
             return Ok(None);
         };
         if touch {
-            let now = Utc::now();
-            let a_minute_ago = now - chrono::Duration::seconds(60);
+            let (sql, params) = tenants::token_touch(principal.token_id, Utc::now());
             // Best effort: a busy database must not turn a valid token away or slow it down.
-            if let Err(e) = self.0.write_nowait(
-                tenants::TOKEN_TOUCH,
-                params![now, principal.token_id, a_minute_ago],
-            ) {
+            if let Err(e) = self.0.write_nowait(sql, &params) {
                 tracing::debug!(error = %e, "recording a token's last use was skipped");
             }
         }

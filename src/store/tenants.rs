@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Row, Sql, params};
+use super::sql::{Row, Sql, Value, params};
 use super::{
     AuditEntry, AuditRecord, Org, OrgLimits, Principal, Role, StoreError, StoreResult, TokenInfo,
     User,
@@ -217,12 +217,21 @@ pub fn token_find(c: &mut dyn Sql, token_hash: &str) -> StoreResult<Option<(Prin
 /// A token's last use is recorded at most once a minute, so that reads do not queue for a
 /// write on every request.
 pub fn token_last_use_due(last_used: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    last_used.is_none_or(|t| now - t >= chrono::Duration::seconds(60))
+    last_used.is_none_or(|t| now - t >= LAST_USE_EVERY)
 }
 
-/// The statement that records a token's last use (run by the backend's no-wait write).
-pub const TOKEN_TOUCH: &str = "UPDATE tokens SET last_used_at = $1 WHERE id = $2 \
-     AND (last_used_at IS NULL OR last_used_at < $3)";
+/// How often a token's last use is recorded at most.
+const LAST_USE_EVERY: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The statement that records a token's last use, and its parameters (run by the backend's
+/// no-wait write).
+pub fn token_touch(token_id: i64, now: DateTime<Utc>) -> (&'static str, [Value; 3]) {
+    (
+        "UPDATE tokens SET last_used_at = $1 WHERE id = $2 \
+         AND (last_used_at IS NULL OR last_used_at < $3)",
+        [now.into(), token_id.into(), (now - LAST_USE_EVERY).into()],
+    )
+}
 
 pub fn token_revoke(c: &mut dyn Sql, id: i64, org_id: Option<i64>) -> StoreResult<Option<i64>> {
     Ok(c.query_opt(

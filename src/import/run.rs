@@ -134,14 +134,24 @@ fn commit_with_retry(
     checkpoint: u64,
     attempts: u32,
 ) -> Result<BatchCounts, SinkError> {
+    with_retry(attempts, "batch commit", || sink.commit(batch, checkpoint))
+}
+
+/// Runs `f` up to `attempts` times while it fails with a retryable (system) error, waiting
+/// 100 ms × 4ⁿ plus jitter between tries: the one backoff of the pipeline's store calls.
+pub fn with_retry<T>(
+    attempts: u32,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, SinkError>,
+) -> Result<T, SinkError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match sink.commit(batch, checkpoint) {
+        match f() {
             Err(SinkError::Retryable(msg)) if attempt < attempts => {
                 let base = 100u64 << (2 * (attempt - 1)).min(10);
                 let jitter = rand_below(base / 2 + 1);
-                tracing::warn!(attempt, error = %msg, "batch commit failed; retrying");
+                tracing::warn!(attempt, error = %msg, "{what} failed; retrying");
                 std::thread::sleep(Duration::from_millis(base + jitter));
             }
             other => return other,

@@ -21,7 +21,7 @@ use crate::dataset::Datasets;
 use crate::events::{EventBus, PublishingSink};
 use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
-use crate::import::run::{RunError, RunSpec, run};
+use crate::import::run::{RunError, RunSpec, run, with_retry};
 use crate::import::{FileError, RunOutcome, SinkError, read};
 use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
 
@@ -454,7 +454,10 @@ fn run_blocking(
             split(ctx, job, &dataset, &path, &lease, total, n)?;
             return Ok(RunOutcome::Split);
         }
-        if !ctx.store.job_set_total(&lease, total).map_err(store_err)? {
+        let attempts = ctx.config.retry_limit;
+        if !with_retry(attempts, "recording the row total", || {
+            ctx.store.job_set_total(&lease, total).map_err(store_err)
+        })? {
             return Err(SinkError::LeaseLost.into());
         }
         ctx.events.publish();
@@ -462,15 +465,20 @@ fn run_blocking(
     // A replace job writes into its staging table; the swap happens when it completes.
     let target = if job.mode == Mode::Replace {
         let staged = Arc::new(dataset.staging(job.parent_id.unwrap_or(job.id)));
-        ctx.store.dataset_prepare(&staged).map_err(store_err)?;
+        with_retry(
+            ctx.config.retry_limit,
+            "preparing the staging table",
+            || ctx.store.dataset_prepare(&staged).map_err(store_err),
+        )?;
         staged
     } else {
         dataset.clone()
     };
-    let sink = ctx
-        .store
-        .batch_sink(target, lease, job.mode, job.parent_id, org)
-        .map_err(store_err)?;
+    let sink = with_retry(ctx.config.retry_limit, "opening the batch writer", || {
+        ctx.store
+            .batch_sink(target.clone(), lease.clone(), job.mode, job.parent_id, org)
+            .map_err(store_err)
+    })?;
     let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {
         dataset: &dataset,

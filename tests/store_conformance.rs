@@ -3,7 +3,8 @@
 //! backends are held to the same contract without going through HTTP.
 //!
 //! It covers: claiming (two workers racing for one job; lease expiry and re-claim; a stale
-//! lease's heartbeat, finish and batch commit refused), every operator transition and every
+//! lease's heartbeat, finish and batch commit refused; one writer per organisation and dataset,
+//! in upload order, with chunks in parallel and synchronous jobs refused beside a writer), every operator transition and every
 //! refusal (`job_control`), tokens (find, revoke, expiry, organisation scope, re-inserting a
 //! taken hash, marking last use), chunk finalisation (a failing chunk; the last of racing chunks
 //! completing the parent once), the job event log, webhook deliveries (planning once when two
@@ -127,8 +128,13 @@ fn tenant(store: &dyn JobStore, name: &str) -> (i64, i64) {
 
 /// An upload of file `name` (its own checksum) for organisation `org`.
 fn upload(org: i64, name: &str) -> NewJob {
+    upload_into(org, "items", name)
+}
+
+/// An upload of file `name` into `dataset` for organisation `org`.
+fn upload_into(org: i64, dataset: &str, name: &str) -> NewJob {
     NewJob {
-        dataset: "items".into(),
+        dataset: dataset.into(),
         mode: Mode::Upsert,
         filename: format!("{name}.csv"),
         blob: format!("blob-{name}"),
@@ -160,6 +166,23 @@ fn created(inserted: Inserted) -> JobId {
 /// A new pending job.
 fn pending(store: &dyn JobStore, org: i64, name: &str) -> JobId {
     created(store.job_insert(&upload(org, name), None, None).unwrap())
+}
+
+/// A new pending job for `dataset`.
+fn pending_into(store: &dyn JobStore, org: i64, dataset: &str, name: &str) -> JobId {
+    created(
+        store
+            .job_insert(&upload_into(org, dataset, name), None, None)
+            .unwrap(),
+    )
+}
+
+/// Claims the next job, if any: its id.
+fn next_claim(store: &dyn JobStore, owner: &str) -> Option<(JobId, Lease)> {
+    store
+        .job_claim(owner, LONG_LEASE_MS)
+        .unwrap()
+        .map(|(j, l)| (j.id, l))
 }
 
 /// A new job that starts out processing, owned by the caller (as a synchronous import does).
@@ -289,6 +312,185 @@ fn audit(org: i64, user: i64, action: &str) -> AuditEntry {
         user_id: Some(user),
         action: action.into(),
         ..Default::default()
+    }
+}
+
+// --- One writer per organisation and dataset.
+
+fn jobs_into_one_dataset_run_one_after_another_in_upload_order(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let a1 = pending(store, acme, "a1");
+    let a2 = pending(store, acme, "a2");
+    let g1 = pending(store, globex, "g1");
+    let other = pending_into(store, acme, "other", "o1");
+    let a3 = pending(store, acme, "a3");
+
+    let l1 = claim(store, "w1", a1);
+    // a2 and a3 wait for a1; the other organisation and the other dataset do not.
+    let lg = claim(store, "w2", g1);
+    let lo = claim(store, "w3", other);
+    assert!(next_claim(store, "w4").is_none(), "a2 and a3 wait for a1");
+
+    assert!(
+        store
+            .job_finish(&l1, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    let l2 = claim(store, "w4", a2);
+    assert!(next_claim(store, "w5").is_none(), "a3 waits for a2");
+    // A failed job does not hold the dataset.
+    assert!(
+        store
+            .job_finish(
+                &l2,
+                None,
+                JobStatus::Failed,
+                Some("the file cannot be read")
+            )
+            .unwrap()
+    );
+    let l3 = claim(store, "w5", a3);
+
+    // Retrying the failed a2 while a3 runs: a2 waits for a3 (a running job goes first).
+    assert_eq!(
+        store
+            .job_control(a2, Control::Retry { from_start: false }, None)
+            .unwrap(),
+        Controlled::Done(a2)
+    );
+    assert_eq!(status(store, a2), JobStatus::Pending);
+    assert!(
+        next_claim(store, "w6").is_none(),
+        "the retried a2 waits for a3"
+    );
+    assert!(
+        store
+            .job_finish(&l3, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    claim(store, "w6", a2);
+    for l in [lg, lo] {
+        assert!(
+            store
+                .job_finish(&l, None, JobStatus::Completed, None)
+                .unwrap()
+        );
+    }
+}
+
+fn a_paused_job_steps_aside_and_a_resumed_one_waits_its_turn(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let first = pending(store, org, "first");
+    let second = pending(store, org, "second");
+    assert_eq!(
+        store.job_control(first, Control::Pause, None).unwrap(),
+        Controlled::Done(first)
+    );
+    let l2 = claim(store, "w1", second);
+    assert_eq!(
+        store.job_control(first, Control::Resume, None).unwrap(),
+        Controlled::Done(first)
+    );
+    assert!(
+        next_claim(store, "w2").is_none(),
+        "the resumed job waits for the running one"
+    );
+    assert!(
+        store
+            .job_finish(&l2, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    claim(store, "w2", first);
+}
+
+fn a_split_jobs_chunks_run_together_and_the_next_upload_waits_for_all(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let big = pending(store, org, "big");
+    let later = pending(store, org, "later");
+    let parent = claim(store, "w0", big);
+    let chunks = split(store, &parent, 3);
+    // The parent gave its lease back but still holds the dataset: its chunks are claimed, in
+    // parallel, and the later upload is not.
+    let leases: Vec<Lease> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| claim(store, &format!("w{i}"), c))
+        .collect();
+    assert!(next_claim(store, "w9").is_none(), "the later upload waits");
+    for lease in &leases {
+        assert!(
+            store
+                .job_finish(lease, None, JobStatus::Completed, None)
+                .unwrap()
+        );
+    }
+    assert_eq!(status(store, big), JobStatus::Completed);
+    claim(store, "w9", later);
+}
+
+fn a_synchronous_import_does_not_start_beside_another_writer(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let waiting = pending(store, org, "waiting");
+    let lease = Some(("sync-lease", LONG_LEASE_MS));
+    assert_eq!(
+        store.job_insert(&upload(org, "sync"), lease, None).unwrap(),
+        Inserted::DatasetBusy(waiting),
+        "a pending job of the same dataset goes first"
+    );
+    assert!(
+        matches!(
+            store
+                .job_insert(&upload_into(org, "other", "sync"), lease, None)
+                .unwrap(),
+            Inserted::Created(_)
+        ),
+        "another dataset is free"
+    );
+    let l = claim(store, "w1", waiting);
+    assert!(
+        store
+            .job_finish(&l, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+    assert!(matches!(
+        store.job_insert(&upload(org, "sync"), lease, None).unwrap(),
+        Inserted::Created(_)
+    ));
+}
+
+fn workers_racing_for_two_uploads_into_one_dataset_start_only_the_first(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    for round in 0..10 {
+        let a = pending(store, org, &format!("a{round}"));
+        let b = pending(store, org, &format!("b{round}"));
+        let start = Barrier::new(3);
+        let claims: Vec<Option<(JobId, Lease)>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..3)
+                .map(|w| {
+                    let start = &start;
+                    s.spawn(move || {
+                        start.wait();
+                        next_claim(store, &format!("worker-{w}"))
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let won: Vec<&(JobId, Lease)> = claims.iter().flatten().collect();
+        assert_eq!(won.len(), 1, "round {round}: one writer at a time");
+        assert_eq!(won[0].0, a, "round {round}: the earlier upload first");
+        assert!(
+            store
+                .job_finish(&won[0].1, None, JobStatus::Completed, None)
+                .unwrap()
+        );
+        let lb = claim(store, "worker-0", b);
+        assert!(
+            store
+                .job_finish(&lb, None, JobStatus::Completed, None)
+                .unwrap()
+        );
     }
 }
 
@@ -1207,6 +1409,11 @@ fn an_audited_action_writes_its_line_and_a_refused_one_writes_none(store: &dyn J
 
 store_conformance!(
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,
+    jobs_into_one_dataset_run_one_after_another_in_upload_order,
+    a_paused_job_steps_aside_and_a_resumed_one_waits_its_turn,
+    a_split_jobs_chunks_run_together_and_the_next_upload_waits_for_all,
+    a_synchronous_import_does_not_start_beside_another_writer,
+    workers_racing_for_two_uploads_into_one_dataset_start_only_the_first,
     an_expired_lease_is_claimed_by_another_owner_and_the_first_loses_it,
     a_stale_lease_cannot_commit_a_batch_after_the_job_was_claimed_again,
     every_allowed_transition_is_done_and_every_other_is_a_conflict,

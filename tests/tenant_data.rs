@@ -30,18 +30,6 @@ fn spawn(backend: Backend, setup_sql: Option<String>) -> TestApp {
     })
 }
 
-/// An organisation with one admin; returns the organisation's id and the admin's token.
-fn org_with_admin(app: &TestApp, name: &str) -> (i64, String) {
-    let org = created(app, &["org", "create", name]);
-    let user = created(
-        app,
-        &[
-            "user", "create", "--org", name, "--name", "admin", "--role", "admin",
-        ],
-    );
-    (org, token_for(app, user, &[]).0)
-}
-
 /// Uploads `csv` to `items` with the token, query and form fields; the answer.
 async fn upload(
     app: &TestApp,

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Display;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -34,13 +35,19 @@ use crate::store::{Inserted, JobId, JobStatus, NewJob};
 
 /// Largest non-file form field (a mapping, say).
 const MAX_FORM_FIELD: usize = 64 * 1024;
+/// Longest a synchronous import waits for another job writing its dataset before answering
+/// `409 dataset_busy`.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// How often that wait looks again when no job end in this process wakes it.
+const SYNC_POLL: Duration = Duration::from_millis(250);
+
 /// Row errors included in a synchronous import's answer; the rest are at `errorsUrl`.
 const SYNC_ERRORS_SHOWN: u64 = 100;
 /// What is read and thrown away of an upload refused as too large before the 413 goes out, so
 /// that a client still sending receives the answer rather than a reset connection; a larger
 /// remainder is cut off with the connection.
 const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
-const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 /// An upload on disk; removed on drop unless kept (so every early return cleans up).
 struct SavedBlob {
@@ -335,10 +342,30 @@ async fn import_now(
     let audit = caller.audit("upload", None, upload_detail(&new_job));
     let token = crate::api::auth::new_token();
     let lease_ms = ctx.config.lease.as_millis() as u64;
-    let t = token.clone();
-    let inserted = ctx
-        .store_call(move |s| s.job_insert(&new_job, Some((&t, lease_ms)), Some(&audit)))
-        .await?;
+    // Another job writing this dataset of the organisation goes first (imports into one table
+    // run one after another): wait for it, woken by job ends in this process or a short poll.
+    let give_up = tokio::time::Instant::now() + SYNC_WAIT;
+    let mut ended = ctx.events.subscribe();
+    let inserted = loop {
+        let (t, job, audit) = (token.clone(), new_job.clone(), audit.clone());
+        let inserted = ctx
+            .store_call(move |s| s.job_insert(&job, Some((&t, lease_ms)), Some(&audit)))
+            .await?;
+        match inserted {
+            Inserted::DatasetBusy(id) if tokio::time::Instant::now() < give_up => {
+                tracing::debug!(
+                    job = id,
+                    "synchronous import waits for the dataset's writer"
+                );
+                tokio::select! {
+                    _ = ended.changed() => {}
+                    _ = tokio::time::sleep(SYNC_POLL) => {}
+                    _ = tokio::time::sleep_until(give_up) => {}
+                }
+            }
+            other => break other,
+        }
+    };
     let job_id = created_or_answer(state, inserted).await?;
     saved.keep = true;
     let job = ctx
@@ -391,6 +418,14 @@ async fn created_or_answer(state: &Arc<AppState>, inserted: Inserted) -> Result<
             job: Some(id),
         }),
         Inserted::Replayed(id) => Err(ApiError::Replay(Box::new(replay(state, id).await?))),
+        Inserted::DatasetBusy(id) => Err(ApiError::Conflict {
+            code: "dataset_busy",
+            message: format!(
+                "job {id} is importing into this dataset; a synchronous import waited {} s for it — try again when it ends",
+                SYNC_WAIT.as_secs()
+            ),
+            job: Some(id),
+        }),
     }
 }
 

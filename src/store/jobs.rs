@@ -1,9 +1,17 @@
 //! Jobs, claims, leases and row errors: one implementation for both backends.
 //!
-//! The claim is one statement ([`claim`]): the oldest pending job, or a processing one whose
-//! lease expired, becomes `processing` under a new lease token (PostgreSQL skips rows another
-//! claim holds: `FOR UPDATE SKIP LOCKED`). Every later write of the worker is fenced by that
-//! token: zero rows updated means the lease was lost.
+//! The claim is one statement ([`claim`]): the oldest claimable job becomes `processing` under a
+//! new lease token. Every later write of the worker is fenced by that token: zero rows updated
+//! means the lease was lost.
+//!
+//! **One writer per (organisation, dataset).** A job's in-file duplicate check reads the
+//! `_sluice_job` stamps its own batches left, so no other job may write the same table of the
+//! same organisation while it runs; and overlapping uploads must take effect in upload order.
+//! So the claim skips a job while another top-level job of its organisation and dataset is
+//! `processing`, or, for a job not yet started, while an earlier one waits (`pending`): jobs into
+//! one dataset run one after another in id (upload) order, chunks of one split job in parallel,
+//! and other organisations and datasets are untouched. Claims are serialised (SQLite's one write
+//! lock; PostgreSQL's [`CLAIM_LOCK`]), so two workers never both see "nobody is writing".
 
 use chrono::Utc;
 
@@ -117,6 +125,12 @@ pub fn insert(
     )? {
         return Ok(Inserted::ActiveDuplicate(r.i64(0)?));
     }
+    // A synchronous job starts at once, so it must find its dataset free (see `claim`).
+    if lease.is_some()
+        && let Some(id) = dataset_writer(c, job.org_id, &job.dataset)?
+    {
+        return Ok(Inserted::DatasetBusy(id));
+    }
     let duplicate_of = c
         .query_one(
             "SELECT max(id) FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
@@ -215,8 +229,25 @@ pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>
     Ok((jobs, total))
 }
 
-/// Claims the oldest pending job, or a processing one whose lease expired, for `owner`.
+/// The advisory lock every claim (and every synchronous job's insert) takes first on PostgreSQL.
+pub const CLAIM_LOCK: &str = "sluice.claim";
+
+/// Why a job may not start or continue yet: another top-level job of its organisation and
+/// dataset is running, or — for a top-level job not yet started — an earlier one waits. Among
+/// several running ones (a split job resumed while another ran), the earliest goes on and the
+/// others' chunks wait. `j` is the candidate; its top-level job is `COALESCE(j.parent_id, j.id)`.
+const WRITER_BUSY: &str = "EXISTS (SELECT 1 FROM jobs o \
+     WHERE o.parent_id IS NULL AND o.dataset = j.dataset AND o.org_id IS NOT DISTINCT FROM j.org_id \
+     AND o.id <> COALESCE(j.parent_id, j.id) \
+     AND ((o.status = 'processing' AND ((j.parent_id IS NULL AND j.status = 'pending') \
+                                        OR o.id < COALESCE(j.parent_id, j.id))) \
+          OR (o.status = 'pending' AND j.parent_id IS NULL AND j.status = 'pending' AND o.id < j.id)))";
+
+/// Claims the oldest claimable job for `owner`: pending, or processing with an expired lease,
+/// and not held back by another job writing its dataset (see the module doc). Runs in the
+/// backend's claim scope (PostgreSQL: a transaction, [`CLAIM_LOCK`] taken here).
 pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+    c.lock_key(CLAIM_LOCK)?;
     let token = new_token();
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
@@ -225,9 +256,10 @@ pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<
         &format!(
             "UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, \
              attempts = attempts + 1, started_at = COALESCE(started_at, $3), lease_owner = $5 \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'pending' \
-                         OR (status = 'processing' AND lease_expires_ms < $4) \
-                         ORDER BY id LIMIT 1{lock}) \
+             WHERE id = (SELECT j.id FROM jobs j \
+                         WHERE (j.status = 'pending' OR (j.status = 'processing' AND j.lease_expires_ms < $4)) \
+                         AND NOT {WRITER_BUSY} \
+                         ORDER BY j.id LIMIT 1{lock}) \
              RETURNING {JOB_COLUMNS}"
         ),
         params![token.as_str(), now_ms + lease_ms as i64, now, now_ms, owner],
@@ -241,6 +273,19 @@ pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<
         token,
     };
     Ok(Some((job, lease)))
+}
+
+/// The top-level job of this organisation that is writing `dataset` or waiting to, if any: a
+/// synchronous import, which runs in its request, may not start beside it.
+fn dataset_writer(c: &mut dyn Sql, org: i64, dataset: &str) -> StoreResult<Option<JobId>> {
+    c.lock_key(CLAIM_LOCK)?;
+    c.query_opt(
+        "SELECT id FROM jobs WHERE parent_id IS NULL AND dataset = $1 AND org_id = $2 \
+         AND status IN ('pending', 'processing') ORDER BY id LIMIT 1",
+        params![dataset, org],
+    )?
+    .map(|r| r.i64(0))
+    .transpose()
 }
 
 pub fn heartbeat(c: &mut dyn Sql, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {

@@ -31,6 +31,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A best-effort single statement that never waits: not for a pooled connection, not for
     /// a lock, not for a durable commit. For bookkeeping that may be lost (a token's last use).
     fn write_nowait(&self, sql: &str, params: &[Value]) -> StoreResult<u64>;
+    /// Runs a job claim so that claims see each other's results: by default a write
+    /// transaction (the claim takes [`jobs::CLAIM_LOCK`] in it).
+    fn claim_scope<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        self.write(f)
+    }
 
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()>;
     fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()>;
@@ -236,9 +241,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
     }
 
     fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
-        // One statement, atomic by itself: no transaction around it (an idle worker asks often,
-        // and on SQLite an explicit write transaction would queue behind every batch commit).
-        self.0.read(|c| jobs::claim(c, owner, lease_ms))
+        self.0.claim_scope(|c| jobs::claim(c, owner, lease_ms))
     }
 
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {

@@ -88,6 +88,9 @@ pub enum Inserted {
     ActiveDuplicate(JobId),
     /// The caller already sent this Idempotency-Key; this is the job it created.
     Replayed(JobId),
+    /// A synchronous import found this job writing (or waiting to write) the same dataset of the
+    /// same organisation; it was not created.
+    DatasetBusy(JobId),
 }
 
 /// An operator's action on a job.

@@ -778,6 +778,18 @@ pub fn created(app: &TestApp, args: &[&str]) -> i64 {
         .unwrap_or_else(|_| panic!("sluice {args:?} printed `{stdout}` ({stderr})"))
 }
 
+/// An organisation with one admin; returns the organisation's id and the admin's token.
+pub fn org_with_admin(app: &TestApp, name: &str) -> (i64, String) {
+    let org = created(app, &["org", "create", name]);
+    let user = created(
+        app,
+        &[
+            "user", "create", "--org", name, "--name", "admin", "--role", "admin",
+        ],
+    );
+    (org, token_for(app, user, &[]).0)
+}
+
 /// A new token for a user: the token and its id (from the sentence on stderr).
 pub fn token_for(app: &TestApp, user: i64, extra: &[&str]) -> (String, i64) {
     let user = user.to_string();

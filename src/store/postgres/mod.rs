@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0008_webhook_orgs",
         include_str!("../../../migrations/postgres/0008_webhook_orgs.sql"),
     ),
+    (
+        9,
+        "0009_dataset_writer",
+        include_str!("../../../migrations/postgres/0009_dataset_writer.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

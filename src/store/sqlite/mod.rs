@@ -54,6 +54,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0008_webhook_orgs",
         include_str!("../../../migrations/sqlite/0008_webhook_orgs.sql"),
     ),
+    (
+        "0009_dataset_writer",
+        include_str!("../../../migrations/sqlite/0009_dataset_writer.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.
@@ -184,6 +188,13 @@ impl Backend for Sqlite {
         let done = f(&mut Lite(&tx))?;
         tx.commit().map_err(db_err)?;
         Ok(done)
+    }
+
+    /// The claim is one statement: in autocommit it takes SQLite's one write lock by itself, so
+    /// claims are serialised without a transaction around them (an idle worker asks often, and
+    /// an explicit write transaction would queue behind every batch commit).
+    fn claim_scope<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        self.read(f)
     }
 
     fn write_nowait(&self, text: &str, params: &[Value]) -> StoreResult<u64> {

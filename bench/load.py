@@ -14,7 +14,13 @@ the generator's --expect file.
 Scenario `slow` (2): import a 200k-row CSV with 30% invalid rows (60k row errors), then open
 --readers connections that ask for the errors CSV, read the first --read-kb KiB and stop reading
 for --hold seconds with the socket open; status requests and /healthz are measured meanwhile, and
-the server's RSS before, during and after.
+the server's RSS before, during and after. Checks: status p50 and p99 under --p50-ms/--p99-ms,
+RSS peak under --max-rss-mb, and RSS --after seconds later within --rss-after-ratio of before.
+
+Scenario `download` (3): import --download-rows rows that are all invalid, then download the whole
+rejected-rows CSV --downloads times with one client (parsed with Python's csv module): seconds per
+download and rows/s; the CSV must hold exactly the job's error count. Run it on both backends to
+compare them.
 
 Every response is classified: `200`, `503 busy` (the bounded pool's answer, allowed), or anything
 else (a failure, as are timeouts and connection errors). The server's database connections are
@@ -24,6 +30,8 @@ exceed it. Exit status 1 when a check fails, 2 when the bench itself could not r
 """
 
 import argparse
+import csv
+import io
 import asyncio
 import http.client
 import json
@@ -490,13 +498,16 @@ class Server:
         return DB_CAP
 
 
-def help_cap(binary):
+def help_cap(binary, backend):
+    """Whether `serve --help` lists --db-connections, and its default for `backend` (a plain
+    `[default: N]`, or a per-backend "N on SQLite, M on PostgreSQL")."""
     out = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
     if "--db-connections" not in out:
         return False, None
     block = out.split("--db-connections", 1)[1]
     block = re.split(r"\n\s+--", block, 1)[0]
-    m = re.search(r"\[default: (\d+)\]", block)
+    m = re.search(r"\[default: (\d+)\]", block) or re.search(
+        r"(\d+) on " + ("SQLite" if backend == "sqlite" else "PostgreSQL"), block)
     return True, int(m.group(1)) if m else None
 
 
@@ -820,6 +831,14 @@ async def scenario_slow(args, server, sampler_box, expect, csv_path):
     p99 = res["status_during"]["p99_ms"]
     if p99 is None or p99 >= args.p99_ms:
         res["failures"].append(f"status p99 during the slow readers {p99} ms >= {args.p99_ms} ms")
+    p50 = res["status_during"]["p50_ms"]
+    if p50 is None or p50 >= args.p50_ms:
+        res["failures"].append(f"status p50 during the slow readers {p50} ms >= {args.p50_ms} ms")
+    if res["rss_peak_mb"] > args.max_rss_mb:
+        res["failures"].append(f"RSS peak {res['rss_peak_mb']} MB > {args.max_rss_mb} MB")
+    if rss_before and rss_after and rss_after > args.rss_after_ratio * rss_before:
+        res["failures"].append(f"RSS {args.after:.0f} s after the readers left {res['rss_after_mb']} MB "
+                               f"> {args.rss_after_ratio} × {res['rss_before_mb']} MB before")
     finish_common(args, server, sampler, res, t0, t1, log_off)
     return res
 
@@ -863,6 +882,59 @@ def finish_common(args, server, sampler, res, t0, t1, log_off):
 # ---------------------------------------------------------------------------------------------
 
 
+async def scenario_download(args, server, sampler_box, expect, csv_path):
+    """One client downloads a large rejected-rows CSV whole, a few times: seconds and MB/s."""
+    res = {"scenario": "download", "failures": []}
+    log_off = os.path.getsize(server.log_path)
+    print(f"\n== Scenario 3: the rejected-rows CSV of {expect['invalid_rows']:,} errors, "
+          f"downloaded whole {args.downloads} times ==")
+    print(f"  load average {os.getloadavg()[0]:.2f} at the start")
+    t_up = time.monotonic()
+    job = await asyncio.to_thread(server.upload, csv_path)
+    final = await asyncio.to_thread(server.wait_done, job, args.import_timeout)
+    got, diff = check_counts(final, expect)
+    print(f"  job {job}: {final['errorCount']:,} rejected rows, imported in {time.monotonic() - t_up:.1f} s; "
+          f"counts {'match' if not diff else 'DIFFER'}")
+    for k, (g, w) in diff.items():
+        res["failures"].append(f"import {k} = {g}, expected {w}")
+    sampler = sampler_box["sampler"]
+    times, size, records = [], 0, 0
+
+    def download():
+        c = http.client.HTTPConnection(server.host, server.port, timeout=args.timeout)
+        try:
+            c.request("GET", f"/api/v1/import/{job}/errors?format=csv",
+                      headers={"Authorization": f"Bearer {TOKEN}"})
+            r = c.getresponse()
+            if r.status != 200:
+                raise RuntimeError(f"errors CSV answered {r.status}")
+            text = io.TextIOWrapper(r, encoding="utf-8", newline="")
+            n = sum(1 for _ in csv.reader(text))
+            return n, r.length
+        finally:
+            c.close()
+
+    t0 = time.monotonic()
+    for _ in range(args.downloads):
+        t = time.monotonic()
+        records, _ = await asyncio.to_thread(download)
+        times.append(time.monotonic() - t)
+    t1 = time.monotonic()
+    size = os.path.getsize(csv_path)
+    res.update(job=job, rejected_rows=final["errorCount"], csv_records=records,
+               seconds=[round(x, 2) for x in times], seconds_best=round(min(times), 2),
+               rows_per_s=round(final["errorCount"] / min(times)),
+               rss_peak_mb=round(sampler.max_rss_mb(t0, t1) or 0, 1),
+               db_conns_max=sampler.max_conns(t0, t1))
+    print(f"  {records - 1:,} rows (+ header) in " + " / ".join(f"{x:.2f}" for x in times)
+          + f" s: best {res['rows_per_s']:,} rows/s; server RSS peak {res['rss_peak_mb']} MB "
+          f"(source file {size / 1e6:.1f} MB)")
+    if records - 1 != final["errorCount"]:
+        res["failures"].append(f"the CSV has {records - 1} rows, the job {final['errorCount']} errors")
+    finish_common(args, server, sampler, res, t0, t1, log_off)
+    return res
+
+
 async def run_scenario(name, fn, args, expect, csv_path, log_path):
     server = Server(args, log_path)
     extra = []
@@ -898,6 +970,11 @@ def table(results, args):
             s = r["status"]
             bad = {k: v for k, v in s["outcomes"].items() if k != "200"}
             rss = f"peak {r['rss_peak_mb']}"
+        elif r["scenario"] == "download":
+            rows.append(("download", args.backend, f"{r['rejected_rows']:,} rows in " +
+                         " / ".join(f"{x:.2f}" for x in r["seconds"]) + " s", "0",
+                         f"{r['db_conns_max']}", f"peak {r['rss_peak_mb']}", r["checks"]))
+            continue
         else:
             s = r["status_during"]
             bad = {k: v for k, v in s["outcomes"].items() if k != "200"}
@@ -925,7 +1002,8 @@ def main():
     ap.add_argument("--pg-db", default=None, help="its name (for pg_stat_activity)")
     ap.add_argument("--pg-conn-limit", type=int, default=0,
                     help="(reported only) the CONNECTION LIMIT load.sh put on the database role")
-    ap.add_argument("--scenarios", default="sse,slow", help="sse, slow or sse,slow (default)")
+    ap.add_argument("--scenarios", default="sse,slow,download",
+                    help="comma-separated: sse, slow, download (default: all three)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--db-connections", type=int, default=None,
                     help="pass --db-connections N to the server (default: its own default)")
@@ -957,10 +1035,18 @@ def main():
     ap.add_argument("--slow-status-rate", type=float, default=10.0)
     ap.add_argument("--healthz-rate", type=float, default=5.0)
     ap.add_argument("--p99-ms", type=float, default=100.0, help="scenario 2's status p99 target (100)")
+    ap.add_argument("--p50-ms", type=float, default=100.0, help="scenario 2's status p50 target (100)")
+    ap.add_argument("--max-rss-mb", type=float, default=300.0, help="scenario 2's RSS peak limit (300)")
+    ap.add_argument("--rss-after-ratio", type=float, default=1.5,
+                    help="scenario 2: RSS after the readers left may be at most this × before (1.5)")
+    # scenario 3
+    ap.add_argument("--download-rows", type=int, default=300_000,
+                    help="scenario 3's file, every row invalid (300000 rejected rows)")
+    ap.add_argument("--downloads", type=int, default=3, help="scenario 3's whole downloads (3)")
     args = ap.parse_args()
 
     global DB_CAP
-    DB_CAP = help_cap(args.binary)
+    DB_CAP = help_cap(args.binary, args.backend)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     os.makedirs(args.work, exist_ok=True)
     log_path = os.path.join(args.work, "server.log")
@@ -984,12 +1070,15 @@ def main():
     if "slow" in scenarios:
         p = os.path.join(args.work, "slow.csv")
         files["slow"] = (p, run_gen(p, args.slow_rows, args.slow_error_rate, 12, 10_000_001))
+    if "download" in scenarios:
+        p = os.path.join(args.work, "download.csv")
+        files["download"] = (p, run_gen(p, args.download_rows, 1.0, 13, 20_000_001))
     made = ", ".join(f"{k}: {e['rows']:,} rows ({e['invalid_rows']:,} invalid)" for k, (_, e) in files.items())
     print(f"  generated {made} in {time.monotonic() - t:.1f} s")
 
     results = []
     for name in scenarios:
-        fn = {"sse": scenario_sse, "slow": scenario_slow}[name]
+        fn = {"sse": scenario_sse, "slow": scenario_slow, "download": scenario_download}[name]
         path, expect = files[name]
         try:
             r = asyncio.run(run_scenario(name, fn, args, expect, path, log_path))

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark: SSE clients + status polling during an import, then slow readers of the
-# rejected-rows CSV (bench/load.py; see BENCHMARKS.md). Builds nothing: it runs $SLUICE_BIN
+# rejected-rows CSV, then whole downloads of a 300k-row one (bench/load.py; see BENCHMARKS.md). Builds nothing: it runs $SLUICE_BIN
 # (default target/release/sluice) on a fresh data directory and, for postgres, a fresh database
 # `sluice_load_<random>` on the local server, both removed at the end.
-#   bench/load.sh [sqlite|postgres] [load.py options]     e.g. bench/load.sh postgres --seconds 20
+#   bench/load.sh [sqlite|postgres] [load.py options]     e.g. bench/load.sh postgres --scenarios slow,download
 # Exit status: 0 all checks passed, 1 a check failed, 2 the bench could not run.
 # The last line on standard output is a one-line JSON summary.
 #

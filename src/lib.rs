@@ -13,6 +13,7 @@ pub mod duration;
 pub mod events;
 pub mod import;
 pub mod jobs;
+pub mod memory;
 pub mod store;
 pub mod web;
 pub mod webhooks;

@@ -316,10 +316,16 @@ fn csv_bytes(rows: impl Iterator<Item = Vec<String>>) -> Bytes {
     Bytes::from(w.into_inner().unwrap_or_default())
 }
 
+/// A response body from a channel; counted as a stream in flight until the response is dropped
+/// (its client got everything or went away), for [`crate::memory::Stream`].
 fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    let stream = crate::memory::Stream::start();
+    futures_util::stream::poll_fn(move |cx| {
+        let _in_flight = &stream;
+        rx.poll_recv(cx)
+    })
 }
 
 /// `GET /api/v1/datasets`: what can be imported, and the fields each expects.

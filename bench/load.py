@@ -1031,7 +1031,8 @@ def main():
     ap.add_argument("--reader-rcvbuf", type=int, default=16384,
                     help="SO_RCVBUF of a reader's socket, bytes (16384; 0: the kernel's autotuning)")
     ap.add_argument("--hold", type=float, default=30.0, help="seconds the readers stay (30)")
-    ap.add_argument("--after", type=float, default=10.0, help="seconds measured after they leave (10)")
+    ap.add_argument("--after", type=float, default=15.0,
+                    help="seconds measured after they leave (15: the idle blocking threads exit after 10)")
     ap.add_argument("--slow-status-rate", type=float, default=10.0)
     ap.add_argument("--healthz-rate", type=float, default=5.0)
     ap.add_argument("--p99-ms", type=float, default=100.0, help="scenario 2's status p99 target (100)")

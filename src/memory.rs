@@ -4,10 +4,12 @@
 //! stall hold a few hundred megabytes between them. When they leave, glibc's allocator keeps the
 //! freed pages in its per-thread arenas (measured: 200 MB of 214 MB still resident 10 s after 300
 //! stalled readers left), so the process never shrinks back. [`Stream`] counts the streams in
-//! flight; when the last one ends, `malloc_trim(0)` returns the arenas' free pages. On other
-//! allocators and platforms it only counts.
+//! flight; when the last one ends, `malloc_trim(0)` returns the arenas' free pages — at once, and
+//! again once the blocking threads the burst woke have exited (their arenas' memory is only free
+//! then). On other allocators and platforms it only counts.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
@@ -25,7 +27,13 @@ impl Drop for Stream {
     fn drop(&mut self) {
         if STREAMS.fetch_sub(1, Ordering::SeqCst) == 1 {
             // Trimming walks every arena under its lock: off the async threads.
-            std::thread::spawn(release_free_memory);
+            std::thread::spawn(|| {
+                release_free_memory();
+                std::thread::sleep(crate::cli::BLOCKING_KEEP_ALIVE + Duration::from_secs(1));
+                if STREAMS.load(Ordering::SeqCst) == 0 {
+                    release_free_memory();
+                }
+            });
         }
     }
 }

@@ -230,6 +230,8 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
     let filename = format!("job-{}-rejected-rows.csv", job.id);
     tokio::spawn(async move {
+        // The reading side counts too: memory is trimmed once both sides of every stream are gone.
+        let _in_flight = crate::memory::Stream::start();
         let mut header = job.header.clone();
         header.push("error".into());
         let first = csv_bytes(std::iter::once(header));
@@ -247,6 +249,10 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
                 }
                 // Never closed: a failure here would only mean reading without a turn.
                 let _turn = state.bulk_reads.acquire().await.ok();
+                // A client that left while this waited for its turn costs no read.
+                if tx.is_closed() {
+                    return;
+                }
                 page = state
                     .jobs
                     .store_call(move |s| s.errors_after(id, after, CSV_PAGE))

@@ -74,10 +74,27 @@ pub struct ServerArgs {
     pub token: Option<String>,
 }
 
+/// Threads for blocking work (store calls, file I/O) besides one per import worker, which holds
+/// its own for a whole job. More would only wait for one of the few database connections, each
+/// with its own stack and allocator arena: 300 stalled downloads once grew the default pool (512)
+/// to 480 threads and kept 40 MB resident after they left.
+const BLOCKING_THREADS: usize = 48;
+
+/// How long an idle blocking thread lingers before it exits (tokio's default, made explicit for
+/// [`crate::memory`], which trims again once they are gone).
+pub const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let workers = match &cli.command {
+        Command::Serve(args) => args.work.workers,
+        Command::Worker(args) => args.work.workers,
+        _ => 0,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS + workers)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
     {
         Ok(rt) => rt,

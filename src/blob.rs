@@ -6,13 +6,93 @@
 //! worker checks out a local copy for the run and removes it afterwards. Blob names are generated
 //! here (random hex + `.upload`); a client's file name never becomes a path. Every method that may
 //! touch the database is blocking.
+//!
+//! Files being written carry their writer in the name (`<blob>.<owner>.part` while an upload or
+//! a preview arrives, `<blob>.<owner>.<random>.copy` for a worker's local copy; `owner` is
+//! `p<pid>h<host>`, `host` a hash of the boot id and the PID namespace), so that
+//! [`BlobStore::sweep_orphans`] can tell an abandoned file from one that another process on the
+//! same data directory is writing right now. An upload becomes `<blob>` (renamed after fsync)
+//! only once it has arrived whole.
 
 use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use crate::store::{JobStore, StoreError};
+
+/// When [`BlobStore::sweep_orphans`] removes a file nobody needs any more.
+#[derive(Debug, Clone, Copy)]
+pub struct OrphanRules {
+    /// A `.part` file of a process that cannot be seen (another machine or PID namespace)
+    /// counts as abandoned once it has not been written for this long (twice the body-rate
+    /// window: a live upload writes at least every window, or is cut off).
+    pub stale: Duration,
+    /// A finished blob (and, in database mode, a stored one) that no job references is removed
+    /// once it is this old, which covers the time between writing it and inserting its job.
+    pub grace: Duration,
+}
+
+/// What one orphan sweep removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub partial: usize,
+    pub unreferenced: usize,
+    pub stored: usize,
+}
+
+/// This process in temp file names: `p<pid>h<host>`.
+fn owner_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| format!("p{}h{}", std::process::id(), host_tag()))
+}
+
+/// This machine and PID namespace: a short hash of the boot id and the namespace's inode, so
+/// that pids are only compared between processes that see the same pids. Empty where unknown
+/// (not Linux), which makes every owner invisible: only staleness counts then.
+fn host_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+        let ns = std::fs::read_link("/proc/self/ns/pid");
+        match (boot, ns) {
+            (Ok(boot), Ok(ns)) => {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("{}|{}", boot.trim(), ns.display()));
+                digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+            }
+            _ => String::new(),
+        }
+    })
+}
+
+/// Whether the writer named by a file's owner tag is known to be gone: a process of this
+/// machine and PID namespace that no longer runs.
+fn owner_gone(tag: &str) -> bool {
+    let Some((pid, host)) = tag.strip_prefix('p').and_then(|t| t.split_once('h')) else {
+        return false;
+    };
+    if host.is_empty() || host != host_tag() || pid.is_empty() {
+        return false;
+    }
+    !Path::new("/proc").join(pid).exists()
+}
+
+/// The owner segment of a temp file's name (`p…h…`; blob names are hex, so never start with `p`).
+fn owner_of(file_name: &str) -> Option<&str> {
+    file_name
+        .split('.')
+        .find(|s| s.starts_with('p') && s.contains('h'))
+}
+
+/// Time since the file was last written (zero when unknown, so it is kept).
+fn idle(meta: &std::fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or_default()
+}
 
 #[derive(Clone)]
 pub struct BlobStore {
@@ -90,6 +170,89 @@ impl BlobStore {
         ok.then(|| self.dir.join(name))
     }
 
+    /// Where this process writes blob `name` while it arrives (see [`BlobStore::finish`]).
+    pub fn temp_path(&self, name: &str) -> Option<PathBuf> {
+        self.path(name)
+            .map(|_| self.dir.join(format!("{name}.{}.part", owner_tag())))
+    }
+
+    /// Turns the arrived (and fsynced) temp file of `name` into the blob itself, durably.
+    pub fn finish(&self, name: &str) -> io::Result<()> {
+        let (Some(temp), Some(path)) = (self.temp_path(name), self.path(name)) else {
+            return Err(io::Error::other("invalid blob name"));
+        };
+        std::fs::rename(&temp, &path)?;
+        #[cfg(unix)]
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Removes upload files that nothing needs (see [`OrphanRules`]): `.part` and `.copy` files
+    /// whose writer is gone (a `.part` file also when stale, a `.copy` of an unknown owner only
+    /// after `grace`), blobs in the directory that no job references, and (database mode)
+    /// stored blobs that no job references. Blocking.
+    pub fn sweep_orphans(
+        &self,
+        store: &dyn JobStore,
+        rules: OrphanRules,
+    ) -> Result<Swept, BlobError> {
+        let mut swept = Swept::default();
+        let mut finished = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let owner = owner_of(&name);
+            let abandoned = if name.ends_with(".part") {
+                owner.is_some_and(owner_gone) || idle(&meta) > rules.stale
+            } else if name.ends_with(".copy") {
+                match owner {
+                    Some(owner) => owner_gone(owner),
+                    None => idle(&meta) > rules.grace,
+                }
+            } else {
+                if name.ends_with(".upload")
+                    && self.path(&name).is_some()
+                    && idle(&meta) > rules.grace
+                {
+                    finished.push(name);
+                }
+                continue;
+            };
+            if abandoned && remove_quietly(&entry.path()) {
+                tracing::info!(file = name, "removed an abandoned partial upload file");
+                swept.partial += 1;
+            }
+        }
+        for batch in finished.chunks(500) {
+            for name in store.blobs_unreferenced(batch)? {
+                if let Some(path) = self.path(&name)
+                    && idle(&std::fs::metadata(&path)?) > rules.grace
+                    && remove_quietly(&path)
+                {
+                    tracing::info!(blob = name, "removed an upload file that no job references");
+                    swept.unreferenced += 1;
+                }
+            }
+        }
+        if self.database.is_some() {
+            let before = chrono::Utc::now()
+                - chrono::Duration::from_std(rules.grace).unwrap_or(chrono::Duration::MAX);
+            for name in store.blob_orphans(before)? {
+                store.blob_delete(&name)?;
+                tracing::info!(
+                    blob = name,
+                    "removed a stored upload that no job references"
+                );
+                swept.stored += 1;
+            }
+        }
+        Ok(swept)
+    }
+
     /// Makes an accepted upload readable by every worker: in database mode, copies the spooled
     /// file into the store and removes the spool. Blocking.
     pub fn publish(&self, name: &str) -> Result<(), BlobError> {
@@ -115,7 +278,12 @@ impl BlobStore {
                 temporary: false,
             });
         };
-        let copy = self.dir.join(format!("{}.{}.copy", name, Self::new_name()));
+        let copy = self.dir.join(format!(
+            "{}.{}.{}.copy",
+            name,
+            owner_tag(),
+            Self::new_name().trim_end_matches(".upload")
+        ));
         let mut file = io::BufWriter::with_capacity(1024 * 1024, std::fs::File::create(&copy)?);
         let local = LocalCopy {
             path: copy,
@@ -127,6 +295,30 @@ impl BlobStore {
             return Err(BlobError::Missing);
         }
         Ok(local)
+    }
+
+    /// Removes the blob of an upload that got no job (the request failed after storing it): as
+    /// [`BlobStore::remove`], retrying the stored copy's removal a few times, since the failure
+    /// was often a busy database. Whatever still fails is left to the orphan sweep. Blocking.
+    pub fn discard(&self, name: &str) {
+        for path in [self.temp_path(name), self.path(name)]
+            .into_iter()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        let Some(store) = &self.database else { return };
+        let mut wait = Duration::from_millis(200);
+        for attempt in 1..=5 {
+            match store.blob_delete(name) {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => {
+                    tracing::warn!(blob = name, error = %e, "could not remove a stored upload; the orphan sweep will");
+                }
+                Err(_) => std::thread::sleep(wait),
+            }
+            wait *= 2;
+        }
     }
 
     /// Removes a blob (local file, spool and stored copy). Blocking.
@@ -142,5 +334,36 @@ impl BlobStore {
         {
             tracing::warn!(blob = name, error = %e, "could not remove stored blob");
         }
+    }
+}
+
+/// Removes a file; false when it was already gone or could not be removed (logged).
+fn remove_quietly(path: &Path) -> bool {
+    match std::fs::remove_file(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "could not remove an orphaned file");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_read_from_names_and_only_dead_local_ones_are_gone() {
+        let name = format!("{}.{}.part", BlobStore::new_name(), owner_tag());
+        let owner = owner_of(&name).expect("owner");
+        assert_eq!(owner, owner_tag());
+        assert!(!owner_gone(owner), "this process is alive");
+        assert_eq!(owner_of(&BlobStore::new_name()), None);
+        // A pid that cannot exist, on this host: gone (where hosts can be told apart at all).
+        let dead = format!("p4294967295h{}", host_tag());
+        assert_eq!(owner_gone(&dead), !host_tag().is_empty());
+        // The same pid on another host or namespace: not ours to judge.
+        assert!(!owner_gone("p4294967295hdeadbeef") || host_tag() == "deadbeef");
     }
 }

@@ -28,6 +28,15 @@ pub enum ApiError {
     /// 429: the token sent more requests than its rate allows; retry after this many seconds.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: u64 },
+    /// 429: the token already has `--max-uploads-per-token` uploads in progress.
+    #[error("too many uploads in progress")]
+    TooManyUploads { retry_after: u64 },
+    /// 408: the upload's body arrived slower than `--min-body-rate`.
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// 507: the upload could not be stored (the disk or the database is full).
+    #[error("{0}")]
+    InsufficientStorage(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("{0}")]
@@ -50,6 +59,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The answer for a failed write of an upload: 507 when the disk is full (or over quota),
+    /// otherwise an internal error.
+    pub fn storage(e: std::io::Error, what: &str) -> Self {
+        use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+        if matches!(e.kind(), StorageFull | QuotaExceeded) {
+            ApiError::InsufficientStorage(format!("{what}: {e}"))
+        } else {
+            ApiError::Internal(format!("{what}: {e}"))
+        }
+    }
+
     pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             code,
@@ -75,6 +95,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
             StoreError::Busy(m) => ApiError::Busy(m),
+            StoreError::Full(m) => ApiError::InsufficientStorage(m),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -116,7 +137,9 @@ impl ApiError {
     /// Seconds a client should wait before trying again (`Retry-After`), where that is known.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited { retry_after } => Some(*retry_after),
+            ApiError::RateLimited { retry_after } | ApiError::TooManyUploads { retry_after } => {
+                Some(*retry_after)
+            }
             ApiError::Busy(_) => Some(1),
             _ => None,
         }
@@ -168,6 +191,22 @@ impl ApiError {
                 "rate_limited",
                 format!("too many requests for this token; retry after {retry_after} s"),
             ),
+            ApiError::TooManyUploads { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_uploads",
+                format!(
+                    "this token already has the most uploads in progress at once; retry after {retry_after} s"
+                ),
+            ),
+            ApiError::BodyTimeout(m) => (StatusCode::REQUEST_TIMEOUT, "body_timeout", m.clone()),
+            ApiError::InsufficientStorage(internal) => {
+                tracing::warn!(error = %internal, "upload refused: storage full");
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "insufficient_storage",
+                    "the server has no room to store this file; nothing was kept. Try a smaller file or try again later".to_string(),
+                )
+            }
             ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
         }
     }

@@ -6,12 +6,14 @@
 mod admin;
 mod audit;
 pub mod auth;
+pub mod body_rate;
 mod control;
 pub mod error;
 mod events;
 mod jobs;
 pub mod limit;
 mod preview;
+pub mod server;
 mod session;
 mod upload;
 mod webhooks;
@@ -31,6 +33,10 @@ pub struct AppState {
     pub max_upload_bytes: u64,
     /// Requests per second per token.
     pub limiter: limit::RateLimiter,
+    /// Uploads (and previews) in progress per token.
+    pub uploads: limit::UploadSlots,
+    /// The slowest an upload's body may arrive.
+    pub body_rate: body_rate::BodyRate,
     /// Webhooks may point at private and loopback addresses (`--webhook-allow-private`).
     pub webhook_allow_private: bool,
     /// Pages of bulk downloads (the rejected-rows CSV) read at once, however many clients
@@ -45,10 +51,14 @@ pub fn bulk_read_slots() -> usize {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    // The routes that receive files: the per-token upload cap and the minimum body rate.
+    let receiving = axum::middleware::from_fn_with_state(state.clone(), limit::upload_limits);
     let api = Router::new()
         .route(
             "/api/v1/import/{id}",
-            post(upload::upload).layer(DefaultBodyLimit::disable()),
+            post(upload::upload)
+                .layer(DefaultBodyLimit::disable())
+                .layer(receiving.clone()),
         )
         .route(
             "/api/v1/import/{id}",
@@ -76,7 +86,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/datasets", get(jobs::datasets))
         .route(
             "/api/v1/import/{id}/preview",
-            post(preview::preview).layer(DefaultBodyLimit::disable()),
+            post(preview::preview)
+                .layer(DefaultBodyLimit::disable())
+                .layer(receiving),
         )
         .route(
             "/api/v1/datasets/{id}/templates",

@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::AppState;
 use super::auth::Caller;
+use super::body_rate::body_error;
 use super::error::ApiError;
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
@@ -72,7 +73,7 @@ async fn spool_chunk(
     }
     out.write_all(chunk)
         .await
-        .map_err(|e| ApiError::Internal(format!("writing preview spool: {e}")))
+        .map_err(|e| ApiError::storage(e, "writing preview spool"))
 }
 
 /// Appends `chunk` to `head` up to the preview limit.
@@ -96,7 +97,7 @@ async fn read_head(
     let mut out = tokio::io::BufWriter::new(
         tokio::fs::File::create(spool)
             .await
-            .map_err(|e| ApiError::Internal(format!("creating preview spool: {e}")))?,
+            .map_err(|e| ApiError::storage(e, "creating preview spool"))?,
     );
     let mut size = 0u64;
     let multipart = req
@@ -110,8 +111,9 @@ async fn read_head(
         whole: true,
         params: HashMap::new(),
     };
-    let bad =
-        |e: axum::extract::multipart::MultipartError| ApiError::bad("bad_multipart", e.body_text());
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        body_error(e, |e| ApiError::bad("bad_multipart", e.body_text()))
+    };
     if multipart {
         let mut form = Multipart::from_request(req, &())
             .await
@@ -149,10 +151,12 @@ async fn read_head(
         let mut body = req.into_body().into_data_stream();
         while let Some(chunk) = body.next().await {
             let chunk: Bytes = chunk.map_err(|e| {
-                ApiError::bad(
-                    "upload_interrupted",
-                    format!("the upload did not arrive whole: {e}"),
-                )
+                body_error(e, |e| {
+                    ApiError::bad(
+                        "upload_interrupted",
+                        format!("the upload did not arrive whole: {e}"),
+                    )
+                })
             })?;
             take(&mut head, &chunk);
             spool_chunk(&mut out, &mut size, max_bytes, &chunk).await?;
@@ -160,7 +164,7 @@ async fn read_head(
     }
     out.flush()
         .await
-        .map_err(|e| ApiError::Internal(format!("writing preview spool: {e}")))?;
+        .map_err(|e| ApiError::storage(e, "writing preview spool"))?;
     head.whole = !head.truncated;
     if head.truncated {
         // Only whole lines: drop the partial last one.
@@ -185,7 +189,7 @@ impl Drop for TempBlob {
     /// A preview file is only ever local (never published to the store), so removing it touches
     /// no database — safe on an async thread, on every early return.
     fn drop(&mut self) {
-        if let Some(path) = self.blobs.path(&self.name) {
+        if let Some(path) = self.blobs.temp_path(&self.name) {
             let _ = std::fs::remove_file(path);
         }
     }
@@ -207,7 +211,7 @@ pub async fn preview(
         blobs: blobs.clone(),
     };
     let spool_path = blobs
-        .path(&spool.name)
+        .temp_path(&spool.name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
     let head = read_head(req, query, &spool_path, state.max_upload_bytes).await?;
     let p = |k: &str| {
@@ -266,7 +270,7 @@ pub async fn preview(
         blobs: blobs.clone(),
     };
     let path = blobs
-        .path(&temp.name)
+        .temp_path(&temp.name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
     // A workbook (zip or OLE) is only readable whole; text is previewed from its head.
     let workbook =

@@ -7,12 +7,12 @@
 //! run the import in the request and answer 200 with the results.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Display;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartError;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::auth::Caller;
+use super::body_rate::body_error;
 use super::error::ApiError;
 use super::jobs::{error_json, job_json};
 use crate::blob::BlobStore;
@@ -64,14 +65,21 @@ impl Drop for SavedBlob {
         if self.keep {
             return;
         }
-        if let Some(path) = self.blobs.path(&self.name) {
+        // The local file (temp or finished) goes at once, so nothing half-written stays.
+        for path in [
+            self.blobs.temp_path(&self.name),
+            self.blobs.path(&self.name),
+        ]
+        .into_iter()
+        .flatten()
+        {
             let _ = std::fs::remove_file(path);
         }
         if self.blobs.in_database_mode() {
             let (blobs, name) = (self.blobs.clone(), std::mem::take(&mut self.name));
             match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn_blocking(move || blobs.remove(&name))),
-                Err(_) => blobs.remove(&name),
+                Ok(rt) => drop(rt.spawn_blocking(move || blobs.discard(&name))),
+                Err(_) => blobs.discard(&name),
             }
         }
     }
@@ -142,12 +150,10 @@ pub async fn upload(
         let mut multipart = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?;
+        let bad =
+            |e: MultipartError| body_error(e, |e| ApiError::bad("bad_multipart", e.body_text()));
         let mut saved = None;
-        while let Some(mut field) = multipart
-            .next_field()
-            .await
-            .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?
-        {
+        while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
             let name = field.name().unwrap_or_default().to_string();
             if name == "file" {
                 if saved.is_some() {
@@ -156,7 +162,8 @@ pub async fn upload(
                 filename = field.file_name().map(str::to_string).or(filename);
                 let result = save_stream(&state, max_bytes, &mut field).await;
                 drop(field);
-                if let Err(e @ ApiError::TooLarge(_)) = result {
+                if let Err(e @ (ApiError::TooLarge(_) | ApiError::InsufficientStorage(_))) = result
+                {
                     // The rest of the form (its closing boundary, fields after the file).
                     let deadline = tokio::time::Instant::now() + DISCARD_TIME;
                     while let Ok(Ok(Some(mut rest))) =
@@ -169,11 +176,7 @@ pub async fn upload(
                 saved = Some(result?);
             } else {
                 let mut text = Vec::new();
-                while let Some(chunk) = field
-                    .chunk()
-                    .await
-                    .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?
-                {
+                while let Some(chunk) = field.chunk().await.map_err(bad)? {
                     text.extend_from_slice(&chunk);
                     if text.len() > MAX_FORM_FIELD {
                         return Err(ApiError::bad(
@@ -269,6 +272,7 @@ pub async fn upload(
             .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
             .map_err(|e| match e {
                 crate::blob::BlobError::Store(e) => ApiError::from(e),
+                crate::blob::BlobError::Io(e) => ApiError::storage(e, "publishing the upload"),
                 other => ApiError::Internal(other.to_string()),
             })?;
     }
@@ -529,12 +533,12 @@ async fn save_stream<S, E>(
 ) -> Result<SavedBlob, ApiError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: Display,
+    E: std::error::Error + 'static,
 {
     let blobs = state.jobs.blobs.clone();
     let name = BlobStore::new_name();
     let path = blobs
-        .path(&name)
+        .temp_path(&name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
     let mut saved = SavedBlob {
         blobs,
@@ -545,15 +549,17 @@ where
     };
     let file = tokio::fs::File::create(&path)
         .await
-        .map_err(|e| ApiError::Internal(format!("creating blob: {e}")))?;
+        .map_err(|e| ApiError::storage(e, "creating blob"))?;
     let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut hasher = Sha256::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad(
-                "upload_interrupted",
-                format!("the upload did not arrive whole: {e}"),
-            )
+            body_error(e, |e| {
+                ApiError::bad(
+                    "upload_interrupted",
+                    format!("the upload did not arrive whole: {e}"),
+                )
+            })
         })?;
         saved.size += chunk.len() as u64;
         if saved.size > max_bytes {
@@ -563,24 +569,42 @@ where
             )));
         }
         hasher.update(&chunk);
-        out.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::Internal(format!("writing blob: {e}")))?;
+        if let Err(e) = out.write_all(&chunk).await {
+            return Err(refuse(stream, ApiError::storage(e, "writing blob")).await);
+        }
     }
-    out.flush()
-        .await
-        .map_err(|e| ApiError::Internal(format!("writing blob: {e}")))?;
+    if let Err(e) = out.flush().await {
+        return Err(refuse(stream, ApiError::storage(e, "writing blob")).await);
+    }
     // The job row will point at this file: it must survive a crash once we answer.
     out.get_ref()
         .sync_all()
         .await
-        .map_err(|e| ApiError::Internal(format!("syncing blob: {e}")))?;
+        .map_err(|e| ApiError::storage(e, "syncing blob"))?;
+    drop(out);
+    let (blobs, name) = (saved.blobs.clone(), saved.name.clone());
+    tokio::task::spawn_blocking(move || blobs.finish(&name))
+        .await
+        .map_err(|e| ApiError::Internal(format!("finish task: {e}")))?
+        .map_err(|e| ApiError::storage(e, "finishing blob"))?;
     saved.sha256 = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok(saved)
+}
+
+/// A refused upload whose client may still be sending: the rest of the body is read and thrown
+/// away first (as for a too-large one), so the answer reaches the client.
+async fn refuse<S, E>(stream: &mut S, e: ApiError) -> ApiError
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    if matches!(e, ApiError::InsufficientStorage(_)) {
+        discard(stream).await;
+    }
+    e
 }
 
 /// Reads the header and the first rows: the format, the mapping, and the row limit of

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CliResult, Database, database};
 use crate::api::{self, AppState, auth};
-use crate::blob::BlobStore;
+use crate::blob::{BlobStore, OrphanRules};
 use crate::dataset::Datasets;
-use crate::jobs::sweeper::{Retention, spawn_sweeper};
+use crate::jobs::sweeper::{Retention, spawn_sweeper, sweep_orphans};
 use crate::jobs::{JobContext, WorkerConfig, spawn_workers};
 use crate::store::JobStore;
 use crate::store::postgres::PgStore;
@@ -68,6 +68,29 @@ pub enum BlobMode {
     Database,
 }
 
+/// When upload files nobody needs are removed (`serve` and `worker`, which share the rule).
+#[derive(Args, Clone)]
+pub struct UploadFileArgs {
+    /// The body-rate window: an upload must bring `--min-body-rate` × this many bytes in each
+    /// such span of waiting for it. A partial upload file not written for twice this long
+    /// counts as abandoned, even when its writer cannot be seen (another machine or container).
+    #[arg(long, env = "SLUICE_BODY_RATE_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub body_rate_window: Duration,
+    /// How old an upload file (or a blob stored in PostgreSQL) must be before it is removed for
+    /// having no job: covers the time between storing an upload and inserting its job.
+    #[arg(long, env = "SLUICE_ORPHAN_GRACE", default_value = "1h", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+}
+
+impl UploadFileArgs {
+    fn rules(&self) -> OrphanRules {
+        OrphanRules {
+            stale: self.body_rate_window * 2,
+            grace: self.orphan_grace,
+        }
+    }
+}
+
 /// Settings of the import workers (`serve` and `worker`).
 #[derive(Args, Clone)]
 pub struct WorkerArgs {
@@ -111,6 +134,8 @@ pub struct ServeArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub work: WorkerArgs,
+    #[command(flatten)]
+    pub files: UploadFileArgs,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -121,6 +146,20 @@ pub struct ServeArgs {
     /// beyond it the API answers 429 with `Retry-After`. 0 turns the limit off.
     #[arg(long, env = "SLUICE_RATE_LIMIT", default_value_t = 100)]
     pub rate_limit: u32,
+    /// Uploads and previews one API token may have receiving their file at once; one more is
+    /// answered 429 `too_many_uploads` with `Retry-After`. 0 turns the cap off.
+    #[arg(long, env = "SLUICE_MAX_UPLOADS_PER_TOKEN", default_value_t = 4)]
+    pub max_uploads_per_token: u32,
+    /// Slowest upload accepted, in bytes per second: counting only the time spent waiting for
+    /// the client, each `--body-rate-window` of waiting must bring at least this × the window
+    /// in bytes, or the upload is cut off (408 `body_timeout`, its partial file removed).
+    /// 0 turns the rule off.
+    #[arg(long, env = "SLUICE_MIN_BODY_RATE", default_value_t = 1024)]
+    pub min_body_rate: u64,
+    /// How long a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection waits for its next request); then it is closed. `0`: no limit.
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
     /// Create this admin token at start if it does not exist yet (for automation; otherwise a
     /// random one is created and printed on the first start).
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
@@ -162,6 +201,8 @@ pub struct WorkerOnlyArgs {
     pub storage: StorageArgs,
     #[command(flatten)]
     pub work: WorkerArgs,
+    #[command(flatten)]
+    pub files: UploadFileArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -332,6 +373,15 @@ async fn job_context(
     }))
 }
 
+/// The start-up orphan sweep: upload files left by a crash (a failure is logged, not fatal).
+async fn remove_orphans(ctx: &Arc<JobContext>, rules: OrphanRules) {
+    match sweep_orphans(ctx, rules).await {
+        Ok(swept) if swept == Default::default() => {}
+        Ok(swept) => tracing::info!(?swept, "removed orphaned upload files"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep orphaned upload files"),
+    }
+}
+
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 fn cancel_on_signal(shutdown: &CancellationToken) {
     let shutdown = shutdown.clone();
@@ -356,13 +406,14 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         let (store, args) = (ctx.store.clone(), args.clone());
         tokio::task::spawn_blocking(move || bootstrap_token(store.as_ref(), &args)).await??;
     }
+    remove_orphans(&ctx, args.files.rules()).await;
     let shutdown = CancellationToken::new();
     let workers = spawn_workers(ctx.clone(), shutdown.clone());
     let retention = Retention {
         files: args.retain_files,
         jobs: args.retain_jobs,
     };
-    let sweeper = spawn_sweeper(ctx.clone(), retention, shutdown.clone());
+    let sweeper = spawn_sweeper(ctx.clone(), retention, args.files.rules(), shutdown.clone());
     let dispatcher = crate::webhooks::spawn_dispatcher(
         ctx.clone(),
         crate::webhooks::WebhookConfig {
@@ -378,6 +429,11 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         jobs: ctx,
         max_upload_bytes: args.max_upload_mb.saturating_mul(1024 * 1024),
         limiter: api::limit::RateLimiter::new(args.rate_limit),
+        uploads: api::limit::UploadSlots::new(args.max_uploads_per_token),
+        body_rate: api::body_rate::BodyRate {
+            bytes_per_second: args.min_body_rate,
+            window: args.files.body_rate_window,
+        },
         webhook_allow_private: args.webhook_allow_private,
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
     });
@@ -401,10 +457,14 @@ pub async fn serve(args: ServeArgs) -> CliResult {
             events.close();
         });
     }
-    let server_shutdown = shutdown.clone();
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(async move { server_shutdown.cancelled().await })
-        .await?;
+    let header_timeout = (!args.header_timeout.is_zero()).then_some(args.header_timeout);
+    api::server::serve(
+        listener,
+        api::router(state),
+        header_timeout,
+        shutdown.clone(),
+    )
+    .await;
     join_workers(workers).await;
     sweeper.abort();
     dispatcher.abort();
@@ -417,6 +477,7 @@ pub async fn worker(args: WorkerOnlyArgs) -> CliResult {
         return Err("`sluice worker` needs --workers 1 or more".into());
     }
     let ctx = job_context(&args.storage, &args.work).await?;
+    remove_orphans(&ctx, args.files.rules()).await;
     let shutdown = CancellationToken::new();
     let workers = spawn_workers(ctx, shutdown.clone());
     println!(

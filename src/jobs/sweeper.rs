@@ -1,5 +1,7 @@
 //! Retention: a background task that removes the uploaded files of finished jobs after
-//! `--retain-files` and deletes finished jobs (with their row errors) after `--retain-jobs`.
+//! `--retain-files` and deletes finished jobs (with their row errors) after `--retain-jobs`;
+//! each pass also removes orphaned upload files ([`crate::blob::OrphanRules`]), which
+//! `sluice serve` and `sluice worker` also do once at start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::JobContext;
+use crate::blob::{OrphanRules, Swept};
 
 /// How long finished jobs keep their file and their row.
 #[derive(Debug, Clone, Copy)]
@@ -40,13 +43,28 @@ pub async fn sweep_once(
     Ok((removed, deleted))
 }
 
+/// Removes the upload files nothing needs any more (partial, unreferenced, stored orphans).
+pub async fn sweep_orphans(
+    ctx: &Arc<JobContext>,
+    rules: OrphanRules,
+) -> Result<Swept, crate::blob::BlobError> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || ctx.blobs.sweep_orphans(ctx.store.as_ref(), rules))
+        .await
+        .map_err(|e| crate::blob::BlobError::Io(std::io::Error::other(e)))?
+}
+
 pub fn spawn_sweeper(
     ctx: Arc<JobContext>,
     retention: Retention,
+    orphans: OrphanRules,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
+            if let Err(e) = sweep_orphans(&ctx, orphans).await {
+                tracing::warn!(error = %e, "orphan sweep failed; will try again");
+            }
             match sweep_once(&ctx, retention).await {
                 Ok((0, 0)) => {}
                 Ok((files, jobs)) => tracing::info!(files, jobs, "retention sweep"),

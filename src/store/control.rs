@@ -9,7 +9,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Sql, params};
+use super::sql::{Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{AuditEntry, Control, Controlled, JobId, JobStatus, Stats, StoreError, StoreResult};
 
@@ -290,6 +290,31 @@ pub fn sweep(
         }
     }
     Ok((blobs, gone.len() as u64))
+}
+
+/// Those of `names` that no job references (a job whose file was removed does not count).
+pub fn unreferenced(c: &mut dyn Sql, names: &[String]) -> StoreResult<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("${i}")).collect();
+    let values: Vec<Value> = names.iter().map(Value::from).collect();
+    let referenced = c
+        .query(
+            &format!(
+                "SELECT DISTINCT blob FROM jobs WHERE blob_deleted_at IS NULL AND blob IN ({})",
+                marks.join(", ")
+            ),
+            &values,
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<StoreResult<std::collections::HashSet<_>>>()?;
+    Ok(names
+        .iter()
+        .filter(|n| !referenced.contains(*n))
+        .cloned()
+        .collect())
 }
 
 /// Figures over the organisation's jobs (`None`: all).

@@ -46,6 +46,9 @@ pub enum StoreError {
     /// Every pooled connection stayed in use for the whole wait: worth retrying soon.
     #[error("database busy: {0}")]
     Busy(String),
+    /// The database (or its disk) is out of space: worth retrying later; an upload answers 507.
+    #[error("database full: {0}")]
+    Full(String),
     #[error("database error: {0}")]
     Other(String),
     #[error("stored data is not readable: {0}")]
@@ -57,7 +60,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 impl StoreError {
     /// Whether trying again later may succeed (the database was unreachable, busy or full).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Busy(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Busy(_) | StoreError::Full(_)
+        )
     }
 }
 
@@ -208,6 +214,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Streams a stored file into `to`; returns its size (0 and nothing written if unknown).
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64>;
     fn blob_delete(&self, name: &str) -> StoreResult<()>;
+    /// Stored files created before `before` that no job references (none when the store keeps
+    /// no files).
+    fn blob_orphans(&self, before: DateTime<Utc>) -> StoreResult<Vec<String>>;
+    /// Those of `names` that no job references (ignoring jobs whose file was already removed).
+    fn blobs_unreferenced(&self, names: &[String]) -> StoreResult<Vec<String>>;
 
     /// A page of the job's row errors, in row order, and their total.
     fn errors_page(

@@ -70,6 +70,10 @@ pub trait Backend: Send + Sync + 'static {
         let _ = name;
         Ok(())
     }
+    fn blob_orphans(&self, before: DateTime<Utc>) -> StoreResult<Vec<String>> {
+        let _ = before;
+        Ok(Vec::new())
+    }
 }
 
 /// The job store over one backend (`SqliteStore`, `PgStore`).
@@ -330,6 +334,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn blob_delete(&self, name: &str) -> StoreResult<()> {
         self.0.blob_delete(name)
+    }
+
+    fn blob_orphans(&self, before: DateTime<Utc>) -> StoreResult<Vec<String>> {
+        self.0.blob_orphans(before)
+    }
+
+    fn blobs_unreferenced(&self, names: &[String]) -> StoreResult<Vec<String>> {
+        self.0.read(|c| control::unreferenced(c, names))
     }
 
     fn errors_page(

@@ -54,6 +54,23 @@ impl Postgres {
         Ok(size)
     }
 
+    /// Stored blobs created before `before` that no job references (`blob_deleted_at` unset).
+    pub(super) fn orphan_blobs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<String>> {
+        let rows = self
+            .conn()?
+            .query(
+                "SELECT b.blob FROM blob_chunks b GROUP BY b.blob HAVING min(b.created_at) < $1 \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.blob = b.blob \
+                 AND j.blob_deleted_at IS NULL)",
+                &[&before],
+            )
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     pub(super) fn delete_blob(&self, name: &str) -> StoreResult<()> {
         self.conn()?
             .execute("DELETE FROM blob_chunks WHERE blob = $1", &[&name])

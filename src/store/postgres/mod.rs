@@ -74,6 +74,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0009_dataset_writer",
         include_str!("../../../migrations/postgres/0009_dataset_writer.sql"),
     ),
+    (
+        10,
+        "0010_blob_orphans",
+        include_str!("../../../migrations/postgres/0010_blob_orphans.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.
@@ -389,6 +394,10 @@ impl Backend for Postgres {
     fn blob_delete(&self, name: &str) -> StoreResult<()> {
         self.delete_blob(name)
     }
+
+    fn blob_orphans(&self, before: chrono::DateTime<chrono::Utc>) -> StoreResult<Vec<String>> {
+        self.orphan_blobs(before)
+    }
 }
 
 fn connect(url: &str, lock_timeout: Duration) -> StoreResult<Client> {
@@ -475,7 +484,9 @@ fn error_text(e: &postgres::Error) -> String {
 
 fn pg_err(e: postgres::Error) -> StoreError {
     let text = error_text(&e);
-    if is_transient(&e) {
+    if e.code() == Some(&SqlState::DISK_FULL) {
+        StoreError::Full(text)
+    } else if is_transient(&e) {
         StoreError::Unavailable(text)
     } else {
         StoreError::Other(text)

@@ -58,6 +58,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0009_dataset_writer",
         include_str!("../../../migrations/sqlite/0009_dataset_writer.sql"),
     ),
+    (
+        "0010_blob_orphans",
+        include_str!("../../../migrations/sqlite/0010_blob_orphans.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.
@@ -302,7 +306,9 @@ fn is_transient(e: &rusqlite::Error) -> bool {
 }
 
 fn db_err(e: rusqlite::Error) -> StoreError {
-    if is_transient(&e) {
+    if e.sqlite_error_code() == Some(ErrorCode::DiskFull) {
+        StoreError::Full(e.to_string())
+    } else if is_transient(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Other(e.to_string())

@@ -8,8 +8,8 @@
 //! refusal (`job_control`), tokens (find, revoke, expiry, organisation scope, re-inserting a
 //! taken hash, marking last use), chunk finalisation (a failing chunk; the last of racing chunks
 //! completing the parent once), the job event log, webhook deliveries (planning once when two
-//! dispatchers race, claiming, recording attempts) and the audit log (a line per action done,
-//! none for a refused one).
+//! dispatchers race, claiming, recording attempts), the audit log (a line per action done,
+//! none for a refused one) and the orphan sweep's questions (unreferenced and stored blobs).
 //!
 //! Each case gets its own database. The PostgreSQL half creates `sluice_s_<random>` on the test
 //! server (`SLUICE_TEST_POSTGRES`, default the local one) and drops it afterwards; it is skipped
@@ -1407,7 +1407,40 @@ fn an_audited_action_writes_its_line_and_a_refused_one_writes_none(store: &dyn J
     assert_eq!(all[1], line("token.create", format!("token:{token}"), None));
 }
 
+/// The orphan sweep's questions: which upload files no job needs any more.
+fn only_blobs_that_no_live_job_references_are_orphans(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    job_in(store, org, JobStatus::Completed, "a");
+    pending(store, org, "b");
+    let names: Vec<String> = ["blob-a", "blob-b", "blob-x"].map(String::from).to_vec();
+    assert_eq!(store.blobs_unreferenced(&names).unwrap(), vec!["blob-x"]);
+    // Retention forgets the finished job's file: the job no longer needs it.
+    let (forgotten, deleted) = store
+        .jobs_sweep(
+            Utc::now() + chrono::Duration::hours(1),
+            Utc::now() - chrono::Duration::days(365),
+        )
+        .unwrap();
+    assert_eq!((forgotten, deleted), (vec!["blob-a".to_string()], 0));
+    assert_eq!(
+        store.blobs_unreferenced(&names).unwrap(),
+        vec!["blob-a", "blob-x"]
+    );
+    // Stored files: those of no job, stored before the given time.
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    if store.keeps_blobs() {
+        store.blob_write("blob-b", &mut &b"b"[..]).unwrap();
+        store.blob_write("blob-y", &mut &b"y"[..]).unwrap();
+        let earlier = Utc::now() - chrono::Duration::hours(1);
+        assert_eq!(store.blob_orphans(earlier).unwrap(), Vec::<String>::new());
+        assert_eq!(store.blob_orphans(later).unwrap(), vec!["blob-y"]);
+    } else {
+        assert_eq!(store.blob_orphans(later).unwrap(), Vec::<String>::new());
+    }
+}
+
 store_conformance!(
+    only_blobs_that_no_live_job_references_are_orphans,
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,
     jobs_into_one_dataset_run_one_after_another_in_upload_order,
     a_paused_job_steps_aside_and_a_resumed_one_waits_its_turn,

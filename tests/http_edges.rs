@@ -2,8 +2,9 @@
 //! is disconnected, a trickling body is cut off with `408 body_timeout` and its partial file
 //! removed, a token's extra concurrent upload gets `429 too_many_uploads`, an upload that does
 //! not fit on the disk gets `507 insufficient_storage` and leaves nothing, an upload answered
-//! 503 leaves no blob, and the files a killed server left behind are removed at the next start
-//! while the files of existing jobs stay.
+//! 503 leaves no blob, the files a killed server left behind are removed at the next start while
+//! the files of existing jobs stay, and a client that leaves while its job is being inserted
+//! does not take the job's file with it.
 
 #[macro_use]
 mod common;
@@ -479,9 +480,57 @@ async fn files_a_killed_server_left_are_removed_at_the_next_start(backend: Backe
     assert_eq!(size, csv(5).len() as i64);
 }
 
+async fn an_upload_whose_client_leaves_during_the_job_insert_keeps_the_jobs_file(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 1,
+        extra_args: args(&["--busy-timeout-ms", "20000"]),
+        ..AppOptions::default()
+    });
+    let mut holder = app.db();
+    match backend {
+        Backend::Sqlite => holder.execute("BEGIN IMMEDIATE"),
+        Backend::Postgres => holder.execute("BEGIN; LOCK TABLE jobs IN EXCLUSIVE MODE"),
+    }
+    // The upload is stored, then waits for the jobs table; its client gives up meanwhile.
+    let mut s = raw_upload(
+        &app,
+        "/api/v1/import/products?filename=a.csv",
+        "text/csv",
+        csv(5).len(),
+    )
+    .await;
+    s.write_all(csv(5).as_bytes()).await.unwrap();
+    until(Duration::from_secs(10), "the upload to be stored", || {
+        app.blob_count() == 1
+    })
+    .await;
+    drop(s);
+    // The server notices the closed connection at its next read; nothing to poll for that.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.execute("COMMIT");
+    // The insert that was waiting commits: the job must find its file.
+    let mut db = app.db();
+    let start = Instant::now();
+    let job = loop {
+        if let Some(id) = db.value("SELECT id FROM jobs") {
+            break id.parse::<i64>().unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no job was created"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let done = app.wait_done(job, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["results"]["successCount"], 5, "{done}");
+}
+
 conformance!(
     a_trickling_body_is_cut_off_and_its_partial_file_removed,
     an_upload_larger_than_the_free_disk_gets_507_and_leaves_nothing,
     an_upload_answered_503_after_storing_its_file_leaves_no_blob,
     files_a_killed_server_left_are_removed_at_the_next_start,
+    an_upload_whose_client_leaves_during_the_job_insert_keeps_the_jobs_file,
 );

@@ -59,6 +59,13 @@ struct SavedBlob {
     keep: bool,
 }
 
+impl SavedBlob {
+    /// The file now belongs to a job: keep it when the guard goes.
+    fn retain(&mut self) {
+        self.keep = true;
+    }
+}
+
 impl Drop for SavedBlob {
     /// Removing may touch the database (database mode): done on a blocking thread.
     fn drop(&mut self) {
@@ -264,18 +271,6 @@ pub async fn upload(
         .await
         .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
     };
-    // Every worker must be able to read the file before the job exists.
-    if ctx.blobs.in_database_mode() {
-        let (blobs, name) = (ctx.blobs.clone(), saved.name.clone());
-        tokio::task::spawn_blocking(move || blobs.publish(&name))
-            .await
-            .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
-            .map_err(|e| match e {
-                crate::blob::BlobError::Store(e) => ApiError::from(e),
-                crate::blob::BlobError::Io(e) => ApiError::storage(e, "publishing the upload"),
-                other => ApiError::Internal(other.to_string()),
-            })?;
-    }
     let new_job = NewJob {
         dataset: dataset.name.clone(),
         mode,
@@ -293,18 +288,86 @@ pub async fn upload(
         idempotency_key,
         retry_of: None,
     };
-    if dataset.sync {
-        return import_now(&state, &caller, new_job, saved).await;
-    }
     let audit = caller.audit("upload", None, upload_detail(&new_job));
-    let inserted = ctx
-        .store_call(move |s| s.job_insert(&new_job, None, Some(&audit)))
-        .await?;
+    // A synchronous dataset's job is owned by this request from the start.
+    let lease = dataset.sync.then(crate::api::auth::new_token);
+    // Another job writing a synchronous dataset of the organisation goes first (imports into
+    // one table run one after another): wait for it, woken by job ends in this process or a
+    // short poll.
+    let give_up = tokio::time::Instant::now() + SYNC_WAIT;
+    let mut ended = ctx.events.subscribe();
+    let (mut saved, mut publish) = (saved, ctx.blobs.in_database_mode());
+    let inserted = loop {
+        let attempt = (new_job.clone(), lease.clone(), audit.clone());
+        let (inserted, back) = store_job(ctx, saved, publish, attempt).await?;
+        (saved, publish) = (back, false);
+        match inserted {
+            Inserted::DatasetBusy(id)
+                if lease.is_some() && tokio::time::Instant::now() < give_up =>
+            {
+                tracing::debug!(
+                    job = id,
+                    "synchronous import waits for the dataset's writer"
+                );
+                tokio::select! {
+                    _ = ended.changed() => {}
+                    _ = tokio::time::sleep(SYNC_POLL) => {}
+                    _ = tokio::time::sleep_until(give_up) => {}
+                }
+            }
+            other => break other,
+        }
+    };
+    // Kept when the job was created; otherwise the file goes with the guard.
+    drop(saved);
     let job_id = created_or_answer(&state, inserted).await?;
-    let mut saved = saved;
-    saved.keep = true;
+    if let Some(token) = lease {
+        return import_now(&state, job_id, token).await;
+    }
     ctx.wake.notify_one();
     Ok(accepted(&dataset.name, job_id))
+}
+
+/// Makes the stored upload readable by every worker (database mode, when `publish`) and inserts
+/// its job, in a task of its own that owns the blob guard: a request dropped meanwhile (its
+/// client left) can then neither remove the file of a job that the insert goes on to create,
+/// nor leave the file of one that it does not create. The job is inserted as processing, owned
+/// by the caller, when a lease token is given. Returns the outcome and the guard (kept when the
+/// job was created).
+async fn store_job(
+    ctx: &Arc<crate::jobs::JobContext>,
+    mut saved: SavedBlob,
+    publish: bool,
+    (new_job, lease, audit): (NewJob, Option<String>, crate::store::AuditEntry),
+) -> Result<(Inserted, SavedBlob), ApiError> {
+    let ctx = ctx.clone();
+    let lease_ms = ctx.config.lease.as_millis() as u64;
+    tokio::spawn(async move {
+        // Every worker must be able to read the file before the job exists.
+        if publish {
+            let (blobs, name) = (ctx.blobs.clone(), saved.name.clone());
+            tokio::task::spawn_blocking(move || blobs.publish(&name))
+                .await
+                .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
+                .map_err(|e| match e {
+                    crate::blob::BlobError::Store(e) => ApiError::from(e),
+                    crate::blob::BlobError::Io(e) => ApiError::storage(e, "publishing the upload"),
+                    other => ApiError::Internal(other.to_string()),
+                })?;
+        }
+        let inserted = ctx
+            .store_call(move |s| {
+                let lease = lease.as_deref().map(|t| (t, lease_ms));
+                s.job_insert(&new_job, lease, Some(&audit))
+            })
+            .await?;
+        if matches!(inserted, Inserted::Created(_)) {
+            saved.retain();
+        }
+        Ok((inserted, saved))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("job insert task: {e}")))?
 }
 
 /// The mapping of one of the organisation's saved templates (`template` field), marking it used.
@@ -335,43 +398,14 @@ fn upload_detail(job: &NewJob) -> Option<String> {
     ))
 }
 
-/// Synchronous datasets: run the import inside the request and answer with its results.
+/// Synchronous datasets: run the import inside the request (the job was inserted as processing
+/// under `token`) and answer with its results.
 async fn import_now(
     state: &Arc<AppState>,
-    caller: &Caller,
-    new_job: NewJob,
-    mut saved: SavedBlob,
+    job_id: JobId,
+    token: String,
 ) -> Result<Response, ApiError> {
     let ctx = &state.jobs;
-    let audit = caller.audit("upload", None, upload_detail(&new_job));
-    let token = crate::api::auth::new_token();
-    let lease_ms = ctx.config.lease.as_millis() as u64;
-    // Another job writing this dataset of the organisation goes first (imports into one table
-    // run one after another): wait for it, woken by job ends in this process or a short poll.
-    let give_up = tokio::time::Instant::now() + SYNC_WAIT;
-    let mut ended = ctx.events.subscribe();
-    let inserted = loop {
-        let (t, job, audit) = (token.clone(), new_job.clone(), audit.clone());
-        let inserted = ctx
-            .store_call(move |s| s.job_insert(&job, Some((&t, lease_ms)), Some(&audit)))
-            .await?;
-        match inserted {
-            Inserted::DatasetBusy(id) if tokio::time::Instant::now() < give_up => {
-                tracing::debug!(
-                    job = id,
-                    "synchronous import waits for the dataset's writer"
-                );
-                tokio::select! {
-                    _ = ended.changed() => {}
-                    _ = tokio::time::sleep(SYNC_POLL) => {}
-                    _ = tokio::time::sleep_until(give_up) => {}
-                }
-            }
-            other => break other,
-        }
-    };
-    let job_id = created_or_answer(state, inserted).await?;
-    saved.keep = true;
     let job = ctx
         .store_call(move |s| s.job_get(job_id))
         .await?

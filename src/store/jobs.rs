@@ -112,6 +112,10 @@ pub fn insert(
 ) -> StoreResult<Inserted> {
     // Serialise inserts of the same file so the duplicate check and the insert agree.
     c.lock_key(&job.sha256)?;
+    // And every insert with every claim: ids are then given in commit order, so a claim never
+    // sees a later upload while an earlier one is still committing (PostgreSQL commits in any
+    // order otherwise, and the later job would start first).
+    c.lock_key(CLAIM_LOCK)?;
     if let Some(key) = &job.idempotency_key
         && let Some(id) = find_idempotent(c, job.created_by, key)?
     {
@@ -229,7 +233,7 @@ pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>
     Ok((jobs, total))
 }
 
-/// The advisory lock every claim (and every synchronous job's insert) takes first on PostgreSQL.
+/// The advisory lock every claim and every job insert takes on PostgreSQL.
 pub const CLAIM_LOCK: &str = "sluice.claim";
 
 /// Why a job may not start or continue yet: another top-level job of its organisation and
@@ -276,9 +280,9 @@ pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<
 }
 
 /// The top-level job of this organisation that is writing `dataset` or waiting to, if any: a
-/// synchronous import, which runs in its request, may not start beside it.
+/// synchronous import, which runs in its request, may not start beside it. Asked under
+/// [`CLAIM_LOCK`].
 fn dataset_writer(c: &mut dyn Sql, org: i64, dataset: &str) -> StoreResult<Option<JobId>> {
-    c.lock_key(CLAIM_LOCK)?;
     c.query_opt(
         "SELECT id FROM jobs WHERE parent_id IS NULL AND dataset = $1 AND org_id = $2 \
          AND status IN ('pending', 'processing') ORDER BY id LIMIT 1",

@@ -59,13 +59,6 @@ fn fill(dir: &Path) -> PathBuf {
         while f.write_all(&block[..size]).is_ok() {}
     }
     let _ = f.sync_all();
-    if let Some(kb) = std::env::var("SLUICE_FILL_LEAVE_KB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        let len = f.metadata().unwrap().len();
-        f.set_len(len.saturating_sub(kb * 1024)).unwrap();
-    }
     path
 }
 
@@ -210,11 +203,7 @@ async fn a_full_disk_is_waited_out_quietly_and_the_import_completes_exactly() {
     else {
         return;
     };
-    let window: u64 = std::env::var("SLUICE_FULL_WINDOW")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(14);
-    let cpu = cpu_share(app.pid(), Duration::from_secs(window)).await;
+    let cpu = cpu_share(app.pid(), Duration::from_secs(14)).await;
     let s = app.status(job).await;
     assert_eq!(
         s["status"], "processing",

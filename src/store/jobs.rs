@@ -131,6 +131,11 @@ pub fn insert(
     {
         return Ok(Inserted::DatasetBusy(id));
     }
+    // Under the claim lock (until commit) for every job, so ids are handed out in the order the
+    // inserts commit: otherwise, on PostgreSQL, a later upload could commit first, be claimed,
+    // and run before an earlier one that was not visible yet — breaking "one writer per
+    // dataset, in upload order" (seen in tests/overlap.rs when timings shifted).
+    c.lock_key(CLAIM_LOCK)?;
     let duplicate_of = c
         .query_one(
             "SELECT max(id) FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \

@@ -6,6 +6,7 @@
 //! `cli` is the command line (server and client).
 
 pub mod api;
+pub mod backoff;
 pub mod blob;
 pub mod cli;
 pub mod dataset;

@@ -25,28 +25,6 @@ fn random_below(n: u64) -> u64 {
     u64::from_le_bytes(b) % n.max(1)
 }
 
-/// Everything an import leaves behind that must not depend on crashes.
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    rows: Vec<Vec<Option<String>>>,
-    history: Vec<Vec<Option<String>>>,
-    errors: Vec<Vec<Option<String>>>,
-    counts: [u64; 4],
-}
-
-fn outcome(app: &TestApp, job: i64, status: &serde_json::Value) -> Outcome {
-    let mut db = app.db();
-    let n = |k: &str| status[k].as_u64().unwrap();
-    Outcome {
-        rows: db.rows("SELECT sku, name, category, price, stock, updated_at, _sluice_row FROM products ORDER BY sku"),
-        history: db.rows("SELECT sku, field, old_value, new_value FROM products_history ORDER BY sku, field"),
-        errors: db.rows(&format!(
-            "SELECT \"row\", \"column\", message FROM job_errors WHERE job_id = {job} ORDER BY \"row\""
-        )),
-        counts: [n("createdCount"), n("updatedCount"), n("unchangedCount"), n("errorCount")],
-    }
-}
-
 async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves(
     backend: Backend,
 ) {

@@ -352,6 +352,9 @@ fn locking_app(backend: Backend) -> TestApp {
             "200".into(),
             "--retry-limit".into(),
             "3".into(),
+            // Only the attempts: no grace to wait the lock out.
+            "--db-outage-grace".into(),
+            "0".into(),
         ],
         ..Default::default()
     })

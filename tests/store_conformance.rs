@@ -29,7 +29,7 @@ use sluice::store::postgres::PgStore;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
-    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Role,
+    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Role, StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -589,6 +589,85 @@ fn a_stale_lease_cannot_commit_a_batch_after_the_job_was_claimed_again(store: &d
     assert_eq!((counts.created, counts.updated, counts.errors), (1, 0, 0));
     let j = job(store, id);
     assert_eq!((j.rows_done, j.created_count, j.batches_done), (1, 1, 1));
+}
+
+fn the_database_answers_a_ping(store: &dyn JobStore) {
+    store.database_ping().expect("a live database answers");
+}
+
+/// What a restart does to sessions, without stopping the shared server: the server ends every
+/// session of the case's database (FATAL 57P01, socket closed). The batch writer must open a new
+/// connection (and staging table) by itself, and the pool must not hand out a dead one.
+#[test]
+fn postgres_sessions_ended_by_the_server_are_replaced_not_reused() {
+    if !common::postgres_wanted() {
+        return;
+    }
+    let db = PgDatabase::create();
+    let store = PgStore::open(&db.url(), LOCK_TIMEOUT, 10, POOL_WAIT).expect("open");
+    let datasets = datasets();
+    store.datasets_prepare(&datasets).unwrap();
+    let items = datasets.get("items").unwrap();
+    let (org, _) = tenant(&store, "acme");
+    let id = pending(&store, org, "ended");
+    let (_, lease) = store
+        .job_claim("w", LONG_LEASE_MS)
+        .unwrap()
+        .expect("claimed");
+    let mut sink = store
+        .batch_sink(items, lease, Mode::Upsert, None, org)
+        .unwrap();
+    sink.commit(&one_row_batch("A-1", "before"), 1)
+        .expect("first batch");
+
+    let mut admin = ::postgres::Client::connect(&db.url(), ::postgres::NoTls).expect("connect");
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sessions still there"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Every pooled connection is dead now. The one just used may not know yet (the client reads
+    // the server's goodbye with its next request): at most that first call fails, as
+    // `Unavailable` (a 503 for the API), and it makes every other idle connection prove itself,
+    // so every later call succeeds.
+    match store.database_ping() {
+        Ok(()) => {}
+        Err(StoreError::Unavailable(_)) => {}
+        Err(e) => panic!("a lost connection must read as unavailable, got {e:?}"),
+    }
+    for _ in 0..5 {
+        store.database_ping().expect("the pool reconnected");
+    }
+    assert_eq!(job(&store, id).rows_done, 1);
+    // The writer's session is gone, with its temporary staging table: the next batch goes
+    // through on a new one, at the first attempt.
+    let counts = sink
+        .commit(&one_row_batch("A-2", "after"), 2)
+        .expect("the batch writer reconnected by itself");
+    assert_eq!(counts.created, 1);
+    let j = job(&store, id);
+    assert_eq!((j.rows_done, j.created_count, j.batches_done), (2, 2, 2));
 }
 
 // --- Operator control.
@@ -1441,6 +1520,7 @@ fn only_blobs_that_no_live_job_references_are_orphans(store: &dyn JobStore) {
 
 store_conformance!(
     only_blobs_that_no_live_job_references_are_orphans,
+    the_database_answers_a_ping,
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,
     jobs_into_one_dataset_run_one_after_another_in_upload_order,
     a_paused_job_steps_aside_and_a_resumed_one_waits_its_turn,

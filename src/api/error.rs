@@ -39,6 +39,8 @@ pub enum ApiError {
     InsufficientStorage(String),
     #[error("{0}")]
     TooLarge(String),
+    /// 503 `unavailable` with `Retry-After`: the database cannot be reached (down, restarting)
+    /// or cannot write (disk full). The text is for the log only.
     #[error("{0}")]
     Unavailable(String),
     /// 503 `busy`: every database connection stayed in use for the whole wait.
@@ -141,6 +143,9 @@ impl ApiError {
                 Some(*retry_after)
             }
             ApiError::Busy(_) => Some(1),
+            // The database is down or restarting: workers wait it out with backoff; clients
+            // asking every couple of seconds see it return soon enough.
+            ApiError::Unavailable(_) => Some(2),
             _ => None,
         }
     }

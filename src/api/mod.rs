@@ -118,10 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             auth::require_token,
         ));
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", get(healthz))
         // Takes the token in its body, so it is outside the token middleware.
         .route(
             "/api/v1/session",
@@ -132,6 +129,31 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// How long `/healthz` waits for the database before it answers 503.
+const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `GET /healthz`, without a token: 200 `{"status":"ok"}` when the database answers a trivial
+/// statement (or every connection is busy: it is up), otherwise `503 unavailable` with `Retry-After` (the details only in the log), so a
+/// load balancer or orchestrator sees the outage the API is in.
+async fn healthz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> Result<axum::Json<serde_json::Value>, error::ApiError> {
+    let ping = state.jobs.store_call(|s| s.database_ping());
+    match tokio::time::timeout(HEALTH_WAIT, ping).await {
+        Ok(Ok(())) => Ok(axum::Json(
+            serde_json::json!({"status": "ok", "database": "ok"}),
+        )),
+        // Every connection in use is a busy database, not a down one.
+        Ok(Err(crate::store::StoreError::Busy(_))) => Ok(axum::Json(
+            serde_json::json!({"status": "ok", "database": "busy"}),
+        )),
+        Ok(Err(e)) => Err(error::ApiError::Unavailable(e.to_string())),
+        Err(_) => Err(error::ApiError::Unavailable(
+            "the database did not answer the health check in time".into(),
+        )),
+    }
 }
 
 /// Headers on every response: nothing is sniffed, framed, cached or given a referrer, and a

@@ -108,10 +108,17 @@ pub struct WorkerArgs {
     /// `timeout` overrides it.
     #[arg(long, env = "SLUICE_JOB_TIMEOUT", default_value = "6h", value_parser = parse_duration)]
     pub job_timeout: Duration,
-    /// Attempts at committing a batch when the database fails (busy, unavailable, disk full),
-    /// with exponential backoff and jitter from 100 ms, before the job fails.
+    /// Attempts, at least, at a job's store call (a batch commit, its set-up) when the database
+    /// fails (busy, unavailable, disk full), with exponential backoff and jitter from 100 ms,
+    /// before the job fails; `--db-outage-grace` usually allows more.
     #[arg(long, env = "SLUICE_RETRY_LIMIT", default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub retry_limit: u32,
+    /// How long a job waits out a failing database (unreachable, restarting, busy, out of
+    /// space): its store calls retry with backoff (100 ms doubling to 4 s, plus jitter) for this
+    /// long from the first failure before the job fails (`90s`, `5m`, `1h`; `0`: only
+    /// `--retry-limit` attempts). Recording a job's end waits as long as it takes.
+    #[arg(long, env = "SLUICE_DB_OUTAGE_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub db_outage_grace: Duration,
     /// Split files with more data rows than this into chunk jobs that workers run in parallel
     /// (0: never). Default: 250000 on PostgreSQL, 0 on SQLite (one writer at a time).
     #[arg(long, env = "SLUICE_CHUNK_ROWS")]
@@ -361,6 +368,7 @@ async fn job_context(
             poll: Duration::from_secs(1),
             job_timeout: (!work.job_timeout.is_zero()).then_some(work.job_timeout),
             retry_limit: work.retry_limit,
+            outage_grace: work.db_outage_grace,
             chunk_rows: work.chunk_rows.unwrap_or(if in_database {
                 DEFAULT_CHUNK_ROWS_PG
             } else {

@@ -6,11 +6,11 @@
 //! the last commit left it.
 
 use std::path::Path;
-use std::time::Duration;
 
 use super::read::Source;
 use super::validate::Validator;
 use super::{Batch, BatchCounts, FileError, Format, Mapping, SourceOptions};
+use crate::backoff::{Backoff, Retry, RetryBudget, retry_blocking};
 use crate::dataset::Dataset;
 
 /// Where batches go: a store backend's writer for one claimed job.
@@ -61,8 +61,8 @@ pub struct RunSpec<'a> {
     /// Records already committed by an earlier attempt.
     pub checkpoint: u64,
     pub batch_size: usize,
-    /// Commits of one batch tried before a system error fails the job.
-    pub commit_attempts: u32,
+    /// How long a batch commit retries a system error before the job fails.
+    pub retry: RetryBudget,
 }
 
 /// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
@@ -123,46 +123,43 @@ pub fn run(
         if batch.records == 0 {
             return Ok(RunOutcome::Finished);
         }
-        commit_with_retry(sink, &batch, source.position(), spec.commit_attempts)?;
+        // Asked to stop while a commit waits for the database (shutdown, lost lease, time
+        // limit): stop at this batch boundary; the batch is redone from the checkpoint.
+        match commit_with_retry(sink, &batch, source.position(), spec.retry, should_stop) {
+            Err(SinkError::Retryable(_)) if should_stop() => return Ok(RunOutcome::Stopped),
+            other => other?,
+        };
     }
 }
 
-/// Commits a batch, retrying system errors with exponential backoff and jitter.
+/// Commits a batch, retrying system errors with the store's backoff within the job's budget.
 fn commit_with_retry(
     sink: &mut dyn BatchSink,
     batch: &Batch,
     checkpoint: u64,
-    attempts: u32,
+    budget: RetryBudget,
+    stop: &dyn Fn() -> bool,
 ) -> Result<BatchCounts, SinkError> {
-    with_retry(attempts, "batch commit", || sink.commit(batch, checkpoint))
+    with_retry(budget, "batch commit", stop, || {
+        sink.commit(batch, checkpoint)
+    })
 }
 
-/// Runs `f` up to `attempts` times while it fails with a retryable (system) error, waiting
-/// 100 ms × 4ⁿ plus jitter between tries: the one backoff of the pipeline's store calls.
+/// Runs `f` while it fails with a retryable (system) error, within `budget` (at least its
+/// attempts, and for its grace from the first failure), waiting [`Backoff::STORE`] between
+/// tries: how the pipeline's store calls wait out a busy, restarting or unreachable database.
+/// When `stop` turns true meanwhile, the last (retryable) error is returned at once.
 pub fn with_retry<T>(
-    attempts: u32,
+    budget: RetryBudget,
     what: &str,
-    mut f: impl FnMut() -> Result<T, SinkError>,
+    stop: &dyn Fn() -> bool,
+    f: impl FnMut() -> Result<T, SinkError>,
 ) -> Result<T, SinkError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match f() {
-            Err(SinkError::Retryable(msg)) if attempt < attempts => {
-                let base = 100u64 << (2 * (attempt - 1)).min(10);
-                let jitter = rand_below(base / 2 + 1);
-                tracing::warn!(attempt, error = %msg, "{what} failed; retrying");
-                std::thread::sleep(Duration::from_millis(base + jitter));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn rand_below(n: u64) -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        return 0;
-    }
-    u64::from_le_bytes(b) % n.max(1)
+    retry_blocking(
+        Retry::new(Backoff::STORE, budget),
+        what,
+        |e| matches!(e, SinkError::Retryable(_)),
+        stop,
+        f,
+    )
 }

@@ -16,12 +16,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::backoff::{Backoff, Retry, RetryBudget, retry_blocking};
 use crate::blob::{BlobError, BlobStore};
 use crate::dataset::Datasets;
 use crate::events::{EventBus, PublishingSink};
 use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
-use crate::import::run::{RunError, RunSpec, run, with_retry};
+use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
 use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
 
@@ -35,8 +36,12 @@ pub struct WorkerConfig {
     pub poll: Duration,
     /// Longest a job may run from its first start, unless its dataset sets its own `timeout`.
     pub job_timeout: Option<Duration>,
-    /// Attempts at a batch commit that fails on a system error before the job fails.
+    /// Attempts at a store call of a job (a batch commit, its set-up) that fails on a system
+    /// error, at least, before the job fails.
     pub retry_limit: u32,
+    /// How long, from the first failure, such a call keeps retrying (`--db-outage-grace`): a
+    /// database restart or outage shorter than this is waited out.
+    pub outage_grace: Duration,
     /// Files with more data rows than this are split into chunk jobs that workers run in
     /// parallel (0: never).
     pub chunk_rows: u64,
@@ -58,6 +63,14 @@ pub struct JobContext {
 impl JobContext {
     fn lease_ms(&self) -> u64 {
         self.config.lease.as_millis() as u64
+    }
+
+    /// How long a job's store calls retry a system error.
+    fn retry_budget(&self) -> RetryBudget {
+        RetryBudget {
+            attempts: self.config.retry_limit,
+            grace: self.config.outage_grace,
+        }
     }
 
     /// Runs a blocking store call off the async threads.
@@ -113,13 +126,53 @@ pub fn spawn_workers(
         .collect()
 }
 
+/// An execution that gives its job back (or loses it) sooner than this after the claim makes
+/// the worker wait before claiming again (see `worker_loop`).
+const QUICK_END: Duration = Duration::from_secs(1);
+
 async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken, id: String) {
     let lease_ms = ctx.lease_ms();
+    // While claims fail (the database is down or full), wait longer each time, up to the
+    // store's backoff cap, and say so once per step rather than at poll rate.
+    let mut outage = Retry::forever(Backoff::STORE);
     while !shutdown.is_cancelled() {
         let owner = id.clone();
-        match ctx.store_call(move |s| s.job_claim(&owner, lease_ms)).await {
+        let claimed = ctx.store_call(move |s| s.job_claim(&owner, lease_ms)).await;
+        // Claims work again (nothing to claim, or a job ran properly: reset below).
+        if matches!(claimed, Ok(None)) && outage.failures() > 0 {
+            tracing::info!(
+                failures = outage.failures(),
+                waited_ms = outage.elapsed().as_millis() as u64,
+                "claiming jobs works again"
+            );
+            outage = Retry::forever(Backoff::STORE);
+        }
+        match claimed {
             Ok(Some((job, lease))) => {
-                execute(&ctx, job, lease, &shutdown).await;
+                let started = tokio::time::Instant::now();
+                let executed = execute(&ctx, job, lease, &shutdown).await;
+                // A job given back or lost within moments of its claim (its end could not be
+                // recorded, or the store refused its first write) is not claimed again at
+                // once (issue 12 measured a job re-claimed ~240 times a second on a full disk).
+                if matches!(executed, Executed::Released | Executed::LeaseLost)
+                    && started.elapsed() < QUICK_END
+                    && !shutdown.is_cancelled()
+                {
+                    let wait = outage.failed().unwrap_or(ctx.config.poll).max(QUICK_END);
+                    if outage.worth_logging() {
+                        tracing::warn!(
+                            failures = outage.failures(),
+                            next_ms = wait.as_millis() as u64,
+                            "a job ended within moments of its claim without finishing; waiting before the next claim"
+                        );
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                } else {
+                    outage = Retry::forever(Backoff::STORE);
+                }
             }
             Ok(None) => {
                 tokio::select! {
@@ -129,9 +182,20 @@ async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken, id: Stri
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "claiming a job failed");
+                let wait = outage
+                    .failed()
+                    .unwrap_or(ctx.config.poll)
+                    .max(ctx.config.poll);
+                if outage.worth_logging() {
+                    tracing::error!(
+                        error = %e,
+                        failures = outage.failures(),
+                        next_ms = wait.as_millis() as u64,
+                        "claiming a job failed; backing off"
+                    );
+                }
                 tokio::select! {
-                    _ = tokio::time::sleep(ctx.config.poll) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
@@ -193,7 +257,9 @@ pub async fn execute(
         let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
         tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &signals.stop)).await
     };
-    watcher.abort();
+    // The watcher keeps heartbeating until the job's end is recorded (below), which may wait
+    // for the database: the lease must not expire meanwhile.
+    let watcher = AbortOnDrop(watcher);
     let outcome = match result {
         Ok(r) => r,
         Err(e) => Err(RunError::Sink(SinkError::Fatal(format!(
@@ -225,12 +291,19 @@ pub async fn execute(
         Err(RunError::File(e)) => (JobStatus::Failed, Some(file_failure(&e))),
         Err(RunError::Sink(e)) => {
             tracing::error!(error = %e, "job failed on a system error");
+            let why = if ctx.config.outage_grace.is_zero() {
+                "retried, then gave up".to_string()
+            } else {
+                format!(
+                    "it stayed unavailable for longer than the outage grace of {}",
+                    human(ctx.config.outage_grace)
+                )
+            };
             (
                 JobStatus::Failed,
-                Some(
-                    "the database could not store the import (retried, then gave up); the rows committed so far are kept — retry the job"
-                        .to_string(),
-                ),
+                Some(format!(
+                    "the database could not store the import ({why}); the rows committed so far are kept — retry the job"
+                )),
             )
         }
     };
@@ -240,8 +313,11 @@ pub async fn execute(
         replacement.as_ref(),
         status,
         message.as_deref(),
+        &signals,
+        shutdown,
     )
     .await;
+    drop(watcher);
     ctx.events.publish();
     match finished {
         Ok(true) => {
@@ -260,29 +336,65 @@ pub async fn execute(
     }
 }
 
-/// Records the job's final state, retrying while the database is busy or unavailable (for up
-/// to twice the lease, at least 10 s): a job that finished must not be redone for a busy moment.
+/// Aborts a task when dropped (the job's watcher, whatever way `execute` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Records the job's final state. While the database is busy, unavailable or full, it waits
+/// with the store's backoff — as long as it takes, the heartbeat keeping the lease — and tries
+/// again: a job that finished must be neither redone nor re-claimed in a loop because its end
+/// could not be written (issue 12 measured ~240 claims a second on a full disk). It stops
+/// waiting at shutdown or when the lease is lost; a failure it cannot retry is returned at once.
 async fn finish(
     ctx: &Arc<JobContext>,
     lease: &Lease,
     replace: Option<&Replacement>,
     status: JobStatus,
     message: Option<&str>,
+    signals: &Signals,
+    shutdown: &CancellationToken,
 ) -> Result<bool, StoreError> {
-    let give_up = tokio::time::Instant::now() + (ctx.config.lease * 2).max(Duration::from_secs(10));
-    let mut pause = Duration::from_millis(100);
+    let mut retry = Retry::forever(Backoff::STORE);
     loop {
         let (l, msg, r) = (lease.clone(), message.map(str::to_string), replace.cloned());
-        match ctx
+        let result = ctx
             .store_call(move |s| s.job_finish(&l, r.as_ref(), status, msg.as_deref()))
-            .await
-        {
-            Err(e) if e.is_transient() && tokio::time::Instant::now() < give_up => {
-                tracing::warn!(error = %e, "recording the end of the job failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
+            .await;
+        match result {
+            Err(e) if e.is_transient() => {
+                let wait = retry.failed().unwrap_or(Backoff::STORE.max);
+                if retry.worth_logging() {
+                    tracing::warn!(
+                        error = %e,
+                        failures = retry.failures(),
+                        waited_ms = retry.elapsed().as_millis() as u64,
+                        next_ms = wait.as_millis() as u64,
+                        "recording the end of the job failed; waiting for the database"
+                    );
+                }
+                if signals.lost.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return Err(e),
+                }
             }
-            other => return other,
+            other => {
+                if other.is_ok() && retry.failures() > 0 {
+                    tracing::info!(
+                        failures = retry.failures(),
+                        waited_ms = retry.elapsed().as_millis() as u64,
+                        "recorded the end of the job after waiting for the database"
+                    );
+                }
+                return other;
+            }
         }
     }
 }
@@ -299,23 +411,36 @@ async fn watch(
     let every = ctx.config.lease / 3;
     let lease_ms = ctx.lease_ms();
     let never = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let mut deadline = deadline;
+    let mut stopping = false;
+    // Heartbeats that fail in a row (the database is down): logged once per backoff step.
+    let mut failing = Retry::forever(Backoff::STORE);
     loop {
+        // After the time limit or a shutdown the heartbeat goes on: the job's end (or the
+        // release) is still to be recorded under this lease.
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = tokio::time::sleep_until(deadline.unwrap_or(never)) => {
                 tracing::warn!("time limit reached; stopping at the next batch boundary");
                 signals.timed_out.store(true, Ordering::SeqCst);
                 signals.stop.store(true, Ordering::SeqCst);
-                return;
+                deadline = None;
+                continue;
             }
-            _ = shutdown.cancelled() => {
+            _ = shutdown.cancelled(), if !stopping => {
                 signals.stop.store(true, Ordering::SeqCst);
-                return;
+                stopping = true;
+                continue;
             }
         }
         let l = lease.clone();
         match ctx.store_call(move |s| s.job_heartbeat(&l, lease_ms)).await {
-            Ok(true) => {}
+            Ok(true) => {
+                if failing.failures() > 0 {
+                    tracing::info!(failures = failing.failures(), "heartbeat works again");
+                    failing = Retry::forever(Backoff::STORE);
+                }
+            }
             Ok(false) => {
                 tracing::warn!(
                     "lease lost (another worker, or the job was cancelled, paused or deleted); stopping"
@@ -324,7 +449,12 @@ async fn watch(
                 signals.stop.store(true, Ordering::SeqCst);
                 return;
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                failing.failed();
+                if failing.worth_logging() {
+                    tracing::warn!(error = %e, failures = failing.failures(), "heartbeat failed");
+                }
+            }
         }
     }
 }
@@ -421,6 +551,39 @@ fn run_blocking(
     lease: Lease,
     stop: &AtomicBool,
 ) -> Result<RunOutcome, RunError> {
+    match run_job(ctx, job, lease, stop) {
+        // Asked to stop while a store call waited for the database: the job resumes from its
+        // checkpoint (here after a release, or elsewhere once the lease expires).
+        Err(RunError::Sink(SinkError::Retryable(_))) if stop.load(Ordering::SeqCst) => {
+            Ok(RunOutcome::Stopped)
+        }
+        other => other,
+    }
+}
+
+/// A set-up step of a job (its file, row total, split, staging table, batch writer), retried
+/// on system errors within the job's budget, exactly as a batch commit is.
+fn set_up<T>(
+    ctx: &JobContext,
+    stop: &AtomicBool,
+    what: &str,
+    f: impl FnMut() -> Result<T, RunError>,
+) -> Result<T, RunError> {
+    retry_blocking(
+        Retry::new(Backoff::STORE, ctx.retry_budget()),
+        what,
+        |e| matches!(e, RunError::Sink(SinkError::Retryable(_))),
+        &|| stop.load(Ordering::SeqCst),
+        f,
+    )
+}
+
+fn run_job(
+    ctx: &JobContext,
+    job: &Job,
+    lease: Lease,
+    stop: &AtomicBool,
+) -> Result<RunOutcome, RunError> {
     let dataset = ctx.datasets.get(&job.dataset).ok_or_else(|| {
         FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset))
     })?;
@@ -433,16 +596,16 @@ fn run_blocking(
         e if e.is_transient() => SinkError::Retryable(e.to_string()),
         other => SinkError::Fatal(other.to_string()),
     };
-    let path = match ctx.blobs.checkout(&job.blob) {
-        Ok(copy) => copy,
-        Err(BlobError::Missing) => {
-            return Err(
-                FileError::Unreadable("the uploaded file is no longer available".into()).into(),
-            );
+    let path = set_up(ctx, stop, "reading the uploaded file", || {
+        match ctx.blobs.checkout(&job.blob) {
+            Ok(copy) => Ok(copy),
+            Err(BlobError::Missing) => {
+                Err(FileError::Unreadable("the uploaded file is no longer available".into()).into())
+            }
+            Err(BlobError::Io(e)) => Err(FileError::Io(e).into()),
+            Err(BlobError::Store(e)) => Err(store_err(e).into()),
         }
-        Err(BlobError::Io(e)) => return Err(FileError::Io(e).into()),
-        Err(BlobError::Store(e)) => return Err(store_err(e).into()),
-    };
+    })?;
     if job.total_rows.is_none() {
         let total = read::count_rows(&path, job.format, &job.options)?;
         let chunk_rows = ctx.config.chunk_rows;
@@ -451,12 +614,13 @@ fn run_blocking(
                 .div_ceil(chunk_rows)
                 .min(u64::from(ctx.config.max_chunks))
                 .max(2) as usize;
-            split(ctx, job, &dataset, &path, &lease, total, n)?;
+            set_up(ctx, stop, "splitting the job", || {
+                split(ctx, job, &dataset, &path, &lease, total, n)
+            })?;
             return Ok(RunOutcome::Split);
         }
-        let attempts = ctx.config.retry_limit;
-        if !with_retry(attempts, "recording the row total", || {
-            ctx.store.job_set_total(&lease, total).map_err(store_err)
+        if !set_up(ctx, stop, "recording the row total", || {
+            Ok(ctx.store.job_set_total(&lease, total).map_err(store_err)?)
         })? {
             return Err(SinkError::LeaseLost.into());
         }
@@ -465,19 +629,18 @@ fn run_blocking(
     // A replace job writes into its staging table; the swap happens when it completes.
     let target = if job.mode == Mode::Replace {
         let staged = Arc::new(dataset.staging(job.parent_id.unwrap_or(job.id)));
-        with_retry(
-            ctx.config.retry_limit,
-            "preparing the staging table",
-            || ctx.store.dataset_prepare(&staged).map_err(store_err),
-        )?;
+        set_up(ctx, stop, "preparing the staging table", || {
+            Ok(ctx.store.dataset_prepare(&staged).map_err(store_err)?)
+        })?;
         staged
     } else {
         dataset.clone()
     };
-    let sink = with_retry(ctx.config.retry_limit, "opening the batch writer", || {
-        ctx.store
+    let sink = set_up(ctx, stop, "opening the batch writer", || {
+        Ok(ctx
+            .store
             .batch_sink(target.clone(), lease.clone(), job.mode, job.parent_id, org)
-            .map_err(store_err)
+            .map_err(store_err)?)
     })?;
     let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {
@@ -488,7 +651,7 @@ fn run_blocking(
         mapping: &job.mapping,
         checkpoint: job.rows_done,
         batch_size: ctx.config.batch_size,
-        commit_attempts: ctx.config.retry_limit,
+        retry: ctx.retry_budget(),
     };
     run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
 }

@@ -105,6 +105,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// The first admin user of the oldest organisation (the one the start-up token acts as).
     fn user_first_admin(&self) -> StoreResult<Option<i64>>;
 
+    /// Whether the database answers (`/healthz`): one trivial statement on a pooled connection.
+    fn database_ping(&self) -> StoreResult<()>;
+
     fn token_count(&self) -> StoreResult<u64>;
     /// Stores a token (its hash) for a user, optionally expiring.
     fn token_insert(

@@ -159,6 +159,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(tenants::user_first_admin)
     }
 
+    fn database_ping(&self) -> StoreResult<()> {
+        self.0.read(|c| c.query("SELECT 1", &[]).map(|_| ()))
+    }
+
     fn token_count(&self) -> StoreResult<u64> {
         self.0.read(tenants::token_count)
     }

@@ -25,6 +25,7 @@ use serde_json::json;
 use sha2::Sha256;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, Retry};
 use crate::events::{POLL, event_json};
 use crate::jobs::JobContext;
 use crate::store::{DeliveryAttempt, DeliveryState, DueDelivery, NewDelivery, StoreError};
@@ -122,17 +123,16 @@ pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 /// The wait after failed attempt number `attempt` (1-based): backoff × 4^(attempt-1), capped,
-/// plus up to 10% jitter so receivers coming back are not hit all at once.
+/// plus up to 10% jitter so receivers coming back are not hit all at once ([`Backoff`], the one
+/// schedule sluice has; the dispatcher stores the due time instead of sleeping).
 pub fn backoff(config: &WebhookConfig, attempt: u32) -> Duration {
-    let factor = 4u32.saturating_pow(attempt.saturating_sub(1).min(15));
-    let base = config.backoff.saturating_mul(factor).min(MAX_BACKOFF);
-    let mut r = [0u8; 2];
-    let jitter = if getrandom::fill(&mut r).is_ok() {
-        base.mul_f64(f64::from(u16::from_le_bytes(r)) / f64::from(u16::MAX) * 0.1)
-    } else {
-        Duration::ZERO
-    };
-    base + jitter
+    Backoff {
+        first: config.backoff,
+        factor: 4,
+        max: MAX_BACKOFF,
+        jitter: 0.1,
+    }
+    .delay(attempt)
 }
 
 /// Starts the dispatcher; it ends when `shutdown` is cancelled.
@@ -161,17 +161,28 @@ pub fn spawn_dispatcher(
             }
         };
         let mut wake = ctx.events.subscribe();
+        // While the database fails, the dispatcher backs off instead of asking at poll rate.
+        let mut outage = Retry::forever(Backoff::STORE);
         while !shutdown.is_cancelled() {
             wake.borrow_and_update();
-            if let Err(e) = plan(&ctx).await {
-                tracing::warn!(error = %e, "planning webhook deliveries failed");
-            }
-            if let Err(e) = send_due(&ctx, &http, &config).await {
-                tracing::warn!(error = %e, "claiming webhook deliveries failed");
-            }
+            let planned = plan(&ctx).await;
+            let result = send_due(&ctx, &http, &config).await.and(planned);
+            let pause = match result {
+                Ok(()) => {
+                    outage = Retry::forever(Backoff::STORE);
+                    POLL
+                }
+                Err(e) => {
+                    let wait = outage.failed().unwrap_or(POLL).max(POLL);
+                    if outage.worth_logging() {
+                        tracing::warn!(error = %e, failures = outage.failures(), "webhook dispatch failed; backing off");
+                    }
+                    wait
+                }
+            };
             tokio::select! {
-                _ = wake.changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = wake.changed(), if outage.failures() == 0 => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => {}
             }
         }

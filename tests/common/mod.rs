@@ -201,6 +201,9 @@ pub struct AppOptions {
     pub extra_args: Vec<String>,
     /// `--webhook-allow-private`: for tests whose webhook receivers listen on 127.0.0.1.
     pub webhook_allow_private: bool,
+    /// The data directory, instead of `data` in the test's temp dir (a small file system, to
+    /// fill it).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -216,6 +219,7 @@ impl Default for AppOptions {
             setup_sql: None,
             extra_args: Vec::new(),
             webhook_allow_private: false,
+            data_dir: None,
         }
     }
 }
@@ -282,7 +286,10 @@ impl TestApp {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.options
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("data"))
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -804,4 +811,61 @@ pub fn token_for(app: &TestApp, user: i64, extra: &[&str]) -> (String, i64) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no token id in `{stderr}`"));
     (token, id)
+}
+
+/// Everything an import of the products dataset leaves behind that must not depend on crashes,
+/// restarts or outages: the table, its history, the job's row errors and its counts.
+#[derive(Debug, PartialEq)]
+pub struct Outcome {
+    pub rows: Vec<Vec<Option<String>>>,
+    pub history: Vec<Vec<Option<String>>>,
+    pub errors: Vec<Vec<Option<String>>>,
+    pub counts: [u64; 4],
+}
+
+pub fn outcome(app: &TestApp, job: i64, status: &serde_json::Value) -> Outcome {
+    let mut db = app.db();
+    let n = |k: &str| status[k].as_u64().unwrap();
+    Outcome {
+        rows: db.rows("SELECT sku, name, category, price, stock, updated_at, _sluice_row FROM products ORDER BY sku"),
+        history: db.rows("SELECT sku, field, old_value, new_value FROM products_history ORDER BY sku, field"),
+        errors: db.rows(&format!(
+            "SELECT \"row\", \"column\", message FROM job_errors WHERE job_id = {job} ORDER BY \"row\""
+        )),
+        counts: [n("createdCount"), n("updatedCount"), n("unchangedCount"), n("errorCount")],
+    }
+}
+
+/// CPU time a process has used so far (user + system), from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which is in parentheses and may hold spaces): state is
+    // field 3, utime field 14, stime field 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let per_second: u64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100);
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// The share of one core the process used over `window` (the caller must not ask the server for
+/// anything meanwhile, or it measures itself).
+pub async fn cpu_share(pid: u32, window: Duration) -> f64 {
+    let (before, start) = (cpu_time(pid), Instant::now());
+    tokio::time::sleep(window).await;
+    let used = cpu_time(pid).saturating_sub(before);
+    used.as_secs_f64() / start.elapsed().as_secs_f64()
+}
+
+impl TestApp {
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
 }

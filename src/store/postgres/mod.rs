@@ -13,15 +13,16 @@ mod tables;
 mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use postgres::{Client, GenericClient, NoTls};
 
-use super::pool::{Pool, Pooled};
+use super::pool::{Check, Pool, Pooled};
 use super::sql::{Dialect, Row, Sql, Value};
 use super::{Backend, JobId, Lease, SqlStore, StoreError, StoreResult};
 use crate::dataset::{Dataset, Datasets};
@@ -120,7 +121,7 @@ impl SqlStore<Postgres> {
                 connections,
                 wait,
                 move || connect(&u, lock_timeout).map(PgConn::new),
-                |c: &PgConn| c.client.is_closed(),
+                PgConn::broken,
             ),
             listener: Mutex::new(None),
         };
@@ -145,13 +146,55 @@ impl Postgres {
 pub(super) struct PgConn {
     client: Client,
     statements: HashMap<String, postgres::Statement>,
+    /// When it was last given back to the pool.
+    idle_since: Instant,
+    /// [`CONNECTIONS_LOST`] when it was last known to be alive.
+    seen_losses: u64,
 }
+
+/// Connections found lost in this process (an error of class 08 or 57P, or none at all): a
+/// pooled connection checked before the latest loss is asked once more before it is handed out.
+static CONNECTIONS_LOST: AtomicU64 = AtomicU64::new(0);
+
+/// A pooled connection idle for longer than this is asked with a round trip before it is handed
+/// out: the server may have ended its session meanwhile without the client having read so yet.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Longest the round trip of that check may take.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl PgConn {
     fn new(client: Client) -> Self {
         Self {
             client,
             statements: HashMap::new(),
+            idle_since: Instant::now(),
+            seen_losses: CONNECTIONS_LOST.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The pool's check. Given back: the cheap look (see [`is_alive`]). Handed out: the same,
+    /// plus a round trip (an empty query) when the connection sat idle for [`IDLE_CHECK`] or a
+    /// connection was lost since it was last checked — so after a restart, the first failure
+    /// makes every other idle connection prove itself before use. Connections in steady use
+    /// pay nothing.
+    fn broken(&mut self, check: Check) -> bool {
+        if !is_alive(&mut self.client) {
+            return true;
+        }
+        match check {
+            Check::Returned => {
+                self.idle_since = Instant::now();
+                false
+            }
+            Check::CheckedOut => {
+                let losses = CONNECTIONS_LOST.load(Ordering::Relaxed);
+                if self.idle_since.elapsed() < IDLE_CHECK && self.seen_losses == losses {
+                    return false;
+                }
+                self.seen_losses = losses;
+                self.client.is_valid(PING_TIMEOUT).is_err()
+            }
         }
     }
 }
@@ -312,13 +355,17 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
 impl Backend for Postgres {
     fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.conn()?;
-        let PgConn { client, statements } = &mut *conn;
+        let PgConn {
+            client, statements, ..
+        } = &mut *conn;
         f(&mut Pg { client, statements })
     }
 
     fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.conn()?;
-        let PgConn { client, statements } = &mut *conn;
+        let PgConn {
+            client, statements, ..
+        } = &mut *conn;
         let mut tx = client.transaction().map_err(pg_err)?;
         let done = f(&mut Pg {
             client: &mut tx,
@@ -333,7 +380,9 @@ impl Backend for Postgres {
             .pool
             .try_get()
             .ok_or_else(|| StoreError::Busy("no idle connection".into()))?;
-        let PgConn { client, statements } = &mut *conn;
+        let PgConn {
+            client, statements, ..
+        } = &mut *conn;
         let mut tx = client.transaction().map_err(pg_err)?;
         // Give up at once on a lock, and do not wait for the commit to reach the disk: losing
         // this write in a crash is harmless.
@@ -364,10 +413,13 @@ impl Backend for Postgres {
         parent: Option<JobId>,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
-        // A connection of its own for the whole job, outside the pool.
+        // A connection of its own for the whole job, outside the pool; the sink opens a new
+        // one by itself when this one is lost (a restart, an outage).
         let conn = self.pool.open()?.client;
+        let (url, lock_timeout) = (self.url.clone(), self.lock_timeout);
+        let reconnect = Box::new(move || connect(&url, lock_timeout));
         Ok(Box::new(writer::PgSink::new(
-            conn, dataset, lease, mode, parent, org,
+            conn, reconnect, dataset, lease, mode, parent, org,
         )))
     }
 
@@ -451,6 +503,19 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
     tx.commit().map_err(pg_err)
 }
 
+/// Whether a connection is still usable, found without a round trip: polls it once without
+/// blocking, which reads what the server may have sent meanwhile — when the server stops or
+/// restarts, it ends every session with a FATAL message (57P01) and closes the socket — and
+/// closes the client if so. A connection that failed silently (a network partition) is found by
+/// its next statement's error instead.
+fn is_alive(client: &mut Client) -> bool {
+    if client.is_closed() {
+        return false;
+    }
+    let polled = client.notifications().iter().next();
+    polled.is_ok() && !client.is_closed()
+}
+
 /// True for errors worth retrying: connection loss, serialization failures, deadlocks, lack of
 /// resources (disk full, too many connections), shutdown.
 fn is_transient(e: &postgres::Error) -> bool {
@@ -482,7 +547,24 @@ fn error_text(e: &postgres::Error) -> String {
     }
 }
 
+/// True for errors that mean the connection itself is gone: no SQLSTATE (closed, I/O), class
+/// 08 (connection exception), or 57P01–57P03 (the server shut down, crashed or is starting).
+fn is_connection_lost(e: &postgres::Error) -> bool {
+    e.code().is_none_or(|c| {
+        let c = c.code();
+        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+    })
+}
+
+/// Counts the error in [`CONNECTIONS_LOST`] when it means a lost connection.
+fn note_lost(e: &postgres::Error) {
+    if is_connection_lost(e) {
+        CONNECTIONS_LOST.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 fn pg_err(e: postgres::Error) -> StoreError {
+    note_lost(&e);
     let text = error_text(&e);
     if e.code() == Some(&SqlState::DISK_FULL) {
         StoreError::Full(text)

@@ -9,6 +9,11 @@
 //! round trips. If a statement fails on the data (a constraint of the
 //! table, a value out of range), the batch is redone one row at a time under savepoints so only
 //! the bad rows are rejected.
+//!
+//! The sink keeps one connection for the whole job. When it is lost (the server restarted or
+//! went away: the client is closed, or the error's class is 08/57P), the next attempt opens a
+//! new one and creates its temporary staging table again — a new session has none — and the
+//! staging table's statistics are gathered again; a connection is never reused after it died.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,14 +23,18 @@ use chrono::Utc;
 use postgres::{Client, Transaction};
 
 use super::tables::{since_column, sql_type};
-use super::{error_text, ident, is_row_problem, is_transient};
+use super::{error_text, ident, is_alive, is_row_problem, is_transient, note_lost};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
-use crate::store::{Lease, ORG_COLUMN};
+use crate::store::{Lease, ORG_COLUMN, StoreResult};
 
 const STAGE: &str = "sluice_stage";
 
+/// Longest the check of the connection before a batch may take.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn sink_err(e: postgres::Error) -> SinkError {
+    note_lost(&e);
     let text = error_text(&e);
     if is_transient(&e) {
         SinkError::Retryable(text)
@@ -228,8 +237,18 @@ impl Plan {
     }
 }
 
+/// Opens a new connection for the sink (with the store's session settings).
+pub type Reconnect = Box<dyn Fn() -> StoreResult<Client> + Send>;
+
 pub struct PgSink {
-    conn: Client,
+    /// `None` after the connection was lost: the next commit opens a new one.
+    conn: Option<Client>,
+    reconnect: Reconnect,
+    /// Whether this connection's session has the temporary staging table.
+    staged: bool,
+    /// The last commit failed on a system error, possibly after the server committed it (the
+    /// connection died before the answer came): the next attempt checks the checkpoint first.
+    uncertain: bool,
     dataset: Arc<Dataset>,
     lease: Lease,
     mode: Mode,
@@ -245,6 +264,7 @@ pub struct PgSink {
 impl PgSink {
     pub fn new(
         conn: Client,
+        reconnect: Reconnect,
         dataset: Arc<Dataset>,
         lease: Lease,
         mode: Mode,
@@ -252,7 +272,10 @@ impl PgSink {
         org: i64,
     ) -> Self {
         Self {
-            conn,
+            conn: Some(conn),
+            reconnect,
+            staged: false,
+            uncertain: false,
             dataset,
             lease,
             mode,
@@ -395,14 +418,79 @@ impl Writer<'_> {
 
 impl BatchSink for PgSink {
     fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
-        if self.plan.is_none() {
-            let plan = Plan::new(&self.dataset, &batch.present);
-            self.conn.batch_execute(&plan.stage_ddl).map_err(sink_err)?;
-            self.plan = Some(plan);
+        let result = self.try_commit(batch, checkpoint);
+        self.uncertain = matches!(result, Err(SinkError::Retryable(_)));
+        if matches!(result, Err(SinkError::Retryable(_)))
+            && let Some(conn) = self.conn.as_mut()
+            && !is_alive(conn)
+        {
+            tracing::warn!("the batch writer's database connection was lost; reconnecting");
+            self.conn = None;
         }
-        let Some(plan) = self.plan.as_ref() else {
+        result
+    }
+}
+
+impl PgSink {
+    /// The live connection, with the staging table in its session: a new one if the last was
+    /// lost.
+    fn connection(&mut self, present: &[bool]) -> Result<(), SinkError> {
+        // Checked before each batch too, with a round trip (an empty query: ~0.1 ms against a
+        // batch's tens of milliseconds): after a restart the server has already ended the
+        // session, and a batch sent on it would only fail and wait a backoff.
+        if let Some(conn) = self.conn.as_mut()
+            && conn.is_valid(PING_TIMEOUT).is_err()
+        {
+            tracing::warn!("the batch writer's database connection was closed; reconnecting");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let conn = (self.reconnect)().map_err(|e| SinkError::Retryable(e.to_string()))?;
+            self.conn = Some(conn);
+            self.staged = false;
+            if let Some(plan) = &self.plan {
+                // A new session's staging table has no statistics yet.
+                plan.analyzed.set(false);
+            }
+        }
+        let plan = self
+            .plan
+            .get_or_insert_with(|| Plan::new(&self.dataset, present));
+        if !self.staged
+            && let Some(conn) = self.conn.as_mut()
+        {
+            conn.batch_execute(&plan.stage_ddl).map_err(sink_err)?;
+            self.staged = true;
+        }
+        Ok(())
+    }
+
+    fn try_commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        self.connection(&batch.present)?;
+        let (Some(plan), Some(conn)) = (self.plan.as_ref(), self.conn.as_mut()) else {
             return Err(SinkError::Fatal("no write plan".into()));
         };
+        if self.uncertain {
+            // Only after a failed attempt, so off the hot path: if the checkpoint already is
+            // this batch's, the failed attempt did commit, and redoing it would count it twice.
+            let row = conn
+                .query_opt(
+                    "SELECT rows_done FROM jobs WHERE id = $1 AND lease_token = $2 AND status = 'processing'",
+                    &[&self.lease.job_id, &self.lease.token],
+                )
+                .map_err(sink_err)?;
+            match row.map(|r| r.get::<_, i64>(0)) {
+                None => return Err(SinkError::LeaseLost),
+                Some(done) if batch.records > 0 && done as u64 == checkpoint => {
+                    tracing::info!(
+                        checkpoint,
+                        "the batch had committed before the connection was lost"
+                    );
+                    return Ok(BatchCounts::default());
+                }
+                Some(_) => {}
+            }
+        }
         let writer = Writer {
             ds: &self.dataset,
             plan,
@@ -412,13 +500,13 @@ impl BatchSink for PgSink {
             now: Utc::now(),
         };
         let all: Vec<usize> = (0..batch.len()).collect();
-        let mut tx = batch_transaction(&mut self.conn)?;
+        let mut tx = batch_transaction(conn)?;
         let written = match writer.write_rows(&mut tx, batch, &all, &mut self.buf) {
             Ok(w) => w,
             Err(e) if is_row_problem(&e) => {
                 drop(tx);
                 return row_by_row(
-                    &mut self.conn,
+                    conn,
                     &writer,
                     &self.lease,
                     self.parent,

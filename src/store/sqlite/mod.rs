@@ -95,7 +95,7 @@ impl SqlStore<Sqlite> {
                 connections,
                 wait,
                 move || connect(&p, t, true),
-                |c: &Connection| !c.is_autocommit(),
+                |c: &mut Connection, _| !c.is_autocommit(),
             ),
         };
         migrate(&mut *backend.pool.get_patiently(super::pool::STARTUP_WAIT)?)?;
@@ -229,10 +229,13 @@ impl Backend for Sqlite {
         parent: Option<super::JobId>,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
-        // A connection of its own (`synchronous=NORMAL`), outside the pool.
+        // A connection of its own (`synchronous=NORMAL`), outside the pool; the sink opens a
+        // new one by itself if this one becomes unusable.
         let conn = connect(&self.path, self.busy_timeout, false)?;
+        let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
+        let reopen = Box::new(move || connect(&path, busy_timeout, false));
         Ok(Box::new(writer::SqliteSink::new(
-            conn, dataset, lease, mode, parent, org,
+            conn, reopen, dataset, lease, mode, parent, org,
         )))
     }
 }

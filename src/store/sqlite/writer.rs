@@ -7,6 +7,11 @@
 //! and counts — fenced by the lease. Every statement is scoped to the job's organisation
 //! (`_sluice_org`, which leads the key). If the data statements fail as a whole (a constraint of the
 //! table), the batch is redone row by row under savepoints so only the bad rows are rejected.
+//!
+//! A system error (disk full, I/O) normally leaves the connection usable: SQLite rolls the
+//! transaction back. When the connection is still inside a transaction afterwards (the rollback
+//! failed too), or the error repeats, the next attempt opens a new connection rather than trust
+//! that one (opening costs a millisecond; the retry waits at least 100 ms anyway).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use super::tables::since_column;
 use super::{ident, is_transient};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
-use crate::store::{Lease, ORG_COLUMN};
+use crate::store::{Lease, ORG_COLUMN, StoreResult};
 
 /// Keys looked up per statement.
 const LOOKUP_CHUNK: usize = 500;
@@ -273,8 +278,16 @@ enum Action {
     Reject(String),
 }
 
+/// Opens a new connection for the sink (with the batch writer's settings).
+pub type Reopen = Box<dyn Fn() -> StoreResult<Connection> + Send>;
+
 pub struct SqliteSink {
     conn: Connection,
+    reopen: Reopen,
+    /// The connection failed in a way that may have left it unusable: open a new one first.
+    suspect: bool,
+    /// System errors in a row.
+    failures: u32,
     dataset: Arc<Dataset>,
     lease: Lease,
     mode: Mode,
@@ -288,6 +301,7 @@ pub struct SqliteSink {
 impl SqliteSink {
     pub fn new(
         conn: Connection,
+        reopen: Reopen,
         dataset: Arc<Dataset>,
         lease: Lease,
         mode: Mode,
@@ -296,6 +310,9 @@ impl SqliteSink {
     ) -> Self {
         Self {
             conn,
+            reopen,
+            suspect: false,
+            failures: 0,
             dataset,
             lease,
             mode,
@@ -328,6 +345,24 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 
 impl BatchSink for SqliteSink {
     fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
+        if self.suspect {
+            self.conn = (self.reopen)().map_err(|e| SinkError::Retryable(e.to_string()))?;
+            self.suspect = false;
+            tracing::info!("the batch writer opened a new database connection");
+        }
+        let result = self.try_commit(batch, checkpoint);
+        if let Err(SinkError::Retryable(_)) = &result {
+            self.failures += 1;
+            self.suspect = !self.conn.is_autocommit() || self.failures >= 2;
+        } else {
+            self.failures = 0;
+        }
+        result
+    }
+}
+
+impl SqliteSink {
+    fn try_commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
         let owner = self.owner();
         let plan = self
             .plan

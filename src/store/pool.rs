@@ -66,7 +66,9 @@ impl<C: Send + 'static> r2d2::ManageConnection for Manager<C> {
 
     fn is_valid(&self, conn: &mut C) -> Result<(), StoreError> {
         if (self.broken)(conn, Check::CheckedOut) {
-            Err(StoreError::Unavailable("the connection was closed".into()))
+            Err(StoreError::Unavailable(
+                "an idle connection was closed (it is replaced)".into(),
+            ))
         } else {
             Ok(())
         }
@@ -77,7 +79,8 @@ impl<C: Send + 'static> r2d2::ManageConnection for Manager<C> {
     }
 }
 
-/// Logs connection failures through tracing instead of r2d2's `log` output: the 1st, 2nd,
+/// Logs connection failures (connecting, or an idle connection found closed at checkout)
+/// through tracing instead of r2d2's `log` output: the 1st, 2nd,
 /// 4th, 8th… in a row (r2d2 retries every few hundred milliseconds while the database is down,
 /// which would otherwise be a line each time).
 #[derive(Debug)]
@@ -87,7 +90,7 @@ impl r2d2::HandleError<StoreError> for QuietErrors {
     fn handle_error(&self, error: StoreError) {
         let failures = self.0.fetch_add(1, Ordering::Relaxed) + 1;
         if failures.is_power_of_two() {
-            tracing::warn!(%error, failures, "opening a database connection failed");
+            tracing::warn!(%error, failures, "a database connection failed");
         }
     }
 }

@@ -278,31 +278,6 @@ async fn a_tokens_upload_beyond_its_cap_gets_429_with_retry_after() {
     }
 }
 
-/// A tmpfs mounted over a directory, unmounted (lazily, so a running server cannot block it)
-/// on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, megabytes: u64) -> Option<Tmpfs> {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}M"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 async fn an_upload_larger_than_the_free_disk_gets_507_and_leaves_nothing(backend: Backend) {
     let mut app = spawn_app(AppOptions {
         backend,

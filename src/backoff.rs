@@ -117,6 +117,17 @@ impl Retry {
         self.first_failure.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
+    /// Logs, once, that `what` succeeded after failures (nothing when it never failed).
+    pub fn recovered(&self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!(
+                failures = self.failures,
+                waited_ms = self.elapsed().as_millis() as u64,
+                "{what} succeeded after waiting for the database"
+            );
+        }
+    }
+
     /// Whether the failure just recorded deserves a log line: the 1st, 2nd, 4th, 8th, … — one
     /// warning per step of the schedule while it grows, then ever rarer, never one per attempt.
     pub fn worth_logging(&self) -> bool {
@@ -164,12 +175,8 @@ pub fn retry_blocking<T, E: std::fmt::Display>(
                 }
             },
             other => {
-                if other.is_ok() && retry.failures() > 0 {
-                    tracing::info!(
-                        failures = retry.failures(),
-                        waited_ms = retry.elapsed().as_millis() as u64,
-                        "{what} succeeded again"
-                    );
+                if other.is_ok() {
+                    retry.recovered(what);
                 }
                 return other;
             }

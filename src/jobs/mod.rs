@@ -386,12 +386,8 @@ async fn finish(
                 }
             }
             other => {
-                if other.is_ok() && retry.failures() > 0 {
-                    tracing::info!(
-                        failures = retry.failures(),
-                        waited_ms = retry.elapsed().as_millis() as u64,
-                        "recorded the end of the job after waiting for the database"
-                    );
+                if other.is_ok() {
+                    retry.recovered("recording the end of the job");
                 }
                 return other;
             }

@@ -311,3 +311,175 @@ async fn a_workbook_preview_lists_its_sheets_and_reads_the_chosen_one(backend: B
     assert_eq!(d["truncated"], false);
     assert_eq!(d["rows"][0]["values"][0], "P-1", "{d}");
 }
+
+/// Re-encodes a UTF-8 text file as UTF-16 without a BOM.
+fn utf16_without_bom(text: &str, big_endian: bool) -> Vec<u8> {
+    text.encode_utf16()
+        .flat_map(|u| {
+            if big_endian {
+                u.to_be_bytes()
+            } else {
+                u.to_le_bytes()
+            }
+        })
+        .collect()
+}
+
+/// Previews `bytes` (a raw body) with `query`, and imports them with the same options: the
+/// preview must read what the import reads.
+async fn preview_and_import(app: &TestApp, bytes: Vec<u8>, query: &str) -> (Value, Value) {
+    let (code, preview) = json_of(
+        app.post(&format!(
+            "/api/v1/import/products/preview?filename=f.csv&{query}"
+        ))
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 200, "{preview}");
+    let (code, body) = json_of(
+        app.post(&format!("/api/v1/import/products?filename=f.csv&{query}"))
+            .body(bytes)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let status = app.wait_done(job_id(&body), MINUTE).await;
+    (preview["data"].clone(), status)
+}
+
+/// Classic Mac line ends (a lone CR), in a file longer than the preview's 1 MiB: the preview cuts
+/// its head after the last CR, not the last LF (there is none).
+#[tokio::test]
+async fn a_big_csv_with_cr_line_ends_previews_as_it_imports() {
+    let app = spawn_app(AppOptions::default());
+    let (file, expect) = generate(app.dir.path(), "mac.csv", &["--rows", "20000"]);
+    let text = std::fs::read_to_string(&file).unwrap().replace('\n', "\r");
+    assert!(text.len() > 1 << 20 && !text.contains('\n'));
+    let (preview, status) = preview_and_import(&app, text.into_bytes(), "").await;
+    assert_eq!(preview["truncated"], true);
+    assert_eq!(preview["headers"], expect["header"]);
+    assert_eq!(preview["rows"].as_array().unwrap().len(), 20, "{preview}");
+    assert_eq!(preview["rows"][0]["values"][0], "SKU-0000001");
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["createdCount"], expect["valid_rows"]);
+}
+
+/// BOM-less UTF-16 read with the `encoding` option: the preview honours it before looking for
+/// binary content (it answered "the file is binary"), and cuts a long head at a whole UTF-16
+/// line end.
+#[tokio::test]
+async fn bom_less_utf16_previews_with_the_given_encoding_as_it_imports() {
+    let app = spawn_app(AppOptions::default());
+    let cases = [(50, false), (50, true), (20000, false), (20000, true)];
+    for (i, (rows, big_endian)) in cases.into_iter().enumerate() {
+        // New skus each time, so every row is created.
+        let start = (1 + 100_000 * i).to_string();
+        let (file, expect) = generate(
+            app.dir.path(),
+            &format!("u16-{i}.csv"),
+            &["--rows", &rows.to_string(), "--start-sku", &start],
+        );
+        let text = std::fs::read_to_string(&file).unwrap();
+        let bytes = utf16_without_bom(&text, big_endian);
+        let encoding = if big_endian { "utf-16be" } else { "utf-16le" };
+        let (preview, status) =
+            preview_and_import(&app, bytes, &format!("encoding={encoding}")).await;
+        assert_eq!(preview["headers"], expect["header"], "{encoding} {rows}");
+        assert_eq!(preview["truncated"], rows > 50);
+        assert_eq!(preview["rows"].as_array().unwrap().len(), 20.min(rows));
+        assert_eq!(
+            preview["rows"][0]["values"][0], expect["valid_sku_first"],
+            "{encoding} {rows}: {preview}"
+        );
+        assert_eq!(status["status"], "completed", "{status}");
+        assert_eq!(
+            status["createdCount"], expect["valid_rows"],
+            "{encoding} {rows}"
+        );
+    }
+}
+
+/// Two columns with one header (`price` twice): refused with a message that names the way out,
+/// which then works — a mapping naming columns by position, in the upload, the preview and a
+/// saved template.
+#[tokio::test]
+async fn repeated_headers_are_mapped_by_position() {
+    let app = spawn_app(AppOptions::default());
+    let path = app.path("twice.csv");
+    std::fs::write(
+        &path,
+        "sku,name,price,updated_at,price\nA-1,Apple,1.00,2024-01-01,2.50\nA-2,Pear,1.00,2024-01-01,3.75\n",
+    )
+    .unwrap();
+    let (code, body) = app.upload("products", &path).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_mapping");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("columns 3 (`price`) and 5 (`price`)")
+            && message.contains(r##"{"#5": null}"##),
+        "{message}"
+    );
+    // By header text the column is ambiguous; the message says how to name it.
+    let (code, body) = app
+        .upload_with("products", &path, &[("mapping", r#"{"price": null}"#)])
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("columns #3, #5"), "{body}");
+
+    // The preview names repeated columns by position.
+    let (code, body) = preview(&app, &path, &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let d = &body["data"];
+    let keys: Vec<&str> = d["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["sku", "name", "#3", "updated_at", "#5"]);
+    assert_eq!(d["problems"][0]["code"], "invalid_mapping");
+    let mapping = r##"{"#3": null, "#5": "price"}"##;
+    let (code, body) = preview(&app, &path, &[("mapping", mapping)]).await;
+    assert_eq!(code, 200, "{body}");
+    let d = &body["data"];
+    assert_eq!(d["problems"], json!([]), "{d}");
+    assert_eq!(d["mapping"]["#3"], Value::Null);
+    assert_eq!(d["mapping"]["#5"], "price");
+    assert_eq!(d["columns"][4]["match"], "manual");
+
+    // A template keyed by position is suggested for the file and imports it.
+    let (code, body) = json_of(
+        app.post("/api/v1/datasets/products/templates")
+            .json(&json!({"name": "second price", "mapping": {"#3": null, "#5": "price"}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (_, body) = preview(&app, &path, &[]).await;
+    assert_eq!(body["data"]["suggestedTemplate"], "second price", "{body}");
+    let (code, body) = app
+        .upload_with("products", &path, &[("template", "second price")])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let status = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(status["createdCount"], 2, "{status}");
+    let prices = app
+        .db()
+        .rows("SELECT sku, CAST(price AS TEXT) FROM products ORDER BY sku");
+    assert_eq!(
+        prices,
+        vec![
+            vec![Some("A-1".to_string()), Some("2.50".to_string())],
+            vec![Some("A-2".to_string()), Some("3.75".to_string())]
+        ]
+    );
+}

@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod jobs;
 pub mod limit;
+mod options;
 mod preview;
 pub mod server;
 mod session;

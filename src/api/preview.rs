@@ -7,13 +7,13 @@
 //! the rest of a longer body is read and discarded) into a temporary file that is removed before
 //! answering. Nothing is written to the database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -24,21 +24,19 @@ use super::AppState;
 use super::auth::Caller;
 use super::body_rate::body_error;
 use super::error::ApiError;
+use super::options::{self, ImportOptions, MappingChoice};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
+use crate::import::map::{self, Explicit};
 use crate::import::read::{Source, resolve_options};
 use crate::import::validate::Validator;
-use crate::import::{FileError, SourceOptions, map};
+use crate::import::{FileError, Format, SourceOptions};
 use crate::store::Template;
 
 /// Most bytes of a file the preview reads.
 pub const PREVIEW_BYTES: usize = 1024 * 1024;
 /// Data rows shown.
 const PREVIEW_ROWS: usize = 20;
-/// Largest form field other than the file (a mapping).
-const MAX_FIELD: usize = 64 * 1024;
-
-type Explicit = BTreeMap<String, Option<String>>;
 
 fn dataset(state: &AppState, name: &str) -> Result<Arc<Dataset>, ApiError> {
     state.jobs.datasets.get(name).ok_or_else(|| {
@@ -100,20 +98,14 @@ async fn read_head(
             .map_err(|e| ApiError::storage(e, "creating preview spool"))?,
     );
     let mut size = 0u64;
-    let multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let multipart = options::is_multipart(req.headers());
     let mut head = Head {
         bytes: Vec::new(),
         truncated: false,
         whole: true,
         params: HashMap::new(),
     };
-    let bad = |e: axum::extract::multipart::MultipartError| {
-        body_error(e, |e| ApiError::bad("bad_multipart", e.body_text()))
-    };
+    let bad = options::multipart_error;
     if multipart {
         let mut form = Multipart::from_request(req, &())
             .await
@@ -128,17 +120,8 @@ async fn read_head(
                     spool_chunk(&mut out, &mut size, max_bytes, &chunk).await?;
                 }
             } else {
-                let mut text = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    text.extend_from_slice(&chunk);
-                    if text.len() > MAX_FIELD {
-                        return Err(ApiError::bad(
-                            "field_too_large",
-                            format!("form field `{name}` is larger than {MAX_FIELD} bytes"),
-                        ));
-                    }
-                }
-                params.insert(name, String::from_utf8_lossy(&text).into_owned());
+                let text = options::text_field(&mut field, &name).await?;
+                params.insert(name, text);
             }
         }
         if !saw_file {
@@ -166,15 +149,6 @@ async fn read_head(
         .await
         .map_err(|e| ApiError::storage(e, "writing preview spool"))?;
     head.whole = !head.truncated;
-    if head.truncated {
-        // Only whole lines: drop the partial last one.
-        let end = head
-            .bytes
-            .iter()
-            .rposition(|b| *b == b'\n')
-            .map_or(0, |i| i + 1);
-        head.bytes.truncate(end);
-    }
     head.params = params;
     Ok(head)
 }
@@ -196,7 +170,7 @@ impl Drop for TempBlob {
 }
 
 /// `POST /api/v1/import/{dataset}/preview` (multipart `file`, or a raw body): optional `mapping`
-/// (JSON header → field) or `template` (a saved mapping's name), and `delimiter`.
+/// (JSON column → field, a column named by header or `#N`) or `template` (a saved mapping's name), and `delimiter`.
 pub async fn preview(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -214,12 +188,10 @@ pub async fn preview(
         .temp_path(&spool.name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
     let head = read_head(req, query, &spool_path, state.max_upload_bytes).await?;
-    let p = |k: &str| {
-        head.params
-            .get(k)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
-    };
+    let ImportOptions {
+        source: requested,
+        mapping,
+    } = ImportOptions::parse(&head.params)?;
     let templates = {
         let n = ds.name.clone();
         state
@@ -227,17 +199,9 @@ pub async fn preview(
             .store_call(move |s| s.template_list(caller.org_id, &n))
             .await?
     };
-    let (explicit, source): (Option<Explicit>, &str) = match (p("mapping"), p("template")) {
-        (Some(m), _) => (
-            Some(serde_json::from_str(m).map_err(|e| {
-                ApiError::bad(
-                    "invalid_mapping",
-                    format!("mapping must be a JSON object of header → field name: {e}"),
-                )
-            })?),
-            "manual",
-        ),
-        (None, Some(t)) => {
+    let (explicit, source): (Option<Explicit>, &str) = match mapping {
+        MappingChoice::Manual(m) => (Some(m), "manual"),
+        MappingChoice::Template(t) => {
             let found = templates.iter().find(|x| x.name == t).ok_or_else(|| {
                 ApiError::bad(
                     "unknown_template",
@@ -246,21 +210,7 @@ pub async fn preview(
             })?;
             (Some(found.mapping.clone()), "template")
         }
-        (None, None) => (None, "auto"),
-    };
-    let text = |name: &str| {
-        p(name)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let requested = SourceOptions {
-        delimiter: p("delimiter")
-            .map(super::upload::parse_delimiter)
-            .transpose()?,
-        encoding: text("encoding"),
-        sheet: text("sheet"),
-        row_column: false,
+        MappingChoice::Auto => (None, "auto"),
     };
     if head.bytes.is_empty() {
         return Err(FileError::Empty.into());
@@ -281,10 +231,12 @@ pub async fn preview(
             spool_path.clone()
         } else {
             std::fs::write(&path, &head.bytes)?;
+            if truncated {
+                whole_lines(&path, &requested)?;
+            }
             path.clone()
         };
-        let out = analyze(&ds, &file, &requested, explicit.as_ref(), source)?;
-        let format = crate::import::read::detect_format(&file)?;
+        let (out, format) = analyze(&ds, &file, &requested, explicit.as_ref(), source)?;
         let sheets = crate::import::read::sheet_names(&file, format)?;
         drop((temp, spool));
         Ok::<_, FileError>((out, sheets))
@@ -299,11 +251,51 @@ pub async fn preview(
     Ok(Json(json!({"success": true, "data": out})))
 }
 
+/// Cuts the head of a longer text file (at `path`) after its last whole line, found in the
+/// file's own encoding: a line ends in LF, CRLF or a lone CR (classic Mac), two bytes wide in
+/// UTF-16. A head without any line end is left whole.
+fn whole_lines(path: &std::path::Path, requested: &SourceOptions) -> Result<(), FileError> {
+    let (_, options) = resolve_options(path, requested)?;
+    let bytes = std::fs::read(path)?;
+    let utf16 = match options.encoding.as_deref() {
+        Some("UTF-16LE") => Some(false),
+        Some("UTF-16BE") => Some(true),
+        _ => None,
+    };
+    let end = match utf16 {
+        None => bytes
+            .iter()
+            .rposition(|b| matches!(b, b'\n' | b'\r'))
+            .map(|i| i + 1),
+        Some(big_endian) => (0..bytes.len() / 2)
+            .rev()
+            .map(|u| 2 * u)
+            .find(|&i| {
+                let unit = if big_endian {
+                    [bytes[i + 1], bytes[i]]
+                } else {
+                    [bytes[i], bytes[i + 1]]
+                };
+                matches!(unit, [b'\n', 0] | [b'\r', 0])
+            })
+            .map(|i| i + 2),
+    };
+    if let Some(end) = end {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(end as u64)?;
+    }
+    Ok(())
+}
+
 /// The most recently used or saved template whose every column is in the file.
 fn suggest<'a>(templates: &'a [Template], headers: &[String]) -> Option<&'a str> {
     templates
         .iter()
-        .find(|t| !t.mapping.is_empty() && t.mapping.keys().all(|k| headers.contains(k)))
+        .find(|t| {
+            !t.mapping.is_empty() && t.mapping.keys().all(|k| map::column_of(headers, k).is_ok())
+        })
         .map(|t| t.name.as_str())
 }
 
@@ -313,27 +305,36 @@ fn analyze(
     requested: &SourceOptions,
     explicit: Option<&Explicit>,
     source: &str,
-) -> Result<JsonValue, FileError> {
+) -> Result<(JsonValue, Format), FileError> {
     let (format, options) = resolve_options(path, requested)?;
     let mut reader = Source::open(path, format, &options)?;
     let headers = reader.headers().to_vec();
-    let taken: Vec<&str> = explicit
-        .map(|m| m.values().filter_map(|f| f.as_deref()).collect())
-        .unwrap_or_default();
-    let auto = map::auto_match(
-        ds,
-        &headers,
-        &|h| explicit.is_some_and(|m| m.contains_key(h)),
-        &taken,
-    );
+    // A mapping that names no column of the file is reported by `resolve` below; the columns
+    // then show the automatic match.
+    let chosen =
+        map::explicit_columns(ds, &headers, explicit).unwrap_or_else(|_| vec![None; headers.len()]);
+    let taken: Vec<&str> = chosen
+        .iter()
+        .flatten()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let auto = map::auto_match(ds, &headers, &|i| chosen[i].is_some(), &taken);
     let columns: Vec<JsonValue> = auto
         .iter()
-        .map(|m| match explicit.and_then(|e| e.get(&m.header)) {
-            Some(field) => json!({
-                "header": m.header, "field": field.as_deref().filter(|f| !f.is_empty()),
-                "match": source, "confidence": null, "suggestion": null,
-            }),
-            None => json!(m),
+        .zip(&chosen)
+        .enumerate()
+        .map(|(i, (m, choice))| {
+            let mut column = match choice {
+                Some(field) => json!({
+                    "header": m.header, "field": field,
+                    "match": source, "confidence": null, "suggestion": null,
+                }),
+                None => json!(m),
+            };
+            column["key"] = json!(map::column_key(&headers, i));
+            column["position"] = json!(i + 1);
+            column
         })
         .collect();
     let resolved = map::resolve(ds, &headers, explicit);
@@ -343,15 +344,15 @@ fn analyze(
     match &resolved {
         Ok(m) => {
             warnings = m.warnings();
-            for (h, f) in headers.iter().zip(&m.columns) {
-                mapping.insert(h.clone(), json!(f));
+            for (i, f) in m.columns.iter().enumerate() {
+                mapping.insert(map::column_key(&headers, i), json!(f));
             }
         }
         Err(e) => {
             problems.push(json!({"code": e.code(), "message": e.to_string()}));
             for c in &columns {
-                if let Some(h) = c["header"].as_str() {
-                    mapping.insert(h.to_string(), c["field"].clone());
+                if let Some(key) = c["key"].as_str() {
+                    mapping.insert(key.to_string(), c["field"].clone());
                 }
             }
         }
@@ -400,7 +401,7 @@ fn analyze(
     if rows.is_empty() && problems.is_empty() {
         problems.push(json!({"code": "no_rows", "message": FileError::NoRows.to_string()}));
     }
-    Ok(json!({
+    let out = json!({
         "dataset": ds.name,
         "format": format,
         "delimiter": options.delimiter.map(|d| (d as char).to_string()),
@@ -419,7 +420,8 @@ fn analyze(
         "rows": rows,
         "errors": errors,
         "fuzzyThreshold": map::FUZZY_APPLY,
-    }))
+    });
+    Ok((out, format))
 }
 
 pub fn template_json(t: &Template) -> JsonValue {

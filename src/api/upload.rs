@@ -6,13 +6,12 @@
 //! created. Background datasets answer 202 with the job id; synchronous ones (`sync = true`)
 //! run the import in the request and answer 200 with the results.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::multipart::MultipartError;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -27,15 +26,15 @@ use super::auth::Caller;
 use super::body_rate::body_error;
 use super::error::ApiError;
 use super::jobs::{error_json, job_json};
+use super::options::{self, ImportOptions, MappingChoice, param};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
+use crate::import::map::{self, Explicit};
 use crate::import::read::{Source, resolve_options};
-use crate::import::{FileError, Format, Mapping, Mode, SourceOptions, map};
+use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
 use crate::store::{Inserted, JobId, JobStatus, NewJob};
 
-/// Largest non-file form field (a mapping, say).
-const MAX_FORM_FIELD: usize = 64 * 1024;
 /// Longest a synchronous import waits for another job writing its dataset before answering
 /// `409 dataset_busy`.
 const SYNC_WAIT: Duration = Duration::from_secs(30);
@@ -147,20 +146,18 @@ pub async fn upload(
         .map_or(state.max_upload_bytes, |m| m.min(state.max_upload_bytes));
     let max_rows = caller.limits.max_rows;
     let mut params = query;
-    let is_multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let is_multipart = options::is_multipart(req.headers());
     let mut filename = params.get("filename").cloned();
     let saved = if is_multipart {
         let mut multipart = Multipart::from_request(req, &())
             .await
             .map_err(|e| ApiError::bad("bad_multipart", e.body_text()))?;
-        let bad =
-            |e: MultipartError| body_error(e, |e| ApiError::bad("bad_multipart", e.body_text()));
         let mut saved = None;
-        while let Some(mut field) = multipart.next_field().await.map_err(bad)? {
+        while let Some(mut field) = multipart
+            .next_field()
+            .await
+            .map_err(options::multipart_error)?
+        {
             let name = field.name().unwrap_or_default().to_string();
             if name == "file" {
                 if saved.is_some() {
@@ -182,17 +179,8 @@ pub async fn upload(
                 }
                 saved = Some(result?);
             } else {
-                let mut text = Vec::new();
-                while let Some(chunk) = field.chunk().await.map_err(bad)? {
-                    text.extend_from_slice(&chunk);
-                    if text.len() > MAX_FORM_FIELD {
-                        return Err(ApiError::bad(
-                            "field_too_large",
-                            format!("form field `{name}` is larger than {MAX_FORM_FIELD} bytes"),
-                        ));
-                    }
-                }
-                params.insert(name, String::from_utf8_lossy(&text).into_owned());
+                let text = options::text_field(&mut field, &name).await?;
+                params.insert(name, text);
             }
         }
         saved.ok_or_else(|| {
@@ -215,39 +203,16 @@ pub async fn upload(
             "dryRun is not available yet",
         ));
     }
-    let explicit: Option<BTreeMap<String, Option<String>>> = param(&params, "mapping")
-        .filter(|m| !m.trim().is_empty())
-        .map(|m| {
-            serde_json::from_str(m).map_err(|e| {
-                ApiError::bad(
-                    "invalid_mapping",
-                    format!("mapping must be a JSON object of header → field name: {e}"),
-                )
-            })
-        })
-        .transpose()?;
-    let explicit = match (
-        explicit,
-        param(&params, "template").filter(|t| !t.trim().is_empty()),
-    ) {
-        (None, Some(name)) => {
-            Some(template_mapping(&state, caller.org_id, &dataset.name, name).await?)
+    let ImportOptions {
+        source: requested,
+        mapping,
+    } = ImportOptions::parse(&params)?;
+    let explicit = match mapping {
+        MappingChoice::Auto => None,
+        MappingChoice::Manual(m) => Some(m),
+        MappingChoice::Template(name) => {
+            Some(template_mapping(&state, caller.org_id, &dataset.name, &name).await?)
         }
-        (explicit, _) => explicit,
-    };
-    let text_option = |name: &str| {
-        param(&params, name)
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let requested = SourceOptions {
-        delimiter: param(&params, "delimiter")
-            .map(parse_delimiter)
-            .transpose()?,
-        encoding: text_option("encoding"),
-        sheet: text_option("sheet"),
-        row_column: false,
     };
 
     let inspected = {
@@ -376,7 +341,7 @@ async fn template_mapping(
     org_id: i64,
     dataset: &str,
     name: &str,
-) -> Result<BTreeMap<String, Option<String>>, ApiError> {
+) -> Result<Explicit, ApiError> {
     let (d, n) = (dataset.to_string(), name.to_string());
     let found = state
         .jobs
@@ -506,28 +471,11 @@ fn accepted(dataset: &str, job_id: JobId) -> Response {
         .into_response()
 }
 
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
-    params.get(name).map(String::as_str)
-}
-
 fn capitalised(s: &str) -> String {
     let mut c = s.chars();
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
-}
-
-pub(super) fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
-    match s {
-        "tab" | "\\t" | "\t" => Ok(b'\t'),
-        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => {
-            Ok(s.as_bytes()[0])
-        }
-        _ => Err(ApiError::bad(
-            "invalid_delimiter",
-            "delimiter must be one ASCII character (or `tab`), not a quote or line break",
-        )),
-    }
 }
 
 /// The client's file name, for display only: its last path segment, printable, at most 255
@@ -650,7 +598,7 @@ fn inspect(
     dataset: &Dataset,
     org_max_rows: Option<u64>,
     requested: &SourceOptions,
-    explicit: Option<&BTreeMap<String, Option<String>>>,
+    explicit: Option<&Explicit>,
 ) -> Result<Inspected, FileError> {
     if size == 0 {
         return Err(FileError::Empty);

@@ -1,7 +1,9 @@
 //! Column mapping: which column of the file feeds which field of the dataset.
 //!
 //! Headers match field names and aliases ignoring case, spaces, `_`, `-` and `.`; an explicit
-//! mapping (header → field) from the request wins over the automatic one. A header that matches
+//! mapping (column → field) from the request wins over the automatic one. It names a column by
+//! its header text or by its 1-based position (`#3`), so columns with the same header (common
+//! in real exports) can be told apart. A header that matches
 //! no name or alias may still match a field by similarity (`Prod. Code` → `sku` through the
 //! alias "product code"): with a confidence of at least [`FUZZY_APPLY`] it is applied and always
 //! reported (a warning on the job, a `fuzzy` entry in the preview); below that it is only
@@ -105,45 +107,111 @@ fn fold(s: &str) -> String {
         .collect()
 }
 
-/// Resolves the mapping of `headers` onto `dataset`. `explicit` maps header → field name; a
-/// field name of `""` or `null` in it means "ignore this column".
+/// An explicit mapping as a request or template gives it: column → field name, where the column
+/// is a header text or `#N` (the N-th column, from 1); a field of `""` or `null` ignores it.
+pub type Explicit = BTreeMap<String, Option<String>>;
+
+/// What an explicit mapping decides for one column: `None` when it does not name the column,
+/// `Some(None)` to ignore it, `Some(Some(field))` to feed that field.
+pub type Choice = Option<Option<String>>;
+
+/// The column a mapping key names: a header that appears exactly once, else `#N` for the N-th
+/// column. A header that appears more than once is an error that names the way out.
+pub fn column_of(headers: &[String], key: &str) -> Result<usize, FileError> {
+    let same: Vec<usize> = (0..headers.len()).filter(|&i| headers[i] == key).collect();
+    match same.as_slice() {
+        [i] => return Ok(*i),
+        [] => {}
+        many => {
+            let positions: Vec<String> = many.iter().map(|i| format!("#{}", i + 1)).collect();
+            return Err(FileError::BadMapping(format!(
+                "the file has {} columns named `{key}` (columns {}); name one by its position instead, e.g. {{\"{}\": \"…\"}}",
+                many.len(),
+                positions.join(", "),
+                positions[0]
+            )));
+        }
+    }
+    if let Some(n) = key
+        .strip_prefix('#')
+        .and_then(|n| n.trim().parse::<usize>().ok())
+    {
+        if n >= 1 && n <= headers.len() {
+            return Ok(n - 1);
+        }
+        return Err(FileError::BadMapping(format!(
+            "the mapping names column #{n}, but the file has {} column(s)",
+            headers.len()
+        )));
+    }
+    Err(FileError::BadMapping(format!(
+        "the mapping names column `{key}`, which the file does not have"
+    )))
+}
+
+/// The key that names column `i` in a mapping: its header, or `#N` when the header is shared
+/// with another column.
+pub fn column_key(headers: &[String], i: usize) -> String {
+    let header = &headers[i];
+    if headers.iter().filter(|h| *h == header).count() == 1 {
+        header.clone()
+    } else {
+        format!("#{}", i + 1)
+    }
+}
+
+/// Each column's explicit choice (see [`Choice`]), checking that every key names a column of the
+/// file, that no column is named twice, and that every field exists.
+pub fn explicit_columns(
+    dataset: &Dataset,
+    headers: &[String],
+    explicit: Option<&Explicit>,
+) -> Result<Vec<Choice>, FileError> {
+    let mut chosen: Vec<Choice> = vec![None; headers.len()];
+    let mut keys: Vec<Option<&str>> = vec![None; headers.len()];
+    for (key, field) in explicit.into_iter().flatten() {
+        let i = column_of(headers, key)?;
+        if let Some(f) = field.as_deref().filter(|f| !f.is_empty())
+            && dataset.field_index(f).is_none()
+        {
+            return Err(FileError::BadMapping(format!(
+                "the mapping sends column `{key}` to `{f}`, which is not a field of dataset `{}`",
+                dataset.name
+            )));
+        }
+        if let Some(other) = keys[i] {
+            return Err(FileError::BadMapping(format!(
+                "the mapping names column {} twice (`{other}` and `{key}`); keep one",
+                i + 1
+            )));
+        }
+        keys[i] = Some(key);
+        chosen[i] = Some(field.clone().filter(|f| !f.is_empty()));
+    }
+    Ok(chosen)
+}
+
+/// Resolves the mapping of `headers` onto `dataset`; `explicit` (see [`Explicit`]) decides the
+/// columns it names, the automatic match the rest.
 pub fn resolve(
     dataset: &Dataset,
     headers: &[String],
-    explicit: Option<&BTreeMap<String, Option<String>>>,
+    explicit: Option<&Explicit>,
 ) -> Result<Mapping, FileError> {
-    if let Some(explicit) = explicit {
-        for (header, field) in explicit {
-            if !headers.iter().any(|h| h == header) {
-                return Err(FileError::BadMapping(format!(
-                    "the mapping names column `{header}`, which the file does not have"
-                )));
-            }
-            if let Some(f) = field.as_deref().filter(|f| !f.is_empty())
-                && dataset.field_index(f).is_none()
-            {
-                return Err(FileError::BadMapping(format!(
-                    "the mapping sends column `{header}` to `{f}`, which is not a field of dataset `{}`",
-                    dataset.name
-                )));
-            }
-        }
-    }
-    let taken: Vec<&str> = explicit
-        .map(|m| m.values().filter_map(|f| f.as_deref()).collect())
-        .unwrap_or_default();
-    let auto = auto_match(
-        dataset,
-        headers,
-        &|h| explicit.is_some_and(|m| m.contains_key(h)),
-        &taken,
-    );
+    let chosen = explicit_columns(dataset, headers, explicit)?;
+    let taken: Vec<&str> = chosen
+        .iter()
+        .flatten()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    let auto = auto_match(dataset, headers, &|i| chosen[i].is_some(), &taken);
     let mut columns = Vec::with_capacity(headers.len());
     let mut ignored = Vec::new();
     let mut fuzzy = Vec::new();
-    for (header, found) in headers.iter().zip(&auto) {
-        let target = match explicit.and_then(|m| m.get(header)) {
-            Some(choice) => choice.clone().filter(|f| !f.is_empty()),
+    for ((header, found), choice) in headers.iter().zip(&auto).zip(&chosen) {
+        let target = match choice {
+            Some(choice) => choice.clone(),
             None => found.field.clone(),
         };
         if found.kind == MatchKind::Fuzzy
@@ -165,10 +233,15 @@ pub fn resolve(
         if let Some(field) = c
             && let Some(j) = columns[i + 1..].iter().position(|d| d == c)
         {
+            let j = i + 1 + j;
             return Err(FileError::BadMapping(format!(
-                "columns `{}` and `{}` both map to field `{field}`; keep one or pass a mapping",
+                "columns {} (`{}`) and {} (`{}`) both map to field `{field}`; pass a mapping that \
+                 keeps one, naming columns by header or by position, e.g. {{\"#{}\": null}}",
+                i + 1,
                 headers[i],
-                headers[i + 1 + j]
+                j + 1,
+                headers[j],
+                j + 1
             )));
         }
     }
@@ -193,14 +266,14 @@ pub fn resolve(
     })
 }
 
-/// The automatic match of every header: by name, by alias, or by similarity. Headers for which
-/// `skip` is true, and fields in `taken`, are left out of similarity matching (an explicit
+/// The automatic match of every header: by name, by alias, or by similarity. Columns (by index)
+/// for which `skip` is true, and fields in `taken`, are left out of similarity matching (an explicit
 /// mapping decides them). Names and aliases match first; similarity then only pairs headers and
 /// fields still free, the most similar pairs first, each field at most once.
 pub fn auto_match(
     dataset: &Dataset,
     headers: &[String],
-    skip: &dyn Fn(&str) -> bool,
+    skip: &dyn Fn(usize) -> bool,
     taken: &[&str],
 ) -> Vec<ColumnMatch> {
     let mut names: BTreeMap<String, (&str, MatchKind)> = BTreeMap::new();
@@ -226,7 +299,7 @@ pub fn auto_match(
         })
         .collect();
     for (i, h) in headers.iter().enumerate() {
-        if skip(h) {
+        if skip(i) {
             continue;
         }
         // Two columns named for one field stay a clash for `resolve` to report, not a guess.
@@ -240,7 +313,7 @@ pub fn auto_match(
     // Every (header, field) pair not decided yet, best first.
     let mut pairs: Vec<(f64, usize, &str)> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        if skip(h) || out[i].field.is_some() || h.trim().is_empty() {
+        if skip(i) || out[i].field.is_some() || h.trim().is_empty() {
             continue;
         }
         for field in &dataset.fields {
@@ -388,7 +461,7 @@ mod tests {
         let found = auto_match(
             &ds,
             &headers(&["sku", "Product Price", "nme"]),
-            &|_| false,
+            &|_: usize| false,
             &[],
         );
         assert_eq!(found[1].field, None);
@@ -402,7 +475,12 @@ mod tests {
     #[test]
     fn a_field_is_never_matched_twice() {
         let ds = Datasets::builtin().get("products").unwrap();
-        let found = auto_match(&ds, &headers(&["sku", "Prod. Code"]), &|_| false, &[]);
+        let found = auto_match(
+            &ds,
+            &headers(&["sku", "Prod. Code"]),
+            &|_: usize| false,
+            &[],
+        );
         assert_eq!(found[0].kind, MatchKind::Name);
         assert_eq!(found[1].field, None);
     }
@@ -421,5 +499,54 @@ mod tests {
         .unwrap();
         assert_eq!(m.columns[0].as_deref(), Some("sku"));
         assert_eq!(m.columns[1], None);
+    }
+
+    #[test]
+    fn repeated_headers_are_told_apart_by_position() {
+        let ds = Datasets::builtin().get("products").unwrap();
+        let cols = headers(&["sku", "name", "price", "updated_at", "price"]);
+        let err = resolve(&ds, &cols, None).unwrap_err();
+        assert_eq!(err.code(), "invalid_mapping");
+        assert!(
+            err.to_string()
+                .contains("columns 3 (`price`) and 5 (`price`)")
+                && err.to_string().contains(r##"{"#5": null}"##),
+            "{err}"
+        );
+        // By header text, a repeated name is ambiguous, and the message names the way out.
+        let mut by_name = BTreeMap::new();
+        by_name.insert("price".to_string(), None);
+        let err = resolve(&ds, &cols, Some(&by_name)).unwrap_err();
+        assert!(err.to_string().contains("columns #3, #5"), "{err}");
+        // By position it works: the second `price` feeds the field, the first is ignored.
+        let mut by_position = BTreeMap::new();
+        by_position.insert("#3".to_string(), None);
+        by_position.insert("#5".to_string(), Some("price".to_string()));
+        let m = resolve(&ds, &cols, Some(&by_position)).unwrap();
+        assert_eq!(m.columns[2], None);
+        assert_eq!(m.columns[4].as_deref(), Some("price"));
+        assert_eq!(column_key(&cols, 0), "sku");
+        assert_eq!(column_key(&cols, 4), "#5");
+    }
+
+    #[test]
+    fn positions_out_of_range_or_named_twice_are_refused() {
+        let ds = Datasets::builtin().get("products").unwrap();
+        let cols = headers(&["sku", "name", "updated_at"]);
+        let mut m = BTreeMap::new();
+        m.insert("#4".to_string(), Some("price".to_string()));
+        let err = resolve(&ds, &cols, Some(&m)).unwrap_err();
+        assert!(err.to_string().contains("#4, but the file has 3"), "{err}");
+        let mut m = BTreeMap::new();
+        m.insert("#1".to_string(), Some("sku".to_string()));
+        m.insert("sku".to_string(), None);
+        let err = resolve(&ds, &cols, Some(&m)).unwrap_err();
+        assert!(err.to_string().contains("names column 1 twice"), "{err}");
+        // A header that really is `#2` is named by its text first.
+        let odd = headers(&["sku", "#2", "name", "updated_at"]);
+        let mut m = BTreeMap::new();
+        m.insert("#2".to_string(), Some("price".to_string()));
+        let r = resolve(&ds, &odd, Some(&m)).unwrap();
+        assert_eq!(r.columns[1].as_deref(), Some("price"));
     }
 }

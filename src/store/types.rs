@@ -516,7 +516,8 @@ pub struct Delivery {
     pub created_at: DateTime<Utc>,
 }
 
-/// A named column mapping saved for a dataset (header → field name; `None` ignores a column).
+/// A named column mapping saved for a dataset (column → field name, a column named by header or
+/// `#N`; `None` ignores a column).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Template {

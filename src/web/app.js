@@ -13,7 +13,7 @@ const state = {
   events: null,
   file: null,
   preview: null,
-  mapping: null,   // header → field | null, as edited
+  mapping: null,   // column (header, or "#N" when it repeats) → field | null, as edited
   template: '',    // chosen template name, '' = automatic
   templateTried: false,
   jobView: null,   // { id, offset }
@@ -446,26 +446,27 @@ function renderPreview(d) {
   tpl.value = d.mappingSource === 'template' ? state.template : '';
 
   $('#mapping tbody').replaceChildren(...d.columns.map((c) => {
-    const select = el('select', { 'data-header': c.header, 'aria-label': `Field for column ${c.header}` },
+    // A column is named by its header, or by its position ("#3") when the header repeats.
+    const select = el('select', { 'data-key': c.key, 'aria-label': `Field for column ${c.header}` },
       el('option', { value: '', text: '(ignore)' }),
       ...d.fields.map((f) => el('option', { value: f.name, text: f.name + (f.required ? ' *' : '') + ` (${f.type})` })));
-    select.value = d.mapping[c.header] || '';
+    select.value = d.mapping[c.key] || '';
     select.addEventListener('change', onMappingEdit);
     return el('tr', {}, el('td', { text: c.header }), el('td', {}, select), el('td', {}, matchBadge(c)));
   }));
 
   // Rows, with the cells that would be rejected marked.
-  const headerOf = {};
-  for (const [h, f] of Object.entries(d.mapping)) if (f) headerOf[f] = h;
+  const positionOf = {};
+  for (const c of d.columns) if (d.mapping[c.key]) positionOf[d.mapping[c.key]] = c.position - 1;
   const errorsByRow = new Map();
   for (const e of d.errors) errorsByRow.set(e.row, e);
   $('#rows thead').replaceChildren(el('tr', {}, el('th', { class: 'num', text: 'Row' }), ...d.headers.map((h) => el('th', { text: h }))));
   $('#rows tbody').replaceChildren(...d.rows.map((r) => {
     const err = errorsByRow.get(r.row);
-    const badHeader = err && err.column ? headerOf[err.column] : null;
+    const badColumn = err && err.column ? positionOf[err.column] : null;
     return el('tr', { class: err ? 'bad' : null, 'data-row': r.row, title: err ? err.message : null },
       el('td', { class: 'num', text: r.row }),
-      ...r.values.map((v, i) => el('td', { class: badHeader === d.headers[i] ? 'bad' : null, text: v })));
+      ...r.values.map((v, i) => el('td', { class: badColumn === i ? 'bad' : null, text: v })));
   }));
   $('#preview-summary').textContent = `(${d.rows.length} shown, ${d.errors.length} would be rejected)`;
   $('#preview-errors').replaceChildren(...d.errors.map((e) => el('li', { text: `Row ${e.row}: ${e.message}` })));
@@ -474,7 +475,7 @@ function renderPreview(d) {
 
 function currentMapping() {
   const m = {};
-  for (const s of document.querySelectorAll('#mapping select')) m[s.dataset.header] = s.value || null;
+  for (const s of document.querySelectorAll('#mapping select')) m[s.dataset.key] = s.value || null;
   return m;
 }
 

@@ -9,7 +9,7 @@
  *
  * Options (4th argument): baseUrl (default: same origin), token (sent as a Bearer header; live
  * events then fall back to polling, as EventSource cannot send headers — prefer the `token`
- * cookie, which POST /api/v1/session sets), mapping (header → field), template (a saved mapping's name), mode, pollMs (2000).
+ * cookie, which POST /api/v1/session sets), mapping (column → field; a column is its header or "#N", its 1-based position), template (a saved mapping's name), mode, pollMs (2000).
  * Progress comes from Server-Sent Events (GET /api/v1/import/{id}/events), not polling; the
  * browser resumes the stream with Last-Event-ID after a network break, so no update and never the
  * final one is lost. Seed 000's polling example, done right.

@@ -157,6 +157,9 @@ fn sniff_magic(
             "this is {what}, not a spreadsheet; upload CSV, XLSX, XLS or ODS"
         )));
     }
+    if let Some(what) = markup(head) {
+        return Err(FileError::UnsupportedFormat(what.into()));
+    }
     if text::bom_encoding(head).is_some() || encoding.is_some_and(|e| e != encoding_rs::UTF_8) {
         return Ok(Magic::Text);
     }
@@ -171,6 +174,39 @@ fn sniff_magic(
         ));
     }
     Ok(Magic::Text)
+}
+
+/// What a text file that is XML or HTML markup is, and what to do instead: such files (flat
+/// OpenDocument, Excel 2003 XML, the HTML tables web apps save as `.xls`) would otherwise read
+/// as one-column CSV of tags.
+fn markup(head: &[u8]) -> Option<&'static str> {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let start = head.iter().position(|b| !b.is_ascii_whitespace())?;
+    let sample =
+        String::from_utf8_lossy(&head[start..head.len().min(start + 4096)]).to_ascii_lowercase();
+    if sample.starts_with("<?xml") {
+        return Some(
+            if sample.contains("urn:schemas-microsoft-com:office:spreadsheet") {
+                "this is an Excel 2003 XML spreadsheet; save it as XLSX (or CSV) and upload that"
+            } else if sample.contains("urn:oasis:names:tc:opendocument:xmlns:office") {
+                "this is a flat OpenDocument file (.fods); save it as ODS or XLSX and upload that"
+            } else {
+                "this is an XML document, not CSV text or a spreadsheet"
+            },
+        );
+    }
+    let html = [
+        "<!doctype html",
+        "<html",
+        "<table",
+        "<head",
+        "<body",
+        "<meta",
+    ];
+    html.iter().any(|t| sample.starts_with(t)).then_some(
+        "this is an HTML page (what some applications save as an Excel file); open it in a \
+         spreadsheet program, save it as XLSX or CSV and upload that",
+    )
 }
 
 /// Decides the format from the content (used by tests and by [`resolve_options`]).
@@ -372,6 +408,15 @@ mod tests {
             Err(FileError::UnsupportedFormat(_))
         ));
         assert_eq!(sniff_magic(b"sku,name\n", None).unwrap(), Magic::Text);
+        assert_eq!(sniff_magic(b"<id>,name\n", None).unwrap(), Magic::Text);
+        for markup in [
+            &b"\xEF\xBB\xBF<?xml version=\"1.0\"?><office:document xmlns:office=\"urn:oasis:names:tc:opendocument:xmlns:office:1.0\">"[..],
+            b"  <HTML><table><tr><td>sku</td></tr></table>",
+            b"<?xml version=\"1.0\"?>\n<Workbook xmlns=\"urn:schemas-microsoft-com:office:spreadsheet\">",
+        ] {
+            let err = sniff_magic(markup, None).unwrap_err();
+            assert_eq!(err.code(), "unsupported_format", "{err}");
+        }
         assert_eq!(
             sniff_magic(b"\xFF\xFEs\0k\0u\0", None).unwrap(),
             Magic::Text

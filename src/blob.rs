@@ -170,6 +170,22 @@ impl BlobStore {
         ok.then(|| self.dir.join(name))
     }
 
+    /// Whether a new upload could be stored now: writes, syncs and removes a small file where
+    /// uploads arrive (a full or read-only disk fails here). Database mode also needs the
+    /// database, which the caller checks.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        use std::io::Write;
+        let path = self
+            .temp_path(&Self::new_name())
+            .ok_or_else(|| io::Error::other("invalid blob name"))?;
+        let written = std::fs::File::create(&path).and_then(|mut f| {
+            f.write_all(&[0u8; 512])?;
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        written
+    }
+
     /// Where this process writes blob `name` while it arrives (see [`BlobStore::finish`]).
     pub fn temp_path(&self, name: &str) -> Option<PathBuf> {
         self.path(name)

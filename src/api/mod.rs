@@ -14,6 +14,7 @@ mod jobs;
 pub mod limit;
 mod options;
 mod preview;
+mod request_log;
 pub mod server;
 mod session;
 mod upload;
@@ -120,6 +121,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         // Takes the token in its body, so it is outside the token middleware.
         .route(
             "/api/v1/session",
@@ -129,6 +131,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::web::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(state)
 }
 
@@ -154,6 +157,53 @@ async fn healthz(
         Err(_) => Err(error::ApiError::Unavailable(
             "the database did not answer the health check in time".into(),
         )),
+    }
+}
+
+/// `GET /readyz`, without a token: whether this node can take work — 200 `{"status":"ready"}`
+/// when the database answers and the blob store takes a file, otherwise 503
+/// `{"status":"unavailable","reason":…}` with `Retry-After`. `/healthz` stays the liveness
+/// check. The details of a failure go to the log, not to the unauthenticated caller.
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ping = state.jobs.store_call(|s| s.database_ping());
+    let reason = match tokio::time::timeout(HEALTH_WAIT, ping).await {
+        Ok(Ok(()) | Err(crate::store::StoreError::Busy(_))) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            Some("the database does not answer")
+        }
+        Err(_) => Some("the database did not answer in time"),
+    };
+    let reason = match reason {
+        Some(r) => Some(r),
+        None => {
+            let blobs = state.jobs.blobs.clone();
+            let probe = tokio::task::spawn_blocking(move || blobs.probe_writable());
+            match tokio::time::timeout(HEALTH_WAIT, probe).await {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(e))) => {
+                    tracing::warn!(error = %e, "not ready: the blob store cannot take files");
+                    Some(if e.kind() == std::io::ErrorKind::StorageFull {
+                        "the blob store's disk is full"
+                    } else {
+                        "the blob store cannot take files"
+                    })
+                }
+                _ => Some("the blob store did not answer in time"),
+            }
+        }
+    };
+    match reason {
+        None => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        Some(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "2")],
+            axum::Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+        )
+            .into_response(),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod admin;
 mod client;
+mod logging;
 mod serve;
 
 use std::path::PathBuf;

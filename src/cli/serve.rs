@@ -13,6 +13,7 @@ use clap::Args;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::logging::{self, LogArgs};
 use super::{CliResult, Database, database};
 use crate::api::{self, AppState, auth};
 use crate::blob::{BlobStore, OrphanRules};
@@ -138,6 +139,8 @@ pub struct WorkerArgs {
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
+    pub log: LogArgs,
+    #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
     pub work: WorkerArgs,
@@ -204,6 +207,8 @@ pub struct ServeArgs {
 /// `sluice worker`: workers only, sharing the store with other processes.
 #[derive(Args, Clone)]
 pub struct WorkerOnlyArgs {
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub storage: StorageArgs,
     #[command(flatten)]
@@ -318,16 +323,6 @@ fn bootstrap_token(store: &dyn JobStore, args: &ServeArgs) -> Result<(), String>
     Ok(())
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Opens the store and builds what workers and handlers share.
 async fn job_context(
     storage: &StorageArgs,
@@ -408,7 +403,7 @@ async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>) {
 }
 
 pub async fn serve(args: ServeArgs) -> CliResult {
-    init_logging();
+    logging::init(&args.log);
     let ctx = job_context(&args.storage, &args.work).await?;
     {
         let (store, args) = (ctx.store.clone(), args.clone());
@@ -480,7 +475,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
 }
 
 pub async fn worker(args: WorkerOnlyArgs) -> CliResult {
-    init_logging();
+    logging::init(&args.log);
     if args.work.workers == 0 {
         return Err("`sluice worker` needs --workers 1 or more".into());
     }

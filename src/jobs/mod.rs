@@ -215,7 +215,7 @@ struct Signals {
 }
 
 /// Executes a claimed job to its end, a shutdown, its time limit, or the loss of its lease.
-#[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset))]
+#[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset, org = job.org_id, chunk = job.chunk_index))]
 pub async fn execute(
     ctx: &Arc<JobContext>,
     job: Job,
@@ -255,7 +255,12 @@ pub async fn execute(
     );
     let result = {
         let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
-        tokio::task::spawn_blocking(move || run_blocking(&ctx, &job, lease, &signals.stop)).await
+        // The blocking run logs inside the job's span too.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            span.in_scope(|| run_blocking(&ctx, &job, lease, &signals.stop))
+        })
+        .await
     };
     // The watcher keeps heartbeating until the job's end is recorded (below), which may wait
     // for the database: the lease must not expire meanwhile.

@@ -204,6 +204,9 @@ pub struct AppOptions {
     /// The data directory, instead of `data` in the test's temp dir (a small file system, to
     /// fill it).
     pub data_dir: Option<PathBuf>,
+    /// The server's log (stderr) goes to this file at level `info`, instead of the test's
+    /// stderr at `warn`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for AppOptions {
@@ -220,6 +223,7 @@ impl Default for AppOptions {
             extra_args: Vec::new(),
             webhook_allow_private: false,
             data_dir: None,
+            log_file: None,
         }
     }
 }
@@ -318,6 +322,14 @@ impl TestApp {
             .stderr(Stdio::inherit());
         if let Some(t) = &self.options.admin_token {
             cmd.env("SLUICE_ADMIN_TOKEN", t);
+        }
+        if let Some(path) = &self.options.log_file {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open log file");
+            cmd.env("SLUICE_LOG", "info").stderr(log);
         }
         cmd.args(&self.options.extra_args);
         if self.options.webhook_allow_private {

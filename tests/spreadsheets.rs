@@ -1,7 +1,7 @@
 //! Real-world spreadsheets through the HTTP API of the real server: XLSX (generated, written by
-//! rust_xlsxwriter, hand-written XML, files from LibreOffice), XLS and ODS, sheets, floats and
-//! dates, CSV encodings and dialects, and detection by content. Values are checked exactly in
-//! the dataset table.
+//! rust_xlsxwriter, hand-written XML, files from LibreOffice and openpyxl), XLS (LibreOffice,
+//! xlwt) and ODS, sheets, floats, dates and times, CSV encodings and dialects, and detection by
+//! content. Values are checked exactly in the dataset table.
 
 mod common;
 
@@ -757,4 +757,49 @@ async fn time_cells_read_the_same_from_xlsx_xls_and_ods_written_by_other_program
         }
         assert_eq!(found, wanted, "{ext}");
     }
+}
+
+#[tokio::test]
+async fn xls_in_the_1904_date_system_keeps_its_dates_and_reads_times_as_clocks() {
+    let app = spawn_app(AppOptions {
+        datasets: Some(TIMES.into()),
+        ..Default::default()
+    });
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/times/times1904.xls");
+    let (code, body) = app
+        .upload_bytes("times", "times1904.xls", std::fs::read(path).unwrap(), &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["results"]["successCount"], 3, "{s}");
+    let db = app.sqlite();
+    let mut stmt = db
+        .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
+        .unwrap();
+    let rows: Vec<TimeRow> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "t1".into(),
+                some("06:34:00"),
+                some("2024-01-15T10:30:00"),
+                some("2024-01-15")
+            ),
+            ("t2".into(), some("10:10:10"), None, None),
+            (
+                "t8".into(),
+                some("2024-01-15T08:00:00"),
+                some("2024-01-15T08:00:00"),
+                None
+            ),
+        ]
+    );
 }

@@ -117,12 +117,15 @@ fn push_data(d: &Data, out: &mut Vec<u8>) -> bool {
         }
         Data::Float(f) => push_f64(*f, out),
         Data::Bool(b) => out.extend_from_slice(if *b { b"TRUE" } else { b"FALSE" }),
-        // XLS numbers with a date or time format. calamine tells dates and times of day apart
-        // only by the serial, and elapsed times (`[h]:mm:ss`) by the format.
+        // XLS numbers with a date or time format. calamine tells elapsed times (`[h]:mm:ss`)
+        // apart, but not dates from times of day: a serial below 1 is read as a time of day in
+        // both date systems (in the 1904 one it could also be 1904-01-01, which no one types).
         Data::DateTime(dt) => {
             let serial = dt.as_f64();
             let format = if dt.is_duration() {
                 NumberFormat::Elapsed
+            } else if serial < 1.0 {
+                NumberFormat::TimeOfDay
             } else {
                 NumberFormat::Date
             };

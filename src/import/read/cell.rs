@@ -10,8 +10,9 @@
 //! Times are one rule for every format ([`push_serial`], [`push_iso_duration`]): a time of day
 //! without a date, and an elapsed time, are `HH:MM:SS` (24-hour, `.fff` only when the
 //! milliseconds are not zero). A time of day never reads `24:00:00`: one that rounds up to the
-//! end of the day is `00:00:00`, as Excel shows it. Elapsed times (`[h]:mm:ss`, ODS durations)
-//! count hours past 23 (`36:10:00`) and carry a sign (`-01:30:00`).
+//! end of the day is `00:00:00`, as Excel shows it. Elapsed times (`[h]:mm:ss`, and ODS time
+//! cells, which are ISO durations whether they mean a time of day or not) count hours past 23
+//! (`36:10:00`, and `24:00:00` for one that rounds up) and carry a sign (`-01:30:00`).
 
 use std::io::Write;
 
@@ -158,7 +159,7 @@ fn iso_duration_ms(s: &str) -> Option<i64> {
 
 /// Appends the ISO date (and time, when there is one) of an Excel date serial; `false` when the
 /// serial is outside Excel's dates (before its epoch or after 9999-12-31).
-pub fn push_excel_date(serial: f64, date1904: bool, out: &mut Vec<u8>) -> bool {
+fn push_excel_date(serial: f64, date1904: bool, out: &mut Vec<u8>) -> bool {
     if !serial.is_finite() || !(0.0..2_958_466.0).contains(&serial) {
         return false;
     }

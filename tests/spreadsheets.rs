@@ -1,7 +1,7 @@
 //! Real-world spreadsheets through the HTTP API of the real server: XLSX (generated, written by
-//! rust_xlsxwriter, hand-written XML, files from LibreOffice), XLS and ODS, sheets, floats and
-//! dates, CSV encodings and dialects, and detection by content. Values are checked exactly in
-//! the dataset table.
+//! rust_xlsxwriter, hand-written XML, files from LibreOffice and openpyxl), XLS (LibreOffice,
+//! xlwt) and ODS, sheets, floats, dates and times, CSV encodings and dialects, and detection by
+//! content. Values are checked exactly in the dataset table.
 
 mod common;
 
@@ -641,4 +641,165 @@ async fn workbooks_saved_by_libreoffice_as_xlsx_ods_and_xls_read_the_same() {
         assert_eq!(errors[0]["column"], "price", "{ext}");
         assert_eq!(errors[0]["value"], "1.005", "{ext}");
     }
+}
+
+/// A dataset that reads one time column as text, and times into a datetime and a date field.
+const TIMES: &str = r#"
+[datasets.times]
+key = ["code"]
+[datasets.times.fields]
+code  = { type = "text", required = true }
+clock = { type = "text" }
+at    = { type = "datetime" }
+day   = { type = "date" }
+"#;
+
+/// `code, clock, at, day` as stored.
+type TimeRow = (String, Option<String>, Option<String>, Option<String>);
+
+#[tokio::test]
+async fn time_cells_read_the_same_from_xlsx_xls_and_ods_written_by_other_programs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/times");
+    let stored =
+        |code: &str, clock: Option<&str>, at: Option<&str>, day: Option<&str>| -> TimeRow {
+            (
+                code.to_string(),
+                clock.map(str::to_string),
+                at.map(str::to_string),
+                day.map(str::to_string),
+            )
+        };
+    let times = vec![
+        stored(
+            "t1",
+            Some("06:34:00"),
+            Some("2024-01-15T10:30:00"),
+            Some("2024-01-15"),
+        ),
+        stored("t2", Some("10:10:10"), None, None),
+        stored("t3", Some("13:45:30"), None, None),
+        stored("t4", Some("18:05:00"), None, None),
+        stored("t5", Some("00:00:45"), None, None),
+        // An elapsed time ([h]:mm:ss, an ODS duration) counts hours past 23.
+        stored("t6", Some("36:10:00"), None, None),
+        stored("t7", Some("01:00:00.500"), None, None),
+        // A time format on a date keeps the date.
+        stored(
+            "t8",
+            Some("2024-01-15T08:00:00"),
+            Some("2024-01-15T08:00:00"),
+            None,
+        ),
+    ];
+    // xlwt (XLS), openpyxl (XLSX) and a LibreOffice-style content.xml (ODS).
+    for ext in ["xlsx", "xls", "ods"] {
+        let app = spawn_app(AppOptions {
+            datasets: Some(TIMES.into()),
+            ..Default::default()
+        });
+        let bytes = std::fs::read(dir.join(format!("times.{ext}"))).unwrap();
+        let (code, body) = app
+            .upload_bytes("times", &format!("times.{ext}"), bytes, &[])
+            .await;
+        assert_eq!(code, 202, "{ext}: {body}");
+        let job = job_id(&body);
+        let s = app.wait_done(job, MINUTE).await;
+        assert_eq!(s["status"], "completed", "{ext}: {s}");
+        assert_eq!(s["results"]["totalRows"], 11, "{ext}");
+        let db = app.sqlite();
+        let mut stmt = db
+            .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
+            .unwrap();
+        let rows: Vec<TimeRow> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut expected = times.clone();
+        // An ODS error cell is text to calamine: a text field keeps `#N/A`.
+        if ext == "ods" {
+            expected.insert(0, stored("err", Some("#N/A"), None, None));
+        }
+        assert_eq!(rows, expected, "{ext}");
+
+        let errors = app.errors_json(job).await;
+        let found: Vec<(i64, String, String)> = errors
+            .iter()
+            .map(|e| {
+                (
+                    e["row"].as_i64().unwrap(),
+                    e["column"].as_str().unwrap().to_string(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let mut wanted = vec![
+            (
+                10,
+                "at".to_string(),
+                "at: `06:34:00` is a time of day without a date; a date and time \
+                 (YYYY-MM-DDTHH:MM:SS) is needed"
+                    .to_string(),
+            ),
+            (
+                11,
+                "day".to_string(),
+                "day: `06:34:00` is a time of day without a date; a date (YYYY-MM-DD) is needed"
+                    .to_string(),
+            ),
+        ];
+        if ext != "ods" {
+            wanted.push((
+                12,
+                "clock".to_string(),
+                "clock: the cell holds the spreadsheet error #N/A".to_string(),
+            ));
+        }
+        assert_eq!(found, wanted, "{ext}");
+    }
+}
+
+#[tokio::test]
+async fn xls_in_the_1904_date_system_keeps_its_dates_and_reads_times_as_clocks() {
+    let app = spawn_app(AppOptions {
+        datasets: Some(TIMES.into()),
+        ..Default::default()
+    });
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/times/times1904.xls");
+    let (code, body) = app
+        .upload_bytes("times", "times1904.xls", std::fs::read(path).unwrap(), &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["results"]["successCount"], 3, "{s}");
+    let db = app.sqlite();
+    let mut stmt = db
+        .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
+        .unwrap();
+    let rows: Vec<TimeRow> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            (
+                "t1".into(),
+                some("06:34:00"),
+                some("2024-01-15T10:30:00"),
+                some("2024-01-15")
+            ),
+            ("t2".into(), some("10:10:10"), None, None),
+            (
+                "t8".into(),
+                some("2024-01-15T08:00:00"),
+                some("2024-01-15T08:00:00"),
+                None
+            ),
+        ]
+    );
 }

@@ -213,6 +213,9 @@ fn parse_date(field: &Field, s: &str) -> Result<String, String> {
     });
     match date {
         Some(d) => Ok(d.format("%Y-%m-%d").to_string()),
+        None if is_clock(s) => Err(format!(
+            "`{s}` is a time of day without a date; a date (YYYY-MM-DD) is needed"
+        )),
         None if field.formats.is_empty() => Err(format!("`{s}` is not a date (YYYY-MM-DD)")),
         None => Err(format!(
             "`{s}` is not a date (YYYY-MM-DD or {})",
@@ -243,7 +246,29 @@ fn parse_datetime(field: &Field, s: &str) -> Result<String, String> {
         .chain(field.formats.iter().map(String::as_str))
         .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
         .map(|dt| dt.format("%Y-%m-%dT%H:%M:%S%.f").to_string())
-        .ok_or_else(|| format!("`{s}` is not a date and time (ISO 8601)"))
+        .ok_or_else(|| {
+            if is_clock(s) {
+                format!(
+                    "`{s}` is a time of day without a date; a date and time \
+                     (YYYY-MM-DDTHH:MM:SS) is needed"
+                )
+            } else {
+                format!("`{s}` is not a date and time (ISO 8601)")
+            }
+        })
+}
+
+/// Whether `s` reads as a clock time or an elapsed time (`06:34`, `06:34:00.500`, `-36:10:00`),
+/// as spreadsheet time cells arrive.
+fn is_clock(s: &str) -> bool {
+    let s = s.strip_prefix('-').unwrap_or(s);
+    let (hms, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let parts: Vec<&str> = hms.split(':').collect();
+    let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (2..=3).contains(&parts.len())
+        && parts.iter().all(|p| digits(p))
+        && parts[1..].iter().all(|p| p.len() == 2)
+        && digits(frac)
 }
 
 #[cfg(test)]
@@ -320,7 +345,31 @@ mod tests {
             parse_field(&f, "2024-01-02").unwrap(),
             Value::DateTime("2024-01-02T00:00:00".into())
         );
+        // A spreadsheet time cell has no date: said so, not just "not a date".
+        for time in ["06:34:00", "36:10:00", "01:00:00.500", "6:34"] {
+            assert!(
+                parse_field(&f, time)
+                    .unwrap_err()
+                    .contains("is a time of day without a date"),
+                "{time}"
+            );
+        }
+        assert!(
+            parse_field(&f, "2024-01-02 03:04:99")
+                .unwrap_err()
+                .contains("is not a date and time")
+        );
         f.ty = FieldType::Date;
+        assert!(
+            parse_field(&f, "06:34:00")
+                .unwrap_err()
+                .contains("is a time of day without a date; a date (YYYY-MM-DD) is needed")
+        );
+        assert!(
+            parse_field(&field("products", "price"), "06:34:00")
+                .unwrap_err()
+                .contains("is not a decimal number")
+        );
         f.formats = vec!["%d/%m/%Y".into()];
         assert_eq!(
             parse_field(&f, "31/12/2023").unwrap(),

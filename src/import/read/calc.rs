@@ -10,9 +10,9 @@ use std::io::{BufReader, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use calamine::{Data, Range, Reader, SheetVisible};
+use calamine::{Data, ExcelDateTime, ExcelDateTimeType, Range, Reader, SheetVisible};
 
-use super::cell::{push_f64, push_iso_date};
+use super::cell::{NumberFormat, push_f64, push_iso_date, push_iso_duration, push_serial};
 use super::{FileError, Format, MAX_CELL_BYTES, MAX_COLUMNS, SourceOptions, archive, pick_sheet};
 
 /// Largest `.xls` file, or unpacked `.ods` sheet content, read whole.
@@ -105,23 +105,37 @@ pub(super) fn resolve_sheet(
 fn push_data(d: &Data, out: &mut Vec<u8>) -> bool {
     match d {
         Data::Empty => {}
-        Data::String(s) | Data::DurationIso(s) => out.extend_from_slice(s.as_bytes()),
+        Data::String(s) => out.extend_from_slice(s.as_bytes()),
+        // ODS time cells; one that is not an ISO duration is handed on as written.
+        Data::DurationIso(s) => {
+            if !push_iso_duration(s, out) {
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
         Data::Int(i) => {
             let _ = write!(out, "{i}");
         }
         Data::Float(f) => push_f64(*f, out),
         Data::Bool(b) => out.extend_from_slice(if *b { b"TRUE" } else { b"FALSE" }),
-        Data::DateTime(dt) if dt.is_datetime() => {
-            let (y, m, d, h, mi, s, ms) = dt.to_ymd_hms_milli();
-            let _ = write!(out, "{y:04}-{m:02}-{d:02}");
-            if (h, mi, s, ms) != (0, 0, 0, 0) {
-                let _ = write!(out, "T{h:02}:{mi:02}:{s:02}");
-                if ms > 0 {
-                    let _ = write!(out, ".{ms:03}");
-                }
+        // XLS numbers with a date or time format. calamine tells elapsed times (`[h]:mm:ss`)
+        // apart, but not dates from times of day: a serial below 1 is read as a time of day in
+        // both date systems (in the 1904 one it could also be 1904-01-01, which no one types).
+        Data::DateTime(dt) => {
+            let serial = dt.as_f64();
+            let format = if dt.is_duration() {
+                NumberFormat::Elapsed
+            } else if serial < 1.0 {
+                NumberFormat::TimeOfDay
+            } else {
+                NumberFormat::Date
+            };
+            // calamine keeps the date system private; an equal value built for 1900 says which.
+            let date1904 = *dt != ExcelDateTime::new(serial, ExcelDateTimeType::DateTime, false)
+                && dt.is_datetime();
+            if !push_serial(serial, format, date1904, out) {
+                push_f64(serial, out);
             }
         }
-        Data::DateTime(dt) => push_f64(dt.as_f64(), out),
         Data::DateTimeIso(s) => push_iso_date(s, out),
         Data::Error(e) => {
             let _ = write!(out, "{e}");

@@ -6,6 +6,13 @@
 //! it as an exact decimal and checks its scale. Date-formatted numbers become ISO dates
 //! (`YYYY-MM-DD`, or `YYYY-MM-DDTHH:MM:SS` when they carry a time) in the workbook's 1900 or 1904
 //! date system.
+//!
+//! Times are one rule for every format ([`push_serial`], [`push_iso_duration`]): a time of day
+//! without a date, and an elapsed time, are `HH:MM:SS` (24-hour, `.fff` only when the
+//! milliseconds are not zero). A time of day never reads `24:00:00`: one that rounds up to the
+//! end of the day is `00:00:00`, as Excel shows it. Elapsed times (`[h]:mm:ss`, and ODS time
+//! cells, which are ISO durations whether they mean a time of day or not) count hours past 23
+//! (`36:10:00`, and `24:00:00` for one that rounds up) and carry a sign (`-01:30:00`).
 
 use std::io::Write;
 
@@ -43,9 +50,116 @@ pub fn push_f64(v: f64, out: &mut Vec<u8>) {
     }
 }
 
+/// What a cell's number format makes of its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NumberFormat {
+    /// A plain number (`General`, `0.00`, currency, percent…).
+    #[default]
+    Plain,
+    /// A calendar date, with or without a time of day (`yyyy-mm-dd`, `m/d/yy h:mm`).
+    Date,
+    /// A time of day without a date (`h:mm`, `h:mm:ss AM/PM`, `mm:ss`).
+    TimeOfDay,
+    /// An elapsed time (`[h]:mm:ss`, `[mm]:ss`): hours may pass 23.
+    Elapsed,
+}
+
+/// Appends the text of a number shown with a date or time `format`; `false` when the format is
+/// plain or the serial is outside Excel's dates (the caller then writes it as a number).
+///
+/// Day 0 of the 1900 system (`1900-01-00`) is no real date, so any date or time serial below 1
+/// there is a time of day; so is a serial below 1 under a time-of-day format in either system.
+/// A time-of-day format on a serial of 1 or more carries a date, kept as a date-time.
+pub fn push_serial(serial: f64, format: NumberFormat, date1904: bool, out: &mut Vec<u8>) -> bool {
+    if !serial.is_finite() {
+        return false;
+    }
+    let time_only = (0.0..1.0).contains(&serial)
+        && (format == NumberFormat::TimeOfDay || (format == NumberFormat::Date && !date1904));
+    match format {
+        NumberFormat::Plain => false,
+        NumberFormat::Elapsed if serial.abs() < 2_958_466.0 => {
+            push_clock((serial * 86_400_000.0).round() as i64, out);
+            true
+        }
+        NumberFormat::Elapsed => false,
+        _ if time_only => {
+            push_clock((serial * 86_400_000.0).round() as i64 % 86_400_000, out);
+            true
+        }
+        NumberFormat::Date | NumberFormat::TimeOfDay => push_excel_date(serial, date1904, out),
+    }
+}
+
+/// Appends `ms` milliseconds as `HH:MM:SS[.fff]`, hours unbounded, `-` before a negative time.
+fn push_clock(ms: i64, out: &mut Vec<u8>) {
+    if ms < 0 {
+        out.push(b'-');
+    }
+    let ms = ms.unsigned_abs();
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let _ = write!(out, "{h:02}:{m:02}:{s:02}");
+    if milli > 0 {
+        let _ = write!(out, ".{milli:03}");
+    }
+}
+
+/// Appends an ISO 8601 duration (ODS time cells: `PT10H10M10S`, `P1DT2H`, `-PT1H0M0.5S`) as
+/// `HH:MM:SS[.fff]`; `false`, writing nothing, when it is not one.
+pub fn push_iso_duration(raw: &str, out: &mut Vec<u8>) -> bool {
+    match iso_duration_ms(raw.trim()) {
+        Some(ms) => {
+            push_clock(ms, out);
+            true
+        }
+        None => false,
+    }
+}
+
+fn iso_duration_ms(s: &str) -> Option<i64> {
+    let (negative, s) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let s = s.strip_prefix(['P', 'p'])?;
+    let (days, time) = match s.find(['T', 't']) {
+        Some(i) => (&s[..i], Some(&s[i + 1..])),
+        None => (s, None),
+    };
+    let mut total = 0.0_f64;
+    let mut any = false;
+    let mut add = |part: &str, units: &[(char, f64)]| -> Option<()> {
+        let mut rest = part;
+        let mut unit = units.iter();
+        while !rest.is_empty() {
+            let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+            let number: f64 = rest[..end].parse().ok()?;
+            let letter = rest[end..].chars().next()?.to_ascii_uppercase();
+            // Units in order, each at most once.
+            let (_, ms) = unit.by_ref().find(|(u, _)| *u == letter)?;
+            total += number * ms;
+            any = true;
+            rest = &rest[end + 1..];
+        }
+        Some(())
+    };
+    add(days, &[('D', 86_400_000.0)])?;
+    if let Some(time) = time {
+        if time.is_empty() {
+            return None;
+        }
+        add(time, &[('H', 3_600_000.0), ('M', 60_000.0), ('S', 1000.0)])?;
+    }
+    if !any || !total.is_finite() || total > 1e15 {
+        return None;
+    }
+    let ms = total.round() as i64;
+    Some(if negative { -ms } else { ms })
+}
+
 /// Appends the ISO date (and time, when there is one) of an Excel date serial; `false` when the
 /// serial is outside Excel's dates (before its epoch or after 9999-12-31).
-pub fn push_excel_date(serial: f64, date1904: bool, out: &mut Vec<u8>) -> bool {
+fn push_excel_date(serial: f64, date1904: bool, out: &mut Vec<u8>) -> bool {
     if !serial.is_finite() || !(0.0..2_958_466.0).contains(&serial) {
         return false;
     }
@@ -96,17 +210,24 @@ pub fn push_iso_date(raw: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(t.as_bytes());
 }
 
-/// Whether a number format shows a date (built-in ids, or a format code with day or year
-/// parts, or months without hours and seconds). Time-only formats are not dates.
-pub fn is_date_format(id: u32, code: Option<&str>) -> bool {
+/// What a number format shows: built-in ids (ECMA-376 18.8.30), or a format code's first
+/// section (day or year parts, or months without hours and seconds, are dates; hours, minutes
+/// with hours or seconds, and seconds are times; `[h]`, `[mm]`, `[ss]` are elapsed times).
+pub fn number_format(id: u32, code: Option<&str>) -> NumberFormat {
     if let Some(code) = code {
-        return is_date_code(code);
+        return code_format(code);
     }
-    matches!(id, 14..=17 | 22 | 27..=36 | 50..=58)
+    match id {
+        14..=17 | 22 | 27..=36 | 50..=58 => NumberFormat::Date,
+        18..=21 | 45 | 47 => NumberFormat::TimeOfDay,
+        46 => NumberFormat::Elapsed,
+        _ => NumberFormat::Plain,
+    }
 }
 
-fn is_date_code(code: &str) -> bool {
+fn code_format(code: &str) -> NumberFormat {
     let mut plain = String::with_capacity(code.len());
+    let mut elapsed = false;
     let mut chars = code.chars();
     while let Some(c) = chars.next() {
         match c {
@@ -119,11 +240,16 @@ fn is_date_code(code: &str) -> bool {
                 }
             }
             '[' => {
+                let mut inside = String::new();
                 for d in chars.by_ref() {
                     if d == ']' {
                         break;
                     }
+                    inside.push(d.to_ascii_lowercase());
                 }
+                let unit = inside.chars().next();
+                elapsed |= matches!(unit, Some('h' | 'm' | 's'))
+                    && inside.chars().all(|d| Some(d) == unit);
             }
             '\\' | '_' | '*' => {
                 chars.next();
@@ -131,9 +257,19 @@ fn is_date_code(code: &str) -> bool {
             c => plain.push(c.to_ascii_lowercase()),
         }
     }
-    plain.contains('y')
-        || plain.contains('d')
-        || (plain.contains('m') && !plain.contains('h') && !plain.contains('s'))
+    // AM/PM markers are not months.
+    let plain = plain.replace("am/pm", "").replace("a/p", "");
+    if plain.contains('y') || plain.contains('d') {
+        NumberFormat::Date
+    } else if elapsed {
+        NumberFormat::Elapsed
+    } else if plain.contains('h') || plain.contains('s') {
+        NumberFormat::TimeOfDay
+    } else if plain.contains('m') {
+        NumberFormat::Date
+    } else {
+        NumberFormat::Plain
+    }
 }
 
 #[cfg(test)]
@@ -183,18 +319,118 @@ mod tests {
         assert!(!push_excel_date(3e6, false, &mut Vec::new()));
     }
 
+    fn serial(v: f64, format: NumberFormat, date1904: bool) -> String {
+        let mut out = Vec::new();
+        assert!(push_serial(v, format, date1904, &mut out), "{v}");
+        String::from_utf8(out).unwrap()
+    }
+
+    fn duration(raw: &str) -> String {
+        let mut out = Vec::new();
+        assert!(push_iso_duration(raw, &mut out), "{raw}");
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
-    fn date_formats() {
-        assert!(is_date_format(14, None));
-        assert!(!is_date_format(2, None));
-        assert!(!is_date_format(20, None));
-        assert!(is_date_format(164, Some("yyyy-mm-dd")));
-        assert!(is_date_format(164, Some("dd/mm/yyyy hh:mm")));
-        assert!(is_date_format(164, Some("[$-409]mmm d, yyyy;@")));
-        assert!(!is_date_format(164, Some("h:mm:ss")));
-        assert!(!is_date_format(164, Some("0.00")));
-        assert!(!is_date_format(164, Some("\"days\" 0")));
-        assert!(!is_date_format(164, Some("[Red]#,##0.00")));
-        assert!(!is_date_format(164, Some("General")));
+    fn times_of_day_read_as_clocks() {
+        use NumberFormat::*;
+        // 06:34 as Excel stores it, under a time format and under a date format (day 0).
+        assert_eq!(serial(0.2736111111111111, TimeOfDay, false), "06:34:00");
+        assert_eq!(serial(0.2736111111111111, Date, false), "06:34:00");
+        assert_eq!(serial(0.2736111111111111, TimeOfDay, true), "06:34:00");
+        // In the 1904 system day 0 is a real date, 1904-01-01.
+        assert_eq!(serial(0.5, Date, true), "1904-01-01T12:00:00");
+        assert_eq!(serial(0.0, TimeOfDay, false), "00:00:00");
+        assert_eq!(serial(0.0, Date, false), "00:00:00");
+        // Milliseconds only when not zero, rounded like dates.
+        assert_eq!(
+            serial(1.0 / 24.0 + 0.5 / 86_400.0, TimeOfDay, false),
+            "01:00:00.500"
+        );
+        assert_eq!(
+            serial(0.5 + 0.0004 / 86_400.0, TimeOfDay, false),
+            "12:00:00"
+        );
+        // A time of day that rounds up to the end of the day is midnight, never 24:00:00.
+        assert_eq!(serial(0.999_999_999, TimeOfDay, false), "00:00:00");
+        assert_eq!(serial(0.999_999_999, Date, false), "00:00:00");
+        // A time format on a serial of 1 or more carries a date: nothing is dropped.
+        assert_eq!(serial(45306.25, TimeOfDay, false), "2024-01-15T06:00:00");
+        assert_eq!(serial(45306.0, TimeOfDay, false), "2024-01-15");
+        // Dates are unchanged.
+        assert_eq!(serial(45306.0, Date, false), "2024-01-15");
+        assert_eq!(serial(45306.5, Date, false), "2024-01-15T12:00:00");
+        assert_eq!(serial(43845.0, Date, true), "2024-01-16");
+        // Outside Excel's dates, and plain numbers, are the caller's to write as numbers.
+        assert!(!push_serial(-0.25, TimeOfDay, false, &mut Vec::new()));
+        assert!(!push_serial(-1.0, Date, false, &mut Vec::new()));
+        assert!(!push_serial(0.25, Plain, false, &mut Vec::new()));
+        assert!(!push_serial(f64::NAN, TimeOfDay, false, &mut Vec::new()));
+    }
+
+    #[test]
+    fn elapsed_times_pass_23_hours_and_keep_their_sign() {
+        use NumberFormat::Elapsed;
+        assert_eq!(serial(1.5069444444444444, Elapsed, false), "36:10:00");
+        assert_eq!(serial(0.999_999_999, Elapsed, false), "24:00:00");
+        assert_eq!(serial(-0.0625, Elapsed, false), "-01:30:00");
+        assert_eq!(serial(0.0, Elapsed, true), "00:00:00");
+        assert_eq!(serial(2.0 / 86_400_000.0, Elapsed, false), "00:00:00.002");
+        assert!(!push_serial(3e6, Elapsed, false, &mut Vec::new()));
+    }
+
+    #[test]
+    fn iso_durations_from_ods() {
+        assert_eq!(duration("PT10H10M10S"), "10:10:10");
+        assert_eq!(duration("PT06H34M00S"), "06:34:00");
+        assert_eq!(duration("PT36H10M"), "36:10:00");
+        assert_eq!(duration("PT1H0M0.5S"), "01:00:00.500");
+        assert_eq!(duration("P1DT2H"), "26:00:00");
+        assert_eq!(duration("-PT1H30M"), "-01:30:00");
+        assert_eq!(duration("PT23H59M59.9996S"), "24:00:00");
+        assert_eq!(duration(" PT45S "), "00:00:45");
+        for bad in [
+            "", "P", "PT", "T10H", "10:10:10", "PT10X", "PT10M10H", "PT1H1H", "PTH", "P1H",
+        ] {
+            let mut out = Vec::new();
+            assert!(!push_iso_duration(bad, &mut out), "{bad}");
+            assert!(out.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn number_formats() {
+        use NumberFormat::*;
+        assert_eq!(number_format(14, None), Date);
+        assert_eq!(number_format(22, None), Date);
+        assert_eq!(number_format(2, None), Plain);
+        assert_eq!(number_format(0, None), Plain);
+        for id in [18, 19, 20, 21, 45, 47] {
+            assert_eq!(number_format(id, None), TimeOfDay, "{id}");
+        }
+        assert_eq!(number_format(46, None), Elapsed);
+        assert_eq!(number_format(164, None), Plain);
+        let code = |c| number_format(164, Some(c));
+        assert_eq!(code("yyyy-mm-dd"), Date);
+        assert_eq!(code("dd/mm/yyyy hh:mm"), Date);
+        assert_eq!(code("[$-409]mmm d, yyyy;@"), Date);
+        assert_eq!(code("mmm"), Date);
+        assert_eq!(code("h:mm:ss"), TimeOfDay);
+        assert_eq!(code("h:mm"), TimeOfDay);
+        assert_eq!(code("h:mm AM/PM"), TimeOfDay);
+        assert_eq!(code("h:mm:ss A/P"), TimeOfDay);
+        assert_eq!(code("[$-409]h:mm AM/PM"), TimeOfDay);
+        assert_eq!(code("mm:ss"), TimeOfDay);
+        assert_eq!(code("hh:mm:ss.000"), TimeOfDay);
+        assert_eq!(code("[h]:mm:ss"), Elapsed);
+        assert_eq!(code("[hh]:mm"), Elapsed);
+        assert_eq!(code("[mm]:ss"), Elapsed);
+        assert_eq!(code("[ss].00"), Elapsed);
+        assert_eq!(code("0.00"), Plain);
+        assert_eq!(code("\"days\" 0"), Plain);
+        assert_eq!(code("[Red]#,##0.00"), Plain);
+        assert_eq!(code("[hm]0"), Plain);
+        assert_eq!(code("General"), Plain);
+        assert_eq!(code("@"), Plain);
     }
 }

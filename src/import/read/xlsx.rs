@@ -20,7 +20,7 @@ use quick_xml::events::{BytesRef, BytesStart, Event};
 use zip::ZipArchive;
 
 use super::archive::{self, EntryStream, MarkupGuard, read_small, stream_entry, unpack_error};
-use super::cell::{is_date_format, push_excel_date, push_iso_date, push_number};
+use super::cell::{NumberFormat, number_format, push_iso_date, push_number, push_serial};
 use super::{FileError, MAX_CELL_BYTES, MAX_COLUMNS, SourceOptions, pick_sheet};
 
 /// Largest workbook, relationships or styles part read whole.
@@ -280,8 +280,8 @@ pub(super) fn resolve_sheet(
     Ok(wb.sheets[i].name.clone())
 }
 
-/// For each cell format (`s` attribute), whether it shows a date.
-fn read_date_styles(xml: &[u8]) -> Result<Vec<bool>, FileError> {
+/// For each cell format (`s` attribute), what its number format shows (a date, a time…).
+fn read_date_styles(xml: &[u8]) -> Result<Vec<NumberFormat>, FileError> {
     let mut codes: HashMap<u32, String> = HashMap::new();
     let mut formats: Vec<u32> = Vec::new();
     let in_xfs = std::cell::Cell::new(false);
@@ -316,7 +316,7 @@ fn read_date_styles(xml: &[u8]) -> Result<Vec<bool>, FileError> {
     )?;
     Ok(formats
         .iter()
-        .map(|id| is_date_format(*id, codes.get(id).map(String::as_str)))
+        .map(|id| number_format(*id, codes.get(id).map(String::as_str)))
         .collect())
 }
 
@@ -549,7 +549,7 @@ struct SheetReader {
     xml: Reader<BufReader<MarkupGuard<EntryStream>>>,
     buf: Vec<u8>,
     sst: Option<SharedStrings>,
-    date_styles: Vec<bool>,
+    date_styles: Vec<NumberFormat>,
     date1904: bool,
     /// 1-based number of the current row.
     row: u64,
@@ -682,13 +682,16 @@ impl SheetReader {
             }
             Kind::Date => push_iso_date(value, &mut self.bytes),
             Kind::Number => {
-                let is_date = self.date_styles.get(cell.style).copied().unwrap_or(false);
+                let format = self
+                    .date_styles
+                    .get(cell.style)
+                    .copied()
+                    .unwrap_or_default();
                 let written = !value.trim().is_empty()
-                    && ((is_date
-                        && value
-                            .trim()
-                            .parse::<f64>()
-                            .is_ok_and(|v| push_excel_date(v, self.date1904, &mut self.bytes)))
+                    && ((format != NumberFormat::Plain
+                        && value.trim().parse::<f64>().is_ok_and(|v| {
+                            push_serial(v, format, self.date1904, &mut self.bytes)
+                        }))
                         || push_number(value, &mut self.bytes));
                 if !written {
                     // Not a number: hand it on as written; the field's parser will say why.
@@ -950,6 +953,9 @@ mod tests {
         let xml = br#"<styleSheet><numFmts count="1"><numFmt numFmtId="164" formatCode="yyyy-mm-dd"/></numFmts>
             <cellStyleXfs count="1"><xf numFmtId="14"/></cellStyleXfs>
             <cellXfs count="3"><xf numFmtId="0"/><xf numFmtId="164"><alignment/></xf><xf numFmtId="2"/></cellXfs></styleSheet>"#;
-        assert_eq!(read_date_styles(xml).unwrap(), vec![false, true, false]);
+        assert_eq!(
+            read_date_styles(xml).unwrap(),
+            vec![NumberFormat::Plain, NumberFormat::Date, NumberFormat::Plain]
+        );
     }
 }

@@ -26,7 +26,7 @@ use super::body_rate::body_error;
 use super::error::ApiError;
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
-use crate::import::read::{Source, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options};
 use crate::import::validate::Validator;
 use crate::import::{FileError, SourceOptions, map};
 use crate::store::Template;
@@ -398,7 +398,8 @@ fn analyze(
         rows.push(json!({"row": row, "values": fields}));
     }
     if rows.is_empty() && problems.is_empty() {
-        problems.push(json!({"code": "no_rows", "message": FileError::NoRows.to_string()}));
+        let e = no_rows_error(path, format, &options);
+        problems.push(json!({"code": e.code(), "message": e.to_string()}));
     }
     Ok(json!({
         "dataset": ds.name,

@@ -29,7 +29,7 @@ use super::error::ApiError;
 use super::jobs::{error_json, job_json};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
-use crate::import::read::{Source, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions, map};
 use crate::jobs::{Executed, execute};
 use crate::store::{Inserted, JobId, JobStatus, NewJob};
@@ -677,7 +677,7 @@ fn inspect(
         }
     }
     if rows == 0 {
-        return Err(FileError::NoRows);
+        return Err(no_rows_error(&path, format, &options));
     }
     if let Some(max) = limit
         && rows > max

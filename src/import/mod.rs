@@ -53,6 +53,15 @@ pub enum FileError {
     CellTooLarge(String),
     #[error("{0}")]
     BadEncoding(String),
+    /// The chosen sheet of a workbook has no cells (`header: false`, code `empty_file`) or a
+    /// header and no data rows (`header: true`, code `no_rows`); `with_data` names the sheets
+    /// that do have data rows, so the user knows which `sheet` to pass.
+    #[error("{}", empty_sheet_message(.sheet, *.header, .with_data))]
+    EmptySheet {
+        sheet: String,
+        header: bool,
+        with_data: Vec<String>,
+    },
     #[error("reading the uploaded file failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -73,9 +82,27 @@ impl FileError {
             FileError::TooManyColumns { .. } => "too_many_columns",
             FileError::CellTooLarge(_) => "cell_too_large",
             FileError::BadEncoding(_) => "invalid_encoding",
+            FileError::EmptySheet { header: false, .. } => "empty_file",
+            FileError::EmptySheet { header: true, .. } => "no_rows",
             FileError::Io(_) => "io_error",
         }
     }
+}
+
+fn empty_sheet_message(sheet: &str, header: bool, with_data: &[String]) -> String {
+    let what = if header {
+        "has a header but no data rows"
+    } else {
+        "is empty"
+    };
+    if with_data.is_empty() {
+        return format!("sheet \"{sheet}\" {what}, and the workbook has no other sheet with data");
+    }
+    let list: Vec<String> = with_data.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "sheet \"{sheet}\" {what}; sheets with data: {} (choose one with the `sheet` option)",
+        list.join(", ")
+    )
 }
 
 /// A rejected row: data, not an exception. `row` counts as a spreadsheet shows it (the header

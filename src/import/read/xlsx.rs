@@ -1,7 +1,9 @@
 //! XLSX (Office Open XML) workbooks, streamed row by row straight from the zip.
 //!
 //! At open: the workbook part (sheets, visibility, the 1900/1904 date system), its
-//! relationships, the styles (which cell formats are dates) and the shared-string table. The
+//! relationships, the styles (which cell formats are dates) and the shared-string table. Every
+//! part is found through the relationships, from `_rels/.rels` on ([`workbook_path`]), with
+//! entry names matched as Excel does ([`archive::entry_index`]). The
 //! shared strings are spilled to an unnamed temporary file beside the upload with a second file
 //! of end offsets, and read back through a small block cache, so memory does not grow with the
 //! number of distinct strings. The sheet is then parsed with `quick-xml` as it is unpacked:

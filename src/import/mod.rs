@@ -98,7 +98,16 @@ fn empty_sheet_message(sheet: &str, header: bool, with_data: &[String]) -> Strin
     if with_data.is_empty() {
         return format!("sheet \"{sheet}\" {what}, and the workbook has no other sheet with data");
     }
-    let list: Vec<String> = with_data.iter().map(|s| format!("\"{s}\"")).collect();
+    /// Sheets named in the message; a longer list ends with how many more there are.
+    const LISTED: usize = 20;
+    let mut list: Vec<String> = with_data
+        .iter()
+        .take(LISTED)
+        .map(|s| format!("\"{s}\""))
+        .collect();
+    if with_data.len() > LISTED {
+        list.push(format!("and {} more", with_data.len() - LISTED));
+    }
     format!(
         "sheet \"{sheet}\" {what}; sheets with data: {} (choose one with the `sheet` option)",
         list.join(", ")
@@ -273,4 +282,33 @@ pub struct BatchCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_sheet_messages_name_the_sheets_with_data() {
+        let e = |header, with_data: Vec<String>| FileError::EmptySheet {
+            sheet: "Cover".into(),
+            header,
+            with_data,
+        };
+        let err = e(false, vec!["Data".into(), "2024".into()]);
+        assert_eq!(err.code(), "empty_file");
+        assert_eq!(
+            err.to_string(),
+            r#"sheet "Cover" is empty; sheets with data: "Data", "2024" (choose one with the `sheet` option)"#
+        );
+        let err = e(true, Vec::new());
+        assert_eq!(err.code(), "no_rows");
+        assert_eq!(
+            err.to_string(),
+            r#"sheet "Cover" has a header but no data rows, and the workbook has no other sheet with data"#
+        );
+        let many = e(false, (1..=25).map(|i| format!("S{i}")).collect()).to_string();
+        assert!(many.contains(r#""S20", and 5 more (choose"#), "{many}");
+        assert!(!many.contains("S21"), "{many}");
+    }
 }

@@ -28,7 +28,7 @@ use super::options::{self, ImportOptions, MappingChoice};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
 use crate::import::map::{self, Explicit};
-use crate::import::read::{Source, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options};
 use crate::import::validate::Validator;
 use crate::import::{FileError, Format, SourceOptions};
 use crate::store::Template;
@@ -399,7 +399,8 @@ fn analyze(
         rows.push(json!({"row": row, "values": fields}));
     }
     if rows.is_empty() && problems.is_empty() {
-        problems.push(json!({"code": "no_rows", "message": FileError::NoRows.to_string()}));
+        let e = no_rows_error(path, format, &options);
+        problems.push(json!({"code": e.code(), "message": e.to_string()}));
     }
     let out = json!({
         "dataset": ds.name,

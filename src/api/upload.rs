@@ -30,7 +30,7 @@ use super::options::{self, ImportOptions, MappingChoice, param};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
 use crate::import::map::{self, Explicit};
-use crate::import::read::{Source, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
 use crate::store::{Inserted, JobId, JobStatus, NewJob};
@@ -625,7 +625,7 @@ fn inspect(
         }
     }
     if rows == 0 {
-        return Err(FileError::NoRows);
+        return Err(no_rows_error(&path, format, &options));
     }
     if let Some(max) = limit
         && rows > max

@@ -53,6 +53,15 @@ pub enum FileError {
     CellTooLarge(String),
     #[error("{0}")]
     BadEncoding(String),
+    /// The chosen sheet of a workbook has no cells (`header: false`, code `empty_file`) or a
+    /// header and no data rows (`header: true`, code `no_rows`); `with_data` names the sheets
+    /// that do have data rows, so the user knows which `sheet` to pass.
+    #[error("{}", empty_sheet_message(.sheet, *.header, .with_data))]
+    EmptySheet {
+        sheet: String,
+        header: bool,
+        with_data: Vec<String>,
+    },
     #[error("reading the uploaded file failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -73,9 +82,36 @@ impl FileError {
             FileError::TooManyColumns { .. } => "too_many_columns",
             FileError::CellTooLarge(_) => "cell_too_large",
             FileError::BadEncoding(_) => "invalid_encoding",
+            FileError::EmptySheet { header: false, .. } => "empty_file",
+            FileError::EmptySheet { header: true, .. } => "no_rows",
             FileError::Io(_) => "io_error",
         }
     }
+}
+
+fn empty_sheet_message(sheet: &str, header: bool, with_data: &[String]) -> String {
+    let what = if header {
+        "has a header but no data rows"
+    } else {
+        "is empty"
+    };
+    if with_data.is_empty() {
+        return format!("sheet \"{sheet}\" {what}, and the workbook has no other sheet with data");
+    }
+    /// Sheets named in the message; a longer list ends with how many more there are.
+    const LISTED: usize = 20;
+    let mut list: Vec<String> = with_data
+        .iter()
+        .take(LISTED)
+        .map(|s| format!("\"{s}\""))
+        .collect();
+    if with_data.len() > LISTED {
+        list.push(format!("and {} more", with_data.len() - LISTED));
+    }
+    format!(
+        "sheet \"{sheet}\" {what}; sheets with data: {} (choose one with the `sheet` option)",
+        list.join(", ")
+    )
 }
 
 /// A rejected row: data, not an exception. `row` counts as a spreadsheet shows it (the header
@@ -246,4 +282,33 @@ pub struct BatchCounts {
     pub updated: u64,
     pub unchanged: u64,
     pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_sheet_messages_name_the_sheets_with_data() {
+        let e = |header, with_data: Vec<String>| FileError::EmptySheet {
+            sheet: "Cover".into(),
+            header,
+            with_data,
+        };
+        let err = e(false, vec!["Data".into(), "2024".into()]);
+        assert_eq!(err.code(), "empty_file");
+        assert_eq!(
+            err.to_string(),
+            r#"sheet "Cover" is empty; sheets with data: "Data", "2024" (choose one with the `sheet` option)"#
+        );
+        let err = e(true, Vec::new());
+        assert_eq!(err.code(), "no_rows");
+        assert_eq!(
+            err.to_string(),
+            r#"sheet "Cover" has a header but no data rows, and the workbook has no other sheet with data"#
+        );
+        let many = e(false, (1..=25).map(|i| format!("S{i}")).collect()).to_string();
+        assert!(many.contains(r#""S20", and 5 more (choose"#), "{many}");
+        assert!(!many.contains("S21"), "{many}");
+    }
 }

@@ -25,6 +25,75 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// A zip of exactly these parts (name → content), in this order: for packages laid out
+/// differently from Excel's (a workbook at the root, part names in another case).
+pub fn parts_xlsx(parts: &[(&str, String)]) -> Vec<u8> {
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+    for (name, body) in parts {
+        zip.start_file(*name, opts).unwrap();
+        zip.write_all(body.as_bytes()).unwrap();
+    }
+    zip.finish().unwrap().into_inner()
+}
+
+/// A relationships part: `(id, type, target)`, the type's last segment only (`worksheet`,
+/// `officeDocument`, `sharedStrings`, `styles`).
+pub fn rels_xml(rels: &[(&str, &str, &str)]) -> String {
+    let mut xml = String::from(
+        r#"<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">"#,
+    );
+    for (id, ty, target) in rels {
+        xml.push_str(&format!(r#"<Relationship Id="{id}" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/{ty}" Target="{target}"/>"#));
+    }
+    xml.push_str("</Relationships>");
+    xml
+}
+
+/// A workbook part with these `(name, relationship id)` sheets, in the 1900 date system.
+pub fn workbook_xml(sheets: &[(&str, &str)]) -> String {
+    let mut xml = String::from(
+        r#"<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><workbookPr/><sheets>"#,
+    );
+    for (i, (name, id)) in sheets.iter().enumerate() {
+        xml.push_str(&format!(
+            r#"<sheet name="{}" sheetId="{}" r:id="{id}"/>"#,
+            esc(name),
+            i + 1
+        ));
+    }
+    xml.push_str("</sheets></workbook>");
+    xml
+}
+
+/// A worksheet part; `rows` goes inside `<sheetData>`.
+pub fn sheet_xml(rows: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>{rows}</sheetData></worksheet>"#
+    )
+}
+
+/// A shared-string table.
+pub fn shared_strings_xml(shared: &[&str]) -> String {
+    let mut sst = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="{0}" uniqueCount="{0}">"#,
+        shared.len()
+    );
+    for s in shared {
+        sst.push_str(&format!(
+            "<si><t xml:space=\"preserve\">{}</t></si>",
+            esc(s)
+        ));
+    }
+    sst.push_str("</sst>");
+    sst
+}
+
+/// The styles part of [`raw_xlsx`]: cell formats 0 general, 1 a date, 2 a date-time, 3 `0.00`.
+pub fn styles_xml() -> String {
+    STYLES.to_string()
+}
+
 /// Builds an XLSX package. `prologue` is put before the root element of the first sheet (a
 /// DOCTYPE, say).
 pub fn raw_xlsx(sheets: &[RawSheet], shared: &[&str], date1904: bool, prologue: &str) -> Vec<u8> {
@@ -73,18 +142,7 @@ pub fn raw_xlsx(sheets: &[RawSheet], shared: &[&str], date1904: bool, prologue: 
     put("xl/_rels/workbook.xml.rels", &rels);
     put("xl/styles.xml", STYLES);
     if !shared.is_empty() {
-        let mut sst = format!(
-            r#"<?xml version="1.0" encoding="UTF-8"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="{0}" uniqueCount="{0}">"#,
-            shared.len()
-        );
-        for s in shared {
-            sst.push_str(&format!(
-                "<si><t xml:space=\"preserve\">{}</t></si>",
-                esc(s)
-            ));
-        }
-        sst.push_str("</sst>");
-        put("xl/sharedStrings.xml", &sst);
+        put("xl/sharedStrings.xml", &shared_strings_xml(shared));
     }
     for (i, s) in sheets.iter().enumerate() {
         let head = if i == 0 { prologue } else { "" };

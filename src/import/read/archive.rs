@@ -5,6 +5,8 @@
 //! entry is then streamed from its own file handle (so a reader can own it for the whole job)
 //! and refused if it unpacks to more than its declared size. [`MarkupGuard`] bounds the longest
 //! run of bytes without `<` or `>`, which bounds the XML parser's buffer (one text node or tag).
+//! Entries are looked up by name as Excel does ([`entry_index`]): exactly, else ignoring ASCII
+//! case, since OPC part names are case-insensitive.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -66,12 +68,12 @@ fn check_limits(zip: &mut ZipArchive<File>) -> Result<(), FileError> {
 /// What kind of workbook a zip archive holds, and the sheet to read (by exact name).
 pub(super) fn resolve_zip(path: &Path, sheet: Option<&str>) -> Result<(Format, String), FileError> {
     let mut zip = open(path)?;
-    if zip.index_for_name("xl/workbook.bin").is_some() {
-        return Err(FileError::UnsupportedFormat(
-            "this is a binary Excel workbook (XLSB); save it as XLSX or CSV".into(),
-        ));
-    }
-    if super::xlsx::workbook_path(&mut zip)?.is_some() {
+    if let Some(workbook) = super::xlsx::workbook_path(&mut zip)? {
+        if workbook.to_ascii_lowercase().ends_with(".bin") {
+            return Err(FileError::UnsupportedFormat(
+                "this is a binary Excel workbook (XLSB); save it as XLSX or CSV".into(),
+            ));
+        }
         let name = super::xlsx::resolve_sheet(&mut zip, sheet)?;
         return Ok((Format::Xlsx, name));
     }
@@ -89,13 +91,27 @@ pub(super) fn resolve_zip(path: &Path, sheet: Option<&str>) -> Result<(Format, S
     ))
 }
 
+/// The index of entry `name`: the entry of exactly that name, else the first whose name differs
+/// only in ASCII case (`xl/SharedStrings.xml` for `xl/sharedStrings.xml`), as Excel reads them.
+pub(super) fn entry_index(zip: &ZipArchive<File>, name: &str) -> Option<usize> {
+    zip.index_for_name(name).or_else(|| {
+        (0..zip.len()).find(|&i| {
+            zip.name_for_index(i)
+                .is_some_and(|n| n.is_ok_and(|n| n.eq_ignore_ascii_case(name)))
+        })
+    })
+}
+
 /// Reads a small entry whole; `None` if the archive has no such entry.
 pub(super) fn read_small(
     zip: &mut ZipArchive<File>,
     name: &str,
     max: u64,
 ) -> Result<Option<Vec<u8>>, FileError> {
-    let mut entry = match zip.by_name(name) {
+    let Some(index) = entry_index(zip, name) else {
+        return Ok(None);
+    };
+    let mut entry = match zip.by_index(index) {
         Ok(e) => e,
         Err(ZipError::FileNotFound) => return Ok(None),
         Err(e) => return Err(damaged(e)),
@@ -140,7 +156,7 @@ pub(super) fn stream_entry(
     path: &Path,
     name: &str,
 ) -> Result<Option<EntryStream>, FileError> {
-    let Some(index) = zip.index_for_name(name) else {
+    let Some(index) = entry_index(zip, name) else {
         return Ok(None);
     };
     let (start, compressed, size, method) = {

@@ -101,6 +101,33 @@ pub(super) fn resolve_sheet(
     Ok(list[pick_sheet(&list, requested)?].0.clone())
 }
 
+fn sheet_range(wb: &mut Workbook, name: &str) -> Result<Range<Data>, FileError> {
+    calamine_call(|| {
+        wb.worksheet_range(name)
+            .map_err(|e| FileError::Unreadable(format!("the sheet `{name}` is damaged ({e})")))
+    })
+}
+
+/// Every sheet of the workbook, in order, as `(name, visible, has a header and a data row)`;
+/// the workbook is read once. A sheet that cannot be read counts as one without rows.
+pub(super) fn sheets_with_rows(
+    path: &Path,
+    format: Format,
+) -> Result<Vec<(String, bool, bool)>, FileError> {
+    let mut wb = open_workbook(path, format)?;
+    let mut record = csv::ByteRecord::new();
+    Ok(sheets(&wb)
+        .into_iter()
+        .map(|(name, visible)| {
+            let rows = sheet_range(&mut wb, &name)
+                .and_then(CalcSource::from_range)
+                .and_then(|mut s| s.next_record(&mut record))
+                .is_ok_and(|r| r.is_some());
+            (name, visible, rows)
+        })
+        .collect())
+}
+
 /// Appends a cell's text; `true` if the cell holds a spreadsheet error.
 fn push_data(d: &Data, out: &mut Vec<u8>) -> bool {
     match d {
@@ -162,11 +189,12 @@ impl CalcSource {
     pub fn open(path: &Path, format: Format, options: &SourceOptions) -> Result<Self, FileError> {
         let mut wb = open_workbook(path, format)?;
         let list = sheets(&wb);
-        let name = list[pick_sheet(&list, options.sheet.as_deref())?].0.clone();
-        let range = calamine_call(|| {
-            wb.worksheet_range(&name)
-                .map_err(|e| FileError::Unreadable(format!("the sheet `{name}` is damaged ({e})")))
-        })?;
+        let name = &list[pick_sheet(&list, options.sheet.as_deref())?].0;
+        Self::from_range(sheet_range(&mut wb, name)?)
+    }
+
+    /// A source over a sheet's cells; reads up to the header.
+    fn from_range(range: Range<Data>) -> Result<Self, FileError> {
         if range.width() > MAX_COLUMNS {
             return Err(FileError::TooManyColumns {
                 found: range.width(),

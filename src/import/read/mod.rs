@@ -323,14 +323,20 @@ pub enum Source {
 }
 
 impl Source {
+    /// Opens a file and reads up to its header. A workbook sheet without cells is
+    /// [`FileError::EmptySheet`] (see [`no_rows_error`]).
     pub fn open(path: &Path, format: Format, options: &SourceOptions) -> Result<Self, FileError> {
-        Ok(match format {
-            Format::Csv => Source::Csv(CsvSource::open(path, options)?),
-            Format::Xlsx => Source::Xlsx(Box::new(XlsxSource::open(path, options)?)),
+        let opened = match format {
+            Format::Csv => CsvSource::open(path, options).map(Source::Csv),
+            Format::Xlsx => XlsxSource::open(path, options).map(|s| Source::Xlsx(Box::new(s))),
             Format::Xls | Format::Ods => {
-                Source::Calc(calc::CalcSource::open(path, format, options)?)
+                calc::CalcSource::open(path, format, options).map(Source::Calc)
             }
-        })
+        };
+        match opened {
+            Err(FileError::Empty) => Err(empty_sheet(path, format, options, false)),
+            other => other,
+        }
     }
 
     pub fn headers(&self) -> &[String] {
@@ -377,6 +383,47 @@ impl Source {
             Source::Xlsx(s) => s.skip_to(position),
             Source::Calc(s) => s.skip_to(position),
         }
+    }
+}
+
+/// The error for a file with a header and no data rows: for a workbook, one that names the sheet
+/// and the sheets that do have data rows.
+pub fn no_rows_error(path: &Path, format: Format, options: &SourceOptions) -> FileError {
+    empty_sheet(path, format, options, true)
+}
+
+/// [`FileError::EmptySheet`] for the sheet `options` picks, or the plain error (`Empty`,
+/// `NoRows`) for CSV or a workbook that cannot be listed. Only on this error path are the other
+/// sheets read, each up to its first data row.
+fn empty_sheet(path: &Path, format: Format, options: &SourceOptions, header: bool) -> FileError {
+    let plain = || {
+        if header {
+            FileError::NoRows
+        } else {
+            FileError::Empty
+        }
+    };
+    let listed = match format {
+        Format::Csv => return plain(),
+        Format::Xlsx => xlsx::sheets_with_rows(path),
+        Format::Xls | Format::Ods => calc::sheets_with_rows(path, format),
+    };
+    let Ok(sheets) = listed else {
+        return plain();
+    };
+    let visible: Vec<(String, bool)> = sheets.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
+    let Ok(picked) = pick_sheet(&visible, options.sheet.as_deref()) else {
+        return plain();
+    };
+    FileError::EmptySheet {
+        sheet: sheets[picked].0.clone(),
+        header,
+        with_data: sheets
+            .iter()
+            .enumerate()
+            .filter(|&(i, (_, _, rows))| i != picked && *rows)
+            .map(|(_, (name, _, _))| name.clone())
+            .collect(),
     }
 }
 

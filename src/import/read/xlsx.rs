@@ -1,7 +1,9 @@
 //! XLSX (Office Open XML) workbooks, streamed row by row straight from the zip.
 //!
 //! At open: the workbook part (sheets, visibility, the 1900/1904 date system), its
-//! relationships, the styles (which cell formats are dates) and the shared-string table. The
+//! relationships, the styles (which cell formats are dates) and the shared-string table. Every
+//! part is found through the relationships, from `_rels/.rels` on ([`workbook_path`]), with
+//! entry names matched as Excel does ([`archive::entry_index`]). The
 //! shared strings are spilled to an unnamed temporary file beside the upload with a second file
 //! of end offsets, and read back through a small block cache, so memory does not grow with the
 //! number of distinct strings. The sheet is then parsed with `quick-xml` as it is unpacked:
@@ -15,11 +17,14 @@ use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use quick_xml::Reader;
 use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::name::ResolveResult;
+use quick_xml::{NsReader, Reader};
 use zip::ZipArchive;
 
-use super::archive::{self, EntryStream, MarkupGuard, read_small, stream_entry, unpack_error};
+use super::archive::{
+    self, EntryStream, MarkupGuard, entry_index, read_small, stream_entry, unpack_error,
+};
 use super::cell::{NumberFormat, number_format, push_iso_date, push_number, push_serial};
 use super::{FileError, MAX_CELL_BYTES, MAX_COLUMNS, SourceOptions, pick_sheet};
 
@@ -134,12 +139,16 @@ struct Rel {
     target: String,
 }
 
+/// The relationships of a part; those pointing outside the package (`TargetMode="External"`:
+/// hyperlinks, linked workbooks) are left out.
 fn parse_rels(xml: &[u8]) -> Result<Vec<Rel>, FileError> {
     let mut rels = Vec::new();
     each_element(
         xml,
         |e, _| {
-            if e.local_name().as_ref() == "Relationship" {
+            if e.local_name().as_ref() == "Relationship"
+                && !attr(e, "TargetMode")?.is_some_and(|m| m.eq_ignore_ascii_case("external"))
+            {
                 rels.push(Rel {
                     id: attr(e, "Id")?.unwrap_or_default(),
                     ty: attr(e, "Type")?.unwrap_or_default(),
@@ -153,12 +162,16 @@ fn parse_rels(xml: &[u8]) -> Result<Vec<Rel>, FileError> {
     Ok(rels)
 }
 
-/// Resolves a relationship target against the folder of the part that names it.
+/// Resolves a relationship target against the folder of the part that names it; a target
+/// starting with `/` is from the package root.
 fn join(dir: &str, target: &str) -> String {
-    if let Some(absolute) = target.strip_prefix('/') {
-        return absolute.to_string();
-    }
-    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    let (mut parts, target) = match target.strip_prefix('/') {
+        Some(absolute) => (Vec::new(), absolute),
+        None => (
+            dir.split('/').filter(|p| !p.is_empty()).collect::<Vec<_>>(),
+            target,
+        ),
+    };
     for seg in target.split('/') {
         match seg {
             "" | "." => {}
@@ -171,21 +184,41 @@ fn join(dir: &str, target: &str) -> String {
     parts.join("/")
 }
 
-/// The path of the workbook part, if the archive is an XLSX package.
+/// The folder of a part (`""` for a part at the package root).
+fn folder(part: &str) -> &str {
+    part.rsplit_once('/').map_or("", |(dir, _)| dir)
+}
+
+/// The relationships part of a part: `xl/_rels/workbook.xml.rels`, `_rels/workbook.xml.rels`.
+fn rels_part(part: &str) -> String {
+    match part.rsplit_once('/') {
+        Some((dir, file)) => format!("{dir}/_rels/{file}.rels"),
+        None => format!("_rels/{part}.rels"),
+    }
+}
+
+/// The workbook part, if the archive is an XLSX (or XLSB) package: the package's
+/// `officeDocument` relationship, else `xl/workbook.xml` (or `.bin`) for packages without one.
+/// Every part is found the same way: through the relationships, entry names matched as
+/// [`archive::entry_index`] does.
 pub(super) fn workbook_path(zip: &mut ZipArchive<File>) -> Result<Option<String>, FileError> {
     if let Some(rels) = read_small(zip, "_rels/.rels", SMALL_PART)? {
         for rel in parse_rels(&rels)? {
             if rel.ty.ends_with("/officeDocument") {
                 let path = join("", &rel.target);
-                if zip.index_for_name(&path).is_some() && path.ends_with(".xml") {
+                let lower = path.to_ascii_lowercase();
+                if (lower.ends_with(".xml") || lower.ends_with(".bin"))
+                    && entry_index(zip, &path).is_some()
+                {
                     return Ok(Some(path));
                 }
             }
         }
     }
-    Ok(zip
-        .index_for_name("xl/workbook.xml")
-        .map(|_| "xl/workbook.xml".to_string()))
+    Ok(["xl/workbook.xml", "xl/workbook.bin"]
+        .into_iter()
+        .find(|p| entry_index(zip, p).is_some())
+        .map(str::to_string))
 }
 
 struct SheetInfo {
@@ -201,51 +234,97 @@ struct Workbook {
     styles: Option<String>,
 }
 
+/// SpreadsheetML's namespaces: transitional (what Excel writes) and strict.
+const MAIN_NAMESPACES: [&str; 2] = [
+    "http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+    "http://purl.oclc.org/ooxml/spreadsheetml/main",
+];
+
+/// Whether an element belongs to SpreadsheetML itself (or to no namespace at all, as in some
+/// hand-made files), rather than to an extension that reuses its local name — Excel 2013+
+/// writes `<x15:workbookPr chartTrackingRefBase="1"/>` in the workbook's `extLst`.
+fn is_main(ns: &ResolveResult<'_>) -> bool {
+    match ns {
+        ResolveResult::Bound(n) => MAIN_NAMESPACES.contains(&n.as_ref()),
+        ResolveResult::Unbound => true,
+        ResolveResult::Unknown(_) => false,
+    }
+}
+
+/// A `<sheet>` of the workbook part: name, visibility and relationship id.
+struct SheetEntry {
+    name: String,
+    visible: bool,
+    rel: Option<String>,
+}
+
+/// The sheets and the date system (`true`: 1904) of a workbook part. Elements are matched by
+/// namespace, not by local name alone.
+fn parse_workbook(xml: &[u8]) -> Result<(Vec<SheetEntry>, bool), FileError> {
+    let mut reader = NsReader::from_reader(xml);
+    let mut buf = Vec::new();
+    let mut sheets = Vec::new();
+    let mut date1904 = false;
+    loop {
+        let (ns, event) = reader
+            .read_resolved_event_into(&mut buf)
+            .map_err(xml_error)?;
+        match event {
+            Event::Start(e) | Event::Empty(e) if is_main(&ns) => match e.local_name().as_ref() {
+                "sheet" => sheets.push(SheetEntry {
+                    name: attr(&e, "name")?.unwrap_or_default(),
+                    visible: attr(&e, "state")?.is_none_or(|s| s == "visible"),
+                    rel: attr(&e, "id")?,
+                }),
+                "workbookPr" => {
+                    date1904 = attr(&e, "date1904")?.is_some_and(|v| {
+                        let v = v.trim();
+                        v == "1" || v.eq_ignore_ascii_case("true")
+                    });
+                }
+                _ => {}
+            },
+            Event::DocType(_) => return Err(refuse_dtd()),
+            Event::Eof => return Ok((sheets, date1904)),
+            _ => {}
+        }
+        buf.clear();
+    }
+}
+
 fn read_workbook(zip: &mut ZipArchive<File>) -> Result<Workbook, FileError> {
     let path = workbook_path(zip)?
         .ok_or_else(|| FileError::UnsupportedFormat("the archive has no workbook".into()))?;
-    let (dir, file) = path.rsplit_once('/').unwrap_or(("", path.as_str()));
+    let dir = folder(&path);
     let xml = read_small(zip, &path, SMALL_PART)?
         .ok_or_else(|| FileError::Unreadable("the workbook part is missing".into()))?;
-    let rels = match read_small(zip, &format!("{dir}/_rels/{file}.rels"), SMALL_PART)? {
+    let rels = match read_small(zip, &rels_part(&path), SMALL_PART)? {
         Some(x) => parse_rels(&x)?,
         None => Vec::new(),
     };
-    let mut sheets = Vec::new();
-    let mut date1904 = false;
-    each_element(
-        &xml,
-        |e, _| {
-            match e.local_name().as_ref() {
-                "sheet" => {
-                    let id = attr(e, "id")?;
-                    let path = rels
-                        .iter()
-                        .find(|r| Some(&r.id) == id.as_ref())
-                        .map(|r| join(dir, &r.target));
-                    sheets.push(SheetInfo {
-                        name: attr(e, "name")?.unwrap_or_default(),
-                        visible: attr(e, "state")?.is_none_or(|s| s == "visible"),
-                        path,
-                    });
-                }
-                "workbookPr" => {
-                    date1904 = attr(e, "date1904")?.is_some_and(|v| v == "1" || v == "true");
-                }
-                _ => {}
-            }
-            Ok(())
-        },
-        |_| {},
-    )?;
+    let (entries, date1904) = parse_workbook(&xml)?;
+    let sheets = entries
+        .into_iter()
+        .map(|s| SheetInfo {
+            path: rels
+                .iter()
+                .find(|r| Some(&r.id) == s.rel.as_ref())
+                .map(|r| join(dir, &r.target)),
+            name: s.name,
+            visible: s.visible,
+        })
+        .collect();
     let part = |kind: &str, default: &str| {
         rels.iter()
             .find(|r| r.ty.ends_with(kind))
             .map(|r| join(dir, &r.target))
-            .or_else(|| zip.index_for_name(default).map(|_| default.to_string()))
+            .or_else(|| {
+                let default = join(dir, default);
+                entry_index(zip, &default).map(|_| default)
+            })
     };
-    let shared_strings = part("/sharedStrings", "xl/sharedStrings.xml");
-    let styles = part("/styles", "xl/styles.xml");
+    let shared_strings = part("/sharedStrings", "sharedStrings.xml");
+    let styles = part("/styles", "styles.xml");
     Ok(Workbook {
         sheets,
         date1904,
@@ -553,6 +632,9 @@ struct SheetReader {
     date1904: bool,
     /// 1-based number of the current row.
     row: u64,
+    /// Column of a next cell that has no `r` reference: the one after the previous cell, empty
+    /// cells included.
+    next_col: u32,
     cells: Vec<Cell>,
     bytes: Vec<u8>,
     value: Vec<u8>,
@@ -577,10 +659,13 @@ impl SheetReader {
                 Event::Start(e) => match e.local_name().as_ref() {
                     "row" => {
                         self.row = row_number(&e, self.row)?;
+                        self.next_col = 0;
                         in_row = true;
                     }
                     "c" if in_row => {
-                        open = Some(open_cell(&e, &self.cells, self.bytes.len())?);
+                        let cell = open_cell(&e, self.next_col, self.bytes.len())?;
+                        self.next_col = cell.col.saturating_add(1);
+                        open = Some(cell);
                         self.value.clear();
                     }
                     "v" => in_v = true,
@@ -592,6 +677,11 @@ impl SheetReader {
                 Event::Empty(e) if e.local_name().as_ref() == "row" => {
                     self.row = row_number(&e, self.row)?;
                     return Ok(true);
+                }
+                Event::Empty(e) if in_row && e.local_name().as_ref() == "c" => {
+                    // An empty cell (`<c r="B2" s="1"/>`) still takes its column.
+                    let col = cell_column(&e)?.unwrap_or(self.next_col);
+                    self.next_col = col.saturating_add(1);
                 }
                 Event::Text(t) => {
                     if in_v {
@@ -652,6 +742,8 @@ impl SheetReader {
         })?;
         let mut error = false;
         match cell.kind {
+            // No index at all (`<c t="s"><v/></c>`, written by some generators): an empty cell.
+            Kind::Shared if value.trim().is_empty() => {}
             Kind::Shared => {
                 let found = match (value.trim().parse::<u64>(), self.sst.as_mut()) {
                     (Ok(i), Some(sst)) => sst.get(i, &mut self.bytes).map_err(|e| {
@@ -724,7 +816,13 @@ fn row_number(e: &BytesStart<'_>, previous: u64) -> Result<u64, FileError> {
     })
 }
 
-fn open_cell(e: &BytesStart<'_>, cells: &[Cell], start: usize) -> Result<Open, FileError> {
+/// The column of a cell's `r` reference, if it has one.
+fn cell_column(e: &BytesStart<'_>) -> Result<Option<u32>, FileError> {
+    Ok(attr(e, "r")?.and_then(|r| column_of(&r)))
+}
+
+/// Opens a cell; `next_col` is its column when it has no `r` reference.
+fn open_cell(e: &BytesStart<'_>, next_col: u32, start: usize) -> Result<Open, FileError> {
     let mut col = None;
     let mut kind = Kind::Number;
     let mut style = 0usize;
@@ -749,7 +847,7 @@ fn open_cell(e: &BytesStart<'_>, cells: &[Cell], start: usize) -> Result<Open, F
             _ => {}
         }
     }
-    let col = col.unwrap_or_else(|| cells.last().map_or(0, |c| c.col + 1));
+    let col = col.unwrap_or(next_col);
     if col as usize >= MAX_COLUMNS {
         return Err(FileError::TooManyColumns {
             found: col as usize + 1,
@@ -775,26 +873,18 @@ pub struct XlsxSource {
     errors: Vec<usize>,
 }
 
-impl XlsxSource {
-    pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, FileError> {
-        let mut zip = archive::open(path)?;
-        let wb = read_workbook(&mut zip)?;
-        let index = pick_sheet(&sheet_list(&wb), options.sheet.as_deref())?;
-        let info = &wb.sheets[index];
-        let part = info.path.clone().ok_or_else(|| {
-            FileError::Unreadable(format!(
-                "the sheet `{}` has no data in the workbook",
-                info.name
-            ))
-        })?;
-        let stream = stream_entry(&mut zip, path, &part)?.ok_or_else(|| {
-            FileError::Unreadable(format!(
-                "the sheet `{}` has no data in the workbook",
-                info.name
-            ))
-        })?;
+/// What every sheet of a workbook is read with: the shared strings, which cell formats are
+/// dates, and the date system.
+struct CellParts {
+    sst: Option<SharedStrings>,
+    date_styles: Vec<NumberFormat>,
+    date1904: bool,
+}
+
+impl CellParts {
+    fn load(zip: &mut ZipArchive<File>, path: &Path, wb: &Workbook) -> Result<Self, FileError> {
         let date_styles = match &wb.styles {
-            Some(p) => match read_small(&mut zip, p, SMALL_PART)? {
+            Some(p) => match read_small(zip, p, SMALL_PART)? {
                 Some(xml) => read_date_styles(&xml)?,
                 None => Vec::new(),
             },
@@ -802,46 +892,150 @@ impl XlsxSource {
         };
         let spill_dir = path.parent().unwrap_or(Path::new("."));
         let sst = match &wb.shared_strings {
-            Some(p) => match stream_entry(&mut zip, path, p)? {
+            Some(p) => match stream_entry(zip, path, p)? {
                 Some(s) => Some(SharedStrings::load(s, spill_dir)?),
                 None => None,
             },
             None => None,
         };
-        let mut sheet = SheetReader {
+        Ok(Self {
+            sst,
+            date_styles,
+            date1904: wb.date1904,
+        })
+    }
+}
+
+/// The unpacked stream of the sheet part of `info`.
+fn sheet_stream(
+    zip: &mut ZipArchive<File>,
+    path: &Path,
+    info: &SheetInfo,
+) -> Result<EntryStream, FileError> {
+    let stream = match &info.path {
+        Some(part) => stream_entry(zip, path, part)?,
+        None => None,
+    };
+    stream.ok_or_else(|| {
+        FileError::Unreadable(format!(
+            "the sheet `{}` has no data in the workbook",
+            info.name
+        ))
+    })
+}
+
+impl SheetReader {
+    fn new(stream: EntryStream, parts: CellParts) -> Self {
+        Self {
             xml: Reader::from_reader(BufReader::with_capacity(
                 64 * 1024,
                 MarkupGuard::new(stream),
             )),
             buf: Vec::with_capacity(64 * 1024),
-            sst,
-            date_styles,
-            date1904: wb.date1904,
+            sst: parts.sst,
+            date_styles: parts.date_styles,
+            date1904: parts.date1904,
             row: 0,
+            next_col: 0,
             cells: Vec::new(),
             bytes: Vec::new(),
             value: Vec::new(),
             done: false,
-        };
-        let headers = loop {
-            if !sheet.next_row()? {
+        }
+    }
+
+    /// Gives back the parts for the next sheet.
+    fn into_parts(self) -> CellParts {
+        CellParts {
+            sst: self.sst,
+            date_styles: self.date_styles,
+            date1904: self.date1904,
+        }
+    }
+
+    /// Reads up to the header (the first row with a cell) and returns it.
+    fn header(&mut self) -> Result<Vec<String>, FileError> {
+        loop {
+            if !self.next_row()? {
                 return Err(FileError::Empty);
             }
-            if sheet.cells.is_empty() {
+            if self.cells.is_empty() {
                 continue;
             }
-            let width = sheet.cells.iter().map(|c| c.col + 1).max().unwrap_or(0) as usize;
+            let width = self.cells.iter().map(|c| c.col + 1).max().unwrap_or(0) as usize;
             let mut headers = vec![String::new(); width];
-            for c in &sheet.cells {
-                headers[c.col as usize] = String::from_utf8_lossy(&sheet.bytes[c.start..c.end])
+            for c in &self.cells {
+                headers[c.col as usize] = String::from_utf8_lossy(&self.bytes[c.start..c.end])
                     .trim()
                     .to_string();
             }
             if headers.iter().all(String::is_empty) {
                 return Err(FileError::NoHeader);
             }
-            break headers;
+            return Ok(headers);
+        }
+    }
+
+    /// Whether the sheet has a header and at least one data row after it.
+    fn has_rows(&mut self) -> bool {
+        if self.header().is_err() {
+            return false;
+        }
+        loop {
+            match self.next_row() {
+                Ok(true) if self.cells.is_empty() => {}
+                Ok(true) => return true,
+                Ok(false) | Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Every sheet of the workbook, in order, as `(name, visible, has a header and a data row)`.
+/// The shared strings and styles are read once for all of them, and each sheet part at most
+/// once (several sheets naming one part cannot multiply the work); a sheet that cannot be read
+/// counts as one without rows.
+pub(super) fn sheets_with_rows(path: &Path) -> Result<Vec<(String, bool, bool)>, FileError> {
+    let mut zip = archive::open(path)?;
+    let wb = read_workbook(&mut zip)?;
+    let mut parts = CellParts::load(&mut zip, path, &wb)?;
+    let mut seen: HashMap<String, bool> = HashMap::new();
+    let mut out = Vec::with_capacity(wb.sheets.len());
+    for info in &wb.sheets {
+        let key = info
+            .path
+            .as_deref()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let rows = match seen.get(&key) {
+            Some(&rows) => rows,
+            None => {
+                let rows = match sheet_stream(&mut zip, path, info) {
+                    Ok(stream) => {
+                        let mut sheet = SheetReader::new(stream, parts);
+                        let rows = sheet.has_rows();
+                        parts = sheet.into_parts();
+                        rows
+                    }
+                    Err(_) => false,
+                };
+                seen.insert(key, rows);
+                rows
+            }
         };
+        out.push((info.name.clone(), info.visible, rows));
+    }
+    Ok(out)
+}
+
+impl XlsxSource {
+    pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, FileError> {
+        let mut zip = archive::open(path)?;
+        let wb = read_workbook(&mut zip)?;
+        let index = pick_sheet(&sheet_list(&wb), options.sheet.as_deref())?;
+        let stream = sheet_stream(&mut zip, path, &wb.sheets[index])?;
+        let mut sheet = SheetReader::new(stream, CellParts::load(&mut zip, path, &wb)?);
+        let headers = sheet.header()?;
         Ok(Self {
             position: sheet.row.saturating_sub(1),
             sheet,
@@ -939,6 +1133,51 @@ mod tests {
         );
         assert_eq!(join("xl", "/xl/sharedStrings.xml"), "xl/sharedStrings.xml");
         assert_eq!(join("xl/worksheets", "../media/a.png"), "xl/media/a.png");
+        assert_eq!(join("", "sheet1.xml"), "sheet1.xml");
+        assert_eq!(join("xl", "/styles.xml"), "styles.xml");
+        assert_eq!(rels_part("workbook.xml"), "_rels/workbook.xml.rels");
+        assert_eq!(rels_part("xl/workbook.xml"), "xl/_rels/workbook.xml.rels");
+        assert_eq!(folder("workbook.xml"), "");
+        assert_eq!(folder("xl/workbook.xml"), "xl");
+    }
+
+    #[test]
+    fn only_spreadsheetml_elements_set_the_date_system() {
+        let date1904 = |xml: &str| parse_workbook(xml.as_bytes()).unwrap().1;
+        let main = r#"xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main""#;
+        let x15 = r#"<extLst><ext uri="{140A7094-0E35-4892-8432-C4D2E57EDEB5}" xmlns:x15="http://schemas.microsoft.com/office/spreadsheetml/2010/11/main"><x15:workbookPr chartTrackingRefBase="1"/></ext></extLst>"#;
+        assert!(date1904(&format!(
+            r#"<workbook {main}><workbookPr date1904="1"/><sheets/>{x15}</workbook>"#
+        )));
+        // The extension's element first, or the main namespace under a prefix.
+        assert!(date1904(&format!(
+            r#"<workbook {main}>{x15}<workbookPr date1904="true"/></workbook>"#
+        )));
+        assert!(date1904(
+            r#"<x:workbook xmlns:x="http://purl.oclc.org/ooxml/spreadsheetml/main"><x:workbookPr date1904=" TRUE "/></x:workbook>"#
+        ));
+        assert!(date1904(
+            r#"<workbook><workbookPr date1904="1"/></workbook>"#
+        ));
+        assert!(!date1904(&format!(
+            r#"<workbook {main}><workbookPr date1904="0"/>{x15}</workbook>"#
+        )));
+        // An extension element alone never sets it.
+        assert!(!date1904(&format!(
+            r#"<workbook {main}><extLst><ext xmlns:y="urn:other"><y:workbookPr date1904="1"/></ext></extLst></workbook>"#
+        )));
+        let (sheets, _) = parse_workbook(
+            format!(r#"<workbook {main} xmlns:r="r"><sheets><sheet name="A" r:id="rId1" state="hidden"/><sheet name="B" r:id="rId2"/></sheets></workbook>"#).as_bytes(),
+        )
+        .unwrap();
+        let sheets: Vec<_> = sheets
+            .iter()
+            .map(|s| (s.name.as_str(), s.visible, s.rel.as_deref()))
+            .collect();
+        assert_eq!(
+            sheets,
+            vec![("A", false, Some("rId1")), ("B", true, Some("rId2"))]
+        );
     }
 
     #[test]

@@ -20,6 +20,9 @@ const REFUSED: &[(&str, &str)] = &[
     ("libreoffice/items.fods", "unsupported_format"),
     ("markup/spreadsheetml_2003.xml", "unsupported_format"),
     ("markup/web_export.xls", "unsupported_format"),
+    // The first visible sheet is an empty cover; the message lists the sheets with data.
+    ("openpyxl/cover_first.xlsx", "empty_file"),
+    ("xlwt/cover_first.xls", "empty_file"),
 ];
 
 /// Columns mapped; fixtures are narrower.

@@ -20,6 +20,8 @@ const REFUSED: &[(&str, &str)] = &[
     ("libreoffice/items.fods", "unsupported_format"),
     ("markup/spreadsheetml_2003.xml", "unsupported_format"),
     ("markup/web_export.xls", "unsupported_format"),
+    ("office/slides.pptx", "unsupported_format"),
+    ("office/table.docx", "unsupported_format"),
     // The first visible sheet is an empty cover; the message lists the sheets with data.
     ("openpyxl/cover_first.xlsx", "empty_file"),
     ("xlwt/cover_first.xls", "empty_file"),

@@ -402,3 +402,45 @@ async fn an_empty_sheet_is_named_with_the_sheets_that_have_data() {
         r#"sheet "Front" is empty; sheets with data: "Old" (choose one with the `sheet` option)"#
     );
 }
+
+/// A title sheet first ("Sales report 2024" in A1): its one cell is taken for the header, so the
+/// required columns are missing — and the message says which sheets have data.
+#[tokio::test]
+async fn a_title_sheet_first_names_the_sheets_with_data_when_columns_are_missing() {
+    use common::xlsx::{RawSheet, header, is, raw_xlsx};
+    let app = items_app();
+    let book = raw_xlsx(
+        &[
+            RawSheet {
+                name: "Title",
+                hidden: false,
+                rows: format!("<row r=\"1\">{}</row>", is("A1", "Sales report 2024")),
+            },
+            RawSheet {
+                name: "Data",
+                hidden: false,
+                rows: format!(
+                    "{}<row r=\"2\">{}{}</row>",
+                    header(&["code", "name"]),
+                    is("A2", "T-1"),
+                    is("B2", "Tea")
+                ),
+            },
+        ],
+        &[],
+        false,
+        "",
+    );
+    let want = r#"missing required column(s): code; this is sheet "Title"; sheets with data: "Data" (choose one with the `sheet` option)"#;
+    let (status, body) = app
+        .upload_bytes("items", "report.xlsx", book.clone(), &[])
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "missing_columns");
+    assert_eq!(body["error"]["message"], want);
+    let (status, body) = preview(&app, "report.xlsx", book.clone(), &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["problems"][0]["message"], want);
+    let s = import(&app, "report.xlsx", book, &[("sheet", "Data")]).await;
+    assert_eq!(s["results"]["successCount"], 1, "{s}");
+}

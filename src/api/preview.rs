@@ -28,7 +28,7 @@ use super::options::{self, ImportOptions, MappingChoice};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
 use crate::import::map::{self, Explicit};
-use crate::import::read::{Source, no_rows_error, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options, with_sheet_hint};
 use crate::import::validate::Validator;
 use crate::import::{FileError, Format, SourceOptions};
 use crate::store::Template;
@@ -337,7 +337,8 @@ fn analyze(
             column
         })
         .collect();
-    let resolved = map::resolve(ds, &headers, explicit);
+    let resolved = map::resolve(ds, &headers, explicit)
+        .map_err(|e| with_sheet_hint(e, path, format, &options));
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let mut mapping = serde_json::Map::new();

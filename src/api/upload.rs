@@ -30,7 +30,7 @@ use super::options::{self, ImportOptions, MappingChoice, param};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
 use crate::import::map::{self, Explicit};
-use crate::import::read::{Source, no_rows_error, resolve_options};
+use crate::import::read::{Source, no_rows_error, resolve_options, with_sheet_hint};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
 use crate::store::{Inserted, JobId, JobStatus, NewJob};
@@ -609,7 +609,8 @@ fn inspect(
     let (format, options) = resolve_options(&path, requested)?;
     let mut source = Source::open(&path, format, &options)?;
     let header = source.headers().to_vec();
-    let mapping = map::resolve(dataset, &header, explicit)?;
+    let mapping = map::resolve(dataset, &header, explicit)
+        .map_err(|e| with_sheet_hint(e, &path, format, &options))?;
     // Background datasets only need to know the file has rows; synchronous ones, and uploads of
     // an organisation with a row limit, are counted up to the limit.
     let limit = match (dataset.sync.then_some(dataset.max_rows), org_max_rows) {

@@ -257,7 +257,10 @@ pub fn resolve(
         .map(|f| f.name.clone())
         .collect();
     if !missing.is_empty() {
-        return Err(FileError::MissingColumns(missing));
+        return Err(FileError::MissingColumns {
+            missing,
+            hint: None,
+        });
     }
     Ok(Mapping {
         columns,

@@ -30,8 +30,13 @@ pub enum FileError {
     NoRows,
     #[error("{0}")]
     UnsupportedFormat(String),
-    #[error("missing required column(s): {}", .0.join(", "))]
-    MissingColumns(Vec<String>),
+    /// Required fields no column feeds; `hint` (for a workbook whose other sheets have data)
+    /// says which `sheet` to try.
+    #[error("missing required column(s): {}{}", .missing.join(", "), .hint.as_deref().map(|h| format!("; {h}")).unwrap_or_default())]
+    MissingColumns {
+        missing: Vec<String>,
+        hint: Option<String>,
+    },
     #[error("{0}")]
     BadMapping(String),
     #[error("the file has more than {max} data rows, the most this dataset accepts in one request")]
@@ -73,7 +78,7 @@ impl FileError {
             FileError::NoHeader => "no_header",
             FileError::NoRows => "no_rows",
             FileError::UnsupportedFormat(_) => "unsupported_format",
-            FileError::MissingColumns(_) => "missing_columns",
+            FileError::MissingColumns { .. } => "missing_columns",
             FileError::BadMapping(_) => "invalid_mapping",
             FileError::TooManyRows { .. } => "too_many_rows",
             FileError::Unreadable(_) => "unreadable_file",
@@ -98,6 +103,11 @@ fn empty_sheet_message(sheet: &str, header: bool, with_data: &[String]) -> Strin
     if with_data.is_empty() {
         return format!("sheet \"{sheet}\" {what}, and the workbook has no other sheet with data");
     }
+    format!("sheet \"{sheet}\" {what}; {}", other_sheets(with_data))
+}
+
+/// "sheets with data: "Data", "2024" (choose one with the `sheet` option)".
+pub fn other_sheets(with_data: &[String]) -> String {
     /// Sheets named in the message; a longer list ends with how many more there are.
     const LISTED: usize = 20;
     let mut list: Vec<String> = with_data
@@ -109,7 +119,7 @@ fn empty_sheet_message(sheet: &str, header: bool, with_data: &[String]) -> Strin
         list.push(format!("and {} more", with_data.len() - LISTED));
     }
     format!(
-        "sheet \"{sheet}\" {what}; sheets with data: {} (choose one with the `sheet` option)",
+        "sheets with data: {} (choose one with the `sheet` option)",
         list.join(", ")
     )
 }

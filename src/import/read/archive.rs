@@ -69,10 +69,22 @@ fn check_limits(zip: &mut ZipArchive<File>) -> Result<(), FileError> {
 pub(super) fn resolve_zip(path: &Path, sheet: Option<&str>) -> Result<(Format, String), FileError> {
     let mut zip = open(path)?;
     if let Some(workbook) = super::xlsx::workbook_path(&mut zip)? {
-        if workbook.to_ascii_lowercase().ends_with(".bin") {
+        let lower = workbook.to_ascii_lowercase();
+        if lower.ends_with(".bin") {
             return Err(FileError::UnsupportedFormat(
                 "this is a binary Excel workbook (XLSB); save it as XLSX or CSV".into(),
             ));
+        }
+        // Word and PowerPoint files are the same kind of package, with their own main part.
+        for (part, what) in [
+            ("document.xml", "a Word document (DOCX)"),
+            ("presentation.xml", "a PowerPoint presentation (PPTX)"),
+        ] {
+            if lower.rsplit('/').next() == Some(part) {
+                return Err(FileError::UnsupportedFormat(format!(
+                    "this is {what}, not a spreadsheet; upload CSV, XLSX, XLS or ODS"
+                )));
+            }
         }
         let name = super::xlsx::resolve_sheet(&mut zip, sheet)?;
         return Ok((Format::Xlsx, name));

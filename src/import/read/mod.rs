@@ -386,6 +386,46 @@ impl Source {
     }
 }
 
+/// A mapping error for a workbook, with a hint when the picked sheet lacks required columns and
+/// other sheets have data (a cover or notes sheet first is common): which `sheet` to try.
+pub fn with_sheet_hint(
+    err: FileError,
+    path: &Path,
+    format: Format,
+    options: &SourceOptions,
+) -> FileError {
+    let FileError::MissingColumns {
+        missing,
+        hint: None,
+    } = err
+    else {
+        return err;
+    };
+    let hint = (|| {
+        let sheets = match format {
+            Format::Csv => return None,
+            Format::Xlsx => xlsx::sheets_with_rows(path).ok()?,
+            Format::Xls | Format::Ods => calc::sheets_with_rows(path, format).ok()?,
+        };
+        let visible: Vec<(String, bool)> = sheets.iter().map(|(n, v, _)| (n.clone(), *v)).collect();
+        let picked = pick_sheet(&visible, options.sheet.as_deref()).ok()?;
+        let others: Vec<String> = sheets
+            .iter()
+            .enumerate()
+            .filter(|&(i, (_, _, rows))| i != picked && *rows)
+            .map(|(_, (name, _, _))| name.clone())
+            .collect();
+        (!others.is_empty()).then(|| {
+            format!(
+                "this is sheet \"{}\"; {}",
+                sheets[picked].0,
+                super::other_sheets(&others)
+            )
+        })
+    })();
+    FileError::MissingColumns { missing, hint }
+}
+
 /// The error for a file with a header and no data rows: for a workbook, one that names the sheet
 /// and the sheets that do have data rows.
 pub fn no_rows_error(path: &Path, format: Format, options: &SourceOptions) -> FileError {

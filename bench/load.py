@@ -226,8 +226,8 @@ class Sampler(threading.Thread):
 
 
 class Http:
-    def __init__(self, host, port, timeout):
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host, port, timeout, token=TOKEN):
+        self.host, self.port, self.timeout, self.token = host, port, timeout, token
         self.idle = []  # keep-alive connections for short requests
 
     async def connect(self, rcvbuf=None, limit=2 ** 16):
@@ -243,7 +243,7 @@ class Http:
 
     def request_bytes(self, method, path, headers=None):
         lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 f"Authorization: Bearer {TOKEN}"]
+                 f"Authorization: Bearer {self.token}"]
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -378,10 +378,10 @@ async def steady(rate, seconds, fn, max_inflight):
 # The server
 
 
-def run_gen(path, rows, error_rate, seed, start_sku):
+def run_gen(path, rows, error_rate, seed, start_sku, fmt="csv"):
     expect = path + ".expect.json"
     subprocess.run([sys.executable, GEN, "--rows", str(rows), "--error-rate", str(error_rate),
-                    "--seed", str(seed), "--start-sku", str(start_sku), "--format", "csv",
+                    "--seed", str(seed), "--start-sku", str(start_sku), "--format", fmt,
                     "--out", path, "--expect", expect, "--no-row-numbers", "-q"], check=True)
     with open(expect) as f:
         return json.load(f)
@@ -441,10 +441,10 @@ class Server:
                 return "killed after 45 s (did not stop on SIGTERM)"
         return f"exit {self.proc.returncode}" if self.proc else "not started"
 
-    def blocking(self, method, path, body=None, headers=None, timeout=600):
+    def blocking(self, method, path, body=None, headers=None, timeout=600, token=TOKEN):
         c = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            c.request(method, path, body=body, headers=dict({"Authorization": f"Bearer {TOKEN}"},
+            c.request(method, path, body=body, headers=dict({"Authorization": f"Bearer {token}"},
                                                              **(headers or {})))
             r = c.getresponse()
             data = r.read()
@@ -455,11 +455,14 @@ class Server:
         finally:
             c.close()
 
-    def upload(self, path):
-        """POST /api/v1/import/products with the file as multipart field `file`, streamed."""
+    def upload(self, path, token=TOKEN, fields=None):
+        """POST /api/v1/import/products with the file as multipart field `file`, streamed, after
+        the form `fields` (name → value)."""
         boundary = "sluiceload" + uuid.uuid4().hex
-        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-                f"filename=\"{os.path.basename(path)}\"\r\nContent-Type: text/csv\r\n\r\n").encode()
+        head = b"".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n".encode()
+                        for k, v in (fields or {}).items())
+        head += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"{os.path.basename(path)}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         size = len(head) + os.path.getsize(path) + len(tail)
 
@@ -470,18 +473,18 @@ class Server:
                     yield chunk
             yield tail
 
-        status, data = self.blocking("POST", "/api/v1/import/products", body=body(), headers={
+        status, data = self.blocking("POST", "/api/v1/import/products", body=body(), token=token, headers={
             "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(size)})
         if status != 202:
             raise RuntimeError(f"upload answered {status}: {data}")
         return data["data"]["jobId"]
 
-    def wait_done(self, job, timeout):
+    def wait_done(self, job, timeout, token=TOKEN):
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             try:
-                status, data = self.blocking("GET", f"/api/v1/import/status/{job}", timeout=60)
+                status, data = self.blocking("GET", f"/api/v1/import/status/{job}", timeout=60, token=token)
             except OSError:
                 status, data = None, None
             if status == 200:
@@ -966,7 +969,7 @@ async def run_scenario(name, fn, args, expect, csv_path, log_path):
 def table(results, args):
     rows = [("scenario", "backend", "status p50/p99/max ms", "non-200", "db conns max", "RSS MB", "checks")]
     for r in results:
-        if r["scenario"] == "sse":
+        if r["scenario"] in ("sse", "mixed"):
             s = r["status"]
             bad = {k: v for k, v in s["outcomes"].items() if k != "200"}
             rss = f"peak {r['rss_peak_mb']}"
@@ -1003,7 +1006,8 @@ def main():
     ap.add_argument("--pg-conn-limit", type=int, default=0,
                     help="(reported only) the CONNECTION LIMIT load.sh put on the database role")
     ap.add_argument("--scenarios", default="sse,slow,download",
-                    help="comma-separated: sse, slow, download (default: all three)")
+                    help="comma-separated: sse, slow, download, mixed (default: the first three; "
+                         "mixed is bench/mixed.py, many organisations importing at once)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--db-connections", type=int, default=None,
                     help="pass --db-connections N to the server (default: its own default)")
@@ -1044,6 +1048,8 @@ def main():
     ap.add_argument("--download-rows", type=int, default=300_000,
                     help="scenario 3's file, every row invalid (300000 rejected rows)")
     ap.add_argument("--downloads", type=int, default=3, help="scenario 3's whole downloads (3)")
+    import mixed
+    mixed.add_arguments(ap)
     args = ap.parse_args()
 
     global DB_CAP
@@ -1074,12 +1080,15 @@ def main():
     if "download" in scenarios:
         p = os.path.join(args.work, "download.csv")
         files["download"] = (p, run_gen(p, args.download_rows, 1.0, 13, 20_000_001))
-    made = ", ".join(f"{k}: {e['rows']:,} rows ({e['invalid_rows']:,} invalid)" for k, (_, e) in files.items())
+    if "mixed" in scenarios:
+        files["mixed"] = (None, None)  # generated by the scenario
+    made = ", ".join(f"{k}: {e['rows']:,} rows ({e['invalid_rows']:,} invalid)" for k, (_, e) in files.items() if e)
     print(f"  generated {made} in {time.monotonic() - t:.1f} s")
 
     results = []
     for name in scenarios:
-        fn = {"sse": scenario_sse, "slow": scenario_slow, "download": scenario_download}[name]
+        fn = {"sse": scenario_sse, "slow": scenario_slow, "download": scenario_download,
+              "mixed": mixed.scenario_mixed}[name]
         path, expect = files[name]
         try:
             r = asyncio.run(run_scenario(name, fn, args, expect, path, log_path))

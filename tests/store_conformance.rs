@@ -4,7 +4,9 @@
 //!
 //! It covers: claiming (two workers racing for one job; lease expiry and re-claim; a stale
 //! lease's heartbeat, finish and batch commit refused; one writer per organisation and dataset,
-//! in upload order, with chunks in parallel and synchronous jobs refused beside a writer), every operator transition and every
+//! in upload order, with chunks in parallel and synchronous jobs refused beside a writer; the claim
+//! order: priority, then the organisation running fewest, then age, `--org-max-running`, chunks
+//! counting and inheriting, queue positions), every operator transition and every
 //! refusal (`job_control`), tokens (find, revoke, expiry, organisation scope, re-inserting a
 //! taken hash, marking last use), chunk finalisation (a failing chunk; the last of racing chunks
 //! completing the parent once), the job event log, webhook deliveries (planning once when two
@@ -29,7 +31,7 @@ use sluice::store::postgres::PgStore;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
-    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Role, StoreError,
+    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Priority, Role, StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -153,6 +155,7 @@ fn upload_into(org: i64, dataset: &str, name: &str) -> NewJob {
         user_id: None,
         idempotency_key: None,
         retry_of: None,
+        priority: Priority::Normal,
     }
 }
 
@@ -177,10 +180,35 @@ fn pending_into(store: &dyn JobStore, org: i64, dataset: &str, name: &str) -> Jo
     )
 }
 
+/// A new pending job of `priority` for `dataset` (named after the file too).
+fn pending_at(store: &dyn JobStore, org: i64, name: &str, priority: Priority) -> JobId {
+    let job = NewJob {
+        priority,
+        ..upload_into(org, name, name)
+    };
+    created(store.job_insert(&job, None, None).unwrap())
+}
+
+/// Claims the next job under `--org-max-running cap`, if any.
+fn next_capped(store: &dyn JobStore, owner: &str, cap: u32) -> Option<Lease> {
+    store
+        .job_claim(owner, LONG_LEASE_MS, cap)
+        .unwrap()
+        .map(|(_, l)| l)
+}
+
+fn done(store: &dyn JobStore, lease: &Lease) {
+    assert!(
+        store
+            .job_finish(lease, None, JobStatus::Completed, None)
+            .unwrap()
+    );
+}
+
 /// Claims the next job, if any: its id.
 fn next_claim(store: &dyn JobStore, owner: &str) -> Option<(JobId, Lease)> {
     store
-        .job_claim(owner, LONG_LEASE_MS)
+        .job_claim(owner, LONG_LEASE_MS, 0)
         .unwrap()
         .map(|(j, l)| (j.id, l))
 }
@@ -286,7 +314,7 @@ fn split(store: &dyn JobStore, lease: &Lease, n: usize) -> Vec<JobId> {
 /// Claims the next job, which must be `want`.
 fn claim(store: &dyn JobStore, owner: &str, want: JobId) -> Lease {
     let (job, lease) = store
-        .job_claim(owner, LONG_LEASE_MS)
+        .job_claim(owner, LONG_LEASE_MS, 0)
         .unwrap()
         .expect("a claimable job");
     assert_eq!(job.id, want, "claimed the oldest claimable job");
@@ -298,7 +326,7 @@ fn claim(store: &dyn JobStore, owner: &str, want: JobId) -> Lease {
 fn claim_once_expired(store: &dyn JobStore, owner: &str) -> (Job, Lease) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Some(claimed) = store.job_claim(owner, LONG_LEASE_MS).unwrap() {
+        if let Some(claimed) = store.job_claim(owner, LONG_LEASE_MS, 0).unwrap() {
             return claimed;
         }
         assert!(Instant::now() < deadline, "the short lease never expired");
@@ -494,6 +522,227 @@ fn workers_racing_for_two_uploads_into_one_dataset_start_only_the_first(store: &
     }
 }
 
+// --- Claim order: priority, then fairness between organisations, then age.
+
+fn a_high_job_goes_before_older_normal_ones_and_a_low_one_after_them(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    // Each into its own dataset, so the one-writer rule holds none of them back.
+    let normal1 = pending_at(store, org, "n1", Priority::Normal);
+    let low = pending_at(store, org, "l1", Priority::Low);
+    let normal2 = pending_at(store, org, "n2", Priority::Normal);
+    let high = pending_at(store, org, "h1", Priority::High);
+    assert_eq!(job(store, high).priority, Priority::High);
+    assert_eq!(job(store, low).priority, Priority::Low);
+    for (i, want) in [high, normal1, normal2, low].into_iter().enumerate() {
+        claim(store, &format!("w{i}"), want);
+    }
+    assert!(next_claim(store, "w9").is_none());
+}
+
+fn the_organisation_with_the_fewest_running_jobs_goes_first(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let a1 = pending_at(store, acme, "a1", Priority::Normal);
+    let a2 = pending_at(store, acme, "a2", Priority::Normal);
+    let a3 = pending_at(store, acme, "a3", Priority::Normal);
+    let g1 = pending_at(store, globex, "g1", Priority::Normal);
+    let g2 = pending_at(store, globex, "g2", Priority::Normal);
+    // Nobody runs anything: the oldest. Then acme runs one and globex none: globex's, though
+    // acme's are older; then one each: the oldest again.
+    let l1 = claim(store, "w1", a1);
+    claim(store, "w2", g1);
+    claim(store, "w3", a2);
+    claim(store, "w4", g2);
+    // acme runs two, globex two; acme's a1 ends: acme runs fewer.
+    done(store, &l1);
+    claim(store, "w5", a3);
+    // Priority comes before fairness: acme (two running) with a high job beats an idle
+    // organisation's normal one.
+    let (initech, _) = tenant(store, "initech");
+    let i1 = pending_at(store, initech, "i1", Priority::Normal);
+    let urgent = pending_at(store, acme, "urgent", Priority::High);
+    claim(store, "w6", urgent);
+    claim(store, "w7", i1);
+}
+
+fn chunk_jobs_count_as_running_and_inherit_the_priority(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let big = pending_at(store, acme, "big", Priority::High);
+    let parent = claim(store, "w0", big);
+    let chunks = split(store, &parent, 3);
+    for &c in &chunks {
+        assert_eq!(
+            job(store, c).priority,
+            Priority::High,
+            "a chunk has its parent's"
+        );
+    }
+    // Uploaded after the split: younger than every chunk, and high too.
+    let g1 = pending_at(store, globex, "g1", Priority::High);
+    // The parent gave its lease back: acme runs nothing, so its oldest chunk goes first; then
+    // acme runs a chunk and globex nothing.
+    claim(store, "w1", chunks[0]);
+    claim(store, "w2", g1);
+    claim(store, "w3", chunks[1]);
+    claim(store, "w4", chunks[2]);
+}
+
+fn org_max_running_holds_an_organisations_jobs_and_chunks_back(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let cap = 2;
+    let big = pending_at(store, acme, "big", Priority::High);
+    let a2 = pending_at(store, acme, "a2", Priority::High);
+    let g1 = pending_at(store, globex, "g1", Priority::Low);
+    let parent = store
+        .job_claim("w0", LONG_LEASE_MS, cap)
+        .unwrap()
+        .expect("a claim")
+        .1;
+    assert_eq!(parent.job_id, big);
+    let chunks = split(store, &parent, 3);
+    // The parent gave its lease back. acme's other job and a chunk fill its cap; the other
+    // chunks wait, globex's low job does not.
+    let la2 = next_capped(store, "w1", cap).expect("a claim");
+    assert_eq!(la2.job_id, a2);
+    let lc0 = next_capped(store, "w2", cap).expect("a claim");
+    assert_eq!(lc0.job_id, chunks[0]);
+    let lg = next_capped(store, "w3", cap).expect("a claim");
+    assert_eq!(lg.job_id, g1, "acme is at its cap");
+    assert!(
+        next_capped(store, "w4", cap).is_none(),
+        "acme is at its cap"
+    );
+    done(store, &lc0);
+    let lc1 = next_capped(store, "w4", cap).expect("a claim");
+    assert_eq!(lc1.job_id, chunks[1]);
+    assert!(next_capped(store, "w5", cap).is_none());
+    // Without a cap the same chunk is claimable: the cap alone held it.
+    assert_eq!(next_claim(store, "w5").map(|c| c.0), Some(chunks[2]));
+    done(store, &la2);
+    done(store, &lg);
+}
+
+fn an_expired_lease_does_not_count_towards_the_cap(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let a1 = pending_at(store, acme, "a1", Priority::Normal);
+    let a2 = pending_at(store, acme, "a2", Priority::Normal);
+    let (first, _) = store.job_claim("w1", 1, 1).unwrap().expect("a claim");
+    assert_eq!(first.id, a1);
+    // Once a1's lease lapsed, acme runs nothing and may claim again under a cap of 1: its
+    // oldest claimable job, a1 itself (a bounded poll while the 1 ms lease runs out).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        if let Some(lease) = next_capped(store, "w2", 1) {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "the expired lease still counts");
+        std::thread::yield_now();
+    };
+    assert_eq!(again.job_id, a1);
+    assert!(next_capped(store, "w3", 1).is_none(), "a1 runs again");
+    assert_eq!(next_claim(store, "w3").map(|c| c.0), Some(a2));
+}
+
+fn a_high_job_still_waits_for_the_writer_of_its_dataset(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let running = pending(store, acme, "running");
+    let waiting = pending(store, acme, "waiting");
+    let lr = claim(store, "w1", running);
+    let urgent = created(
+        store
+            .job_insert(
+                &NewJob {
+                    priority: Priority::High,
+                    ..upload(acme, "urgent")
+                },
+                None,
+                None,
+            )
+            .unwrap(),
+    );
+    let g1 = pending_at(store, globex, "g1", Priority::Low);
+    // acme's items dataset is being written: neither of its jobs starts, whatever its priority.
+    let lg = claim(store, "w2", g1);
+    assert!(next_claim(store, "w3").is_none(), "items is being written");
+    done(store, &lr);
+    // And the earlier upload goes first: priority never reorders one dataset's jobs.
+    let lw = claim(store, "w3", waiting);
+    assert!(next_claim(store, "w4").is_none());
+    done(store, &lw);
+    claim(store, "w4", urgent);
+    done(store, &lg);
+}
+
+fn a_retry_from_the_start_keeps_the_priority(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let id = pending_at(store, acme, "once", Priority::Low);
+    assert_eq!(
+        store.job_control(id, Control::Cancel, None).unwrap(),
+        Controlled::Done(id)
+    );
+    let Controlled::Done(again) = store
+        .job_control(id, Control::Retry { from_start: true }, None)
+        .unwrap()
+    else {
+        panic!("retry refused");
+    };
+    assert_ne!(again, id);
+    assert_eq!(job(store, again).priority, Priority::Low);
+}
+
+fn queue_positions_follow_the_claim_order(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (globex, _) = tenant(store, "globex");
+    let a1 = pending_at(store, acme, "a1", Priority::Normal);
+    let a2 = pending_at(store, acme, "a2", Priority::Normal);
+    let behind = pending_into(store, acme, "a1", "behind-a1");
+    let g1 = pending_at(store, globex, "g1", Priority::Normal);
+    let low = pending_at(store, globex, "g2", Priority::Low);
+    let high = pending_at(store, globex, "g3", Priority::High);
+    let position = |id| job(store, id).queue_position;
+    // Nobody runs anything: priority, then id; `behind` waits for a1 of its dataset.
+    // `behind` waits for a1 and counts nobody ahead of the others.
+    let expect = [(high, 1), (a1, 2), (a2, 3), (g1, 4), (low, 5)];
+    for (id, want) in expect {
+        assert_eq!(position(id), Some(want), "job {id}");
+    }
+    assert_eq!(
+        position(behind),
+        Some(4),
+        "after a1 (its dataset), high and a2"
+    );
+    let lh = claim(store, "w1", high);
+    assert_eq!(
+        position(high),
+        None,
+        "a running job has no place in the queue"
+    );
+    // globex runs one, acme none: acme's jobs go first now.
+    assert_eq!(position(a1), Some(1));
+    assert_eq!(position(a2), Some(2));
+    assert_eq!(position(g1), Some(3));
+    claim(store, "w2", a1);
+    // One each: by id again; `behind` is held back by a1 and counts nobody else ahead of it.
+    assert_eq!(position(a2), Some(1));
+    assert_eq!(position(g1), Some(2));
+    claim(store, "w3", a2);
+    claim(store, "w4", g1);
+    done(store, &lh);
+    // The listed jobs carry it too.
+    let (listed, _) = store
+        .job_list(&sluice::store::JobFilter {
+            org_id: Some(globex),
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    let low_listed = listed.iter().find(|j| j.id == low).expect("listed");
+    assert_eq!(low_listed.queue_position, Some(1));
+}
+
 // --- Claims and leases.
 
 fn two_workers_racing_for_one_pending_job_exactly_one_claims_it(store: &dyn JobStore) {
@@ -508,7 +757,7 @@ fn two_workers_racing_for_one_pending_job_exactly_one_claims_it(store: &dyn JobS
                 s.spawn(move || {
                     start.wait();
                     store
-                        .job_claim(owner, LONG_LEASE_MS)
+                        .job_claim(owner, LONG_LEASE_MS, 0)
                         .unwrap()
                         .map(|(_, l)| l)
                 })
@@ -528,7 +777,7 @@ fn two_workers_racing_for_one_pending_job_exactly_one_claims_it(store: &dyn JobS
     assert_eq!(j.attempts, 1, "claimed once");
     assert!(
         store
-            .job_claim("worker-c", LONG_LEASE_MS)
+            .job_claim("worker-c", LONG_LEASE_MS, 0)
             .unwrap()
             .is_none()
     );
@@ -537,7 +786,7 @@ fn two_workers_racing_for_one_pending_job_exactly_one_claims_it(store: &dyn JobS
 fn an_expired_lease_is_claimed_by_another_owner_and_the_first_loses_it(store: &dyn JobStore) {
     let (org, _) = tenant(store, "acme");
     let id = pending(store, org, "expiring");
-    let (first_job, first) = store.job_claim("worker-a", 1).unwrap().expect("claimed");
+    let (first_job, first) = store.job_claim("worker-a", 1, 0).unwrap().expect("claimed");
     assert_eq!(first_job.id, id);
     assert_eq!(first_job.attempts, 1);
     let (second_job, second) = claim_once_expired(store, "worker-b");
@@ -565,7 +814,7 @@ fn a_stale_lease_cannot_commit_a_batch_after_the_job_was_claimed_again(store: &d
     let items = datasets.get("items").unwrap();
     let (org, _) = tenant(store, "acme");
     let id = pending(store, org, "stale");
-    let (_, stale) = store.job_claim("worker-a", 1).unwrap().expect("claimed");
+    let (_, stale) = store.job_claim("worker-a", 1, 0).unwrap().expect("claimed");
     let (_, current) = claim_once_expired(store, "worker-b");
 
     let mut late = store
@@ -611,7 +860,7 @@ fn postgres_sessions_ended_by_the_server_are_replaced_not_reused() {
     let (org, _) = tenant(&store, "acme");
     let id = pending(&store, org, "ended");
     let (_, lease) = store
-        .job_claim("w", LONG_LEASE_MS)
+        .job_claim("w", LONG_LEASE_MS, 0)
         .unwrap()
         .expect("claimed");
     let mut sink = store
@@ -835,7 +1084,12 @@ fn a_chunk_job_refuses_control_and_names_its_parent(store: &dyn JobStore) {
         Controlled::Done(p)
     );
     assert_eq!(status(store, chunks[1]), JobStatus::Paused);
-    assert!(store.job_claim("worker", LONG_LEASE_MS).unwrap().is_none());
+    assert!(
+        store
+            .job_claim("worker", LONG_LEASE_MS, 0)
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         store.job_control(p, Control::Resume, None).unwrap(),
         Controlled::Done(p)
@@ -1072,7 +1326,7 @@ fn a_failing_chunk_fails_the_parent_naming_the_part_and_cancels_the_rest(store: 
     assert_eq!(status(store, chunks[2]), JobStatus::Cancelled);
     assert!(
         store
-            .job_claim("worker-c", LONG_LEASE_MS)
+            .job_claim("worker-c", LONG_LEASE_MS, 0)
             .unwrap()
             .is_none()
     );
@@ -1519,6 +1773,14 @@ fn only_blobs_that_no_live_job_references_are_orphans(store: &dyn JobStore) {
 }
 
 store_conformance!(
+    a_high_job_goes_before_older_normal_ones_and_a_low_one_after_them,
+    the_organisation_with_the_fewest_running_jobs_goes_first,
+    chunk_jobs_count_as_running_and_inherit_the_priority,
+    org_max_running_holds_an_organisations_jobs_and_chunks_back,
+    an_expired_lease_does_not_count_towards_the_cap,
+    a_high_job_still_waits_for_the_writer_of_its_dataset,
+    a_retry_from_the_start_keeps_the_priority,
+    queue_positions_follow_the_claim_order,
     only_blobs_that_no_live_job_references_are_orphans,
     the_database_answers_a_ping,
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,

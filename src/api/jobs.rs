@@ -120,6 +120,9 @@ pub fn job_json(job: &Job) -> JsonValue {
         // Who started it: the user, inside the caller's own organisation.
         "userId": job.user_id,
         "userName": job.user_name,
+        "priority": job.priority.as_str(),
+        // While pending: an estimate of its place in the queue, 1 = next (see the README).
+        "queuePosition": job.queue_position,
     });
     if let Some(total) = job.chunks_total {
         data["chunks"] = json!({"total": total, "completed": job.chunks_completed});

@@ -33,7 +33,7 @@ use crate::import::map::{self, Explicit};
 use crate::import::read::{Source, no_rows_error, resolve_options, with_sheet_hint};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
-use crate::store::{Inserted, JobId, JobStatus, NewJob};
+use crate::store::{Inserted, JobId, JobStatus, NewJob, Priority};
 
 /// Longest a synchronous import waits for another job writing its dataset before answering
 /// `409 dataset_busy`.
@@ -203,6 +203,11 @@ pub async fn upload(
             "dryRun is not available yet",
         ));
     }
+    let priority: Priority = param(&params, "priority")
+        .map(|v| v.trim().parse())
+        .transpose()
+        .map_err(|m: String| ApiError::bad("invalid_priority", m))?
+        .unwrap_or_default();
     let ImportOptions {
         source: requested,
         mapping,
@@ -252,6 +257,7 @@ pub async fn upload(
         user_id: Some(caller.user_id),
         idempotency_key,
         retry_of: None,
+        priority,
     };
     let audit = caller.audit("upload", None, upload_detail(&new_job));
     // A synchronous dataset's job is owned by this request from the start.

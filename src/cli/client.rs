@@ -36,6 +36,9 @@ pub struct ImportArgs {
     /// JSON object mapping file headers to field names.
     #[arg(long)]
     pub mapping: Option<String>,
+    /// high, normal (default) or low: workers claim higher priorities first.
+    #[arg(long)]
+    pub priority: Option<String>,
     /// Follow the job with a progress bar until it ends.
     #[arg(long)]
     pub wait: bool,
@@ -169,6 +172,7 @@ pub async fn import(args: ImportArgs) -> CliResult {
         ("encoding", &args.encoding),
         ("sheet", &args.sheet),
         ("mapping", &args.mapping),
+        ("priority", &args.priority),
     ] {
         if let Some(v) = v {
             query.push((k, v.clone()));

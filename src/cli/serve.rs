@@ -127,6 +127,10 @@ pub struct WorkerArgs {
     /// Most chunk jobs one file is split into.
     #[arg(long, env = "SLUICE_MAX_CHUNKS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
     pub max_chunks: u32,
+    /// Most jobs and chunks one organisation may have running at once, across every worker on
+    /// the database; more of its jobs wait while others' are claimed (0: no cap).
+    #[arg(long, env = "SLUICE_ORG_MAX_RUNNING", default_value_t = 0)]
+    pub org_max_running: u32,
     /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as
     /// zip bombs.
     #[arg(long, env = "SLUICE_MAX_UNZIPPED_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
@@ -370,6 +374,7 @@ async fn job_context(
                 0
             }),
             max_chunks: work.max_chunks,
+            org_max_running: work.org_max_running,
         },
         wake: Notify::new(),
         events: crate::events::EventBus::default(),

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub chunk_rows: u64,
     /// Most chunk jobs one file is split into.
     pub max_chunks: u32,
+    /// Most jobs and chunks one organisation may have running at once (0: no cap).
+    pub org_max_running: u32,
 }
 
 /// What workers share: the store, the datasets, the uploads, a bell rung on new jobs, and the
@@ -131,13 +133,15 @@ pub fn spawn_workers(
 const QUICK_END: Duration = Duration::from_secs(1);
 
 async fn worker_loop(ctx: Arc<JobContext>, shutdown: CancellationToken, id: String) {
-    let lease_ms = ctx.lease_ms();
+    let (lease_ms, cap) = (ctx.lease_ms(), ctx.config.org_max_running);
     // While claims fail (the database is down or full), wait longer each time, up to the
     // store's backoff cap, and say so once per step rather than at poll rate.
     let mut outage = Retry::forever(Backoff::STORE);
     while !shutdown.is_cancelled() {
         let owner = id.clone();
-        let claimed = ctx.store_call(move |s| s.job_claim(&owner, lease_ms)).await;
+        let claimed = ctx
+            .store_call(move |s| s.job_claim(&owner, lease_ms, cap))
+            .await;
         // Claims work again (nothing to claim, or a job ran properly: reset below).
         if matches!(claimed, Ok(None)) && outage.failures() > 0 {
             tracing::info!(

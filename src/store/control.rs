@@ -102,9 +102,10 @@ pub fn control(
                 let target = if from_start {
                     c.query_one(
                         "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, \
-                         options, header, mapping, created_by, created_at, retry_of, org_id, user_id) \
+                         options, header, mapping, created_by, created_at, retry_of, org_id, user_id, \
+                         priority) \
                          SELECT dataset, 'pending', mode, filename, blob, file_size, sha256, format, options, \
-                         header, mapping, created_by, $2, id, org_id, user_id FROM jobs WHERE id = $1 \
+                         header, mapping, created_by, $2, id, org_id, user_id, priority FROM jobs WHERE id = $1 \
                          RETURNING id",
                         params![id, now],
                     )?

@@ -1,8 +1,14 @@
 //! Jobs, claims, leases and row errors: one implementation for both backends.
 //!
-//! The claim is one statement ([`claim`]): the oldest claimable job becomes `processing` under a
+//! The claim is one statement ([`claim`]): the first claimable job becomes `processing` under a
 //! new lease token. Every later write of the worker is fenced by that token: zero rows updated
 //! means the lease was lost.
+//!
+//! **Claim order.** Highest `priority` first; among equals, the job whose organisation has the
+//! fewest jobs and chunks running (`processing` under a live lease), so one organisation's
+//! backlog cannot starve the others; then the oldest (id). With `--org-max-running N`, nothing
+//! of an organisation already running N is claimed. Priority never reorders jobs of one
+//! organisation's dataset: the one-writer rule below still runs them in upload order.
 //!
 //! **One writer per (organisation, dataset).** A job's in-file duplicate check reads the
 //! `_sluice_job` stamps its own batches left, so no other job may write the same table of the
@@ -20,7 +26,7 @@ use super::sql::{Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
     AuditEntry, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease, NewChunk, NewJob,
-    Replacement, StoreError, StoreResult,
+    Priority, Replacement, StoreError, StoreResult,
 };
 use crate::import::SourceOptions;
 
@@ -28,7 +34,7 @@ pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_s
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
     retry_of, blob_deleted_at IS NOT NULL, parent_id, chunk_index, chunks_total, chunks_completed, org_id, \
-    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id)";
+    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority";
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
@@ -77,6 +83,8 @@ pub fn job_from_row(r: &Row) -> StoreResult<Job> {
         org_id: r.opt_i64(33)?,
         user_id: r.opt_i64(34)?,
         user_name: r.opt_text(35)?,
+        priority: Priority::from_rank(r.i64(36)?).map_err(StoreError::Corrupt)?,
+        queue_position: None,
     })
 }
 
@@ -156,9 +164,9 @@ pub fn insert(
         .query_one(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
              mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
-             idempotency_key, retry_of, duplicate_of, org_id, user_id) \
+             idempotency_key, retry_of, duplicate_of, org_id, user_id, priority) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22) RETURNING id",
+             $20, $21, $22, $23) RETURNING id",
             params![
                 job.dataset.as_str(),
                 status.as_str(),
@@ -182,6 +190,7 @@ pub fn insert(
                 duplicate_of,
                 job.org_id,
                 job.user_id,
+                job.priority.rank(),
             ],
         )?
         .i64(0)?;
@@ -195,13 +204,19 @@ pub fn insert(
 }
 
 pub fn get(c: &mut dyn Sql, id: JobId) -> StoreResult<Option<Job>> {
-    c.query_opt(
-        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
-        params![id],
-    )?
-    .as_ref()
-    .map(job_from_row)
-    .transpose()
+    let Some(mut job) = c
+        .query_opt(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+            params![id],
+        )?
+        .as_ref()
+        .map(job_from_row)
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    with_queue_position(c, &mut job)?;
+    Ok(Some(job))
 }
 
 pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {
@@ -220,7 +235,7 @@ pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>
         .u64(0)?;
     let mut page = filter_params.to_vec();
     page.extend([Value::from(filter.limit), Value::from(filter.offset)]);
-    let jobs = c
+    let mut jobs = c
         .query(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE {condition} ORDER BY id DESC LIMIT $4 OFFSET $5"
@@ -230,6 +245,9 @@ pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>
         .iter()
         .map(job_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
+    for job in &mut jobs {
+        with_queue_position(c, job)?;
+    }
     Ok((jobs, total))
 }
 
@@ -247,15 +265,33 @@ const WRITER_BUSY: &str = "EXISTS (SELECT 1 FROM jobs o \
                                         OR o.id < COALESCE(j.parent_id, j.id))) \
           OR (o.status = 'pending' AND j.parent_id IS NULL AND j.status = 'pending' AND o.id < j.id)))";
 
-/// Claims the oldest claimable job for `owner`: pending, or processing with an expired lease,
-/// and not held back by another job writing its dataset (see the module doc). Runs in the
-/// backend's claim scope (PostgreSQL: a transaction, [`CLAIM_LOCK`] taken here).
-pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
+/// How many jobs and chunks of `job`'s organisation (`job` is a table alias) are running:
+/// `processing` under a lease that has not expired at `now_ms` (a placeholder). A split job's
+/// parent holds no lease, its chunks do; a synchronous import counts while it runs. Answered
+/// from the `jobs_org_running` index.
+fn org_running(job: &str, now_ms: &str) -> String {
+    format!(
+        "(SELECT count(*) FROM jobs r WHERE r.org_id = {job}.org_id AND r.status = 'processing' \
+         AND r.lease_expires_ms >= {now_ms})"
+    )
+}
+
+/// Claims the first claimable job for `owner` in claim order (see the module doc): pending, or
+/// processing with an expired lease, not held back by another job writing its dataset, and (with
+/// `org_max_running` > 0) of an organisation running fewer than that. Runs in the backend's
+/// claim scope (PostgreSQL: a transaction, [`CLAIM_LOCK`] taken here).
+pub fn claim(
+    c: &mut dyn Sql,
+    owner: &str,
+    lease_ms: u64,
+    org_max_running: u32,
+) -> StoreResult<Option<(Job, Lease)>> {
     c.lock_key(CLAIM_LOCK)?;
     let token = new_token();
     let now = Utc::now();
     let now_ms = now.timestamp_millis();
     let lock = c.dialect().skip_locked();
+    let running = org_running("j", "$4");
     let Some(row) = c.query_opt(
         &format!(
             "UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, \
@@ -263,10 +299,18 @@ pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<
              WHERE id = (SELECT j.id FROM jobs j \
                          WHERE (j.status = 'pending' OR (j.status = 'processing' AND j.lease_expires_ms < $4)) \
                          AND NOT {WRITER_BUSY} \
-                         ORDER BY j.id LIMIT 1{lock}) \
+                         AND (CAST($6 AS BIGINT) = 0 OR {running} < CAST($6 AS BIGINT)) \
+                         ORDER BY j.priority DESC, {running}, j.id LIMIT 1{lock}) \
              RETURNING {JOB_COLUMNS}"
         ),
-        params![token.as_str(), now_ms + lease_ms as i64, now, now_ms, owner],
+        params![
+            token.as_str(),
+            now_ms + lease_ms as i64,
+            now,
+            now_ms,
+            owner,
+            org_max_running
+        ],
     )?
     else {
         return Ok(None);
@@ -277,6 +321,36 @@ pub fn claim(c: &mut dyn Sql, owner: &str, lease_ms: u64) -> StoreResult<Option<
         token,
     };
     Ok(Some((job, lease)))
+}
+
+/// Sets a pending top-level job's [`Job::queue_position`]: 1 + the pending top-level jobs ahead
+/// of it in claim order, at this moment. Ahead are the earlier uploads into its own dataset of
+/// its organisation (they run first whatever their priority), and every other pending job that
+/// is not held back by the one-writer rule and comes first by priority, then by its
+/// organisation's running count, then by id. An estimate: running counts change as jobs start
+/// and end, later uploads of a higher priority or of a quieter organisation overtake, and chunks
+/// and `--org-max-running` are left out.
+fn with_queue_position(c: &mut dyn Sql, job: &mut Job) -> StoreResult<()> {
+    if job.status != JobStatus::Pending || job.parent_id.is_some() {
+        return Ok(());
+    }
+    // `j` is each other pending job (WRITER_BUSY is written for `j`), `me` the job asked about.
+    let (theirs, mine) = (org_running("j", "$2"), org_running("me", "$2"));
+    let ahead = c
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM jobs j, jobs me \
+                 WHERE me.id = $1 AND j.status = 'pending' AND j.parent_id IS NULL AND j.id <> me.id \
+                 AND ((j.org_id IS NOT DISTINCT FROM me.org_id AND j.dataset = me.dataset AND j.id < me.id) \
+                      OR (NOT {WRITER_BUSY} AND (j.priority > me.priority \
+                          OR (j.priority = me.priority AND ({theirs} < {mine} \
+                              OR ({theirs} = {mine} AND j.id < me.id))))))"
+            ),
+            params![job.id, Utc::now().timestamp_millis()],
+        )?
+        .u64(0)?;
+    job.queue_position = Some(ahead + 1);
+    Ok(())
 }
 
 /// The top-level job of this organisation that is writing `dataset` or waiting to, if any: a
@@ -365,9 +439,10 @@ pub fn split(
     for (i, chunk) in chunks.iter().enumerate() {
         c.execute(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id) \
+             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id, priority) \
              SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || CAST($4 AS INTEGER), \
-             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id FROM jobs WHERE id = $1",
+             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id, priority \
+             FROM jobs WHERE id = $1",
             params![
                 lease.job_id,
                 chunk.blob.as_str(),

@@ -156,8 +156,15 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>>;
     /// Jobs newest first, and how many match the filter in all.
     fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>;
-    /// Claims the oldest pending job, or a processing one whose lease expired, for `owner`.
-    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>>;
+    /// Claims the next pending job, or a processing one whose lease expired, for `owner`: by
+    /// priority, then the organisation with the fewest jobs running, then the oldest; nothing of
+    /// an organisation already running `org_max_running` jobs and chunks (0: no cap).
+    fn job_claim(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        org_max_running: u32,
+    ) -> StoreResult<Option<(Job, Lease)>>;
     /// Extends the lease; false when it was lost.
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;

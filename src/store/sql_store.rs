@@ -248,8 +248,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(|c| jobs::list(c, filter))
     }
 
-    fn job_claim(&self, owner: &str, lease_ms: u64) -> StoreResult<Option<(Job, Lease)>> {
-        self.0.claim_scope(|c| jobs::claim(c, owner, lease_ms))
+    fn job_claim(
+        &self,
+        owner: &str,
+        lease_ms: u64,
+        org_max_running: u32,
+    ) -> StoreResult<Option<(Job, Lease)>> {
+        self.0
+            .claim_scope(|c| jobs::claim(c, owner, lease_ms, org_max_running))
     }
 
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool> {

@@ -57,6 +57,62 @@ impl std::str::FromStr for JobStatus {
     }
 }
 
+/// How urgently a job wants a worker: the claim takes higher priorities first (see
+/// `jobs::claim`). Stored as its [`Priority::rank`], so the claim orders by a plain integer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub const NAMES: &'static str = "high, normal or low";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    /// The stored value: larger is claimed sooner.
+    pub fn rank(self) -> i64 {
+        match self {
+            Priority::High => 1,
+            Priority::Normal => 0,
+            Priority::Low => -1,
+        }
+    }
+
+    pub fn from_rank(rank: i64) -> Result<Self, String> {
+        match rank {
+            1 => Ok(Priority::High),
+            0 => Ok(Priority::Normal),
+            -1 => Ok(Priority::Low),
+            other => Err(format!("unknown priority rank {other}")),
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(format!(
+                "priority must be {}, not `{other}`",
+                Priority::NAMES
+            )),
+        }
+    }
+}
+
 /// A job about to be created by an upload.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -78,6 +134,7 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     /// The job this one repeats from the start (`retry?fromStart=true`).
     pub retry_of: Option<JobId>,
+    pub priority: Priority,
 }
 
 /// What became of an upload's job.
@@ -174,6 +231,11 @@ pub struct Job {
     /// The user who started it, and their name.
     pub user_id: Option<i64>,
     pub user_name: Option<String>,
+    /// Chunk jobs have their parent's.
+    pub priority: Priority,
+    /// While the job is pending (a top-level job): its estimated place in the queue, 1 = next
+    /// (see `jobs::queue_position`). Filled in by `job_get` and `job_list`.
+    pub queue_position: Option<u64>,
 }
 
 /// The column of every dataset table (and its history and staging tables) that names the

@@ -327,8 +327,9 @@ function renderJob(job) {
     ['Dataset', job.dataset], ['Started by', job.userName || '—'], ['Created', fmt(r.createdCount)], ['Updated', fmt(r.updatedCount)],
     ['Unchanged', fmt(r.unchangedCount)], ['Rejected', fmt(r.errorCount)],
     ['Started', when(job.startedAt)], ['Finished', when(job.completedAt)],
-    ['Elapsed', duration(elapsedSeconds(job))],
+    ['Elapsed', duration(elapsedSeconds(job))], ['Priority', job.priority || 'normal'],
   ];
+  if (job.queuePosition) facts.push(['Place in queue', `#${job.queuePosition} (estimate)`]);
   $('#job-facts').replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v, 'data-fact': k.toLowerCase() }))));
   $('#job-error').textContent = job.error || '';
   for (const b of document.querySelectorAll('#job-actions button')) {

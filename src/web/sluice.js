@@ -90,6 +90,7 @@
     options = options || {};
     const form = new FormData();
     if (options.mode) form.append('mode', options.mode);
+    if (options.priority) form.append('priority', options.priority);
     if (options.mapping) form.append('mapping', JSON.stringify(options.mapping));
     if (options.template) form.append('template', options.template);
     form.append('file', file, file.name || 'upload.csv');

@@ -80,6 +80,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0010_blob_orphans",
         include_str!("../../../migrations/postgres/0010_blob_orphans.sql"),
     ),
+    (
+        11,
+        "0011_priority",
+        include_str!("../../../migrations/postgres/0011_priority.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -62,6 +62,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0010_blob_orphans",
         include_str!("../../../migrations/sqlite/0010_blob_orphans.sql"),
     ),
+    (
+        "0011_priority",
+        include_str!("../../../migrations/sqlite/0011_priority.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

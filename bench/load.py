@@ -853,9 +853,14 @@ def finish_common(args, server, sampler, res, t0, t1, log_off):
     res["db_connections_cap"] = cap if exists else None
     line = f"  {what}: max {conns}"
     if exists:
-        line += f" (cap --db-connections {cap}{' + slack ' + str(args.cap_slack) if args.cap_slack else ''})"
-        if cap is not None and conns is not None and conns > cap + args.cap_slack:
-            res["failures"].append(f"{what}: max {conns} > --db-connections {cap}")
+        # As documented: the pool's cap, plus one batch writer per running worker, plus (on
+        # PostgreSQL) the connection that listens for jobs.
+        extra = args.workers + (1 if args.pg_db else 0)
+        line += (f" (cap --db-connections {cap} + {extra} for the workers' writers"
+                 f"{' and the listener' if args.pg_db else ''}"
+                 f"{' + slack ' + str(args.cap_slack) if args.cap_slack else ''})")
+        if cap is not None and conns is not None and conns > cap + extra + args.cap_slack:
+            res["failures"].append(f"{what}: max {conns} > --db-connections {cap} + {extra}")
     else:
         line += " (this sluice has no --db-connections flag: no cap to check)"
     if args.pg_conn_limit and args.pg_db:

@@ -302,7 +302,9 @@ class Http:
 
     async def get(self, path):
         """A short GET on a kept-alive connection: (status, headers, body)."""
-        for attempt in (0, 1):
+        # A kept-alive connection the server has closed meanwhile (idle past its header
+        # timeout) fails at once: drop it and take the next, until a fresh one — as HTTP clients do.
+        while True:
             reused = bool(self.idle)
             reader, writer = self.idle.pop() if reused else await self.connect()
             try:
@@ -312,8 +314,8 @@ class Http:
                 body = await self.read_body(reader, headers, status)
             except (EOFError, ConnectionError, asyncio.IncompleteReadError):
                 writer.close()
-                if reused and attempt == 0:
-                    continue  # the server closed an idle keep-alive connection: try a new one
+                if reused:
+                    continue  # the server closed an idle keep-alive connection: try the next
                 raise
             except BaseException:
                 writer.close()

@@ -454,6 +454,21 @@ async fn a_database_outage_leaves_the_job_gauges_out() {
          SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
     ))
     .expect("refuse connections");
+    // Ending a session is asynchronous: wait until none of the database's sessions is left.
+    let admin = format!("{}/postgres", postgres_server());
+    let sessions = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'");
+    let mut left = i64::MAX;
+    for _ in 0..200 {
+        left = off_runtime(|| {
+            let mut c = ::postgres::Client::connect(&admin, ::postgres::NoTls).expect("connect");
+            c.query_one(&sessions, &[]).expect("count sessions").get(0)
+        });
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(left, 0, "the sessions of {db} did not end");
     let down = scrape_with(&app, &listen, None).await;
     pg_admin_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"))
         .expect("allow connections again");

@@ -449,19 +449,22 @@ async fn a_database_outage_leaves_the_job_gauges_out() {
     assert_eq!(up.sum("sluice_store_up", &[]), 1.0);
     assert!(up.has("sluice_queue_oldest_seconds"));
     let db = app.pg_database.clone().expect("a PostgreSQL database");
-    pg_admin_execute(&format!(
-        "ALTER DATABASE {db} ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ))
-    .expect("refuse connections");
-    // Ending a session is asynchronous: wait until none of the database's sessions is left.
+    // Committed on its own first, so no session can reconnect once the others are ended.
+    pg_admin_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"))
+        .expect("refuse connections");
+    // Ending a session is asynchronous: end them until none of the database's is left.
     let admin = format!("{}/postgres", postgres_server());
-    let sessions = format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'");
+    let end_sessions = format!(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}' \
+         AND backend_type = 'client backend'"
+    );
     let mut left = i64::MAX;
     for _ in 0..200 {
         left = off_runtime(|| {
             let mut c = ::postgres::Client::connect(&admin, ::postgres::NoTls).expect("connect");
-            c.query_one(&sessions, &[]).expect("count sessions").get(0)
+            c.query_one(&end_sessions, &[])
+                .expect("end sessions")
+                .get(0)
         });
         if left == 0 {
             break;
@@ -508,4 +511,54 @@ fn metrics_address(app: &TestApp) -> String {
         .to_string()
 }
 
-conformance!(metrics_report_the_imports_exactly);
+/// `sluice worker --metrics-listen`: the worker that committed the rows counts them, and the
+/// API-only server beside it counts none, while both read the same job figures from the store.
+async fn a_worker_process_reports_the_rows_it_committed(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 0,
+        batch_size: 300,
+        ..Default::default()
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    app.spawn_worker_with(1, &["--metrics-listen", &addr]);
+    let (file, expect) = generate(
+        app.dir.path(),
+        "worker-file.csv",
+        &["--rows", "1500", "--error-rate", "0.1", "--seed", "5"],
+    );
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["createdCount"], expect["valid_rows"]);
+    // The worker bound its metrics address before it started claiming, so it is up by now.
+    let (code, text) = scrape_with(&app, &format!("http://{addr}/metrics"), None).await;
+    assert_eq!(code, 200, "{text}");
+    let worker = Document::parse(&text);
+    let server = scrape(&app).await;
+    for (outcome, key) in [("created", "createdCount"), ("rejected", "errorCount")] {
+        let labels = [("dataset", "products"), ("outcome", outcome)];
+        assert_eq!(
+            worker.sum("sluice_rows_total", &labels),
+            s[key].as_u64().unwrap() as f64,
+            "{outcome}"
+        );
+        assert_eq!(server.sum("sluice_rows_total", &labels), 0.0, "{outcome}");
+    }
+    for doc in [&worker, &server] {
+        assert_eq!(
+            doc.sum("sluice_jobs", &[("status", "completed"), ("kind", "job")]),
+            1.0
+        );
+    }
+}
+
+conformance!(
+    metrics_report_the_imports_exactly,
+    a_worker_process_reports_the_rows_it_committed,
+);

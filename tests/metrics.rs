@@ -392,6 +392,12 @@ async fn metrics_report_the_imports_exactly(backend: Backend) {
         assert!(after.has(name), "{name} missing");
     }
 
+    // An open event stream is counted while it is open.
+    let stream = app.events("/api/v1/events", None).await;
+    assert_eq!(stream.status().as_u16(), 200);
+    assert_eq!(scrape(&app).await.sum("sluice_sse_clients", &[]), 1.0);
+    drop(stream);
+
     // A member's token is refused; no token at all is 401.
     let member = created(
         &app,

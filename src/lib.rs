@@ -2,8 +2,8 @@
 //!
 //! The map (see ARCHITECTURE.md): `api` speaks HTTP, `jobs` runs workers that claim and execute
 //! import jobs, `import` is the streaming pipeline (read → map → validate → write), `store` is
-//! the only database seam, `dataset` describes the target tables, `blob` keeps uploads, and
-//! `cli` is the command line (server and client).
+//! the only database seam, `dataset` describes the target tables, `blob` keeps uploads,
+//! `telemetry` counts what `/metrics` reports, and `cli` is the command line (server and client).
 
 pub mod api;
 pub mod backoff;
@@ -16,5 +16,6 @@ pub mod import;
 pub mod jobs;
 pub mod memory;
 pub mod store;
+pub mod telemetry;
 pub mod web;
 pub mod webhooks;

@@ -1772,6 +1772,44 @@ fn only_blobs_that_no_live_job_references_are_orphans(store: &dyn JobStore) {
     }
 }
 
+/// `/metrics`' one statement: jobs counted by status, dataset and kind (a chunk job apart from
+/// top-level ones), each group with its oldest creation time.
+fn jobs_are_grouped_by_status_dataset_and_kind(store: &dyn JobStore) {
+    assert_eq!(store.job_groups().unwrap(), Vec::new());
+    let (org, _) = tenant(store, "acme");
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    job_in(store, org, JobStatus::Failed, "f");
+    let parent = pending(store, org, "big");
+    let lease = claim(store, "w1", parent);
+    split(store, &lease, 2);
+    pending_into(store, org, "others", "o1");
+    pending_into(store, org, "others", "o2");
+    let mut groups: Vec<(String, String, bool, u64)> = store
+        .job_groups()
+        .unwrap()
+        .into_iter()
+        .map(|g| {
+            assert!(
+                g.oldest >= before && g.oldest <= chrono::Utc::now(),
+                "{g:?}"
+            );
+            (g.status, g.dataset, g.chunk, g.count)
+        })
+        .collect();
+    groups.sort();
+    let own = |s: &str, d: &str, chunk: bool, n: u64| (s.to_string(), d.to_string(), chunk, n);
+    assert_eq!(
+        groups,
+        vec![
+            own("failed", "items", false, 1),
+            own("pending", "items", true, 2),
+            own("pending", "others", false, 2),
+            own("processing", "items", false, 1),
+        ]
+    );
+    assert!(store.pool_state().max >= 1);
+}
+
 store_conformance!(
     a_high_job_goes_before_older_normal_ones_and_a_low_one_after_them,
     the_organisation_with_the_fewest_running_jobs_goes_first,
@@ -1781,6 +1819,7 @@ store_conformance!(
     a_high_job_still_waits_for_the_writer_of_its_dataset,
     a_retry_from_the_start_keeps_the_priority,
     queue_positions_follow_the_claim_order,
+    jobs_are_grouped_by_status_dataset_and_kind,
     only_blobs_that_no_live_job_references_are_orphans,
     the_database_answers_a_ping,
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,

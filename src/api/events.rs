@@ -83,7 +83,7 @@ pub async fn job_events(
         }
     }
     let reader = EventReader::new(state.jobs.clone(), after, Some(id));
-    Ok(Sse::new(until_done(reader))
+    Ok(Sse::new(counted(until_done(reader)))
         .keep_alive(keep_alive())
         .into_response())
 }
@@ -104,12 +104,22 @@ pub async fn all_events(
         .event("ready")
         .data(serde_json::json!({"after": after}).to_string());
     let stream = futures_util::stream::once(async move { Ok::<_, Infallible>(ready) });
-    Ok(Sse::new(futures_util::StreamExt::chain(
+    Ok(Sse::new(counted(futures_util::StreamExt::chain(
         stream,
         forever(reader, caller.org_id),
-    ))
+    )))
     .keep_alive(keep_alive())
     .into_response())
+}
+
+/// The stream, counted in `sluice_sse_clients` until it ends or the client leaves (either way
+/// the stream is dropped, and the count with it).
+fn counted<S: Stream>(stream: S) -> impl Stream<Item = S::Item> {
+    let client = crate::telemetry::SseClient::open();
+    futures_util::StreamExt::map(stream, move |item| {
+        let _ = &client;
+        item
+    })
 }
 
 /// A job's events up to and including its latest `done` event. An earlier `done` (the job was

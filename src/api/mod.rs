@@ -12,6 +12,7 @@ pub mod error;
 mod events;
 mod jobs;
 pub mod limit;
+pub mod metrics;
 mod options;
 mod preview;
 mod request_log;
@@ -98,6 +99,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/me", get(session::me))
+        .route("/metrics", get(metrics::scrape))
         .route(
             "/api/v1/admin/users",
             post(admin::user_create).get(admin::user_list),
@@ -131,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::web::router())
         .fallback(|| async { error::ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::map_response(security_headers))
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(state)
 }

@@ -140,6 +140,32 @@ pub struct WorkerArgs {
     pub max_zip_ratio: u64,
 }
 
+/// Where `/metrics` is served without a token (`serve` and `worker`).
+#[derive(Args, Clone)]
+pub struct MetricsArgs {
+    /// Serve `GET /metrics` (Prometheus text format) without a token on this address, for a
+    /// scraper on a private network (port 0 picks a free port; the address is printed). Off by
+    /// default; on the main address `/metrics` answers admin tokens only.
+    #[arg(long, env = "SLUICE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl MetricsArgs {
+    /// Starts the metrics listener when one is asked for.
+    async fn start(
+        &self,
+        ctx: &Arc<JobContext>,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, String> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let (bound, task) = api::metrics::listen(addr, ctx.clone(), shutdown.clone()).await?;
+        println!("sluice metrics on http://{bound}/metrics");
+        Ok(Some(task))
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct ServeArgs {
     #[command(flatten)]
@@ -150,6 +176,8 @@ pub struct ServeArgs {
     pub work: WorkerArgs,
     #[command(flatten)]
     pub files: UploadFileArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     /// Address to listen on (port 0 picks a free port; the address is printed).
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
@@ -219,6 +247,8 @@ pub struct WorkerOnlyArgs {
     pub work: WorkerArgs,
     #[command(flatten)]
     pub files: UploadFileArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -333,6 +363,7 @@ async fn job_context(
     work: &WorkerArgs,
 ) -> Result<Arc<JobContext>, Box<dyn std::error::Error + Send + Sync>> {
     let datasets = load_datasets(storage)?;
+    crate::telemetry::install(datasets.names());
     crate::import::read::set_limits(crate::import::read::Limits {
         max_unzipped_bytes: work.max_unzipped_mb.saturating_mul(1024 * 1024),
         max_zip_ratio: work.max_zip_ratio,
@@ -445,6 +476,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         webhook_allow_private: args.webhook_allow_private,
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
     });
+    let metrics = args.metrics.start(&state.jobs, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -476,6 +508,9 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     join_workers(workers).await;
     sweeper.abort();
     dispatcher.abort();
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
 }
 
@@ -487,6 +522,7 @@ pub async fn worker(args: WorkerOnlyArgs) -> CliResult {
     let ctx = job_context(&args.storage, &args.work).await?;
     remove_orphans(&ctx, args.files.rules()).await;
     let shutdown = CancellationToken::new();
+    let metrics = args.metrics.start(&ctx, &shutdown).await?;
     let workers = spawn_workers(ctx, shutdown.clone());
     println!(
         "sluice worker started ({} workers, pid {})",
@@ -496,6 +532,9 @@ pub async fn worker(args: WorkerOnlyArgs) -> CliResult {
     cancel_on_signal(&shutdown);
     shutdown.cancelled().await;
     join_workers(workers).await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     Ok(())
 }
 

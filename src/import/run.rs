@@ -140,7 +140,12 @@ fn commit_with_retry(
     budget: RetryBudget,
     stop: &dyn Fn() -> bool,
 ) -> Result<BatchCounts, SinkError> {
+    let mut tries = 0u32;
     with_retry(budget, "batch commit", stop, || {
+        tries += 1;
+        if tries > 1 {
+            crate::telemetry::batch_retry();
+        }
         sink.commit(batch, checkpoint)
     })
 }

@@ -219,8 +219,30 @@ struct Signals {
 }
 
 /// Executes a claimed job to its end, a shutdown, its time limit, or the loss of its lease.
+/// A top-level job's end and any lost lease are counted in the metrics.
 #[tracing::instrument(skip_all, fields(job = job.id, dataset = %job.dataset, org = job.org_id, chunk = job.chunk_index))]
 pub async fn execute(
+    ctx: &Arc<JobContext>,
+    job: Job,
+    lease: Lease,
+    shutdown: &CancellationToken,
+) -> Executed {
+    let (dataset, top_level) = (job.dataset.clone(), job.parent_id.is_none());
+    // The first start, across restarts (the claim sets it once).
+    let started = job.started_at.unwrap_or_else(chrono::Utc::now);
+    let executed = execute_job(ctx, job, lease, shutdown).await;
+    match executed {
+        Executed::LeaseLost => crate::telemetry::lease_lost(),
+        Executed::Finished(status) if top_level => {
+            let took = (chrono::Utc::now() - started).to_std().unwrap_or_default();
+            crate::telemetry::job_ended(&dataset, status.as_str(), took);
+        }
+        _ => {}
+    }
+    executed
+}
+
+async fn execute_job(
     ctx: &Arc<JobContext>,
     job: Job,
     lease: Lease,
@@ -647,6 +669,7 @@ fn run_job(
             .batch_sink(target.clone(), lease.clone(), job.mode, job.parent_id, org)
             .map_err(store_err)?)
     })?;
+    let sink = Box::new(crate::telemetry::MeteredSink::new(sink, &job.dataset));
     let mut sink = PublishingSink::new(sink, ctx.events.clone());
     let spec = RunSpec {
         dataset: &dataset,

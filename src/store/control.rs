@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{Sql, Value, params};
 use super::tenants::audit_insert;
-use super::{AuditEntry, Control, Controlled, JobId, JobStatus, Stats, StoreError, StoreResult};
+use super::{
+    AuditEntry, Control, Controlled, JobGroup, JobId, JobStatus, Stats, StoreError, StoreResult,
+};
 
 /// Clears the lease of the rows a statement updates.
 pub(super) const RELEASE: &str = "lease_token = NULL, lease_expires_ms = NULL, lease_owner = NULL";
@@ -316,6 +318,27 @@ pub fn unreferenced(c: &mut dyn Sql, names: &[String]) -> StoreResult<Vec<String
         .filter(|n| !referenced.contains(*n))
         .cloned()
         .collect())
+}
+
+/// Every job counted by status, dataset and kind, with each group's oldest creation time: one
+/// statement over the whole table (retention keeps it to weeks of jobs), for `/metrics`.
+pub fn groups(c: &mut dyn Sql) -> StoreResult<Vec<JobGroup>> {
+    c.query(
+        "SELECT status, dataset, parent_id IS NOT NULL, count(*), min(created_at) FROM jobs \
+         GROUP BY status, dataset, parent_id IS NOT NULL",
+        &[],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(JobGroup {
+            status: r.text(0)?,
+            dataset: r.text(1)?,
+            chunk: r.bool(2)?,
+            count: r.u64(3)?,
+            oldest: r.time(4)?,
+        })
+    })
+    .collect()
 }
 
 /// Figures over the organisation's jobs (`None`: all).

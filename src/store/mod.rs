@@ -38,6 +38,14 @@ use crate::import::{BatchSink, Mode, SourceOptions};
 
 pub type JobId = i64;
 
+/// The connection pool at one moment (`--db-connections` is `max`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolState {
+    pub max: u32,
+    pub open: u32,
+    pub idle: u32,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database is busy, unavailable or out of space: worth retrying.
@@ -216,6 +224,11 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<(Vec<String>, u64)>;
     /// Figures over the organisation's jobs (`None`: all jobs).
     fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats>;
+    /// Every job counted by status, dataset and kind (top-level or chunk), with the oldest
+    /// creation time of each group: one statement, read at each `/metrics` scrape.
+    fn job_groups(&self) -> StoreResult<Vec<JobGroup>>;
+    /// The connection pool now: its cap, the connections open, and those of them idle.
+    fn pool_state(&self) -> PoolState;
 
     /// Whether the store keeps uploaded files itself, so that every node can read them.
     fn keeps_blobs(&self) -> bool;

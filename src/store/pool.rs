@@ -151,12 +151,16 @@ impl<C: Send + 'static> Pool<C> {
     /// Waits in slices of [`OUTAGE_WAIT`]: once an attempt to connect has failed, the caller
     /// is answered "unavailable" at the end of the slice instead of the whole wait.
     pub fn get(&self) -> StoreResult<Pooled<C>> {
-        let deadline = Instant::now() + self.pool().connection_timeout();
+        let started = Instant::now();
+        let deadline = started + self.pool().connection_timeout();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let slice = left.min(OUTAGE_WAIT);
             match self.pool().get_timeout(slice) {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    crate::telemetry::pool_wait(started.elapsed());
+                    return Ok(conn);
+                }
                 Err(e) if slice >= left || self.failing.load(Ordering::Relaxed) => {
                     return Err(self.timed_out(e));
                 }
@@ -197,9 +201,13 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     /// The cap, and the connections open and idle now.
-    pub fn state(&self) -> (u32, u32, u32) {
+    pub fn state(&self) -> super::PoolState {
         let s = self.pool().state();
-        (self.size, s.connections, s.idle_connections)
+        super::PoolState {
+            max: self.size,
+            open: s.connections,
+            idle: s.idle_connections,
+        }
     }
 }
 
@@ -230,7 +238,7 @@ mod tests {
         assert!(pool.try_get().is_none());
         drop(held);
         assert_eq!(*pool.get().expect("returned to the pool"), 7);
-        assert_eq!(pool.state().0, 1);
+        assert_eq!(pool.state().max, 1);
     }
 
     #[test]

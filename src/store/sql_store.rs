@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use super::sql::{Sql, Value};
 use super::{
     AuditEntry, AuditRecord, Control, Controlled, Delivery, DeliveryAttempt, DeliveryState,
-    DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobId, JobStatus, JobStore,
-    Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role, Stats,
-    StoreResult, Template, TokenInfo, User, Webhook,
+    DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobGroup, JobId, JobStatus,
+    JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
+    Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
 use super::{control, hooks, jobs, tenants};
 use crate::dataset::{Dataset, Datasets};
@@ -47,6 +47,9 @@ pub trait Backend: Send + Sync + 'static {
         parent: Option<JobId>,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
+
+    /// The pool of connections `read` and `write` take from.
+    fn pool_state(&self) -> super::PoolState;
 
     fn announces_jobs(&self) -> bool {
         false
@@ -328,6 +331,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn job_stats(&self, org_id: Option<i64>) -> StoreResult<Stats> {
         self.0.read(|c| control::stats(c, org_id))
+    }
+
+    fn job_groups(&self) -> StoreResult<Vec<JobGroup>> {
+        self.0.read(control::groups)
+    }
+
+    fn pool_state(&self) -> super::PoolState {
+        self.0.pool_state()
     }
 
     fn keeps_blobs(&self) -> bool {

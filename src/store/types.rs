@@ -185,6 +185,18 @@ pub struct Stats {
     pub average_rows_per_second: Option<f64>,
 }
 
+/// One group of jobs with the same status, dataset and kind, as `/metrics` reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobGroup {
+    pub status: String,
+    pub dataset: String,
+    /// A chunk job (`parent_id` set) rather than a top-level job.
+    pub chunk: bool,
+    pub count: u64,
+    /// When the oldest job of the group was created.
+    pub oldest: DateTime<Utc>,
+}
+
 /// A job as stored.
 #[derive(Debug, Clone)]
 pub struct Job {

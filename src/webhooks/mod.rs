@@ -311,6 +311,11 @@ async fn deliver(
         (Some(_), true) => DeliveryState::Failed,
         (Some(_), false) => DeliveryState::Pending,
     };
+    crate::telemetry::webhook_attempt(match state {
+        DeliveryState::Delivered => "delivered",
+        DeliveryState::Failed => "failed",
+        DeliveryState::Pending => "retrying",
+    });
     let next = chrono::Utc::now().timestamp_millis() + backoff(config, number).as_millis() as i64;
     let attempt = DeliveryAttempt {
         attempt: number,

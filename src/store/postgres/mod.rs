@@ -133,11 +133,6 @@ impl SqlStore<Postgres> {
         migrate(&mut *backend.pool.get_patiently(super::pool::STARTUP_WAIT)?)?;
         Ok(SqlStore(backend))
     }
-
-    /// The pool's cap, and the connections open and idle now.
-    pub fn pool_state(&self) -> (u32, u32, u32) {
-        self.0.pool.state()
-    }
 }
 
 impl Postgres {
@@ -358,6 +353,10 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
 }
 
 impl Backend for Postgres {
+    fn pool_state(&self) -> crate::store::PoolState {
+        self.pool.state()
+    }
+
     fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let mut conn = self.conn()?;
         let PgConn {

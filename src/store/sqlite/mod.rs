@@ -109,11 +109,6 @@ impl SqlStore<Sqlite> {
     pub fn path(&self) -> &Path {
         &self.0.path
     }
-
-    /// The pool's cap, and the connections open and idle now.
-    pub fn pool_state(&self) -> (u32, u32, u32) {
-        self.0.pool.state()
-    }
 }
 
 /// A connection (or a transaction, through `Deref`) as the shared store logic sees it.
@@ -183,6 +178,10 @@ impl Sql for Lite<'_> {
 }
 
 impl Backend for Sqlite {
+    fn pool_state(&self) -> crate::store::PoolState {
+        self.pool.state()
+    }
+
     fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         let conn = self.pool.get()?;
         f(&mut Lite(&conn))

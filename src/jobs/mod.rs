@@ -227,6 +227,8 @@ pub async fn execute(
     lease: Lease,
     shutdown: &CancellationToken,
 ) -> Executed {
+    // Its memory goes back to the system when the last run (and download) ends.
+    let _in_flight = crate::memory::Stream::start();
     let (dataset, top_level) = (job.dataset.clone(), job.parent_id.is_none());
     // The first start, across restarts (the claim sets it once).
     let started = job.started_at.unwrap_or_else(chrono::Utc::now);

@@ -56,7 +56,7 @@ fn check(bytes: &[u8], options: &SourceOptions) -> Result<(), TestCaseError> {
 }
 
 fn seeds() -> Vec<Vec<u8>> {
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libreoffice");
+    let fixtures = common::fixtures_dir().join("libreoffice");
     let mut seeds: Vec<Vec<u8>> = ["items.xlsx", "items.ods", "items.xls"]
         .iter()
         .map(|f| std::fs::read(fixtures.join(f)).unwrap())

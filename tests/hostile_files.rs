@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::xlsx::{RawSheet, header, is, one_sheet, raw_xlsx};
 use common::*;
 
@@ -16,15 +14,6 @@ key = ["code"]
 code = { type = "text", required = true }
 name = { type = "text" }
 "#;
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .expect("fixture")
-}
 
 fn valid_xlsx() -> Vec<u8> {
     one_sheet(

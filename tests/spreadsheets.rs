@@ -603,7 +603,7 @@ async fn the_format_comes_from_the_content_not_the_name() {
 
 #[tokio::test]
 async fn workbooks_saved_by_libreoffice_as_xlsx_ods_and_xls_read_the_same() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libreoffice");
+    let dir = fixtures_dir().join("libreoffice");
     for ext in ["xlsx", "ods", "xls"] {
         let app = items_app();
         let bytes = std::fs::read(dir.join(format!("items.{ext}"))).unwrap();
@@ -659,7 +659,7 @@ type TimeRow = (String, Option<String>, Option<String>, Option<String>);
 
 #[tokio::test]
 async fn time_cells_read_the_same_from_xlsx_xls_and_ods_written_by_other_programs() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/times");
+    let dir = fixtures_dir().join("times");
     let stored =
         |code: &str, clock: Option<&str>, at: Option<&str>, day: Option<&str>| -> TimeRow {
             (
@@ -765,8 +765,7 @@ async fn xls_in_the_1904_date_system_keeps_its_dates_and_reads_times_as_clocks()
         datasets: Some(TIMES.into()),
         ..Default::default()
     });
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/times/times1904.xls");
+    let path = fixtures_dir().join("times/times1904.xls");
     let (code, body) = app
         .upload_bytes("times", "times1904.xls", std::fs::read(path).unwrap(), &[])
         .await;

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::xlsx::{
     RawSheet, header, one_sheet, parts_xlsx, raw_xlsx, rels_xml, shared_strings_xml, sheet_xml,
     styles_xml, workbook_xml,
@@ -31,15 +29,6 @@ fn items_app() -> TestApp {
         datasets: Some(ITEMS.into()),
         ..Default::default()
     })
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(name),
-    )
-    .expect("fixture")
 }
 
 type Item = (

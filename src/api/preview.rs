@@ -313,13 +313,7 @@ fn analyze(
     // then show the automatic match.
     let chosen =
         map::explicit_columns(ds, &headers, explicit).unwrap_or_else(|_| vec![None; headers.len()]);
-    let taken: Vec<&str> = chosen
-        .iter()
-        .flatten()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    let auto = map::auto_match(ds, &headers, &|i| chosen[i].is_some(), &taken);
+    let auto = map::auto_match_rest(ds, &headers, &chosen);
     let columns: Vec<JsonValue> = auto
         .iter()
         .zip(&chosen)

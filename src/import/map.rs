@@ -199,13 +199,7 @@ pub fn resolve(
     explicit: Option<&Explicit>,
 ) -> Result<Mapping, FileError> {
     let chosen = explicit_columns(dataset, headers, explicit)?;
-    let taken: Vec<&str> = chosen
-        .iter()
-        .flatten()
-        .flatten()
-        .map(String::as_str)
-        .collect();
-    let auto = auto_match(dataset, headers, &|i| chosen[i].is_some(), &taken);
+    let auto = auto_match_rest(dataset, headers, &chosen);
     let mut columns = Vec::with_capacity(headers.len());
     let mut ignored = Vec::new();
     let mut fuzzy = Vec::new();
@@ -267,6 +261,22 @@ pub fn resolve(
         ignored,
         fuzzy,
     })
+}
+
+/// The automatic match of the columns an explicit mapping left undecided (`chosen`, from
+/// [`explicit_columns`]); the fields it chose are not matched again.
+pub fn auto_match_rest(
+    dataset: &Dataset,
+    headers: &[String],
+    chosen: &[Choice],
+) -> Vec<ColumnMatch> {
+    let taken: Vec<&str> = chosen
+        .iter()
+        .flatten()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    auto_match(dataset, headers, &|i| chosen[i].is_some(), &taken)
 }
 
 /// The automatic match of every header: by name, by alias, or by similarity. Columns (by index)

@@ -662,6 +662,16 @@ pub async fn json_of(resp: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// `tests/fixtures/`: files written by other programs (see its README).
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The bytes of `tests/fixtures/NAME`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures_dir().join(name)).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+}
+
 /// Runs the shared test-data generator; returns the file and its `--expect` counts.
 pub fn generate(dir: &Path, name: &str, args: &[&str]) -> (PathBuf, Value) {
     let out = dir.join(name);

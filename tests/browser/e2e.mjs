@@ -86,7 +86,7 @@ try {
   await page.setInputFiles('#file', FILE_A);
   await page.waitForSelector('#preview:not([hidden]) #mapping tbody tr');
   check(await page.locator('#mapping tbody tr').count() === EXPECT_A.header.length, 'one mapping row per column');
-  check(await page.$eval('#mapping select[data-header="sku"]', (s) => s.value) === 'sku', 'sku mapped');
+  check(await page.$eval('#mapping select[data-key="sku"]', (s) => s.value) === 'sku', 'sku mapped');
   check(await page.locator('#rows tbody tr').count() === 20, 'first 20 rows shown');
   check(/would be rejected/.test(await page.textContent('#preview-summary')), 'validation summary');
   await shot(page, '03-preview.png');

@@ -200,6 +200,45 @@ async fn document_lists_every_route_and_each_operation_says_success_and_errors()
     assert_eq!(code, 404, "{body}");
 }
 
+/// Found by schemathesis (`negative_data_rejection`): the document says `limit` and `offset` are
+/// 64-bit integers, and the server took 2⁶³ and more (answering 200 with that offset).
+#[tokio::test]
+async fn paging_numbers_past_the_documented_range_are_refused() {
+    let app = spawn_app(AppOptions {
+        webhook_allow_private: true,
+        ..AppOptions::default()
+    });
+    let csv = app.path("one.csv");
+    std::fs::write(&csv, "sku,name,updated_at\nA-1,One,2024-01-01\n").unwrap();
+    let (code, body) = app.upload("products", &csv).await;
+    assert_eq!(code, 202, "{body}");
+    let job = common::job_id(&body);
+    let resp = app
+        .post("/api/v1/webhooks")
+        .json(&serde_json::json!({"url": "http://127.0.0.1:9/hook", "events": ["job.completed"]}))
+        .send()
+        .await
+        .unwrap();
+    let (_, hook) = common::json_of(resp).await;
+    let hook = hook["data"]["id"].as_i64().unwrap();
+    for path in [
+        "/api/v1/import/jobs".to_string(),
+        "/api/v1/audit".to_string(),
+        format!("/api/v1/import/{job}/errors"),
+        format!("/api/v1/webhooks/{hook}/deliveries"),
+    ] {
+        for query in ["offset=9223372036854775808", "limit=18446744073709551615"] {
+            let (code, body) = app.get_json(&format!("{path}?{query}")).await;
+            assert_eq!(code, 400, "{path}?{query}: {body}");
+            assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+        }
+        let (code, body) = app
+            .get_json(&format!("{path}?offset=9223372036854775807"))
+            .await;
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+}
+
 /// The numbers at the end of schemathesis's summary, for the test's output.
 fn summary(out: &str) -> String {
     out.lines()

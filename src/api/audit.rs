@@ -13,17 +13,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::{AuditPage, Data, ErrorBody};
 use super::error::ApiError;
-
-fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
-    params.get(name).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| {
-            ApiError::bad(
-                "invalid_parameter",
-                format!("`{name}` must be a whole number ≥ 0"),
-            )
-        })
-    })
-}
+use super::options::number;
 
 /// `GET /api/v1/audit?limit=&offset=`: the caller's organisation's log, newest first (admins).
 #[utoipa::path(get, path = "/api/v1/audit", operation_id = "listAudit", tag = "admin",

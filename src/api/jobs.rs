@@ -15,6 +15,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::{Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView};
 use super::error::ApiError;
+use super::options::number;
 use crate::store::StoreError;
 use crate::store::{Job, JobFilter, JobId, JobStatus};
 
@@ -38,18 +39,6 @@ pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(job_not_found)
-}
-
-fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            ApiError::bad(
-                "invalid_parameter",
-                format!("`{name}` must be a whole number ≥ 0"),
-            )
-        }),
-    }
 }
 
 /// The job, if the caller's organisation owns it; any other job is "not found".

@@ -17,6 +17,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::{Data, Deliveries, ErrorBody, Message, WebhookView, Webhooks};
 use super::error::ApiError;
+use super::options::number;
 use crate::webhooks::guard::DestinationError;
 use crate::webhooks::{self, WebhookError};
 
@@ -177,17 +178,8 @@ pub async fn deliveries(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<Data<Deliveries>>, ApiError> {
     let id = parse_webhook_id(&id)?;
-    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
-        params.get(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| {
-                ApiError::bad(
-                    "invalid_parameter",
-                    format!("`{name}` must be a whole number ≥ 0"),
-                )
-            })
-        })
-    };
-    let (limit, offset) = (number("limit", 50)?.min(1000), number("offset", 0)?);
+    let limit = number(&params, "limit", 50)?.min(1000);
+    let offset = number(&params, "offset", 0)?;
     let hooks = org_webhooks(&state, &caller).await?;
     if !hooks.iter().any(|h| h.id == id) {
         return Err(webhook_not_found());

@@ -31,8 +31,18 @@ function typeOf(schema) {
   if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
   const types = [].concat(schema.type || "object");
   return types
-    .map((t) => (t === "array" ? "[" + typeOf(schema.items) + "]" : t + (schema.format ? " (" + schema.format + ")" : "")))
+    .map((t) => (t === "array" ? "[" + typeOf(schema.items) + "]" : t + (schema.format && t !== "null" ? " (" + schema.format + ")" : "")))
     .join(" | ");
+}
+
+// The object a property holds (itself, its reference, an item, or the non-null alternative), and
+// its name ("" when inline).
+function held(doc, prop) {
+  if (!prop) return ["", null];
+  if (prop.$ref) return [refName(prop.$ref), doc.components.schemas[refName(prop.$ref)]];
+  if (prop.oneOf) return held(doc, prop.oneOf.find((s) => s.$ref || s.properties));
+  if (prop.items) return held(doc, prop.items);
+  return ["", prop.properties ? prop : null];
 }
 
 // A schema's properties as a table, the named schema first.
@@ -54,14 +64,14 @@ function schemaTable(doc, schema, seen) {
   const table = el("table", {}, el("tr", {}, el("th", {}, "field"), el("th", {}, "type"), el("th", {}, "")));
   for (const [key, prop] of Object.entries(props)) {
     const cell = el("td", {}, el("code", {}, typeOf(prop)));
-    const inner = prop.$ref ? doc.components.schemas[refName(prop.$ref)] : null;
-    const nested = inner && inner.properties && !seen.has(refName(prop.$ref));
     const row = el("tr", {}, el("td", {}, el("code", {}, key + (required.has(key) ? "" : "?"))), cell,
-      el("td", {}, prop.description || ""));
+      el("td", {}, prose(prop.description)));
     table.append(row);
-    if (nested) {
-      const next = new Set(seen).add(refName(prop.$ref));
-      table.append(el("tr", {}, el("td", {}), el("td", { colspan: "2" }, schemaTable(doc, prop, next))));
+    const [innerName, inner] = held(doc, prop);
+    if (inner && inner.properties && !seen.has(innerName)) {
+      const next = new Set(seen).add(innerName);
+      const shown = innerName ? { $ref: "#/components/schemas/" + innerName } : inner;
+      table.append(el("tr", {}, el("td", {}), el("td", { colspan: "2" }, schemaTable(doc, shown, next))));
     }
   }
   box.append(table);

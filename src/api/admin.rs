@@ -11,21 +11,26 @@ use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use serde::Deserialize;
-use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
 use super::auth::{self, Caller};
+use super::dto::{Data, ErrorBody, Message, TokenCreated, Tokens, UserCreated, Users};
 use super::error::ApiError;
 use crate::store::Role;
 
-#[derive(Deserialize)]
+/// `POST /api/v1/admin/users`
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "ada", "role": "member"}))]
 pub struct NewUser {
     name: String,
+    /// `admin` or `member`.
     role: String,
 }
 
-#[derive(Deserialize)]
+/// `POST /api/v1/admin/tokens`
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"userId": 1, "expires": "30d", "label": "nightly sync"}))]
 pub struct NewToken {
     user_id: i64,
     /// `90m`, `12h`, `30d`, …; none: until revoked.
@@ -42,40 +47,61 @@ fn body<T>(
 }
 
 /// `GET /api/v1/admin/users`: the users of the admin's organisation.
+#[utoipa::path(get, path = "/api/v1/admin/users", operation_id = "listUsers", tag = "admin",
+    summary = "The organisation's users (admins)",
+    responses(
+        (status = 200, description = "The users", body = Data<Users>),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ))]
 pub async fn user_list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Users>>, ApiError> {
     caller.require_admin()?;
     let org = caller.org_id;
     let users = state
         .jobs
         .store_call(move |s| s.user_list(Some(org)))
         .await?;
-    Ok(Json(json!({"success": true, "data": {"users": users}})))
+    Ok(Json(Data::ok(Users { users })))
 }
 
 /// `GET /api/v1/admin/tokens`: the tokens of the admin's organisation, newest first, with
 /// their user, label, expiry, last use and revocation — never the token itself.
+#[utoipa::path(get, path = "/api/v1/admin/tokens", operation_id = "listTokens", tag = "admin",
+    summary = "The organisation's tokens, newest first, never the token itself (admins)",
+    responses(
+        (status = 200, description = "The tokens", body = Data<Tokens>),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ))]
 pub async fn token_list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Tokens>>, ApiError> {
     caller.require_admin()?;
     let org = caller.org_id;
     let tokens = state
         .jobs
         .store_call(move |s| s.token_list(Some(org)))
         .await?;
-    Ok(Json(json!({"success": true, "data": {"tokens": tokens}})))
+    Ok(Json(Data::ok(Tokens { tokens })))
 }
 
 /// `POST /api/v1/admin/users {name, role}`: a user in the admin's organisation.
+#[utoipa::path(post, path = "/api/v1/admin/users", operation_id = "createUser", tag = "admin",
+    summary = "Create a user in the organisation (admins)",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = Data<UserCreated>),
+        (status = 400, description = "`invalid_body`, `invalid_name`, `invalid_role`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 409, description = "`user_exists`: the organisation has a user of that name", body = ErrorBody),
+    ))]
 pub async fn user_create(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     payload: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
+) -> Result<(StatusCode, Json<Data<UserCreated>>), ApiError> {
     caller.require_admin()?;
     let new = body(payload)?;
     let name = new.name.trim().to_string();
@@ -102,17 +128,26 @@ pub async fn user_create(
         })?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"success": true, "data": {"id": id, "name": name, "role": role}})),
+        Json(Data::ok(UserCreated { id, name, role })),
     ))
 }
 
 /// `POST /api/v1/admin/tokens {userId, expires?, label?}`: a token for a user of the admin's
 /// organisation; the answer is the only time the token is shown.
+#[utoipa::path(post, path = "/api/v1/admin/tokens", operation_id = "createToken", tag = "admin",
+    summary = "Create a token for a user of the organisation (admins); shown only in this answer",
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "Created", body = Data<TokenCreated>),
+        (status = 400, description = "`invalid_body`, `invalid_expires`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such user in the organisation", body = ErrorBody),
+    ))]
 pub async fn token_create(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     payload: Result<Json<NewToken>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<JsonValue>), ApiError> {
+) -> Result<(StatusCode, Json<Data<TokenCreated>>), ApiError> {
     caller.require_admin()?;
     let new = body(payload)?;
     let expires_at = new
@@ -153,18 +188,29 @@ pub async fn token_create(
         .ok_or_else(|| ApiError::NotFound("no such user".into()))?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"success": true, "data": {
-            "id": id, "userId": user_id, "token": token, "expiresAt": expires_at,
-        }})),
+        Json(Data::ok(TokenCreated {
+            id,
+            user_id,
+            token,
+            expires_at,
+        })),
     ))
 }
 
 /// `DELETE /api/v1/admin/tokens/{id}`: revokes a token of the admin's organisation.
+#[utoipa::path(delete, path = "/api/v1/admin/tokens/{id}", operation_id = "revokeToken", tag = "admin",
+    summary = "Revoke a token of the organisation (admins)",
+    params(("id" = String, Path, description = "The token id")),
+    responses(
+        (status = 200, description = "Revoked", body = Message),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such token", body = ErrorBody),
+    ))]
 pub async fn token_revoke(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     caller.require_admin()?;
     let not_found = || ApiError::NotFound("no such token".into());
     let id: i64 = id.parse().map_err(|_| not_found())?;
@@ -175,7 +221,5 @@ pub async fn token_revoke(
         .store_call(move |s| s.token_revoke(id, Some(org), Some(&audit)))
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(
-        json!({"success": true, "message": format!("token {id} revoked")}),
-    ))
+    Ok(Json(Message::ok(format!("token {id} revoked"))))
 }

@@ -8,29 +8,30 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Extension, Query, State};
-use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::dto::{AuditPage, Data, ErrorBody};
 use super::error::ApiError;
-
-fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
-    params.get(name).map_or(Ok(default), |v| {
-        v.parse().map_err(|_| {
-            ApiError::bad(
-                "invalid_parameter",
-                format!("`{name}` must be a whole number ≥ 0"),
-            )
-        })
-    })
-}
+use super::options::number;
 
 /// `GET /api/v1/audit?limit=&offset=`: the caller's organisation's log, newest first (admins).
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "listAudit", tag = "admin",
+    summary = "The organisation's audit log, newest first (admins)",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size (default 100, at most 1000)"),
+        ("offset" = Option<u64>, Query, description = "Entries skipped"),
+    ),
+    responses(
+        (status = 200, description = "A page of the log", body = Data<AuditPage>),
+        (status = 400, description = "`invalid_parameter`: a limit or offset that is not a number", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<AuditPage>>, ApiError> {
     caller.require_admin()?;
     let limit = number(&params, "limit", 100)?.min(1000);
     let offset = number(&params, "offset", 0)?;
@@ -39,8 +40,10 @@ pub async fn list(
         .jobs
         .store_call(move |s| s.audit_list(org, limit, offset))
         .await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": {"entries": entries, "total": total, "limit": limit, "offset": offset},
+    Ok(Json(Data::ok(AuditPage {
+        entries,
+        total,
+        limit,
+        offset,
     })))
 }

@@ -11,21 +11,46 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Extension, Path, Query, State};
-use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::dto::{Data, ErrorBody, JobView, Message, Said};
 use super::error::ApiError;
-use super::jobs::{job_json, job_not_found, load_job, parse_id};
-use crate::store::{Control, Controlled, Job};
+use super::jobs::{job_not_found, load_job, parse_id};
+use crate::store::{Control, Controlled, Job, Stats};
+
+/// The actions of `POST /api/v1/import/{jobId}/{action}` (for the document).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum JobAction {
+    Cancel,
+    Pause,
+    Resume,
+    Retry,
+}
 
 /// `POST /api/v1/import/{jobId}/{cancel|pause|resume|retry}` (retry takes `?fromStart=true`).
+#[utoipa::path(post, path = "/api/v1/import/{id}/{action}", operation_id = "controlJob", tag = "jobs",
+    summary = "Cancel, pause, resume or retry a job",
+    description = "Only the job's creator or an admin may act on it. Retry with `fromStart=true` starts a new job from the first row; otherwise it continues from the last committed batch.",
+    params(
+        ("id" = String, Path, description = "The job id", example = "1"),
+        ("action" = JobAction, Path, description = "What to do"),
+        ("fromStart" = Option<bool>, Query, description = "retry: start again as a new job"),
+    ),
+    responses(
+        (status = 200, description = "Done; the job as it is now (for a retry from the start, the new job)", body = Said<JobView>),
+        (status = 403, description = "`forbidden`: neither the job's creator nor an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job, or no such action", body = ErrorBody),
+        (status = 409, description = "`invalid_state`: the job's status does not allow it (with `jobId`)", body = ErrorBody),
+    ))]
 pub async fn act(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path((id, action)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Said<JobView>>, ApiError> {
     let id = parse_id(&id)?;
     let job = load_job(&state, &caller, id).await?;
     let from_start = params
@@ -72,9 +97,11 @@ pub async fn act(
             "retrying from the last committed batch".to_string()
         }
     };
-    Ok(Json(
-        json!({"success": true, "message": message, "data": job_json(&job)}),
-    ))
+    Ok(Json(Said {
+        success: true,
+        message,
+        data: JobView::from(&job),
+    }))
 }
 
 /// 403 unless the caller started the job or is an admin of its organisation.
@@ -90,11 +117,19 @@ fn permitted(caller: &Caller, job: &Job) -> Result<(), ApiError> {
 
 /// `DELETE /api/v1/import/{jobId}`: the job, its row errors and its file. A running job stops
 /// at its next batch boundary.
+#[utoipa::path(delete, path = "/api/v1/import/{id}", operation_id = "deleteJob", tag = "jobs",
+    summary = "Delete a job, its row errors and its file",
+    params(("id" = String, Path, description = "The job id", example = "1")),
+    responses(
+        (status = 200, description = "Deleted", body = Message),
+        (status = 403, description = "`forbidden`: neither the job's creator nor an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     let id = parse_id(&id)?;
     let job = load_job(&state, &caller, id).await?;
     permitted(&caller, &job)?;
@@ -113,22 +148,23 @@ pub async fn delete(
             let blobs = ctx.blobs.clone();
             let _ = tokio::task::spawn_blocking(move || names.iter().for_each(|b| blobs.remove(b)))
                 .await;
-            Ok(Json(
-                json!({"success": true, "message": format!("job {id} deleted")}),
-            ))
+            Ok(Json(Message::ok(format!("job {id} deleted"))))
         }
     }
 }
 
 /// `GET /api/v1/import/stats`
+#[utoipa::path(get, path = "/api/v1/import/stats", operation_id = "getStats", tag = "jobs",
+    summary = "Figures over the organisation's jobs (seed 003's getStats, extended)",
+    responses((status = 200, description = "The figures", body = Data<Stats>)))]
 pub async fn stats(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Stats>>, ApiError> {
     let org = caller.org_id;
     let stats = state
         .jobs
         .store_call(move |s| s.job_stats(Some(org)))
         .await?;
-    Ok(Json(json!({"success": true, "data": stats})))
+    Ok(Json(Data::ok(stats)))
 }

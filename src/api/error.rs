@@ -6,7 +6,8 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::dto::{ErrorBody, ErrorDetail};
 
 use crate::import::FileError;
 use crate::store::StoreError;
@@ -109,20 +110,28 @@ impl IntoResponse for ApiError {
         let (status, code, message) = match self {
             ApiError::Replay(response) => return *response,
             ApiError::Conflict { code, message, job } => {
-                let mut error = json!({"code": code, "message": message});
-                if let Some(id) = job {
-                    error["jobId"] = json!(id);
-                    error["statusUrl"] = json!(format!("/api/v1/import/status/{id}"));
-                }
-                return (
-                    StatusCode::CONFLICT,
-                    Json(json!({"success": false, "error": error})),
-                )
-                    .into_response();
+                let body = ErrorBody {
+                    success: false,
+                    error: ErrorDetail {
+                        code: code.into(),
+                        message,
+                        job_id: job,
+                        status_url: job.map(|id| format!("/api/v1/import/status/{id}")),
+                    },
+                };
+                return (StatusCode::CONFLICT, Json(body)).into_response();
             }
             other => other.parts(),
         };
-        let body = Json(json!({"success": false, "error": {"code": code, "message": message}}));
+        let body = Json(ErrorBody {
+            success: false,
+            error: ErrorDetail {
+                code: code.into(),
+                message,
+                job_id: None,
+                status_url: None,
+            },
+        });
         match retry_after {
             Some(seconds) => (
                 status,

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::auth::Caller;
+use super::dto::ErrorBody;
 use super::error::ApiError;
 use super::jobs::{load_job, parse_id};
 use crate::events::{EventReader, event_json, event_name};
@@ -62,6 +63,18 @@ fn keep_alive() -> KeepAlive {
 }
 
 /// `GET /api/v1/import/{jobId}/events`
+#[utoipa::path(get, path = "/api/v1/import/{id}/events", operation_id = "jobEvents", tag = "events",
+    summary = "Server-Sent Events of one job, ending with its latest `done` event",
+    params(
+        ("id" = String, Path, description = "The job id", example = "1"),
+        ("after" = Option<i64>, Query, description = "Resume after this event id (or send `Last-Event-ID`)"),
+    ),
+    responses(
+        (status = 200, description = "The event stream: `created`, `status`, `progress`, `done`", content_type = "text/event-stream", body = String),
+        (status = 204, description = "The client already has the job's final event"),
+        (status = 400, description = "`invalid_event_id`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+    ))]
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -89,6 +102,13 @@ pub async fn job_events(
 }
 
 /// `GET /api/v1/events`: every job's events; without a resume point, from now on.
+#[utoipa::path(get, path = "/api/v1/events", operation_id = "allEvents", tag = "events",
+    summary = "Server-Sent Events of every job of the organisation, never ending (first a `ready` event)",
+    params(("after" = Option<i64>, Query, description = "Resume after this event id (or send `Last-Event-ID`); default: from now on")),
+    responses(
+        (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "`invalid_event_id`", body = ErrorBody),
+    ))]
 pub async fn all_events(
     State(state): State<Arc<AppState>>,
     Query(query): Query<After>,

@@ -10,14 +10,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::dto::{Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView};
 use super::error::ApiError;
+use super::options::number;
 use crate::store::StoreError;
-use crate::store::{ErrorRecord, Job, JobFilter, JobId, JobStatus};
+use crate::store::{Job, JobFilter, JobId, JobStatus};
 
 /// Errors fetched per page while streaming the CSV.
 /// Rows per page of the rejected-rows CSV: each page is one short store call, and a client that
@@ -41,18 +41,6 @@ pub(super) fn parse_id(id: &str) -> Result<JobId, ApiError> {
         .ok_or_else(job_not_found)
 }
 
-fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
-    match params.get(name) {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            ApiError::bad(
-                "invalid_parameter",
-                format!("`{name}` must be a whole number ≥ 0"),
-            )
-        }),
-    }
-}
-
 /// The job, if the caller's organisation owns it; any other job is "not found".
 pub(super) async fn load_job(
     state: &AppState,
@@ -67,103 +55,41 @@ pub(super) async fn load_job(
         .ok_or_else(job_not_found)
 }
 
-/// A job as the API shows it.
-pub fn job_json(job: &Job) -> JsonValue {
-    let success = job.created_count + job.updated_count + job.unchanged_count;
-    let processed = success + job.error_count;
-    let total = job.total_rows.unwrap_or(processed).max(processed);
-    let percentage = if job.status == JobStatus::Completed {
-        100
-    } else {
-        (processed * 100).checked_div(total).unwrap_or(0).min(100)
-    };
-    let end = job.completed_at.unwrap_or_else(Utc::now);
-    let elapsed = job
-        .started_at
-        .map(|s| (end - s).num_milliseconds().max(0) as f64 / 1000.0);
-    let rows_per_second = elapsed
-        .filter(|e| *e > 0.0)
-        .map(|e| (processed as f64 / e).round() as u64);
-    let eta = match (job.status, rows_per_second) {
-        (JobStatus::Processing, Some(rps)) if rps > 0 && job.total_rows.is_some() => {
-            Some(total.saturating_sub(processed).div_ceil(rps))
-        }
-        _ => None,
-    };
-    let mut data = json!({
-        "jobId": job.id,
-        "dataset": job.dataset,
-        "filename": job.filename,
-        "mode": job.mode.as_str(),
-        "status": job.status.as_str(),
-        "progress": {"current": processed, "total": total, "percentage": percentage},
-        "createdAt": job.created_at,
-        "startedAt": job.started_at,
-        "completedAt": job.completed_at,
-        "createdCount": job.created_count,
-        "updatedCount": job.updated_count,
-        "unchangedCount": job.unchanged_count,
-        "errorCount": job.error_count,
-        "batches": job.batches_done,
-        "rowsPerSecond": rows_per_second,
-        "etaSeconds": eta,
-        "errorsUrl": format!("/api/v1/import/{}/errors", job.id),
-        "error": job.error,
-        "fileSize": job.file_size,
-        "sha256": job.sha256,
-        "warnings": job.mapping.warnings(),
-        "attempts": job.attempts,
-        "workerId": job.lease_owner,
-        "duplicateOf": job.duplicate_of,
-        "retryOf": job.retry_of,
-        "fileRetained": !job.blob_deleted,
-        // Who started it: the user, inside the caller's own organisation.
-        "userId": job.user_id,
-        "userName": job.user_name,
-        "priority": job.priority.as_str(),
-        // While pending: an estimate of its place in the queue, 1 = next (see the README).
-        "queuePosition": job.queue_position,
-    });
-    if let Some(total) = job.chunks_total {
-        data["chunks"] = json!({"total": total, "completed": job.chunks_completed});
-    }
-    if let Some(parent) = job.parent_id {
-        data["parentId"] = json!(parent);
-        data["chunkIndex"] = json!(job.chunk_index);
-    }
-    if job.status.is_finished() {
-        data["results"] = json!({
-            "totalRows": processed,
-            "successCount": success,
-            "errorCount": job.error_count,
-            "createdCount": job.created_count,
-            "updatedCount": job.updated_count,
-            "unchangedCount": job.unchanged_count,
-        });
-    }
-    data
-}
-
-pub fn error_json(e: &ErrorRecord) -> JsonValue {
-    json!({"row": e.row, "column": e.column, "value": e.value, "message": e.message})
-}
-
 /// `GET /api/v1/import/status/{jobId}`
+#[utoipa::path(get, path = "/api/v1/import/status/{id}", operation_id = "getJobStatus", tag = "jobs",
+    summary = "A job's status (seed 000's shape, extended)",
+    params(("id" = String, Path, description = "The job id", example = "1")),
+    responses(
+        (status = 200, description = "The job", body = Data<JobView>),
+        (status = 404, description = "`not_found`: no such job (or another organisation's)", body = ErrorBody),
+    ))]
 pub async fn status(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<JobView>>, ApiError> {
     let job = load_job(&state, &caller, parse_id(&id)?).await?;
-    Ok(Json(json!({"success": true, "data": job_json(&job)})))
+    Ok(Json(Data::ok(JobView::from(&job))))
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`
+#[utoipa::path(get, path = "/api/v1/import/jobs", operation_id = "listJobs", tag = "jobs",
+    summary = "The organisation's jobs, newest first",
+    params(
+        ("status" = Option<JobStatus>, Query, description = "Only jobs in this status"),
+        ("dataset" = Option<String>, Query, description = "Only jobs of this dataset"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 20, at most 1000)"),
+        ("offset" = Option<u64>, Query, description = "Jobs skipped"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs", body = Data<JobList>),
+        (status = 400, description = "`invalid_parameter`: a status, limit or offset that is not one", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<JobList>>, ApiError> {
     let status = params
         .get("status")
         .filter(|s| !s.is_empty())
@@ -179,18 +105,31 @@ pub async fn list(
     };
     let f = filter.clone();
     let (jobs, total) = state.jobs.store_call(move |s| s.job_list(&f)).await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": {
-            "jobs": jobs.iter().map(job_json).collect::<Vec<_>>(),
-            "total": total,
-            "limit": filter.limit,
-            "offset": filter.offset,
-        }
+    Ok(Json(Data::ok(JobList {
+        jobs: jobs.iter().map(JobView::from).collect(),
+        total,
+        limit: filter.limit,
+        offset: filter.offset,
     })))
 }
 
 /// `GET /api/v1/import/{jobId}/errors?format=json|csv&limit=&offset=`
+#[utoipa::path(get, path = "/api/v1/import/{id}/errors", operation_id = "getJobErrors", tag = "jobs",
+    summary = "A job's rejected rows: JSON pages, or every row as CSV (the file's columns plus `error`)",
+    params(
+        ("id" = String, Path, description = "The job id", example = "1"),
+        ("format" = Option<ErrorsFormat>, Query, description = "`json` (default) or `csv`"),
+        ("limit" = Option<u64>, Query, description = "JSON page size (default 100)"),
+        ("offset" = Option<u64>, Query, description = "Rows skipped (JSON)"),
+    ),
+    responses(
+        (status = 200, description = "The rejected rows", content(
+            (Data<ErrorsPage> = "application/json"),
+            (String = "text/csv"),
+        )),
+        (status = 400, description = "`invalid_parameter`: an unknown format, or a limit or offset that is not a number", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+    ))]
 pub async fn errors(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
@@ -207,15 +146,12 @@ pub async fn errors(
                 .jobs
                 .store_call(move |s| s.errors_page(id, limit, offset))
                 .await?;
-            Ok(Json(json!({
-                "success": true,
-                "data": {
-                    "jobId": job.id,
-                    "total": total,
-                    "limit": limit,
-                    "offset": offset,
-                    "errors": errors.iter().map(error_json).collect::<Vec<_>>(),
-                }
+            Ok(Json(Data::ok(ErrorsPage {
+                job_id: job.id,
+                total,
+                limit,
+                offset,
+                errors,
             }))
             .into_response())
         }
@@ -338,28 +274,42 @@ fn tokio_stream_from<T: Send + 'static>(
 }
 
 /// `GET /api/v1/datasets`: what can be imported, and the fields each expects.
-pub async fn datasets(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
-    let list: Vec<JsonValue> = state
+#[utoipa::path(get, path = "/api/v1/datasets", operation_id = "listDatasets", tag = "datasets",
+    summary = "The configured datasets and the fields each expects",
+    responses((status = 200, description = "The datasets", body = Data<Datasets>)))]
+pub async fn datasets(State(state): State<Arc<AppState>>) -> Json<Data<Datasets>> {
+    let datasets = state
         .jobs
         .datasets
         .iter()
-        .map(|d| {
-            json!({
-                "name": d.name,
-                "table": d.table,
-                "key": d.key.iter().map(|&k| d.fields[k].name.clone()).collect::<Vec<_>>(),
-                "sync": d.sync,
-                "fields": d.fields.iter().map(|f| json!({
-                    "name": f.name,
-                    "type": format!("{:?}", f.ty).to_lowercase(),
-                    "required": f.required,
-                    "aliases": f.aliases,
-                    "history": f.history,
-                })).collect::<Vec<_>>(),
-            })
+        .map(|d| DatasetView {
+            name: d.name.clone(),
+            table: d.table.clone(),
+            key: d.key.iter().map(|&k| d.fields[k].name.clone()).collect(),
+            sync: d.sync,
+            fields: d
+                .fields
+                .iter()
+                .map(|f| FieldView {
+                    name: f.name.clone(),
+                    ty: format!("{:?}", f.ty).to_lowercase(),
+                    required: f.required,
+                    aliases: f.aliases.clone(),
+                    history: f.history,
+                })
+                .collect(),
         })
         .collect();
-    Json(json!({"success": true, "data": {"datasets": list}}))
+    Json(Data::ok(Datasets { datasets }))
+}
+
+/// The forms of `GET /api/v1/import/{jobId}/errors` (for the document).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ErrorsFormat {
+    Json,
+    Csv,
 }
 
 #[cfg(test)]

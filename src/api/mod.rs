@@ -8,11 +8,13 @@ mod audit;
 pub mod auth;
 pub mod body_rate;
 mod control;
+pub mod dto;
 pub mod error;
 mod events;
 mod jobs;
 pub mod limit;
 pub mod metrics;
+pub mod openapi;
 mod options;
 mod preview;
 mod request_log;
@@ -124,6 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // Public documentation, like the UI's pages.
+        .route("/api/openapi.json", get(openapi::document))
+        .route("/api/docs", get(openapi::reference))
+        .route("/api/docs/{asset}", get(openapi::asset))
         // Takes the token in its body, so it is outside the token middleware.
         .route(
             "/api/v1/session",
@@ -144,18 +150,27 @@ const HEALTH_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// `GET /healthz`, without a token: 200 `{"status":"ok"}` when the database answers a trivial
 /// statement (or every connection is busy: it is up), otherwise `503 unavailable` with `Retry-After` (the details only in the log), so a
 /// load balancer or orchestrator sees the outage the API is in.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health",
+    summary = "Liveness: the database answers",
+    security(()),
+    responses(
+        (status = 200, description = "Up", body = dto::Health),
+        (status = 503, description = "`unavailable` (with `Retry-After`)", body = dto::ErrorBody),
+    ))]
 async fn healthz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
-) -> Result<axum::Json<serde_json::Value>, error::ApiError> {
+) -> Result<axum::Json<dto::Health>, error::ApiError> {
+    let health = |database: &str| {
+        axum::Json(dto::Health {
+            status: "ok".into(),
+            database: database.into(),
+        })
+    };
     let ping = state.jobs.store_call(|s| s.database_ping());
     match tokio::time::timeout(HEALTH_WAIT, ping).await {
-        Ok(Ok(())) => Ok(axum::Json(
-            serde_json::json!({"status": "ok", "database": "ok"}),
-        )),
+        Ok(Ok(())) => Ok(health("ok")),
         // Every connection in use is a busy database, not a down one.
-        Ok(Err(crate::store::StoreError::Busy(_))) => Ok(axum::Json(
-            serde_json::json!({"status": "ok", "database": "busy"}),
-        )),
+        Ok(Err(crate::store::StoreError::Busy(_))) => Ok(health("busy")),
         Ok(Err(e)) => Err(error::ApiError::Unavailable(e.to_string())),
         Err(_) => Err(error::ApiError::Unavailable(
             "the database did not answer the health check in time".into(),
@@ -167,6 +182,13 @@ async fn healthz(
 /// when the database answers and the blob store takes a file, otherwise 503
 /// `{"status":"unavailable","reason":…}` with `Retry-After`. `/healthz` stays the liveness
 /// check. The details of a failure go to the log, not to the unauthenticated caller.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
+    summary = "Readiness: the database answers and the blob store takes a file",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: `{\"status\":\"ready\"}`", body = dto::Ready),
+        (status = 503, description = "Not ready: `{\"status\":\"unavailable\",\"reason\":…}` (with `Retry-After`)", body = dto::Ready),
+    ))]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> axum::response::Response {
@@ -200,11 +222,18 @@ async fn readyz(
         }
     };
     match reason {
-        None => axum::Json(serde_json::json!({"status": "ready"})).into_response(),
+        None => axum::Json(dto::Ready {
+            status: "ready".into(),
+            reason: None,
+        })
+        .into_response(),
         Some(reason) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             [(axum::http::header::RETRY_AFTER, "2")],
-            axum::Json(serde_json::json!({"status": "unavailable", "reason": reason})),
+            axum::Json(dto::Ready {
+                status: "unavailable".into(),
+                reason: Some(reason.into()),
+            }),
         )
             .into_response(),
     }

@@ -81,6 +81,22 @@ fn parse_delimiter(s: &str) -> Result<u8, ApiError> {
 }
 
 /// Whether the request body is a multipart form.
+/// A `limit` or `offset` query parameter: a whole number from 0 to 2⁶³−1 (what the databases
+/// count in; the document says so), else `400 invalid_parameter`.
+pub fn number(params: &HashMap<String, String>, name: &str, default: u64) -> Result<u64, ApiError> {
+    params.get(name).map_or(Ok(default), |v| {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| i64::try_from(*n).is_ok())
+            .ok_or_else(|| {
+                ApiError::bad(
+                    "invalid_parameter",
+                    format!("`{name}` must be a whole number from 0 to {}", i64::MAX),
+                )
+            })
+    })
+}
+
 pub fn is_multipart(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)

@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use super::AppState;
 use super::auth::Caller;
 use super::body_rate::body_error;
+use super::dto::{Data, ErrorBody, PreviewView, Templates, UploadForm};
 use super::error::ApiError;
 use super::options::{self, ImportOptions, MappingChoice};
 use crate::blob::BlobStore;
@@ -171,13 +172,28 @@ impl Drop for TempBlob {
 
 /// `POST /api/v1/import/{dataset}/preview` (multipart `file`, or a raw body): optional `mapping`
 /// (JSON column → field, a column named by header or `#N`) or `template` (a saved mapping's name), and `delimiter`.
+#[utoipa::path(post, path = "/api/v1/import/{id}/preview", operation_id = "previewFile", tag = "imports",
+    summary = "What an import of this file would do: format, headers, mapping, the first rows and their errors",
+    description = "Reads at most the first MiB of the file (a workbook whole); writes nothing. The form fields may also be query parameters.",
+    params(
+        ("id" = String, Path, description = "The dataset", example = "products"),
+        ("filename" = Option<String>, Query, description = "The file's name, for a raw body"),
+    ),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The preview; file-level problems an import would refuse are in `problems`", body = Data<PreviewView>),
+        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`; options: `invalid_mapping`, `invalid_delimiter`, `unknown_template`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body arrived slower than the minimum rate", body = ErrorBody),
+        (status = 413, description = "`file_too_large`", body = ErrorBody),
+    ))]
 pub async fn preview(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
     Extension(caller): Extension<Caller>,
     req: Request,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<JsonValue>>, ApiError> {
     let ds = dataset(&state, &name)?;
     let blobs = state.jobs.blobs.clone();
     let spool = TempBlob {
@@ -248,7 +264,7 @@ pub async fn preview(
     let headers: Vec<String> = serde_json::from_value(out["headers"].clone()).unwrap_or_default();
     out["templates"] = json!(templates.iter().map(template_json).collect::<Vec<_>>());
     out["suggestedTemplate"] = json!(suggest(&templates, &headers));
-    Ok(Json(json!({"success": true, "data": out})))
+    Ok(Json(Data::ok(out)))
 }
 
 /// Cuts the head of a longer text file (at `path`) after its last whole line, found in the
@@ -424,30 +440,47 @@ pub fn template_json(t: &Template) -> JsonValue {
     json!(t)
 }
 
-#[derive(Deserialize)]
-struct NewTemplate {
+/// `POST /api/v1/datasets/{dataset}/templates`
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"name": "shop export", "mapping": {"Article": "sku", "Notes": null}}))]
+pub struct NewTemplate {
     name: String,
+    /// Column (header or `#N`) → field, or `null` to ignore the column.
+    #[schema(value_type = std::collections::BTreeMap<String, Option<String>>)]
     mapping: Explicit,
 }
 
 /// `GET /api/v1/datasets/{dataset}/templates`
+#[utoipa::path(get, path = "/api/v1/datasets/{id}/templates", operation_id = "listTemplates", tag = "datasets",
+    summary = "The dataset's saved mapping templates",
+    params(("id" = String, Path, description = "The dataset", example = "products")),
+    responses(
+        (status = 200, description = "The templates", body = Data<Templates>),
+        (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
+    ))]
 pub async fn templates(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Templates>>, ApiError> {
     let ds = dataset(&state, &name)?;
     let list = state
         .jobs
         .store_call(move |s| s.template_list(caller.org_id, &ds.name))
         .await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": {"templates": list.iter().map(template_json).collect::<Vec<_>>()},
-    })))
+    Ok(Json(Data::ok(Templates { templates: list })))
 }
 
 /// `POST /api/v1/datasets/{dataset}/templates {name, mapping}`: creates or replaces.
+#[utoipa::path(post, path = "/api/v1/datasets/{id}/templates", operation_id = "saveTemplate", tag = "datasets",
+    summary = "Save a mapping template (creates or replaces)",
+    params(("id" = String, Path, description = "The dataset", example = "products")),
+    request_body = NewTemplate,
+    responses(
+        (status = 201, description = "Saved", body = Data<Template>),
+        (status = 400, description = "`invalid_body`, `invalid_template`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
+    ))]
 pub async fn save_template(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -493,9 +526,5 @@ pub async fn save_template(
         .jobs
         .store_call(move |s| s.template_save(caller.org_id, &ds.name, &tname, &req.mapping))
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"success": true, "data": template_json(&saved)})),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, Json(Data::ok(saved))).into_response())
 }

@@ -17,14 +17,15 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::AppState;
 use super::auth;
+use super::dto::{Data, ErrorBody, Me, Session};
 use super::error::ApiError;
 
-#[derive(Deserialize)]
-struct SignIn {
+/// `POST /api/v1/session`
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct SignIn {
     token: String,
 }
 
@@ -58,6 +59,17 @@ fn cookie(value: &str, max_age: Option<i64>, secure: bool) -> HeaderValue {
 
 /// `POST /api/v1/session` with `{"token": "…"}` (or `Authorization: Bearer …` and no body) →
 /// `200 {success, data: {userId, orgId, role, expiresAt}}` and the HttpOnly cookie.
+#[utoipa::path(post, path = "/api/v1/session", operation_id = "createSession", tag = "session",
+    summary = "Sign in: set the HttpOnly `token` cookie the web UI uses",
+    description = "Send `{\"token\": \"…\"}`, or an `Authorization: Bearer` header and no body.",
+    request_body(content = Option<SignIn>, description = "The token (or none, with the header)"),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "Signed in; `Set-Cookie: token=…`", body = Data<Session>),
+        (status = 400, description = "`invalid_body`, `token_not_cookie_safe`", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no such token (or revoked, expired)", body = ErrorBody),
+        (status = 403, description = "`cross_origin_request`: the Origin names another site", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -93,14 +105,11 @@ pub async fn create(
     let max_age = principal
         .expires_at
         .map(|at| (at - chrono::Utc::now()).num_seconds().max(0));
-    let mut res = Json(json!({
-        "success": true,
-        "data": {
-            "userId": principal.user_id,
-            "orgId": principal.org_id,
-            "role": principal.role.as_str(),
-            "expiresAt": principal.expires_at,
-        },
+    let mut res = Json(Data::ok(Session {
+        user_id: principal.user_id,
+        org_id: principal.org_id,
+        role: principal.role,
+        expires_at: principal.expires_at,
     }))
     .into_response();
     res.headers_mut().insert(
@@ -113,6 +122,13 @@ pub async fn create(
 /// `DELETE /api/v1/session` → `204` and the cookie cleared (`Max-Age=0`). Needs no token: it
 /// only ever removes the caller's own cookie. The token itself stays valid (revoke it with
 /// `DELETE /api/v1/admin/tokens/{id}` or `sluice token revoke`).
+#[utoipa::path(delete, path = "/api/v1/session", operation_id = "deleteSession", tag = "session",
+    summary = "Sign out: clear the cookie (the token stays valid)",
+    security(()),
+    responses(
+        (status = 204, description = "The cookie is cleared"),
+        (status = 403, description = "`cross_origin_request`: the Origin names another site", body = ErrorBody),
+    ))]
 pub async fn delete(headers: HeaderMap) -> Result<Response, ApiError> {
     if !auth::same_origin(&headers) {
         return Err(ApiError::CrossOrigin);
@@ -125,10 +141,13 @@ pub async fn delete(headers: HeaderMap) -> Result<Response, ApiError> {
 
 /// `GET /api/v1/me`: who the caller is — user, organisation and role — for clients and the
 /// UI's header (behind the token middleware like every API route).
+#[utoipa::path(get, path = "/api/v1/me", operation_id = "getMe", tag = "session",
+    summary = "Who the caller is: user, organisation and role",
+    responses((status = 200, description = "The caller", body = Data<Me>)))]
 pub async fn me(
     State(state): State<Arc<AppState>>,
     axum::extract::Extension(caller): axum::extract::Extension<auth::Caller>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Data<Me>>, ApiError> {
     let (user_id, org_id) = (caller.user_id, caller.org_id);
     let (user, org) = state
         .jobs
@@ -138,14 +157,14 @@ pub async fn me(
             Ok((user, org))
         })
         .await?;
-    Ok(Json(json!({"success": true, "data": {
-        "userId": user_id,
-        "userName": user.map(|u| u.name),
-        "orgId": org_id,
-        "orgName": org.map(|o| o.name),
-        "role": caller.role,
-        "tokenId": caller.token_id,
-    }})))
+    Ok(Json(Data::ok(Me {
+        user_id,
+        user_name: user.map(|u| u.name),
+        org_id,
+        org_name: org.map(|o| o.name),
+        role: caller.role,
+        token_id: caller.token_id,
+    })))
 }
 
 #[cfg(test)]

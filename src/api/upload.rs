@@ -16,7 +16,6 @@ use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
@@ -24,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::AppState;
 use super::auth::Caller;
 use super::body_rate::body_error;
+use super::dto::{Accepted, ErrorBody, JobView, Said, UploadForm};
 use super::error::ApiError;
-use super::jobs::{error_json, job_json};
 use super::options::{self, ImportOptions, MappingChoice, param};
 use crate::blob::BlobStore;
 use crate::dataset::Dataset;
@@ -99,6 +98,26 @@ struct Inspected {
     mapping: Mapping,
 }
 
+#[utoipa::path(post, path = "/api/v1/import/{id}", operation_id = "uploadFile", tag = "imports",
+    summary = "Upload a file into a dataset: a background job (202), or the results of a synchronous dataset (200)",
+    description = "The body is a multipart form with the file in `file`, or the raw file with `?filename=`; the options may also be query parameters. File-level problems answer 400 before any job exists. A repeated `Idempotency-Key` answers the original job (header `Idempotent-Replayed: true`).",
+    params(
+        ("id" = String, Path, description = "The dataset", example = "products"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key answers the same job"),
+        ("filename" = Option<String>, Query, description = "The file's name, for a raw body (or a form part without one)"),
+        ("mode" = Option<String>, Query, description = "As the form field `mode`"),
+    ),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "A synchronous dataset: the import's results and its first row errors (`success` is false when it did not complete)", body = Said<JobView>),
+        (status = 202, description = "The job was created; poll `statusUrl` (also in `Location`)", body = Said<Accepted>),
+        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`, `upload_interrupted`; options: `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `unknown_template`, `unsupported_option` (dryRun), `invalid_idempotency_key`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `too_many_rows`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
+        (status = 408, description = "`body_timeout`: the body arrived slower than the minimum rate", body = ErrorBody),
+        (status = 409, description = "`duplicate_upload`: the same file is already importing (with `jobId`, `statusUrl`); `dataset_busy`: a synchronous import waited for another job", body = ErrorBody),
+        (status = 413, description = "`file_too_large`", body = ErrorBody),
+        (status = 507, description = "`insufficient_storage`: no room to store the file", body = ErrorBody),
+    ))]
 pub async fn upload(
     State(state): State<Arc<AppState>>,
     Path(dataset_name): Path<String>,
@@ -403,8 +422,8 @@ async fn sync_results(
         })
         .await?;
     let job = job.ok_or_else(|| ApiError::Internal("job vanished after import".into()))?;
-    let mut data = job_json(&job);
-    data["errors"] = json!(errors.iter().map(error_json).collect::<Vec<_>>());
+    let mut data = JobView::from(&job);
+    data.errors = Some(errors);
     let message = if completed {
         format!("{} import completed", capitalised(&job.dataset))
     } else {
@@ -412,7 +431,11 @@ async fn sync_results(
     };
     Ok((
         StatusCode::OK,
-        Json(json!({"success": completed, "message": message, "data": data})),
+        Json(Said {
+            success: completed,
+            message,
+            data,
+        }),
     )
         .into_response())
 }
@@ -464,11 +487,14 @@ async fn replay(state: &Arc<AppState>, job_id: JobId) -> Result<Response, ApiErr
 
 fn accepted(dataset: &str, job_id: JobId) -> Response {
     let status_url = format!("/api/v1/import/status/{job_id}");
-    let body = json!({
-        "success": true,
-        "message": format!("{} import started in background", capitalised(dataset)),
-        "data": {"jobId": job_id, "statusUrl": status_url},
-    });
+    let body = Said {
+        success: true,
+        message: format!("{} import started in background", capitalised(dataset)),
+        data: Accepted {
+            job_id,
+            status_url: status_url.clone(),
+        },
+    };
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, status_url)],

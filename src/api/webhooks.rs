@@ -12,12 +12,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value as JsonValue, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::dto::{Data, Deliveries, ErrorBody, Message, WebhookView, Webhooks};
 use super::error::ApiError;
-use crate::store::Webhook;
+use super::options::number;
 use crate::webhooks::guard::DestinationError;
 use crate::webhooks::{self, WebhookError};
 
@@ -38,21 +38,13 @@ impl From<WebhookError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
-struct NewWebhook {
+/// `POST /api/v1/webhooks`
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"url": "https://example.com/hooks/sluice", "events": ["job.completed", "job.failed"]}))]
+pub struct NewWebhook {
     url: String,
     #[serde(default)]
     events: Vec<String>,
-}
-
-fn webhook_json(h: &Webhook) -> JsonValue {
-    json!({
-        "id": h.id,
-        "url": h.url,
-        "events": h.events,
-        "createdAt": h.created_at,
-        "deliveriesUrl": format!("/api/v1/webhooks/{}/deliveries", h.id),
-    })
 }
 
 fn parse_webhook_id(id: &str) -> Result<i64, ApiError> {
@@ -69,6 +61,14 @@ fn webhook_not_found() -> ApiError {
 }
 
 /// `POST /api/v1/webhooks {url, events}` → 201 with the signing secret (shown only here).
+#[utoipa::path(post, path = "/api/v1/webhooks", operation_id = "createWebhook", tag = "webhooks",
+    summary = "Register a webhook (admins); the answer shows its signing secret once",
+    request_body = NewWebhook,
+    responses(
+        (status = 201, description = "Registered", body = Data<WebhookView>),
+        (status = 400, description = "`invalid_body`, `invalid_url`, `unsupported_url`, `unknown_event`, `webhook_url_not_allowed` (a private or loopback address)", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -95,13 +95,9 @@ pub async fn create(
             st.webhook_insert(&url, &events, &s, Some(caller.token_id), caller.org_id)
         })
         .await?;
-    let mut data = webhook_json(&hook);
-    data["secret"] = json!(secret);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"success": true, "data": data})),
-    )
-        .into_response())
+    let mut data = WebhookView::from(&hook);
+    data.secret = Some(secret);
+    Ok((StatusCode::CREATED, Json(Data::ok(data))).into_response())
 }
 
 /// The webhooks of the caller's organisation (a webhook belongs to the organisation of the
@@ -119,23 +115,36 @@ async fn org_webhooks(
 }
 
 /// `GET /api/v1/webhooks`
+#[utoipa::path(get, path = "/api/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks",
+    summary = "The organisation's webhooks (admins)",
+    responses(
+        (status = 200, description = "The webhooks", body = Data<Webhooks>),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Webhooks>>, ApiError> {
     let hooks = org_webhooks(&state, &caller).await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": {"webhooks": hooks.iter().map(webhook_json).collect::<Vec<_>>()},
+    Ok(Json(Data::ok(Webhooks {
+        webhooks: hooks.iter().map(WebhookView::from).collect(),
     })))
 }
 
 /// `DELETE /api/v1/webhooks/{id}`
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks",
+    summary = "Remove a webhook (admins)",
+    params(("id" = String, Path, description = "The webhook id", example = "1")),
+    responses(
+        (status = 200, description = "Removed", body = Message),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such webhook", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Message>, ApiError> {
     let id = parse_webhook_id(&id)?;
     if !org_webhooks(&state, &caller)
         .await?
@@ -145,30 +154,32 @@ pub async fn delete(
     {
         return Err(webhook_not_found());
     }
-    Ok(Json(
-        json!({"success": true, "message": format!("webhook {id} deleted")}),
-    ))
+    Ok(Json(Message::ok(format!("webhook {id} deleted"))))
 }
 
 /// `GET /api/v1/webhooks/{id}/deliveries?limit=&offset=`: newest first, every attempt listed.
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", operation_id = "listDeliveries", tag = "webhooks",
+    summary = "A webhook's deliveries, newest first, every attempt listed (admins)",
+    params(
+        ("id" = String, Path, description = "The webhook id", example = "1"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 50, at most 1000)"),
+        ("offset" = Option<u64>, Query, description = "Deliveries skipped"),
+    ),
+    responses(
+        (status = 200, description = "A page of deliveries", body = Data<Deliveries>),
+        (status = 400, description = "`invalid_parameter`: a limit or offset that is not a number", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such webhook", body = ErrorBody),
+    ))]
 pub async fn deliveries(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
     axum::Extension(caller): axum::Extension<Caller>,
-) -> Result<Json<JsonValue>, ApiError> {
+) -> Result<Json<Data<Deliveries>>, ApiError> {
     let id = parse_webhook_id(&id)?;
-    let number = |name: &str, default: u64| -> Result<u64, ApiError> {
-        params.get(name).map_or(Ok(default), |v| {
-            v.parse().map_err(|_| {
-                ApiError::bad(
-                    "invalid_parameter",
-                    format!("`{name}` must be a whole number ≥ 0"),
-                )
-            })
-        })
-    };
-    let (limit, offset) = (number("limit", 50)?.min(1000), number("offset", 0)?);
+    let limit = number(&params, "limit", 50)?.min(1000);
+    let offset = number(&params, "offset", 0)?;
     let hooks = org_webhooks(&state, &caller).await?;
     if !hooks.iter().any(|h| h.id == id) {
         return Err(webhook_not_found());
@@ -177,8 +188,10 @@ pub async fn deliveries(
         .jobs
         .store_call(move |s| s.delivery_list(id, limit, offset))
         .await?;
-    Ok(Json(json!({
-        "success": true,
-        "data": {"deliveries": list, "total": total, "limit": limit, "offset": offset},
+    Ok(Json(Data::ok(Deliveries {
+        deliveries: list,
+        total,
+        limit,
+        offset,
     })))
 }

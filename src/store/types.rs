@@ -11,7 +11,7 @@ use crate::import::{Format, Mapping, Mode, SourceOptions};
 
 /// The closed set of job states. `pending → processing → completed | failed`; `paused` and
 /// `cancelled` are part of the schema for the crash-safe jobs work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -174,7 +174,7 @@ pub enum Controlled {
 }
 
 /// Figures over all jobs (seed 003's getStats, extended).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stats {
     pub total: u64,
@@ -343,7 +343,7 @@ pub struct JobFilter {
 }
 
 /// A stored row error.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ErrorRecord {
     pub row: u64,
     pub column: Option<String>,
@@ -354,7 +354,7 @@ pub struct ErrorRecord {
 }
 
 /// A user's role inside their organisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Manages tokens, users and the audit log, and controls every job of the organisation.
@@ -415,7 +415,7 @@ pub struct Org {
 }
 
 /// An API token as admins see it: never the token, nor its hash.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     pub id: i64,
@@ -430,7 +430,7 @@ pub struct TokenInfo {
 }
 
 /// A user as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: i64,
@@ -440,7 +440,7 @@ pub struct User {
 }
 
 /// A line of the audit log: who did what to what.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
     pub org_id: Option<i64>,
@@ -468,7 +468,7 @@ impl AuditEntry {
 }
 
 /// A stored audit entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub id: i64,
@@ -533,7 +533,7 @@ pub struct NewDelivery {
 
 /// The states of a delivery: `pending` (an attempt is due or running), `delivered` (a 2xx
 /// answer), `failed` (every attempt failed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
     Pending,
@@ -564,7 +564,7 @@ pub struct DueDelivery {
 }
 
 /// One attempt at a delivery, as recorded.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeliveryAttempt {
     pub attempt: u32,
@@ -576,7 +576,7 @@ pub struct DeliveryAttempt {
 }
 
 /// A delivery and every attempt at it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub id: i64,
@@ -592,7 +592,7 @@ pub struct Delivery {
 
 /// A named column mapping saved for a dataset (column → field name, a column named by header or
 /// `#N`; `None` ignores a column).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Template {
     pub dataset: String,

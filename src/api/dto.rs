@@ -1,0 +1,467 @@
+//! The JSON shapes the API answers, as types: each handler returns one of these, and the
+//! OpenAPI document (`openapi`) describes them from the same definitions, so the document cannot
+//! drift from the answers. A new field is one line here.
+//!
+//! Every success is `{success: true, data}` (`Data`), with a `message` where the handler says
+//! something (`Said`, `Message`); every error is [`ErrorBody`].
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::store::{
+    AuditRecord, Delivery, ErrorRecord, Job, JobId, JobStatus, Role, Template, TokenInfo, User,
+    Webhook,
+};
+
+/// `{success: true, data}`.
+#[derive(Serialize, ToSchema)]
+pub struct Data<T> {
+    pub success: bool,
+    pub data: T,
+}
+
+impl<T> Data<T> {
+    pub fn ok(data: T) -> Self {
+        Data {
+            success: true,
+            data,
+        }
+    }
+}
+
+/// `{success, message, data}`.
+#[derive(Serialize, ToSchema)]
+pub struct Said<T> {
+    pub success: bool,
+    pub message: String,
+    pub data: T,
+}
+
+/// `{success: true, message}`: an action with nothing more to say.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    pub success: bool,
+    pub message: String,
+}
+
+impl Message {
+    pub fn ok(message: impl Into<String>) -> Self {
+        Message {
+            success: true,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every error: `{success: false, error: {code, message}}` with a stable `code`.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always `false`.
+    pub success: bool,
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_parameter`, `missing_columns`, `not_found`, …
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// 409 only: the job the request clashes with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_url: Option<String>,
+}
+
+/// A job (seed 000's status shape, extended).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    pub job_id: JobId,
+    pub dataset: String,
+    pub filename: String,
+    /// `upsert`, `insert` or `replace`.
+    pub mode: String,
+    pub status: JobStatus,
+    pub progress: Progress,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub created_count: u64,
+    pub updated_count: u64,
+    pub unchanged_count: u64,
+    pub error_count: u64,
+    /// Batches committed.
+    pub batches: u64,
+    pub rows_per_second: Option<u64>,
+    pub eta_seconds: Option<u64>,
+    pub errors_url: String,
+    /// Why the job failed.
+    pub error: Option<String>,
+    pub file_size: u64,
+    pub sha256: String,
+    pub warnings: Vec<String>,
+    pub attempts: u64,
+    pub worker_id: Option<String>,
+    pub duplicate_of: Option<JobId>,
+    pub retry_of: Option<JobId>,
+    pub file_retained: bool,
+    pub user_id: Option<i64>,
+    pub user_name: Option<String>,
+    /// `high`, `normal` or `low`: claimed by priority, then fairly across organisations.
+    pub priority: String,
+    /// While pending: an estimate of its place in the queue, 1 = next (see the README).
+    pub queue_position: Option<u64>,
+    /// A job split into chunk jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Chunks>,
+    /// A chunk job: its parent and its index among the parts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_id: Option<JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chunk_index: Option<u32>,
+    /// Once the job is finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results: Option<Results>,
+    /// A synchronous import's answer only: its first row errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<ErrorRecord>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Progress {
+    pub current: u64,
+    pub total: u64,
+    pub percentage: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Chunks {
+    pub total: u32,
+    pub completed: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Results {
+    pub total_rows: u64,
+    pub success_count: u64,
+    pub error_count: u64,
+    pub created_count: u64,
+    pub updated_count: u64,
+    pub unchanged_count: u64,
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> Self {
+        let success = job.created_count + job.updated_count + job.unchanged_count;
+        let processed = success + job.error_count;
+        let total = job.total_rows.unwrap_or(processed).max(processed);
+        let percentage = if job.status == JobStatus::Completed {
+            100
+        } else {
+            (processed * 100).checked_div(total).unwrap_or(0).min(100)
+        };
+        let end = job.completed_at.unwrap_or_else(Utc::now);
+        let elapsed = job
+            .started_at
+            .map(|s| (end - s).num_milliseconds().max(0) as f64 / 1000.0);
+        let rows_per_second = elapsed
+            .filter(|e| *e > 0.0)
+            .map(|e| (processed as f64 / e).round() as u64);
+        let eta = match (job.status, rows_per_second) {
+            (JobStatus::Processing, Some(rps)) if rps > 0 && job.total_rows.is_some() => {
+                Some(total.saturating_sub(processed).div_ceil(rps))
+            }
+            _ => None,
+        };
+        JobView {
+            job_id: job.id,
+            dataset: job.dataset.clone(),
+            filename: job.filename.clone(),
+            mode: job.mode.as_str().into(),
+            status: job.status,
+            progress: Progress {
+                current: processed,
+                total,
+                percentage,
+            },
+            created_at: job.created_at,
+            started_at: job.started_at,
+            completed_at: job.completed_at,
+            created_count: job.created_count,
+            updated_count: job.updated_count,
+            unchanged_count: job.unchanged_count,
+            error_count: job.error_count,
+            batches: job.batches_done,
+            rows_per_second,
+            eta_seconds: eta,
+            errors_url: format!("/api/v1/import/{}/errors", job.id),
+            error: job.error.clone(),
+            file_size: job.file_size,
+            sha256: job.sha256.clone(),
+            warnings: job.mapping.warnings(),
+            attempts: job.attempts,
+            worker_id: job.lease_owner.clone(),
+            duplicate_of: job.duplicate_of,
+            retry_of: job.retry_of,
+            file_retained: !job.blob_deleted,
+            user_id: job.user_id,
+            user_name: job.user_name.clone(),
+            priority: job.priority.as_str().into(),
+            queue_position: job.queue_position,
+            chunks: job.chunks_total.map(|total| Chunks {
+                total,
+                completed: job.chunks_completed,
+            }),
+            parent_id: job.parent_id,
+            chunk_index: job.parent_id.and(job.chunk_index),
+            results: job.status.is_finished().then_some(Results {
+                total_rows: processed,
+                success_count: success,
+                error_count: job.error_count,
+                created_count: job.created_count,
+                updated_count: job.updated_count,
+                unchanged_count: job.unchanged_count,
+            }),
+            errors: None,
+        }
+    }
+}
+
+/// `GET /api/v1/import/jobs`
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+/// `GET /api/v1/import/{jobId}/errors?format=json`
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorsPage {
+    pub job_id: JobId,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+    pub errors: Vec<ErrorRecord>,
+}
+
+/// The 202 of a background upload (also in `Location`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub job_id: JobId,
+    pub status_url: String,
+}
+
+/// `GET /healthz`
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`
+    pub status: String,
+    /// `ok`, or `busy` when every connection is in use (still up).
+    pub database: String,
+}
+
+/// `GET /readyz`: `ready`, or `unavailable` with the reason (a 503).
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `GET /api/v1/datasets`
+#[derive(Serialize, ToSchema)]
+pub struct Datasets {
+    pub datasets: Vec<DatasetView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DatasetView {
+    pub name: String,
+    pub table: String,
+    /// The key's fields.
+    pub key: Vec<String>,
+    /// Imported in the request (200) rather than as a background job (202).
+    pub sync: bool,
+    pub fields: Vec<FieldView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FieldView {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub required: bool,
+    pub aliases: Vec<String>,
+    pub history: bool,
+}
+
+/// A webhook; `secret` only in the answer that created it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    pub id: i64,
+    pub url: String,
+    pub events: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub deliveries_url: String,
+    /// The HMAC-SHA256 key deliveries are signed with: shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<&Webhook> for WebhookView {
+    fn from(h: &Webhook) -> Self {
+        WebhookView {
+            id: h.id,
+            url: h.url.clone(),
+            events: h.events.clone(),
+            created_at: h.created_at,
+            deliveries_url: format!("/api/v1/webhooks/{}/deliveries", h.id),
+            secret: None,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Webhooks {
+    pub webhooks: Vec<WebhookView>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Deliveries {
+    pub deliveries: Vec<Delivery>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditRecord>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Users {
+    pub users: Vec<User>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Tokens {
+    pub tokens: Vec<TokenInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserCreated {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A new token: the only answer that shows it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCreated {
+    pub id: i64,
+    pub user_id: i64,
+    pub token: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/v1/session`
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub user_id: i64,
+    pub org_id: i64,
+    pub role: Role,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/me`
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    pub user_id: i64,
+    pub user_name: Option<String>,
+    pub org_id: i64,
+    pub org_name: Option<String>,
+    pub role: Role,
+    pub token_id: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Templates {
+    pub templates: Vec<Template>,
+}
+
+/// `POST /api/v1/import/{dataset}/preview`. Described for the document only: the handler
+/// builds this answer as JSON (its columns and mapping follow the file).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct PreviewView {
+    pub dataset: String,
+    /// `csv`, `xlsx`, `xls`, `ods`, …
+    pub format: String,
+    pub delimiter: Option<String>,
+    pub headers: Vec<String>,
+    /// Per column: `header`, `field`, `match`, `confidence`, `suggestion`, `key`, `position`.
+    pub columns: Vec<serde_json::Value>,
+    /// Column key → field (or `null`: ignored).
+    pub mapping: std::collections::BTreeMap<String, Option<String>>,
+    /// `auto`, `manual` or `template`.
+    pub mapping_source: String,
+    pub fields: Vec<serde_json::Value>,
+    pub warnings: Vec<String>,
+    /// File-level problems an import would refuse with, as `{code, message}`.
+    pub problems: Vec<serde_json::Value>,
+    /// The first rows: `{row, values}`.
+    pub rows: Vec<serde_json::Value>,
+    pub errors: Vec<ErrorRecord>,
+    pub fuzzy_threshold: f64,
+    pub truncated: bool,
+    pub sheets: Vec<String>,
+    pub templates: Vec<Template>,
+    pub suggested_template: Option<String>,
+}
+
+/// The multipart form of an upload and of a preview. The same fields may be query parameters;
+/// a raw body (not multipart) with `?filename=` is the file itself.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The file: CSV (any delimiter), TSV, XLSX, XLS or ODS.
+    #[schema(value_type = String, format = Binary)]
+    pub file: Vec<u8>,
+    /// JSON object: column (its header, or `#N` by position) → field name, or `null` to ignore.
+    pub mapping: Option<String>,
+    /// The name of a saved mapping template (instead of `mapping`).
+    pub template: Option<String>,
+    /// `upsert` (default), `insert` or `replace`.
+    pub mode: Option<String>,
+    /// `high`, `normal` (default) or `low`: the claim order (see the README).
+    pub priority: Option<String>,
+    /// The worksheet of a workbook to read (default: the first with data).
+    pub sheet: Option<String>,
+    /// A text file's encoding (default: detected; e.g. `windows-1252`, `utf-16le`).
+    pub encoding: Option<String>,
+    /// A CSV's delimiter: one ASCII character or `tab` (default: detected).
+    pub delimiter: Option<String>,
+    /// The file's name when the form part has none (or with a raw body).
+    pub filename: Option<String>,
+    /// `true`: analyse without writing.
+    #[schema(rename = "dryRun")]
+    pub dry_run: Option<bool>,
+}

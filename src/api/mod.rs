@@ -166,15 +166,32 @@ async fn healthz(
             database: database.into(),
         })
     };
-    let ping = state.jobs.store_call(|s| s.database_ping());
-    match tokio::time::timeout(HEALTH_WAIT, ping).await {
-        Ok(Ok(())) => Ok(health("ok")),
-        // Every connection in use is a busy database, not a down one.
-        Ok(Err(crate::store::StoreError::Busy(_))) => Ok(health("busy")),
-        Ok(Err(e)) => Err(error::ApiError::Unavailable(e.to_string())),
-        Err(_) => Err(error::ApiError::Unavailable(
+    match database_state(&state).await {
+        Database::Answers => Ok(health("ok")),
+        Database::Busy => Ok(health("busy")),
+        Database::Down(e) => Err(error::ApiError::Unavailable(e)),
+        Database::Late => Err(error::ApiError::Unavailable(
             "the database did not answer the health check in time".into(),
         )),
+    }
+}
+
+/// What a trivial statement, given [`HEALTH_WAIT`], says of the database.
+enum Database {
+    Answers,
+    /// Every connection is in use: a busy database, not a down one.
+    Busy,
+    Down(String),
+    Late,
+}
+
+async fn database_state(state: &AppState) -> Database {
+    let ping = state.jobs.store_call(|s| s.database_ping());
+    match tokio::time::timeout(HEALTH_WAIT, ping).await {
+        Ok(Ok(())) => Database::Answers,
+        Ok(Err(crate::store::StoreError::Busy(_))) => Database::Busy,
+        Ok(Err(e)) => Database::Down(e.to_string()),
+        Err(_) => Database::Late,
     }
 }
 
@@ -193,14 +210,13 @@ async fn readyz(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let ping = state.jobs.store_call(|s| s.database_ping());
-    let reason = match tokio::time::timeout(HEALTH_WAIT, ping).await {
-        Ok(Ok(()) | Err(crate::store::StoreError::Busy(_))) => None,
-        Ok(Err(e)) => {
+    let reason = match database_state(&state).await {
+        Database::Answers | Database::Busy => None,
+        Database::Down(e) => {
             tracing::warn!(error = %e, "not ready: the database does not answer");
             Some("the database does not answer")
         }
-        Err(_) => Some("the database did not answer in time"),
+        Database::Late => Some("the database did not answer in time"),
     };
     let reason = match reason {
         Some(r) => Some(r),

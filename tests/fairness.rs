@@ -13,7 +13,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use serde_json::Value;
 
 /// Four copies of the products dataset (`d1`…`d4`), so one organisation's jobs are not held back
 /// by the one-writer-per-dataset rule.
@@ -87,19 +86,6 @@ async fn upload_as(app: &TestApp, token: &str, dataset: &str, file: &std::path::
     job_id(&body)
 }
 
-async fn status_as(app: &TestApp, token: &str, job: i64) -> Value {
-    let resp = app
-        .http
-        .get(app.url(&format!("/api/v1/import/status/{job}")))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("status");
-    let (code, body) = json_of(resp).await;
-    assert_eq!(code, 200, "{body}");
-    body["data"].clone()
-}
-
 /// Organisation A queues four large imports (into four datasets, so all four could run at
 /// once), then organisation B one small one. Two workers: B's job is claimed before A's third,
 /// although A's are older. Strictly oldest first would run A1, A2, then A3 as soon as either
@@ -122,7 +108,7 @@ async fn a_small_organisation_is_not_starved_by_a_large_backlog(backend: Backend
     let (small, _) = generate(app.dir.path(), "b.csv", &["--rows", "1000", "--seed", "9"]);
     let b_job = upload_as(&app, &b, "d1", &small).await;
     // Nothing runs yet: B's job is next but for A's first (oldest; nobody runs anything).
-    let s = status_as(&app, &b, b_job).await;
+    let s = app.status_as(&b, b_job).await;
     assert_eq!(
         (s["status"].as_str(), s["priority"].as_str()),
         (Some("pending"), Some("normal"))

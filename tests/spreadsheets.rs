@@ -657,6 +657,18 @@ day   = { type = "date" }
 /// `code, clock, at, day` as stored.
 type TimeRow = (String, Option<String>, Option<String>, Option<String>);
 
+/// The `times` table, by code.
+fn time_rows(app: &TestApp) -> Vec<TimeRow> {
+    let db = app.sqlite();
+    let mut stmt = db
+        .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[tokio::test]
 async fn time_cells_read_the_same_from_xlsx_xls_and_ods_written_by_other_programs() {
     let dir = fixtures_dir().join("times");
@@ -706,15 +718,7 @@ async fn time_cells_read_the_same_from_xlsx_xls_and_ods_written_by_other_program
         let s = app.wait_done(job, MINUTE).await;
         assert_eq!(s["status"], "completed", "{ext}: {s}");
         assert_eq!(s["results"]["totalRows"], 11, "{ext}");
-        let db = app.sqlite();
-        let mut stmt = db
-            .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
-            .unwrap();
-        let rows: Vec<TimeRow> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let rows = time_rows(&app);
         let mut expected = times.clone();
         // An ODS error cell is text to calamine: a text field keeps `#N/A`.
         if ext == "ods" {
@@ -773,15 +777,7 @@ async fn xls_in_the_1904_date_system_keeps_its_dates_and_reads_times_as_clocks()
     let s = app.wait_done(job_id(&body), MINUTE).await;
     assert_eq!(s["status"], "completed", "{s}");
     assert_eq!(s["results"]["successCount"], 3, "{s}");
-    let db = app.sqlite();
-    let mut stmt = db
-        .prepare("SELECT code, clock, at, day FROM times ORDER BY code")
-        .unwrap();
-    let rows: Vec<TimeRow> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let rows = time_rows(&app);
     let some = |s: &str| Some(s.to_string());
     assert_eq!(
         rows,

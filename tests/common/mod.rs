@@ -548,24 +548,30 @@ impl TestApp {
     pub async fn wait_done_as(&self, token: &str, job: i64) -> Value {
         let start = Instant::now();
         loop {
-            let resp = self
-                .http
-                .get(self.url(&format!("/api/v1/import/status/{job}")))
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("status");
-            let (code, body) = json_of(resp).await;
-            assert_eq!(code, 200, "{body}");
+            let data = self.status_as(token, job).await;
             if matches!(
-                body["data"]["status"].as_str(),
+                data["status"].as_str(),
                 Some("completed" | "failed" | "cancelled")
             ) {
-                return body["data"].clone();
+                return data;
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "{body}");
+            assert!(start.elapsed() < Duration::from_secs(60), "{data}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// One job's status `data`, asked with `token` (must answer 200).
+    pub async fn status_as(&self, token: &str, job: i64) -> Value {
+        let resp = self
+            .http
+            .get(self.url(&format!("/api/v1/import/status/{job}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("status");
+        let (code, body) = json_of(resp).await;
+        assert_eq!(code, 200, "{body}");
+        body["data"].clone()
     }
 
     pub async fn errors_csv(&self, job: i64) -> String {

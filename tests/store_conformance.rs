@@ -31,7 +31,8 @@ use sluice::store::postgres::PgStore;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
-    JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Priority, Role, StoreError,
+    JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Priority, Role,
+    StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -156,6 +157,9 @@ fn upload_into(org: i64, dataset: &str, name: &str) -> NewJob {
         idempotency_key: None,
         retry_of: None,
         priority: Priority::Normal,
+        kind: JobKind::Import,
+        params: None,
+        analysis_of: None,
     }
 }
 

@@ -10,8 +10,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::store::{
-    AuditRecord, Delivery, ErrorRecord, Job, JobId, JobStatus, Role, Template, TokenInfo, User,
-    Webhook,
+    AuditRecord, Delivery, ErrorRecord, Job, JobId, JobKind, JobStatus, Role, Template, TokenInfo,
+    User, Webhook,
 };
 
 /// `{success: true, data}`.
@@ -81,6 +81,13 @@ pub struct ErrorDetail {
 #[serde(rename_all = "camelCase")]
 pub struct JobView {
     pub job_id: JobId,
+    /// `import`, `export` or `analysis` (a dry run of an import).
+    pub kind: String,
+    /// An analysis: the file is read and validated, no row is written.
+    pub dry_run: bool,
+    /// An import started from an analysis (`POST /api/v1/import/{id}/run`): that analysis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub analysis_of: Option<JobId>,
     pub dataset: String,
     pub filename: String,
     /// `upsert`, `insert` or `replace`.
@@ -180,6 +187,9 @@ impl From<&Job> for JobView {
         };
         JobView {
             job_id: job.id,
+            kind: job.kind.as_str().into(),
+            dry_run: job.kind == JobKind::Analysis,
+            analysis_of: job.analysis_of,
             dataset: job.dataset.clone(),
             filename: job.filename.clone(),
             mode: job.mode.as_str().into(),

@@ -32,7 +32,7 @@ use crate::import::map::{self, Explicit};
 use crate::import::read::{Source, no_rows_error, resolve_options, with_sheet_hint};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
-use crate::store::{Inserted, JobId, JobStatus, NewJob, Priority};
+use crate::store::{Inserted, JobId, JobKind, JobStatus, NewJob, Priority};
 
 /// Longest a synchronous import waits for another job writing its dataset before answering
 /// `409 dataset_busy`.
@@ -277,6 +277,9 @@ pub async fn upload(
         idempotency_key,
         retry_of: None,
         priority,
+        kind: JobKind::Import,
+        params: None,
+        analysis_of: None,
     };
     let audit = caller.audit("upload", None, upload_detail(&new_job));
     // A synchronous dataset's job is owned by this request from the start.

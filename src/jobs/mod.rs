@@ -24,7 +24,7 @@ use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
-use crate::store::{Job, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
+use crate::store::{Job, JobKind, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
@@ -580,7 +580,16 @@ fn run_blocking(
     lease: Lease,
     stop: &AtomicBool,
 ) -> Result<RunOutcome, RunError> {
-    match run_job(ctx, job, lease, stop) {
+    let ran = match job.kind {
+        JobKind::Import => run_job(ctx, job, lease, stop),
+        // Filled in by the export and analysis pipelines (issue 15).
+        JobKind::Export | JobKind::Analysis => Err(FileError::Unreadable(format!(
+            "{} jobs are not available in this version",
+            job.kind.as_str()
+        ))
+        .into()),
+    };
+    match ran {
         // Asked to stop while a store call waited for the database: the job resumes from its
         // checkpoint (here after a release, or elsewhere once the lease expires).
         Err(RunError::Sink(SinkError::Retryable(_))) if stop.load(Ordering::SeqCst) => {

@@ -34,7 +34,7 @@ pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_s
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
     retry_of, blob_deleted_at IS NOT NULL, parent_id, chunk_index, chunks_total, chunks_completed, org_id, \
-    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority";
+    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority, kind, params, result, analysis_of";
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
@@ -85,6 +85,10 @@ pub fn job_from_row(r: &Row) -> StoreResult<Job> {
         user_name: r.opt_text(35)?,
         priority: Priority::from_rank(r.i64(36)?).map_err(StoreError::Corrupt)?,
         queue_position: None,
+        kind: r.text(37)?.parse().map_err(StoreError::Corrupt)?,
+        params: r.opt_text(38)?.map(|t| json(&t, "params")).transpose()?,
+        result: r.opt_text(39)?.map(|t| json(&t, "result")).transpose()?,
+        analysis_of: r.opt_i64(40)?,
     })
 }
 
@@ -129,12 +133,22 @@ pub fn insert(
     {
         return Ok(Inserted::Replayed(id));
     }
-    let same_file = params![job.dataset.as_str(), job.sha256.as_str(), job.org_id];
-    if let Some(r) = c.query_opt(
-        "SELECT id FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
+    // The same file counts as the same job only for the same kind: analysing a file that is
+    // being imported is no duplicate of the import (an export has no file: its `sha256` is empty
+    // and never matches, see below).
+    let same_file = params![
+        job.dataset.as_str(),
+        job.sha256.as_str(),
+        job.org_id,
+        job.kind.as_str()
+    ];
+    if !job.sha256.is_empty()
+        && let Some(r) = c.query_opt(
+            "SELECT id FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 AND kind = $4 \
          AND status IN ('pending', 'processing', 'paused')",
-        same_file,
-    )? {
+            same_file,
+        )?
+    {
         return Ok(Inserted::ActiveDuplicate(r.i64(0)?));
     }
     // A synchronous job starts at once, so it must find its dataset free (see `claim`).
@@ -146,7 +160,7 @@ pub fn insert(
     let duplicate_of = c
         .query_one(
             "SELECT max(id) FROM jobs WHERE org_id = $3 AND dataset = $1 AND sha256 = $2 \
-             AND status = 'completed'",
+             AND kind = $4 AND sha256 <> '' AND status = 'completed'",
             same_file,
         )?
         .opt_i64(0)?;
@@ -164,9 +178,9 @@ pub fn insert(
         .query_one(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
              mapping, created_by, created_at, started_at, attempts, lease_token, lease_expires_ms, \
-             idempotency_key, retry_of, duplicate_of, org_id, user_id, priority) \
+             idempotency_key, retry_of, duplicate_of, org_id, user_id, priority, kind, params, analysis_of) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-             $20, $21, $22, $23) RETURNING id",
+             $20, $21, $22, $23, $24, $25, $26) RETURNING id",
             params![
                 job.dataset.as_str(),
                 status.as_str(),
@@ -191,6 +205,9 @@ pub fn insert(
                 job.org_id,
                 job.user_id,
                 job.priority.rank(),
+                job.kind.as_str(),
+                job.params.as_ref().map(to_json),
+                job.analysis_of,
             ],
         )?
         .i64(0)?;
@@ -381,6 +398,14 @@ pub fn set_total(c: &mut dyn Sql, lease: &Lease, total_rows: u64) -> StoreResult
     )? == 1)
 }
 
+/// Records what the job produced (see [`super::Job::result`]); fenced by the lease.
+pub fn set_result(c: &mut dyn Sql, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool> {
+    Ok(c.execute(
+        "UPDATE jobs SET result = $1 WHERE id = $2 AND lease_token = $3",
+        params![to_json(result), lease.job_id, lease.token.as_str()],
+    )? == 1)
+}
+
 /// Inside a write transaction: see [`super::JobStore::job_finish`].
 pub fn finish(
     c: &mut dyn Sql,
@@ -439,9 +464,10 @@ pub fn split(
     for (i, chunk) in chunks.iter().enumerate() {
         c.execute(
             "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id, priority) \
+             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id, priority, \
+             kind, params) \
              SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || CAST($4 AS INTEGER), \
-             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id, priority \
+             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id, priority, kind, params \
              FROM jobs WHERE id = $1",
             params![
                 lease.job_id,

@@ -176,6 +176,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// Extends the lease; false when it was lost.
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
+    /// Records what the job produced ([`Job::result`]); false when the lease was lost.
+    fn job_set_result(&self, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool>;
     /// Splits a claimed job into chunk jobs (pending, reading `options`) and gives the parent's
     /// lease back: from now on the parent is driven by its chunks. False when the lease was lost.
     fn job_split(

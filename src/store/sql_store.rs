@@ -269,6 +269,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(|c| jobs::set_total(c, lease, total_rows))
     }
 
+    fn job_set_result(&self, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool> {
+        self.0.read(|c| jobs::set_result(c, lease, result))
+    }
+
     fn job_split(
         &self,
         lease: &Lease,

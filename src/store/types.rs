@@ -98,6 +98,40 @@ impl Priority {
     }
 }
 
+/// What a job does (migration 0012): an `import` writes a file's rows into a dataset, an
+/// `export` writes a dataset's rows into a file, an `analysis` reads and validates a file as its
+/// import would and classifies each row against the live table, without writing one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    #[default]
+    Import,
+    Export,
+    Analysis,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Import => "import",
+            JobKind::Export => "export",
+            JobKind::Analysis => "analysis",
+        }
+    }
+}
+
+impl std::str::FromStr for JobKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "import" => Ok(JobKind::Import),
+            "export" => Ok(JobKind::Export),
+            "analysis" => Ok(JobKind::Analysis),
+            other => Err(format!("unknown job kind `{other}`")),
+        }
+    }
+}
+
 impl std::str::FromStr for Priority {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -135,6 +169,12 @@ pub struct NewJob {
     /// The job this one repeats from the start (`retry?fromStart=true`).
     pub retry_of: Option<JobId>,
     pub priority: Priority,
+    pub kind: JobKind,
+    /// What a non-import job was asked to do (an export's format, columns and filters), as the
+    /// module of its kind reads it; `None` for imports.
+    pub params: Option<serde_json::Value>,
+    /// The analysis this import runs the file of (`POST /api/v1/import/{id}/run`).
+    pub analysis_of: Option<JobId>,
 }
 
 /// What became of an upload's job.
@@ -248,6 +288,13 @@ pub struct Job {
     /// While the job is pending (a top-level job): its estimated place in the queue, 1 = next
     /// (see `jobs::queue_position`). Filled in by `job_get` and `job_list`.
     pub queue_position: Option<u64>,
+    pub kind: JobKind,
+    /// See [`NewJob::params`].
+    pub params: Option<serde_json::Value>,
+    /// What the job produced, written under its lease by [`super::JobStore::job_set_result`]
+    /// (an export's file, an analysis's summary), as the module of its kind writes it.
+    pub result: Option<serde_json::Value>,
+    pub analysis_of: Option<JobId>,
 }
 
 /// The column of every dataset table (and its history and staging tables) that names the

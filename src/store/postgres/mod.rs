@@ -85,6 +85,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0011_priority",
         include_str!("../../../migrations/postgres/0011_priority.sql"),
     ),
+    (
+        12,
+        "0012_job_kinds",
+        include_str!("../../../migrations/postgres/0012_job_kinds.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -66,6 +66,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0011_priority",
         include_str!("../../../migrations/sqlite/0011_priority.sql"),
     ),
+    (
+        "0012_job_kinds",
+        include_str!("../../../migrations/sqlite/0012_job_kinds.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

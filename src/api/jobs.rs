@@ -16,6 +16,7 @@ use super::auth::Caller;
 use super::dto::{Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView};
 use super::error::ApiError;
 use super::options::number;
+use crate::import::tally::ErrorSummary;
 use crate::store::StoreError;
 use crate::store::{Job, JobFilter, JobId, JobStatus};
 
@@ -161,6 +162,25 @@ pub async fn errors(
             format!("format must be `json` or `csv`, not `{other}`"),
         )),
     }
+}
+
+/// `GET /api/v1/import/{jobId}/errors/summary`
+#[utoipa::path(get, path = "/api/v1/import/{id}/errors/summary", operation_id = "getJobErrorSummary", tag = "jobs",
+    summary = "A job's rejected rows counted by column and by kind of message (the value taken out), most frequent first",
+    params(("id" = String, Path, description = "The job id", example = "1")),
+    responses(
+        (status = 200, description = "The counts", body = Data<ErrorSummary>),
+        (status = 404, description = "`not_found`: no such job", body = ErrorBody),
+    ))]
+pub async fn error_summary(
+    State(state): State<Arc<AppState>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Data<ErrorSummary>>, ApiError> {
+    let job = load_job(&state, &caller, parse_id(&id)?).await?;
+    let id = job.id;
+    let summary = state.jobs.store_call(move |s| s.errors_tally(id)).await?;
+    Ok(Json(Data::ok(summary)))
 }
 
 /// Streams every rejected row as CSV: the file's columns plus `error`, ready to fix and upload

@@ -74,6 +74,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/import/status/{id}", get(jobs::status))
         .route("/api/v1/import/jobs", get(jobs::list))
         .route("/api/v1/import/{id}/errors", get(jobs::errors))
+        .route(
+            "/api/v1/import/{id}/errors/summary",
+            get(jobs::error_summary),
+        )
         .route("/api/v1/import/{id}/events", get(events::job_events))
         .route("/api/v1/events", get(events::all_events))
         .route(

@@ -39,6 +39,7 @@ use super::{admin, audit, control, events, jobs, preview, session, upload, webho
         jobs::status,
         jobs::list,
         jobs::errors,
+        jobs::error_summary,
         jobs::datasets,
         events::job_events,
         events::all_events,

@@ -9,6 +9,7 @@ pub mod map;
 pub mod partition;
 pub mod read;
 pub mod run;
+pub mod tally;
 pub mod validate;
 
 use serde::{Deserialize, Serialize};

@@ -29,6 +29,7 @@ use super::{
     Priority, Replacement, StoreError, StoreResult,
 };
 use crate::import::SourceOptions;
+use crate::import::tally::{ErrorSummary, Tally};
 
 pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
@@ -534,6 +535,28 @@ pub fn errors_after(
     .iter()
     .map(error_record)
     .collect()
+}
+
+/// Every row error of `job` counted by column and by message shape, read in keyset pages of
+/// (row, column, message) so the tally costs memory for its counts only.
+pub fn errors_tally(c: &mut dyn Sql, job: JobId) -> StoreResult<ErrorSummary> {
+    const PAGE: u64 = 5_000;
+    let mut tally = Tally::default();
+    let mut after = 0u64;
+    loop {
+        let rows = c.query(
+            "SELECT \"row\", \"column\", message FROM job_errors \
+             WHERE job_id = $1 AND \"row\" > $2 ORDER BY \"row\" LIMIT $3",
+            params![job, after, PAGE],
+        )?;
+        for r in &rows {
+            after = r.u64(0)?;
+            tally.add(after, r.opt_text(1)?.as_deref(), &r.text(2)?);
+        }
+        if (rows.len() as u64) < PAGE {
+            return Ok(tally.summary());
+        }
+    }
 }
 
 fn error_record(r: &Row) -> StoreResult<ErrorRecord> {

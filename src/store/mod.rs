@@ -255,6 +255,8 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Up to `limit` of the job's row errors after row `after` (0: from the first), in row order.
     fn errors_after(&self, job: JobId, after: u64, limit: u64) -> StoreResult<Vec<ErrorRecord>>;
+    /// Every row error of `job` counted by column and by kind of message.
+    fn errors_tally(&self, job: JobId) -> StoreResult<crate::import::tally::ErrorSummary>;
 
     /// A writer of batches for a claimed job, into the rows of organisation `org`.
     /// For a chunk job, `parent` receives the counts and row errors, and stamps rows as its own

@@ -382,6 +382,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(|c| jobs::errors_after(c, job, after, limit))
     }
 
+    fn errors_tally(&self, job: JobId) -> StoreResult<crate::import::tally::ErrorSummary> {
+        self.0.read(|c| jobs::errors_tally(c, job))
+    }
+
     fn batch_sink(
         &self,
         dataset: Arc<Dataset>,

@@ -163,6 +163,56 @@ async fn products_import_reports_exact_counts_and_rejected_rows(backend: Backend
             "row {row}: `{msg}` should contain `{expected}`"
         );
     }
+    // The summary counts the same errors by column and by kind of message.
+    let (code, summary) = app
+        .get_json(&format!("/api/v1/import/{job}/errors/summary"))
+        .await;
+    assert_eq!(code, 200, "{summary}");
+    let summary = &summary["data"];
+    assert_eq!(summary["total"], invalid);
+    let kinds = &expect["invalid_by_kind"];
+    let column = |name: &str| -> u64 {
+        summary["byColumn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["column"] == name)
+            .map_or(0, |c| c["count"].as_u64().unwrap())
+    };
+    assert_eq!(column("price"), kinds["bad_price"]);
+    assert_eq!(column("stock"), kinds["negative_stock"]);
+    assert_eq!(column("updated_at"), kinds["bad_date"]);
+    assert_eq!(column("(whole row)"), kinds["wrong_column_count"]);
+    assert_eq!(
+        column("sku"),
+        kinds["empty_sku"].as_u64().unwrap() + kinds["duplicate_sku"].as_u64().unwrap()
+    );
+    let shapes = summary["byMessage"].as_array().unwrap();
+    let sum = |list: &[Value]| {
+        list.iter()
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum(shapes), invalid);
+    assert_eq!(sum(summary["byColumn"].as_array().unwrap()), invalid);
+    // 1,500 rejected rows read as a handful of causes, most frequent first, each with a real
+    // example taken from the rows.
+    assert!(shapes.len() <= 12, "{shapes:?}");
+    assert!(
+        shapes
+            .windows(2)
+            .all(|w| w[0]["count"].as_u64() >= w[1]["count"].as_u64())
+    );
+    for shape in shapes {
+        let row = shape["exampleRow"].as_u64().unwrap();
+        let e = errors.iter().find(|e| e["row"] == row).unwrap();
+        assert_eq!(e["message"], shape["example"], "{shape}");
+        assert!(
+            !shape["message"].as_str().unwrap().contains("SKU-"),
+            "{shape}"
+        );
+    }
+
     // Paging.
     let (_, page) = app
         .get_json(&format!("/api/v1/import/{job}/errors?limit=10&offset=5"))

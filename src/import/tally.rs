@@ -67,6 +67,7 @@ pub struct Count {
 
 /// One kind of message and how often it occurs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct MessageCount {
     /// The message with its value taken out (see [`message_shape`]).
     pub message: String,

@@ -190,7 +190,7 @@ function onEvent(name, d) {
   renderLists();
   if (state.jobView && state.jobView.id === d.jobId) {
     renderJob(job);
-    if (name === 'done' || name === 'progress') loadErrors();
+    if (name === 'done' || name === 'progress') { loadErrors(); loadSummary(); }
   }
   if (name === 'done') announceDone(job);
 }
@@ -364,13 +364,40 @@ async function loadErrors() {
   return errorsLoading;
 }
 
+// Rejected rows by column and by kind of message, as bars: a few causes instead of pages of rows.
+let summaryLoading = null;
+async function loadSummary() {
+  const view = state.jobView;
+  if (!view) return;
+  if (summaryLoading) return summaryLoading;
+  summaryLoading = (async () => {
+    try {
+      const d = (await api(`/api/v1/import/${view.id}/errors/summary`)).data;
+      $('#err-chart').hidden = !d.total;
+      const bars = (list, label) => {
+        const top = Math.max(1, ...list.map((c) => c.count));
+        return list.map((c) => {
+          const fill = el('span', { class: 'fill' });
+          fill.style.width = `${(100 * c.count / top).toFixed(1)}%`; // CSSOM, which the CSP allows
+          return el('li', { 'data-label': label(c), 'data-count': c.count, title: c.example || label(c) },
+            el('span', { class: 'label', text: label(c) }), el('span', { class: 'track' }, fill),
+            el('span', { class: 'num', text: fmt(c.count) }));
+        });
+      };
+      $('#err-by-column').replaceChildren(...bars(d.byColumn, (c) => c.column));
+      $('#err-by-message').replaceChildren(...bars(d.byMessage.slice(0, 10), (c) => c.message));
+    } finally { summaryLoading = null; }
+  })();
+  return summaryLoading;
+}
+
 async function openJob(id) {
   state.jobView = { id, offset: 0 };
   $('#view-home').hidden = true;
   $('#view-job').hidden = false;
   try {
     await refreshJob(id);
-    await loadErrors();
+    await Promise.all([loadErrors(), loadSummary()]);
   } catch (e) {
     $('#job-title').textContent = e.status === 404 ? `No import #${id}` : e.message;
   }

@@ -126,6 +126,18 @@ try {
   await page.waitForSelector('#view-job:not([hidden]) #errors tbody tr');
   check((await page.textContent('#err-total')).includes(EXPECT_A.invalid_rows.toLocaleString('en-US')), 'error total');
   check(await page.locator('#errors tbody tr').count() === 50, 'a page of 50 errors');
+  // The chart: bars by column and by kind of message, their counts adding up to the total.
+  await page.waitForSelector('#err-chart:not([hidden]) #err-by-column li');
+  const counts = (sel) => page.$$eval(sel, (lis) => lis.map((li) => [li.dataset.label, Number(li.dataset.count)]));
+  const byColumn = Object.fromEntries(await counts('#err-by-column li'));
+  check(Object.values(byColumn).reduce((a, b) => a + b, 0) === EXPECT_A.invalid_rows, `bars by column add up: ${JSON.stringify(byColumn)}`);
+  check(byColumn.price === EXPECT_A.invalid_by_kind.bad_price, `price bar = ${EXPECT_A.invalid_by_kind.bad_price}`);
+  const byMessage = await counts('#err-by-message li');
+  check(byMessage.length >= 3 && byMessage.every(([, n], i) => i === 0 || n <= byMessage[i - 1][1]), 'message bars, largest first');
+  const bars = await page.$$eval('#err-by-column li', (lis) => lis.map((li) => [Number(li.dataset.count),
+    li.querySelector('.fill').getBoundingClientRect().width, li.querySelector('.track').getBoundingClientRect().width]));
+  const top = Math.max(...bars.map(([n]) => n));
+  check(bars.every(([n, w, track]) => Math.abs(w - track * n / top) < 2), `bars scale with their counts: ${JSON.stringify(bars)}`);
   const firstRow = await page.textContent('#errors tbody tr td');
   await page.click('#err-next');
   await page.waitForFunction((f) => document.querySelector('#errors tbody tr td').textContent !== f, firstRow);

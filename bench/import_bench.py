@@ -1,8 +1,18 @@
 #!/usr/bin/env python3
 """Drives one benchmark run of sluice: start the release server on a fresh data dir, upload a
-generated products file over HTTP, poll until the job completes, report time, rows/s, peak RSS.
+generated products file over HTTP, poll until the job completes, report time, rows/s, peak RSS —
+and, in the same run, the reference the figure is judged against:
 
-Used by bench/import-sqlite.sh; see BENCHMARKS.md for recorded figures."""
+- SQLite: `sqlite3 .import` of the same CSV into a table with a text primary key (and, for the
+  update pass, `.import` into a scratch table plus one `INSERT … ON CONFLICT DO UPDATE`);
+- PostgreSQL: `psql \\copy` into a typed table with a primary key (update pass: `\\copy` into a
+  scratch table plus one upsert);
+- XLSX: the same rows as CSV through sluice, on a fresh server.
+
+Each figure is printed with its ratio to the reference. `--runs N` repeats everything N times
+(references and sluice alternate, so a machine that gets busy shows in both).
+
+Used by bench/import-*.sh; see BENCHMARKS.md for recorded figures."""
 
 import argparse
 import json
@@ -57,8 +67,100 @@ def run_import(base, path, dataset="products"):
     return {"upload_s": uploaded - t0, "import_s": done - uploaded, "status": d}
 
 
-def psql(server, sql):
-    subprocess.run(["psql", f"{server}/postgres", "-qc", sql], check=True)
+def psql(server, sql, database="postgres"):
+    subprocess.run(["psql", f"{server}/{database}", "-qc", sql], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+COLUMNS = "sku TEXT PRIMARY KEY, name TEXT, category TEXT, price {dec}, stock INTEGER, updated_at {date}"
+UPSERT = ("INSERT INTO products SELECT * FROM stage WHERE true ON CONFLICT (sku) DO UPDATE SET "
+          "name = excluded.name, category = excluded.category, price = excluded.price, "
+          "stock = excluded.stock, updated_at = excluded.updated_at")
+
+
+def timed(f):
+    t0 = time.monotonic()
+    f()
+    return time.monotonic() - t0
+
+
+def sqlite_reference(work, first, second):
+    """Seconds for `sqlite3 .import` of the first file, and of the second as an upsert."""
+    db = os.path.join(work, "reference.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(db + suffix):
+            os.remove(db + suffix)
+    cols = COLUMNS.format(dec="NUMERIC", date="TEXT")
+    subprocess.run(["sqlite3", db, "PRAGMA journal_mode=WAL;", f"CREATE TABLE products ({cols});",
+                    f"CREATE TABLE stage ({cols});"], check=True, stdout=subprocess.DEVNULL)
+    out = {"initial": timed(lambda: subprocess.run(
+        ["sqlite3", db, f".import --csv --skip 1 {first} products"], check=True))}
+    if second:
+        out["update"] = timed(lambda: subprocess.run(
+            ["sqlite3", db, f".import --csv --skip 1 {second} stage", UPSERT + ";"], check=True))
+    return out
+
+
+def postgres_reference(server, first, second):
+    """Seconds for `psql \\copy` of the first file, and of the second as an upsert."""
+    database = "sluice_bench_ref_%d" % os.getpid()
+    psql(server, f"CREATE DATABASE {database}")
+    try:
+        cols = COLUMNS.format(dec="NUMERIC(12,2)", date="DATE")
+        psql(server, f"CREATE TABLE products ({cols}); CREATE TABLE stage ({cols})", database)
+        out = {"initial": timed(lambda: psql(
+            server, f"\\copy products FROM '{first}' CSV HEADER", database))}
+        if second:
+            out["update"] = timed(lambda: psql(
+                server, f"\\copy stage FROM '{second}' CSV HEADER", database)
+            ) + timed(lambda: psql(server, UPSERT, database))
+        return out
+    finally:
+        psql(server, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def bench_server(args, work, runs):
+    """Starts a fresh server, imports each (label, path) in turn; returns the end-to-end seconds
+    and prints each run."""
+    data = tempfile.mkdtemp(prefix="data-", dir=work)
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
+    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
+           "--workers", str(args.workers)]
+    database = None
+    if args.postgres:
+        database = "sluice_bench_%d" % os.getpid()
+        psql(args.postgres, f"CREATE DATABASE {database}")
+        cmd += ["--database-url", f"{args.postgres}/{database}"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    times = []
+    try:
+        base = None
+        for line in server.stdout:
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                base = m.group(1)
+                break
+        assert base, "server did not start"
+        for label, path in runs:
+            r = run_import(base, path)
+            d = r["status"]
+            rows = d["progress"]["total"]
+            assert d["status"] == "completed", d
+            total = r["upload_s"] + r["import_s"]
+            times.append(total)
+            print(f"{label}: {rows} rows, status {d['status']}")
+            print(f"  upload {r['upload_s']:.2f} s; upload end -> completed {r['import_s']:.2f} s "
+                  f"({rows / r['import_s']:.0f} rows/s); end to end {total:.2f} s")
+            print(f"  created {d['createdCount']} updated {d['updatedCount']} "
+                  f"unchanged {d['unchangedCount']} errors {d['errorCount']}")
+            print(f"  server peak RSS so far: {peak_rss_mb(server.pid):.1f} MB")
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        if database:
+            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        shutil.rmtree(data, ignore_errors=True)
+    return times
 
 
 def main():
@@ -70,6 +172,7 @@ def main():
                     help="file format to generate (xlsx: shared strings, serial dates)")
     ap.add_argument("--first-only", action="store_true",
                     help="only the initial import (no second, overlapping file)")
+    ap.add_argument("--runs", type=int, default=1, help="repeat the whole measurement N times")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--postgres", metavar="SERVER_URL", default=None,
                     help="run on PostgreSQL: a fresh database is created on this server "
@@ -77,51 +180,43 @@ def main():
     args = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix="sluice-bench-")
-    ext = args.format
-    first = os.path.join(work, f"products.{ext}")
-    second = os.path.join(work, f"update.{ext}")
-    subprocess.run([sys.executable, GEN, "--rows", str(args.rows), "--seed", "1", "--out", first], check=True)
-    if not args.first_only:
-        subprocess.run([sys.executable, GEN, "--rows", str(args.rows), "--seed", "2",
-                        "--start-sku", str(args.rows // 2 + 1), "--out", second], check=True)
-    print(f"files: {os.path.getsize(first) / 1e6:.1f} MB {ext}")
-
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(work, "data"),
-           "--workers", str(args.workers)]
-    database = None
-    if args.postgres:
-        database = "sluice_bench_%d" % os.getpid()
-        psql(args.postgres, f"CREATE DATABASE {database}")
-        cmd += ["--database-url", f"{args.postgres}/{database}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
-    try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "server did not start"
-        runs = [("initial import (all new keys)", first)]
+    files = {}
+    for ext in {"csv", args.format}:
+        files[ext] = [os.path.join(work, f"products.{ext}")]
+        subprocess.run([sys.executable, GEN, "--rows", str(args.rows), "--seed", "1",
+                        "--out", files[ext][0]], check=True)
         if not args.first_only:
-            runs.append(("second import (half the keys overlap, values changed)", second))
-        for label, path in runs:
-            r = run_import(base, path)
-            d = r["status"]
-            rows = d["progress"]["total"]
-            print(f"{label}: {rows} rows, status {d['status']}")
-            total = r['upload_s'] + r['import_s']
-            print(f"  upload {r['upload_s']:.2f} s; upload end -> completed {r['import_s']:.2f} s "
-                  f"({rows / r['import_s']:.0f} rows/s); end to end {total:.2f} s")
-            print(f"  created {d['createdCount']} updated {d['updatedCount']} "
-                  f"unchanged {d['unchangedCount']} errors {d['errorCount']}")
-            print(f"  server peak RSS so far: {peak_rss_mb(server.pid):.1f} MB")
+            files[ext].append(os.path.join(work, f"update.{ext}"))
+            subprocess.run([sys.executable, GEN, "--rows", str(args.rows), "--seed", "2",
+                            "--start-sku", str(args.rows // 2 + 1), "--out", files[ext][1]],
+                           check=True)
+        print(f"files: {os.path.getsize(files[ext][0]) / 1e6:.1f} MB {ext}")
+    labels = ["initial import (all new keys)",
+              "second import (half the keys overlap, values changed)"]
+    csv_first, csv_second = files["csv"][0], (files["csv"][1:] or [None])[0]
+    summary = []
+    try:
+        for run in range(1, args.runs + 1):
+            print(f"== run {run} of {args.runs}")
+            if args.format == "xlsx":
+                name = "sluice CSV (the XLSX reference)"
+                ref = bench_server(args, work, list(zip(labels, files["csv"])))
+            elif args.postgres:
+                name = "psql \\copy"
+                ref = list(postgres_reference(args.postgres, csv_first, csv_second).values())
+            else:
+                name = "sqlite3 .import"
+                ref = list(sqlite_reference(work, csv_first, csv_second).values())
+            for label, seconds in zip(labels, ref):
+                print(f"reference, {name}, {label}: {seconds:.2f} s")
+            mine = bench_server(args, work, list(zip(labels, files[args.format])))
+            for label, a, b in zip(labels, mine, ref):
+                line = f"run {run}, {label}: sluice {a:.2f} s, {name} {b:.2f} s, ratio {a / b:.2f}x"
+                print(line)
+                summary.append(line)
+        print("== summary")
+        print("\n".join(summary))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -433,3 +433,62 @@ async fn a_title_sheet_first_names_the_sheets_with_data_when_columns_are_missing
     let s = import(&app, "report.xlsx", book, &[("sheet", "Data")]).await;
     assert_eq!(s["results"]["successCount"], 1, "{s}");
 }
+
+/// A package whose one sheet declares the used range `dimension` and holds `rows`.
+fn dimensioned(dimension: &str, rows: &str) -> Vec<u8> {
+    parts_xlsx(&[
+        ("[Content_Types].xml", TYPES.to_string()),
+        (
+            "_rels/.rels",
+            rels_xml(&[("rId1", "officeDocument", "xl/workbook.xml")]),
+        ),
+        ("xl/workbook.xml", workbook_xml(&[("Sheet1", "rId1")])),
+        (
+            "xl/_rels/workbook.xml.rels",
+            rels_xml(&[("rId1", "worksheet", "worksheets/sheet1.xml")]),
+        ),
+        (
+            "xl/worksheets/sheet1.xml",
+            format!(
+                r#"<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><dimension ref="{dimension}"/><sheetData>{rows}</sheetData></worksheet>"#
+            ),
+        ),
+    ])
+}
+
+fn coded_rows(prefix: &str, rows: impl IntoIterator<Item = usize>) -> String {
+    let mut out = header(&["code", "name"]);
+    for r in rows {
+        out += &format!(
+            "<row r=\"{r}\">{}{}</row>",
+            common::xlsx::is(&format!("A{r}"), &format!("{prefix}{r}")),
+            common::xlsx::is(&format!("B{r}"), "n")
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_sheets_declared_range_is_only_the_progress_estimate_and_the_total_comes_out_exact() {
+    // The progress total of an unsplit XLSX job is the sheet's `<dimension>` (no counting pass);
+    // a writer's range may be too small or too large, and the finished job reports what it read.
+    let app = items_app();
+    let s = import(
+        &app,
+        "short.xlsx",
+        dimensioned("A1:B5", &coded_rows("S", 2..=41)),
+        &[],
+    )
+    .await;
+    assert_eq!(s["progress"]["total"], 40, "{s}");
+    assert_eq!(s["progress"]["current"], 40, "{s}");
+    assert_eq!(s["results"]["totalRows"], 40, "{s}");
+    assert_eq!(s["createdCount"], 40);
+    // A range past the last row, and blank rows in between: only the rows with cells count.
+    let rows = coded_rows("L", [2, 3, 7, 9]);
+    let s = import(&app, "long.xlsx", dimensioned("A1:B$1000", &rows), &[]).await;
+    assert_eq!(s["progress"]["total"], 4, "{s}");
+    assert_eq!(s["progress"]["percentage"], 100, "{s}");
+    assert_eq!(s["createdCount"], 4);
+    assert_eq!(items(&app).len(), 44);
+}

@@ -65,53 +65,133 @@ pub struct RunSpec<'a> {
     pub retry: RetryBudget,
 }
 
+/// Batches read ahead of the one being committed. One keeps both threads busy; more would only
+/// hold memory.
+const READ_AHEAD: usize = 1;
+
 /// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
+///
+/// Pipelined: a reader thread parses and validates the next batch while this thread commits
+/// the previous one, so a job costs about max(parse, write) rather than their sum. Batches are
+/// committed in file order with their own checkpoint, exactly as when read one at a time; the
+/// reader runs at most [`READ_AHEAD`] batches ahead and stops when the commit side returns.
 pub fn run(
     spec: &RunSpec<'_>,
     sink: &mut dyn BatchSink,
     should_stop: &dyn Fn() -> bool,
 ) -> Result<RunOutcome, RunError> {
-    let mut source = Source::open(spec.path, spec.format, spec.options)?;
-    // A chunk file carries the original row number in an extra first column.
-    let row_column = spec.options.row_column;
-    let width = source.headers().len() - usize::from(row_column);
-    if width != spec.mapping.columns.len() {
-        return Err(FileError::Unreadable(
-            "the stored file no longer matches the header checked at upload".into(),
-        )
-        .into());
-    }
-    source.skip_to(spec.checkpoint)?;
-    let field_columns = spec.mapping.field_columns(spec.dataset);
-    let mut batch = Batch::new(field_columns.iter().map(Option::is_some).collect());
-    let validator = Validator::new(spec.dataset, field_columns, width);
-    let mut record = csv::ByteRecord::new();
-    let mut data = csv::ByteRecord::new();
-    let batch_size = spec.batch_size.max(1);
-    loop {
-        if should_stop() {
-            return Ok(RunOutcome::Stopped);
+    let mut reader = BatchReader::open(spec)?;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
+        // Committed batches go back to the reader, so their buffers are reused.
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
+        std::thread::Builder::new()
+            .name("sluice-read".into())
+            .spawn_scoped(scope, move || {
+                loop {
+                    // `None`: the end of the file, said explicitly (a reader that died says
+                    // nothing, and must not read as a finished file).
+                    let next = reader.next_batch(spare_rx.try_recv().ok()).transpose();
+                    let more = matches!(next, Some(Ok(_)));
+                    // A closed channel: the commit side has returned (stop, error).
+                    if full_tx.send(next).is_err() || !more {
+                        return;
+                    }
+                }
+            })
+            .map_err(FileError::Io)?;
+        loop {
+            if should_stop() {
+                return Ok(RunOutcome::Stopped);
+            }
+            let next = match full_rx.recv() {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(RunOutcome::Finished),
+                Err(_) => {
+                    return Err(
+                        SinkError::Fatal("the file's reader stopped unexpectedly".into()).into(),
+                    );
+                }
+            };
+            let (batch, checkpoint) = next?;
+            // Asked to stop while a commit waits for the database (shutdown, lost lease, time
+            // limit): stop at this batch boundary; the batch is redone from the checkpoint.
+            match commit_with_retry(sink, &batch, checkpoint, spec.retry, should_stop) {
+                Err(SinkError::Retryable(_)) if should_stop() => return Ok(RunOutcome::Stopped),
+                other => other?,
+            };
+            let _ = spare_tx.send(batch);
         }
+    })
+}
+
+/// The read side of a run: the file from its checkpoint, as validated batches.
+struct BatchReader<'a> {
+    source: Source,
+    validator: Validator<'a>,
+    present: Vec<bool>,
+    /// A chunk file carries the original row number in an extra first column.
+    row_column: bool,
+    batch_size: usize,
+    record: csv::ByteRecord,
+    data: csv::ByteRecord,
+}
+
+impl<'a> BatchReader<'a> {
+    fn open(spec: &RunSpec<'a>) -> Result<Self, RunError> {
+        let mut source = Source::open(spec.path, spec.format, spec.options)?;
+        let row_column = spec.options.row_column;
+        let width = source.headers().len() - usize::from(row_column);
+        if width != spec.mapping.columns.len() {
+            return Err(FileError::Unreadable(
+                "the stored file no longer matches the header checked at upload".into(),
+            )
+            .into());
+        }
+        source.skip_to(spec.checkpoint)?;
+        let field_columns = spec.mapping.field_columns(spec.dataset);
+        Ok(Self {
+            source,
+            present: field_columns.iter().map(Option::is_some).collect(),
+            validator: Validator::new(spec.dataset, field_columns, width),
+            row_column,
+            batch_size: spec.batch_size.max(1),
+            record: csv::ByteRecord::new(),
+            data: csv::ByteRecord::new(),
+        })
+    }
+
+    /// The next batch (in `reuse`'s buffers when given) and the checkpoint after it; `None` at
+    /// the end of the file.
+    fn next_batch(&mut self, reuse: Option<Batch>) -> Result<Option<(Batch, u64)>, FileError> {
+        let mut batch = reuse.unwrap_or_else(|| Batch::new(self.present.clone()));
         batch.clear();
-        let before = source.position();
-        while batch.rows.len() + batch.errors.len() < batch_size {
-            let Some(index) = source.next_record(&mut record)? else {
+        let before = self.source.position();
+        while batch.rows.len() + batch.errors.len() < self.batch_size {
+            let Some(index) = self.source.next_record(&mut self.record)? else {
                 break;
             };
-            let (row, fields) = if row_column {
-                data.clear();
-                record.iter().skip(1).for_each(|f| data.push_field(f));
-                let row = std::str::from_utf8(record.get(0).unwrap_or_default())
+            let (row, fields) = if self.row_column {
+                self.data.clear();
+                self.record
+                    .iter()
+                    .skip(1)
+                    .for_each(|f| self.data.push_field(f));
+                let row = std::str::from_utf8(self.record.get(0).unwrap_or_default())
                     .ok()
                     .and_then(|r| r.parse().ok())
                     .ok_or_else(|| {
                         FileError::Unreadable("a chunk file lost its row numbers".into())
                     })?;
-                (row, &data)
+                (row, &self.data)
             } else {
-                (index + 2, &record)
+                (index + 2, &self.record)
             };
-            match validator.validate(fields, row, source.cell_errors(), &mut batch.values) {
+            let cells = self.source.cell_errors();
+            match self
+                .validator
+                .validate(fields, row, cells, &mut batch.values)
+            {
                 Ok(()) => {
                     batch.rows.push(row);
                     batch.raw.push(fields);
@@ -119,16 +199,11 @@ pub fn run(
                 Err(e) => batch.errors.push(e),
             }
         }
-        batch.records = source.position() - before;
+        batch.records = self.source.position() - before;
         if batch.records == 0 {
-            return Ok(RunOutcome::Finished);
+            return Ok(None);
         }
-        // Asked to stop while a commit waits for the database (shutdown, lost lease, time
-        // limit): stop at this batch boundary; the batch is redone from the checkpoint.
-        match commit_with_retry(sink, &batch, source.position(), spec.retry, should_stop) {
-            Err(SinkError::Retryable(_)) if should_stop() => return Ok(RunOutcome::Stopped),
-            other => other?,
-        };
+        Ok(Some((batch, self.source.position())))
     }
 }
 

@@ -645,9 +645,10 @@ fn run_job(
         }
     })?;
     if job.total_rows.is_none() {
-        let total = read::count_rows(&path, job.format, &job.options)?;
         let chunk_rows = ctx.config.chunk_rows;
-        if job.parent_id.is_none() && !dataset.sync && chunk_rows > 0 && total > chunk_rows {
+        let may_split = job.parent_id.is_none() && !dataset.sync && chunk_rows > 0;
+        let total = read::row_total(&path, job.format, &job.options, may_split)?;
+        if may_split && total > chunk_rows {
             let n = total
                 .div_ceil(chunk_rows)
                 .min(u64::from(ctx.config.max_chunks))

@@ -415,9 +415,17 @@ pub fn finish(
     status: JobStatus,
     error: Option<&str>,
 ) -> StoreResult<bool> {
+    // A job that read its whole file knows its exact row total: the progress total may have
+    // been the sheet's declared range (`read::row_total`). Chunks' totals were counted.
+    let exact_total = if status == JobStatus::Completed {
+        "total_rows = CASE WHEN parent_id IS NULL AND kind <> 'export' \
+         THEN created_count + updated_count + unchanged_count + error_count ELSE total_rows END,"
+    } else {
+        ""
+    };
     let Some(row) = c.query_opt(
         &format!(
-            "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {RELEASE} \
+            "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {exact_total} {RELEASE} \
              WHERE id = $4 AND lease_token = $5 RETURNING parent_id"
         ),
         params![

@@ -467,9 +467,28 @@ fn empty_sheet(path: &Path, format: Format, options: &SourceOptions, header: boo
     }
 }
 
-/// Counts the non-blank data rows of a file (one pass, no validation of values).
-pub fn count_rows(path: &Path, format: Format, options: &SourceOptions) -> Result<u64, FileError> {
+/// The row total a job's progress is measured against. `exact`: counted (one pass over the
+/// file, no validation of values), as splitting a job into chunks needs. Otherwise an XLSX
+/// sheet's declared used range stands in when it has one — the sheet is then parsed once, not
+/// twice — and the job's total is set to the rows actually read when it completes.
+pub fn row_total(
+    path: &Path,
+    format: Format,
+    options: &SourceOptions,
+    exact: bool,
+) -> Result<u64, FileError> {
     let mut source = Source::open(path, format, options)?;
+    if !exact
+        && let Source::Xlsx(sheet) = &source
+        && let Some(rows) = sheet.declared_rows()
+    {
+        return Ok(rows);
+    }
+    count(&mut source)
+}
+
+/// Counts the non-blank data rows.
+fn count(source: &mut Source) -> Result<u64, FileError> {
     let mut record = csv::ByteRecord::new();
     let mut n = 0;
     while source.next_record(&mut record)?.is_some() {

@@ -639,6 +639,19 @@ struct SheetReader {
     bytes: Vec<u8>,
     value: Vec<u8>,
     done: bool,
+    /// The last row of the sheet's `<dimension>` (the used range its writer declared), when the
+    /// sheet has one: a row total known before the rows are read, for progress only.
+    last_row: Option<u64>,
+}
+
+/// The last row of a `<dimension ref="A1:F700001"/>` range (`A1` alone: row 1).
+fn dimension_last_row(e: &BytesStart<'_>) -> Result<Option<u64>, FileError> {
+    let Some(range) = attr(e, "ref")? else {
+        return Ok(None);
+    };
+    let end = range.rsplit(':').next().unwrap_or_default();
+    let digits = end.trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '$');
+    Ok(digits.parse().ok())
 }
 
 impl SheetReader {
@@ -677,6 +690,9 @@ impl SheetReader {
                 Event::Empty(e) if e.local_name().as_ref() == "row" => {
                     self.row = row_number(&e, self.row)?;
                     return Ok(true);
+                }
+                Event::Empty(e) if !in_row && e.local_name().as_ref() == "dimension" => {
+                    self.last_row = dimension_last_row(&e)?;
                 }
                 Event::Empty(e) if in_row && e.local_name().as_ref() == "c" => {
                     // An empty cell (`<c r="B2" s="1"/>`) still takes its column.
@@ -941,6 +957,7 @@ impl SheetReader {
             bytes: Vec::new(),
             value: Vec::new(),
             done: false,
+            last_row: None,
         }
     }
 
@@ -1055,6 +1072,15 @@ impl XlsxSource {
 
     pub fn position(&self) -> u64 {
         self.position
+    }
+
+    /// The data rows the sheet's `<dimension>` promises (rows after the header up to its last
+    /// row; blank rows included), if it declares one. An estimate: writers are not checked.
+    pub fn declared_rows(&self) -> Option<u64> {
+        let header_row = self.position + 1;
+        self.sheet
+            .last_row
+            .map(|last| last.saturating_sub(header_row))
     }
 
     pub fn next_record(&mut self, record: &mut csv::ByteRecord) -> Result<Option<u64>, FileError> {

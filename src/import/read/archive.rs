@@ -191,10 +191,102 @@ pub(super) fn stream_entry(
             )));
         }
     };
+    // A large part (a sheet, the shared strings) is unpacked on a thread of its own, a few
+    // chunks ahead of the XML parser that reads it.
+    let inner = if compressed >= INFLATE_AHEAD_MIN {
+        Box::new(InflateAhead::spawn(inner)?)
+    } else {
+        inner
+    };
     Ok(Some(EntryStream {
         inner,
         remaining: size,
     }))
+}
+
+/// Smallest compressed part unpacked on a thread of its own.
+const INFLATE_AHEAD_MIN: u64 = 1024 * 1024;
+/// Bytes per unpacked chunk, and chunks unpacked ahead of the reader: at most 1 MiB per part.
+const INFLATE_CHUNK: usize = 256 * 1024;
+const INFLATE_AHEAD: usize = 3;
+
+/// The bytes of a reader, produced by a thread a few chunks ahead. The thread ends at the end
+/// of the data, on an error (handed on to the reader), or when the reader is dropped.
+struct InflateAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl InflateAhead {
+    fn spawn(mut inner: Box<dyn Read + Send>) -> io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(INFLATE_AHEAD);
+        std::thread::Builder::new()
+            .name("sluice-inflate".into())
+            .spawn(move || {
+                loop {
+                    let mut chunk = vec![0; INFLATE_CHUNK];
+                    let mut len = 0;
+                    let result = loop {
+                        match inner.read(&mut chunk[len..]) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => {
+                                len += n;
+                                if len == chunk.len() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    chunk.truncate(len);
+                    // An empty chunk is the end of the data.
+                    let last = len == 0 || result.is_err();
+                    let sent = match result {
+                        Err(e) if len == 0 => tx.send(Err(e)),
+                        Err(e) => tx.send(Ok(chunk)).and_then(|()| tx.send(Err(e))),
+                        Ok(()) => tx.send(Ok(chunk)),
+                    };
+                    if sent.is_err() || last {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self {
+            rx,
+            chunk: Vec::new(),
+            pos: 0,
+            done: false,
+        })
+    }
+}
+
+impl Read for InflateAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.done = chunk.is_empty();
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                Err(_) => return Err(io::Error::other("the workbook's unpacking stopped")),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// Marks the I/O error [`MarkupGuard`] raises, so that readers can report it as a cell that
@@ -258,6 +350,47 @@ pub(super) fn unpack_error(e: &io::Error) -> FileError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Yields `data`, then fails.
+    struct FailsAfter(io::Cursor<Vec<u8>>);
+
+    impl Read for FailsAfter {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buf)? {
+                0 => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "corrupt deflate stream",
+                )),
+                n => Ok(n),
+            }
+        }
+    }
+
+    #[test]
+    fn inflate_ahead_hands_on_every_byte_then_the_end_or_the_error() {
+        let data: Vec<u8> = (0..(3 * INFLATE_CHUNK + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut out = Vec::new();
+        InflateAhead::spawn(Box::new(io::Cursor::new(data.clone())))
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+
+        let mut ahead =
+            InflateAhead::spawn(Box::new(FailsAfter(io::Cursor::new(data.clone())))).unwrap();
+        let mut out = Vec::new();
+        let err = ahead.read_to_end(&mut out).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(out, data, "the bytes before the error arrive first");
+        // A reader dropped early ends the thread (it would otherwise block on a full channel).
+        let endless = io::repeat(b'x');
+        let mut ahead = InflateAhead::spawn(Box::new(endless)).unwrap();
+        let mut first = [0u8; 10];
+        ahead.read_exact(&mut first).unwrap();
+        drop(ahead);
+    }
 
     #[test]
     fn guard_refuses_long_runs_without_markup() {

@@ -220,3 +220,62 @@ async fn readyz_fails_while_the_database_is_gone() {
     assert_eq!(body["reason"], "the database does not answer", "{body}");
     pg_admin_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).unwrap();
 }
+
+/// Niceness of each thread of `pid`, by thread name.
+fn thread_niceness(pid: u32) -> Vec<(String, i64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+            // `pid (comm) state ppid …`: the fields after the name, nice is the 19th field.
+            let after = &stat[stat.rfind(')')? + 2..];
+            let nice = after.split(' ').nth(16)?.parse().ok()?;
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            Some((name.trim().to_string(), nice))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn job_niceness_lowers_the_priority_of_the_threads_that_run_jobs_only() {
+    let app = spawn_app(AppOptions {
+        batch_size: 50,
+        extra_args: vec!["--job-niceness".into(), "7".into()],
+        ..Default::default()
+    });
+    let (file, _) = generate(app.dir.path(), "p.csv", &["--rows", "200000"]);
+    let job = job_id(&app.upload("products", &file).await.1);
+    // While the job runs (4,000 small batches), its thread and the reader thread it started
+    // run at niceness 7; the API's threads do not.
+    let deadline = std::time::Instant::now() + MINUTE;
+    let threads = loop {
+        let threads = thread_niceness(app.pid());
+        if threads.iter().any(|(n, _)| n == "sluice-read") {
+            break threads;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job thread: {threads:?}"
+        );
+        tokio::task::yield_now().await;
+    };
+    let nice = |name: &str| -> Vec<i64> {
+        threads
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .collect()
+    };
+    assert_eq!(nice("sluice-job"), vec![7], "{threads:?}");
+    assert_eq!(nice("sluice-read"), vec![7], "{threads:?}");
+    let api = nice("tokio-rt-worker");
+    assert!(
+        !api.is_empty() && api.iter().all(|&n| n == 0),
+        "{threads:?}"
+    );
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["createdCount"], 200_000, "{s}");
+}

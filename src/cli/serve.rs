@@ -131,6 +131,11 @@ pub struct WorkerArgs {
     /// the database; more of its jobs wait while others' are claimed (0: no cap).
     #[arg(long, env = "SLUICE_ORG_MAX_RUNNING", default_value_t = 0)]
     pub org_max_running: u32,
+    /// Niceness added to the threads that run jobs (Linux, 0–19): with 10, parsing and writing
+    /// yield the CPU to API requests, and to every other process of the machine, whenever they
+    /// want it. 0 (the default) runs jobs at the server's own priority.
+    #[arg(long, env = "SLUICE_JOB_NICENESS", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub job_niceness: i32,
     /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as
     /// zip bombs.
     #[arg(long, env = "SLUICE_MAX_UNZIPPED_MB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
@@ -406,6 +411,7 @@ async fn job_context(
             }),
             max_chunks: work.max_chunks,
             org_max_running: work.org_max_running,
+            job_niceness: work.job_niceness,
         },
         wake: Notify::new(),
         events: crate::events::EventBus::default(),

@@ -49,6 +49,8 @@ pub struct WorkerConfig {
     pub max_chunks: u32,
     /// Most jobs and chunks one organisation may have running at once (0: no cap).
     pub org_max_running: u32,
+    /// Niceness added to the threads that run jobs (`--job-niceness`).
+    pub job_niceness: i32,
 }
 
 /// What workers share: the store, the datasets, the uploads, a bell rung on new jobs, and the
@@ -285,10 +287,22 @@ async fn execute_job(
         let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
         // The blocking run logs inside the job's span too.
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| run_blocking(&ctx, &job, lease, &signals.stop))
-        })
-        .await
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // A thread of its own rather than the blocking pool's: it may run at a lower priority
+        // (`--job-niceness`, inherited by the threads it starts), which a pooled thread would
+        // keep for the API's calls later.
+        let spawned = std::thread::Builder::new()
+            .name("sluice-job".into())
+            .spawn(move || {
+                lower_priority(ctx.config.job_niceness);
+                let _ = tx.send(span.in_scope(|| run_blocking(&ctx, &job, lease, &signals.stop)));
+            });
+        match spawned {
+            Ok(_) => rx
+                .await
+                .map_err(|_| "the job's thread ended without an outcome".to_string()),
+            Err(e) => Err(format!("could not start the job's thread: {e}")),
+        }
     };
     // The watcher keeps heartbeating until the job's end is recorded (below), which may wait
     // for the database: the lease must not expire meanwhile.
@@ -597,6 +611,24 @@ fn run_blocking(
         }
         other => other,
     }
+}
+
+/// Lowers the calling thread's scheduling priority by `niceness` (Linux: niceness is per
+/// thread, and the threads it starts inherit it), so that a job yields the CPU to API requests
+/// when both want it and uses it fully when nothing else does. Best effort: a refusal changes
+/// nothing else.
+fn lower_priority(niceness: i32) {
+    #[cfg(target_os = "linux")]
+    if niceness > 0 {
+        // SAFETY: setpriority on our own thread id changes only that thread's niceness.
+        unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, current + niceness);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = niceness;
 }
 
 /// A set-up step of a job (its file, row total, split, staging table, batch writer), retried

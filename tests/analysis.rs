@@ -21,6 +21,7 @@ conformance!(
     insert_mode_analysis_rejects_existing_keys_like_the_import,
     run_and_report_refuse_what_is_not_a_completed_analysis,
     a_killed_server_s_analysis_starts_over_and_completes_exactly,
+    cli_analyze_prints_the_summary_and_saves_the_report,
 );
 
 /// Every column of the dataset and history tables, in a fixed order: what "byte-identical"
@@ -540,4 +541,78 @@ async fn a_killed_server_s_analysis_starts_over_and_completes_exactly(backend: B
     let want_report: Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(report["columns"], want_report["columns"]);
     assert_eq!(report["errors"], want_report["errors"]);
+}
+
+async fn cli_analyze_prints_the_summary_and_saves_the_report(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        ..Default::default()
+    });
+    let dir = app.dir.path();
+    let (file, expect) = generate(
+        dir,
+        "p.csv",
+        &["--rows", "2000", "--error-rate", "0.05", "--seed", "21"],
+    );
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .args(args)
+            .env("SLUICE_SERVER", &app.base)
+            .env("SLUICE_TOKEN", TOKEN)
+            .output()
+            .expect("run sluice")
+    };
+    let report = dir.join("r.xlsx");
+    let out = run(&[
+        "analyze",
+        file.to_str().unwrap(),
+        "--dataset",
+        "products",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (valid, invalid) = (
+        expect["valid_rows"].as_u64().unwrap(),
+        expect["invalid_rows"].as_u64().unwrap(),
+    );
+    assert!(stdout.contains(": completed"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "would create {valid} · would update 0 · unchanged 0 · errors {invalid}"
+        )),
+        "{stdout}"
+    );
+    let sheets = openpyxl_sheets(&report);
+    assert_eq!(
+        sheets["Errors"].as_array().unwrap().len() as u64,
+        invalid + 1
+    );
+    assert_eq!(app.db().number("SELECT count(*) FROM products"), 0);
+    let json = dir.join("r.json");
+    let out = run(&[
+        "analyze",
+        file.to_str().unwrap(),
+        "--dataset",
+        "products",
+        "--json",
+        "--report",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).expect("--json");
+    assert_eq!(status["kind"], "analysis");
+    assert_eq!(status["createdCount"], valid);
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["summary"]["wouldCreate"], valid);
+    assert_eq!(report["errors"].as_array().unwrap().len() as u64, invalid);
 }

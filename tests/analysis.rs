@@ -22,6 +22,7 @@ conformance!(
     run_and_report_refuse_what_is_not_a_completed_analysis,
     a_killed_server_s_analysis_starts_over_and_completes_exactly,
     cli_analyze_prints_the_summary_and_saves_the_report,
+    retention_of_an_analysis_keeps_the_file_its_import_still_needs,
 );
 
 /// Every column of the dataset and history tables, in a fixed order: what "byte-identical"
@@ -615,4 +616,51 @@ async fn cli_analyze_prints_the_summary_and_saves_the_report(backend: Backend) {
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(report["summary"]["wouldCreate"], valid);
     assert_eq!(report["errors"].as_array().unwrap().len() as u64, invalid);
+}
+
+async fn retention_of_an_analysis_keeps_the_file_its_import_still_needs(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 0,
+        extra_args: vec!["--retain-files".into(), "1s".into()],
+        ..Default::default()
+    });
+    let dir = app.dir.path();
+    let (file, _) = generate(dir, "p.csv", &["--rows", "300", "--error-rate", "0.05", "--seed", "3"]);
+    let worker = app.spawn_worker(1);
+    let (analysis, done) = analyse(&app, &file, &[]).await;
+    app.kill_worker(worker);
+    // The upload and the two report files.
+    assert_eq!(app.blob_count(), 3);
+    let resp = app
+        .post(&format!("/api/v1/import/{analysis}/run"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(resp).await;
+    assert_eq!(code, 202, "{body}");
+    let import = job_id(&body);
+    // Retention removes the finished analysis's files: its reports go, the upload its pending
+    // import names stays.
+    let start = Instant::now();
+    while app.status(analysis).await["fileRetained"] == true {
+        assert!(start.elapsed() < MINUTE, "the analysis's files were never swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.blob_count(), 1);
+    let (code, body) = app
+        .get_json(&format!("/api/v1/import/{analysis}/report"))
+        .await;
+    assert_eq!((code, body["error"]["code"].clone()), (409, "report_gone".into()));
+    let resp = app
+        .post(&format!("/api/v1/import/{analysis}/run"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(resp).await;
+    assert_eq!((code, body["error"]["code"].clone()), (409, "file_gone".into()));
+    app.spawn_worker(1);
+    let imported = app.wait_done(import, MINUTE).await;
+    assert_eq!(imported["status"], "completed", "{imported}");
+    assert_eq!(counts(&imported), counts(&done));
 }

@@ -626,7 +626,11 @@ async fn retention_of_an_analysis_keeps_the_file_its_import_still_needs(backend:
         ..Default::default()
     });
     let dir = app.dir.path();
-    let (file, _) = generate(dir, "p.csv", &["--rows", "300", "--error-rate", "0.05", "--seed", "3"]);
+    let (file, _) = generate(
+        dir,
+        "p.csv",
+        &["--rows", "300", "--error-rate", "0.05", "--seed", "3"],
+    );
     let worker = app.spawn_worker(1);
     let (analysis, done) = analyse(&app, &file, &[]).await;
     app.kill_worker(worker);
@@ -644,21 +648,30 @@ async fn retention_of_an_analysis_keeps_the_file_its_import_still_needs(backend:
     // import names stays.
     let start = Instant::now();
     while app.status(analysis).await["fileRetained"] == true {
-        assert!(start.elapsed() < MINUTE, "the analysis's files were never swept");
+        assert!(
+            start.elapsed() < MINUTE,
+            "the analysis's files were never swept"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(app.blob_count(), 1);
     let (code, body) = app
         .get_json(&format!("/api/v1/import/{analysis}/report"))
         .await;
-    assert_eq!((code, body["error"]["code"].clone()), (409, "report_gone".into()));
+    assert_eq!(
+        (code, body["error"]["code"].clone()),
+        (409, "report_gone".into())
+    );
     let resp = app
         .post(&format!("/api/v1/import/{analysis}/run"))
         .send()
         .await
         .unwrap();
     let (code, body) = json_of(resp).await;
-    assert_eq!((code, body["error"]["code"].clone()), (409, "file_gone".into()));
+    assert_eq!(
+        (code, body["error"]["code"].clone()),
+        (409, "file_gone".into())
+    );
     app.spawn_worker(1);
     let imported = app.wait_done(import, MINUTE).await;
     assert_eq!(imported["status"], "completed", "{imported}");

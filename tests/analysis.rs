@@ -70,6 +70,7 @@ async fn analyse(app: &TestApp, file: &Path, fields: &[(&str, &str)]) -> (i64, V
     all.extend_from_slice(fields);
     let (code, body) = app.upload_with("products", file, &all).await;
     assert_eq!(code, 202, "{body}");
+    assert_eq!(body["message"], "Products analysis started in background");
     let id = job_id(&body);
     let done = app.wait_done(id, 3 * MINUTE).await;
     assert_eq!(done["status"], "completed", "{done}");

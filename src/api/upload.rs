@@ -329,7 +329,7 @@ pub async fn upload(
         return import_now(&state, job_id, token).await;
     }
     ctx.wake.notify_one();
-    Ok(accepted(&dataset.name, job_id))
+    Ok(accepted_as(&dataset.name, job_id, new_job.kind))
 }
 
 /// Makes the stored upload readable by every worker (database mode, when `publish`) and inserts
@@ -503,10 +503,19 @@ async fn replay(state: &Arc<AppState>, job_id: JobId) -> Result<Response, ApiErr
 }
 
 pub(super) fn accepted(dataset: &str, job_id: JobId) -> Response {
+    accepted_as(dataset, job_id, JobKind::Import)
+}
+
+/// The 202 of a background job of `kind` (an import, or an analysis: "… analysis started").
+pub(super) fn accepted_as(dataset: &str, job_id: JobId, kind: JobKind) -> Response {
     let status_url = format!("/api/v1/import/status/{job_id}");
     let body = Said {
         success: true,
-        message: format!("{} import started in background", capitalised(dataset)),
+        message: format!(
+            "{} {} started in background",
+            capitalised(dataset),
+            kind.as_str()
+        ),
         data: Accepted {
             job_id,
             status_url: status_url.clone(),

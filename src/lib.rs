@@ -5,6 +5,7 @@
 //! the only database seam, `dataset` describes the target tables, `blob` keeps uploads,
 //! `telemetry` counts what `/metrics` reports, and `cli` is the command line (server and client).
 
+pub mod analysis;
 pub mod api;
 pub mod backoff;
 pub mod blob;

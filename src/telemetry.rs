@@ -101,6 +101,10 @@ fn describe() {
         "sluice_rows_total",
         "Rows committed by this process's workers, by dataset and outcome (created, updated, unchanged, rejected)"
     );
+    describe_counter!(
+        "sluice_analysis_rows_total",
+        "Rows read and classified by this process's analysis (dry run) jobs, by dataset"
+    );
     describe_histogram!(
         "sluice_batch_commit_seconds",
         "Time of each batch transaction (every attempt)"
@@ -175,6 +179,12 @@ impl BatchSink for MeteredSink {
         }
         result
     }
+}
+
+/// Rows an analysis (dry run) job read and classified, by dataset
+/// (`sluice_analysis_rows_total`; not in `sluice_rows_total`, which counts rows written).
+pub fn analysis_rows(dataset: &str, rows: u64) {
+    counter!("sluice_analysis_rows_total", "dataset" => dataset.to_string()).increment(rows);
 }
 
 /// A batch commit is tried again after a transient store error.

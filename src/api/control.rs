@@ -105,7 +105,7 @@ pub async fn act(
 }
 
 /// 403 unless the caller started the job or is an admin of its organisation.
-fn permitted(caller: &Caller, job: &Job) -> Result<(), ApiError> {
+pub(super) fn permitted(caller: &Caller, job: &Job) -> Result<(), ApiError> {
     if caller.controls(job) {
         Ok(())
     } else {

@@ -136,6 +136,86 @@ pub struct JobView {
     /// A synchronous import's answer only: its first row errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errors: Option<Vec<ErrorRecord>>,
+    /// An analysis (dry run): rows, would-create, would-update, unchanged, errors and the
+    /// errors by column and by message — while it runs from its counts, once completed as in
+    /// its report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<AnalysisSummary>,
+    /// A completed analysis: its report (`?format=xlsx|json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_url: Option<String>,
+}
+
+/// An analysis's summary (`summary` in its status).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSummary {
+    /// Data rows read so far (valid and invalid).
+    pub rows: u64,
+    pub would_create: u64,
+    pub would_update: u64,
+    pub unchanged: u64,
+    pub errors: u64,
+    /// Once completed (empty before; `/errors/summary` has them while it runs).
+    pub errors_by_column: Vec<crate::import::tally::Count>,
+    pub errors_by_message: Vec<crate::import::tally::MessageCount>,
+}
+
+impl AnalysisSummary {
+    fn of(job: &Job) -> Self {
+        let done = job.result.as_ref().and_then(|r| r.get("summary"));
+        let list = |key: &str| done.and_then(|s| s.get(key)).cloned();
+        AnalysisSummary {
+            rows: job.created_count + job.updated_count + job.unchanged_count + job.error_count,
+            would_create: job.created_count,
+            would_update: job.updated_count,
+            unchanged: job.unchanged_count,
+            errors: job.error_count,
+            errors_by_column: list("errorsByColumn")
+                .and_then(|v| serde_json::from_value::<Vec<CountIn>>(v).ok())
+                .map(|v| v.into_iter().map(Into::into).collect())
+                .unwrap_or_default(),
+            errors_by_message: list("errorsByMessage")
+                .and_then(|v| serde_json::from_value::<Vec<MessageIn>>(v).ok())
+                .map(|v| v.into_iter().map(Into::into).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The tally's JSON read back from `jobs.result`.
+#[derive(serde::Deserialize)]
+struct CountIn {
+    column: String,
+    count: u64,
+}
+
+impl From<CountIn> for crate::import::tally::Count {
+    fn from(c: CountIn) -> Self {
+        Self {
+            column: c.column,
+            count: c.count,
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MessageIn {
+    message: String,
+    count: u64,
+    example: String,
+    example_row: u64,
+}
+
+impl From<MessageIn> for crate::import::tally::MessageCount {
+    fn from(m: MessageIn) -> Self {
+        Self {
+            message: m.message,
+            count: m.count,
+            example: m.example,
+            example_row: m.example_row,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -238,6 +318,14 @@ impl From<&Job> for JobView {
                 unchanged_count: job.unchanged_count,
             }),
             errors: None,
+            summary: (job.kind == JobKind::Analysis).then(|| AnalysisSummary::of(job)),
+            report_url: (job.kind == JobKind::Analysis
+                && job.status == JobStatus::Completed
+                && job
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| r.get("report").is_some()))
+            .then(|| format!("/api/v1/import/{}/report", job.id)),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! an error becomes a response, `auth` the single place a token is checked.
 
 mod admin;
+mod analysis;
 mod audit;
 pub mod auth;
 pub mod body_rate;
@@ -69,6 +70,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/import/{id}",
             axum::routing::delete(control::delete),
         )
+        .route("/api/v1/import/{id}/run", post(analysis::run))
+        .route("/api/v1/import/{id}/report", get(analysis::report))
         .route("/api/v1/import/{id}/{action}", post(control::act))
         .route("/api/v1/import/stats", get(control::stats))
         .route("/api/v1/import/status/{id}", get(jobs::status))

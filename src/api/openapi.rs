@@ -15,7 +15,7 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
-use super::{admin, audit, control, events, jobs, preview, session, upload, webhooks};
+use super::{admin, analysis, audit, control, events, jobs, preview, session, upload, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -35,6 +35,8 @@ use super::{admin, audit, control, events, jobs, preview, session, upload, webho
         preview::preview,
         control::delete,
         control::act,
+        analysis::run,
+        analysis::report,
         control::stats,
         jobs::status,
         jobs::list,
@@ -57,7 +59,7 @@ use super::{admin, audit, control, events, jobs, preview, session, upload, webho
         admin::token_list,
         admin::token_revoke,
     ),
-    components(schemas(ErrorBody, jobs::ErrorsFormat, control::JobAction)),
+    components(schemas(ErrorBody, jobs::ErrorsFormat, control::JobAction, analysis::ReportFormat)),
     modifiers(&CommonErrors),
     security(("bearer" = []), ("cookie" = [])),
     tags(

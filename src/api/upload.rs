@@ -111,7 +111,7 @@ struct Inspected {
     responses(
         (status = 200, description = "A synchronous dataset: the import's results and its first row errors (`success` is false when it did not complete)", body = Said<JobView>),
         (status = 202, description = "The job was created; poll `statusUrl` (also in `Location`)", body = Said<Accepted>),
-        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`, `upload_interrupted`; options: `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `unknown_template`, `unsupported_option` (dryRun), `invalid_idempotency_key`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `too_many_rows`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
+        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`, `upload_interrupted`; options: `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `unknown_template`, `invalid_dry_run`, `invalid_idempotency_key`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `too_many_rows`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
         (status = 408, description = "`body_timeout`: the body arrived slower than the minimum rate", body = ErrorBody),
         (status = 409, description = "`duplicate_upload`: the same file is already importing (with `jobId`, `statusUrl`); `dataset_busy`: a synchronous import waited for another job", body = ErrorBody),
@@ -216,12 +216,18 @@ pub async fn upload(
         .unwrap_or("upsert")
         .parse()
         .map_err(|m: String| ApiError::bad("invalid_mode", m))?;
-    if param(&params, "dryRun").is_some_and(|v| !matches!(v, "false" | "0" | "")) {
-        return Err(ApiError::bad(
-            "unsupported_option",
-            "dryRun is not available yet",
-        ));
-    }
+    // A dry run is an analysis job: the same file, options and mapping, read and classified
+    // by a worker without writing the dataset (see `analysis`).
+    let dry_run = match param(&params, "dryRun").map(str::trim) {
+        None | Some("" | "false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "invalid_dry_run",
+                format!("dryRun must be true or false, not `{other}`"),
+            ));
+        }
+    };
     let priority: Priority = param(&params, "priority")
         .map(|v| v.trim().parse())
         .transpose()
@@ -277,13 +283,18 @@ pub async fn upload(
         idempotency_key,
         retry_of: None,
         priority,
-        kind: JobKind::Import,
+        kind: if dry_run {
+            JobKind::Analysis
+        } else {
+            JobKind::Import
+        },
         params: None,
         analysis_of: None,
     };
     let audit = caller.audit("upload", None, upload_detail(&new_job));
     // A synchronous dataset's job is owned by this request from the start.
-    let lease = dataset.sync.then(crate::api::auth::new_token);
+    // An analysis always runs on a worker.
+    let lease = (dataset.sync && !dry_run).then(crate::api::auth::new_token);
     // Another job writing a synchronous dataset of the organisation goes first (imports into
     // one table run one after another): wait for it, woken by job ends in this process or a
     // short poll.
@@ -318,7 +329,7 @@ pub async fn upload(
         return import_now(&state, job_id, token).await;
     }
     ctx.wake.notify_one();
-    Ok(accepted(&dataset.name, job_id))
+    Ok(accepted_as(&dataset.name, job_id, new_job.kind))
 }
 
 /// Makes the stored upload readable by every worker (database mode, when `publish`) and inserts
@@ -444,7 +455,10 @@ async fn sync_results(
 }
 
 /// The job id of a created job, or the response for a duplicate or a replayed request.
-async fn created_or_answer(state: &Arc<AppState>, inserted: Inserted) -> Result<JobId, ApiError> {
+pub(super) async fn created_or_answer(
+    state: &Arc<AppState>,
+    inserted: Inserted,
+) -> Result<JobId, ApiError> {
     match inserted {
         Inserted::Created(id) => Ok(id),
         Inserted::ActiveDuplicate(id) => Err(ApiError::Conflict {
@@ -488,11 +502,20 @@ async fn replay(state: &Arc<AppState>, job_id: JobId) -> Result<Response, ApiErr
     Ok(response)
 }
 
-fn accepted(dataset: &str, job_id: JobId) -> Response {
+pub(super) fn accepted(dataset: &str, job_id: JobId) -> Response {
+    accepted_as(dataset, job_id, JobKind::Import)
+}
+
+/// The 202 of a background job of `kind` (an import, or an analysis: "… analysis started").
+pub(super) fn accepted_as(dataset: &str, job_id: JobId, kind: JobKind) -> Response {
     let status_url = format!("/api/v1/import/status/{job_id}");
     let body = Said {
         success: true,
-        message: format!("{} import started in background", capitalised(dataset)),
+        message: format!(
+            "{} {} started in background",
+            capitalised(dataset),
+            kind.as_str()
+        ),
         data: Accepted {
             job_id,
             status_url: status_url.clone(),

@@ -1,8 +1,9 @@
-//! The CLI client: `import`, `status`, `jobs`, `errors` over the HTTP API.
+//! The CLI client: `import`, `analyze`, `status`, `jobs`, `errors` over the HTTP API.
 //!
 //! Uploads stream the file from disk as a raw body (`?filename=`), never reading it whole.
 //! `import --wait` follows the job with an indicatif progress bar and exits non-zero when the
-//! job fails.
+//! job fails; `analyze` uploads with `dryRun=true`, always follows the analysis, prints its
+//! summary and saves its report (`--report F`, XLSX or, for `.json`, JSON).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -42,6 +43,38 @@ pub struct ImportArgs {
     /// Follow the job with a progress bar until it ends.
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// The file to analyse (CSV/TSV, XLSX, XLS or ODS): read and validated, nothing written.
+    pub file: PathBuf,
+    /// Target dataset (as configured in datasets.toml).
+    #[arg(long, short)]
+    pub dataset: String,
+    /// upsert (default), insert or replace: how the import would treat existing keys.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// CSV field delimiter (sniffed when not given).
+    #[arg(long)]
+    pub delimiter: Option<String>,
+    /// CSV text encoding (detected when not given).
+    #[arg(long)]
+    pub encoding: Option<String>,
+    /// Spreadsheet sheet: a name or a 1-based position.
+    #[arg(long)]
+    pub sheet: Option<String>,
+    /// JSON object mapping file headers to field names.
+    #[arg(long)]
+    pub mapping: Option<String>,
+    /// Save the report here (`.json`: the JSON report; otherwise the XLSX workbook).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Print the final status as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub server: ServerArgs,
 }
@@ -154,26 +187,23 @@ fn n(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-pub async fn import(args: ImportArgs) -> CliResult {
-    let api = Api::new(&args.server)?;
-    let file = tokio::fs::File::open(&args.file)
+/// Streams a file to `POST /api/v1/import/{dataset}` with the given options (query).
+async fn upload(
+    api: &Api,
+    path: &std::path::Path,
+    dataset: &str,
+    options: &[(&'static str, &Option<String>)],
+) -> Result<(u16, Value), String> {
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(|e| format!("cannot open {}: {e}", args.file.display()))?;
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let filename = args
-        .file
+    let filename = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "upload.csv".into());
-    let mut query = vec![("filename", filename.clone())];
-    for (k, v) in [
-        ("mode", &args.mode),
-        ("delimiter", &args.delimiter),
-        ("encoding", &args.encoding),
-        ("sheet", &args.sheet),
-        ("mapping", &args.mapping),
-        ("priority", &args.priority),
-    ] {
+    let mut query = vec![("filename", filename)];
+    for (k, v) in options {
         if let Some(v) = v {
             query.push((k, v.clone()));
         }
@@ -183,15 +213,30 @@ pub async fn import(args: ImportArgs) -> CliResult {
         256 * 1024,
     ));
     let req = api
-        .request(
-            reqwest::Method::POST,
-            &format!("/api/v1/import/{}", args.dataset),
-        )
+        .request(reqwest::Method::POST, &format!("/api/v1/import/{dataset}"))
         .query(&query)
         .header(reqwest::header::CONTENT_TYPE, "text/csv")
         .header(reqwest::header::CONTENT_LENGTH, size)
         .body(body);
-    let (status, body) = api.send(req).await?;
+    api.send(req).await
+}
+
+pub async fn import(args: ImportArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let (status, body) = upload(
+        &api,
+        &args.file,
+        &args.dataset,
+        &[
+            ("mode", &args.mode),
+            ("delimiter", &args.delimiter),
+            ("encoding", &args.encoding),
+            ("sheet", &args.sheet),
+            ("mapping", &args.mapping),
+            ("priority", &args.priority),
+        ],
+    )
+    .await?;
     if status == 200 {
         // A synchronous dataset: the import already ran.
         print_summary(&body["data"]);
@@ -205,6 +250,13 @@ pub async fn import(args: ImportArgs) -> CliResult {
         return Ok(());
     }
     eprintln!("job {job_id} started");
+    let data = follow(&api, job_id).await?;
+    print_summary(&data);
+    finished_ok(&data)
+}
+
+/// Polls a job's status with a progress bar until it ends; its last status.
+async fn follow(api: &Api, job_id: i64) -> Result<Value, String> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -235,8 +287,103 @@ pub async fn import(args: ImportArgs) -> CliResult {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     bar.finish();
-    print_summary(&data);
-    finished_ok(&data)
+    Ok(data)
+}
+
+pub async fn analyze(args: AnalyzeArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let dry = Some("true".to_string());
+    let (_, body) = upload(
+        &api,
+        &args.file,
+        &args.dataset,
+        &[
+            ("dryRun", &dry),
+            ("mode", &args.mode),
+            ("delimiter", &args.delimiter),
+            ("encoding", &args.encoding),
+            ("sheet", &args.sheet),
+            ("mapping", &args.mapping),
+        ],
+    )
+    .await?;
+    let job_id = body["data"]["jobId"]
+        .as_i64()
+        .ok_or("the server answered without a job id")?;
+    eprintln!("analysis {job_id} started");
+    let data = follow(&api, job_id).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        print_analysis(&data);
+    }
+    finished_ok(&data)?;
+    if let Some(path) = &args.report {
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("json") => "json",
+            _ => "xlsx",
+        };
+        let resp = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/import/{job_id}/report"),
+            )
+            .query(&[("format", format)])
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the sluice server at {}: {e}", api.base))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            return Err(api_error(status, &body).into());
+        }
+        let mut out = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await? {
+            out.write_all(&chunk).await?;
+        }
+        out.flush().await?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_analysis(d: &Value) {
+    let s = &d["summary"];
+    println!(
+        "analysis {} ({}, {}): {}",
+        d["jobId"],
+        d["dataset"].as_str().unwrap_or("?"),
+        d["filename"].as_str().unwrap_or("?"),
+        d["status"].as_str().unwrap_or("?")
+    );
+    println!("  rows:         {}", n(&s["rows"]));
+    println!(
+        "  would create {} · would update {} · unchanged {} · errors {}",
+        n(&s["wouldCreate"]),
+        n(&s["wouldUpdate"]),
+        n(&s["unchanged"]),
+        n(&s["errors"])
+    );
+    if let Some(columns) = s["errorsByColumn"].as_array().filter(|c| !c.is_empty()) {
+        let list: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{} {}", c["column"].as_str().unwrap_or("?"), n(&c["count"])))
+            .collect();
+        println!("  errors by column: {}", list.join(", "));
+    }
+    if let Some(e) = d["error"].as_str() {
+        println!("  error:        {e}");
+    }
+    if d["status"] == "completed" {
+        println!(
+            "  import it:    POST /api/v1/import/{}/run  (report: {})",
+            d["jobId"],
+            d["reportUrl"].as_str().unwrap_or("-")
+        );
+    }
 }
 
 fn finished_ok(data: &Value) -> CliResult {

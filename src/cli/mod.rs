@@ -51,6 +51,9 @@ enum Command {
     Token(admin::TokenCommand),
     /// Upload a file to a running server; with --wait, follow it to the end.
     Import(client::ImportArgs),
+    /// Analyse a file without importing it (a dry run): follow it, print its summary, save its
+    /// report.
+    Analyze(client::AnalyzeArgs),
     /// Show one job's status.
     Status(client::JobArgs),
     /// List recent jobs, newest first.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
             Command::User(cmd) => admin::user(cmd).await,
             Command::Token(cmd) => admin::token(cmd).await,
             Command::Import(args) => client::import(args).await,
+            Command::Analyze(args) => client::analyze(args).await,
             Command::Status(args) => client::status(args).await,
             Command::Jobs(args) => client::jobs(args).await,
             Command::Errors(args) => client::errors(args).await,

@@ -70,7 +70,7 @@ impl JobContext {
     }
 
     /// How long a job's store calls retry a system error.
-    fn retry_budget(&self) -> RetryBudget {
+    pub(crate) fn retry_budget(&self) -> RetryBudget {
         RetryBudget {
             attempts: self.config.retry_limit,
             grace: self.config.outage_grace,
@@ -595,9 +595,9 @@ fn run_blocking(
     stop: &AtomicBool,
 ) -> Result<RunOutcome, RunError> {
     let ran = match job.kind {
-        JobKind::Import => run_job(ctx, job, lease, stop),
-        // Filled in by the export and analysis pipelines (issue 15).
-        JobKind::Export | JobKind::Analysis => Err(FileError::Unreadable(format!(
+        JobKind::Import | JobKind::Analysis => run_job(ctx, job, lease, stop),
+        // Filled in by the export pipeline (issue 15).
+        JobKind::Export => Err(FileError::Unreadable(format!(
             "{} jobs are not available in this version",
             job.kind.as_str()
         ))
@@ -633,7 +633,7 @@ fn lower_priority(niceness: i32) {
 
 /// A set-up step of a job (its file, row total, split, staging table, batch writer), retried
 /// on system errors within the job's budget, exactly as a batch commit is.
-fn set_up<T>(
+pub(crate) fn set_up<T>(
     ctx: &JobContext,
     stop: &AtomicBool,
     what: &str,
@@ -676,9 +676,21 @@ fn run_job(
             Err(BlobError::Store(e)) => Err(store_err(e).into()),
         }
     })?;
+    // An analysis (dry run) is never split, and starts over when an earlier attempt got
+    // anywhere (see `analysis`).
+    let analysis = job.kind == JobKind::Analysis;
+    if analysis && crate::analysis::needs_restart(job) {
+        tracing::info!("the analysis starts over from the first row");
+        if !set_up(ctx, stop, "restarting the analysis", || {
+            Ok(ctx.store.analysis_restart(&lease).map_err(store_err)?)
+        })? {
+            return Err(SinkError::LeaseLost.into());
+        }
+    }
     if job.total_rows.is_none() {
         let chunk_rows = ctx.config.chunk_rows;
-        let may_split = job.parent_id.is_none() && !dataset.sync && chunk_rows > 0;
+        // An analysis is never split (it writes nothing; see `analysis`).
+        let may_split = !analysis && job.parent_id.is_none() && !dataset.sync && chunk_rows > 0;
         let total = read::row_total(&path, job.format, &job.options, may_split)?;
         if may_split && total > chunk_rows {
             let n = total
@@ -698,6 +710,15 @@ fn run_job(
         ctx.events.publish();
     }
     // A replace job writes into its staging table; the swap happens when it completes.
+    if analysis {
+        let sink = set_up(ctx, stop, "opening the dry-run writer", || {
+            Ok(ctx
+                .store
+                .analysis_sink(dataset.clone(), lease.clone(), job.mode, org)
+                .map_err(store_err)?)
+        })?;
+        return crate::analysis::run(ctx, job, &lease, &dataset, &path, sink, stop);
+    }
     let target = if job.mode == Mode::Replace {
         let staged = Arc::new(dataset.staging(job.parent_id.unwrap_or(job.id)));
         set_up(ctx, stop, "preparing the staging table", || {

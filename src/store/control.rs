@@ -105,9 +105,10 @@ pub fn control(
                     c.query_one(
                         "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, \
                          options, header, mapping, created_by, created_at, retry_of, org_id, user_id, \
-                         priority) \
+                         priority, kind, params, analysis_of) \
                          SELECT dataset, 'pending', mode, filename, blob, file_size, sha256, format, options, \
-                         header, mapping, created_by, $2, id, org_id, user_id, priority FROM jobs WHERE id = $1 \
+                         header, mapping, created_by, $2, id, org_id, user_id, priority, kind, params, \
+                         analysis_of FROM jobs WHERE id = $1 \
                          RETURNING id",
                         params![id, now],
                     )?
@@ -130,6 +131,10 @@ pub fn control(
     if split && result == Controlled::Done(id) {
         control_chunks(c, id, action, now)?;
     }
+    // A cancelled analysis's scratch keys go with it (a no-op for other jobs).
+    if matches!(action, Control::Cancel) && result == Controlled::Done(id) {
+        super::jobs::scratch_drop(c, id)?;
+    }
     if let (Controlled::Done(target), Some(audit)) = (&result, audit) {
         let detail = (*target != id).then(|| format!("new job {target}"));
         audit_insert(c, &audit.filled(format!("job:{id}"), detail))?;
@@ -142,7 +147,7 @@ pub fn control(
 fn active_twin(c: &mut dyn Sql, id: JobId) -> StoreResult<Option<JobId>> {
     c.query_opt(
         "SELECT b.id FROM jobs a JOIN jobs b ON b.dataset = a.dataset AND b.sha256 = a.sha256 \
-         AND b.org_id IS NOT DISTINCT FROM a.org_id AND b.id != a.id \
+         AND b.org_id IS NOT DISTINCT FROM a.org_id AND b.id != a.id AND b.kind = a.kind \
          WHERE a.id = $1 AND b.status IN ('pending', 'processing', 'paused')",
         params![id],
     )?
@@ -199,7 +204,20 @@ pub fn delete(
         .iter()
         .map(|r| r.text(0))
         .collect::<StoreResult<Vec<_>>>()?;
+    let analysis = c
+        .query_opt(
+            "SELECT blob FROM jobs WHERE id = $1 AND kind = 'analysis'",
+            params![id],
+        )?
+        .map(|r| r.text(0))
+        .transpose()?;
     let n = c.execute("DELETE FROM jobs WHERE id = $1", params![id])?;
+    // A file another job still uses (an import run from an analysis shares its upload) stays.
+    let mut blobs = unreferenced(c, &blobs)?;
+    if let Some(blob) = analysis {
+        super::jobs::scratch_drop(c, id)?;
+        blobs.extend(super::report_blobs(&blob, id));
+    }
     if n == 1
         && let Some(audit) = audit
     {
@@ -269,29 +287,49 @@ pub fn sweep(
     jobs_before: DateTime<Utc>,
 ) -> StoreResult<(Vec<String>, u64)> {
     let finished = "status IN ('completed', 'failed', 'cancelled')";
-    let mut blobs = c
+    let blobs = c
         .query(
             &format!(
                 "UPDATE jobs SET blob_deleted_at = $2 WHERE {finished} AND completed_at < $1 \
-                 AND blob_deleted_at IS NULL RETURNING blob"
+                 AND blob_deleted_at IS NULL RETURNING blob, id, kind"
             ),
             params![files_before, Utc::now()],
         )?
         .iter()
-        .map(|r| r.text(0))
+        .map(|r| Ok((r.text(0)?, r.i64(1)?, r.text(2)? == "analysis")))
         .collect::<StoreResult<Vec<_>>>()?;
+    // An analysis's report goes with its file.
+    let mut reports: Vec<String> = blobs
+        .iter()
+        .filter(|(_, _, analysis)| *analysis)
+        .flat_map(|(blob, id, _)| super::report_blobs(blob, *id))
+        .collect();
+    let mut blobs: Vec<String> = blobs.into_iter().map(|(b, _, _)| b).collect();
     let gone = c.query(
         &format!(
             "DELETE FROM jobs WHERE {finished} AND completed_at < $1 \
-             RETURNING blob, blob_deleted_at IS NOT NULL"
+             RETURNING blob, blob_deleted_at IS NOT NULL, id, kind"
         ),
         params![jobs_before],
     )?;
     for r in &gone {
+        let (id, analysis) = (r.i64(2)?, r.text(3)? == "analysis");
+        if analysis {
+            super::jobs::scratch_drop(c, id)?;
+        }
         if !r.bool(1)? {
-            blobs.push(r.text(0)?);
+            let blob = r.text(0)?;
+            if analysis {
+                reports.extend(super::report_blobs(&blob, id));
+            }
+            blobs.push(blob);
         }
     }
+    // A file another job still uses (an import run from an analysis shares its upload) stays.
+    blobs.sort();
+    blobs.dedup();
+    let mut blobs = unreferenced(c, &blobs)?;
+    blobs.extend(reports);
     Ok((blobs, gone.len() as u64))
 }
 

@@ -407,6 +407,34 @@ pub fn set_result(c: &mut dyn Sql, lease: &Lease, result: &serde_json::Value) ->
     )? == 1)
 }
 
+/// Inside a write transaction: see [`super::JobStore::analysis_restart`].
+pub fn analysis_restart(c: &mut dyn Sql, lease: &Lease) -> StoreResult<bool> {
+    let n = c.execute(
+        "UPDATE jobs SET rows_done = 0, created_count = 0, updated_count = 0, unchanged_count = 0, \
+         error_count = 0, batches_done = 0, result = NULL \
+         WHERE id = $1 AND lease_token = $2 AND status = 'processing' AND kind = 'analysis'",
+        params![lease.job_id, lease.token.as_str()],
+    )?;
+    if n != 1 {
+        return Ok(false);
+    }
+    c.execute(
+        "DELETE FROM job_errors WHERE job_id = $1",
+        params![lease.job_id],
+    )?;
+    scratch_drop(c, lease.job_id)?;
+    Ok(true)
+}
+
+/// See [`super::JobStore::scratch_drop`].
+pub fn scratch_drop(c: &mut dyn Sql, job: JobId) -> StoreResult<()> {
+    c.execute(
+        &format!("DROP TABLE IF EXISTS \"{}\"", super::scratch_table(job)),
+        &[],
+    )?;
+    Ok(())
+}
+
 /// Inside a write transaction: see [`super::JobStore::job_finish`].
 pub fn finish(
     c: &mut dyn Sql,
@@ -426,7 +454,7 @@ pub fn finish(
     let Some(row) = c.query_opt(
         &format!(
             "UPDATE jobs SET status = $1, error = $2, completed_at = $3, {exact_total} {RELEASE} \
-             WHERE id = $4 AND lease_token = $5 RETURNING parent_id"
+             WHERE id = $4 AND lease_token = $5 RETURNING parent_id, kind"
         ),
         params![
             status.as_str(),
@@ -439,6 +467,10 @@ pub fn finish(
     else {
         return Ok(false);
     };
+    // An analysis's scratch keys end with it, whatever its end.
+    if row.text(1)? == "analysis" {
+        scratch_drop(c, lease.job_id)?;
+    }
     let completed = match row.opt_i64(0)? {
         Some(parent) => chunk_finished(c, parent, lease.job_id, status, error)?,
         None => status == JobStatus::Completed,

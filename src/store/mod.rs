@@ -38,6 +38,23 @@ use crate::import::{BatchSink, Mode, SourceOptions};
 
 pub type JobId = i64;
 
+/// The scratch key table of an analysis (dry run) job: the keys its dry-run writer accepted so
+/// far, created by its first batch, dropped when it ends ([`JobStore::scratch_drop`]) and by
+/// the retention sweep for jobs that died.
+pub fn scratch_table(job: JobId) -> String {
+    format!("_sluice_seen_{job}")
+}
+
+/// The blobs of an analysis job's report (`[workbook, JSON]`), named after the job's upload so
+/// that the orphan sweeps can tell whose they are; they go when the job's file goes.
+pub fn report_blobs(upload_blob: &str, job: JobId) -> [String; 2] {
+    let stem = upload_blob.trim_end_matches(".upload");
+    [
+        format!("{stem}.a{job}.report.xlsx"),
+        format!("{stem}.a{job}.report.json"),
+    ]
+}
+
 /// The connection pool at one moment (`--db-connections` is `max`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolState {
@@ -269,6 +286,23 @@ pub trait JobStore: Send + Sync + 'static {
         parent: Option<JobId>,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
+
+    /// The dry-run writer of an analysis job: the batch writer's lookup and decision (the same
+    /// counts, row errors and duplicate rule), writing no dataset row, stamp or history; keys go
+    /// to the job's scratch table ([`scratch_table`]).
+    fn analysis_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>>;
+    /// Drops an analysis job's scratch key table (if it exists).
+    fn scratch_drop(&self, job: JobId) -> StoreResult<()>;
+    /// Starts a claimed analysis over: its counts, checkpoint, row errors and scratch keys go
+    /// (a resumed analysis is redone from the first row, so its statistics are whole). False
+    /// when the lease was lost.
+    fn analysis_restart(&self, lease: &Lease) -> StoreResult<bool>;
 
     // --- Job events (migration 0004). The backend must append a `JobEvent` in the same
     // transaction as every job insert, status change, batch commit and total count (SQLite does

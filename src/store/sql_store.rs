@@ -48,6 +48,14 @@ pub trait Backend: Send + Sync + 'static {
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>>;
 
+    fn analysis_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>>;
+
     /// The pool of connections `read` and `write` take from.
     fn pool_state(&self) -> super::PoolState;
 
@@ -395,6 +403,24 @@ impl<B: Backend> JobStore for SqlStore<B> {
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
         self.0.batch_sink(dataset, lease, mode, parent, org)
+    }
+
+    fn analysis_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        self.0.analysis_sink(dataset, lease, mode, org)
+    }
+
+    fn scratch_drop(&self, job: JobId) -> StoreResult<()> {
+        self.0.write(|c| jobs::scratch_drop(c, job))
+    }
+
+    fn analysis_restart(&self, lease: &Lease) -> StoreResult<bool> {
+        self.0.write(|c| jobs::analysis_restart(c, lease))
     }
 
     fn events_after(

@@ -63,8 +63,9 @@ impl Postgres {
             .conn()?
             .query(
                 "SELECT b.blob FROM blob_chunks b GROUP BY b.blob HAVING min(b.created_at) < $1 \
-                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.blob = b.blob \
-                 AND j.blob_deleted_at IS NULL)",
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.blob_deleted_at IS NULL \
+                 AND (j.blob = b.blob OR (j.kind = 'analysis' AND b.blob LIKE \
+                 replace(j.blob, '.upload', '') || '.a' || j.id || '.report.%')))",
                 &[&before],
             )
             .map_err(pg_err)?;

@@ -90,6 +90,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0012_job_kinds",
         include_str!("../../../migrations/postgres/0012_job_kinds.sql"),
     ),
+    (
+        13,
+        "0013_active_file_per_kind",
+        include_str!("../../../migrations/postgres/0013_active_file_per_kind.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.
@@ -430,6 +435,21 @@ impl Backend for Postgres {
         Ok(Box::new(writer::PgSink::new(
             conn, reconnect, dataset, lease, mode, parent, org,
         )))
+    }
+
+    fn analysis_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        let conn = self.pool.open()?.client;
+        let (url, lock_timeout) = (self.url.clone(), self.lock_timeout);
+        let reconnect = Box::new(move || connect(&url, lock_timeout));
+        Ok(Box::new(
+            writer::PgSink::new(conn, reconnect, dataset, lease, mode, None, org).dry(),
+        ))
     }
 
     fn announces_jobs(&self) -> bool {

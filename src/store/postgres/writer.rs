@@ -102,10 +102,13 @@ struct Plan {
     history: Vec<String>,
     upsert: String,
     stamp: String,
+    /// A dry run's: the scratch table's DDL and the statement recording accepted keys.
+    scratch: Option<(String, String)>,
 }
 
 impl Plan {
-    fn new(ds: &Dataset, present_mask: &[bool]) -> Self {
+    /// `dry`: the job and mode of a dry run (see [`PgSink::dry`]).
+    fn new(ds: &Dataset, present_mask: &[bool], dry: Option<(i64, Mode)>) -> Self {
         let present: Vec<usize> = (0..ds.fields.len())
             .filter(|&i| present_mask[i] || ds.is_key(i))
             .collect();
@@ -153,12 +156,59 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(" OR ")
         };
-        let classify = format!(
-            "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
-             FROM {stage} s LEFT JOIN {table} t ON {join} \
-             WHERE s.ord = ANY($1) ORDER BY s.ord",
-            k0 = keys[0]
-        );
+        let classify = match dry {
+            None => format!(
+                "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
+                 FROM {stage} s LEFT JOIN {table} t ON {join} \
+                 WHERE s.ord = ANY($1) ORDER BY s.ord",
+                k0 = keys[0]
+            ),
+            // A dry run reads the keys it accepted in earlier batches from its scratch table
+            // as the real writer reads its own stamps (`_sluice_job` = this job); a replace
+            // job writes into an empty staging table, so nothing of the live table counts.
+            Some((job, mode)) => {
+                let target = if mode == Mode::Replace {
+                    format!("(SELECT * FROM {table} WHERE false)")
+                } else {
+                    table.clone()
+                };
+                let djoin = keys
+                    .iter()
+                    .map(|k| format!("d.{k} = s.{k}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                format!(
+                    "SELECT s.ord, (t.{k0} IS NOT NULL OR d._sluice_row IS NOT NULL), \
+                     CASE WHEN d._sluice_row IS NOT NULL THEN {job}::bigint ELSE t._sluice_job END, \
+                     COALESCE(d._sluice_row, t._sluice_row), {changed} \
+                     FROM {stage} s LEFT JOIN {target} t ON {join} \
+                     LEFT JOIN {scratch} d ON {djoin} \
+                     WHERE s.ord = ANY($1) ORDER BY s.ord",
+                    k0 = keys[0],
+                    scratch = ident(&crate::store::scratch_table(job)),
+                )
+            }
+        };
+        let scratch = dry.map(|(job, _)| {
+            let scratch = ident(&crate::store::scratch_table(job));
+            let cols: Vec<String> = ds
+                .key
+                .iter()
+                .map(|&k| format!("{} {} NOT NULL", name(k), sql_type(&ds.fields[k])))
+                .collect();
+            (
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {scratch} ({}, _sluice_row BIGINT NOT NULL, PRIMARY KEY ({}))",
+                    cols.join(", "),
+                    keys.join(", ")
+                ),
+                format!(
+                    "INSERT INTO {scratch} ({k}, _sluice_row) SELECT {sk}, s.\"row\" FROM {stage} s WHERE s.ord = ANY($1)",
+                    k = keys.join(", "),
+                    sk = keys.iter().map(|k| format!("s.{k}")).collect::<Vec<_>>().join(", "),
+                ),
+            )
+        });
         let history_sql = history
             .iter()
             .map(|&i| {
@@ -233,6 +283,7 @@ impl Plan {
             history: history_sql,
             upsert,
             stamp,
+            scratch,
         }
     }
 }
@@ -259,6 +310,10 @@ pub struct PgSink {
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
+    /// An analysis (dry run), see [`PgSink::dry`].
+    dry: bool,
+    /// Whether the dry run's scratch key table is known to exist.
+    scratch_ready: bool,
 }
 
 impl PgSink {
@@ -283,7 +338,18 @@ impl PgSink {
             org,
             plan: None,
             buf: Vec::new(),
+            dry: false,
+            scratch_ready: false,
         }
+    }
+
+    /// Makes this a dry-run writer (an analysis): the same staging, classification and
+    /// decision, but instead of writing rows, stamps and history it records the keys it
+    /// accepted in the job's scratch table, which the next batches' classification reads as
+    /// the real writer reads its stamps.
+    pub fn dry(mut self) -> Self {
+        self.dry = true;
+        self
     }
 }
 
@@ -301,6 +367,8 @@ struct Writer<'a> {
     org: i64,
     mode: Mode,
     now: chrono::DateTime<Utc>,
+    /// Create the dry run's scratch table in this transaction first.
+    create_scratch: bool,
 }
 
 impl Writer<'_> {
@@ -343,6 +411,11 @@ impl Writer<'_> {
         rows: &[usize],
         buf: &mut Vec<u8>,
     ) -> Result<Written, postgres::Error> {
+        if self.create_scratch
+            && let Some((ddl, _)) = &self.plan.scratch
+        {
+            tx.batch_execute(ddl)?;
+        }
         self.stage(tx, batch, rows, buf)?;
         let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
         let classified = tx.query(&self.plan.classify, &[&ords])?;
@@ -392,6 +465,13 @@ impl Writer<'_> {
                 counts.unchanged += 1;
                 unchanged.push(i as i32);
             }
+        }
+        if let Some((_, remember)) = &self.plan.scratch {
+            let accepted: Vec<i32> = upsert.iter().chain(&unchanged).copied().collect();
+            if !accepted.is_empty() {
+                tx.execute(remember, &[&accepted])?;
+            }
+            return Ok(Written { counts, rejected });
         }
         for (sql, &f) in self.plan.history.iter().zip(
             self.plan
@@ -453,9 +533,12 @@ impl PgSink {
                 plan.analyzed.set(false);
             }
         }
+        let dry = self
+            .dry
+            .then(|| (self.parent.unwrap_or(self.lease.job_id), self.mode));
         let plan = self
             .plan
-            .get_or_insert_with(|| Plan::new(&self.dataset, present));
+            .get_or_insert_with(|| Plan::new(&self.dataset, present, dry));
         if !self.staged
             && let Some(conn) = self.conn.as_mut()
         {
@@ -498,6 +581,7 @@ impl PgSink {
             org: self.org,
             mode: self.mode,
             now: Utc::now(),
+            create_scratch: self.dry && !self.scratch_ready,
         };
         let all: Vec<usize> = (0..batch.len()).collect();
         let mut tx = batch_transaction(conn)?;
@@ -529,6 +613,7 @@ impl PgSink {
         tx.commit().map_err(sink_err)?;
         // The statistics stay once a batch that gathered them committed.
         plan.analyzed.set(true);
+        self.scratch_ready = self.dry;
         Ok(counts)
     }
 }

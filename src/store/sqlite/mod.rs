@@ -70,6 +70,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0012_job_kinds",
         include_str!("../../../migrations/sqlite/0012_job_kinds.sql"),
     ),
+    (
+        "0013_active_file_per_kind",
+        include_str!("../../../migrations/sqlite/0013_active_file_per_kind.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.
@@ -244,6 +248,21 @@ impl Backend for Sqlite {
         Ok(Box::new(writer::SqliteSink::new(
             conn, reopen, dataset, lease, mode, parent, org,
         )))
+    }
+
+    fn analysis_sink(
+        &self,
+        dataset: Arc<Dataset>,
+        lease: Lease,
+        mode: Mode,
+        org: i64,
+    ) -> StoreResult<Box<dyn BatchSink + Send>> {
+        let conn = connect(&self.path, self.busy_timeout, false)?;
+        let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
+        let reopen = Box::new(move || connect(&path, busy_timeout, false));
+        Ok(Box::new(
+            writer::SqliteSink::new(conn, reopen, dataset, lease, mode, None, org).dry(),
+        ))
     }
 }
 

@@ -296,6 +296,11 @@ pub struct SqliteSink {
     parent: Option<i64>,
     /// The organisation whose rows the job writes.
     org: i64,
+    /// An analysis (dry run): classify and count, write nothing but the job's own bookkeeping
+    /// and its scratch key table ([`crate::store::scratch_table`]).
+    dry: bool,
+    /// Whether the scratch key table is known to exist.
+    scratch_ready: bool,
 }
 
 impl SqliteSink {
@@ -319,7 +324,17 @@ impl SqliteSink {
             plan: None,
             parent,
             org,
+            dry: false,
+            scratch_ready: false,
         }
+    }
+
+    /// Makes this a dry-run writer (an analysis): the same lookup and decision, but instead of
+    /// writing rows, stamps and history it records the keys it accepted in the job's scratch
+    /// table, which the next batches' duplicate rule reads as the real writer reads its stamps.
+    pub fn dry(mut self) -> Self {
+        self.dry = true;
+        self
     }
 
     /// The job that owns the rows, errors and counts: the parent of a chunk job, or the job.
@@ -374,12 +389,17 @@ impl SqliteSink {
             org: self.org,
             mode: self.mode,
             now: now_text(),
+            dry: self.dry,
         };
         let all: Vec<usize> = (0..batch.len()).collect();
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sink_err)?;
+        if ctx.dry && !self.scratch_ready {
+            tx.execute_batch(&scratch_ddl(&self.dataset, owner))
+                .map_err(sink_err)?;
+        }
         let (mut counts, mut rejected) = match ctx.write_rows(&tx, batch, &all) {
             Ok(done) => done,
             Err(e) if is_constraint(&e) => {
@@ -392,8 +412,32 @@ impl SqliteSink {
         counts.errors = rejected.len() as u64;
         finish_batch(&tx, &self.lease, self.parent, &rejected, counts, checkpoint)?;
         tx.commit().map_err(sink_err)?;
+        self.scratch_ready = self.dry;
         Ok(counts)
     }
+}
+
+/// The dry-run writer's scratch key table: the dataset's key columns (their types, so values
+/// compare as in the dataset table) and the row that first had the key.
+fn scratch_ddl(ds: &Dataset, job: i64) -> String {
+    let cols: Vec<String> = ds
+        .key
+        .iter()
+        .map(|&k| {
+            format!(
+                "{} {} NOT NULL",
+                ident(&ds.fields[k].name),
+                super::tables::sql_type(ds.fields[k].ty)
+            )
+        })
+        .collect();
+    let keys: Vec<String> = ds.key.iter().map(|&k| ident(&ds.fields[k].name)).collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {} ({}, _sluice_row INTEGER NOT NULL, PRIMARY KEY ({})) WITHOUT ROWID",
+        ident(&crate::store::scratch_table(job)),
+        cols.join(", "),
+        keys.join(", ")
+    )
 }
 
 impl SqliteSink {
@@ -415,11 +459,16 @@ impl SqliteSink {
             org: self.org,
             mode: self.mode,
             now: now_text(),
+            dry: self.dry,
         };
         let mut tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sink_err)?;
+        if ctx.dry {
+            tx.execute_batch(&scratch_ddl(&self.dataset, ctx.job))
+                .map_err(sink_err)?;
+        }
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
         for i in 0..batch.len() {
@@ -532,6 +581,8 @@ struct WriteCtx<'a> {
     org: i64,
     mode: Mode,
     now: String,
+    /// A dry run: see [`SqliteSink::dry`].
+    dry: bool,
 }
 
 impl WriteCtx<'_> {
@@ -543,7 +594,26 @@ impl WriteCtx<'_> {
         batch: &Batch,
         rows: &[usize],
     ) -> rusqlite::Result<(BatchCounts, Vec<RowError>)> {
-        let existing = self.lookup(tx, batch, rows)?;
+        let mut existing = if self.dry && self.mode == Mode::Replace {
+            // A replace job writes into an empty staging table.
+            HashMap::new()
+        } else {
+            self.lookup(tx, batch, rows)?
+        };
+        if self.dry {
+            // Keys accepted by earlier batches of this dry run are what the real writer's
+            // stamps (`_sluice_job` = this job) would be.
+            for (key, row) in self.lookup_seen(tx, batch, rows)? {
+                let old = existing.entry(key).or_insert_with(|| Existing {
+                    values: Vec::new(),
+                    job: None,
+                    row: None,
+                    since: Vec::new(),
+                });
+                old.job = Some(self.job);
+                old.row = Some(row);
+            }
+        }
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
@@ -579,10 +649,96 @@ impl WriteCtx<'_> {
             }
             seen.insert(key, batch.rows[i]);
         }
+        if self.dry {
+            let accepted: Vec<usize> = upserts.iter().map(|(i, _)| *i).chain(unchanged).collect();
+            self.remember(tx, batch, &accepted)?;
+            return Ok((counts, rejected));
+        }
         self.upsert(tx, batch, &upserts, &existing)?;
         self.stamp(tx, batch, &unchanged)?;
         self.archive(tx, batch, &upserts, &existing)?;
         Ok((counts, rejected))
+    }
+
+    /// A dry run's keys already accepted (in earlier batches), with their first row.
+    fn lookup_seen(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[usize],
+    ) -> rusqlite::Result<HashMap<String, i64>> {
+        let key = &self.ds.key;
+        let keys: Vec<String> = key
+            .iter()
+            .map(|&k| ident(&self.ds.fields[k].name))
+            .collect();
+        let key_expr = if keys.len() == 1 {
+            keys[0].clone()
+        } else {
+            format!("({})", keys.join(", "))
+        };
+        let one = if key.len() == 1 {
+            "?".to_string()
+        } else {
+            format!("({})", vec!["?"; key.len()].join(", "))
+        };
+        let table = ident(&crate::store::scratch_table(self.job));
+        let mut found = HashMap::new();
+        for chunk in rows.chunks(LOOKUP_CHUNK) {
+            let list = vec![one.as_str(); chunk.len()].join(", ");
+            let list = if key.len() == 1 {
+                format!("({list})")
+            } else {
+                format!("(VALUES {list})")
+            };
+            let sql = format!(
+                "SELECT {}, _sluice_row FROM {table} WHERE {key_expr} IN {list}",
+                keys.join(", ")
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut idx = 1;
+            for &i in chunk {
+                let values = batch.row_values(i);
+                for &k in key {
+                    stmt.raw_bind_parameter(idx, &values[k])?;
+                    idx += 1;
+                }
+            }
+            let mut result = stmt.raw_query();
+            while let Some(r) = result.next()? {
+                let k = key_of((0..key.len()).map(|j| r.get_ref(j).unwrap_or(ValueRef::Null)));
+                found.insert(k, r.get(key.len())?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records a dry run's accepted keys in its scratch table.
+    fn remember(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let key = &self.ds.key;
+        let keys: Vec<String> = key
+            .iter()
+            .map(|&k| ident(&self.ds.fields[k].name))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}, _sluice_row) VALUES ({}, ?)",
+            ident(&crate::store::scratch_table(self.job)),
+            keys.join(", "),
+            vec!["?"; key.len()].join(", ")
+        );
+        let mut stmt = tx.prepare_cached(&sql)?;
+        for &i in rows {
+            let values = batch.row_values(i);
+            for (j, &k) in key.iter().enumerate() {
+                stmt.raw_bind_parameter(j + 1, &values[k])?;
+            }
+            stmt.raw_bind_parameter(key.len() + 1, batch.rows[i] as i64)?;
+            stmt.raw_execute()?;
+        }
+        Ok(())
     }
 
     fn key_cell(&self, values: &[Value]) -> (Option<&str>, Option<String>) {

@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Analysis (dry run) vs import of the same file, in the same run: start the release server on a
+fresh data dir, import a base file holding half the keys of the file under test, then analyse
+the file (`dryRun=true`) and import it (`POST /api/v1/import/{id}/run`, the same stored file,
+no second upload) over the very same table. Reports both times (upload end -> completed, resp.
+/run -> completed), their ratio, and the server's peak RSS after each.
+
+Used by bench/analyze.sh; see BENCHMARKS.md for recorded figures."""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from import_bench import GEN, TOKEN, peak_rss_mb, psql, request  # noqa: E402
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+PHASE_RSS = [0.0]
+
+
+def wait(base, job, pid=None):
+    """Polls the job to its end; with `pid`, the highest RSS sampled meanwhile (every 50 ms) is
+    left in PHASE_RSS[0] (VmHWM only says the process's peak so far)."""
+    PHASE_RSS[0] = 0.0
+    while True:
+        if pid:
+            PHASE_RSS[0] = max(PHASE_RSS[0], rss_mb(pid))
+        _, st = request(base, "GET", f"/api/v1/import/status/{job}")
+        d = st["data"]
+        if d["status"] in ("completed", "failed", "cancelled"):
+            return d
+        time.sleep(0.05)
+
+
+def upload(base, path, query=""):
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        status, body = request(
+            base, "POST", f"/api/v1/import/products?filename={os.path.basename(path)}{query}",
+            body=f, headers={"Content-Type": "text/csv", "Content-Length": str(size)})
+    assert status == 202, body
+    return body["data"]["jobId"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--rows", type=int, default=700000)
+    ap.add_argument("--error-rate", type=float, default=0.0)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--postgres", metavar="SERVER_URL", default=None)
+    args = ap.parse_args()
+
+    work = tempfile.mkdtemp(prefix="sluice-analyze-")
+    base_file = os.path.join(work, "base.csv")
+    file = os.path.join(work, "products.csv")
+    half = args.rows // 2
+    subprocess.run([sys.executable, GEN, "-q", "--rows", str(half), "--seed", "1",
+                    "--start-sku", str(args.rows // 4 + 1), "--out", base_file], check=True)
+    subprocess.run([sys.executable, GEN, "-q", "--rows", str(args.rows), "--seed", "2",
+                    "--error-rate", str(args.error_rate), "--out", file], check=True)
+    print(f"file: {args.rows} rows, {os.path.getsize(file) / 1e6:.1f} MB csv; "
+          f"the table holds {half} of its keys (other values)")
+
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
+    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir",
+           os.path.join(work, "data"), "--workers", str(args.workers)]
+    database = None
+    if args.postgres:
+        database = "sluice_bench_%d" % os.getpid()
+        psql(args.postgres, f"CREATE DATABASE {database}")
+        cmd += ["--database-url", f"{args.postgres}/{database}"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        base = None
+        for line in server.stdout:
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                base = m.group(1)
+                break
+        assert base, "server did not start"
+        d = wait(base, upload(base, base_file))
+        assert d["status"] == "completed", d
+        print(f"base import: {d['createdCount']} rows; peak RSS {peak_rss_mb(server.pid):.1f} MB")
+
+        job = upload(base, file, "&dryRun=true")
+        t0 = time.monotonic()
+        a = wait(base, job, server.pid)
+        sampled_a = PHASE_RSS[0]
+        analysis_s = time.monotonic() - t0
+        assert a["status"] == "completed", a
+        rss_a = peak_rss_mb(server.pid)
+        print(f"analysis: {analysis_s:.2f} s ({args.rows / analysis_s:.0f} rows/s); would create "
+              f"{a['createdCount']} update {a['updatedCount']} unchanged {a['unchangedCount']} "
+              f"errors {a['errorCount']}; RSS sampled during it up to {sampled_a:.1f} MB, "
+              f"peak RSS so far {rss_a:.1f} MB")
+
+        t0 = time.monotonic()
+        status, body = request(base, "POST", f"/api/v1/import/{job}/run")
+        assert status == 202, body
+        i = wait(base, body["data"]["jobId"], server.pid)
+        sampled_i = PHASE_RSS[0]
+        import_s = time.monotonic() - t0
+        assert i["status"] == "completed", i
+        rss_i = peak_rss_mb(server.pid)
+        print(f"import:   {import_s:.2f} s ({args.rows / import_s:.0f} rows/s); created "
+              f"{i['createdCount']} updated {i['updatedCount']} unchanged {i['unchangedCount']} "
+              f"errors {i['errorCount']}; RSS sampled during it up to {sampled_i:.1f} MB, "
+              f"peak RSS so far {rss_i:.1f} MB")
+        same = all(a[k] == i[k] for k in
+                   ("createdCount", "updatedCount", "unchangedCount", "errorCount"))
+        print(f"analysis / import = {analysis_s / import_s * 100:.0f} %; counts equal: {same}")
+        if not same:
+            sys.exit(1)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        if database:
+            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

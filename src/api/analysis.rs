@@ -78,7 +78,18 @@ pub async fn report(
             ));
         }
     };
-    let job = load_job(&state, &caller, parse_id(&id)?).await?;
+    report_of(&state, &caller, parse_id(&id)?, json).await
+}
+
+/// The report of analysis `id` (XLSX, or JSON when `json`), under the caller's organisation
+/// rules: for `/report` and seed 003's `/api/v1/analysis/download/{filename}`.
+pub(super) async fn report_of(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    id: i64,
+    json: bool,
+) -> Result<Response, ApiError> {
+    let job = load_job(state, caller, id).await?;
     if job.kind != JobKind::Analysis {
         return Err(not_analysis(job.id));
     }
@@ -101,7 +112,7 @@ pub async fn report(
     if job.blob_deleted {
         return Err(gone(job.id));
     }
-    serve_blob(&state, blob, &filename, content_type, job.id).await
+    serve_blob(state, blob, &filename, content_type, job.id).await
 }
 
 fn gone(id: i64) -> ApiError {

@@ -162,7 +162,7 @@ pub struct AnalysisSummary {
 }
 
 impl AnalysisSummary {
-    fn of(job: &Job) -> Self {
+    pub(super) fn of(job: &Job) -> Self {
         let done = job.result.as_ref().and_then(|r| r.get("summary"));
         let list = |key: &str| done.and_then(|s| s.get(key)).cloned();
         AnalysisSummary {

@@ -19,6 +19,7 @@ pub mod openapi;
 mod options;
 mod preview;
 mod request_log;
+mod seed_analysis;
 pub mod server;
 mod session;
 mod upload;
@@ -69,6 +70,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/import/{id}",
             axum::routing::delete(control::delete),
+        )
+        .route(
+            "/api/v1/analysis/analyze-file",
+            post(seed_analysis::analyze_file)
+                .layer(DefaultBodyLimit::disable())
+                .layer(receiving.clone()),
+        )
+        .route("/api/v1/analysis/job/{jobId}", get(seed_analysis::job))
+        .route(
+            "/api/v1/analysis/download/{filename}",
+            get(seed_analysis::download),
         )
         .route("/api/v1/import/{id}/run", post(analysis::run))
         .route("/api/v1/import/{id}/report", get(analysis::report))

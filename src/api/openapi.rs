@@ -15,7 +15,10 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
-use super::{admin, analysis, audit, control, events, jobs, preview, session, upload, webhooks};
+use super::{
+    admin, analysis, audit, control, events, jobs, preview, seed_analysis, session, upload,
+    webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +40,9 @@ use super::{admin, analysis, audit, control, events, jobs, preview, session, upl
         control::act,
         analysis::run,
         analysis::report,
+        seed_analysis::analyze_file,
+        seed_analysis::job,
+        seed_analysis::download,
         control::stats,
         jobs::status,
         jobs::list,
@@ -65,6 +71,7 @@ use super::{admin, analysis, audit, control, events, jobs, preview, session, upl
     tags(
         (name = "imports", description = "Uploading files and previewing them"),
         (name = "jobs", description = "Jobs: status, history, rejected rows, control"),
+        (name = "analysis", description = "Seed 003's analysis contract: analyse a file, poll the job, download the report"),
         (name = "events", description = "Server-Sent Events of job progress"),
         (name = "datasets", description = "What can be imported, and saved mappings"),
         (name = "webhooks", description = "Notifications of finished jobs, signed with HMAC-SHA256"),

@@ -125,13 +125,64 @@ pub async fn upload(
     axum::Extension(caller): axum::Extension<Caller>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let ctx = &state.jobs;
-    let dataset = ctx.datasets.get(&dataset_name).ok_or_else(|| {
+    match receive(&state, &caller, query, req, Target::Dataset(dataset_name)).await? {
+        Received::Answered(response) => Ok(response),
+        Received::Queued { dataset, job, kind } => {
+            state.jobs.wake.notify_one();
+            Ok(accepted_as(&dataset, job, kind))
+        }
+    }
+}
+
+/// Where an upload goes.
+pub(super) enum Target {
+    /// The dataset named in the path, resolved before the body is read.
+    Dataset(String),
+    /// An analysis (dry run) into the form's `dataset` field, else the first dataset that
+    /// imports in the background (seed 003's `analyze-file`).
+    Analysis,
+}
+
+/// What [`receive`] came to.
+pub(super) enum Received {
+    /// The request is answered already: a replayed idempotency key, or a synchronous dataset's
+    /// results.
+    Answered(Response),
+    /// A background job was created (`kind`) in `dataset`.
+    Queued {
+        dataset: String,
+        job: JobId,
+        kind: JobKind,
+    },
+}
+
+fn find_dataset(
+    ctx: &crate::jobs::JobContext,
+    name: &str,
+) -> Result<Arc<crate::dataset::Dataset>, ApiError> {
+    ctx.datasets.get(name).ok_or_else(|| {
         ApiError::NotFound(format!(
-            "no dataset named `{dataset_name}`; configured: {}",
+            "no dataset named `{name}`; configured: {}",
             ctx.datasets.names().join(", ")
         ))
-    })?;
+    })
+}
+
+/// Receives an upload — the file streamed to a blob, the options from the query and the form —,
+/// checks the file and creates its job: the one path of `POST /api/v1/import/{dataset}` and of
+/// seed 003's `POST /api/v1/analysis/analyze-file`.
+pub(super) async fn receive(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    query: HashMap<String, String>,
+    req: Request,
+    target: Target,
+) -> Result<Received, ApiError> {
+    let ctx = &state.jobs;
+    let named = match &target {
+        Target::Dataset(name) => Some(find_dataset(ctx, name)?),
+        Target::Analysis => None,
+    };
     let idempotency_key = req
         .headers()
         .get("idempotency-key")
@@ -155,7 +206,7 @@ pub async fn upload(
             .store_call(move |s| s.job_find_idempotent(by, &key))
             .await?
         {
-            return replay(&state, job_id).await;
+            return replay(state, job_id).await.map(Received::Answered);
         }
     }
     // The organisation's limits narrow the server's, never widen them.
@@ -183,7 +234,7 @@ pub async fn upload(
                     return Err(ApiError::bad("multiple_files", "send one file per request"));
                 }
                 filename = field.file_name().map(str::to_string).or(filename);
-                let result = save_stream(&state, max_bytes, &mut field).await;
+                let result = save_stream(state, max_bytes, &mut field).await;
                 drop(field);
                 if let Err(e @ (ApiError::TooLarge(_) | ApiError::InsufficientStorage(_))) = result
                 {
@@ -209,7 +260,27 @@ pub async fn upload(
             )
         })?
     } else {
-        save_stream(&state, max_bytes, &mut req.into_body().into_data_stream()).await?
+        save_stream(state, max_bytes, &mut req.into_body().into_data_stream()).await?
+    };
+    if matches!(target, Target::Analysis) {
+        super::seed_analysis::check_filter_option(&params)?;
+    }
+    let dataset = match named {
+        Some(dataset) => dataset,
+        None => match param(&params, "dataset") {
+            Some(name) => find_dataset(ctx, name.trim())?,
+            None => ctx
+                .datasets
+                .names()
+                .into_iter()
+                .find_map(|n| ctx.datasets.get(n).filter(|d| !d.sync))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "missing_dataset",
+                        "name the dataset to analyse against in the form field `dataset`",
+                    )
+                })?,
+        },
     };
 
     let mode: Mode = param(&params, "mode")
@@ -219,6 +290,7 @@ pub async fn upload(
     // A dry run is an analysis job: the same file, options and mapping, read and classified
     // by a worker without writing the dataset (see `analysis`).
     let dry_run = match param(&params, "dryRun").map(str::trim) {
+        _ if matches!(target, Target::Analysis) => true,
         None | Some("" | "false" | "0") => false,
         Some("true" | "1") => true,
         Some(other) => {
@@ -241,7 +313,7 @@ pub async fn upload(
         MappingChoice::Auto => None,
         MappingChoice::Manual(m) => Some(m),
         MappingChoice::Template(name) => {
-            Some(template_mapping(&state, caller.org_id, &dataset.name, &name).await?)
+            Some(template_mapping(state, caller.org_id, &dataset.name, &name).await?)
         }
     };
 
@@ -324,12 +396,17 @@ pub async fn upload(
     };
     // Kept when the job was created; otherwise the file goes with the guard.
     drop(saved);
-    let job_id = created_or_answer(&state, inserted).await?;
+    let job_id = created_or_answer(state, inserted).await?;
     if let Some(token) = lease {
-        return import_now(&state, job_id, token).await;
+        return import_now(state, job_id, token)
+            .await
+            .map(Received::Answered);
     }
-    ctx.wake.notify_one();
-    Ok(accepted_as(&dataset.name, job_id, new_job.kind))
+    Ok(Received::Queued {
+        dataset: dataset.name.clone(),
+        job: job_id,
+        kind: new_job.kind,
+    })
 }
 
 /// Makes the stored upload readable by every worker (database mode, when `publish`) and inserts

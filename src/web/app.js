@@ -98,10 +98,12 @@ async function toggleNotifications() {
 
 function announceDone(job) {
   const r = job.results || {};
+  const what = job.kind === 'analysis' ? 'Analysis' : 'Import';
+  const would = job.kind === 'analysis' ? 'would be ' : '';
   const text = job.status === 'completed'
-    ? `Import #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} created, ` +
-      `${fmt(r.updatedCount)} updated, ${fmt(r.errorCount)} rejected.`
-    : `Import #${job.jobId} (${job.filename}) ${job.status}${job.error ? ': ' + job.error : '.'}`;
+    ? `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} ${would}created, ` +
+      `${fmt(r.updatedCount)} ${would}updated, ${fmt(r.errorCount)} rejected.`
+    : `${what} #${job.jobId} (${job.filename}) ${job.status}${job.error ? ': ' + job.error : '.'}`;
   toast(text, { href: `#/jobs/${job.jobId}`, text: 'View' }, job.status === 'failed');
   if (notificationsOn()) {
     try { new Notification(`sluice: import ${job.status}`, { body: text, tag: `job-${job.jobId}` }); }
@@ -301,7 +303,7 @@ async function act(id, action) {
     const next = body && body.data && body.data.jobId;
     toast(`${action[0].toUpperCase() + action.slice(1)}: ${body.message || 'done'}`);
     await refreshJob(id);
-    if (action === 'retry' && next && next !== id) location.hash = `#/jobs/${next}`;
+    if ((action === 'retry' || action === 'run') && next && next !== id) location.hash = `#/jobs/${next}`;
   } catch (e) {
     toast(e.message, null, true);
   }
@@ -319,25 +321,31 @@ async function refreshJob(id) {
 // ---------------------------------------------------------------- job page
 
 function renderJob(job) {
-  $('#job-title').replaceChildren(`Import #${job.jobId} · ${job.filename || ''} `,
+  const analysis = job.kind === 'analysis';
+  $('#job-title').replaceChildren(`${analysis ? 'Analysis' : 'Import'} #${job.jobId} · ${job.filename || ''} `,
     el('span', { class: `badge ${job.status}`, id: 'job-status', text: job.status }));
   $('#job-progress').replaceChildren(progressBar(job), el('div', { class: 'stats', text: statsLine(job) }));
   const r = job.results || job;
   const facts = [
-    ['Dataset', job.dataset], ['Started by', job.userName || '—'], ['Created', fmt(r.createdCount)], ['Updated', fmt(r.updatedCount)],
+    ['Dataset', job.dataset], ['Started by', job.userName || '—'],
+    [analysis ? 'Would create' : 'Created', fmt(r.createdCount)], [analysis ? 'Would update' : 'Updated', fmt(r.updatedCount)],
     ['Unchanged', fmt(r.unchangedCount)], ['Rejected', fmt(r.errorCount)],
     ['Started', when(job.startedAt)], ['Finished', when(job.completedAt)],
     ['Elapsed', duration(elapsedSeconds(job))], ['Priority', job.priority || 'normal'],
   ];
-  if (job.queuePosition) facts.push(['Place in queue', `#${job.queuePosition} (estimate)`]);
+  if (job.queuePosition && job.status === 'pending') facts.push(['Place in queue', `#${job.queuePosition} (estimate)`]);
+  if (job.analysisOf) facts.push(['Analysed by', `#${job.analysisOf}`]);
   $('#job-facts').replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v, 'data-fact': k.toLowerCase() }))));
   $('#job-error').textContent = job.error || '';
   for (const b of document.querySelectorAll('#job-actions button')) {
     const a = b.dataset.action;
     b.hidden = !((a === 'pause' && (job.status === 'processing' || job.status === 'pending')) ||
       (a === 'resume' && job.status === 'paused') || (a === 'cancel' && ACTIVE.includes(job.status)) ||
-      (a === 'retry' && (job.status === 'failed' || job.status === 'cancelled')));
+      (a === 'retry' && (job.status === 'failed' || job.status === 'cancelled')) ||
+      (a === 'run' && analysis && job.status === 'completed'));
   }
+  $('#report').href = `/api/v1/import/${job.jobId}/report?format=xlsx`;
+  $('#report-line').hidden = !(analysis && job.status === 'completed');
   $('#download').href = `/api/v1/import/${job.jobId}/errors?format=csv`;
   $('#download').hidden = !job.errorCount;
 }
@@ -445,6 +453,7 @@ async function preview() {
     $('#preview').hidden = false;
     $('#problems').textContent = e.message;
     $('#run').disabled = true;
+    $('#analyse').disabled = $('#run').disabled;
   }
 }
 
@@ -499,6 +508,7 @@ function renderPreview(d) {
   $('#preview-summary').textContent = `(${d.rows.length} shown, ${d.errors.length} would be rejected)`;
   $('#preview-errors').replaceChildren(...d.errors.map((e) => el('li', { text: `Row ${e.row}: ${e.message}` })));
   $('#run').disabled = d.problems.length > 0;
+  $('#analyse').disabled = $('#run').disabled;
 }
 
 function currentMapping() {
@@ -535,13 +545,15 @@ function resetPreview() {
   $('#file').value = '';
 }
 
-async function runImport() {
+async function runImport(dryRun = false) {
   const ds = $('#dataset').value;
   const form = new FormData();
   form.append('mapping', JSON.stringify(currentMapping()));
+  if (dryRun) form.append('dryRun', 'true');
   form.append('file', state.file, state.file.name);
   const name = state.file.name;
   $('#run').disabled = true;
+  $('#analyse').disabled = true;
   try {
     const res = await fetch(`/api/v1/import/${encodeURIComponent(ds)}`, { method: 'POST', body: form, credentials: 'same-origin' });
     const body = await res.json().catch(() => null);
@@ -553,7 +565,8 @@ async function runImport() {
     }
     resetPreview();
     if (res.status === 202) {
-      toast(`Background import started for ${name}.`, { href: `#/jobs/${body.data.jobId}`, text: 'View status' });
+      toast(dryRun ? `Analysis started for ${name}: nothing is written.` : `Background import started for ${name}.`,
+        { href: `#/jobs/${body.data.jobId}`, text: 'View status' });
       await refreshJob(body.data.jobId);
     } else {
       const r = body.data.results || {};
@@ -564,6 +577,7 @@ async function runImport() {
     toast(`The upload failed: ${e.message}`, null, true);
   } finally {
     $('#run').disabled = false;
+    $('#analyse').disabled = false;
   }
 }
 
@@ -607,7 +621,8 @@ function wire() {
     if (state.file) { state.mapping = null; state.template = ''; state.templateTried = false; preview(); } });
   $('#template').addEventListener('change', (e) => { state.template = e.target.value; state.templateTried = true; state.mapping = null; preview(); });
   $('#save-template').addEventListener('click', saveTemplate);
-  $('#run').addEventListener('click', runImport);
+  $('#run').addEventListener('click', () => runImport(false));
+  $('#analyse').addEventListener('click', () => runImport(true));
   $('#discard').addEventListener('click', resetPreview);
   for (const b of document.querySelectorAll('#job-actions button')) {
     b.addEventListener('click', () => state.jobView && act(state.jobView.id, b.dataset.action));

@@ -187,6 +187,33 @@ try {
   await page.waitForSelector('#job-status:text("cancelled")', { timeout: 60000 });
   await page.goto(BASE + '/#/');
 
+  step = 'analyse first (dry run), read the report, then run the import';
+  await page.setInputFiles('#file', FILE_A);
+  await page.waitForSelector('#preview:not([hidden]) #mapping tbody tr');
+  await page.click('#analyse');
+  const linkC = await page.waitForSelector('.toast:has-text("Analysis started") a[href^="#/jobs/"]');
+  const jobC = Number((await linkC.getAttribute('href')).split('/').pop());
+  await page.goto(`${BASE}/#/jobs/${jobC}`);
+  await page.waitForSelector('#job-status:text("completed")', { timeout: 60000 });
+  await page.waitForSelector(`.toast:has-text("Analysis #${jobC}")`);
+  check(/0 would be created/.test(await page.textContent(`.toast:has-text("Analysis #${jobC}")`)), 'the toast speaks of an analysis');
+  check(await page.locator('[data-fact="place in queue"]').count() === 0, 'no place in queue once done');
+  const valid = EXPECT_A.valid_rows.toLocaleString('en-US');
+  check((await page.textContent('#job-title')).startsWith(`Analysis #${jobC}`), 'an analysis job page');
+  check(await page.textContent('[data-fact="would create"]') === '0', 'file A again: nothing to create');
+  check(await page.textContent('[data-fact="unchanged"]') === valid, `unchanged = ${valid}`);
+  await page.waitForSelector('#report-line:not([hidden])');
+  const [report] = await Promise.all([page.waitForEvent('download'), page.click('#report')]);
+  check(fs.readFileSync(await report.path()).subarray(0, 2).toString() === 'PK', 'the report is a workbook');
+  await shot(page, '10-analysis-job.png');
+  await page.click('#job-actions [data-action=run]:not([hidden])');
+  await page.waitForFunction((c) => location.hash !== `#/jobs/${c}`, jobC);
+  await page.waitForSelector('#job-status:text("completed")', { timeout: 60000 });
+  check((await page.textContent('#job-title')).startsWith('Import #'), 'Run import opened the import');
+  check(await page.textContent('[data-fact="analysed by"]') === `#${jobC}`, 'the import names its analysis');
+  check(await page.textContent('[data-fact="unchanged"]') === valid, 'the import counts what the analysis said');
+  await page.goto(BASE + '/#/');
+
   step = 'sluice.js uploadAndMonitor';
   await page.addScriptTag({ url: '/sluice.js' });
   const result = await page.evaluate(async () => {

@@ -15,7 +15,7 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
-use super::{admin, audit, control, events, jobs, preview, session, upload, webhooks};
+use super::{admin, audit, control, events, export, jobs, preview, session, upload, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -56,6 +56,8 @@ use super::{admin, audit, control, events, jobs, preview, session, upload, webho
         admin::token_create,
         admin::token_list,
         admin::token_revoke,
+        export::create,
+        export::download,
     ),
     components(schemas(ErrorBody, jobs::ErrorsFormat, control::JobAction)),
     modifiers(&CommonErrors),
@@ -64,6 +66,7 @@ use super::{admin, audit, control, events, jobs, preview, session, upload, webho
         (name = "imports", description = "Uploading files and previewing them"),
         (name = "jobs", description = "Jobs: status, history, rejected rows, control"),
         (name = "events", description = "Server-Sent Events of job progress"),
+        (name = "exports", description = "A dataset's rows out as CSV or XLSX: export jobs and their files"),
         (name = "datasets", description = "What can be imported, and saved mappings"),
         (name = "webhooks", description = "Notifications of finished jobs, signed with HMAC-SHA256"),
         (name = "admin", description = "Users, tokens and the audit log of the caller's organisation"),

@@ -582,8 +582,12 @@ fn run_blocking(
 ) -> Result<RunOutcome, RunError> {
     let ran = match job.kind {
         JobKind::Import => run_job(ctx, job, lease, stop),
-        // Filled in by the export and analysis pipelines (issue 15).
-        JobKind::Export | JobKind::Analysis => Err(FileError::Unreadable(format!(
+        // Exports start over on every run (their file is written from one snapshot).
+        JobKind::Export => set_up(ctx, stop, "exporting", || {
+            crate::export::run(ctx, job, &lease, stop)
+        }),
+        // Filled in by the analysis pipeline (issue 15).
+        JobKind::Analysis => Err(FileError::Unreadable(format!(
             "{} jobs are not available in this version",
             job.kind.as_str()
         ))

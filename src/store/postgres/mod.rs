@@ -338,6 +338,33 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
             .collect()
     }
 
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&[Value]) -> bool,
+    ) -> StoreResult<u64> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let statement = self.statement(sql)?;
+        let mut rows = self
+            .client
+            .query_raw(&statement, refs(params))
+            .map_err(pg_err)?;
+        let mut values = Vec::new();
+        let mut count = 0;
+        while let Some(r) = rows.next().map_err(pg_err)? {
+            values.clear();
+            for i in 0..r.len() {
+                values.push(column(&r, i)?);
+            }
+            count += 1;
+            if !each(&values) {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
     fn notify_jobs(&mut self) -> StoreResult<()> {
         self.client
             .execute("SELECT pg_notify($1, '')", &[&CHANNEL])
@@ -376,6 +403,26 @@ impl Backend for Postgres {
             client, statements, ..
         } = &mut *conn;
         let mut tx = client.transaction().map_err(pg_err)?;
+        let done = f(&mut Pg {
+            client: &mut tx,
+            statements,
+        })?;
+        tx.commit().map_err(pg_err)?;
+        Ok(done)
+    }
+
+    /// `REPEATABLE READ READ ONLY`: every statement sees the database as of the first one.
+    fn snapshot<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let PgConn {
+            client, statements, ..
+        } = &mut *conn;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(pg_err)?;
         let done = f(&mut Pg {
             client: &mut tx,
             statements,

@@ -191,7 +191,11 @@ impl From<&Job> for JobView {
             Some(None) => job.rows_done,
             None => success + job.error_count,
         };
-        let total = job.total_rows.unwrap_or(processed).max(processed);
+        // An export's total is its snapshot's row count, read before its first row.
+        let total = match (&export, job.total_rows) {
+            (Some(_), Some(total)) => total,
+            (_, total) => total.unwrap_or(processed).max(processed),
+        };
         let percentage = if job.status == JobStatus::Completed {
             100
         } else {
@@ -315,8 +319,8 @@ pub struct ExportRequest {
     #[serde(rename = "where")]
     #[schema(value_type = Option<Object>)]
     pub filter: Option<serde_json::Value>,
-    /// Only rows an import wrote (created, updated or found unchanged) at or after this time
-    /// (RFC 3339, or a date).
+    /// Only rows an import created or changed at or after this time (RFC 3339, or a date);
+    /// rows an import found unchanged keep their time.
     pub updated_since: Option<String>,
     /// Only rows this import job (of the dataset, of the organisation) wrote last.
     pub job_id: Option<i64>,

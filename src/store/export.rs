@@ -35,9 +35,14 @@ fn compared(d: Dialect, name: &str, ty: FieldType, n: usize) -> (String, String)
             format!("CAST({col} AS REAL)"),
             format!("CAST(${n} AS REAL)"),
         ),
-        (Dialect::Postgres, FieldType::Decimal) => (col, format!("CAST(${n} AS NUMERIC)")),
-        (Dialect::Postgres, FieldType::Date) => (col, format!("CAST(${n} AS DATE)")),
-        (Dialect::Postgres, FieldType::Datetime) => (col, format!("CAST(${n} AS TIMESTAMP)")),
+        // The value travels as text (its parameter typed TEXT), then becomes the column's type.
+        (Dialect::Postgres, FieldType::Decimal) => {
+            (col, format!("CAST(CAST(${n} AS TEXT) AS NUMERIC)"))
+        }
+        (Dialect::Postgres, FieldType::Date) => (col, format!("CAST(CAST(${n} AS TEXT) AS DATE)")),
+        (Dialect::Postgres, FieldType::Datetime) => {
+            (col, format!("CAST(CAST(${n} AS TEXT) AS TIMESTAMP)"))
+        }
         _ => (col, format!("${n}")),
     }
 }

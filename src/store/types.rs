@@ -660,7 +660,8 @@ pub struct ExportQuery {
     /// Every filter must hold.
     #[serde(default)]
     pub filters: Vec<ExportFilter>,
-    /// Only rows an import wrote (created, updated or stamped unchanged) at or after this time.
+    /// Only rows an import created or changed at or after this time (`_sluice_updated_at`; a
+    /// row an import found unchanged keeps its time).
     #[serde(default)]
     pub updated_since: Option<DateTime<Utc>>,
     /// Only rows last stamped by this import job (`_sluice_job`).

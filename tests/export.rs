@@ -816,7 +816,77 @@ async fn a_killed_worker_s_export_starts_over_and_completes(backend: Backend) {
     assert_eq!(rows[119_999][0][1], "SKU-0120000");
 }
 
+/// `sluice export` over HTTP: creates the job, follows it, downloads the file; filters and
+/// columns from its flags; a refused option is a clear error and a non-zero exit.
+async fn the_cli_exports_to_a_file(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        datasets: Some(THINGS.into()),
+        ..Default::default()
+    });
+    let first = things(&app, TOKEN, FIRST).await;
+    let run = |args: &[&str]| {
+        Command::new(binary())
+            .args(args)
+            .env("SLUICE_SERVER", &app.base)
+            .env("SLUICE_TOKEN", TOKEN)
+            .output()
+            .expect("run sluice")
+    };
+    let out_path = app.path("cli.csv");
+    let out = run(&[
+        "export",
+        "things",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--where",
+        "qty>=0",
+        "--where",
+        "qty<=7",
+        "--where",
+        "active=false",
+        "--columns",
+        "code,qty",
+        "--job",
+        &first["jobId"].to_string(),
+        "--no-formula-safe",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("exported 1 rows of things"), "{stdout}");
+    assert_eq!(std::fs::read(&out_path).unwrap(), b"code,qty\nC1,7\n");
+    let xlsx_path = app.path("cli.xlsx");
+    let out = run(&[
+        "export",
+        "things",
+        "--format",
+        "xlsx",
+        "--out",
+        xlsx_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(openpyxl(&xlsx_path)[0]["rows"].as_array().unwrap().len(), 5);
+    let out = run(&["export", "things", "--out", "x.csv", "--columns", "nope"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown_field"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["export", "things", "--out", "x.csv", "--where", "qty"]);
+    assert!(!out.status.success());
+}
+
 conformance!(
+    the_cli_exports_to_a_file,
     round_trip_through_csv_and_xlsx_leaves_every_row_unchanged,
     an_export_during_an_import_sees_whole_batches_only,
     filters_columns_templates_and_options,

@@ -611,3 +611,46 @@ pub async fn download(
     }
     Ok(response)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(spec: &str, size: u64) -> Result<Option<(u64, u64)>, u64> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, spec.parse().unwrap());
+        byte_range(&h, size).map_err(|e| match e {
+            ApiError::RangeNotSatisfiable { size } => size,
+            other => panic!("{other}"),
+        })
+    }
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(range("bytes=0-9", 100), Ok(Some((0, 9))));
+        assert_eq!(range("bytes=90-", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=90-500", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=-10", 100), Ok(Some((90, 99))));
+        assert_eq!(range("bytes=-500", 100), Ok(Some((0, 99))));
+        assert_eq!(
+            range("bytes=0-1,5-6", 100),
+            Ok(None),
+            "several: the whole file"
+        );
+        assert_eq!(range("items=0-1", 100), Ok(None));
+        for bad in ["bytes=100-", "bytes=5-2", "bytes=-0", "bytes=x-", "bytes=3"] {
+            assert_eq!(range(bad, 100), Err(100), "{bad}");
+        }
+        assert_eq!(range("bytes=0-", 0), Err(0));
+    }
+
+    #[test]
+    fn url_forms_decode_plus_and_percent() {
+        let f = url_form(b"columns=a%2Cb&where=%7B%22x%22%3A1%7D&bom=&q=a+b&bad=%zz%4");
+        assert_eq!(f["columns"], "a,b");
+        assert_eq!(f["where"], "{\"x\":1}");
+        assert_eq!(f["bom"], "");
+        assert_eq!(f["q"], "a b");
+        assert_eq!(f["bad"], "%zz%4");
+    }
+}

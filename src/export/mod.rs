@@ -346,3 +346,31 @@ fn write_file(
         .map_err(|e| output_failed("writing the export file", e))?;
     Ok(Some((rows, sheets)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_back_as_the_import_reads_them() {
+        let ds = crate::dataset::Datasets::parse(
+            "[datasets.t]\nkey = [\"k\"]\n[datasets.t.fields]\nk = { type = \"text\" }\n\
+             p = { type = \"decimal\", scale = 2 }\nq = { type = \"decimal\" }\n\
+             b = { type = \"boolean\" }\nt = { type = \"datetime\" }\n",
+            "test",
+        )
+        .unwrap();
+        let f = &ds.get("t").unwrap().fields;
+        let text = |i: usize, v: Value| cell_text(&f[i], &v).into_owned();
+        assert_eq!(text(1, Value::Text("19.9".into())), "19.90");
+        assert_eq!(text(1, Value::Text("5".into())), "5.00");
+        assert_eq!(text(2, Value::Text("19.9".into())), "19.9");
+        assert_eq!(text(3, Value::Int(1)), "true");
+        assert_eq!(text(3, Value::Bool(false)), "false");
+        assert_eq!(
+            text(4, Value::Text("2024-01-02 03:04:05".into())),
+            "2024-01-02T03:04:05"
+        );
+        assert_eq!(text(0, Value::Null), "");
+    }
+}

@@ -33,6 +33,8 @@ pub struct XlsxOut {
     sheet: usize,
     row: u32,
     sheets: u32,
+    /// Data rows per sheet ([`MAX_DATA_ROWS`]; smaller in tests).
+    sheet_rows: u32,
 }
 
 fn err(e: XlsxError) -> String {
@@ -41,6 +43,16 @@ fn err(e: XlsxError) -> String {
 
 impl XlsxOut {
     pub fn create(path: &Path, headers: &[String], fields: Vec<Field>) -> Result<Self, String> {
+        Self::with_sheet_rows(path, headers, fields, MAX_DATA_ROWS)
+    }
+
+    /// As [`XlsxOut::create`], with at most `sheet_rows` data rows per sheet.
+    pub fn with_sheet_rows(
+        path: &Path,
+        headers: &[String],
+        fields: Vec<Field>,
+        sheet_rows: u32,
+    ) -> Result<Self, String> {
         let mut book = Workbook::new();
         if let Some(dir) = path.parent() {
             book.set_tempdir(dir).map_err(err)?;
@@ -71,6 +83,7 @@ impl XlsxOut {
             sheet: 0,
             row: 0,
             sheets: 0,
+            sheet_rows: sheet_rows.clamp(1, MAX_DATA_ROWS),
         };
         out.new_sheet()?;
         Ok(out)
@@ -124,7 +137,7 @@ fn fit(text: &str) -> &str {
 
 impl RowWriter for XlsxOut {
     fn write_row(&mut self, values: &[Value]) -> Result<(), String> {
-        if self.row > MAX_DATA_ROWS {
+        if self.row > self.sheet_rows {
             self.close_sheet()?;
             self.new_sheet()?;
         }
@@ -185,5 +198,46 @@ impl RowWriter for XlsxOut {
             .and_then(|f| f.sync_all())
             .map_err(|e| e.to_string())?;
         Ok(Some(self.sheets))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calamine::{Data, Reader};
+
+    #[test]
+    fn a_full_sheet_continues_on_a_new_one_with_the_same_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.xlsx");
+        let ds = crate::dataset::Datasets::parse(
+            "[datasets.t]\nkey = [\"n\"]\n[datasets.t.fields]\nn = { type = \"integer\" }\n",
+            "test",
+        )
+        .unwrap();
+        let fields = ds.get("t").unwrap().fields.clone();
+        let mut out: Box<dyn RowWriter> =
+            Box::new(XlsxOut::with_sheet_rows(&path, &["n".to_string()], fields, 3).unwrap());
+        for n in 1..=7 {
+            out.write_row(&[Value::Int(n)]).unwrap();
+        }
+        assert_eq!(out.finish().unwrap(), Some(3));
+        let mut book = calamine::open_workbook_auto(&path).unwrap();
+        assert_eq!(book.sheet_names(), ["Data", "Data 2", "Data 3"]);
+        let mut seen = Vec::new();
+        for name in book.sheet_names() {
+            let range = book.worksheet_range(&name).unwrap();
+            let mut rows = range.rows();
+            assert_eq!(rows.next().unwrap(), [Data::String("n".into())]);
+            seen.push(
+                rows.map(|r| match &r[0] {
+                    Data::Float(f) => *f as i64,
+                    Data::Int(n) => *n,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            );
+        }
+        assert_eq!(seen, [vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
     }
 }

@@ -282,9 +282,9 @@ pub trait Sql {
     /// Runs several statements without parameters (a replace job's swap).
     fn batch(&mut self, sql: &str) -> StoreResult<()>;
 
-    /// Runs a query and hands each row to `each` as it arrives, never holding more than one
-    /// (SQLite steps the statement; PostgreSQL reads the portal's rows off the socket as they
-    /// are consumed, the server waiting on it meanwhile). `each` returning false stops early.
+    /// Runs a query and hands each row to `each` as it arrives, never holding them all
+    /// (SQLite steps the statement; PostgreSQL, in a transaction, fetches a portal 2,000 rows at
+    /// a time, the server keeping the rest). `each` returning false stops early.
     /// Returns the rows handed over.
     fn query_each(
         &mut self,

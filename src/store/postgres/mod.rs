@@ -311,7 +311,65 @@ fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-impl<C: GenericClient> Sql for Pg<'_, C> {
+/// Rows streamed from a statement: inside a transaction, a portal fetched [`PORTAL_ROWS`] rows
+/// at a time (the server keeps the rest); on a bare connection, the row stream of one query.
+trait Stream {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64>;
+}
+
+/// Rows per fetch of an export's portal.
+const PORTAL_ROWS: i32 = 2_000;
+
+impl Stream for postgres::Transaction<'_> {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64> {
+        let portal = self.bind(statement, &refs(params)).map_err(pg_err)?;
+        let mut count = 0;
+        loop {
+            let rows = self.query_portal(&portal, PORTAL_ROWS).map_err(pg_err)?;
+            for r in &rows {
+                count += 1;
+                if !each(r)? {
+                    return Ok(count);
+                }
+            }
+            if rows.len() < PORTAL_ROWS as usize {
+                return Ok(count);
+            }
+        }
+    }
+}
+
+impl Stream for Client {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut rows = self.query_raw(statement, refs(params)).map_err(pg_err)?;
+        let mut count = 0;
+        while let Some(r) = rows.next().map_err(pg_err)? {
+            count += 1;
+            if !each(&r)? {
+                break;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl<C: GenericClient + Stream> Sql for Pg<'_, C> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
@@ -344,25 +402,15 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
         params: &[Value],
         each: &mut dyn FnMut(&[Value]) -> bool,
     ) -> StoreResult<u64> {
-        use postgres::fallible_iterator::FallibleIterator;
         let statement = self.statement(sql)?;
-        let mut rows = self
-            .client
-            .query_raw(&statement, refs(params))
-            .map_err(pg_err)?;
         let mut values = Vec::new();
-        let mut count = 0;
-        while let Some(r) = rows.next().map_err(pg_err)? {
+        self.client.stream(&statement, params, &mut |r| {
             values.clear();
             for i in 0..r.len() {
-                values.push(column(&r, i)?);
+                values.push(column(r, i)?);
             }
-            count += 1;
-            if !each(&values) {
-                break;
-            }
-        }
-        Ok(count)
+            Ok(each(&values))
+        })
     }
 
     fn notify_jobs(&mut self) -> StoreResult<()> {

@@ -255,6 +255,27 @@ async fn round_trip_through_csv_and_xlsx_leaves_every_row_unchanged(backend: Bac
         assert_eq!(cell(5)[2], "yyyy-mm-dd");
     }
 
+    // Counted in the metrics of the process whose worker wrote them.
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "sluice_export_rows_total{format=\"csv\"} 10000",
+        "sluice_export_rows_total{format=\"xlsx\"} 10000",
+        "sluice_exports_total{format=\"csv\"} 1",
+        "sluice_exports_total{format=\"xlsx\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+
     // Importing either export again changes nothing.
     for back in [&csv_path, &xlsx_path] {
         let again = import_file_as(&app, TOKEN, "products", back).await;
@@ -814,6 +835,44 @@ async fn a_killed_worker_s_export_starts_over_and_completes(backend: Backend) {
     assert_eq!(rows.len(), 120_000);
     assert_eq!(rows[0][0][1], "SKU-0000001");
     assert_eq!(rows[119_999][0][1], "SKU-0120000");
+
+    // Cancelled while it writes: no file (409); a retry runs the same job again, whole.
+    let (_, body) = export_as(&app, TOKEN, "products", json!({"format": "xlsx"})).await;
+    let job = job_id(&body);
+    let start = Instant::now();
+    while app.status(job).await["progress"]["current"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(start.elapsed() < MINUTE);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let resp = app
+        .post(&format!("/api/v1/import/{job}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.status(job).await["status"], "cancelled");
+    let (code, body) = json_of(download_as(&app, TOKEN, job, &[]).await).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (409, Some("not_ready")),
+        "{body}"
+    );
+    let resp = app
+        .post(&format!("/api/v1/import/{job}/retry?fromStart=true"))
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(resp).await;
+    assert_eq!(code, 200, "{body}");
+    let done = app.wait_done(job, 5 * MINUTE).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["kind"], "export");
+    assert_eq!(done["results"]["totalRows"], 120_000);
+    assert_eq!(download_as(&app, TOKEN, job, &[]).await.status(), 200);
 }
 
 /// `sluice export` over HTTP: creates the job, follows it, downloads the file; filters and

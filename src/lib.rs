@@ -13,6 +13,7 @@ pub mod cli;
 pub mod dataset;
 pub mod duration;
 pub mod events;
+pub mod export;
 pub mod import;
 pub mod jobs;
 pub mod memory;

@@ -83,6 +83,10 @@ pub fn install<'a>(datasets: impl IntoIterator<Item = &'a str>) {
     describe();
     counter!("sluice_lease_lost_total").increment(0);
     counter!("sluice_batch_retries_total").increment(0);
+    for format in ["csv", "xlsx"] {
+        counter!("sluice_export_rows_total", "format" => format).increment(0);
+        counter!("sluice_exports_total", "format" => format).increment(0);
+    }
     for result in ["delivered", "retrying", "failed"] {
         counter!("sluice_webhook_deliveries_total", "result" => result).increment(0);
     }
@@ -116,6 +120,14 @@ fn describe() {
     describe_counter!(
         "sluice_lease_lost_total",
         "Job executions that stopped because their lease was lost (another worker, or an operator's cancel, pause or delete)"
+    );
+    describe_counter!(
+        "sluice_export_rows_total",
+        "Rows written into export files by this process's workers, by format"
+    );
+    describe_counter!(
+        "sluice_exports_total",
+        "Export files this process's workers completed, by format"
     );
     describe_counter!(
         "sluice_batch_retries_total",
@@ -190,6 +202,12 @@ pub fn analysis_rows(dataset: &str, rows: u64) {
 /// A batch commit is tried again after a transient store error.
 pub fn batch_retry() {
     counter!("sluice_batch_retries_total").increment(1);
+}
+
+/// An export file completed with `rows` rows.
+pub fn export_written(format: &'static str, rows: u64) {
+    counter!("sluice_export_rows_total", "format" => format).increment(rows);
+    counter!("sluice_exports_total", "format" => format).increment(1);
 }
 
 /// A job's execution stopped on a lost lease.

@@ -1814,7 +1814,43 @@ fn jobs_are_grouped_by_status_dataset_and_kind(store: &dyn JobStore) {
     assert!(store.pool_state().max >= 1);
 }
 
+/// An export reads a snapshot and writes no row: the one-writer rule neither holds it back
+/// behind an import of its dataset nor lets it hold an import (or a synchronous one) back.
+fn exports_neither_wait_for_nor_block_imports_of_their_dataset(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let export = |name: &str| NewJob {
+        kind: JobKind::Export,
+        sha256: format!("export:{name}"),
+        params: Some(serde_json::json!({})),
+        ..upload(org, name)
+    };
+    let import = pending(store, org, "a");
+    let first = created(store.job_insert(&export("e1"), None, None).unwrap());
+    let (claimed, import_lease) = next_claim(store, "w1").expect("the import");
+    assert_eq!(claimed, import);
+    // Pending behind a processing import of its dataset, the export is claimed anyway.
+    let (claimed, export_lease) = next_claim(store, "w2").expect("the export");
+    assert_eq!(claimed, first);
+    done(store, &import_lease);
+    // A running export holds back neither a new import nor a synchronous one.
+    let second = pending(store, org, "b");
+    let (claimed, second_lease) = next_claim(store, "w1").expect("the second import");
+    assert_eq!(claimed, second);
+    done(store, &second_lease);
+    let sync = store
+        .job_insert(&upload(org, "c"), Some(("lease-c", LONG_LEASE_MS)), None)
+        .unwrap();
+    assert!(matches!(sync, Inserted::Created(_)), "{sync:?}");
+    // Two exports of one dataset may wait and run side by side.
+    let third = created(store.job_insert(&export("e2"), None, None).unwrap());
+    let (claimed, _) = next_claim(store, "w3").expect("the second export");
+    assert_eq!(claimed, third);
+    assert_eq!(status(store, first), JobStatus::Processing);
+    done(store, &export_lease);
+}
+
 store_conformance!(
+    exports_neither_wait_for_nor_block_imports_of_their_dataset,
     a_high_job_goes_before_older_normal_ones_and_a_low_one_after_them,
     the_organisation_with_the_fewest_running_jobs_goes_first,
     chunk_jobs_count_as_running_and_inherit_the_priority,

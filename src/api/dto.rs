@@ -144,6 +144,12 @@ pub struct JobView {
     /// A completed analysis: its report (`?format=xlsx|json`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_url: Option<String>,
+    /// A completed export whose file is kept: where to download it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    /// A completed job's file: when retention (`--retain-files`) removes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// An analysis's summary (`summary` in its status).
@@ -242,11 +248,34 @@ pub struct Results {
     pub unchanged_count: u64,
 }
 
+impl JobView {
+    /// Adds when the job's file expires, for a server keeping files `retain` after a job ends.
+    pub fn expiring(mut self, retain: std::time::Duration) -> Self {
+        if self.kind == JobKind::Export.as_str() && self.file_retained {
+            self.expires_at = self
+                .completed_at
+                .zip(chrono::Duration::from_std(retain).ok())
+                .map(|(done, retain)| done + retain);
+        }
+        self
+    }
+}
+
 impl From<&Job> for JobView {
     fn from(job: &Job) -> Self {
+        let export = (job.kind == JobKind::Export).then(|| crate::export::ExportResult::of(job));
         let success = job.created_count + job.updated_count + job.unchanged_count;
-        let processed = success + job.error_count;
-        let total = job.total_rows.unwrap_or(processed).max(processed);
+        // An export's progress counts the rows written.
+        let processed = match &export {
+            Some(Some(result)) => result.rows,
+            Some(None) => job.rows_done,
+            None => success + job.error_count,
+        };
+        // An export's total is its snapshot's row count, read before its first row.
+        let total = match (&export, job.total_rows) {
+            (Some(_), Some(total)) => total,
+            (_, total) => total.unwrap_or(processed).max(processed),
+        };
         let percentage = if job.status == JobStatus::Completed {
             100
         } else {
@@ -291,8 +320,15 @@ impl From<&Job> for JobView {
             eta_seconds: eta,
             errors_url: format!("/api/v1/import/{}/errors", job.id),
             error: job.error.clone(),
-            file_size: job.file_size,
-            sha256: job.sha256.clone(),
+            file_size: match &export {
+                Some(Some(result)) => result.size,
+                _ => job.file_size,
+            },
+            sha256: match &export {
+                Some(Some(result)) => result.sha256.clone(),
+                Some(None) => String::new(),
+                None => job.sha256.clone(),
+            },
             warnings: job.mapping.warnings(),
             attempts: job.attempts,
             worker_id: job.lease_owner.clone(),
@@ -311,7 +347,7 @@ impl From<&Job> for JobView {
             chunk_index: job.parent_id.and(job.chunk_index),
             results: job.status.is_finished().then_some(Results {
                 total_rows: processed,
-                success_count: success,
+                success_count: if export.is_some() { processed } else { success },
                 error_count: job.error_count,
                 created_count: job.created_count,
                 updated_count: job.updated_count,
@@ -326,6 +362,11 @@ impl From<&Job> for JobView {
                     .as_ref()
                     .is_some_and(|r| r.get("report").is_some()))
             .then(|| format!("/api/v1/import/{}/report", job.id)),
+            download_url: (export.is_some()
+                && job.status == JobStatus::Completed
+                && !job.blob_deleted)
+                .then(|| format!("/api/v1/export/{}/download", job.id)),
+            expires_at: None,
         }
     }
 }
@@ -348,6 +389,38 @@ pub struct ErrorsPage {
     pub limit: u64,
     pub offset: u64,
     pub errors: Vec<ErrorRecord>,
+}
+
+/// `POST /api/v1/export/{dataset}`: the options, as a JSON body, form fields or query
+/// parameters. Described for the document only (the handler reads them once for all three).
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct ExportRequest {
+    /// `csv` (default) or `xlsx`.
+    pub format: Option<String>,
+    /// Fields in output order: `a,b` or a JSON array (default: every field, in dataset order;
+    /// with a template, the fields it maps).
+    pub columns: Option<Vec<String>>,
+    /// Field → value (equality), or field → `{"gte": …, "lte": …}` (a range, either end
+    /// optional); values typed as the field is.
+    #[serde(rename = "where")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// Only rows an import created or changed at or after this time (RFC 3339, or a date);
+    /// rows an import found unchanged keep their time.
+    pub updated_since: Option<String>,
+    /// Only rows this import job (of the dataset, of the organisation) wrote last.
+    pub job_id: Option<i64>,
+    /// A saved mapping template: its headers name the columns.
+    pub template: Option<String>,
+    /// CSV: start with a UTF-8 byte order mark (default false).
+    pub bom: Option<bool>,
+    /// CSV: prefix text cells that start with `=`, `+`, `-`, `@`, tab or CR with `'`
+    /// (default true).
+    pub formula_safe: Option<bool>,
+    /// `high`, `normal` (default) or `low`.
+    pub priority: Option<String>,
 }
 
 /// The 202 of a background upload (also in `Location`).

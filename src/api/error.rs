@@ -57,6 +57,12 @@ pub enum ApiError {
     /// Not an error: a finished response to send as it is (an idempotent replay found late).
     #[error("replayed response")]
     Replay(Box<Response>),
+    /// 410 `expired`: what was asked for existed and is gone (an export's file, swept).
+    #[error("{0}")]
+    Gone(String),
+    /// 416 `range_not_satisfiable` with `Content-Range: bytes */size`.
+    #[error("the requested range is not within the file's {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -120,6 +126,25 @@ impl IntoResponse for ApiError {
                     },
                 };
                 return (StatusCode::CONFLICT, Json(body)).into_response();
+            }
+            ApiError::RangeNotSatisfiable { size } => {
+                let body = ErrorBody {
+                    success: false,
+                    error: ErrorDetail {
+                        code: "range_not_satisfiable".into(),
+                        message: format!(
+                            "the requested range is not within the file's {size} bytes"
+                        ),
+                        job_id: None,
+                        status_url: None,
+                    },
+                };
+                return (
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    [(axum::http::header::CONTENT_RANGE, format!("bytes */{size}"))],
+                    Json(body),
+                )
+                    .into_response();
             }
             other => other.parts(),
         };
@@ -221,6 +246,8 @@ impl ApiError {
                     "the server has no room to store this file; nothing was kept. Try a smaller file or try again later".to_string(),
                 )
             }
+            ApiError::Gone(m) => (StatusCode::GONE, "expired", m.clone()),
+            ApiError::RangeNotSatisfiable { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", self.to_string()),
             ApiError::Conflict { .. } | ApiError::Replay(_) => (StatusCode::CONFLICT, "conflict", self.to_string()),
         }
     }

@@ -16,6 +16,7 @@ use super::auth::Caller;
 use super::dto::{Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView};
 use super::error::ApiError;
 use super::options::number;
+use crate::export::csv::neutralise;
 use crate::import::tally::ErrorSummary;
 use crate::store::StoreError;
 use crate::store::{Job, JobFilter, JobId, JobStatus};
@@ -70,7 +71,9 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<Data<JobView>>, ApiError> {
     let job = load_job(&state, &caller, parse_id(&id)?).await?;
-    Ok(Json(Data::ok(JobView::from(&job))))
+    Ok(Json(Data::ok(
+        JobView::from(&job).expiring(state.retain_files),
+    )))
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`
@@ -107,7 +110,10 @@ pub async fn list(
     let f = filter.clone();
     let (jobs, total) = state.jobs.store_call(move |s| s.job_list(&f)).await?;
     Ok(Json(Data::ok(JobList {
-        jobs: jobs.iter().map(JobView::from).collect(),
+        jobs: jobs
+            .iter()
+            .map(|j| JobView::from(j).expiring(state.retain_files))
+            .collect(),
         total,
         limit: filter.limit,
         offset: filter.offset,
@@ -256,17 +262,6 @@ fn errors_csv(state: Arc<AppState>, job: Job) -> Response {
         body,
     )
         .into_response()
-}
-
-/// A cell made safe for spreadsheets (OWASP "CSV injection"): a cell starting with `=`, `+`,
-/// `-`, `@`, tab or carriage return could run as a formula when the file is opened, so it gets a
-/// leading `'`. A genuine negative number such as `-5` is prefixed too (`'-5`): remove the quote
-/// before importing such a value again.
-pub(super) fn neutralise(cell: &str) -> std::borrow::Cow<'_, str> {
-    match cell.as_bytes().first() {
-        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => format!("'{cell}").into(),
-        _ => cell.into(),
-    }
 }
 
 /// CSV text of rows, every cell neutralised.

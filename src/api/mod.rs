@@ -12,6 +12,7 @@ mod control;
 pub mod dto;
 pub mod error;
 mod events;
+mod export;
 mod jobs;
 pub mod limit;
 pub mod metrics;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// download: a crowd of downloads shares this, and status requests keep their connections
     /// and their CPU.
     pub bulk_reads: Arc<tokio::sync::Semaphore>,
+    /// How long a finished job's file is kept (`--retain-files`): an export's `expiresAt`.
+    pub retain_files: std::time::Duration,
 }
 
 /// Bulk download pages read at once: half the cores, at least one.
@@ -108,6 +111,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(webhooks::deliveries),
         )
         .route("/api/v1/datasets", get(jobs::datasets))
+        .route("/api/v1/export/{id}", post(export::create))
+        .route("/api/v1/export/{id}/download", get(export::download))
         .route(
             "/api/v1/import/{id}/preview",
             post(preview::preview)

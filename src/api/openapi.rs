@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
 use super::{
-    admin, analysis, audit, control, events, jobs, preview, seed_analysis, session, upload,
+    admin, analysis, audit, control, events, export, jobs, preview, seed_analysis, session, upload,
     webhooks,
 };
 
@@ -64,6 +64,8 @@ use super::{
         admin::token_create,
         admin::token_list,
         admin::token_revoke,
+        export::create,
+        export::download,
     ),
     components(schemas(ErrorBody, jobs::ErrorsFormat, control::JobAction, analysis::ReportFormat)),
     modifiers(&CommonErrors),
@@ -73,6 +75,7 @@ use super::{
         (name = "jobs", description = "Jobs: status, history, rejected rows, control"),
         (name = "analysis", description = "Seed 003's analysis contract: analyse a file, poll the job, download the report"),
         (name = "events", description = "Server-Sent Events of job progress"),
+        (name = "exports", description = "A dataset's rows out as CSV or XLSX: export jobs and their files"),
         (name = "datasets", description = "What can be imported, and saved mappings"),
         (name = "webhooks", description = "Notifications of finished jobs, signed with HMAC-SHA256"),
         (name = "admin", description = "Users, tokens and the audit log of the caller's organisation"),

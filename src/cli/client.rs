@@ -1,4 +1,4 @@
-//! The CLI client: `import`, `analyze`, `status`, `jobs`, `errors` over the HTTP API.
+//! The CLI client: `import`, `analyze`, `export`, `status`, `jobs`, `errors` over the HTTP API.
 //!
 //! Uploads stream the file from disk as a raw body (`?filename=`), never reading it whole.
 //! `import --wait` follows the job with an indicatif progress bar and exits non-zero when the
@@ -520,5 +520,175 @@ pub async fn errors(args: ErrorsArgs) -> CliResult {
     if let Some(path) = &args.out {
         eprintln!("wrote {}", path.display());
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The dataset to export (as configured in datasets.toml).
+    pub dataset: String,
+    /// csv (default) or xlsx.
+    #[arg(long, default_value = "csv", value_parser = ["csv", "xlsx"])]
+    pub format: String,
+    /// Where to write the file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// A filter: `field=value`, `field>=value` or `field<=value` (repeat for more; all hold).
+    #[arg(long = "where", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// Fields in output order, comma-separated (default: every field).
+    #[arg(long)]
+    pub columns: Option<String>,
+    /// Only the rows this import job wrote last.
+    #[arg(long = "job")]
+    pub job: Option<i64>,
+    /// Only rows an import created or changed since this time (RFC 3339, or YYYY-MM-DD).
+    #[arg(long)]
+    pub updated_since: Option<String>,
+    /// A saved mapping template whose headers name the columns.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// CSV: start the file with a UTF-8 byte order mark (for Excel).
+    #[arg(long)]
+    pub bom: bool,
+    /// CSV: write text cells as they are, without the `'` before a leading `=`, `+`, `-`, `@`.
+    #[arg(long)]
+    pub no_formula_safe: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `--where` filters as the API's `where` object.
+fn where_object(filters: &[String]) -> Result<serde_json::Map<String, Value>, String> {
+    let mut object = serde_json::Map::new();
+    for f in filters {
+        let (field, op, value) = [">=", "<=", "="]
+            .iter()
+            .find_map(|op| f.split_once(op).map(|(a, b)| (a.trim(), *op, b)))
+            .ok_or_else(|| {
+                format!("--where `{f}`: expected field=value, field>=value or field<=value")
+            })?;
+        if field.is_empty() {
+            return Err(format!("--where `{f}`: no field name"));
+        }
+        let value = Value::String(value.to_string());
+        match op {
+            "=" => {
+                object.insert(field.to_string(), value);
+            }
+            bound => {
+                let key = if bound == ">=" { "gte" } else { "lte" };
+                let entry = object
+                    .entry(field.to_string())
+                    .or_insert_with(|| Value::Object(serde_json::Map::new()));
+                match entry {
+                    Value::Object(range) => {
+                        range.insert(key.into(), value);
+                    }
+                    _ => return Err(format!("--where `{field}`: both a value and a range")),
+                }
+            }
+        }
+    }
+    Ok(object)
+}
+
+pub async fn export(args: ExportArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let mut body = serde_json::Map::new();
+    body.insert("format".into(), Value::String(args.format.clone()));
+    let filter = where_object(&args.filters)?;
+    if !filter.is_empty() {
+        body.insert("where".into(), Value::Object(filter));
+    }
+    if let Some(c) = &args.columns {
+        body.insert("columns".into(), Value::String(c.clone()));
+    }
+    if let Some(j) = args.job {
+        body.insert("jobId".into(), Value::from(j));
+    }
+    if let Some(t) = &args.updated_since {
+        body.insert("updatedSince".into(), Value::String(t.clone()));
+    }
+    if let Some(t) = &args.template {
+        body.insert("template".into(), Value::String(t.clone()));
+    }
+    if args.bom {
+        body.insert("bom".into(), Value::Bool(true));
+    }
+    if args.no_formula_safe {
+        body.insert("formulaSafe".into(), Value::Bool(false));
+    }
+    let req = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/export/{}", args.dataset),
+        )
+        .json(&Value::Object(body));
+    let (_, answer) = api.send(req).await?;
+    let job_id = answer["data"]["jobId"]
+        .as_i64()
+        .ok_or("the server answered without a job id")?;
+    eprintln!("export job {job_id} started");
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let data = loop {
+        let status = api.get(&format!("/api/v1/import/status/{job_id}")).await?;
+        let data = status["data"].clone();
+        bar.set_length(n(&data["progress"]["total"]));
+        bar.set_position(n(&data["progress"]["current"]));
+        bar.set_message(data["status"].as_str().unwrap_or("?").to_string());
+        if matches!(
+            data["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            break data;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    bar.finish();
+    finished_ok(&data)?;
+    let url = data["downloadUrl"]
+        .as_str()
+        .ok_or("the export completed without a download")?;
+    let mut resp = api
+        .request(reqwest::Method::GET, url)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach the sluice server at {}: {e}", api.base))?;
+    let status = resp.status().as_u16();
+    if status != 200 {
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        return Err(api_error(status, &body).into());
+    }
+    // Written beside the target and renamed when whole: no half file under the name asked for.
+    let mut part = args.out.clone().into_os_string();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let mut out = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let mut written = 0u64;
+    while let Some(chunk) = resp.chunk().await? {
+        out.write_all(&chunk).await?;
+        written += chunk.len() as u64;
+    }
+    out.flush().await?;
+    out.sync_all().await?;
+    drop(out);
+    tokio::fs::rename(&part, &args.out)
+        .await
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    println!(
+        "exported {} rows of {} to {} ({written} bytes)",
+        n(&data["results"]["totalRows"]),
+        args.dataset,
+        args.out.display()
+    );
     Ok(())
 }

@@ -60,6 +60,9 @@ enum Command {
     Jobs(client::JobsArgs),
     /// Download a job's rejected rows (CSV with an `error` column, or JSON).
     Errors(client::ErrorsArgs),
+    /// Export a dataset's rows to a CSV or XLSX file (a job on the server; progress bar, then
+    /// the download).
+    Export(client::ExportArgs),
 }
 
 /// How a client command reaches the server.
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
             Command::Status(args) => client::status(args).await,
             Command::Jobs(args) => client::jobs(args).await,
             Command::Errors(args) => client::errors(args).await,
+            Command::Export(args) => client::export(args).await,
         }
     });
     match result {

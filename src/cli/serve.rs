@@ -481,6 +481,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         },
         webhook_allow_private: args.webhook_allow_private,
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
+        retain_files: args.retain_files,
     });
     let metrics = args.metrics.start(&state.jobs, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)

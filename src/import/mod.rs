@@ -70,6 +70,9 @@ pub enum FileError {
     },
     #[error("reading the uploaded file failed: {0}")]
     Io(#[from] std::io::Error),
+    /// A job writing a file (an export) could not: the message says why, fit for users.
+    #[error("{0}")]
+    Output(String),
 }
 
 impl FileError {
@@ -91,6 +94,7 @@ impl FileError {
             FileError::EmptySheet { header: false, .. } => "empty_file",
             FileError::EmptySheet { header: true, .. } => "no_rows",
             FileError::Io(_) => "io_error",
+            FileError::Output(_) => "export_failed",
         }
     }
 }

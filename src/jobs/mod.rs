@@ -596,12 +596,10 @@ fn run_blocking(
 ) -> Result<RunOutcome, RunError> {
     let ran = match job.kind {
         JobKind::Import | JobKind::Analysis => run_job(ctx, job, lease, stop),
-        // Filled in by the export pipeline (issue 15).
-        JobKind::Export => Err(FileError::Unreadable(format!(
-            "{} jobs are not available in this version",
-            job.kind.as_str()
-        ))
-        .into()),
+        // Exports start over on every run (their file is written from one snapshot).
+        JobKind::Export => set_up(ctx, stop, "exporting", || {
+            crate::export::run(ctx, job, &lease, stop)
+        }),
     };
     match ran {
         // Asked to stop while a store call waited for the database: the job resumes from its

@@ -28,7 +28,7 @@ pub fn control(
     let lock = c.dialect().for_update();
     let Some(row) = c.query_opt(
         &format!(
-            "SELECT status, blob_deleted_at IS NOT NULL, parent_id, chunks_total IS NOT NULL \
+            "SELECT status, blob_deleted_at IS NOT NULL, parent_id, chunks_total IS NOT NULL, kind \
              FROM jobs WHERE id = $1{lock}"
         ),
         params![id],
@@ -38,6 +38,9 @@ pub fn control(
     };
     let status: JobStatus = row.text(0)?.parse().map_err(StoreError::Corrupt)?;
     let (blob_deleted, parent, split) = (row.bool(1)?, row.opt_i64(2)?, row.bool(3)?);
+    // An export reads no file and starts over on every run: its retry is always the same job
+    // again (`fromStart` changes nothing), whatever became of an earlier output file.
+    let export = row.text(4)? == "export";
     if let Some(parent) = parent {
         return Ok(Controlled::Conflict(format!(
             "this job is a part of job {parent}; act on job {parent}"
@@ -91,7 +94,7 @@ pub fn control(
         },
         Control::Retry { from_start } => match status {
             JobStatus::Failed | JobStatus::Cancelled => {
-                if blob_deleted {
+                if blob_deleted && !export {
                     return Ok(Controlled::Conflict(
                         "the uploaded file is no longer kept (retention); upload it again".into(),
                     ));
@@ -101,7 +104,7 @@ pub fn control(
                         "the same file is already importing as job {other}"
                     )));
                 }
-                let target = if from_start {
+                let target = if from_start && !export {
                     c.query_one(
                         "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, \
                          options, header, mapping, created_by, created_at, retry_of, org_id, user_id, \

@@ -276,12 +276,15 @@ pub const CLAIM_LOCK: &str = "sluice.claim";
 /// dataset is running, or — for a top-level job not yet started — an earlier one waits. Among
 /// several running ones (a split job resumed while another ran), the earliest goes on and the
 /// others' chunks wait. `j` is the candidate; its top-level job is `COALESCE(j.parent_id, j.id)`.
-const WRITER_BUSY: &str = "EXISTS (SELECT 1 FROM jobs o \
+///
+/// Exports read a snapshot and write no row: they are never held back and hold nothing back
+/// (`kind = 'export'` is left out both as the candidate and as the blocking `o`).
+const WRITER_BUSY: &str = "(j.kind <> 'export' AND EXISTS (SELECT 1 FROM jobs o \
      WHERE o.parent_id IS NULL AND o.dataset = j.dataset AND o.org_id IS NOT DISTINCT FROM j.org_id \
-     AND o.id <> COALESCE(j.parent_id, j.id) \
+     AND o.kind <> 'export' AND o.id <> COALESCE(j.parent_id, j.id) \
      AND ((o.status = 'processing' AND ((j.parent_id IS NULL AND j.status = 'pending') \
                                         OR o.id < COALESCE(j.parent_id, j.id))) \
-          OR (o.status = 'pending' AND j.parent_id IS NULL AND j.status = 'pending' AND o.id < j.id)))";
+          OR (o.status = 'pending' AND j.parent_id IS NULL AND j.status = 'pending' AND o.id < j.id))))";
 
 /// How many jobs and chunks of `job`'s organisation (`job` is a table alias) are running:
 /// `processing` under a lease that has not expired at `now_ms` (a placeholder). A split job's
@@ -372,12 +375,13 @@ fn with_queue_position(c: &mut dyn Sql, job: &mut Job) -> StoreResult<()> {
 }
 
 /// The top-level job of this organisation that is writing `dataset` or waiting to, if any: a
-/// synchronous import, which runs in its request, may not start beside it. Asked under
+/// synchronous import, which runs in its request, may not start beside it (an export is no
+/// writer). Asked under
 /// [`CLAIM_LOCK`].
 fn dataset_writer(c: &mut dyn Sql, org: i64, dataset: &str) -> StoreResult<Option<JobId>> {
     c.query_opt(
         "SELECT id FROM jobs WHERE parent_id IS NULL AND dataset = $1 AND org_id = $2 \
-         AND status IN ('pending', 'processing') ORDER BY id LIMIT 1",
+         AND kind <> 'export' AND status IN ('pending', 'processing') ORDER BY id LIMIT 1",
         params![dataset, org],
     )?
     .map(|r| r.i64(0))
@@ -400,6 +404,13 @@ pub fn set_total(c: &mut dyn Sql, lease: &Lease, total_rows: u64) -> StoreResult
 }
 
 /// Records what the job produced (see [`super::Job::result`]); fenced by the lease.
+pub fn set_progress(c: &mut dyn Sql, lease: &Lease, rows_done: u64) -> StoreResult<bool> {
+    Ok(c.execute(
+        "UPDATE jobs SET rows_done = $1 WHERE id = $2 AND lease_token = $3",
+        params![rows_done, lease.job_id, lease.token.as_str()],
+    )? == 1)
+}
+
 pub fn set_result(c: &mut dyn Sql, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool> {
     Ok(c.execute(
         "UPDATE jobs SET result = $1 WHERE id = $2 AND lease_token = $3",

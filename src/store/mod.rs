@@ -16,6 +16,7 @@
 //! in `migrations/`.
 
 mod control;
+mod export;
 mod hooks;
 mod jobs;
 mod pool;
@@ -193,6 +194,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Extends the lease; false when it was lost.
     fn job_heartbeat(&self, lease: &Lease, lease_ms: u64) -> StoreResult<bool>;
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool>;
+    /// Records an export's progress (rows written so far, as `rows_done`); false when the
+    /// lease was lost.
+    fn job_set_progress(&self, lease: &Lease, rows_done: u64) -> StoreResult<bool>;
     /// Records what the job produced ([`Job::result`]); false when the lease was lost.
     fn job_set_result(&self, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool>;
     /// Splits a claimed job into chunk jobs (pending, reading `options`) and gives the parent's
@@ -274,6 +278,18 @@ pub trait JobStore: Send + Sync + 'static {
     fn errors_after(&self, job: JobId, after: u64, limit: u64) -> StoreResult<Vec<ErrorRecord>>;
     /// Every row error of `job` counted by column and by kind of message.
     fn errors_tally(&self, job: JobId) -> StoreResult<crate::import::tally::ErrorSummary>;
+
+    /// Streams organisation `org`'s rows of `dataset` that `query` selects into `out`, in key
+    /// order, from ONE read-only snapshot (SQLite: a read transaction on WAL; PostgreSQL:
+    /// `REPEATABLE READ READ ONLY`): the row count first, then each row. Rows committed by an
+    /// import meanwhile are all in it or all not. Returns the rows handed over.
+    fn dataset_export(
+        &self,
+        dataset: &Dataset,
+        org: i64,
+        query: &ExportQuery,
+        out: &mut dyn ExportRows,
+    ) -> StoreResult<u64>;
 
     /// A writer of batches for a claimed job, into the rows of organisation `org`.
     /// For a chunk job, `parent` receives the counts and row errors, and stamps rows as its own

@@ -282,6 +282,17 @@ pub trait Sql {
     /// Runs several statements without parameters (a replace job's swap).
     fn batch(&mut self, sql: &str) -> StoreResult<()>;
 
+    /// Runs a query and hands each row to `each` as it arrives, never holding them all
+    /// (SQLite steps the statement; PostgreSQL, in a transaction, fetches a portal 2,000 rows at
+    /// a time, the server keeping the rest). `each` returning false stops early.
+    /// Returns the rows handed over.
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&[Value]) -> bool,
+    ) -> StoreResult<u64>;
+
     fn query_opt(&mut self, sql: &str, params: &[Value]) -> StoreResult<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }

@@ -28,6 +28,9 @@ pub trait Backend: Send + Sync + 'static {
     fn read<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T>;
     /// Runs `f` in a write transaction: committed when it returns `Ok`, rolled back otherwise.
     fn write<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T>;
+    /// Runs `f` in a read-only transaction that sees one consistent snapshot of the database
+    /// from its first statement to its end (exports).
+    fn snapshot<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T>;
     /// A best-effort single statement that never waits: not for a pooled connection, not for
     /// a lock, not for a durable commit. For bookkeeping that may be lost (a token's last use).
     fn write_nowait(&self, sql: &str, params: &[Value]) -> StoreResult<u64>;
@@ -275,6 +278,21 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn job_set_total(&self, lease: &Lease, total_rows: u64) -> StoreResult<bool> {
         self.0.read(|c| jobs::set_total(c, lease, total_rows))
+    }
+
+    fn job_set_progress(&self, lease: &Lease, rows_done: u64) -> StoreResult<bool> {
+        self.0.read(|c| jobs::set_progress(c, lease, rows_done))
+    }
+
+    fn dataset_export(
+        &self,
+        dataset: &Dataset,
+        org: i64,
+        query: &super::ExportQuery,
+        out: &mut dyn super::ExportRows,
+    ) -> StoreResult<u64> {
+        self.0
+            .snapshot(|c| super::export::export(c, dataset, org, query, out))
     }
 
     fn job_set_result(&self, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool> {

@@ -649,3 +649,45 @@ pub struct Template {
     pub updated_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
 }
+
+/// What an export reads (`JobStore::dataset_export`): the rows of one organisation, the chosen
+/// fields in order, narrowed by the filters; ordered by the dataset key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportQuery {
+    /// The fields written, by index in the dataset, in output order.
+    pub columns: Vec<usize>,
+    /// Every filter must hold.
+    #[serde(default)]
+    pub filters: Vec<ExportFilter>,
+    /// Only rows an import created or changed at or after this time (`_sluice_updated_at`; a
+    /// row an import found unchanged keeps its time).
+    #[serde(default)]
+    pub updated_since: Option<DateTime<Utc>>,
+    /// Only rows last stamped by this import job (`_sluice_job`).
+    #[serde(default)]
+    pub job: Option<JobId>,
+}
+
+/// One condition on a field: its value equals `eq`, or lies within `gte`..=`lte`. Values are
+/// the field's canonical text, as the import stores it (checked by the API against the type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportFilter {
+    pub field: usize,
+    #[serde(default)]
+    pub eq: Option<String>,
+    #[serde(default)]
+    pub gte: Option<String>,
+    #[serde(default)]
+    pub lte: Option<String>,
+}
+
+/// Where an export's rows go, one at a time, inside the store's read transaction.
+pub trait ExportRows {
+    /// How many rows the snapshot holds, before the first row. False stops the export.
+    fn total(&mut self, rows: u64) -> bool;
+    /// One row: the query's columns in order (text, integers, booleans or NULL; decimals, dates
+    /// and times as text). False stops the export.
+    fn row(&mut self, values: &[super::sql::Value]) -> bool;
+}

@@ -316,7 +316,65 @@ fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-impl<C: GenericClient> Sql for Pg<'_, C> {
+/// Rows streamed from a statement: inside a transaction, a portal fetched [`PORTAL_ROWS`] rows
+/// at a time (the server keeps the rest); on a bare connection, the row stream of one query.
+trait Stream {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64>;
+}
+
+/// Rows per fetch of an export's portal.
+const PORTAL_ROWS: i32 = 2_000;
+
+impl Stream for postgres::Transaction<'_> {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64> {
+        let portal = self.bind(statement, &refs(params)).map_err(pg_err)?;
+        let mut count = 0;
+        loop {
+            let rows = self.query_portal(&portal, PORTAL_ROWS).map_err(pg_err)?;
+            for r in &rows {
+                count += 1;
+                if !each(r)? {
+                    return Ok(count);
+                }
+            }
+            if rows.len() < PORTAL_ROWS as usize {
+                return Ok(count);
+            }
+        }
+    }
+}
+
+impl Stream for Client {
+    fn stream(
+        &mut self,
+        statement: &postgres::Statement,
+        params: &[Value],
+        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+    ) -> StoreResult<u64> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut rows = self.query_raw(statement, refs(params)).map_err(pg_err)?;
+        let mut count = 0;
+        while let Some(r) = rows.next().map_err(pg_err)? {
+            count += 1;
+            if !each(&r)? {
+                break;
+            }
+        }
+        Ok(count)
+    }
+}
+
+impl<C: GenericClient + Stream> Sql for Pg<'_, C> {
     fn dialect(&self) -> Dialect {
         Dialect::Postgres
     }
@@ -341,6 +399,23 @@ impl<C: GenericClient> Sql for Pg<'_, C> {
                     .map(Row)
             })
             .collect()
+    }
+
+    fn query_each(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&[Value]) -> bool,
+    ) -> StoreResult<u64> {
+        let statement = self.statement(sql)?;
+        let mut values = Vec::new();
+        self.client.stream(&statement, params, &mut |r| {
+            values.clear();
+            for i in 0..r.len() {
+                values.push(column(r, i)?);
+            }
+            Ok(each(&values))
+        })
     }
 
     fn notify_jobs(&mut self) -> StoreResult<()> {
@@ -381,6 +456,26 @@ impl Backend for Postgres {
             client, statements, ..
         } = &mut *conn;
         let mut tx = client.transaction().map_err(pg_err)?;
+        let done = f(&mut Pg {
+            client: &mut tx,
+            statements,
+        })?;
+        tx.commit().map_err(pg_err)?;
+        Ok(done)
+    }
+
+    /// `REPEATABLE READ READ ONLY`: every statement sees the database as of the first one.
+    fn snapshot<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.conn()?;
+        let PgConn {
+            client, statements, ..
+        } = &mut *conn;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(pg_err)?;
         let done = f(&mut Pg {
             client: &mut tx,
             statements,

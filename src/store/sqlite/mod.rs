@@ -180,8 +180,49 @@ impl Sql for Lite<'_> {
         Ok(out)
     }
 
+    fn query_each(
+        &mut self,
+        text: &str,
+        params: &[Value],
+        each: &mut dyn FnMut(&[Value]) -> bool,
+    ) -> StoreResult<u64> {
+        let mut stmt = self
+            .0
+            .prepare(&sql::sqlite_placeholders(text))
+            .map_err(db_err)?;
+        let n = stmt.column_count();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(db_err)?;
+        let mut values = Vec::with_capacity(n);
+        let mut count = 0;
+        while let Some(r) = rows.next().map_err(db_err)? {
+            values.clear();
+            for i in 0..n {
+                values.push(value_of(r.get_ref(i).map_err(db_err)?));
+            }
+            count += 1;
+            if !each(&values) {
+                break;
+            }
+        }
+        Ok(count)
+    }
+
     fn batch(&mut self, text: &str) -> StoreResult<()> {
         self.0.execute_batch(text).map_err(db_err)
+    }
+}
+
+fn value_of(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(n) => Value::Int(n),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) | ValueRef::Blob(t) => {
+            Value::Text(String::from_utf8_lossy(t).into_owned())
+        }
     }
 }
 
@@ -199,6 +240,18 @@ impl Backend for Sqlite {
         let mut conn = self.pool.get()?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let done = f(&mut Lite(&tx))?;
+        tx.commit().map_err(db_err)?;
+        Ok(done)
+    }
+
+    /// A deferred transaction on one pooled connection: WAL gives it the database as of its
+    /// first read until it ends, whatever commits meanwhile (and blocks no writer).
+    fn snapshot<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
+        let mut conn = self.pool.get()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
             .map_err(db_err)?;
         let done = f(&mut Lite(&tx))?;
         tx.commit().map_err(db_err)?;

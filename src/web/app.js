@@ -98,11 +98,13 @@ async function toggleNotifications() {
 
 function announceDone(job) {
   const r = job.results || {};
-  const what = job.kind === 'analysis' ? 'Analysis' : 'Import';
+  const what = { analysis: 'Analysis', export: 'Export' }[job.kind] || 'Import';
   const would = job.kind === 'analysis' ? 'would be ' : '';
   const text = job.status === 'completed'
-    ? `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} ${would}created, ` +
-      `${fmt(r.updatedCount)} ${would}updated, ${fmt(r.errorCount)} rejected.`
+    ? (job.kind === 'export'
+      ? `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.totalRows)} rows.`
+      : `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} ${would}created, ` +
+        `${fmt(r.updatedCount)} ${would}updated, ${fmt(r.errorCount)} rejected.`)
     : `${what} #${job.jobId} (${job.filename}) ${job.status}${job.error ? ': ' + job.error : '.'}`;
   toast(text, { href: `#/jobs/${job.jobId}`, text: 'View' }, job.status === 'failed');
   if (notificationsOn()) {
@@ -194,7 +196,11 @@ function onEvent(name, d) {
     renderJob(job);
     if (name === 'done' || name === 'progress') { loadErrors(); loadSummary(); }
   }
-  if (name === 'done') announceDone(job);
+  if (name === 'done') {
+    // Events do not say what kind of job they are about: ask once for a job not seen yet.
+    if (job.kind) announceDone(job);
+    else refreshJob(d.jobId).then(announceDone, () => announceDone(job));
+  }
 }
 
 async function loadJobs() {
@@ -286,7 +292,8 @@ function renderLists() {
     const r = job.results || job;
     return el('tr', { 'data-job': job.jobId, 'data-status': job.status },
       el('td', {}, el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId}` })),
-      el('td', { text: job.filename || '' }),
+      el('td', {}, job.filename || '', ...(job.kind && job.kind !== 'import'
+        ? [' ', el('span', { class: 'badge', 'data-kind': job.kind, text: job.kind })] : [])),
       el('td', {}, el('span', { class: `badge ${job.status}`, text: job.status })),
       el('td', { class: 'num created', text: fmt(r.createdCount) }),
       el('td', { class: 'num updated', text: fmt(r.updatedCount) }),
@@ -322,7 +329,8 @@ async function refreshJob(id) {
 
 function renderJob(job) {
   const analysis = job.kind === 'analysis';
-  $('#job-title').replaceChildren(`${analysis ? 'Analysis' : 'Import'} #${job.jobId} · ${job.filename || ''} `,
+  const kindName = { analysis: 'Analysis', export: 'Export' }[job.kind] || 'Import';
+  $('#job-title').replaceChildren(`${kindName} #${job.jobId} · ${job.filename || ''} `,
     el('span', { class: `badge ${job.status}`, id: 'job-status', text: job.status }));
   $('#job-progress').replaceChildren(progressBar(job), el('div', { class: 'stats', text: statsLine(job) }));
   const r = job.results || job;
@@ -344,8 +352,17 @@ function renderJob(job) {
       (a === 'retry' && (job.status === 'failed' || job.status === 'cancelled')) ||
       (a === 'run' && analysis && job.status === 'completed'));
   }
-  $('#report').href = `/api/v1/import/${job.jobId}/report?format=xlsx`;
-  $('#report-line').hidden = !(analysis && job.status === 'completed');
+  // The job's own file: an analysis's report, an export's output.
+  const done = job.status === 'completed';
+  if (job.kind === 'export') {
+    $('#report').href = job.downloadUrl || '#';
+    $('#report').textContent = 'Download the export';
+    $('#report-line').hidden = !(done && job.downloadUrl);
+  } else {
+    $('#report').href = `/api/v1/import/${job.jobId}/report?format=xlsx`;
+    $('#report').textContent = 'Download the analysis report (XLSX)';
+    $('#report-line').hidden = !(analysis && done);
+  }
   $('#download').href = `/api/v1/import/${job.jobId}/errors?format=csv`;
   $('#download').hidden = !job.errorCount;
 }
@@ -581,6 +598,42 @@ async function runImport(dryRun = false) {
   }
 }
 
+// ---------------------------------------------------------------- export
+
+async function runExport() {
+  const ds = $('#export-dataset').value;
+  const format = $('#export-format').value;
+  $('#export-run').disabled = true;
+  $('#export-done').hidden = true;
+  try {
+    const body = await api(`/api/v1/export/${encodeURIComponent(ds)}`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ format }),
+    });
+    const id = body.data.jobId;
+    let job;
+    for (;;) {
+      job = (await api(`/api/v1/import/status/${id}`)).data;
+      $('#export-progress').replaceChildren(progressBar(job),
+        el('div', { class: 'stats', text: `${fmt(job.progress.current)} / ${fmt(job.progress.total)} rows` }));
+      if (!ACTIVE.includes(job.status)) break;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    if (job.status !== 'completed') {
+      toast(`Export #${id} ${job.status}${job.error ? ': ' + job.error : '.'}`, { href: `#/jobs/${id}`, text: 'View' }, true);
+      return;
+    }
+    $('#export-download').href = job.downloadUrl;
+    $('#export-download').textContent = `Download ${job.filename}`;
+    $('#export-info').textContent = `${fmt(job.results.totalRows)} rows · ${fmt(job.fileSize)} bytes`;
+    $('#export-info').dataset.rows = job.results.totalRows;
+    $('#export-done').hidden = false;
+  } catch (e) {
+    toast(e.message, null, true);
+  } finally {
+    $('#export-run').disabled = false;
+  }
+}
+
 // ---------------------------------------------------------------- start
 
 async function start(datasets) {
@@ -599,6 +652,8 @@ async function start(datasets) {
   const last = localStorage.getItem('sluice.dataset');
   const preferred = state.datasets.find((d) => d.name === last) || state.datasets.find((d) => !d.sync);
   if (preferred) sel.value = preferred.name;
+  $('#export-dataset').replaceChildren(...state.datasets.map((d) => el('option', { value: d.name, text: d.name })));
+  if (preferred) $('#export-dataset').value = preferred.name;
   connect();
   route();
 }
@@ -606,6 +661,7 @@ async function start(datasets) {
 function wire() {
   $('#signin-form').addEventListener('submit', signIn);
   $('#signout').addEventListener('click', signOut);
+  $('#export-run').addEventListener('click', runExport);
   $('#notify-btn').addEventListener('click', toggleNotifications);
   $('#file').addEventListener('change', (e) => chooseFile(e.target.files[0]));
   const drop = $('#drop');

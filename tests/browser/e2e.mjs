@@ -214,6 +214,27 @@ try {
   check(await page.textContent('[data-fact="unchanged"]') === valid, 'the import counts what the analysis said');
   await page.goto(BASE + '/#/');
 
+  step = 'export the dataset as CSV and as XLSX';
+  await page.selectOption('#export-dataset', 'products');
+  await page.selectOption('#export-format', 'csv');
+  await page.click('#export-run');
+  await page.waitForSelector('#export-done:not([hidden])', { timeout: 60000 });
+  const exported = Number(await page.$eval('#export-info', (e) => e.dataset.rows));
+  check(exported >= EXPECT_A.valid_rows, `exported ${exported} rows`);
+  const [csvExport] = await Promise.all([page.waitForEvent('download'), page.click('#export-download')]);
+  const lines = fs.readFileSync(await csvExport.path(), 'utf8').trim().split('\n');
+  check(lines[0].startsWith('sku,'), `export header: ${lines[0]}`);
+  check(lines.length === exported + 1, `the CSV holds the ${exported} rows the page names: ${lines.length - 1}`);
+  await page.selectOption('#export-format', 'xlsx');
+  await page.click('#export-run');
+  await page.waitForFunction(() => /\.xlsx$/.test(document.querySelector('#export-download').textContent)
+    && !document.querySelector('#export-done').hidden, null, { timeout: 60000 });
+  const [xlsxExport] = await Promise.all([page.waitForEvent('download'), page.click('#export-download')]);
+  check(fs.readFileSync(await xlsxExport.path()).subarray(0, 2).toString() === 'PK', 'the XLSX export is a workbook');
+  await page.waitForSelector('.toast:has-text("Export #"):has-text("rows.")');
+  check(await page.locator('#recent [data-kind="export"]').count() === 2, 'exports marked in the recent list');
+  await shot(page, '11-export.png');
+
   step = 'sluice.js uploadAndMonitor';
   await page.addScriptTag({ url: '/sluice.js' });
   const result = await page.evaluate(async () => {

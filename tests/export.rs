@@ -818,7 +818,8 @@ async fn a_killed_worker_s_export_starts_over_and_completes(backend: Backend) {
             break;
         }
         assert!(start.elapsed() < MINUTE, "{s}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Slower than the rate limit (100 requests/s a token) allows.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     app.kill_worker(worker);
     let killed = app.status(job).await;
@@ -846,7 +847,8 @@ async fn a_killed_worker_s_export_starts_over_and_completes(backend: Backend) {
         == 0
     {
         assert!(start.elapsed() < MINUTE);
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Slower than the rate limit (100 requests/s a token) allows.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let resp = app
         .post(&format!("/api/v1/import/{job}/cancel"))

@@ -115,6 +115,16 @@ async fn seed_003s_polling_client_analyses_a_file_unchanged(backend: Backend) {
         .unwrap();
     assert_eq!(saved, direct.to_vec());
     assert!(saved.starts_with(b"PK"), "an XLSX package");
+    // Served as every stored file is (`api::files`): ETag, and a range resumes a download.
+    let resp = app
+        .get(&format!("/api/v1/analysis/download/analysis-{job}.xlsx"))
+        .header("Range", "bytes=2-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert!(resp.headers().contains_key("etag"));
+    assert_eq!(resp.bytes().await.unwrap().to_vec(), saved[2..10].to_vec());
     // An analysis writes nothing.
     assert_eq!(app.db().number("SELECT count(*) FROM products"), 0);
     let (_, s) = app.get_json(&format!("/api/v1/import/status/{job}")).await;

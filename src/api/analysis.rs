@@ -4,13 +4,11 @@
 //! (`dryRun=true`, `upload.rs`) and run by a worker (`crate::analysis`).
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 
 use super::AppState;
 use super::auth::Caller;
@@ -67,6 +65,7 @@ pub async fn report(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let json = match params.get("format").map(|f| f.trim()) {
         None | Some("" | "xlsx") => false,
@@ -78,7 +77,7 @@ pub async fn report(
             ));
         }
     };
-    report_of(&state, &caller, parse_id(&id)?, json).await
+    report_of(&state, &caller, parse_id(&id)?, json, &headers).await
 }
 
 /// The report of analysis `id` (XLSX, or JSON when `json`), under the caller's organisation
@@ -88,6 +87,7 @@ pub(super) async fn report_of(
     caller: &Caller,
     id: i64,
     json: bool,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let job = load_job(state, caller, id).await?;
     if job.kind != JobKind::Analysis {
@@ -97,22 +97,32 @@ pub(super) async fn report_of(
     let Some(report) = report.filter(|_| job.status == JobStatus::Completed) else {
         return Err(not_ready(&job));
     };
-    let blob_key = if json { "jsonBlob" } else { "blob" };
-    let blob = report
-        .get(blob_key)
+    let field = |key: &str| report.get(key);
+    let (blob, size, sha256) = if json {
+        (field("jsonBlob"), field("jsonSize"), None)
+    } else {
+        (field("blob"), field("size"), field("sha256"))
+    };
+    let blob = blob
         .and_then(|b| b.as_str())
         .map(str::to_string)
         .ok_or_else(|| ApiError::Internal("the analysis's result names no report".into()))?;
-    let filename = format!("analysis-{}.{}", job.id, if json { "json" } else { "xlsx" });
-    let content_type = if json {
-        "application/json"
-    } else {
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-    };
     if job.blob_deleted {
         return Err(gone(job.id));
     }
-    serve_blob(state, blob, &filename, content_type, job.id).await
+    let file = super::files::Served {
+        blob,
+        filename: format!("analysis-{}.{}", job.id, if json { "json" } else { "xlsx" }),
+        content_type: if json {
+            "application/json"
+        } else {
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        },
+        size: size.and_then(|s| s.as_u64()).unwrap_or(0),
+        sha256: sha256.and_then(|s| s.as_str()).map(str::to_string),
+    };
+    let id = job.id;
+    super::files::serve(state, file, headers, || gone(id)).await
 }
 
 fn gone(id: i64) -> ApiError {
@@ -121,65 +131,6 @@ fn gone(id: i64) -> ApiError {
         message: format!("the files of analysis {id} were removed (retention)"),
         job: Some(id),
     }
-}
-
-/// Streams a stored blob as an attachment, read in 64 KiB pieces on a blocking thread as the
-/// client takes them; held by [`crate::memory::Stream`] like the errors CSV. The one place
-/// report downloads are served.
-async fn serve_blob(
-    state: &Arc<AppState>,
-    blob: String,
-    filename: &str,
-    content_type: &str,
-    job: i64,
-) -> Result<Response, ApiError> {
-    let blobs = state.jobs.blobs.clone();
-    let copy = tokio::task::spawn_blocking(move || blobs.checkout(&blob))
-        .await
-        .map_err(|e| ApiError::Internal(format!("report task: {e}")))?
-        .map_err(|_| gone(job))?;
-    let file = std::fs::File::open(&*copy).map_err(|_| gone(job))?;
-    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
-    tokio::task::spawn_blocking(move || {
-        let _in_flight = crate::memory::Stream::start();
-        // The copy (database mode: a temporary file) lives until the last piece is sent.
-        let _copy = copy;
-        let mut file = file;
-        loop {
-            let mut buf = vec![0u8; 64 * 1024];
-            match file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-        }
-    });
-    let stream = crate::memory::Stream::start();
-    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| {
-        let _in_flight = &stream;
-        rx.poll_recv(cx)
-    }));
-    Ok((
-        [
-            (header::CONTENT_TYPE, content_type.to_string()),
-            (header::CONTENT_LENGTH, size.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-        ],
-        body,
-    )
-        .into_response())
 }
 
 /// `POST /api/v1/import/{jobId}/run`

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Extension, FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -407,56 +406,6 @@ pub async fn create(
         .into_response())
 }
 
-/// A `Range: bytes=…` header against a file of `size` bytes: `Ok(None)` for the whole file (no
-/// header, or one this server does not serve partly: several ranges, another unit), the
-/// inclusive byte range, or 416.
-fn byte_range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ApiError> {
-    let Some(spec) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let Some(spec) = spec.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let unsatisfiable = ApiError::RangeNotSatisfiable { size };
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Err(unsatisfiable);
-    };
-    let (first, last) = (first.trim(), last.trim());
-    let range = if first.is_empty() {
-        // The last `n` bytes.
-        let n: u64 = last
-            .parse()
-            .map_err(|_| ApiError::RangeNotSatisfiable { size })?;
-        if n == 0 || size == 0 {
-            return Err(unsatisfiable);
-        }
-        (size.saturating_sub(n), size - 1)
-    } else {
-        let start: u64 = first
-            .parse()
-            .map_err(|_| ApiError::RangeNotSatisfiable { size })?;
-        let end = if last.is_empty() {
-            size.saturating_sub(1)
-        } else {
-            let end: u64 = last
-                .parse()
-                .map_err(|_| ApiError::RangeNotSatisfiable { size })?;
-            if end < start {
-                return Err(unsatisfiable);
-            }
-            end.min(size.saturating_sub(1))
-        };
-        if start >= size {
-            return Err(unsatisfiable);
-        }
-        (start, end)
-    };
-    Ok(Some(range))
-}
-
 fn not_ready(job: &Job) -> ApiError {
     let message = match job.status {
         JobStatus::Failed => format!(
@@ -519,130 +468,24 @@ pub async fn download(
         return Err(expired());
     }
     let result = ExportResult::of(&job).ok_or_else(|| not_ready(&job))?;
-    let etag = format!("\"{}\"", result.sha256);
-    let matches = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    if matches {
-        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
-    }
-    // `If-Range` with another validator: the whole (changed) file.
-    let if_range_ok = headers
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
-    let range = if if_range_ok {
-        byte_range(&headers, result.size)?
-    } else {
-        None
+    let file = super::files::Served {
+        blob: job.blob.clone(),
+        filename: format!(
+            "{}-export-{}.{}",
+            job.dataset,
+            job.id,
+            result.format.as_str()
+        ),
+        content_type: result.format.content_type(),
+        size: result.size,
+        sha256: Some(result.sha256.clone()),
     };
-    // A local file to stream (database mode: a copy checked out first, removed when the
-    // response ends): reading it holds no database connection.
-    let blobs = state.jobs.blobs.clone();
-    let blob = job.blob.clone();
-    let copy = tokio::task::spawn_blocking(move || blobs.checkout(&blob))
-        .await
-        .map_err(|e| ApiError::Internal(format!("checkout task: {e}")))?;
-    let copy = match copy {
-        Ok(copy) => copy,
-        Err(crate::blob::BlobError::Missing) => return Err(expired()),
-        Err(crate::blob::BlobError::Store(e)) => return Err(e.into()),
-        Err(e) => return Err(ApiError::Internal(e.to_string())),
-    };
-    let mut file = tokio::fs::File::open(&*copy).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            expired()
-        } else {
-            ApiError::Internal(format!("opening an export file: {e}"))
-        }
-    })?;
-    let (start, end) = range.unwrap_or((0, result.size.saturating_sub(1)));
-    let length = if result.size == 0 { 0 } else { end - start + 1 };
-    if start > 0 {
-        use tokio::io::AsyncSeekExt;
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
-            .map_err(|e| ApiError::Internal(format!("seeking an export file: {e}")))?;
-    }
-    use tokio::io::AsyncReadExt;
-    let reader = tokio_util::io::ReaderStream::with_capacity(file.take(length), 64 * 1024);
-    // The memory counter and the local copy live as long as the response body.
-    let held = (crate::memory::Stream::start(), copy);
-    let body = Body::from_stream(futures_util::StreamExt::map(reader, move |chunk| {
-        let _held = &held;
-        chunk
-    }));
-    let filename = format!(
-        "{}-export-{}.{}",
-        job.dataset,
-        job.id,
-        result.format.as_str()
-    );
-    let mut response = Response::new(body);
-    *response.status_mut() = if range.is_some() {
-        StatusCode::PARTIAL_CONTENT
-    } else {
-        StatusCode::OK
-    };
-    let h = response.headers_mut();
-    let value = |s: String| {
-        header::HeaderValue::from_str(&s).map_err(|e| ApiError::Internal(e.to_string()))
-    };
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(result.format.content_type()),
-    );
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        value(format!("attachment; filename=\"{filename}\""))?,
-    );
-    h.insert(header::CONTENT_LENGTH, value(length.to_string())?);
-    h.insert(header::ETAG, value(etag)?);
-    h.insert(
-        header::ACCEPT_RANGES,
-        header::HeaderValue::from_static("bytes"),
-    );
-    if range.is_some() {
-        h.insert(
-            header::CONTENT_RANGE,
-            value(format!("bytes {start}-{end}/{}", result.size))?,
-        );
-    }
-    Ok(response)
+    super::files::serve(&state, file, &headers, expired).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn range(spec: &str, size: u64) -> Result<Option<(u64, u64)>, u64> {
-        let mut h = HeaderMap::new();
-        h.insert(header::RANGE, spec.parse().unwrap());
-        byte_range(&h, size).map_err(|e| match e {
-            ApiError::RangeNotSatisfiable { size } => size,
-            other => panic!("{other}"),
-        })
-    }
-
-    #[test]
-    fn byte_ranges() {
-        assert_eq!(range("bytes=0-9", 100), Ok(Some((0, 9))));
-        assert_eq!(range("bytes=90-", 100), Ok(Some((90, 99))));
-        assert_eq!(range("bytes=90-500", 100), Ok(Some((90, 99))));
-        assert_eq!(range("bytes=-10", 100), Ok(Some((90, 99))));
-        assert_eq!(range("bytes=-500", 100), Ok(Some((0, 99))));
-        assert_eq!(
-            range("bytes=0-1,5-6", 100),
-            Ok(None),
-            "several: the whole file"
-        );
-        assert_eq!(range("items=0-1", 100), Ok(None));
-        for bad in ["bytes=100-", "bytes=5-2", "bytes=-0", "bytes=x-", "bytes=3"] {
-            assert_eq!(range(bad, 100), Err(100), "{bad}");
-        }
-        assert_eq!(range("bytes=0-", 0), Err(0));
-    }
 
     #[test]
     fn url_forms_decode_plus_and_percent() {

@@ -13,6 +13,7 @@ pub mod dto;
 pub mod error;
 mod events;
 mod export;
+mod files;
 mod jobs;
 pub mod limit;
 pub mod metrics;

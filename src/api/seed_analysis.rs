@@ -226,6 +226,7 @@ pub async fn download(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path(filename): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let not_found = || ApiError::NotFound(format!("no report named `{filename}`"));
     let rest = filename.strip_prefix("analysis-").ok_or_else(not_found)?;
@@ -235,5 +236,5 @@ pub async fn download(
         _ => return Err(not_found()),
     };
     let job = load_analysis(&state, &caller, id).await?;
-    super::analysis::report_of(&state, &caller, job.id, json).await
+    super::analysis::report_of(&state, &caller, job.id, json, &headers).await
 }

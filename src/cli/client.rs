@@ -15,16 +15,10 @@ use tokio::io::AsyncWriteExt;
 
 use super::{CliResult, ServerArgs};
 
+/// How the server reads an uploaded file: the options `sluice import` and `sluice analyze`
+/// share, sent as the upload's form fields.
 #[derive(Args)]
-pub struct ImportArgs {
-    /// The file to import (CSV/TSV, XLSX, XLS or ODS).
-    pub file: PathBuf,
-    /// Target dataset (as configured in datasets.toml).
-    #[arg(long, short)]
-    pub dataset: String,
-    /// upsert (default) or insert.
-    #[arg(long)]
-    pub mode: Option<String>,
+pub struct FileArgs {
     /// CSV field delimiter (sniffed when not given).
     #[arg(long)]
     pub delimiter: Option<String>,
@@ -37,6 +31,31 @@ pub struct ImportArgs {
     /// JSON object mapping file headers to field names.
     #[arg(long)]
     pub mapping: Option<String>,
+}
+
+impl FileArgs {
+    fn fields(&self) -> [(&'static str, &Option<String>); 4] {
+        [
+            ("delimiter", &self.delimiter),
+            ("encoding", &self.encoding),
+            ("sheet", &self.sheet),
+            ("mapping", &self.mapping),
+        ]
+    }
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The file to import (CSV/TSV, XLSX, XLS or ODS).
+    pub file: PathBuf,
+    /// Target dataset (as configured in datasets.toml).
+    #[arg(long, short)]
+    pub dataset: String,
+    /// upsert (default) or insert.
+    #[arg(long)]
+    pub mode: Option<String>,
+    #[command(flatten)]
+    pub read: FileArgs,
     /// high, normal (default) or low: workers claim higher priorities first.
     #[arg(long)]
     pub priority: Option<String>,
@@ -57,18 +76,8 @@ pub struct AnalyzeArgs {
     /// upsert (default), insert or replace: how the import would treat existing keys.
     #[arg(long)]
     pub mode: Option<String>,
-    /// CSV field delimiter (sniffed when not given).
-    #[arg(long)]
-    pub delimiter: Option<String>,
-    /// CSV text encoding (detected when not given).
-    #[arg(long)]
-    pub encoding: Option<String>,
-    /// Spreadsheet sheet: a name or a 1-based position.
-    #[arg(long)]
-    pub sheet: Option<String>,
-    /// JSON object mapping file headers to field names.
-    #[arg(long)]
-    pub mapping: Option<String>,
+    #[command(flatten)]
+    pub read: FileArgs,
     /// Save the report here (`.json`: the JSON report; otherwise the XLSX workbook).
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -227,14 +236,10 @@ pub async fn import(args: ImportArgs) -> CliResult {
         &api,
         &args.file,
         &args.dataset,
-        &[
-            ("mode", &args.mode),
-            ("delimiter", &args.delimiter),
-            ("encoding", &args.encoding),
-            ("sheet", &args.sheet),
-            ("mapping", &args.mapping),
-            ("priority", &args.priority),
-        ],
+        &[("mode", &args.mode), ("priority", &args.priority)]
+            .into_iter()
+            .chain(args.read.fields())
+            .collect::<Vec<_>>(),
     )
     .await?;
     if status == 200 {
@@ -297,14 +302,10 @@ pub async fn analyze(args: AnalyzeArgs) -> CliResult {
         &api,
         &args.file,
         &args.dataset,
-        &[
-            ("dryRun", &dry),
-            ("mode", &args.mode),
-            ("delimiter", &args.delimiter),
-            ("encoding", &args.encoding),
-            ("sheet", &args.sheet),
-            ("mapping", &args.mapping),
-        ],
+        &[("dryRun", &dry), ("mode", &args.mode)]
+            .into_iter()
+            .chain(args.read.fields())
+            .collect::<Vec<_>>(),
     )
     .await?;
     let job_id = body["data"]["jobId"]

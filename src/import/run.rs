@@ -65,16 +65,18 @@ pub struct RunSpec<'a> {
     pub retry: RetryBudget,
 }
 
-/// Batches read ahead of the one being committed. One keeps both threads busy; more would only
-/// hold memory.
-const READ_AHEAD: usize = 1;
+/// Finished batches that may wait in the channel. 0: the reader builds the next batch while the
+/// previous one commits and hands it over when the commit side is ready, so at most three
+/// batches exist at once (committing, handed over, being built); a waiting slot (1) measured no
+/// faster and held 4 MB more (BENCHMARKS.md, issue 17).
+const READ_AHEAD: usize = 0;
 
 /// Streams the job's file from its checkpoint into `sink`, one batch per transaction.
 ///
 /// Pipelined: a reader thread parses and validates the next batch while this thread commits
 /// the previous one, so a job costs about max(parse, write) rather than their sum. Batches are
 /// committed in file order with their own checkpoint, exactly as when read one at a time; the
-/// reader runs at most [`READ_AHEAD`] batches ahead and stops when the commit side returns.
+/// reader runs one batch ahead (see [`READ_AHEAD`]) and stops when the commit side returns.
 pub fn run(
     spec: &RunSpec<'_>,
     sink: &mut dyn BatchSink,

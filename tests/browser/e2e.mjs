@@ -194,7 +194,7 @@ try {
   const linkC = await page.waitForSelector('.toast:has-text("Analysis started") a[href^="#/jobs/"]');
   const jobC = Number((await linkC.getAttribute('href')).split('/').pop());
   await page.goto(`${BASE}/#/jobs/${jobC}`);
-  await page.waitForSelector('#job-status:text("completed")', { timeout: 60000 });
+  await page.waitForSelector(`#job-title:has-text("Analysis #${jobC}") #job-status:text("completed")`, { timeout: 60000 });
   await page.waitForSelector(`.toast:has-text("Analysis #${jobC}")`);
   check(/0 would be created/.test(await page.textContent(`.toast:has-text("Analysis #${jobC}")`)), 'the toast speaks of an analysis');
   check(await page.locator('[data-fact="place in queue"]').count() === 0, 'no place in queue once done');
@@ -208,7 +208,10 @@ try {
   await shot(page, '10-analysis-job.png');
   await page.click('#job-actions [data-action=run]:not([hidden])');
   await page.waitForFunction((c) => location.hash !== `#/jobs/${c}`, jobC);
-  await page.waitForSelector('#job-status:text("completed")', { timeout: 60000 });
+  // The new job's page first: until it renders, the analysis's own status still reads completed.
+  const jobD = Number(await page.evaluate(() => location.hash.split('/').pop()));
+  await page.waitForSelector(`#job-title:has-text("Import #${jobD}")`);
+  await page.waitForSelector(`#job-title:has-text("Import #${jobD}") #job-status:text("completed")`, { timeout: 60000 });
   check((await page.textContent('#job-title')).startsWith('Import #'), 'Run import opened the import');
   check(await page.textContent('[data-fact="analysed by"]') === `#${jobC}`, 'the import names its analysis');
   check(await page.textContent('[data-fact="unchanged"]') === valid, 'the import counts what the analysis said');

@@ -405,8 +405,7 @@ pub struct ExportRequest {
     /// Field → value (equality), or field → `{"gte": …, "lte": …}` (a range, either end
     /// optional); values typed as the field is.
     #[serde(rename = "where")]
-    #[schema(value_type = Option<Object>)]
-    pub filter: Option<serde_json::Value>,
+    pub filter: Option<std::collections::HashMap<String, WhereCondition>>,
     /// Only rows an import created or changed at or after this time (RFC 3339, or a date);
     /// rows an import found unchanged keep their time.
     pub updated_since: Option<String>,
@@ -421,6 +420,27 @@ pub struct ExportRequest {
     pub formula_safe: Option<bool>,
     /// `high`, `normal` (default) or `low`.
     pub priority: Option<String>,
+}
+
+/// One field's condition in an export's `where`: a value the field must equal, or a range.
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum WhereCondition {
+    Text(String),
+    Number(f64),
+    Flag(bool),
+    Range(WhereRange),
+}
+
+/// `{"gte": …, "lte": …}`: either end optional, both inclusive.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct WhereRange {
+    #[schema(value_type = Option<String>)]
+    pub gte: Option<serde_json::Value>,
+    #[schema(value_type = Option<String>)]
+    pub lte: Option<serde_json::Value>,
 }
 
 /// The 202 of a background upload (also in `Location`).

@@ -88,18 +88,7 @@ for ws in wb.worksheets:
 out["order"] = wb.sheetnames
 print(json.dumps(out, default=str))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "openpyxl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("openpyxl JSON")
+    python_json(script, path)
 }
 
 async fn download(app: &TestApp, path: &str) -> (u16, Vec<u8>) {

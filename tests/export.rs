@@ -168,18 +168,7 @@ for ws in wb.worksheets:
     })
 print(json.dumps(out))
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(path)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "openpyxl failed (pip install openpyxl): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("openpyxl json")
+    python_json(script, path)
 }
 
 async fn round_trip_through_csv_and_xlsx_leaves_every_row_unchanged(backend: Backend) {

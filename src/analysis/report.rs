@@ -47,6 +47,25 @@ impl Summary {
 /// A source of the job's row errors in row order, page by page (empty: no more).
 pub type ErrorPages<'a> = dyn FnMut(u64) -> Result<Vec<ErrorRecord>, String> + 'a;
 
+/// Hands the first [`ERRORS_LIMIT`] errors, in row order, to `f` with their 1-based position;
+/// the number handed. Pages past the limit are not read: the summary's count says how many more.
+fn each_listed(
+    errors: &mut ErrorPages<'_>,
+    mut f: impl FnMut(u64, &ErrorRecord) -> Result<(), String>,
+) -> Result<u64, String> {
+    let (mut written, mut after) = (0u64, 0u64);
+    while written < ERRORS_LIMIT {
+        let page = errors(after)?;
+        let Some(last) = page.last() else { break };
+        after = last.row;
+        for e in page.iter().take((ERRORS_LIMIT - written) as usize) {
+            written += 1;
+            f(written, e)?;
+        }
+    }
+    Ok(written)
+}
+
 fn x(e: XlsxError) -> String {
     format!("writing the report workbook: {e}")
 }
@@ -123,26 +142,17 @@ pub fn write_xlsx(
             ws.write_string_with_format(0, c as u16, *h, &bold)
                 .map_err(x)?;
         }
-        let (mut written, mut total, mut after) = (0u64, 0u64, 0u64);
-        loop {
-            let page = errors(after)?;
-            let Some(last) = page.last() else { break };
-            after = last.row;
-            for e in &page {
-                total += 1;
-                if written >= ERRORS_LIMIT {
-                    continue;
-                }
-                written += 1;
-                let r = written as u32;
-                ws.write_number(r, 0, e.row as f64).map_err(x)?;
-                ws.write_string(r, 1, e.column.as_deref().unwrap_or(""))
-                    .map_err(x)?;
-                ws.write_string(r, 2, e.value.as_deref().unwrap_or(""))
-                    .map_err(x)?;
-                ws.write_string(r, 3, &e.message).map_err(x)?;
-            }
-        }
+        let written = each_listed(errors, |n, e| {
+            let r = n as u32;
+            ws.write_number(r, 0, e.row as f64).map_err(x)?;
+            ws.write_string(r, 1, e.column.as_deref().unwrap_or(""))
+                .map_err(x)?;
+            ws.write_string(r, 2, e.value.as_deref().unwrap_or(""))
+                .map_err(x)?;
+            ws.write_string(r, 3, &e.message).map_err(x)?;
+            Ok(())
+        })?;
+        let total = summary.errors.max(written);
         if total > written {
             ws.write_string(
                 written as u32 + 1,
@@ -238,33 +248,23 @@ pub fn write_json(
     w.write_all(b",\"columns\":").map_err(io)?;
     serde_json::to_writer(&mut w, columns).map_err(js)?;
     w.write_all(b",\"errors\":[").map_err(io)?;
-    let (mut written, mut total, mut after) = (0u64, 0u64, 0u64);
-    loop {
-        let page = errors(after)?;
-        let Some(last) = page.last() else { break };
-        after = last.row;
-        for e in &page {
-            total += 1;
-            if written >= ERRORS_LIMIT {
-                continue;
-            }
-            if written > 0 {
-                w.write_all(b",").map_err(io)?;
-            }
-            written += 1;
-            serde_json::to_writer(
-                &mut w,
-                &JsonError {
-                    row: e.row,
-                    column: e.column.as_deref(),
-                    value: e.value.as_deref(),
-                    message: &e.message,
-                },
-            )
-            .map_err(js)?;
+    let written = each_listed(errors, |n, e| {
+        if n > 1 {
+            w.write_all(b",").map_err(io)?;
         }
-    }
-    write!(w, "],\"errorsOmitted\":{}}}", total - written).map_err(io)?;
+        serde_json::to_writer(
+            &mut w,
+            &JsonError {
+                row: e.row,
+                column: e.column.as_deref(),
+                value: e.value.as_deref(),
+                message: &e.message,
+            },
+        )
+        .map_err(js)
+    })?;
+    let omitted = summary.errors.saturating_sub(written);
+    write!(w, "],\"errorsOmitted\":{omitted}}}").map_err(io)?;
     let file = w.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     Ok(())

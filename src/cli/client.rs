@@ -631,28 +631,7 @@ pub async fn export(args: ExportArgs) -> CliResult {
         .as_i64()
         .ok_or("the server answered without a job id")?;
     eprintln!("export job {job_id} started");
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let data = loop {
-        let status = api.get(&format!("/api/v1/import/status/{job_id}")).await?;
-        let data = status["data"].clone();
-        bar.set_length(n(&data["progress"]["total"]));
-        bar.set_position(n(&data["progress"]["current"]));
-        bar.set_message(data["status"].as_str().unwrap_or("?").to_string());
-        if matches!(
-            data["status"].as_str(),
-            Some("completed" | "failed" | "cancelled")
-        ) {
-            break data;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    bar.finish();
+    let data = follow(&api, job_id).await?;
     finished_ok(&data)?;
     let url = data["downloadUrl"]
         .as_str()

@@ -930,3 +930,20 @@ impl Drop for Tmpfs {
         }
     }
 }
+
+/// Runs a Python script (`python3 -c SCRIPT PATH`, e.g. one that opens a workbook with openpyxl)
+/// and parses the JSON it prints.
+pub fn python_json(script: &str, path: &Path) -> Value {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "the Python script failed (pip install openpyxl?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script's JSON")
+}

@@ -134,7 +134,16 @@ def main():
             print(f"  server RSS idle {idle:.1f} MB, sampled max during the export "
                   f"{max(samples or [0]):.1f} MB, peak (VmHWM, this process) {peak:.1f} MB")
             server.stop()
-        if not url:
+        if url:
+            ref = os.path.join(work, "psql.csv")
+            t0 = time.monotonic()
+            subprocess.run(["psql", url, "-qc",
+                            f"\\copy (SELECT sku, name, category, price, stock, updated_at FROM "
+                            f"products WHERE _sluice_org = 1 ORDER BY _sluice_org, sku) TO '{ref}' "
+                            f"CSV HEADER"], check=True)
+            print(f"reference psql \\copy (SELECT …) TO file CSV: {time.monotonic() - t0:.2f} s, "
+                  f"{os.path.getsize(ref) / 1e6:.1f} MB")
+        else:
             db = os.path.join(data, "sluice.db")
             ref = os.path.join(work, "sqlite3.csv")
             t0 = time.monotonic()

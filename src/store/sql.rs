@@ -305,6 +305,11 @@ pub trait Sql {
 
 /// Rewrites `$1` placeholders as SQLite's `?1`, outside quoted strings and names.
 pub fn sqlite_placeholders(sql: &str) -> String {
+    placeholders(sql, |n| format!("?{n}"))
+}
+
+/// Replaces each `$n` placeholder outside quoted strings and names with `with(n)`.
+pub fn placeholders(sql: &str, with: impl Fn(usize) -> String) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut quote: Option<char> = None;
     let mut chars = sql.chars().peekable();
@@ -321,7 +326,14 @@ pub fn sqlite_placeholders(sql: &str) -> String {
                     quote = Some(c);
                     out.push(c);
                 }
-                '$' if chars.peek().is_some_and(char::is_ascii_digit) => out.push('?'),
+                '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                    let mut n = 0usize;
+                    while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+                        n = n.saturating_mul(10).saturating_add(d as usize);
+                        chars.next();
+                    }
+                    out.push_str(&with(n));
+                }
                 _ => out.push(c),
             },
         }

@@ -95,6 +95,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0013_active_file_per_kind",
         include_str!("../../../migrations/postgres/0013_active_file_per_kind.sql"),
     ),
+    (
+        14,
+        "0014_blob_chunks_lz4",
+        include_str!("../../../migrations/postgres/0014_blob_chunks_lz4.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.
@@ -316,34 +321,73 @@ fn refs(params: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-/// Rows streamed from a statement: inside a transaction, a portal fetched [`PORTAL_ROWS`] rows
-/// at a time (the server keeps the rest); on a bare connection, the row stream of one query.
+/// Rows streamed from a statement: inside a transaction (an export's snapshot), `COPY (…) TO
+/// STDOUT` decoded by the statement's column types ([`copy_rows`]), else a portal fetched
+/// [`PORTAL_ROWS`] rows at a time (the server keeps the rest); on a bare connection, the row
+/// stream of one query.
 trait Stream {
     fn stream(
         &mut self,
+        sql: &str,
         statement: &postgres::Statement,
         params: &[Value],
-        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+        each: &mut dyn FnMut(&[Value]) -> StoreResult<bool>,
     ) -> StoreResult<u64>;
 }
 
-/// Rows per fetch of an export's portal.
+/// Rows per fetch of a portal.
 const PORTAL_ROWS: i32 = 2_000;
+
+/// The values of a row of the extended protocol.
+fn row_values(r: &postgres::Row, values: &mut Vec<Value>) -> StoreResult<()> {
+    values.clear();
+    for i in 0..r.len() {
+        values.push(column(r, i)?);
+    }
+    Ok(())
+}
+
+/// Whether a column's COPY text can be decoded as [`column`] decodes it.
+fn copyable(ty: &Type) -> bool {
+    [
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::BOOL,
+        Type::FLOAT4,
+        Type::FLOAT8,
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+    ]
+    .contains(ty)
+}
 
 impl Stream for postgres::Transaction<'_> {
     fn stream(
         &mut self,
+        sql: &str,
         statement: &postgres::Statement,
         params: &[Value],
-        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+        each: &mut dyn FnMut(&[Value]) -> StoreResult<bool>,
     ) -> StoreResult<u64> {
+        let types: Vec<Type> = statement
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
+        if types.iter().all(copyable) {
+            return copy_rows(self, sql, params, &types, each);
+        }
         let portal = self.bind(statement, &refs(params)).map_err(pg_err)?;
-        let mut count = 0;
+        let (mut count, mut values) = (0, Vec::new());
         loop {
             let rows = self.query_portal(&portal, PORTAL_ROWS).map_err(pg_err)?;
             for r in &rows {
                 count += 1;
-                if !each(r)? {
+                row_values(r, &mut values)?;
+                if !each(&values)? {
                     return Ok(count);
                 }
             }
@@ -354,19 +398,149 @@ impl Stream for postgres::Transaction<'_> {
     }
 }
 
+/// Streams a query's rows with `COPY (query) TO STDOUT`, the server's fastest way out (the
+/// 700k-row export: 2.4 s through a portal). COPY takes no parameters, so each `$n` becomes
+/// `CAST(current_setting('sluice.pN') AS type)`, set with `set_config` for this transaction
+/// only: values still never enter the SQL text. The text format is decoded by the column types
+/// of the prepared statement, into the same values as [`column`].
+fn copy_rows(
+    tx: &mut postgres::Transaction<'_>,
+    sql: &str,
+    params: &[Value],
+    types: &[Type],
+    each: &mut dyn FnMut(&[Value]) -> StoreResult<bool>,
+) -> StoreResult<u64> {
+    use std::io::BufRead;
+    let cast = |v: &Value| match v {
+        Value::Null => None,
+        Value::Int(_) => Some("BIGINT"),
+        Value::Real(_) => Some("DOUBLE PRECISION"),
+        Value::Text(_) => Some("TEXT"),
+        Value::Time(_) => Some("TIMESTAMPTZ"),
+        Value::Bool(_) => Some("BOOLEAN"),
+    };
+    for (i, p) in params.iter().enumerate() {
+        let text = match p {
+            Value::Null => continue,
+            Value::Int(n) => n.to_string(),
+            Value::Real(f) => f.to_string(),
+            Value::Text(t) => t.clone(),
+            Value::Time(t) => t.to_rfc3339(),
+            Value::Bool(b) => b.to_string(),
+        };
+        tx.execute(
+            "SELECT set_config($1, $2, true)",
+            &[&format!("sluice.p{}", i + 1), &text],
+        )
+        .map_err(pg_err)?;
+    }
+    let query = super::sql::placeholders(sql, |n| match params.get(n.wrapping_sub(1)) {
+        Some(v) => match cast(v) {
+            Some(ty) => format!("CAST(current_setting('sluice.p{n}') AS {ty})"),
+            None => "NULL".to_string(),
+        },
+        // Not a parameter of this query: left for the server to refuse.
+        None => format!("${n}"),
+    });
+    let mut reader = tx
+        .copy_out(&format!("COPY ({query}) TO STDOUT"))
+        .map_err(pg_err)?;
+    let (mut line, mut field, mut values) = (Vec::new(), Vec::new(), Vec::new());
+    let mut count = 0;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| StoreError::Unavailable(format!("reading COPY data: {e}")))?;
+        if n == 0 {
+            return Ok(count);
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        values.clear();
+        for (i, raw) in line.split(|&b| b == b'\t').enumerate() {
+            let ty = types
+                .get(i)
+                .ok_or_else(|| StoreError::Corrupt("COPY row wider than its query".into()))?;
+            values.push(copy_value(raw, ty, &mut field)?);
+        }
+        if values.len() != types.len() {
+            return Err(StoreError::Corrupt("COPY row narrower than its query".into()));
+        }
+        count += 1;
+        if !each(&values)? {
+            return Ok(count);
+        }
+    }
+}
+
+/// One field of COPY's text format (`\N` is NULL; backslash escapes) as a value of its type.
+fn copy_value(raw: &[u8], ty: &Type, buf: &mut Vec<u8>) -> StoreResult<Value> {
+    if raw == b"\\N" {
+        return Ok(Value::Null);
+    }
+    buf.clear();
+    let mut bytes = raw.iter().copied();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            buf.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => buf.push(b'\n'),
+            Some(b'r') => buf.push(b'\r'),
+            Some(b't') => buf.push(b'\t'),
+            Some(b'b') => buf.push(8),
+            Some(b'f') => buf.push(12),
+            Some(b'v') => buf.push(11),
+            Some(d @ b'0'..=b'7') => {
+                // Up to three octal digits.
+                let mut n = u32::from(d - b'0');
+                for _ in 0..2 {
+                    match bytes.clone().next() {
+                        Some(d @ b'0'..=b'7') => {
+                            n = n * 8 + u32::from(d - b'0');
+                            bytes.next();
+                        }
+                        _ => break,
+                    }
+                }
+                buf.push(n as u8);
+            }
+            Some(other) => buf.push(other),
+            None => buf.push(b'\\'),
+        }
+    }
+    let text = std::str::from_utf8(buf)
+        .map_err(|_| StoreError::Corrupt("COPY data is not UTF-8".into()))?;
+    let bad = || StoreError::Corrupt(format!("COPY value `{text}` is not a {ty}"));
+    Ok(match *ty {
+        Type::INT2 | Type::INT4 | Type::INT8 => Value::Int(text.parse().map_err(|_| bad())?),
+        Type::FLOAT4 | Type::FLOAT8 => Value::Real(text.parse().map_err(|_| bad())?),
+        Type::BOOL => match text {
+            "t" => Value::Bool(true),
+            "f" => Value::Bool(false),
+            _ => return Err(bad()),
+        },
+        _ => Value::Text(text.to_string()),
+    })
+}
+
 impl Stream for Client {
     fn stream(
         &mut self,
+        _sql: &str,
         statement: &postgres::Statement,
         params: &[Value],
-        each: &mut dyn FnMut(&postgres::Row) -> StoreResult<bool>,
+        each: &mut dyn FnMut(&[Value]) -> StoreResult<bool>,
     ) -> StoreResult<u64> {
-        use postgres::fallible_iterator::FallibleIterator;
         let mut rows = self.query_raw(statement, refs(params)).map_err(pg_err)?;
-        let mut count = 0;
+        let (mut count, mut values) = (0, Vec::new());
         while let Some(r) = rows.next().map_err(pg_err)? {
             count += 1;
-            if !each(&r)? {
+            row_values(&r, &mut values)?;
+            if !each(&values)? {
                 break;
             }
         }
@@ -408,14 +582,8 @@ impl<C: GenericClient + Stream> Sql for Pg<'_, C> {
         each: &mut dyn FnMut(&[Value]) -> bool,
     ) -> StoreResult<u64> {
         let statement = self.statement(sql)?;
-        let mut values = Vec::new();
-        self.client.stream(&statement, params, &mut |r| {
-            values.clear();
-            for i in 0..r.len() {
-                values.push(column(r, i)?);
-            }
-            Ok(each(&values))
-        })
+        self.client
+            .stream(sql, &statement, params, &mut |values| Ok(each(values)))
     }
 
     fn notify_jobs(&mut self) -> StoreResult<()> {
@@ -751,5 +919,29 @@ impl Postgres {
             *guard = None;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_fields_decode_by_column_type() {
+        let mut buf = Vec::new();
+        let mut value = |raw: &[u8], ty: &Type| copy_value(raw, ty, &mut buf).unwrap();
+        assert_eq!(value(b"\\N", &Type::TEXT), Value::Null);
+        assert_eq!(value(b"\\N", &Type::INT8), Value::Null);
+        assert_eq!(
+            value(b"a\\tb\\nc\\\\d\\re\\101", &Type::TEXT),
+            Value::Text("a\tb\nc\\d\reA".into())
+        );
+        assert_eq!(value("é\\\\N".as_bytes(), &Type::TEXT), Value::Text("é\\N".into()));
+        assert_eq!(value(b"-42", &Type::INT8), Value::Int(-42));
+        assert_eq!(value(b"t", &Type::BOOL), Value::Bool(true));
+        assert_eq!(value(b"f", &Type::BOOL), Value::Bool(false));
+        assert_eq!(value(b"1.5", &Type::FLOAT8), Value::Real(1.5));
+        assert!(copy_value(b"x", &Type::INT8, &mut Vec::new()).is_err());
+        assert!(copy_value(b"\xff", &Type::TEXT, &mut Vec::new()).is_err());
     }
 }

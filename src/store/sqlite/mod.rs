@@ -74,6 +74,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0013_active_file_per_kind",
         include_str!("../../../migrations/sqlite/0013_active_file_per_kind.sql"),
     ),
+    (
+        "0014_blob_chunks_lz4",
+        include_str!("../../../migrations/sqlite/0014_blob_chunks_lz4.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

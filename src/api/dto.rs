@@ -150,6 +150,53 @@ pub struct JobView {
     /// A completed job's file: when retention (`--retain-files`) removes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<DateTime<Utc>>,
+    /// An import that changed rows: the cursors of its changes in the dataset's change feed
+    /// (`GET /api/v1/datasets/{dataset}/changes?after={after}` reads them, up to `last`).
+    /// Only in a single job's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changes: Option<ChangeRange>,
+}
+
+/// Where a job's changes lie in the change feed.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeRange {
+    /// The cursor just before the job's first change: pass it as `after`.
+    pub after: i64,
+    /// The cursor of the job's last change (so far, while it runs).
+    pub last: i64,
+}
+
+/// One change of a dataset's change feed.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeView {
+    /// Its position in the feed: strictly increasing in commit order.
+    pub cursor: i64,
+    /// When the change was written.
+    pub at: DateTime<Utc>,
+    /// The job that made the change (a chunk's parent).
+    pub job_id: JobId,
+    /// `created`, `updated` or `deleted`.
+    pub op: String,
+    /// The row's key fields and values.
+    #[schema(value_type = Object)]
+    pub key: serde_json::Value,
+    /// The values written (the fields the file had, key included); `null` for a deletion.
+    #[schema(value_type = Option<Object>)]
+    pub values: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/datasets/{dataset}/changes`
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangesPage {
+    pub changes: Vec<ChangeView>,
+    /// The cursor to resume from (`after`): the last change's, or the `after` given when the
+    /// page is empty.
+    pub next: i64,
+    /// Whether more changes follow right away.
+    pub has_more: bool,
 }
 
 /// An analysis's summary (`summary` in its status).
@@ -367,6 +414,7 @@ impl From<&Job> for JobView {
                 && !job.blob_deleted)
                 .then(|| format!("/api/v1/export/{}/download", job.id)),
             expires_at: None,
+            changes: None,
         }
     }
 }

@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::auth::Caller;
-use super::dto::{Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView};
+use super::dto::{
+    ChangeRange, Data, DatasetView, Datasets, ErrorBody, ErrorsPage, FieldView, JobList, JobView,
+};
 use super::error::ApiError;
 use super::options::number;
 use crate::export::csv::neutralise;
 use crate::import::tally::ErrorSummary;
 use crate::store::StoreError;
-use crate::store::{Job, JobFilter, JobId, JobStatus};
+use crate::store::{Job, JobFilter, JobId, JobKind, JobStatus};
 
 /// Errors fetched per page while streaming the CSV.
 /// Rows per page of the rejected-rows CSV: each page is one short store call, and a client that
@@ -71,9 +73,25 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<Data<JobView>>, ApiError> {
     let job = load_job(&state, &caller, parse_id(&id)?).await?;
-    Ok(Json(Data::ok(
-        JobView::from(&job).expiring(state.retain_files),
-    )))
+    let mut view = JobView::from(&job).expiring(state.retain_files);
+    view.changes = change_range(&state, &job).await?;
+    Ok(Json(Data::ok(view)))
+}
+
+/// Where an import's changes lie in its dataset's change feed (two index probes).
+pub(super) async fn change_range(
+    state: &AppState,
+    job: &Job,
+) -> Result<Option<ChangeRange>, ApiError> {
+    if job.kind != JobKind::Import || job.created_count + job.updated_count == 0 {
+        return Ok(None);
+    }
+    let id = job.id;
+    let range = state.jobs.store_call(move |s| s.job_changes(id)).await?;
+    Ok(range.map(|(first, last)| ChangeRange {
+        after: first - 1,
+        last,
+    }))
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`

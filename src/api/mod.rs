@@ -8,6 +8,7 @@ mod analysis;
 mod audit;
 pub mod auth;
 pub mod body_rate;
+mod changes;
 mod control;
 pub mod dto;
 pub mod error;
@@ -112,6 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(webhooks::deliveries),
         )
         .route("/api/v1/datasets", get(jobs::datasets))
+        .route("/api/v1/datasets/{id}/changes", get(changes::list))
         .route("/api/v1/export/{id}", post(export::create))
         .route("/api/v1/export/{id}/download", get(export::download))
         .route(

@@ -16,8 +16,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
 use super::{
-    admin, analysis, audit, control, events, export, jobs, preview, seed_analysis, session, upload,
-    webhooks,
+    admin, analysis, audit, changes, control, events, export, jobs, preview, seed_analysis,
+    session, upload, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -49,6 +49,7 @@ use super::{
         jobs::errors,
         jobs::error_summary,
         jobs::datasets,
+        changes::list,
         events::job_events,
         events::all_events,
         webhooks::create,

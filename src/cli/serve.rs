@@ -218,6 +218,10 @@ pub struct ServeArgs {
     /// How long a finished job and its row errors are kept.
     #[arg(long, env = "SLUICE_RETAIN_JOBS", default_value = "30d", value_parser = parse_duration)]
     pub retain_jobs: Duration,
+    /// How long the change ledger keeps an entry (what a change feed reader can still catch up
+    /// on).
+    #[arg(long, env = "SLUICE_RETAIN_LEDGER", default_value = "30d", value_parser = parse_duration)]
+    pub retain_ledger: Duration,
     /// Attempts per webhook delivery before it is marked failed.
     #[arg(long, env = "SLUICE_WEBHOOK_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub webhook_attempts: u32,
@@ -457,6 +461,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     let retention = Retention {
         files: args.retain_files,
         jobs: args.retain_jobs,
+        ledger: args.retain_ledger,
     };
     let sweeper = spawn_sweeper(ctx.clone(), retention, args.files.rules(), shutdown.clone());
     let dispatcher = crate::webhooks::spawn_dispatcher(

@@ -1,5 +1,6 @@
 //! Retention: a background task that removes the uploaded files of finished jobs after
-//! `--retain-files` and deletes finished jobs (with their row errors) after `--retain-jobs`;
+//! `--retain-files`, deletes finished jobs (with their row errors) after `--retain-jobs` and
+//! change-ledger entries after `--retain-ledger`;
 //! each pass also removes orphaned upload files ([`crate::blob::OrphanRules`]), which
 //! `sluice serve` and `sluice worker` also do once at start.
 
@@ -16,13 +17,16 @@ use crate::blob::{OrphanRules, Swept};
 pub struct Retention {
     pub files: Duration,
     pub jobs: Duration,
+    /// How long change-ledger entries are kept (`--retain-ledger`).
+    pub ledger: Duration,
 }
 
 impl Retention {
     /// Sweep often enough that nothing outlives its retention by more than a quarter of it,
     /// but at most every 5 minutes and at least every second.
     fn interval(&self) -> Duration {
-        (self.files.min(self.jobs) / 4).clamp(Duration::from_secs(1), Duration::from_secs(300))
+        (self.files.min(self.jobs).min(self.ledger) / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(300))
     }
 }
 
@@ -37,6 +41,13 @@ pub async fn sweep_once(
     let (blobs, deleted) = ctx
         .store_call(move |s| s.jobs_sweep(files_before, jobs_before))
         .await?;
+    let ledger_before = age(retention.ledger);
+    let entries = ctx
+        .store_call(move |s| s.ledger_sweep(ledger_before))
+        .await?;
+    if entries > 0 {
+        tracing::info!(entries, "ledger retention sweep");
+    }
     let removed = blobs.len();
     let store = ctx.blobs.clone();
     let _ = tokio::task::spawn_blocking(move || blobs.iter().for_each(|b| store.remove(b))).await;

@@ -19,6 +19,7 @@ mod control;
 mod export;
 mod hooks;
 mod jobs;
+pub mod ledger;
 mod pool;
 pub mod postgres;
 pub mod sql;
@@ -334,6 +335,22 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<JobEvent>>;
     /// The newest event's `seq` (0 when there is none).
     fn events_last_seq(&self) -> StoreResult<i64>;
+
+    // --- The change ledger (migration 0016): entries written by the batch writers.
+
+    /// Up to `limit` of the organisation's changes to `dataset` with a cursor after `after`, in
+    /// commit order (see [`ledger::changes_after`]).
+    fn changes_after(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        after: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<ledger::Change>>;
+    /// The first and last cursor of a job's changes (`None`: no change recorded).
+    fn job_changes(&self, job: JobId) -> StoreResult<Option<(i64, i64)>>;
+    /// Deletes ledger entries written before `before`; returns how many.
+    fn ledger_sweep(&self, before: DateTime<Utc>) -> StoreResult<u64>;
 
     // --- Webhooks and their deliveries.
 

@@ -18,7 +18,7 @@ use super::{
     JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
-use super::{control, hooks, jobs, tenants};
+use super::{control, hooks, jobs, ledger, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -452,6 +452,25 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn events_last_seq(&self) -> StoreResult<i64> {
         self.0.read(hooks::events_last_seq)
+    }
+
+    fn changes_after(
+        &self,
+        org_id: i64,
+        dataset: &str,
+        after: i64,
+        limit: u64,
+    ) -> StoreResult<Vec<ledger::Change>> {
+        self.0
+            .read(|c| ledger::changes_after(c, org_id, dataset, after, limit))
+    }
+
+    fn job_changes(&self, job: JobId) -> StoreResult<Option<(i64, i64)>> {
+        self.0.read(|c| ledger::job_range(c, job))
+    }
+
+    fn ledger_sweep(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        self.0.write(|c| ledger::sweep(c, before))
     }
 
     fn webhook_insert(

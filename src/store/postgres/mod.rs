@@ -100,6 +100,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0014_blob_chunks_lz4",
         include_str!("../../../migrations/postgres/0014_blob_chunks_lz4.sql"),
     ),
+    (
+        16,
+        "0016_ledger",
+        include_str!("../../../migrations/postgres/0016_ledger.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.
@@ -466,7 +471,9 @@ fn copy_rows(
             values.push(copy_value(raw, ty, &mut field)?);
         }
         if values.len() != types.len() {
-            return Err(StoreError::Corrupt("COPY row narrower than its query".into()));
+            return Err(StoreError::Corrupt(
+                "COPY row narrower than its query".into(),
+            ));
         }
         count += 1;
         if !each(&values)? {
@@ -936,7 +943,10 @@ mod tests {
             value(b"a\\tb\\nc\\\\d\\re\\101", &Type::TEXT),
             Value::Text("a\tb\nc\\d\reA".into())
         );
-        assert_eq!(value("é\\\\N".as_bytes(), &Type::TEXT), Value::Text("é\\N".into()));
+        assert_eq!(
+            value("é\\\\N".as_bytes(), &Type::TEXT),
+            Value::Text("é\\N".into())
+        );
         assert_eq!(value(b"-42", &Type::INT8), Value::Int(-42));
         assert_eq!(value(b"t", &Type::BOOL), Value::Bool(true));
         assert_eq!(value(b"f", &Type::BOOL), Value::Bool(false));

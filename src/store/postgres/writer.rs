@@ -26,6 +26,7 @@ use super::tables::{since_column, sql_type};
 use super::{error_text, ident, is_alive, is_row_problem, is_transient, note_lost};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
+use crate::store::ledger::{self, Op};
 use crate::store::{Lease, ORG_COLUMN, StoreResult};
 
 const STAGE: &str = "sluice_stage";
@@ -90,6 +91,8 @@ fn key_text(values: &[Value], key: &[usize]) -> String {
 /// SQL for one job, built at the first batch (it depends on which fields the file has).
 struct Plan {
     present: Vec<usize>,
+    /// Present non-key fields, in the order of the classification's replaced values.
+    compare: Vec<usize>,
     stage_ddl: String,
     copy: String,
     /// `ANALYZE` of the staging table, run with each batch until one that ran it commits: a
@@ -156,9 +159,23 @@ impl Plan {
                 .collect::<Vec<_>>()
                 .join(" OR ")
         };
+        // The replaced values of a changed row, as text, for its ledger entry.
+        let old = if compare.is_empty() {
+            "NULL::text[]".to_string()
+        } else {
+            format!(
+                "CASE WHEN t.{k0} IS NOT NULL AND ({changed}) THEN ARRAY[{}] END",
+                compare
+                    .iter()
+                    .map(|&i| format!("t.{}::text", name(i)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                k0 = keys[0]
+            )
+        };
         let classify = match dry {
             None => format!(
-                "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed} \
+                "SELECT s.ord, t.{k0} IS NOT NULL, t._sluice_job, t._sluice_row, {changed}, {old} \
                  FROM {stage} s LEFT JOIN {table} t ON {join} \
                  WHERE s.ord = ANY($1) ORDER BY s.ord",
                 k0 = keys[0]
@@ -275,6 +292,7 @@ impl Plan {
         );
         Plan {
             present,
+            compare,
             stage_ddl,
             copy,
             analyze: format!("ANALYZE {stage}"),
@@ -423,6 +441,10 @@ impl Writer<'_> {
         let mut rejected = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
         let (mut upsert, mut changed, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
+        // A dry run writes nothing; a replace job's rows go to its staging table (the swap is
+        // not a change the ledger records row by row).
+        let ledgered = self.plan.scratch.is_none() && self.mode != Mode::Replace;
+        let mut entries = Vec::new();
         for r in &classified {
             let i = r.get::<_, i32>(0) as usize;
             let exists: bool = r.get(1);
@@ -457,10 +479,22 @@ impl Writer<'_> {
             if !exists {
                 counts.created += 1;
                 upsert.push(i as i32);
+                if ledgered {
+                    entries.push(self.entry(values, Op::Created, None));
+                }
             } else if differs.unwrap_or(true) {
                 counts.updated += 1;
                 upsert.push(i as i32);
                 changed.push(i as i32);
+                if ledgered {
+                    let old: Option<Vec<Option<String>>> = r.get(5);
+                    let old = old.map(|old| {
+                        ledger::texts_json(self.ds, &self.plan.compare, |j| {
+                            old.get(j).and_then(|t| t.as_deref()).map(Into::into)
+                        })
+                    });
+                    entries.push(self.entry(values, Op::Updated, old));
+                }
             } else {
                 counts.unchanged += 1;
                 unchanged.push(i as i32);
@@ -492,7 +526,55 @@ impl Writer<'_> {
         if !unchanged.is_empty() {
             tx.execute(&self.plan.stamp, &[&unchanged, &self.job])?;
         }
+        if !entries.is_empty() {
+            self.ledger(tx, &entries, buf)?;
+        }
         Ok(Written { counts, rejected })
+    }
+
+    fn entry(&self, values: &[Value], op: Op, old: Option<String>) -> ledger::Entry {
+        ledger::Entry {
+            op,
+            key: ledger::key_json(self.ds, values),
+            old,
+            new: Some(ledger::values_json(self.ds, &self.plan.present, values)),
+        }
+    }
+
+    /// COPYs the batch's ledger entries, the last data statement of the batch: the advisory
+    /// lock taken first is held to the commit, so entries commit in the order of their `seq`
+    /// (see migration 0016) while everything before it ran side by side with other writers.
+    fn ledger(
+        &self,
+        tx: &mut Transaction<'_>,
+        entries: &[ledger::Entry],
+        buf: &mut Vec<u8>,
+    ) -> Result<(), postgres::Error> {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ledger::LEDGER_LOCK])?;
+        buf.clear();
+        let head = format!("{}\t", self.org);
+        let mut dataset = Vec::new();
+        copy_text(&mut dataset, &self.ds.name);
+        for e in entries {
+            buf.extend_from_slice(head.as_bytes());
+            buf.extend_from_slice(&dataset);
+            buf.push(b'\t');
+            buf.extend_from_slice(self.job.to_string().as_bytes());
+            buf.push(b'\t');
+            buf.extend_from_slice(e.op.as_str().as_bytes());
+            buf.push(b'\t');
+            copy_text(buf, &e.key);
+            buf.push(b'\t');
+            copy_report(buf, e.old.as_deref());
+            buf.push(b'\t');
+            copy_report(buf, e.new.as_deref());
+            buf.push(b'\n');
+        }
+        let mut w =
+            tx.copy_in("COPY ledger (org_id, dataset, job_id, op, key, old, new) FROM STDIN")?;
+        let _ = w.write_all(buf);
+        w.finish()?;
+        Ok(())
     }
 }
 

@@ -78,6 +78,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0014_blob_chunks_lz4",
         include_str!("../../../migrations/sqlite/0014_blob_chunks_lz4.sql"),
     ),
+    (
+        "0016_ledger",
+        include_str!("../../../migrations/sqlite/0016_ledger.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

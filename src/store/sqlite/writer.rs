@@ -25,6 +25,7 @@ use super::tables::since_column;
 use super::{ident, is_transient};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
+use crate::store::ledger::{self, Op};
 use crate::store::{Lease, ORG_COLUMN, StoreResult};
 
 /// Keys looked up per statement.
@@ -99,6 +100,38 @@ fn sql_to_text(v: &SqlValue) -> Option<String> {
         SqlValue::Text(t) => Some(t.clone()),
         SqlValue::Blob(_) => Some("<blob>".into()),
     }
+}
+
+/// A stored value as text (the ledger's JSON is made from text, as on PostgreSQL).
+fn sql_text(v: &SqlValue) -> Option<std::borrow::Cow<'_, str>> {
+    match v {
+        SqlValue::Text(t) => Some(t.as_str().into()),
+        other => sql_to_text(other).map(Into::into),
+    }
+}
+
+/// Ledger entries per statement: four values each, besides the four the batch shares.
+const LEDGER_ROWS_PER_INSERT: usize = 500;
+
+/// `INSERT INTO ledger …` of `rows` entries: `?1`–`?4` the organisation, dataset, job and time,
+/// then op, key, old and new of each entry.
+fn ledger_sql(rows: usize) -> String {
+    let mut sql =
+        String::from("INSERT INTO ledger (org_id, dataset, job_id, at, op, key, old, new) VALUES ");
+    for r in 0..rows {
+        let p = 5 + 4 * r;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?1, ?2, ?3, ?4, ?{}, ?{}, ?{}, ?{})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3
+        ));
+    }
+    sql
 }
 
 /// A stored row met by the batch.
@@ -657,6 +690,9 @@ impl WriteCtx<'_> {
         self.upsert(tx, batch, &upserts, &existing)?;
         self.stamp(tx, batch, &unchanged)?;
         self.archive(tx, batch, &upserts, &existing)?;
+        if self.mode != Mode::Replace {
+            self.ledger(tx, batch, &upserts, &existing)?;
+        }
         Ok((counts, rejected))
     }
 
@@ -879,6 +915,51 @@ impl WriteCtx<'_> {
             stmt.raw_bind_parameter(3, self.org)?;
             for (j, &k) in self.ds.key.iter().enumerate() {
                 stmt.raw_bind_parameter(j + 4, &values[k])?;
+            }
+            stmt.raw_execute()?;
+        }
+        Ok(())
+    }
+
+    /// Records each created and updated row in the ledger (see [`crate::store::ledger`]):
+    /// multi-row statements, the batch's organisation, dataset, job and time bound once.
+    fn ledger(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[(usize, Option<Vec<usize>>)],
+        existing: &HashMap<String, Existing>,
+    ) -> rusqlite::Result<()> {
+        for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
+            let mut stmt = tx.prepare_cached(&ledger_sql(chunk.len()))?;
+            stmt.raw_bind_parameter(1, self.org)?;
+            stmt.raw_bind_parameter(2, &self.ds.name)?;
+            stmt.raw_bind_parameter(3, self.job)?;
+            stmt.raw_bind_parameter(4, &self.now)?;
+            let mut idx = 5;
+            for (i, changed) in chunk {
+                let values = batch.row_values(*i);
+                let old = match changed {
+                    Some(_) => existing.get(&sql_key(values, &self.ds.key)).map(|old| {
+                        ledger::texts_json(self.ds, &self.plan.compare, |j| {
+                            old.values.get(j).and_then(sql_text)
+                        })
+                    }),
+                    None => None,
+                };
+                let op = if changed.is_some() {
+                    Op::Updated
+                } else {
+                    Op::Created
+                };
+                stmt.raw_bind_parameter(idx, op.as_str())?;
+                stmt.raw_bind_parameter(idx + 1, ledger::key_json(self.ds, values))?;
+                stmt.raw_bind_parameter(idx + 2, old)?;
+                stmt.raw_bind_parameter(
+                    idx + 3,
+                    ledger::values_json(self.ds, &self.plan.present, values),
+                )?;
+                idx += 4;
             }
             stmt.raw_execute()?;
         }

@@ -1,0 +1,23 @@
+-- Why: every import reversible and observable (issue 16). The ledger holds one entry for every
+-- row an import created, updated or deleted, written by the batch writer in the transaction of
+-- the change itself: the job (a chunk's parent), the organisation, the dataset, the row's key,
+-- the operation, the values written (`new`) and the values it replaced (`old`), as JSON text.
+-- `seq` is the change feed's cursor. Writers take the advisory lock `LEDGER_LOCK` just before
+-- they insert entries and hold it to their commit, so entries become visible in `seq` order: a
+-- reader that has seen `seq` N never later finds a smaller one committed (a gap is a rolled-back
+-- batch, for good). Unchanged rows write no entry. No foreign key to jobs: entries outlive a
+-- deleted job until `--retain-ledger`.
+
+CREATE TABLE ledger (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    org_id BIGINT NOT NULL,
+    dataset TEXT NOT NULL,
+    job_id BIGINT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('created', 'updated', 'deleted')),
+    key TEXT NOT NULL,
+    old TEXT,
+    new TEXT,
+    at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX ledger_feed ON ledger (org_id, dataset, seq);
+CREATE INDEX ledger_job ON ledger (job_id, seq);

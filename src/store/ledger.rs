@@ -1,0 +1,297 @@
+//! The change ledger (issue 16): one entry per row an import created, updated or deleted,
+//! written by the batch writers in the batch's own transaction, so an entry exists exactly when
+//! its change does. Owns the one JSON form of an entry's key and values, written here for both
+//! backends (the SQLite writer binds entries into multi-row `INSERT`s, the PostgreSQL writer
+//! COPYs them under [`LEDGER_LOCK`]), and the reads over the ledger: the change feed
+//! ([`changes_after`]), a job's cursor range ([`job_range`]) and the retention sweep
+//! ([`sweep`]).
+//!
+//! Values are JSON as a consumer wants them and the import reads them back: integers as
+//! numbers, booleans as `true`/`false`, decimals as strings with the field's scale (`"19.90"`:
+//! exact, unlike a float), dates and times as ISO 8601 strings (`T` between date and time),
+//! text as strings, NULL as `null`. A key is an object of the key fields in key order, written
+//! the same way whichever side produced it, so equal keys are equal text.
+
+use std::borrow::Cow;
+use std::io::Write;
+
+use chrono::{DateTime, Utc};
+
+use super::sql::{Row, Sql, params};
+use super::{StoreError, StoreResult};
+use crate::dataset::{Dataset, Field, FieldType};
+use crate::import::Value;
+
+/// Key of the PostgreSQL advisory lock a batch takes just before inserting its ledger entries
+/// and holds to its commit: entries then commit in `seq` order (see migration 0016).
+pub const LEDGER_LOCK: i64 = 0x5111_CE16;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Created => "created",
+            Op::Updated => "updated",
+            Op::Deleted => "deleted",
+        }
+    }
+}
+
+/// One ledger entry as a writer inserts it (the job, organisation and dataset are the batch's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub op: Op,
+    /// JSON object of the key fields.
+    pub key: String,
+    /// JSON object of the replaced values (updated, deleted).
+    pub old: Option<String>,
+    /// JSON object of the written values (created, updated).
+    pub new: Option<String>,
+}
+
+/// A JSON object under construction, field by field.
+struct Object {
+    buf: Vec<u8>,
+}
+
+impl Object {
+    fn new() -> Self {
+        Object {
+            buf: Vec::with_capacity(128),
+        }
+    }
+
+    fn name(&mut self, name: &str) {
+        self.buf.push(if self.buf.is_empty() { b'{' } else { b',' });
+        json_string(&mut self.buf, name);
+        self.buf.push(b':');
+    }
+
+    fn done(mut self) -> String {
+        if self.buf.is_empty() {
+            self.buf.push(b'{');
+        }
+        self.buf.push(b'}');
+        // Only whole UTF-8 strings and ASCII were written.
+        String::from_utf8(self.buf).unwrap_or_default()
+    }
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A decimal's text with the field's scale, as the import reads it back.
+fn decimal_text(field: &Field, text: &str) -> String {
+    match (field.scale, text.parse::<rust_decimal::Decimal>()) {
+        (Some(scale), Ok(mut d)) if d.scale() < scale => {
+            d.rescale(scale);
+            d.to_string()
+        }
+        _ => text.to_string(),
+    }
+}
+
+/// A value of the import as JSON.
+fn push_value(out: &mut Vec<u8>, field: &Field, value: &Value) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Int(n) => {
+            let _ = write!(out, "{n}");
+        }
+        Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+        Value::Decimal(d) => json_string(out, &decimal_text(field, &d.to_string())),
+        Value::DateTime(s) => json_string(out, &s.replacen(' ', "T", 1)),
+        Value::Text(s) | Value::Date(s) => json_string(out, s),
+    }
+}
+
+/// A stored value, read back as text, as JSON of its field's type.
+fn push_text(out: &mut Vec<u8>, field: &Field, text: Option<&str>) {
+    let Some(text) = text else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    match field.ty {
+        FieldType::Integer if text.parse::<i64>().is_ok() => out.extend_from_slice(text.as_bytes()),
+        FieldType::Boolean => match text {
+            "1" | "t" | "true" => out.extend_from_slice(b"true"),
+            "0" | "f" | "false" => out.extend_from_slice(b"false"),
+            _ => json_string(out, text),
+        },
+        FieldType::Decimal => json_string(out, &decimal_text(field, text)),
+        FieldType::Datetime => json_string(out, &text.replacen(' ', "T", 1)),
+        _ => json_string(out, text),
+    }
+}
+
+/// The key of a row of the import (`values` in dataset field order).
+pub fn key_json(ds: &Dataset, values: &[Value]) -> String {
+    let mut o = Object::new();
+    for &k in &ds.key {
+        let field = &ds.fields[k];
+        o.name(&field.name);
+        push_value(&mut o.buf, field, &values[k]);
+    }
+    o.done()
+}
+
+/// The `fields` of a row of the import as a JSON object.
+pub fn values_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
+    let mut o = Object::new();
+    for &f in fields {
+        let field = &ds.fields[f];
+        o.name(&field.name);
+        push_value(&mut o.buf, field, &values[f]);
+    }
+    o.done()
+}
+
+/// Stored values of `fields` (`text(j)` the j-th, as text) as a JSON object.
+pub fn texts_json<'a>(
+    ds: &Dataset,
+    fields: &[usize],
+    text: impl Fn(usize) -> Option<Cow<'a, str>>,
+) -> String {
+    let mut o = Object::new();
+    for (j, &f) in fields.iter().enumerate() {
+        let field = &ds.fields[f];
+        o.name(&field.name);
+        push_text(&mut o.buf, field, text(j).as_deref());
+    }
+    o.done()
+}
+
+/// One change of the feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub cursor: i64,
+    pub at: DateTime<Utc>,
+    pub job_id: i64,
+    pub op: String,
+    /// JSON object text.
+    pub key: String,
+    /// JSON object text of the written values; `None` for a deletion.
+    pub values: Option<String>,
+}
+
+/// The organisation's changes to a dataset after `after`, in commit order, at most `limit`.
+///
+/// Entries become visible in `seq` order on both databases (SQLite commits one writer at a
+/// time; PostgreSQL writers hold [`LEDGER_LOCK`] from their first entry to their commit), so a
+/// reader resuming after the last cursor it saw meets every later change exactly once.
+pub fn changes_after(
+    c: &mut dyn Sql,
+    org: i64,
+    dataset: &str,
+    after: i64,
+    limit: u64,
+) -> StoreResult<Vec<Change>> {
+    c.query(
+        "SELECT seq, at, job_id, op, key, new FROM ledger \
+         WHERE org_id = $1 AND dataset = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        params![org, dataset, after, limit as i64],
+    )?
+    .iter()
+    .map(change)
+    .collect()
+}
+
+fn change(r: &Row) -> StoreResult<Change> {
+    Ok(Change {
+        cursor: r.i64(0)?,
+        at: r.time(1)?,
+        job_id: r.i64(2)?,
+        op: r.text(3)?,
+        key: r.text(4)?,
+        values: r.opt_text(5)?,
+    })
+}
+
+/// The first and last cursor of a job's changes, `None` when it changed nothing (yet).
+pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<(i64, i64)>> {
+    let first = c.query_opt(
+        "SELECT seq FROM ledger WHERE job_id = $1 ORDER BY seq LIMIT 1",
+        params![job],
+    )?;
+    let Some(first) = first else { return Ok(None) };
+    let last = c
+        .query_one(
+            "SELECT seq FROM ledger WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
+            params![job],
+        )?
+        .i64(0)?;
+    Ok(Some((first.i64(0)?, last)))
+}
+
+/// Deletes the entries written before `before`; returns how many.
+pub fn sweep(c: &mut dyn Sql, before: DateTime<Utc>) -> StoreResult<u64> {
+    c.execute("DELETE FROM ledger WHERE at < $1", params![before])
+}
+
+/// Checks that a stored JSON text is an object (the feed hands it on as JSON).
+pub fn object(text: &str, what: &str) -> StoreResult<serde_json::Value> {
+    match serde_json::from_str(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(StoreError::Corrupt(format!(
+            "ledger {what} is not a JSON object"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds() -> Dataset {
+        crate::dataset::Datasets::parse(
+            "[datasets.t]\nkey = [\"k\", \"n\"]\n[datasets.t.fields]\nk = { type = \"text\" }\n\
+             n = { type = \"integer\" }\np = { type = \"decimal\", scale = 2 }\n\
+             b = { type = \"boolean\" }\nt = { type = \"datetime\" }\nd = { type = \"date\" }\n",
+            "test",
+        )
+        .unwrap()
+        .get("t")
+        .unwrap()
+        .as_ref()
+        .clone()
+    }
+
+    #[test]
+    fn values_and_stored_texts_give_the_same_json() {
+        let ds = ds();
+        let values = vec![
+            Value::Text("a\"b".into()),
+            Value::Int(7),
+            Value::Decimal("19.9".parse().unwrap()),
+            Value::Bool(true),
+            Value::DateTime("2024-01-02T03:04:05".into()),
+            Value::Null,
+        ];
+        let all: Vec<usize> = (0..6).collect();
+        let new = values_json(&ds, &all, &values);
+        assert_eq!(
+            new,
+            r#"{"k":"a\"b","n":7,"p":"19.90","b":true,"t":"2024-01-02T03:04:05","d":null}"#
+        );
+        // As SQLite (1, text as bound) and PostgreSQL (t, numeric(…,2), a space) give them back.
+        let sqlite = ["a\"b", "7", "19.9", "1", "2024-01-02T03:04:05"];
+        let postgres = ["a\"b", "7", "19.90", "t", "2024-01-02 03:04:05"];
+        for stored in [sqlite, postgres] {
+            let text = texts_json(&ds, &all, |j| stored.get(j).map(|s| Cow::Borrowed(*s)));
+            assert_eq!(text, new);
+        }
+        assert_eq!(key_json(&ds, &values), r#"{"k":"a\"b","n":7}"#);
+        assert_eq!(values_json(&ds, &[], &values), "{}");
+        assert!(object(&new, "values").is_ok());
+        assert!(object("[1]", "values").is_err());
+    }
+}

@@ -1,0 +1,342 @@
+//! The change ledger and its feed (issue 16) through the real server, on SQLite and on
+//! PostgreSQL: every row an import creates or updates is one entry, written with its batch;
+//! `GET /api/v1/datasets/{dataset}/changes` hands them out once each, in commit order, to the
+//! organisation that owns them only; a job's status names its cursor range; an unchanged row
+//! writes nothing; and a reader paging through the feed while chunk jobs commit side by side
+//! (PostgreSQL) or batches commit one after another (SQLite) sees every change exactly once.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use common::*;
+
+/// One page of the feed as `token` sees it.
+async fn page(app: &TestApp, token: &str, query: &str) -> (u16, Value) {
+    let resp = app
+        .http
+        .get(app.url(&format!("/api/v1/datasets/products/changes?{query}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("changes");
+    json_of(resp).await
+}
+
+/// Every change after `after`, read in pages of `limit`; checks the cursors increase.
+async fn read_all(app: &TestApp, token: &str, after: i64, limit: u64) -> (Vec<Value>, i64) {
+    let (mut after, mut all) = (after, Vec::new());
+    loop {
+        let (code, body) = page(app, token, &format!("after={after}&limit={limit}")).await;
+        assert_eq!(code, 200, "{body}");
+        let data = &body["data"];
+        let changes = data["changes"].as_array().unwrap();
+        assert!(changes.len() as u64 <= limit);
+        for c in changes {
+            let cursor = c["cursor"].as_i64().unwrap();
+            assert!(cursor > after, "cursor {cursor} after {after}");
+            after = cursor;
+            all.push(c.clone());
+        }
+        assert_eq!(data["next"].as_i64().unwrap(), after, "{data}");
+        if !data["hasMore"].as_bool().unwrap() {
+            return (all, after);
+        }
+    }
+}
+
+fn sku(change: &Value) -> String {
+    change["key"]["sku"].as_str().unwrap().to_string()
+}
+
+async fn import(app: &TestApp, file: &std::path::Path) -> Value {
+    let (code, body) = app.upload("products", file).await;
+    assert_eq!(code, 202, "{body}");
+    let status = app.wait_done(job_id(&body), Duration::from_secs(120)).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    status
+}
+
+fn n(status: &Value, key: &str) -> u64 {
+    status[key].as_u64().unwrap()
+}
+
+async fn every_created_and_updated_row_is_one_change_in_commit_order(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 500,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    // B overlaps the second half of A's keys with other values, and adds as many new keys.
+    let (a, _) = generate(
+        dir.path(),
+        "a.csv",
+        &["--rows", "3000", "--seed", "1", "--error-rate", "0.02"],
+    );
+    let (b, _) = generate(
+        dir.path(),
+        "b.csv",
+        &["--rows", "3000", "--seed", "2", "--start-sku", "1501"],
+    );
+    let sa = import(&app, &a).await;
+    let sb = import(&app, &b).await;
+    assert!(n(&sb, "updatedCount") > 1000, "{sb}");
+    assert!(n(&sb, "createdCount") > 1000, "{sb}");
+
+    let (all, last) = read_all(&app, TOKEN, 0, 700).await;
+    let (ja, jb) = (sa["jobId"].as_i64().unwrap(), sb["jobId"].as_i64().unwrap());
+    let of = |job: i64, op: &str| {
+        all.iter()
+            .filter(|c| c["jobId"] == job && c["op"] == op)
+            .count() as u64
+    };
+    assert_eq!(of(ja, "created"), n(&sa, "createdCount"));
+    assert_eq!(of(ja, "updated"), n(&sa, "updatedCount"));
+    assert_eq!(of(jb, "created"), n(&sb, "createdCount"));
+    assert_eq!(of(jb, "updated"), n(&sb, "updatedCount"));
+    assert_eq!(
+        all.len() as u64,
+        n(&sa, "createdCount") + n(&sb, "createdCount") + n(&sb, "updatedCount")
+    );
+    // A's changes all come before B's: commit order.
+    let first_b = all.iter().position(|c| c["jobId"] == jb).unwrap();
+    assert!(all[first_b..].iter().all(|c| c["jobId"] == jb));
+
+    // B wrote last: its values are the table's now, field by field.
+    let table: HashMap<String, Vec<Option<String>>> = app
+        .db()
+        .rows("SELECT sku, name, category, price, stock, updated_at FROM products")
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r))
+        .collect();
+    for c in &all[first_b..] {
+        let row = &table[&sku(c)];
+        let v = &c["values"];
+        assert_eq!(v["sku"], c["key"]["sku"]);
+        assert_eq!(v["name"].as_str(), row[1].as_deref(), "{c}");
+        let price = v["price"].as_str().map(|p| p.parse::<f64>().unwrap());
+        assert_eq!(
+            price,
+            row[3].as_deref().map(|p| p.parse::<f64>().unwrap()),
+            "{c}"
+        );
+        assert_eq!(
+            v["stock"].as_i64(),
+            row[4].as_deref().map(|s| s.parse().unwrap()),
+            "{c}"
+        );
+        assert_eq!(v["updated_at"].as_str(), row[5].as_deref(), "{c}");
+    }
+
+    // An update's ledger entry keeps the values it replaced: A's, as A's changes carried them.
+    let by_a: HashMap<String, &Value> = all[..first_b].iter().map(|c| (sku(c), c)).collect();
+    let olds = app.db().rows(&format!(
+        "SELECT key, old FROM ledger WHERE job_id = {jb} AND op = 'updated'"
+    ));
+    assert_eq!(olds.len() as u64, n(&sb, "updatedCount"));
+    for row in olds {
+        let key: Value = serde_json::from_str(row[0].as_deref().unwrap()).unwrap();
+        let old: Value = serde_json::from_str(row[1].as_deref().unwrap()).unwrap();
+        let before = &by_a[key["sku"].as_str().unwrap()]["values"];
+        for field in ["name", "category", "price", "stock", "updated_at"] {
+            assert_eq!(old[field], before[field], "{field} of {key}");
+        }
+    }
+
+    // The status names B's cursor range: reading from `after` gives exactly B's changes.
+    let range = &app.status(jb).await["changes"];
+    let (after, to) = (
+        range["after"].as_i64().unwrap(),
+        range["last"].as_i64().unwrap(),
+    );
+    assert_eq!(to, last);
+    let (of_b, _) = read_all(&app, TOKEN, after, 5000).await;
+    assert_eq!(of_b.len(), all.len() - first_b);
+    assert!(of_b.iter().all(|c| c["jobId"] == jb));
+
+    // B again: every row unchanged, no entry, the feed where it was.
+    let again = import(&app, &b).await;
+    assert_eq!(
+        n(&again, "unchangedCount"),
+        n(&sb, "createdCount") + n(&sb, "updatedCount")
+    );
+    assert!(again.get("changes").is_none(), "{again}");
+    let (code, body) = page(&app, TOKEN, &format!("after={last}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["data"]["changes"], serde_json::json!([]));
+    assert_eq!(body["data"]["next"], last);
+
+    // Another organisation's token sees none of it; its own import is its own feed.
+    let (_, other) = org_with_admin(&app, "other");
+    let (code, body) = page(&app, &other, "after=0").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["data"]["changes"], serde_json::json!([]), "{body}");
+
+    // Bad parameters and an unknown dataset.
+    for query in ["after=-1", "after=x", "limit=0", "limit=10001", "wait=soon"] {
+        let (code, body) = page(&app, TOKEN, query).await;
+        assert_eq!(code, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{query}");
+    }
+    let (code, _) = app.get_json("/api/v1/datasets/nope/changes").await;
+    assert_eq!(code, 404);
+}
+
+async fn a_reader_following_the_feed_during_an_import_sees_each_change_once(backend: Backend) {
+    // On PostgreSQL the file is split into chunk jobs that commit side by side.
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 200,
+        workers: 4,
+        extra_args: ["--chunk-rows", "2000", "--max-chunks", "4"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = generate(dir.path(), "f.csv", &["--rows", "12000", "--seed", "3"]);
+
+    // A long poll started before anything exists answers when the first batch commits.
+    let waiting = {
+        let url = app.url("/api/v1/datasets/products/changes?after=0&limit=50&wait=60s");
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let resp = http.get(url).bearer_auth(TOKEN).send().await.unwrap();
+            (json_of(resp).await, started.elapsed())
+        })
+    };
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    let job = job_id(&body);
+
+    let ((code, first), waited) = waiting.await.unwrap();
+    assert_eq!(code, 200, "{first}");
+    assert!(!first["data"]["changes"].as_array().unwrap().is_empty());
+    assert!(waited < Duration::from_secs(60), "{waited:?}");
+
+    // Follow in small pages while the job runs, then read to the end once it is done.
+    let mut seen: BTreeMap<i64, String> = BTreeMap::new();
+    let mut keys = HashSet::new();
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = matches!(
+            app.status(job).await["status"].as_str(),
+            Some("completed" | "failed")
+        );
+        let (code, body) = page(&app, TOKEN, &format!("after={after}&limit=150&wait=1s")).await;
+        assert_eq!(code, 200, "{body}");
+        let changes = body["data"]["changes"].as_array().unwrap();
+        for c in changes {
+            let cursor = c["cursor"].as_i64().unwrap();
+            assert!(cursor > after, "cursor {cursor} after {after}");
+            after = cursor;
+            assert!(keys.insert(sku(c)), "{} twice", sku(c));
+            seen.insert(cursor, sku(c));
+        }
+        if done && changes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the feed did not reach the job's end"
+        );
+    }
+    let status = app.status(job).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(seen.len() as u64, n(&status, "createdCount"));
+    if backend == Backend::Postgres {
+        assert!(status["chunks"]["total"].as_u64().unwrap() > 1, "{status}");
+    }
+    // And a reader starting over from 0 now gets the same changes in the same order.
+    let (again, _) = read_all(&app, TOKEN, 0, 1000).await;
+    let again: BTreeMap<i64, String> = again
+        .iter()
+        .map(|c| (c["cursor"].as_i64().unwrap(), sku(c)))
+        .collect();
+    assert_eq!(again, seen);
+}
+
+/// The ordering rule itself, on PostgreSQL: a transaction that wrote a ledger entry and has not
+/// committed (here the test's own, holding the ledger lock as a batch does) keeps every later
+/// batch's entries from committing before it, so a reader that has read past nothing of it yet
+/// cannot step over its entry. Without the writers' lock, the import commits entries with higher
+/// cursors meanwhile, the reader moves past the open entry's cursor, and never sees it.
+#[tokio::test]
+async fn postgres_an_entry_committing_late_is_not_stepped_over() {
+    if !postgres_wanted() {
+        return;
+    }
+    let app = spawn_app(AppOptions {
+        backend: Backend::Postgres,
+        batch_size: 200,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = generate(dir.path(), "f.csv", &["--rows", "1000", "--seed", "4"]);
+    let org = app.db().number("SELECT min(id) FROM orgs");
+
+    // An open transaction with one entry, holding the ledger lock as a batch does.
+    let url = app.database_url().unwrap();
+    let (hold, held) = std::sync::mpsc::channel::<()>();
+    let (opened, open) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        let mut tx = c.transaction().unwrap();
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&sluice::store::ledger::LEDGER_LOCK],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO ledger (org_id, dataset, job_id, op, key, new) \
+             VALUES ($1, 'products', 0, 'created', '{\"sku\":\"LATE\"}', '{}')",
+            &[&org],
+        )
+        .unwrap();
+        opened.send(()).unwrap();
+        held.recv().unwrap();
+        tx.commit().unwrap();
+    });
+    open.recv().unwrap();
+    let (code, body) = app.upload("products", &file).await;
+    assert_eq!(code, 202, "{body}");
+    let job = job_id(&body);
+    // Until the import waits behind the held lock, or (were the writers not to take it) is done.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let waiting = app
+            .db()
+            .number("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted");
+        let status = app.status(job).await;
+        if waiting > 0 || status["status"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (before, next) = read_all(&app, TOKEN, 0, 1000).await;
+    hold.send(()).unwrap();
+    holder.join().unwrap();
+    let status = app.wait_done(job, Duration::from_secs(120)).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    let (after, _) = read_all(&app, TOKEN, next, 1000).await;
+    let skus: Vec<String> = before.iter().chain(&after).map(sku).collect();
+    assert_eq!(
+        skus.iter().filter(|s| *s == "LATE").count(),
+        1,
+        "the entry that committed late was stepped over"
+    );
+    assert_eq!(skus.len() as u64, n(&status, "createdCount") + 1);
+}
+
+conformance!(
+    every_created_and_updated_row_is_one_change_in_commit_order,
+    a_reader_following_the_feed_during_an_import_sees_each_change_once,
+);

@@ -336,6 +336,121 @@ async fn postgres_an_entry_committing_late_is_not_stepped_over() {
     assert_eq!(skus.len() as u64, n(&status, "createdCount") + 1);
 }
 
+/// Runs the search-index recipe once (`--once --out`): what it would send, appended to `out`.
+fn recipe(app: &TestApp, state: &std::path::Path, out: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/search-index/follow_changes.py");
+    let run = std::process::Command::new("python3")
+        .arg(script)
+        .args([
+            "--server",
+            &app.base,
+            "--token",
+            TOKEN,
+            "--dataset",
+            "products",
+        ])
+        .args(["--limit", "400", "--once"])
+        .arg("--state")
+        .arg(state)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("python3");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The documented consumer (`examples/search-index/follow_changes.py`) and `sluice changes`
+/// against the real feed: one document per change with the row's values, the cursor remembered
+/// between runs so a second run sends only what came since.
+#[tokio::test]
+async fn the_search_index_recipe_and_the_cli_follow_the_feed() {
+    let app = spawn_app(AppOptions {
+        batch_size: 300,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = generate(dir.path(), "a.csv", &["--rows", "1000", "--seed", "5"]);
+    let (b, _) = generate(
+        dir.path(),
+        "b.csv",
+        &["--rows", "1000", "--seed", "6", "--start-sku", "801"],
+    );
+    let (state, out) = (dir.path().join("cursor"), dir.path().join("sent.jsonl"));
+
+    let sa = import(&app, &a).await;
+    recipe(&app, &state, &out);
+    let sent = lines(&out);
+    assert_eq!(sent.len() as u64, n(&sa, "createdCount"));
+    let (all, last) = read_all(&app, TOKEN, 0, 5000).await;
+    for (doc, change) in sent.iter().zip(&all) {
+        assert_eq!(doc["id"].as_str().unwrap(), sku(change));
+        let mut values = change["values"].clone();
+        values["id"] = doc["id"].clone();
+        assert_eq!(doc, &values);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap().trim(),
+        last.to_string()
+    );
+
+    // Only B's changes the second time.
+    let sb = import(&app, &b).await;
+    recipe(&app, &state, &out);
+    let sent = lines(&out);
+    let of_b = n(&sb, "createdCount") + n(&sb, "updatedCount");
+    assert_eq!(sent.len() as u64, n(&sa, "createdCount") + of_b);
+    let b_skus: HashSet<String> = sent[all.len()..]
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(b_skus.len() as u64, of_b);
+    recipe(&app, &state, &out);
+    assert_eq!(lines(&out).len(), sent.len(), "nothing new, nothing sent");
+
+    // The CLI prints the same changes as JSON lines and says where to resume.
+    let (stdout, stderr) = sluice_client(&app, &["changes", "products", "--limit", "333"]);
+    let printed: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (every, end) = read_all(&app, TOKEN, 0, 5000).await;
+    assert_eq!(printed, every);
+    assert!(stderr.contains(&format!("next cursor: {end}")), "{stderr}");
+    let (stdout, _) = sluice_client(&app, &["changes", "products", "--after", &last.to_string()]);
+    assert_eq!(stdout.lines().count() as u64, of_b);
+}
+
+/// Runs a client command of the CLI against the app with the admin token.
+fn sluice_client(app: &TestApp, args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new(binary())
+        .args(args)
+        .args(["--server", &app.base, "--token", TOKEN])
+        .output()
+        .expect("run sluice");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 conformance!(
     every_created_and_updated_row_is_one_change_in_commit_order,
     a_reader_following_the_feed_during_an_import_sees_each_change_once,

@@ -48,7 +48,8 @@ async fn wait_mid_import(app: &TestApp, job: i64, total: u64) {
     }
 }
 
-/// Starts an app on a fresh 48 MB tmpfs and an import of `file` on it; fills the disk while the
+/// Starts an app on a fresh 128 MB tmpfs (the 120k-row import and its change-ledger entries take
+/// about half of it) and an import of `file` on it; fills the disk while the
 /// import runs; returns the app, its job and the filler.
 async fn import_onto_a_disk_that_fills(
     mounts: &mut Vec<Tmpfs>,
@@ -59,7 +60,7 @@ async fn import_onto_a_disk_that_fills(
     flags: &[&str],
 ) -> Option<(TestApp, i64, PathBuf)> {
     let dir = root.join(name);
-    let Some(mount) = Tmpfs::mount(&dir, 48) else {
+    let Some(mount) = Tmpfs::mount(&dir, 128) else {
         let _ = writeln!(
             std::io::stderr(),
             "skipping disk_full: cannot mount a tmpfs (needs root)"

@@ -156,6 +156,10 @@ async fn a_finished_import_is_posted_signed_and_the_receiver_can_verify_it(backe
         payload["data"]["results"]["errorCount"],
         expect["invalid_rows"]
     );
+    // Where the import's changes lie in the change feed, as its status says.
+    let changes = &app.status(job).await["changes"];
+    assert!(changes["last"].as_i64().unwrap() > changes["after"].as_i64().unwrap());
+    assert_eq!(&payload["data"]["changes"], changes);
 
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["state"], "delivered");

@@ -525,6 +525,57 @@ pub async fn errors(args: ErrorsArgs) -> CliResult {
 }
 
 #[derive(Args)]
+pub struct ChangesArgs {
+    /// The dataset whose changes to read.
+    pub dataset: String,
+    /// Start after this cursor (0: from the oldest change kept).
+    #[arg(long, default_value_t = 0)]
+    pub after: i64,
+    /// Keep following: wait for new changes instead of stopping at the end (Ctrl-C to stop).
+    #[arg(long)]
+    pub follow: bool,
+    /// Changes per request (1–10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub limit: u64,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `sluice changes`: the change feed as JSON lines on standard output, one change per line;
+/// the cursor to resume from goes to standard error at the end.
+pub async fn changes(args: ChangesArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let mut out = tokio::io::stdout();
+    let mut after = args.after;
+    loop {
+        let mut query = vec![
+            ("after", after.to_string()),
+            ("limit", args.limit.to_string()),
+        ];
+        if args.follow {
+            query.push(("wait", "30s".to_string()));
+        }
+        let req = api
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/datasets/{}/changes", args.dataset),
+            )
+            .query(&query);
+        let (_, body) = api.send(req).await?;
+        let data = &body["data"];
+        for change in data["changes"].as_array().into_iter().flatten() {
+            out.write_all(format!("{change}\n").as_bytes()).await?;
+        }
+        out.flush().await?;
+        after = data["next"].as_i64().unwrap_or(after);
+        if !args.follow && !data["hasMore"].as_bool().unwrap_or(false) {
+            eprintln!("next cursor: {after}");
+            return Ok(());
+        }
+    }
+}
+
+#[derive(Args)]
 pub struct ExportArgs {
     /// The dataset to export (as configured in datasets.toml).
     pub dataset: String,

@@ -63,6 +63,9 @@ enum Command {
     /// Export a dataset's rows to a CSV or XLSX file (a job on the server; progress bar, then
     /// the download).
     Export(client::ExportArgs),
+    /// Print a dataset's change feed as JSON lines (every row imports created or updated, in
+    /// commit order); with --follow, keep waiting for new changes.
+    Changes(client::ChangesArgs),
 }
 
 /// How a client command reaches the server.
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
             Command::Jobs(args) => client::jobs(args).await,
             Command::Errors(args) => client::errors(args).await,
             Command::Export(args) => client::export(args).await,
+            Command::Changes(args) => client::changes(args).await,
         }
     });
     match result {

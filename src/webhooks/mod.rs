@@ -207,11 +207,19 @@ async fn plan(ctx: &Arc<JobContext>) -> Result<(), StoreError> {
         let mut deliveries = Vec::new();
         for e in &ends {
             let event = format!("job.{}", e.status.as_str());
+            let mut data = event_json(e);
+            // An import that changed rows: where its changes lie in the change feed.
+            if e.created_count + e.updated_count > 0 {
+                let job = e.job_id;
+                if let Some((first, last)) = ctx.store_call(move |s| s.job_changes(job)).await? {
+                    data["changes"] = json!({"after": first - 1, "last": last});
+                }
+            }
             let payload = json!({
                 "id": format!("evt_{}", e.seq),
                 "type": event,
                 "createdAt": e.at,
-                "data": event_json(e),
+                "data": data,
             })
             .to_string();
             let subscribed = hooks.iter().filter(|h| {

@@ -17,6 +17,7 @@ pub mod export;
 pub mod import;
 pub mod jobs;
 pub mod memory;
+pub mod rollback;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -21,3 +21,15 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_feed ON ledger (org_id, dataset, seq);
 CREATE INDEX ledger_job ON ledger (job_id, seq);
+
+-- Rollback jobs (`kind = 'rollback'`, what they undo in `params.rollbackOf`): the job a rollback
+-- undid names it (`rolled_back_by`, set once, in the transaction that creates the rollback, so a
+-- second rollback of the same job is refused); `deleted_count` counts rows a job deleted (a
+-- rollback removing rows an import created; sync imports later); `ledger_cursor` is a rollback's
+-- checkpoint in the ledger (the last entry it has undone), moved in each batch's transaction.
+ALTER TABLE jobs DROP CONSTRAINT jobs_kind_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_kind_check
+    CHECK (kind IN ('import', 'export', 'analysis', 'rollback'));
+ALTER TABLE jobs ADD COLUMN rolled_back_by BIGINT REFERENCES jobs (id) ON DELETE SET NULL;
+ALTER TABLE jobs ADD COLUMN deleted_count BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN ledger_cursor BIGINT;

@@ -19,3 +19,21 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_feed ON ledger (org_id, dataset, seq);
 CREATE INDEX ledger_job ON ledger (job_id, seq);
+
+-- Rollback jobs (`kind = 'rollback'`, what they undo in `params.rollbackOf`): the job a rollback
+-- undid names it (`rolled_back_by`, set once, in the transaction that creates the rollback, so a
+-- second rollback of the same job is refused); `deleted_count` counts rows a job deleted (a
+-- rollback removing rows an import created; sync imports later); `ledger_cursor` is a rollback's
+-- checkpoint in the ledger (the last entry it has undone), moved in each batch's transaction.
+-- SQLite cannot change a CHECK constraint in place: the kind column is rebuilt around its values.
+DROP INDEX jobs_one_active_file;
+ALTER TABLE jobs RENAME COLUMN kind TO kind_before_0016;
+ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'import'
+    CHECK (kind IN ('import', 'export', 'analysis', 'rollback'));
+UPDATE jobs SET kind = kind_before_0016;
+ALTER TABLE jobs DROP COLUMN kind_before_0016;
+CREATE UNIQUE INDEX jobs_one_active_file ON jobs (org_id, dataset, kind, sha256)
+    WHERE status IN ('pending', 'processing', 'paused') AND sha256 <> '';
+ALTER TABLE jobs ADD COLUMN rolled_back_by INTEGER REFERENCES jobs (id) ON DELETE SET NULL;
+ALTER TABLE jobs ADD COLUMN deleted_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN ledger_cursor INTEGER;

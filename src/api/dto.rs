@@ -155,6 +155,14 @@ pub struct JobView {
     /// Only in a single job's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changes: Option<ChangeRange>,
+    /// A rollback: the job whose changes it undoes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<JobId>,
+    /// The rollback job that undid (or is undoing) this job's changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_by: Option<JobId>,
+    /// Rows the job deleted (a rollback removing rows an import created).
+    pub deleted_count: u64,
 }
 
 /// Where a job's changes lie in the change feed.
@@ -312,10 +320,11 @@ impl From<&Job> for JobView {
     fn from(job: &Job) -> Self {
         let export = (job.kind == JobKind::Export).then(|| crate::export::ExportResult::of(job));
         let success = job.created_count + job.updated_count + job.unchanged_count;
-        // An export's progress counts the rows written.
+        // An export's progress counts the rows written, a rollback's the ledger entries handled.
         let processed = match &export {
             Some(Some(result)) => result.rows,
             Some(None) => job.rows_done,
+            None if job.kind == JobKind::Rollback => job.rows_done,
             None => success + job.error_count,
         };
         // An export's total is its snapshot's row count, read before its first row.
@@ -394,7 +403,13 @@ impl From<&Job> for JobView {
             chunk_index: job.parent_id.and(job.chunk_index),
             results: job.status.is_finished().then_some(Results {
                 total_rows: processed,
-                success_count: if export.is_some() { processed } else { success },
+                success_count: match &export {
+                    Some(_) => processed,
+                    None if job.kind == JobKind::Rollback => {
+                        processed.saturating_sub(job.error_count)
+                    }
+                    None => success,
+                },
                 error_count: job.error_count,
                 created_count: job.created_count,
                 updated_count: job.updated_count,
@@ -415,6 +430,9 @@ impl From<&Job> for JobView {
                 .then(|| format!("/api/v1/export/{}/download", job.id)),
             expires_at: None,
             changes: None,
+            rollback_of: crate::rollback::RollbackParams::of(job).map(|p| p.rollback_of),
+            rolled_back_by: job.rolled_back_by,
+            deleted_count: job.deleted_count,
         }
     }
 }

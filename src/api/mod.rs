@@ -22,6 +22,7 @@ pub mod openapi;
 mod options;
 mod preview;
 mod request_log;
+mod rollback;
 mod seed_analysis;
 pub mod server;
 mod session;
@@ -88,6 +89,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(seed_analysis::download),
         )
         .route("/api/v1/import/{id}/run", post(analysis::run))
+        .route("/api/v1/import/{id}/rollback", post(rollback::rollback))
         .route("/api/v1/import/{id}/report", get(analysis::report))
         .route("/api/v1/import/{id}/{action}", post(control::act))
         .route("/api/v1/import/stats", get(control::stats))

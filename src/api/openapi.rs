@@ -16,8 +16,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::dto::ErrorBody;
 use super::{
-    admin, analysis, audit, changes, control, events, export, jobs, preview, seed_analysis,
-    session, upload, webhooks,
+    admin, analysis, audit, changes, control, events, export, jobs, preview, rollback,
+    seed_analysis, session, upload, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +40,7 @@ use super::{
         control::act,
         analysis::run,
         analysis::report,
+        rollback::rollback,
         seed_analysis::analyze_file,
         seed_analysis::job,
         seed_analysis::download,

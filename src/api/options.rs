@@ -128,7 +128,7 @@ pub fn json_params(body: &[u8]) -> Result<HashMap<String, String>, ApiError> {
 }
 
 /// `true`/`false` (also `1`/`0`), else `400 invalid_parameter`.
-fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
+pub fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, ApiError> {
     match param(params, name).map(str::trim) {
         None => Ok(default),
         Some("true" | "1") => Ok(true),

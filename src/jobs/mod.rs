@@ -336,6 +336,17 @@ async fn execute_job(
             return Executed::Released;
         }
         Err(RunError::File(e)) => (JobStatus::Failed, Some(file_failure(&e))),
+        Err(RunError::Sink(e @ SinkError::Fatal(_))) => {
+            tracing::error!(error = %e, "job failed on an error that retrying cannot mend");
+            (
+                JobStatus::Failed,
+                Some(
+                    "the job stopped on an internal error (the server log has the details); \
+                     the rows committed so far are kept — retry the job"
+                        .to_string(),
+                ),
+            )
+        }
         Err(RunError::Sink(e)) => {
             tracing::error!(error = %e, "job failed on a system error");
             let why = if ctx.config.outage_grace.is_zero() {
@@ -600,6 +611,8 @@ fn run_blocking(
         JobKind::Export => set_up(ctx, stop, "exporting", || {
             crate::export::run(ctx, job, &lease, stop)
         }),
+        // Rollbacks resume from their checkpoint in the ledger.
+        JobKind::Rollback => crate::rollback::run(ctx, job, &lease, stop),
     };
     match ran {
         // Asked to stop while a store call waited for the database: the job resumes from its

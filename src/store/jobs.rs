@@ -35,7 +35,8 @@ pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_s
     header, mapping, total_rows, rows_done, created_count, updated_count, unchanged_count, error_count, \
     batches_done, error, created_by, created_at, started_at, completed_at, attempts, lease_owner, duplicate_of, \
     retry_of, blob_deleted_at IS NOT NULL, parent_id, chunk_index, chunks_total, chunks_completed, org_id, \
-    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority, kind, params, result, analysis_of";
+    user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority, kind, params, result, analysis_of, \
+    rolled_back_by, deleted_count, ledger_cursor";
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
@@ -90,6 +91,9 @@ pub fn job_from_row(r: &Row) -> StoreResult<Job> {
         params: r.opt_text(38)?.map(|t| json(&t, "params")).transpose()?,
         result: r.opt_text(39)?.map(|t| json(&t, "result")).transpose()?,
         analysis_of: r.opt_i64(40)?,
+        rolled_back_by: r.opt_i64(41)?,
+        deleted_count: r.u64(42)?,
+        ledger_cursor: r.opt_i64(43)?,
     })
 }
 
@@ -455,9 +459,10 @@ pub fn finish(
     error: Option<&str>,
 ) -> StoreResult<bool> {
     // A job that read its whole file knows its exact row total: the progress total may have
-    // been the sheet's declared range (`read::row_total`). Chunks' totals were counted.
+    // been the sheet's declared range (`read::row_total`). Chunks' totals were counted; an
+    // export's and a rollback's were exact from the start.
     let exact_total = if status == JobStatus::Completed {
-        "total_rows = CASE WHEN parent_id IS NULL AND kind <> 'export' \
+        "total_rows = CASE WHEN parent_id IS NULL AND kind NOT IN ('export', 'rollback') \
          THEN created_count + updated_count + unchanged_count + error_count ELSE total_rows END,"
     } else {
         ""

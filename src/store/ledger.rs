@@ -133,6 +133,14 @@ fn push_text(out: &mut Vec<u8>, field: &Field, text: Option<&str>) {
     }
 }
 
+/// A stored value's text as its field's JSON (so `19.9` and `19.90`, `1` and `true` compare
+/// equal).
+pub fn text_json(field: &Field, text: Option<&str>) -> String {
+    let mut out = Vec::new();
+    push_text(&mut out, field, text);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// The key of a row of the import (`values` in dataset field order).
 pub fn key_json(ds: &Dataset, values: &[Value]) -> String {
     let mut o = Object::new();

@@ -22,6 +22,7 @@ mod jobs;
 pub mod ledger;
 mod pool;
 pub mod postgres;
+pub mod rollback;
 pub mod sql;
 mod sql_store;
 pub mod sqlite;
@@ -351,6 +352,26 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_changes(&self, job: JobId) -> StoreResult<Option<(i64, i64)>>;
     /// Deletes ledger entries written before `before`; returns how many.
     fn ledger_sweep(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// How many ledger entries a job wrote.
+    fn ledger_entries_of(&self, job: JobId) -> StoreResult<u64>;
+    /// Creates `target`'s rollback job (see [`rollback::create`]).
+    fn rollback_insert(
+        &self,
+        target: JobId,
+        job: &NewJob,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<rollback::RollbackInserted>;
+    /// Undoes up to `limit` more of `target`'s entries for the rollback job holding `lease`, in
+    /// one transaction (see [`rollback::batch`]); `None` when the lease was lost.
+    fn rollback_batch(
+        &self,
+        dataset: &Dataset,
+        lease: &Lease,
+        target: JobId,
+        org: i64,
+        force: bool,
+        limit: u64,
+    ) -> StoreResult<Option<rollback::RollbackBatch>>;
 
     // --- Webhooks and their deliveries.
 

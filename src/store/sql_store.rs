@@ -18,7 +18,7 @@ use super::{
     JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
-use super::{control, hooks, jobs, ledger, tenants};
+use super::{control, hooks, jobs, ledger, rollback, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -471,6 +471,32 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn ledger_sweep(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         self.0.write(|c| ledger::sweep(c, before))
+    }
+
+    fn ledger_entries_of(&self, job: JobId) -> StoreResult<u64> {
+        self.0.read(|c| rollback::entries_of(c, job))
+    }
+
+    fn rollback_insert(
+        &self,
+        target: JobId,
+        job: &NewJob,
+        audit: Option<&AuditEntry>,
+    ) -> StoreResult<rollback::RollbackInserted> {
+        self.0.write(|c| rollback::create(c, target, job, audit))
+    }
+
+    fn rollback_batch(
+        &self,
+        dataset: &Dataset,
+        lease: &Lease,
+        target: JobId,
+        org: i64,
+        force: bool,
+        limit: u64,
+    ) -> StoreResult<Option<rollback::RollbackBatch>> {
+        self.0
+            .write(|c| rollback::batch(c, dataset, lease, target, org, force, limit))
     }
 
     fn webhook_insert(

@@ -108,6 +108,8 @@ pub enum JobKind {
     Import,
     Export,
     Analysis,
+    /// Undoes an import's changes from the ledger (`params.rollbackOf`).
+    Rollback,
 }
 
 impl JobKind {
@@ -116,6 +118,7 @@ impl JobKind {
             JobKind::Import => "import",
             JobKind::Export => "export",
             JobKind::Analysis => "analysis",
+            JobKind::Rollback => "rollback",
         }
     }
 }
@@ -127,6 +130,7 @@ impl std::str::FromStr for JobKind {
             "import" => Ok(JobKind::Import),
             "export" => Ok(JobKind::Export),
             "analysis" => Ok(JobKind::Analysis),
+            "rollback" => Ok(JobKind::Rollback),
             other => Err(format!("unknown job kind `{other}`")),
         }
     }
@@ -295,6 +299,12 @@ pub struct Job {
     /// (an export's file, an analysis's summary), as the module of its kind writes it.
     pub result: Option<serde_json::Value>,
     pub analysis_of: Option<JobId>,
+    /// The rollback job that undid this job's changes.
+    pub rolled_back_by: Option<JobId>,
+    /// Rows this job deleted (a rollback removing rows an import created).
+    pub deleted_count: u64,
+    /// A rollback's checkpoint: the last ledger entry it has undone.
+    pub ledger_cursor: Option<i64>,
 }
 
 /// The column of every dataset table (and its history and staging tables) that names the

@@ -552,7 +552,13 @@ impl Writer<'_> {
     ) -> Result<(), postgres::Error> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ledger::LEDGER_LOCK])?;
         buf.clear();
-        let head = format!("{}\t", self.org);
+        // The upsert's `_sluice_updated_at` to the microsecond (how PostgreSQL keeps the bound
+        // time): a rollback tells an untouched row by the two being equal.
+        let head = format!(
+            "{}\t{}\t",
+            self.org,
+            self.now.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        );
         let mut dataset = Vec::new();
         copy_text(&mut dataset, &self.ds.name);
         for e in entries {
@@ -571,7 +577,7 @@ impl Writer<'_> {
             buf.push(b'\n');
         }
         let mut w =
-            tx.copy_in("COPY ledger (org_id, dataset, job_id, op, key, old, new) FROM STDIN")?;
+            tx.copy_in("COPY ledger (org_id, at, dataset, job_id, op, key, old, new) FROM STDIN")?;
         let _ = w.write_all(buf);
         w.finish()?;
         Ok(())

@@ -1,0 +1,643 @@
+//! Undoing an import from the change ledger (issue 16), one batch per transaction, written once
+//! for both databases over the [`Sql`] seam.
+//!
+//! A rollback job walks the ledger entries of the job it undoes in cursor order (each key
+//! appears once per job, so the order does not matter) after its own checkpoint
+//! (`jobs.ledger_cursor`), and for each entry: a created row is deleted, an updated row gets its
+//! replaced values back (history archived as for any update), a deleted row is inserted again.
+//! A row that changed after the entry — its `_sluice_updated_at` is no longer the entry's time,
+//! or it is gone, or (for a deletion) it exists again — is a **conflict**: left alone and
+//! reported as a row error naming the job that changed it, unless the rollback is forced. Every
+//! change the rollback makes is itself a ledger entry (so a rollback can be rolled back, and the
+//! change feed shows it). The batch's rows, entries, row errors, counts and checkpoint commit
+//! together, fenced by the lease: a rollback killed at any moment resumes exactly.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value as Json;
+
+use super::ledger::{self, Op};
+use super::sql::{Dialect, Row, Sql, Value, params};
+use super::{JobId, Lease, ORG_COLUMN, StoreError, StoreResult};
+use crate::dataset::{Dataset, Field, FieldType};
+
+/// What one batch of a rollback did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RollbackBatch {
+    /// Ledger entries handled (undone or reported).
+    pub entries: u64,
+    /// Rows inserted again (deletions undone).
+    pub created: u64,
+    /// Rows given their replaced values back.
+    pub updated: u64,
+    /// Rows deleted (creations undone).
+    pub deleted: u64,
+    /// Rows left alone because a later job changed them.
+    pub conflicts: u64,
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn since(field: &str) -> String {
+    format!("_sluice_since_{field}")
+}
+
+/// The `$n` placeholder of a field's value, typed for the column it is written to or compared
+/// with (PostgreSQL cannot bind text to NUMERIC, DATE or TIMESTAMP).
+fn slot(d: Dialect, ty: FieldType, n: usize) -> String {
+    match (d, ty) {
+        (Dialect::Postgres, FieldType::Decimal) => format!("CAST(CAST(${n} AS TEXT) AS NUMERIC)"),
+        (Dialect::Postgres, FieldType::Date) => format!("CAST(CAST(${n} AS TEXT) AS DATE)"),
+        (Dialect::Postgres, FieldType::Datetime) => {
+            format!("CAST(CAST(${n} AS TEXT) AS TIMESTAMP)")
+        }
+        _ => format!("${n}"),
+    }
+}
+
+/// A field read back as text on both databases.
+fn selected(d: Dialect, f: &Field) -> String {
+    match (d, f.ty) {
+        (Dialect::Postgres, FieldType::Decimal | FieldType::Date | FieldType::Datetime) => {
+            format!("CAST({} AS TEXT)", ident(&f.name))
+        }
+        _ => ident(&f.name),
+    }
+}
+
+/// A ledger JSON value as the parameter of its field.
+fn bound(field: &Field, v: &Json) -> StoreResult<Value> {
+    let bad = || {
+        StoreError::Corrupt(format!(
+            "ledger value {v} does not fit field `{}`",
+            field.name
+        ))
+    };
+    Ok(match (field.ty, v) {
+        (_, Json::Null) => Value::Null,
+        (FieldType::Integer, Json::Number(n)) => Value::Int(n.as_i64().ok_or_else(bad)?),
+        (FieldType::Boolean, Json::Bool(b)) => Value::Bool(*b),
+        (_, Json::String(s)) => Value::Text(s.clone()),
+        _ => return Err(bad()),
+    })
+}
+
+/// A stored value as text (for its ledger JSON and history), `None` for NULL.
+fn text(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::Null => None,
+        Value::Text(s) => Some(s.as_str().into()),
+        Value::Int(n) => Some(n.to_string().into()),
+        Value::Real(f) => Some(f.to_string().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        Value::Time(t) => Some(t.to_rfc3339().into()),
+    }
+}
+
+/// One ledger entry being undone.
+struct Undo {
+    seq: i64,
+    op: String,
+    key_text: String,
+    key: Vec<Value>,
+    old: Option<serde_json::Map<String, Json>>,
+    at: DateTime<Utc>,
+}
+
+/// The row as it is now: every field (text on both databases) and when it was last written.
+struct Current {
+    values: Vec<Value>,
+    updated_at: Option<DateTime<Utc>>,
+    since: Vec<Option<DateTime<Utc>>>,
+}
+
+/// Undoes up to `limit` more of `target`'s ledger entries for the rollback job holding `lease`,
+/// in the caller's transaction. `None` when the lease was lost (nothing is written then).
+#[allow(clippy::too_many_arguments)]
+pub fn batch(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    lease: &Lease,
+    target: JobId,
+    org: i64,
+    force: bool,
+    limit: u64,
+) -> StoreResult<Option<RollbackBatch>> {
+    // Fenced first: on PostgreSQL the job's row stays locked to the commit, so an operator's
+    // cancel waits for this batch instead of slipping in between.
+    let Some(me) = c.query_opt(
+        "UPDATE jobs SET batches_done = batches_done + 1 \
+         WHERE id = $1 AND lease_token = $2 AND status = 'processing' \
+         RETURNING ledger_cursor, rows_done",
+        params![lease.job_id, lease.token.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    let cursor = me.opt_i64(0)?.unwrap_or(0);
+    let rows_done = me.u64(1)?;
+    let entries = c.query(
+        "SELECT seq, op, key, old, at FROM ledger WHERE job_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+        params![target, cursor, limit as i64],
+    )?;
+    let now = Utc::now();
+    let mut done = RollbackBatch::default();
+    let mut mine: Vec<ledger::Entry> = Vec::new();
+    let mut last = cursor;
+    for r in &entries {
+        let undo = undo_of(ds, r)?;
+        last = undo.seq;
+        done.entries += 1;
+        let current = current(c, ds, org, &undo.key)?;
+        let conflict = match (undo.op.as_str(), &current) {
+            ("deleted", None) => false,
+            ("deleted", Some(_)) => true,
+            (_, None) => true,
+            (_, Some(row)) => row.updated_at != Some(undo.at),
+        };
+        if conflict && !force {
+            done.conflicts += 1;
+            conflict_error(c, ds, lease.job_id, org, &undo, rows_done + done.entries)?;
+            continue;
+        }
+        match (undo.op.as_str(), current) {
+            // A row the import created: deleted (forced over a later change too).
+            ("created", Some(row)) => {
+                delete(c, ds, org, &undo.key)?;
+                let old = row_json(ds, &all(ds), &row.values);
+                mine.push(entry_of(Op::Deleted, &undo, Some(old), None));
+                done.deleted += 1;
+            }
+            // A row the import updated (or deleted, and that was created again since: forced):
+            // its replaced values back.
+            ("updated" | "deleted", Some(row)) => {
+                let (old, new) = restore(c, ds, lease.job_id, org, &undo, &row, now)?;
+                mine.push(entry_of(Op::Updated, &undo, Some(old), Some(new)));
+                done.updated += 1;
+            }
+            ("deleted", None) => {
+                let new = reinsert(c, ds, lease.job_id, org, &undo, now)?;
+                mine.push(entry_of(Op::Created, &undo, None, Some(new)));
+                done.created += 1;
+            }
+            // Forced over a row that is gone since: nothing left to undo.
+            ("created" | "updated", None) => {}
+            (other, _) => {
+                return Err(StoreError::Corrupt(format!(
+                    "unknown ledger operation `{other}`"
+                )));
+            }
+        }
+    }
+    ledger_insert(c, ds, lease.job_id, org, &mine, now)?;
+    c.execute(
+        "UPDATE jobs SET rows_done = rows_done + $2, ledger_cursor = $3, \
+         created_count = created_count + $4, updated_count = updated_count + $5, \
+         deleted_count = deleted_count + $6, error_count = error_count + $7 WHERE id = $1",
+        params![
+            lease.job_id,
+            done.entries as i64,
+            last,
+            done.created as i64,
+            done.updated as i64,
+            done.deleted as i64,
+            done.conflicts as i64
+        ],
+    )?;
+    Ok(Some(done))
+}
+
+fn all(ds: &Dataset) -> Vec<usize> {
+    (0..ds.fields.len()).collect()
+}
+
+fn undo_of(ds: &Dataset, r: &Row) -> StoreResult<Undo> {
+    let key_text = r.text(2)?;
+    let key = match serde_json::from_str::<Json>(&key_text) {
+        Ok(Json::Object(map)) => ds
+            .key
+            .iter()
+            .map(|&k| {
+                let f = &ds.fields[k];
+                bound(f, map.get(&f.name).unwrap_or(&Json::Null))
+            })
+            .collect::<StoreResult<Vec<_>>>()?,
+        _ => {
+            return Err(StoreError::Corrupt(
+                "a ledger key is not a JSON object".into(),
+            ));
+        }
+    };
+    let old = match r.opt_text(3)? {
+        None => None,
+        Some(t) => match serde_json::from_str::<Json>(&t) {
+            Ok(Json::Object(map)) => Some(map),
+            _ => {
+                return Err(StoreError::Corrupt(
+                    "ledger values are not a JSON object".into(),
+                ));
+            }
+        },
+    };
+    Ok(Undo {
+        seq: r.i64(0)?,
+        op: r.text(1)?,
+        key_text,
+        key,
+        old,
+        at: r.time(4)?,
+    })
+}
+
+/// `_sluice_org = $1 AND k1 = $2 …`, the key's parameters after the organisation.
+fn key_where(d: Dialect, ds: &Dataset, first: usize) -> String {
+    let mut sql = format!("{ORG_COLUMN} = ${first}");
+    for (j, &k) in ds.key.iter().enumerate() {
+        let f = &ds.fields[k];
+        sql.push_str(&format!(
+            " AND {} = {}",
+            ident(&f.name),
+            slot(d, f.ty, first + 1 + j)
+        ));
+    }
+    sql
+}
+
+fn key_params(org: i64, key: &[Value]) -> Vec<Value> {
+    std::iter::once(Value::Int(org))
+        .chain(key.iter().cloned())
+        .collect()
+}
+
+fn current(c: &mut dyn Sql, ds: &Dataset, org: i64, key: &[Value]) -> StoreResult<Option<Current>> {
+    let d = c.dialect();
+    let history: Vec<&Field> = ds.fields.iter().filter(|f| f.history).collect();
+    let mut cols: Vec<String> = ds.fields.iter().map(|f| selected(d, f)).collect();
+    cols.push("_sluice_updated_at".into());
+    cols.extend(history.iter().map(|f| since(&f.name)));
+    let row = c.query_opt(
+        &format!(
+            "SELECT {} FROM {} WHERE {}",
+            cols.join(", "),
+            ident(&ds.table),
+            key_where(d, ds, 1)
+        ),
+        &key_params(org, key),
+    )?;
+    let Some(row) = row else { return Ok(None) };
+    let n = ds.fields.len();
+    let values = row.0[..n].to_vec();
+    let since = (0..history.len())
+        .map(|h| row.opt_time(n + 1 + h))
+        .collect::<StoreResult<_>>()?;
+    Ok(Some(Current {
+        values,
+        updated_at: row.opt_time(n)?,
+        since,
+    }))
+}
+
+fn row_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
+    ledger::texts_json(ds, fields, |j| values.get(fields[j]).and_then(text))
+}
+
+fn entry_of(op: Op, undo: &Undo, old: Option<String>, new: Option<String>) -> ledger::Entry {
+    ledger::Entry {
+        op,
+        key: undo.key_text.clone(),
+        old,
+        new,
+    }
+}
+
+fn delete(c: &mut dyn Sql, ds: &Dataset, org: i64, key: &[Value]) -> StoreResult<()> {
+    let d = c.dialect();
+    c.execute(
+        &format!(
+            "DELETE FROM {} WHERE {}",
+            ident(&ds.table),
+            key_where(d, ds, 1)
+        ),
+        &key_params(org, key),
+    )?;
+    Ok(())
+}
+
+/// Gives a row the values an entry replaced; archives changed history fields. Returns the
+/// rollback's own entry's old and new values (JSON).
+fn restore(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    job: JobId,
+    org: i64,
+    undo: &Undo,
+    row: &Current,
+    now: DateTime<Utc>,
+) -> StoreResult<(String, String)> {
+    let d = c.dialect();
+    let old = undo.old.as_ref().ok_or_else(|| {
+        StoreError::Corrupt("an update's ledger entry has no replaced values".into())
+    })?;
+    // The fields the entry replaced, in dataset order.
+    let fields: Vec<usize> = (0..ds.fields.len())
+        .filter(|&i| !ds.is_key(i) && old.contains_key(&ds.fields[i].name))
+        .collect();
+    let values: Vec<Value> = fields
+        .iter()
+        .map(|&i| bound(&ds.fields[i], &old[&ds.fields[i].name]))
+        .collect::<StoreResult<_>>()?;
+    let mut params = key_params(org, &undo.key);
+    let first = params.len() + 1;
+    let mut sets = Vec::new();
+    for (j, &i) in fields.iter().enumerate() {
+        let f = &ds.fields[i];
+        sets.push(format!("{} = {}", ident(&f.name), slot(d, f.ty, first + j)));
+        params.push(values[j].clone());
+    }
+    let history: Vec<usize> = (0..ds.fields.len())
+        .filter(|&i| ds.fields[i].history)
+        .collect();
+    let n = params.len();
+    params.push(Value::Int(job));
+    params.push(Value::Time(now));
+    sets.push(format!("_sluice_job = ${}", n + 1));
+    sets.push(format!("_sluice_updated_at = ${}", n + 2));
+    // History: a restored field whose value changes closes its current validity.
+    for (h, &i) in history.iter().enumerate() {
+        let f = &ds.fields[i];
+        let Some(j) = fields.iter().position(|&x| x == i) else {
+            continue;
+        };
+        let before = text(&row.values[i]).map(Cow::into_owned);
+        let after = text(&values[j]).map(Cow::into_owned);
+        if ledger::text_json(f, before.as_deref()) == ledger::text_json(f, after.as_deref()) {
+            continue;
+        }
+        sets.push(format!("{} = ${}", since(&f.name), n + 2));
+        archive(
+            c,
+            ds,
+            org,
+            &undo.key,
+            f,
+            before,
+            after,
+            row.since[h],
+            now,
+            job,
+        )?;
+    }
+    c.execute(
+        &format!(
+            "UPDATE {} SET {} WHERE {}",
+            ident(&ds.table),
+            sets.join(", "),
+            key_where(d, ds, 1)
+        ),
+        &params,
+    )?;
+    Ok((
+        row_json(ds, &fields, &row.values),
+        ledger::texts_json(ds, &fields, |j| text(&values[j])),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn archive(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    org: i64,
+    key: &[Value],
+    f: &Field,
+    old: Option<String>,
+    new: Option<String>,
+    valid_from: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    job: JobId,
+) -> StoreResult<()> {
+    let keys: Vec<String> = ds.key.iter().map(|&k| ident(&ds.fields[k].name)).collect();
+    let d = c.dialect();
+    let slots: Vec<String> = ds
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| slot(d, ds.fields[k].ty, 2 + j))
+        .collect();
+    let n = 2 + keys.len();
+    let mut params = key_params(org, key);
+    params.extend([
+        Value::Text(f.name.clone()),
+        old.map_or(Value::Null, Value::Text),
+        new.map_or(Value::Null, Value::Text),
+        valid_from.map_or(Value::Null, Value::Time),
+        Value::Time(now),
+        Value::Int(job),
+    ]);
+    c.execute(
+        &format!(
+            "INSERT INTO {} ({ORG_COLUMN}, {}, field, old_value, new_value, valid_from, valid_to, job_id) \
+             VALUES ($1, {}, ${n}, ${}, ${}, ${}, ${}, ${})",
+            ident(&ds.history_table()),
+            keys.join(", "),
+            slots.join(", "),
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5
+        ),
+        &params,
+    )?;
+    Ok(())
+}
+
+/// Inserts a deleted row again from the values its deletion recorded; its new values (JSON).
+fn reinsert(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    job: JobId,
+    org: i64,
+    undo: &Undo,
+    now: DateTime<Utc>,
+) -> StoreResult<String> {
+    let d = c.dialect();
+    let old = undo
+        .old
+        .as_ref()
+        .ok_or_else(|| StoreError::Corrupt("a deletion's ledger entry has no values".into()))?;
+    let fields: Vec<usize> = (0..ds.fields.len())
+        .filter(|&i| old.contains_key(&ds.fields[i].name))
+        .collect();
+    let mut params = vec![Value::Int(org), Value::Int(job), Value::Time(now)];
+    let mut cols = vec![
+        ORG_COLUMN.to_string(),
+        "_sluice_job".into(),
+        "_sluice_created_at".into(),
+        "_sluice_updated_at".into(),
+    ];
+    let mut slots = vec!["$1".to_string(), "$2".into(), "$3".into(), "$3".into()];
+    let mut values = Vec::new();
+    for &i in &fields {
+        let f = &ds.fields[i];
+        let v = bound(f, &old[&f.name])?;
+        params.push(v.clone());
+        values.push(v);
+        cols.push(ident(&f.name));
+        slots.push(slot(d, f.ty, params.len()));
+    }
+    for f in ds.fields.iter().filter(|f| f.history) {
+        cols.push(since(&f.name));
+        slots.push("$3".into());
+    }
+    c.execute(
+        &format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            ident(&ds.table),
+            cols.join(", "),
+            slots.join(", ")
+        ),
+        &params,
+    )?;
+    Ok(ledger::texts_json(ds, &fields, |j| text(&values[j])))
+}
+
+/// Records a conflict as a row error of the rollback, naming the job that changed the row.
+fn conflict_error(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    job: JobId,
+    org: i64,
+    undo: &Undo,
+    row: u64,
+) -> StoreResult<()> {
+    let later = c
+        .query_opt(
+            "SELECT job_id FROM ledger WHERE org_id = $1 AND dataset = $2 AND seq > $3 \
+             AND key = $4 ORDER BY seq LIMIT 1",
+            params![org, ds.name.as_str(), undo.seq, undo.key_text.as_str()],
+        )?
+        .map(|r| r.i64(0))
+        .transpose()?;
+    let message = match later {
+        Some(by) => {
+            format!("changed by job {by} after this import; left as it is (force=true overwrites)")
+        }
+        None => "changed after this import; left as it is (force=true overwrites)".to_string(),
+    };
+    let k = &ds.fields[ds.key[0]];
+    let value = text(&undo.key[0]).map(Cow::into_owned);
+    let record: Vec<String> = undo
+        .key
+        .iter()
+        .map(|v| text(v).map(Cow::into_owned).unwrap_or_default())
+        .collect();
+    c.execute(
+        "INSERT INTO job_errors (job_id, \"row\", \"column\", value, message, record) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        params![
+            job,
+            row as i64,
+            k.name.as_str(),
+            value,
+            message,
+            serde_json::to_string(&record).unwrap_or_else(|_| "[]".into())
+        ],
+    )?;
+    Ok(())
+}
+
+/// The rollback's own entries; on PostgreSQL under the ledger lock, as the batch writers do.
+fn ledger_insert(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    job: JobId,
+    org: i64,
+    entries: &[ledger::Entry],
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if c.dialect() == Dialect::Postgres {
+        c.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            params![ledger::LEDGER_LOCK],
+        )?;
+    }
+    for e in entries {
+        c.execute(
+            "INSERT INTO ledger (org_id, dataset, job_id, op, key, old, new, at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            params![
+                org,
+                ds.name.as_str(),
+                job,
+                e.op.as_str(),
+                e.key.as_str(),
+                e.old.as_deref(),
+                e.new.as_deref(),
+                now
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// How many ledger entries a job wrote (a rollback's total).
+pub fn entries_of(c: &mut dyn Sql, job: JobId) -> StoreResult<u64> {
+    c.query_one(
+        "SELECT count(*) FROM ledger WHERE job_id = $1",
+        params![job],
+    )?
+    .u64(0)
+}
+
+/// What asking to roll a job back came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackInserted {
+    /// The rollback job was created.
+    Created(JobId),
+    /// The job was rolled back (or is being rolled back) already, by this job.
+    Already(JobId),
+}
+
+/// Creates the rollback job of `target` and marks the target as rolled back by it, in the
+/// caller's transaction: at most one rollback per job, whoever asks at the same time.
+pub fn create(
+    c: &mut dyn Sql,
+    target: JobId,
+    job: &super::NewJob,
+    audit: Option<&super::AuditEntry>,
+) -> StoreResult<RollbackInserted> {
+    // Takes the target's row lock (PostgreSQL) before anything is decided.
+    let free = c.execute(
+        "UPDATE jobs SET rolled_back_by = rolled_back_by WHERE id = $1 AND rolled_back_by IS NULL",
+        params![target],
+    )?;
+    if free == 0 {
+        let by = c
+            .query_one(
+                "SELECT rolled_back_by FROM jobs WHERE id = $1",
+                params![target],
+            )?
+            .i64(0)?;
+        return Ok(RollbackInserted::Already(by));
+    }
+    let id = match super::jobs::insert(c, job, None, audit)? {
+        super::Inserted::Created(id) => id,
+        other => {
+            return Err(StoreError::Other(format!(
+                "the rollback job was not created: {other:?}"
+            )));
+        }
+    };
+    c.execute(
+        "UPDATE jobs SET rolled_back_by = $2 WHERE id = $1",
+        params![target, id],
+    )?;
+    Ok(RollbackInserted::Created(id))
+}

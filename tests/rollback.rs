@@ -1,0 +1,338 @@
+//! Rollback of imports from the change ledger (issue 16) through the real server, on SQLite and
+//! on PostgreSQL: import A, import B over half of A's keys with new values (history fields
+//! changed) and new keys, roll B back → the table equals the table after A, every row and field,
+//! and the history shows B's changes and their reversal; the rollback rolled back → the table
+//! after B; a later import C over some of B's keys → exactly C's changes are conflicts (row
+//! errors naming C), everything else restored, and `force=true` restores those too; the
+//! refusals (twice, not finished, a replace import, another organisation); and a server killed
+//! mid-rollback → the same table as an uninterrupted rollback.
+
+#[macro_use]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use common::*;
+
+type Table = BTreeMap<String, Vec<Option<String>>>;
+
+/// The organisation's rows, data fields only (bookkeeping columns change with every write).
+fn table(app: &TestApp, org: i64) -> Table {
+    app.db()
+        .rows(&format!(
+            "SELECT sku, name, category, CAST(price AS TEXT), stock, CAST(updated_at AS TEXT) \
+             FROM products WHERE _sluice_org = {org}"
+        ))
+        .into_iter()
+        .map(|r| (r[0].clone().unwrap(), r[1..].to_vec()))
+        .map(|(k, mut v)| {
+            // The same decimal as SQLite's text and PostgreSQL's NUMERIC(…, 2) print it.
+            if let Some(p) = v[2].as_mut() {
+                *p = format!("{:.2}", p.parse::<f64>().unwrap());
+            }
+            (k, v)
+        })
+        .collect()
+}
+
+async fn upload_as(app: &TestApp, token: &str, file: &Path, fields: &[(&str, &str)]) -> i64 {
+    let text = std::fs::read_to_string(file).unwrap();
+    let (code, body) = app
+        .upload_text_as(token, "/api/v1/import/products", "f.csv", &text, fields)
+        .await;
+    assert_eq!(code, 202, "{body}");
+    job_id(&body)
+}
+
+async fn import_as(app: &TestApp, token: &str, file: &Path) -> Value {
+    let job = upload_as(app, token, file, &[]).await;
+    let status = app.wait_done_as(token, job).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    status
+}
+
+/// `POST /api/v1/import/{job}/rollback` with `query`; the answer.
+async fn ask_rollback(app: &TestApp, token: &str, job: i64, query: &str) -> (u16, Value) {
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1/import/{job}/rollback{query}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("rollback");
+    json_of(resp).await
+}
+
+async fn rolled_back(app: &TestApp, token: &str, job: i64, query: &str) -> Value {
+    let (code, body) = ask_rollback(app, token, job, query).await;
+    assert_eq!(code, 202, "{body}");
+    let status = app.wait_done_as(token, job_id(&body)).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["kind"], "rollback");
+    assert_eq!(status["rollbackOf"], job);
+    status
+}
+
+fn n(status: &Value, key: &str) -> u64 {
+    status[key].as_u64().unwrap()
+}
+
+fn files(dir: &Path) -> [std::path::PathBuf; 3] {
+    let (a, _) = generate(dir, "a.csv", &["--rows", "2000", "--seed", "1"]);
+    // Half of A's keys with other values, and 1,000 new keys.
+    let (b, _) = generate(
+        dir,
+        "b.csv",
+        &["--rows", "2000", "--seed", "2", "--start-sku", "1001"],
+    );
+    // Only keys B wrote: 200 it updated, 100 it created.
+    let (c, _) = generate(
+        dir,
+        "c.csv",
+        &["--rows", "300", "--seed", "3", "--start-sku", "1801"],
+    );
+    [a, b, c]
+}
+
+async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 400,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, _] = files(dir.path());
+    let org = app.db().number("SELECT min(id) FROM orgs");
+
+    import_as(&app, TOKEN, &a).await;
+    let after_a = table(&app, org);
+    let sb = import_as(&app, TOKEN, &b).await;
+    let after_b = table(&app, org);
+    assert!(
+        n(&sb, "updatedCount") > 500 && n(&sb, "createdCount") > 500,
+        "{sb}"
+    );
+    assert_ne!(after_a, after_b);
+    let jb = sb["jobId"].as_i64().unwrap();
+
+    let r1 = rolled_back(&app, TOKEN, jb, "").await;
+    assert_eq!(table(&app, org), after_a, "the table after A");
+    assert_eq!(n(&r1, "deletedCount"), n(&sb, "createdCount"));
+    assert_eq!(n(&r1, "updatedCount"), n(&sb, "updatedCount"));
+    assert_eq!(n(&r1, "errorCount"), 0);
+    assert_eq!(
+        r1["progress"]["current"].as_u64().unwrap(),
+        n(&sb, "createdCount") + n(&sb, "updatedCount")
+    );
+    let j1 = r1["jobId"].as_i64().unwrap();
+    assert_eq!(app.status(jb).await["rolledBackBy"], j1);
+
+    // The history: every change B archived, reversed by the rollback.
+    let history =
+        |job: i64| -> BTreeSet<(String, String, Option<String>, Option<String>)> {
+            app.db()
+            .rows(&format!(
+                "SELECT sku, field, old_value, new_value FROM products_history WHERE job_id = {job}"
+            ))
+            .into_iter()
+            .map(|r| {
+                let num = |v: &Option<String>| {
+                    v.as_ref()
+                        .map(|s| s.parse::<f64>().map_or(s.clone(), |f| format!("{f:.2}")))
+                };
+                (r[0].clone().unwrap(), r[1].clone().unwrap(), num(&r[2]), num(&r[3]))
+            })
+            .collect()
+        };
+    let of_b = history(jb);
+    assert!(!of_b.is_empty());
+    let reversed: BTreeSet<_> = history(j1)
+        .into_iter()
+        .map(|(k, f, old, new)| (k, f, new, old))
+        .collect();
+    assert_eq!(reversed, of_b);
+
+    // Twice is refused, naming the rollback.
+    let (code, body) = ask_rollback(&app, TOKEN, jb, "").await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "already_rolled_back");
+    assert_eq!(body["error"]["jobId"], j1, "{body}");
+
+    // The rollback rolled back: B's table again.
+    let r2 = rolled_back(&app, TOKEN, j1, "").await;
+    assert_eq!(table(&app, org), after_b, "the table after B");
+    assert_eq!(n(&r2, "createdCount"), n(&sb, "createdCount"));
+
+    // The change feed shows B, its reversal and its return, in order.
+    let (code, feed) = app
+        .get_json("/api/v1/datasets/products/changes?after=0&limit=10000")
+        .await;
+    assert_eq!(code, 200);
+    let jobs: Vec<i64> = feed["data"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["jobId"].as_i64().unwrap())
+        .collect();
+    let last_b = jobs.iter().rposition(|j| *j == jb).unwrap();
+    let first_r1 = jobs.iter().position(|j| *j == j1).unwrap();
+    assert!(last_b < first_r1);
+    assert!(
+        jobs.iter().rposition(|j| *j == j1).unwrap()
+            < jobs
+                .iter()
+                .position(|j| *j == r2["jobId"].as_i64().unwrap())
+                .unwrap()
+    );
+
+    // Refusals: another organisation, a job still running, a replace import, an export.
+    let (_, other) = org_with_admin(&app, "other");
+    let (code, _) = ask_rollback(&app, &other, jb, "").await;
+    assert_eq!(code, 404);
+    let (code, body) = ask_rollback(&app, TOKEN, jb, "?force=maybe").await;
+    assert_eq!(code, 400, "{body}");
+    let replace = upload_as(&app, TOKEN, &a, &[("mode", "replace")]).await;
+    assert_eq!(
+        app.wait_done(replace, Duration::from_secs(60)).await["status"],
+        "completed"
+    );
+    let (code, body) = ask_rollback(&app, TOKEN, replace, "").await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_reversible");
+}
+
+async fn later_changes_are_conflicts_unless_forced(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 400,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = files(dir.path());
+    for force in [false, true] {
+        let (org, token) = org_with_admin(&app, if force { "forced" } else { "careful" });
+        import_as(&app, &token, &a).await;
+        let after_a = table(&app, org);
+        let sb = import_as(&app, &token, &b).await;
+        let sc = import_as(&app, &token, &c).await;
+        let after_c = table(&app, org);
+        let jc = sc["jobId"].as_i64().unwrap();
+        // What C changed: its ledger entries (C's keys are all B's).
+        let changed_by_c: BTreeSet<String> = app
+            .db()
+            .rows(&format!("SELECT key FROM ledger WHERE job_id = {jc}"))
+            .into_iter()
+            .map(|r| {
+                let key: Value = serde_json::from_str(r[0].as_deref().unwrap()).unwrap();
+                key["sku"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(changed_by_c.len() as u64, n(&sc, "updatedCount"));
+        assert!(changed_by_c.len() > 100, "{sc}");
+
+        let jb = sb["jobId"].as_i64().unwrap();
+        let query = if force { "?force=true" } else { "" };
+        let status = rolled_back(&app, &token, jb, query).await;
+        let now = table(&app, org);
+        if force {
+            assert_eq!(n(&status, "errorCount"), 0, "{status}");
+            assert_eq!(now, after_a, "forced: every row as after A");
+            continue;
+        }
+        assert_eq!(
+            n(&status, "errorCount") as usize,
+            changed_by_c.len(),
+            "{status}"
+        );
+        let resp = app
+            .http
+            .get(app.url(&format!(
+                "/api/v1/import/{}/errors?limit=100000",
+                status["jobId"]
+            )))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        let (_, errors) = json_of(resp).await;
+        let errors = errors["data"]["errors"].as_array().unwrap().clone();
+        let conflicts: BTreeSet<String> = errors
+            .iter()
+            .map(|e| e["value"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(conflicts, changed_by_c);
+        assert!(
+            errors.iter().all(|e| e["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("changed by job {jc} after this import"))),
+            "{errors:?}"
+        );
+        // Every row but the conflicts is as after A; the conflicts keep C's values.
+        let mut expected = after_a.clone();
+        for sku in &changed_by_c {
+            expected.insert(sku.clone(), after_c[sku].clone());
+        }
+        assert_eq!(now, expected);
+    }
+}
+
+async fn a_rollback_killed_midway_ends_as_an_uninterrupted_one(backend: Backend) {
+    let mut app = spawn_app(AppOptions {
+        backend,
+        batch_size: 2000,
+        lease_seconds: 3,
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = generate(dir.path(), "a.csv", &["--rows", "20000", "--seed", "7"]);
+    let (b, _) = generate(
+        dir.path(),
+        "b.csv",
+        &["--rows", "20000", "--seed", "8", "--start-sku", "10001"],
+    );
+    let org = app.db().number("SELECT min(id) FROM orgs");
+    import_as(&app, TOKEN, &a).await;
+    let after_a = table(&app, org);
+    let jb = import_as(&app, TOKEN, &b).await["jobId"].as_i64().unwrap();
+    let (code, body) = ask_rollback(&app, TOKEN, jb, "").await;
+    assert_eq!(code, 202, "{body}");
+    let rollback = job_id(&body);
+    // Kill the server while the rollback is part way (1,000 entries per batch of 20,000).
+    let mut kills = 0;
+    for _ in 0..2000 {
+        let s = app.status(rollback).await;
+        let done = s["progress"]["current"].as_u64().unwrap_or(0);
+        if s["status"] == "completed" {
+            break;
+        }
+        if done > 0 {
+            app.kill();
+            kills += 1;
+            app.start();
+            if kills == 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(kills > 0, "the rollback ended before a kill");
+    let status = app.wait_done(rollback, Duration::from_secs(120)).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(table(&app, org), after_a);
+    assert_eq!(n(&status, "errorCount"), 0);
+    assert_eq!(
+        n(&status, "deletedCount") + n(&status, "updatedCount"),
+        status["progress"]["total"].as_u64().unwrap()
+    );
+}
+
+conformance!(
+    a_rollback_restores_the_table_and_can_itself_be_rolled_back,
+    later_changes_are_conflicts_unless_forced,
+    a_rollback_killed_midway_ends_as_an_uninterrupted_one,
+);

@@ -162,8 +162,23 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
     assert_eq!(body["error"]["code"], "already_rolled_back");
     assert_eq!(body["error"]["jobId"], j1, "{body}");
 
-    // The rollback rolled back: B's table again.
-    let r2 = rolled_back(&app, TOKEN, j1, "").await;
+    // The rollback rolled back, by the CLI: B's table again.
+    let out = std::process::Command::new(binary())
+        .args(["rollback", &j1.to_string(), "--wait"])
+        .args(["--server", &app.base, "--token", TOKEN])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(&format!("rolls back job {j1}")), "{stdout}");
+    let r2 = app
+        .status(app.status(j1).await["rolledBackBy"].as_i64().unwrap())
+        .await;
+    assert_eq!(r2["status"], "completed", "{r2}");
     assert_eq!(table(&app, org), after_b, "the table after B");
     assert_eq!(n(&r2, "createdCount"), n(&sb, "createdCount"));
 

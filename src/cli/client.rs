@@ -416,12 +416,19 @@ fn print_summary(d: &Value) {
         n(&p["percentage"])
     );
     println!(
-        "  created {} · updated {} · unchanged {} · errors {}",
+        "  created {} · updated {} · unchanged {} · deleted {} · errors {}",
         n(&d["createdCount"]),
         n(&d["updatedCount"]),
         n(&d["unchangedCount"]),
+        n(&d["deletedCount"]),
         n(&d["errorCount"])
     );
+    if let Some(of) = d["rollbackOf"].as_i64() {
+        println!("  rolls back job {of} (errors: rows a later job changed, left as they are)");
+    }
+    if let Some(by) = d["rolledBackBy"].as_i64() {
+        println!("  rolled back by job {by}");
+    }
     if let Some(rps) = d["rowsPerSecond"].as_u64() {
         println!("  speed:     {rps} rows/s");
     }
@@ -520,6 +527,52 @@ pub async fn errors(args: ErrorsArgs) -> CliResult {
     out.flush().await?;
     if let Some(path) = &args.out {
         eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RollbackArgs {
+    /// The job to undo (an import, or a rollback).
+    pub id: i64,
+    /// Also overwrite rows that later jobs changed (otherwise they are left and reported).
+    #[arg(long)]
+    pub force: bool,
+    /// Follow the rollback job with a progress bar and print its summary; exit 1 unless it
+    /// completes without conflicts.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// `sluice rollback`: asks for the rollback job; prints its id (and follows it with --wait).
+pub async fn rollback(args: RollbackArgs) -> CliResult {
+    let api = Api::new(&args.server)?;
+    let req = api
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/import/{}/rollback", args.id),
+        )
+        .query(&[("force", args.force.to_string())]);
+    let (_, body) = api.send(req).await?;
+    let job = body["data"]["jobId"]
+        .as_i64()
+        .ok_or("the server answered without a job id")?;
+    eprintln!("rollback of job {} started as job {job}", args.id);
+    if !args.wait {
+        println!("{job}");
+        return Ok(());
+    }
+    let data = follow(&api, job).await?;
+    print_summary(&data);
+    if data["status"] != "completed" || n(&data["errorCount"]) > 0 {
+        return Err(format!(
+            "rollback job {job} {}: {} conflicts",
+            data["status"].as_str().unwrap_or("?"),
+            n(&data["errorCount"])
+        )
+        .into());
     }
     Ok(())
 }

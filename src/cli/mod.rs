@@ -66,6 +66,9 @@ enum Command {
     /// Print a dataset's change feed as JSON lines (every row imports created or updated, in
     /// commit order); with --follow, keep waiting for new changes.
     Changes(client::ChangesArgs),
+    /// Undo an import's changes (a rollback job); rows a later job changed are reported, not
+    /// overwritten, unless --force.
+    Rollback(client::RollbackArgs),
 }
 
 /// How a client command reaches the server.
@@ -128,6 +131,7 @@ pub fn main() -> ExitCode {
             Command::Errors(args) => client::errors(args).await,
             Command::Export(args) => client::export(args).await,
             Command::Changes(args) => client::changes(args).await,
+            Command::Rollback(args) => client::rollback(args).await,
         }
     });
     match result {

@@ -98,11 +98,14 @@ async function toggleNotifications() {
 
 function announceDone(job) {
   const r = job.results || {};
-  const what = { analysis: 'Analysis', export: 'Export' }[job.kind] || 'Import';
+  const what = { analysis: 'Analysis', export: 'Export', rollback: 'Rollback' }[job.kind] || 'Import';
   const would = job.kind === 'analysis' ? 'would be ' : '';
   const text = job.status === 'completed'
     ? (job.kind === 'export'
       ? `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.totalRows)} rows.`
+      : job.kind === 'rollback'
+      ? `${what} #${job.jobId} of import #${job.rollbackOf} completed: ${fmt(job.deletedCount)} deleted, ` +
+        `${fmt(job.updatedCount)} restored, ${fmt(job.createdCount)} re-created, ${fmt(job.errorCount)} conflicts.`
       : `${what} #${job.jobId} (${job.filename}) completed: ${fmt(r.createdCount)} ${would}created, ` +
         `${fmt(r.updatedCount)} ${would}updated, ${fmt(r.errorCount)} rejected.`)
     : `${what} #${job.jobId} (${job.filename}) ${job.status}${job.error ? ': ' + job.error : '.'}`;
@@ -198,7 +201,8 @@ function onEvent(name, d) {
   }
   if (name === 'done') {
     // Events do not say what kind of job they are about: ask once for a job not seen yet.
-    if (job.kind) announceDone(job);
+    // A rollback's deletions are not in its events either: ask for its final status.
+    if (job.kind && job.kind !== 'rollback') announceDone(job);
     else refreshJob(d.jobId).then(announceDone, () => announceDone(job));
   }
 }
@@ -293,7 +297,8 @@ function renderLists() {
     return el('tr', { 'data-job': job.jobId, 'data-status': job.status },
       el('td', {}, el('a', { href: `#/jobs/${job.jobId}`, text: `#${job.jobId}` })),
       el('td', {}, job.filename || '', ...(job.kind && job.kind !== 'import'
-        ? [' ', el('span', { class: 'badge', 'data-kind': job.kind, text: job.kind })] : [])),
+        ? [' ', el('span', { class: 'badge', 'data-kind': job.kind, text: job.kind })] : []),
+        ...(job.rolledBackBy ? [' ', el('span', { class: 'badge', 'data-rolled-back': job.rolledBackBy, text: 'rolled back' })] : [])),
       el('td', {}, el('span', { class: `badge ${job.status}`, text: job.status })),
       el('td', { class: 'num created', text: fmt(r.createdCount) }),
       el('td', { class: 'num updated', text: fmt(r.updatedCount) }),
@@ -304,13 +309,31 @@ function renderLists() {
   $('#recent-empty').hidden = recent.length > 0;
 }
 
+// Whether a job's changes can be undone: an import (not replace) or a rollback that committed
+// something and ended, not rolled back yet.
+function reversible(job) {
+  if (!['import', 'rollback'].includes(job.kind || 'import') || job.mode === 'replace' || job.rolledBackBy) return false;
+  const wrote = (job.createdCount || 0) + (job.updatedCount || 0) + (job.deletedCount || 0) > 0;
+  return wrote && ['completed', 'failed', 'cancelled'].includes(job.status);
+}
+
+// Asks before undoing, with what will happen.
+function confirmRollback(job) {
+  const n = (k) => fmt(job[k] || 0);
+  const what = job.kind === 'rollback'
+    ? `Roll back rollback #${job.jobId}? Its ${n('deletedCount')} deleted rows come back and its ${n('updatedCount')} restored rows get the values it replaced.`
+    : `Roll back import #${job.jobId}? Its ${n('createdCount')} created rows will be deleted and its ${n('updatedCount')} updated rows get their previous values back.`;
+  return window.confirm(`${what} Rows a later import changed are left as they are and listed as conflicts.`);
+}
+
 async function act(id, action) {
+  if (action === 'rollback' && !confirmRollback(state.jobs.get(id) || { jobId: id })) return;
   try {
     const body = await api(`/api/v1/import/${id}/${action}`, { method: 'POST' });
     const next = body && body.data && body.data.jobId;
     toast(`${action[0].toUpperCase() + action.slice(1)}: ${body.message || 'done'}`);
     await refreshJob(id);
-    if ((action === 'retry' || action === 'run') && next && next !== id) location.hash = `#/jobs/${next}`;
+    if (['retry', 'run', 'rollback'].includes(action) && next && next !== id) location.hash = `#/jobs/${next}`;
   } catch (e) {
     toast(e.message, null, true);
   }
@@ -329,7 +352,7 @@ async function refreshJob(id) {
 
 function renderJob(job) {
   const analysis = job.kind === 'analysis';
-  const kindName = { analysis: 'Analysis', export: 'Export' }[job.kind] || 'Import';
+  const kindName = { analysis: 'Analysis', export: 'Export', rollback: 'Rollback' }[job.kind] || 'Import';
   $('#job-title').replaceChildren(`${kindName} #${job.jobId} · ${job.filename || ''} `,
     el('span', { class: `badge ${job.status}`, id: 'job-status', text: job.status }));
   $('#job-progress').replaceChildren(progressBar(job), el('div', { class: 'stats', text: statsLine(job) }));
@@ -343,6 +366,8 @@ function renderJob(job) {
   ];
   if (job.queuePosition && job.status === 'pending') facts.push(['Place in queue', `#${job.queuePosition} (estimate)`]);
   if (job.analysisOf) facts.push(['Analysed by', `#${job.analysisOf}`]);
+  if (job.kind === 'rollback') facts.push(['Deleted', fmt(job.deletedCount)], ['Rolls back', `#${job.rollbackOf}`]);
+  if (job.rolledBackBy) facts.push(['Rolled back by', `#${job.rolledBackBy}`]);
   $('#job-facts').replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v, 'data-fact': k.toLowerCase() }))));
   $('#job-error').textContent = job.error || '';
   for (const b of document.querySelectorAll('#job-actions button')) {
@@ -350,7 +375,8 @@ function renderJob(job) {
     b.hidden = !((a === 'pause' && (job.status === 'processing' || job.status === 'pending')) ||
       (a === 'resume' && job.status === 'paused') || (a === 'cancel' && ACTIVE.includes(job.status)) ||
       (a === 'retry' && (job.status === 'failed' || job.status === 'cancelled')) ||
-      (a === 'run' && analysis && job.status === 'completed'));
+      (a === 'run' && analysis && job.status === 'completed') ||
+      (a === 'rollback' && reversible(job)));
   }
   // The job's own file: an analysis's report, an export's output.
   const done = job.status === 'completed';

@@ -252,6 +252,28 @@ try {
   check(result.final.results.totalRows === 300 && result.final.results.successCount === 300, 'sluice.js results');
   check(result.updates.length >= 2 && result.updates.at(-1) === 'completed', `sluice.js progress ${result.updates}`);
 
+  step = 'roll back the sluice.js import from its job page';
+  const imported = result.final.jobId;
+  await page.goto(`${BASE}/#/jobs/${imported}`);
+  await page.waitForSelector(`#job-title:has-text("Import #${imported}") #job-status:text("completed")`);
+  let asked = '';
+  page.once('dialog', (d) => { asked = d.message(); d.accept(); });
+  await page.click('#job-actions [data-action=rollback]:not([hidden])');
+  await page.waitForFunction((j) => location.hash !== `#/jobs/${j}`, imported);
+  check(/300 created rows will be deleted/.test(asked), `the confirmation names the counts: ${asked}`);
+  const undo = Number(await page.evaluate(() => location.hash.split('/').pop()));
+  await page.waitForSelector(`#job-title:has-text("Rollback #${undo}") #job-status:text("completed")`, { timeout: 60000 });
+  check(await page.textContent('[data-fact="deleted"]') === '300', 'the rollback deleted the 300 rows');
+  await page.waitForSelector(`.toast:has-text("Rollback #${undo} of import #${imported} completed: 300 deleted")`);
+  check(await page.textContent('[data-fact="rolls back"]') === `#${imported}`, 'the rollback names its import');
+  check(await page.$eval('#job-actions [data-action=rollback]', (b) => !b.hidden), 'a rollback can be rolled back');
+  await page.goto(`${BASE}/#/jobs/${imported}`);
+  await page.waitForSelector(`[data-fact="rolled back by"]:text("#${undo}")`);
+  check(await page.$eval('#job-actions [data-action=rollback]', (b) => b.hidden), 'no second rollback');
+  await shot(page, '12-rollback.png');
+  await page.goto(BASE + '/#/');
+  await page.waitForSelector(`#recent tr[data-job="${imported}"] [data-rolled-back="${undo}"]`);
+
   step = 'phone';
   const phone = await context.newPage();
   await phone.setViewportSize({ width: 390, height: 844 });

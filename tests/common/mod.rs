@@ -271,7 +271,13 @@ pub fn spawn_app(options: AppOptions) -> TestApp {
         child: None,
         stdout_lines: Vec::new(),
         options,
-        http: reqwest::Client::new(),
+        // Idle connections are dropped before the server's idle keep-alive limit (the header
+        // timeout, 30 s): a POST sent on a connection the server is closing at that instant
+        // fails with "IncompleteMessage" and is not retried (seen after a long openpyxl read).
+        http: reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(10))
+            .build()
+            .expect("HTTP client"),
     };
     if let Some(sql) = app.options.setup_sql.clone() {
         std::fs::create_dir_all(app.data_dir()).expect("data dir");

@@ -239,6 +239,22 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub webhook_allow_private: bool,
+    /// A directory that directory sources may read (and move or delete files in); repeat for
+    /// several. Without one, no directory source can be created.
+    #[arg(
+        long = "source-root",
+        env = "SLUICE_SOURCE_ROOTS",
+        value_delimiter = ','
+    )]
+    pub source_roots: Vec<PathBuf>,
+    /// Let URL sources reach loopback, private, link-local and other internal addresses (as
+    /// `--webhook-allow-private` does for webhooks). Off by default (SSRF).
+    #[arg(
+        long,
+        env = "SLUICE_SOURCE_ALLOW_PRIVATE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub source_allow_private: bool,
 }
 
 /// `sluice worker`: workers only, sharing the store with other processes.
@@ -446,6 +462,13 @@ async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>) {
 
 pub async fn serve(args: ServeArgs) -> CliResult {
     logging::init(&args.log);
+    let mut roots = Vec::new();
+    for root in &args.source_roots {
+        roots.push(
+            std::fs::canonicalize(root)
+                .map_err(|e| format!("--source-root {}: {e}", root.display()))?,
+        );
+    }
     let ctx = job_context(&args.storage, &args.work).await?;
     {
         let (store, args) = (ctx.store.clone(), args.clone());
@@ -482,7 +505,12 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         webhook_allow_private: args.webhook_allow_private,
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
         retain_files: args.retain_files,
+        sources: crate::sources::SourcesConfig {
+            roots,
+            allow_private: args.source_allow_private,
+        },
     });
+    let scheduler = crate::sources::run::spawn_scheduler(state.clone(), shutdown.clone());
     let metrics = args.metrics.start(&state.jobs, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -515,6 +543,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     join_workers(workers).await;
     sweeper.abort();
     dispatcher.abort();
+    scheduler.abort();
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

@@ -95,6 +95,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0013_active_file_per_kind",
         include_str!("../../../migrations/postgres/0013_active_file_per_kind.sql"),
     ),
+    (
+        15,
+        "0015_sources",
+        include_str!("../../../migrations/postgres/0015_sources.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -74,6 +74,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0013_active_file_per_kind",
         include_str!("../../../migrations/sqlite/0013_active_file_per_kind.sql"),
     ),
+    (
+        "0015_sources",
+        include_str!("../../../migrations/sqlite/0015_sources.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

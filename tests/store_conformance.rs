@@ -1960,6 +1960,7 @@ fn a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers(store: &dyn JobStor
     let found = store.sources_due(Utc::now(), 10).unwrap();
     assert_eq!(found.iter().map(|f| f.id).collect::<Vec<_>>(), vec![s.id]);
     assert_eq!(found[0].next_due_at, Some(due), "stored to the millisecond");
+    assert_eq!(store.sources_next_due().unwrap(), Some(due));
     let next = due + chrono::Duration::seconds(60);
     let start = Barrier::new(4);
     let won: Vec<bool> = std::thread::scope(|sc| {
@@ -1977,6 +1978,7 @@ fn a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers(store: &dyn JobStor
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
     assert!(store.sources_due(Utc::now(), 10).unwrap().is_empty());
     assert!(!store.source_claim_slot(later.id, due, next).unwrap());
+    assert_eq!(store.sources_next_due().unwrap(), Some(next));
     // The run key is the second guard: one run per slot.
     let key = "slot:2026-12-06T09:00:00.000Z";
     let start = Barrier::new(3);

@@ -669,8 +669,14 @@ pub fn spawn_scheduler(
             if let Err(e) = fire_due(&state, &running).await {
                 tracing::warn!(error = %e, "source scheduler: cannot read due sources");
             }
+            // Wake at the next slot when it comes before the next tick, so that a slot fires
+            // on time (and every node looks at it at once: the guards decide).
+            let next = store(&state, |s| s.sources_next_due()).await.ok().flatten();
+            let pause = next
+                .and_then(|at| (at - Utc::now()).to_std().ok())
+                .map_or(TICK, |d| d.min(TICK));
             tokio::select! {
-                _ = tokio::time::sleep(TICK) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = shutdown.cancelled() => {}
             }
         }

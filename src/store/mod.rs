@@ -424,6 +424,8 @@ pub trait JobStore: Send + Sync + 'static {
     fn source_delete(&self, id: i64) -> StoreResult<bool>;
     /// Up to `limit` enabled sources whose next slot is due by `now`, longest overdue first.
     fn sources_due(&self, now: DateTime<Utc>, limit: u64) -> StoreResult<Vec<Source>>;
+    /// The earliest next slot of any enabled source (the scheduler wakes for it).
+    fn sources_next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
     /// Moves a source's next slot from `due` to `next` in one guarded statement: true for
     /// exactly one caller per slot, however many nodes try.
     fn source_claim_slot(

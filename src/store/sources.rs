@@ -170,6 +170,15 @@ pub fn sources_due(c: &mut dyn Sql, now: DateTime<Utc>, limit: u64) -> StoreResu
     .collect()
 }
 
+/// The earliest next slot of any enabled source.
+pub fn sources_next_due(c: &mut dyn Sql) -> StoreResult<Option<DateTime<Utc>>> {
+    c.query_one(
+        "SELECT min(next_due_at) FROM sources WHERE enabled = $1",
+        params![true],
+    )?
+    .opt_time(0)
+}
+
 /// Moves the source's next slot from `due` to `next`; false when another node moved it first.
 pub fn source_claim_slot(
     c: &mut dyn Sql,

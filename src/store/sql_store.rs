@@ -577,6 +577,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
         self.0.read(|c| sources::sources_due(c, now, limit))
     }
 
+    fn sources_next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        self.0.read(sources::sources_next_due)
+    }
+
     fn source_claim_slot(
         &self,
         id: i64,

@@ -1,0 +1,787 @@
+//! Scheduled sources (issue 18) through the real server: directory sources (stability window,
+//! `latest` / `all-new`, move after import, the same content never imported twice, the mapping
+//! gate), URL sources against a local HTTP server that honours ETag (304 starts no job; header
+//! secrets never answered nor logged), the API's rules (admins only, other organisations 404,
+//! 400 codes), a missed slot firing once after downtime, and two `serve` processes on one
+//! PostgreSQL database firing each slot of a 1 s schedule exactly once.
+//!
+//! Time is driven by `POST …/run`: a file is taken once two runs at least `stableSeconds` apart
+//! saw it unchanged; the only waits are those windows themselves.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{AppOptions, Backend, TestApp, spawn_app};
+use serde_json::{Value, json};
+
+fn app_with_root(backend: Backend, root: &Path, more: &[&str]) -> TestApp {
+    let mut extra_args = vec!["--source-root".to_string(), root.display().to_string()];
+    extra_args.extend(more.iter().map(|s| s.to_string()));
+    spawn_app(AppOptions {
+        backend,
+        extra_args,
+        ..Default::default()
+    })
+}
+
+async fn create(app: &TestApp, body: Value) -> (u16, Value) {
+    common::json_of(
+        app.post("/api/v1/sources")
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn created(app: &TestApp, body: Value) -> i64 {
+    let (status, answer) = create(app, body).await;
+    assert_eq!(status, 201, "{answer}");
+    answer["data"]["id"].as_i64().unwrap()
+}
+
+/// `POST …/run`: the run (202).
+async fn run(app: &TestApp, id: i64) -> Value {
+    let (status, answer) = common::json_of(
+        app.post(&format!("/api/v1/sources/{id}/run"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(answer["data"]["outcome"].is_string(), "finished: {answer}");
+    answer["data"].clone()
+}
+
+/// Every run of the source, oldest first.
+async fn runs(app: &TestApp, id: i64) -> Vec<Value> {
+    let (status, answer) = app
+        .get_json(&format!("/api/v1/sources/{id}/runs?limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut runs = answer["data"]["runs"].as_array().unwrap().clone();
+    runs.reverse();
+    runs
+}
+
+fn job_count(app: &TestApp) -> i64 {
+    app.db().number("SELECT count(*) FROM jobs")
+}
+
+/// A products CSV of `rows` rows (5% invalid) made by the shared generator, and its counts.
+fn products(dir: &Path, name: &str, rows: u32, start_sku: u32) -> (PathBuf, Value) {
+    common::generate(
+        dir,
+        name,
+        &[
+            "--rows",
+            &rows.to_string(),
+            "--error-rate",
+            "0.05",
+            "--start-sku",
+            &start_sku.to_string(),
+        ],
+    )
+}
+
+/// Waits out a stability window (the one wait these tests make: the window itself).
+async fn window(seconds: u64) {
+    tokio::time::sleep(Duration::from_millis(seconds * 1000 + 100)).await;
+}
+
+async fn a_directory_source_imports_a_stable_file_once_moves_it_and_ignores_the_same_content(
+    backend: Backend,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let drop_dir = root.path().join("drop");
+    std::fs::create_dir(&drop_dir).unwrap();
+    let app = app_with_root(backend, root.path(), &[]);
+    let id = created(
+        &app,
+        json!({"name": "nightly-prices", "dataset": "products", "kind": "directory",
+               "schedule": {"cron": "0 2 * * *", "timezone": "Europe/Berlin"}, "pick": "all-new",
+               "path": drop_dir, "glob": "*.csv", "stableSeconds": 1, "after": "move",
+               "moveTo": "done"}),
+    )
+    .await;
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (file, expect) = products(gen_dir.path(), "prices.csv", 500, 1);
+    std::fs::copy(&file, drop_dir.join("prices.csv")).unwrap();
+
+    let first = run(&app, id).await;
+    assert_eq!(
+        first["outcome"], "skipped",
+        "seen once, not yet stable: {first}"
+    );
+    assert!(first["jobId"].is_null());
+    window(1).await;
+    let second = run(&app, id).await;
+    assert_eq!(second["outcome"], "imported", "{second}");
+    assert_eq!(second["file"], "prices.csv");
+    assert_eq!(second["sha256"], expect["file_sha256"]);
+    let job = second["jobId"].as_i64().unwrap();
+    let status = app.wait_done(job, common::MINUTE).await;
+    assert_eq!(status["status"], "completed", "{status}");
+    assert_eq!(status["createdCount"], expect["valid_rows"]);
+    assert_eq!(status["errorCount"], expect["invalid_rows"]);
+    assert_eq!(status["filename"], "prices.csv");
+    assert!(!drop_dir.join("prices.csv").exists(), "moved away");
+    assert!(drop_dir.join("done/prices.csv").exists());
+
+    // The same content dropped again, under another name: no second job.
+    std::fs::copy(&file, drop_dir.join("prices-again.csv")).unwrap();
+    assert_eq!(run(&app, id).await["outcome"], "skipped");
+    window(1).await;
+    let again = run(&app, id).await;
+    assert_eq!(again["outcome"], "unchanged", "{again}");
+    assert_eq!(again["jobId"], job, "names the job that imported it");
+    assert_eq!(job_count(&app), 1);
+    assert!(drop_dir.join("done/prices-again.csv").exists());
+    let nothing = run(&app, id).await;
+    assert_eq!(nothing["outcome"], "skipped");
+    assert_eq!(nothing["reason"], "no file matches `*.csv`");
+    let outcomes: Vec<Value> = runs(&app, id)
+        .await
+        .iter()
+        .map(|r| r["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            json!("skipped"),
+            json!("imported"),
+            json!("skipped"),
+            json!("unchanged"),
+            json!("skipped")
+        ]
+    );
+    // The scheduler has not fired: the next slot is 02:00 in Berlin.
+    let (_, source) = app.get_json(&format!("/api/v1/sources/{id}")).await;
+    let next = source["data"]["nextDueAt"].as_str().unwrap();
+    assert!(
+        next.ends_with("T01:00:00Z") || next.ends_with("T01:00:00.000Z"),
+        "{next}"
+    );
+}
+
+async fn a_growing_file_is_not_taken_until_it_stays_the_same_for_the_window(backend: Backend) {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(backend, root.path(), &[]);
+    let id = created(
+        &app,
+        json!({"name": "growing", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": root.path(), "stableSeconds": 1}),
+    )
+    .await;
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (file, expect) = products(gen_dir.path(), "big.csv", 2000, 1);
+    let bytes = std::fs::read(&file).unwrap();
+    let target = root.path().join("big.csv");
+    // Half of it arrives; a look; the rest arrives within the window.
+    std::fs::write(&target, &bytes[..bytes.len() / 2]).unwrap();
+    assert_eq!(run(&app, id).await["outcome"], "skipped");
+    window(1).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&target)
+            .unwrap();
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+    }
+    let early = run(&app, id).await;
+    assert_eq!(
+        early["outcome"], "skipped",
+        "its size changed since the last look: {early}"
+    );
+    assert_eq!(job_count(&app), 0);
+    window(1).await;
+    let taken = run(&app, id).await;
+    assert_eq!(taken["outcome"], "imported", "{taken}");
+    let status = app
+        .wait_done(taken["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(
+        status["createdCount"], expect["valid_rows"],
+        "the whole file"
+    );
+    assert_eq!(status["errorCount"], expect["invalid_rows"]);
+    // Left in place (`after` defaults to leave): taken once only.
+    let later = run(&app, id).await;
+    assert_eq!(later["outcome"], "skipped");
+    assert_eq!(later["reason"], "no new file");
+    assert_eq!(job_count(&app), 1);
+}
+
+fn set_mtime(path: &Path, seconds_ago: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(seconds_ago))
+        .unwrap();
+}
+
+async fn latest_takes_only_the_newest_file_and_all_new_every_new_one_oldest_first(
+    backend: Backend,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (old, _) = products(gen_dir.path(), "old.csv", 50, 1);
+    let (new, new_expect) = products(gen_dir.path(), "new.csv", 80, 1001);
+    let app = app_with_root(backend, root.path(), &[]);
+    let mut ids = HashMap::new();
+    for pick in ["latest", "all-new"] {
+        let dir = root.path().join(pick);
+        std::fs::create_dir(&dir).unwrap();
+        for (file, name, age) in [(&old, "a-old.csv", 600), (&new, "b-new.csv", 300)] {
+            std::fs::copy(file, dir.join(name)).unwrap();
+            set_mtime(&dir.join(name), age);
+        }
+        // A newer file that does not match the glob is not a candidate.
+        std::fs::write(dir.join("notes.txt"), "not a price list").unwrap();
+        let id = created(
+            &app,
+            json!({"name": pick, "dataset": "products", "kind": "directory",
+                   "schedule": {"every": "1h"}, "pick": pick, "path": dir, "glob": "*.csv",
+                   "stableSeconds": 0}),
+        )
+        .await;
+        ids.insert(pick, id);
+    }
+    let latest = run(&app, ids["latest"]).await;
+    assert_eq!(latest["outcome"], "imported", "{latest}");
+    assert_eq!(latest["file"], "b-new.csv");
+    let status = app
+        .wait_done(latest["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["createdCount"], new_expect["valid_rows"]);
+    let again = run(&app, ids["latest"]).await;
+    assert_eq!(again["outcome"], "unchanged", "{again}");
+    assert_eq!(runs(&app, ids["latest"]).await.len(), 2);
+
+    let first = run(&app, ids["all-new"]).await;
+    assert_eq!(first["file"], "a-old.csv", "oldest first: {first}");
+    let all = runs(&app, ids["all-new"]).await;
+    let files: Vec<&str> = all.iter().map(|r| r["file"].as_str().unwrap()).collect();
+    assert_eq!(files, vec!["a-old.csv", "b-new.csv"]);
+    assert_eq!(
+        all[1]["runKey"],
+        format!("{}#2", all[0]["runKey"].as_str().unwrap())
+    );
+    // b-new.csv has the same content as the latest source's file, but another source took it:
+    // each source has its own history.
+    assert!(all.iter().all(|r| r["outcome"] == "imported"), "{all:?}");
+    for r in &all {
+        app.wait_done(r["jobId"].as_i64().unwrap(), common::MINUTE)
+            .await;
+    }
+    let none = run(&app, ids["all-new"]).await;
+    assert_eq!(none["outcome"], "skipped");
+    assert_eq!(none["reason"], "no new file");
+}
+
+async fn a_renamed_column_parks_the_run_as_needs_mapping_until_the_source_maps_it(
+    backend: Backend,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(backend, root.path(), &[]);
+    let id = created(
+        &app,
+        json!({"name": "renamed", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": root.path(), "stableSeconds": 0,
+               "pick": "latest"}),
+    )
+    .await;
+    // `stock` became `Stok`: it would map by similarity only.
+    std::fs::write(
+        root.path().join("p.csv"),
+        "sku,name,Stok,updated_at\nSKU-1,Lamp,3,2024-01-02\nSKU-2,Desk,4,2024-01-03\n",
+    )
+    .unwrap();
+    let parked = run(&app, id).await;
+    assert_eq!(parked["outcome"], "needs_mapping", "{parked}");
+    assert!(
+        parked["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`Stok` → `stock`"),
+        "{parked}"
+    );
+    assert!(parked["jobId"].is_null());
+    assert_eq!(job_count(&app), 0);
+    // A required column renamed: parked too.
+    std::fs::write(
+        root.path().join("p.csv"),
+        "article,name,stock,updated_at\nSKU-1,Lamp,3,2024-01-02\n",
+    )
+    .unwrap();
+    assert_eq!(run(&app, id).await["outcome"], "needs_mapping");
+    assert_eq!(job_count(&app), 0);
+    // The source is given the mapping: the next run imports.
+    let (status, patched) = common::json_of(
+        app.http
+            .patch(app.url(&format!("/api/v1/sources/{id}")))
+            .bearer_auth(common::TOKEN)
+            .json(&json!({"options": {"mapping": {"article": "sku"}}}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["data"]["options"]["mapping"]["article"], "sku");
+    let imported = run(&app, id).await;
+    assert_eq!(imported["outcome"], "imported", "{imported}");
+    let status = app
+        .wait_done(imported["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["createdCount"], 1);
+}
+
+conformance!(
+    a_directory_source_imports_a_stable_file_once_moves_it_and_ignores_the_same_content,
+    a_growing_file_is_not_taken_until_it_stays_the_same_for_the_window,
+    latest_takes_only_the_newest_file_and_all_new_every_new_one_oldest_first,
+    a_renamed_column_parks_the_run_as_needs_mapping_until_the_source_maps_it,
+);
+
+/// A local HTTP server that serves one file with an ETag and Last-Modified, answers 304 to a
+/// matching `If-None-Match`, and writes the `Authorization` header it received to a file.
+const ETAG_SERVER: &str = r#"
+import hashlib, http.server, os, sys
+root, seen = sys.argv[1], sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(seen, 'a') as f:
+            f.write((self.headers.get('Authorization') or '-') + ' ' + (self.headers.get('If-None-Match') or '-') + '\n')
+        path = os.path.join(root, os.path.basename(self.path))
+        if not os.path.isfile(path):
+            self.send_response(404); self.end_headers(); return
+        body = open(path, 'rb').read()
+        etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
+        if self.headers.get('If-None-Match') == etag:
+            self.send_response(304); self.send_header('ETag', etag); self.end_headers(); return
+        self.send_response(200)
+        self.send_header('ETag', etag)
+        self.send_header('Last-Modified', self.date_time_string(os.path.getmtime(path)))
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+
+/// The Python server above, killed when dropped.
+struct EtagServer {
+    child: Child,
+    port: u16,
+    seen: PathBuf,
+}
+
+impl EtagServer {
+    fn start(dir: &Path) -> Self {
+        let script = dir.join("etag_server.py");
+        std::fs::write(&script, ETAG_SERVER).unwrap();
+        let seen = dir.join("seen.txt");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(dir)
+            .arg(&seen)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the server's port");
+        EtagServer { child, port, seen }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.seen)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for EtagServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SECRET: &str = "Bearer supersecret-7f3a";
+
+#[tokio::test]
+async fn an_unchanged_url_answers_304_and_starts_no_job_and_its_secret_is_never_shown() {
+    let files = tempfile::tempdir().unwrap();
+    let server = EtagServer::start(files.path());
+    let (file, expect) = products(files.path(), "prices.csv", 300, 1);
+    let log = tempfile::tempdir().unwrap();
+    let log_file = log.path().join("server.log");
+    let app = spawn_app(AppOptions {
+        extra_args: vec!["--source-allow-private".into()],
+        log_file: Some(log_file.clone()),
+        ..Default::default()
+    });
+    let url = format!("http://127.0.0.1:{}/prices.csv", server.port);
+    let (status, answer) = create(
+        &app,
+        json!({"name": "supplier", "dataset": "products", "kind": "url", "schedule": {"every": "1h"},
+               "url": url, "headers": {"Authorization": SECRET}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(!answer.to_string().contains("supersecret"), "{answer}");
+    assert_eq!(answer["data"]["headerNames"], json!(["Authorization"]));
+    let id = answer["data"]["id"].as_i64().unwrap();
+
+    let first = run(&app, id).await;
+    assert_eq!(first["outcome"], "imported", "{first}");
+    assert_eq!(first["sha256"], expect["file_sha256"]);
+    let status = app
+        .wait_done(first["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["createdCount"], expect["valid_rows"]);
+    let second = run(&app, id).await;
+    assert_eq!(second["outcome"], "unchanged", "{second}");
+    assert_eq!(second["reason"], "not modified (HTTP 304)");
+    assert_eq!(job_count(&app), 1);
+    let seen = server.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[0].starts_with(&format!("{SECRET} -")), "{seen:?}");
+    assert!(
+        seen[1].starts_with(SECRET) && !seen[1].ends_with(" -"),
+        "the second request is conditional: {seen:?}"
+    );
+    // A new file at the URL: imported.
+    let (changed, changed_expect) = products(files.path(), "next.csv", 120, 5001);
+    std::fs::copy(&changed, &file).unwrap();
+    let third = run(&app, id).await;
+    assert_eq!(third["outcome"], "imported", "{third}");
+    let status = app
+        .wait_done(third["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["createdCount"], changed_expect["valid_rows"]);
+    // A URL that answers 404: failed, with the status.
+    let (_, missing) = create(
+        &app,
+        json!({"name": "missing", "dataset": "products", "kind": "url", "schedule": {"every": "1h"},
+               "url": format!("http://127.0.0.1:{}/nothing.csv", server.port)}),
+    )
+    .await;
+    let failed = run(&app, missing["data"]["id"].as_i64().unwrap()).await;
+    assert_eq!(failed["outcome"], "failed");
+    assert_eq!(failed["reason"], "the server answered HTTP 404");
+
+    for path in [
+        "/api/v1/sources".to_string(),
+        format!("/api/v1/sources/{id}"),
+        format!("/api/v1/sources/{id}/runs"),
+    ] {
+        let (status, body) = app.get_json(&path).await;
+        assert_eq!(status, 200);
+        assert!(!body.to_string().contains("supersecret"), "{path}: {body}");
+    }
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    assert!(text.contains("/api/v1/sources"), "the log has the requests");
+    assert!(!text.contains("supersecret"), "{text}");
+}
+
+#[tokio::test]
+async fn sources_are_for_admins_of_their_organisation_and_bad_settings_are_400s() {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(Backend::Sqlite, root.path(), &[]);
+    let ok = json!({"name": "a", "dataset": "products", "kind": "directory",
+                    "schedule": {"every": "10m"}, "path": root.path()});
+    let id = created(&app, ok.clone()).await;
+    let (status, dup) = create(&app, ok.clone()).await;
+    assert_eq!(
+        (status, dup["error"]["code"].as_str()),
+        (409, Some("source_exists"))
+    );
+
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b["name"] = json!("b");
+        if v.is_null() {
+            b.as_object_mut().unwrap().remove(k);
+        } else {
+            b[k] = v;
+        }
+        b
+    };
+    for (body, code) in [
+        (json!([1, 2]), "invalid_body"),
+        (
+            with("schedule", json!({"every": "soon"})),
+            "invalid_schedule",
+        ),
+        (
+            with("schedule", json!({"cron": "0 2 * *"})),
+            "invalid_schedule",
+        ),
+        (
+            with(
+                "schedule",
+                json!({"cron": "0 2 * * *", "timezone": "Nowhere/City"}),
+            ),
+            "invalid_schedule",
+        ),
+        (with("schedule", json!({})), "invalid_schedule"),
+        (with("dataset", json!("nope")), "unknown_dataset"),
+        (with("path", json!("/etc")), "source_path_not_allowed"),
+        (
+            with("path", json!(root.path().join("../.."))),
+            "source_path_not_allowed",
+        ),
+        (with("kind", json!("sftp")), "unsupported_kind"),
+        (with("kind", json!("ftp")), "invalid_body"),
+        (with("pick", json!("oldest")), "invalid_body"),
+        (with("after", json!("move")), "invalid_source"),
+        (
+            with("url", json!("http://example.com/x.csv")),
+            "invalid_source",
+        ),
+        (with("options", json!({"mode": "merge"})), "invalid_mode"),
+        (with("notify", json!(["not an address"])), "invalid_notify"),
+        (with("surprise", json!(1)), "invalid_body"),
+        (
+            json!({"name": "u", "dataset": "products", "kind": "url", "schedule": {"every": "1m"},
+                   "url": "http://127.0.0.1:9/x.csv"}),
+            "source_url_not_allowed",
+        ),
+        (
+            json!({"name": "u", "dataset": "products", "kind": "url", "schedule": {"every": "1m"},
+                   "url": "file:///etc/passwd"}),
+            "invalid_url",
+        ),
+    ] {
+        let (status, answer) = create(&app, body.clone()).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+
+    // A member of the organisation: 403 everywhere; another organisation's admin: 404.
+    let (_, org_token) = common::org_with_admin(&app, "other");
+    let member = common::created(
+        &app,
+        &[
+            "user", "create", "--org", "default", "--name", "mia", "--role", "member",
+        ],
+    );
+    let (member_token, _) = common::token_for(&app, member, &[]);
+    let paths = [
+        ("GET", "/api/v1/sources".to_string()),
+        ("GET", format!("/api/v1/sources/{id}")),
+        ("GET", format!("/api/v1/sources/{id}/runs")),
+        ("POST", format!("/api/v1/sources/{id}/run")),
+        ("PATCH", format!("/api/v1/sources/{id}")),
+        ("DELETE", format!("/api/v1/sources/{id}")),
+    ];
+    for (method, path) in &paths {
+        for (token, want) in [(&member_token, 403), (&org_token, 404)] {
+            if *path == "/api/v1/sources" && want == 404 {
+                continue;
+            }
+            let resp = app
+                .http
+                .request(method.parse().unwrap(), app.url(path))
+                .bearer_auth(token)
+                .json(&json!({"enabled": false}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), want, "{method} {path}");
+        }
+    }
+    let (_, others) = common::json_of(
+        app.http
+            .get(app.url("/api/v1/sources"))
+            .bearer_auth(&org_token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(others["data"]["sources"], json!([]));
+
+    // PATCH: disabling clears the next slot; the whole is checked again.
+    let patch = |body: Value| {
+        app.http
+            .patch(app.url(&format!("/api/v1/sources/{id}")))
+            .bearer_auth(common::TOKEN)
+            .json(&body)
+            .send()
+    };
+    let (status, off) = common::json_of(patch(json!({"enabled": false})).await.unwrap()).await;
+    assert_eq!(status, 200, "{off}");
+    assert_eq!(off["data"]["enabled"], false);
+    assert!(off["data"]["nextDueAt"].is_null());
+    let (status, bad) =
+        common::json_of(patch(json!({"schedule": {"every": "x"}})).await.unwrap()).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_schedule"))
+    );
+    let (status, bad) = common::json_of(patch(json!("x")).await.unwrap()).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_body"))
+    );
+    // A disabled source still runs when asked.
+    assert_eq!(run(&app, id).await["outcome"], "skipped");
+    let resp = app
+        .http
+        .delete(app.url(&format!("/api/v1/sources/{id}")))
+        .bearer_auth(common::TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = app.get_json(&format!("/api/v1/sources/{id}/runs")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_slot_missed_while_the_server_was_down_fires_once() {
+    let root = tempfile::tempdir().unwrap();
+    let mut app = app_with_root(Backend::Sqlite, root.path(), &[]);
+    let id = created(
+        &app,
+        json!({"name": "hourly", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": root.path()}),
+    )
+    .await;
+    app.terminate();
+    // Down for five hours: five slots missed.
+    app.db().execute(&format!(
+        "UPDATE sources SET next_due_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-5 hours') \
+         WHERE id = {id}"
+    ));
+    app.start();
+    let start = Instant::now();
+    while runs(&app, id).await.is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the missed slot never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Several scheduler ticks later, still one run, and the next slot is an hour from now.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = runs(&app, id).await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["trigger"], "schedule");
+    let (_, source) = app.get_json(&format!("/api/v1/sources/{id}")).await;
+    let next: chrono::DateTime<chrono::Utc> = source["data"]["nextDueAt"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ahead = next - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::minutes(58) && ahead <= chrono::Duration::hours(1),
+        "{ahead}"
+    );
+}
+
+/// A second `sluice serve` on the test's PostgreSQL database; killed when dropped.
+struct SecondServer(Child);
+
+impl SecondServer {
+    fn start(app: &TestApp, root: &Path) -> Self {
+        let data = app.path("second-data");
+        let mut child = Command::new(common::binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--database-url")
+            .arg(app.database_url().unwrap())
+            .arg("--source-root")
+            .arg(root)
+            .env("SLUICE_LOG", "warn")
+            .env_remove("SLUICE_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a second sluice");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "second server exited"
+            );
+            if line.starts_with("sluice listening on ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in reader.lines() {});
+        SecondServer(child)
+    }
+}
+
+impl Drop for SecondServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_servers_on_one_postgres_database_fire_each_slot_exactly_once() {
+    if !common::postgres_wanted() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(Backend::Postgres, root.path(), &[]);
+    let _second = SecondServer::start(&app, root.path());
+    let id = created(
+        &app,
+        json!({"name": "every-second", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1s"}, "path": root.path()}),
+    )
+    .await;
+    // Both schedulers look every 250 ms; give them six slots.
+    let start = Instant::now();
+    while runs(&app, id).await.len() < 6 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the schedule does not fire"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let per_key = app.db().rows(&format!(
+        "SELECT run_key, count(*) FROM source_runs WHERE source_id = {id} GROUP BY run_key"
+    ));
+    assert!(per_key.len() >= 6, "{per_key:?}");
+    for row in &per_key {
+        assert_eq!(
+            row[1].as_deref(),
+            Some("1"),
+            "slot fired more than once: {per_key:?}"
+        );
+        assert!(row[0].as_deref().unwrap().starts_with("slot:"));
+    }
+    let slots = app.db().rows(&format!(
+        "SELECT scheduled_for FROM source_runs WHERE source_id = {id} ORDER BY scheduled_for"
+    ));
+    let distinct: std::collections::BTreeSet<_> = slots.iter().map(|r| r[0].clone()).collect();
+    assert_eq!(distinct.len(), slots.len(), "one run per slot: {slots:?}");
+}

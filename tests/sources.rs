@@ -221,6 +221,17 @@ async fn a_growing_file_is_not_taken_until_it_stays_the_same_for_the_window(back
     assert_eq!(job_count(&app), 1);
 }
 
+trait MoveTo {
+    fn tap_move_to(self, to: &str) -> Value;
+}
+
+impl MoveTo for Value {
+    fn tap_move_to(mut self, to: &str) -> Value {
+        self["moveTo"] = json!(to);
+        self
+    }
+}
+
 fn set_mtime(path: &Path, seconds_ago: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.set_modified(std::time::SystemTime::now() - Duration::from_secs(seconds_ago))
@@ -553,6 +564,14 @@ async fn sources_are_for_admins_of_their_organisation_and_bad_settings_are_400s(
         (with("pick", json!("oldest")), "invalid_body"),
         (with("after", json!("move")), "invalid_source"),
         (
+            with("after", json!("move")).tap_move_to("../../elsewhere"),
+            "source_path_not_allowed",
+        ),
+        (
+            with("after", json!("move")).tap_move_to("/tmp/sluice-not-a-root"),
+            "source_path_not_allowed",
+        ),
+        (
             with("url", json!("http://example.com/x.csv")),
             "invalid_source",
         ),
@@ -657,6 +676,10 @@ async fn sources_are_for_admins_of_their_organisation_and_bad_settings_are_400s(
     assert_eq!(resp.status(), 200);
     let (status, _) = app.get_json(&format!("/api/v1/sources/{id}/runs")).await;
     assert_eq!(status, 404);
+    assert!(
+        !Path::new("/tmp/sluice-not-a-root").exists(),
+        "nothing is created outside the roots"
+    );
 }
 
 #[tokio::test]
@@ -784,4 +807,121 @@ async fn two_servers_on_one_postgres_database_fire_each_slot_exactly_once() {
     ));
     let distinct: std::collections::BTreeSet<_> = slots.iter().map(|r| r[0].clone()).collect();
     assert_eq!(distinct.len(), slots.len(), "one run per slot: {slots:?}");
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn zipped(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, bytes) in entries {
+        z.start_file(
+            *name,
+            zip::write::SimpleFileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated),
+        )
+        .unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+/// `sluice_source_runs_total{outcome="…"}` from `/metrics`.
+async fn runs_counted(app: &TestApp, outcome: &str) -> u64 {
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("sluice_source_runs_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gz_and_single_file_zip_are_unpacked_a_done_marker_makes_a_file_ready_and_delete_removes_it()
+ {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(Backend::Sqlite, root.path(), &[]);
+    let id = created(
+        &app,
+        json!({"name": "packed", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": root.path(), "doneMarker": true,
+               "after": "delete"}),
+    )
+    .await;
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (a, a_expect) = products(gen_dir.path(), "a.csv", 300, 1);
+    let (b, b_expect) = products(gen_dir.path(), "b.csv", 200, 1001);
+    std::fs::write(
+        root.path().join("a.csv.gz"),
+        gzip(&std::fs::read(&a).unwrap()),
+    )
+    .unwrap();
+    std::fs::write(root.path().join("a.csv.gz.done"), "").unwrap();
+    std::fs::write(
+        root.path().join("b.zip"),
+        zipped(&[("inner/b.csv", &std::fs::read(&b).unwrap())]),
+    )
+    .unwrap();
+
+    let first = run(&app, id).await;
+    assert_eq!(first["outcome"], "imported", "{first}");
+    assert_eq!(first["file"], "a.csv.gz");
+    assert_eq!(
+        first["sha256"], a_expect["file_sha256"],
+        "the unpacked content's"
+    );
+    let status = app
+        .wait_done(first["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["filename"], "a.csv");
+    assert_eq!(status["createdCount"], a_expect["valid_rows"]);
+    assert_eq!(status["errorCount"], a_expect["invalid_rows"]);
+    assert!(!root.path().join("a.csv.gz").exists(), "deleted");
+    assert!(
+        !root.path().join("a.csv.gz.done").exists(),
+        "its marker too"
+    );
+    assert_eq!(runs(&app, id).await.len(), 1, "b.zip waits for its marker");
+    assert!(root.path().join("b.zip").exists());
+
+    std::fs::write(root.path().join("b.zip.done"), "").unwrap();
+    let second = run(&app, id).await;
+    assert_eq!(second["outcome"], "imported", "{second}");
+    let status = app
+        .wait_done(second["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["filename"], "b.csv");
+    assert_eq!(status["createdCount"], b_expect["valid_rows"]);
+
+    std::fs::write(
+        root.path().join("two.zip"),
+        zipped(&[("x.csv", b"sku\n1\n"), ("y.csv", b"sku\n2\n")]),
+    )
+    .unwrap();
+    std::fs::write(root.path().join("two.zip.done"), "").unwrap();
+    let failed = run(&app, id).await;
+    assert_eq!(failed["outcome"], "failed", "{failed}");
+    assert_eq!(
+        failed["reason"],
+        "two.zip holds 2 files; a zipped source file must hold exactly one"
+    );
+    assert!(root.path().join("two.zip").exists(), "a failed file stays");
+    assert_eq!(job_count(&app), 2);
+    assert_eq!(runs_counted(&app, "imported").await, 2);
+    assert_eq!(runs_counted(&app, "failed").await, 1);
+    assert_eq!(runs_counted(&app, "needs_mapping").await, 0);
 }

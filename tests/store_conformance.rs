@@ -32,7 +32,7 @@ use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
     JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, NewSource, Priority,
-    Role, RunEnd, RunOutcome, SourceSaved, StoreError,
+    Role, RunEnd, RunOutcome, RunStart, SourceSaved, StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -1870,6 +1870,13 @@ fn a_source(org: i64, name: &str, due: Option<DateTime<Utc>>) -> NewSource {
     }
 }
 
+fn started(r: RunStart) -> sluice::store::SourceRun {
+    match r {
+        RunStart::Started(r) => *r,
+        other => panic!("expected a started run, got {other:?}"),
+    }
+}
+
 fn saved(s: SourceSaved) -> sluice::store::Source {
     match s {
         SourceSaved::Saved(s) => *s,
@@ -1928,12 +1935,10 @@ fn sources_are_unique_by_name_per_organisation_and_keep_their_settings(store: &d
         SourceSaved::Missing,
         "another organisation cannot update it"
     );
-    assert!(
-        store
-            .run_start(s.id, "k", "manual", None)
-            .unwrap()
-            .is_some()
-    );
+    assert!(matches!(
+        store.run_start(s.id, "k", "manual", None).unwrap(),
+        RunStart::Started(_)
+    ));
     assert!(store.source_delete(s.id).unwrap());
     assert!(!store.source_delete(s.id).unwrap());
     assert_eq!(store.source_get(s.id).unwrap(), None);
@@ -1988,10 +1993,10 @@ fn a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers(store: &dyn JobStor
             .map(|_| {
                 sc.spawn(move || {
                     start.wait();
-                    store
-                        .run_start(s.id, key, "schedule", Some(due))
-                        .unwrap()
-                        .is_some()
+                    matches!(
+                        store.run_start(s.id, key, "schedule", Some(due)).unwrap(),
+                        RunStart::Started(_)
+                    )
                 })
             })
             .collect();
@@ -2003,10 +2008,12 @@ fn a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers(store: &dyn JobStor
 fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &dyn JobStore) {
     let (org, _) = tenant(store, "acme");
     let s = saved(store.source_insert(&a_source(org, "prices", None)).unwrap());
-    let first = store
-        .run_start(s.id, "manual:a", "manual", None)
-        .unwrap()
-        .unwrap();
+    let first = started(store.run_start(s.id, "manual:a", "manual", None).unwrap());
+    assert_eq!(
+        store.run_start(s.id, "manual:x", "manual", None).unwrap(),
+        RunStart::Busy,
+        "one run of a source at a time"
+    );
     assert_eq!(first.outcome, None, "in progress");
     assert_eq!(store.run_imported(s.id, "abc").unwrap(), None);
     store
@@ -2027,10 +2034,11 @@ fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &d
         "a file parked for its mapping was not imported"
     );
     let id = pending(store, org, "p.csv");
-    let second = store
-        .run_start(s.id, "manual:b", "manual", None)
-        .unwrap()
-        .unwrap();
+    assert_eq!(
+        store.run_start(s.id, "manual:a", "manual", None).unwrap(),
+        RunStart::KeyTaken
+    );
+    let second = started(store.run_start(s.id, "manual:b", "manual", None).unwrap());
     store
         .run_finish(
             second.id,
@@ -2044,10 +2052,22 @@ fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &d
         )
         .unwrap();
     assert_eq!(store.run_imported(s.id, "abc").unwrap(), Some(id));
+    let more = RunEnd {
+        outcome: RunOutcome::Skipped,
+        file: Some("q.csv".into()),
+        sha256: None,
+        job_id: None,
+        reason: Some("the same file is importing already".into()),
+    };
+    store.run_add(&second, 2, &more).unwrap();
     let other = saved(store.source_insert(&a_source(org, "other", None)).unwrap());
     assert_eq!(store.run_imported(other.id, "abc").unwrap(), None);
-    let (runs, total) = store.run_list(s.id, 10, 0).unwrap();
-    assert_eq!(total, 2);
+    let (mut runs, total) = store.run_list(s.id, 10, 0).unwrap();
+    assert_eq!(total, 3);
+    let added = runs.remove(0);
+    assert_eq!(added.run_key, "manual:b#2");
+    assert_eq!(added.outcome, Some(RunOutcome::Skipped));
+    assert_eq!(added.file.as_deref(), Some("q.csv"));
     assert_eq!(
         runs.iter().map(|r| r.id).collect::<Vec<_>>(),
         vec![second.id, first.id]
@@ -2057,7 +2077,7 @@ fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &d
     assert!(runs[0].finished_at.is_some());
     assert_eq!(runs[1].reason.as_deref(), Some("column `sku` is missing"));
     assert_eq!(store.run_get(first.id).unwrap().unwrap(), runs[1]);
-    let (page, _) = store.run_list(s.id, 1, 1).unwrap();
+    let (page, _) = store.run_list(s.id, 1, 2).unwrap();
     assert_eq!(page, vec![runs[1].clone()]);
 }
 

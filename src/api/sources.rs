@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::options::number;
 use crate::sources::run::{Trigger, execute, manual_key, start};
 use crate::sources::{SourceKind, SourceSpec, SpecError};
-use crate::store::{Source, SourceRun, SourceSaved};
+use crate::store::{RunStart, Source, SourceRun, SourceSaved};
 
 /// How long `POST …/run` waits for the run to end before answering with it in progress.
 const RUN_WAIT: Duration = Duration::from_secs(10);
@@ -310,6 +310,7 @@ pub async fn runs(
         (status = 202, description = "The run (its first file; further files are further runs)", body = Data<SourceRun>),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 404, description = "`not_found`: no such source", body = ErrorBody),
+        (status = 409, description = "`run_in_progress`: the source is running now", body = ErrorBody),
     ))]
 pub async fn run(
     State(state): State<Arc<AppState>>,
@@ -317,9 +318,17 @@ pub async fn run(
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Response, ApiError> {
     let source = org_source(&state, &caller, &id).await?;
-    let run = start(&state, &source, manual_key(), Trigger::Manual, None)
-        .await?
-        .ok_or_else(|| ApiError::Internal("a fresh run key was taken".into()))?;
+    let run = match start(&state, &source, manual_key(), Trigger::Manual, None).await? {
+        RunStart::Started(run) => *run,
+        RunStart::Busy => {
+            return Err(ApiError::Conflict {
+                code: "run_in_progress",
+                message: "the source is running now; try again when the run has ended".into(),
+                job: None,
+            });
+        }
+        RunStart::KeyTaken => return Err(ApiError::Internal("a fresh run key was taken".into())),
+    };
     let run_id = run.id;
     let task = tokio::spawn(execute(state.clone(), source, run));
     let _ = tokio::time::timeout(RUN_WAIT, task).await;

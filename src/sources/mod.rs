@@ -511,7 +511,21 @@ impl SourceSpec {
                 let after = self.after.unwrap_or_default();
                 let move_to = match (after, &self.move_to) {
                     (After::Move, Some(to)) => {
+                        // Checked by its words before anything is created, then again once it
+                        // exists (a symbolic link on the way).
                         let target = dir.join(to);
+                        let lexical = !Path::new(to)
+                            .components()
+                            .any(|c| matches!(c, std::path::Component::ParentDir))
+                            && cfg.roots.iter().any(|r| target.starts_with(r));
+                        if !lexical {
+                            return Err(bad(
+                                "source_path_not_allowed",
+                                format!(
+                                    "`moveTo` `{to}` is not under a source root of this server"
+                                ),
+                            ));
+                        }
                         std::fs::create_dir_all(&target).map_err(|e| {
                             bad("invalid_source", format!("cannot create `moveTo`: {e}"))
                         })?;

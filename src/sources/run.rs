@@ -26,7 +26,7 @@ use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::error::ApiError;
 use crate::api::upload::{Arrival, Received, create_job, save_stream};
-use crate::store::{Role, RunEnd, RunOutcome, Source, SourceRun, StoreError};
+use crate::store::{Role, RunEnd, RunOutcome, RunStart, Source, SourceRun, StoreError};
 
 /// How often the scheduler looks for due sources.
 const TICK: Duration = Duration::from_millis(250);
@@ -91,15 +91,14 @@ async fn store<T: Send + 'static>(
     state.jobs.store_call(f).await
 }
 
-/// Starts a run of `source` under `key`; `None` when that key has run already (another node
-/// fired the slot).
+/// Starts a run of `source` under `key` (see [`crate::store::JobStore::run_start`]).
 pub async fn start(
     state: &AppState,
     source: &Source,
     key: String,
     trigger: Trigger,
     scheduled_for: Option<DateTime<Utc>>,
-) -> Result<Option<SourceRun>, StoreError> {
+) -> Result<RunStart, StoreError> {
     let id = source.id;
     store(state, move |s| {
         s.run_start(id, &key, trigger.as_str(), scheduled_for)
@@ -130,26 +129,16 @@ pub async fn execute(state: Arc<AppState>, source: Source, run: SourceRun) {
     for (i, e) in ends.into_iter().enumerate() {
         imported |= e.outcome == RunOutcome::Imported;
         crate::telemetry::source_run(e.outcome.as_str());
-        let id = if i == 0 {
-            Some(run.id)
-        } else {
-            let (sid, key, trigger, at) = (
-                source.id,
-                format!("{}#{}", run.run_key, i + 1),
-                run.trigger.clone(),
-                run.scheduled_for,
-            );
-            match store(&state, move |s| s.run_start(sid, &key, &trigger, at)).await {
-                Ok(r) => r.map(|r| r.id),
-                Err(err) => {
-                    tracing::warn!(source = source.id, error = %err, "cannot record a source run");
-                    None
-                }
+        let run = run.clone();
+        let recorded = store(&state, move |s| {
+            if i == 0 {
+                s.run_finish(run.id, &e)
+            } else {
+                s.run_add(&run, i + 1, &e)
             }
-        };
-        if let Some(id) = id
-            && let Err(err) = store(&state, move |s| s.run_finish(id, &e)).await
-        {
+        })
+        .await;
+        if let Err(err) = recorded {
             tracing::warn!(source = source.id, error = %err, "cannot record a source run");
         }
     }
@@ -714,8 +703,16 @@ async fn fire_due(
             continue;
         }
         let key = format!("slot:{}", crate::store::sql::time_text(slot));
-        let Some(run) = start(state, &source, key, Trigger::Schedule, Some(slot)).await? else {
-            continue;
+        let run = match start(state, &source, key, Trigger::Schedule, Some(slot)).await? {
+            RunStart::Started(run) => *run,
+            RunStart::KeyTaken => continue,
+            RunStart::Busy => {
+                tracing::info!(
+                    source = id,
+                    "slot skipped: the previous run is still in progress"
+                );
+                continue;
+            }
         };
         if let Ok(mut r) = running.lock() {
             r.insert(id);

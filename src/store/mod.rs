@@ -436,14 +436,17 @@ pub trait JobStore: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Stores what the source's runs remember (files seen, validators).
     fn source_set_state(&self, id: i64, state: &serde_json::Value) -> StoreResult<()>;
-    /// Starts a run under a key unique per source; `None` when that key has run already.
+    /// Starts a run under a key unique per source, unless that key has run already or another
+    /// run of the source is in progress (one at a time, across every node).
     fn run_start(
         &self,
         source_id: i64,
         run_key: &str,
         trigger: &str,
         scheduled_for: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<SourceRun>>;
+    ) -> StoreResult<RunStart>;
+    /// Records file number `n` (2, 3, …) of run `of`, ended, as a run of its own (`<key>#n`).
+    fn run_add(&self, of: &SourceRun, n: usize, end: &RunEnd) -> StoreResult<()>;
     /// Records how a run ended.
     fn run_finish(&self, id: i64, end: &RunEnd) -> StoreResult<()>;
     fn run_get(&self, id: i64) -> StoreResult<Option<SourceRun>>;

@@ -8,7 +8,10 @@
 use chrono::{DateTime, Utc};
 
 use super::sql::{Row, Sql, params};
-use super::{JobId, NewSource, RunEnd, Source, SourceRun, SourceSaved, StoreError, StoreResult};
+use super::{
+    JobId, NewSource, RUN_HOLD_MINUTES, RunEnd, RunStart, Source, SourceRun, SourceSaved,
+    StoreError, StoreResult,
+};
 
 const SOURCE_COLUMNS: &str = "id, org_id, name, dataset, kind, schedule, pick, options, notify, \
     config, secrets, state, enabled, created_by, user_id, created_at, updated_at, next_due_at";
@@ -223,25 +226,59 @@ fn run(r: &Row) -> StoreResult<SourceRun> {
     })
 }
 
-/// Starts a run under `run_key`; `None` when the source already has a run of that key.
+/// Starts a run under `run_key`, unless the source already has a run of that key or one in
+/// progress: one run of a source at a time, across every node. Inside a write transaction.
 pub fn run_start(
     c: &mut dyn Sql,
     source_id: i64,
     run_key: &str,
     trigger: &str,
     scheduled_for: Option<DateTime<Utc>>,
-) -> StoreResult<Option<SourceRun>> {
-    c.query_opt(
+) -> StoreResult<RunStart> {
+    c.lock_key(&format!("source-run:{source_id}"))?;
+    let now = Utc::now();
+    let hold = now - chrono::Duration::minutes(RUN_HOLD_MINUTES);
+    let busy = c
+        .query_opt(
+            "SELECT 1 FROM source_runs WHERE source_id = $1 AND outcome IS NULL AND at > $2 \
+             LIMIT 1",
+            params![source_id, hold],
+        )?
+        .is_some();
+    if busy {
+        return Ok(RunStart::Busy);
+    }
+    let row = c.query_opt(
         &format!(
             "INSERT INTO source_runs (source_id, run_key, trigger, scheduled_for, at) \
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (source_id, run_key) DO NOTHING \
              RETURNING {RUN_COLUMNS}"
         ),
-        params![source_id, run_key, trigger, scheduled_for, Utc::now()],
-    )?
-    .as_ref()
-    .map(run)
-    .transpose()
+        params![source_id, run_key, trigger, scheduled_for, now],
+    )?;
+    Ok(match row {
+        Some(r) => RunStart::Started(Box::new(run(&r)?)),
+        None => RunStart::KeyTaken,
+    })
+}
+
+/// Records one more file of a run in progress (`<key>#N`), already ended. Inside a write
+/// transaction.
+pub fn run_add(c: &mut dyn Sql, of: &SourceRun, n: usize, end: &RunEnd) -> StoreResult<()> {
+    let row = c.query_one(
+        &format!(
+            "INSERT INTO source_runs (source_id, run_key, trigger, scheduled_for, at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING {RUN_COLUMNS}"
+        ),
+        params![
+            of.source_id,
+            format!("{}#{n}", of.run_key),
+            of.trigger.as_str(),
+            of.scheduled_for,
+            Utc::now()
+        ],
+    )?;
+    run_finish(c, run(&row)?.id, end)
 }
 
 pub fn run_finish(c: &mut dyn Sql, id: i64, end: &RunEnd) -> StoreResult<()> {

@@ -18,7 +18,7 @@ use super::{
     JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
-use super::{NewSource, RunEnd, Source, SourceRun, SourceSaved};
+use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
 use super::{control, hooks, jobs, sources, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
@@ -601,9 +601,13 @@ impl<B: Backend> JobStore for SqlStore<B> {
         run_key: &str,
         trigger: &str,
         scheduled_for: Option<DateTime<Utc>>,
-    ) -> StoreResult<Option<SourceRun>> {
+    ) -> StoreResult<RunStart> {
         self.0
             .write(|c| sources::run_start(c, source_id, run_key, trigger, scheduled_for))
+    }
+
+    fn run_add(&self, of: &SourceRun, n: usize, end: &RunEnd) -> StoreResult<()> {
+        self.0.write(|c| sources::run_add(c, of, n, end))
     }
 
     fn run_finish(&self, id: i64, end: &RunEnd) -> StoreResult<()> {

@@ -816,6 +816,20 @@ pub struct SourceRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// What starting a run came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStart {
+    Started(Box<SourceRun>),
+    /// The source already has a run of this key (another node fired the slot).
+    KeyTaken,
+    /// Another run of the source is in progress (started within [`RUN_HOLD_MINUTES`]).
+    Busy,
+}
+
+/// How long an unfinished run keeps others of its source from starting (a process that died
+/// mid-run holds its source no longer than this).
+pub const RUN_HOLD_MINUTES: i64 = 15;
+
 /// How a run ended, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEnd {

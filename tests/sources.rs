@@ -925,3 +925,96 @@ async fn gz_and_single_file_zip_are_unpacked_a_done_marker_makes_a_file_ready_an
     assert_eq!(runs_counted(&app, "failed").await, 1);
     assert_eq!(runs_counted(&app, "needs_mapping").await, 0);
 }
+
+fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    Command::new(common::binary())
+        .args(args)
+        .env("SLUICE_SERVER", &app.base)
+        .env("SLUICE_TOKEN", common::TOKEN)
+        .output()
+        .expect("run sluice")
+}
+
+fn stdout_of(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_cli_adds_lists_runs_and_shows_the_runs_of_a_source() {
+    let root = tempfile::tempdir().unwrap();
+    let app = app_with_root(Backend::Sqlite, root.path(), &[]);
+    let dir = root.path().display().to_string();
+    let id: i64 = stdout_of(&cli(
+        &app,
+        &[
+            "source",
+            "add",
+            "drop",
+            "--dataset",
+            "products",
+            "--dir",
+            &dir,
+            "--glob",
+            "*.csv",
+            "--stable-seconds",
+            "0",
+            "--cron",
+            "30 6 * * 1-5",
+            "--timezone",
+            "Europe/Berlin",
+            "--pick",
+            "latest",
+        ],
+    ))
+    .trim()
+    .parse()
+    .unwrap();
+    let list = stdout_of(&cli(&app, &["source", "list"]));
+    assert!(
+        list.contains(&format!(
+            "{id}\tdrop\tdirectory\tproducts\tcron 30 6 * * 1-5 Europe/Berlin\t"
+        )),
+        "{list}"
+    );
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (file, expect) = products(gen_dir.path(), "p.csv", 100, 1);
+    std::fs::copy(&file, root.path().join("p.csv")).unwrap();
+    let ran = stdout_of(&cli(&app, &["source", "run", &id.to_string()]));
+    assert!(ran.contains("imported  p.csv  job 1"), "{ran}");
+    let status = app.wait_done(1, common::MINUTE).await;
+    assert_eq!(status["createdCount"], expect["valid_rows"]);
+    let again = stdout_of(&cli(&app, &["source", "run", &id.to_string()]));
+    assert!(again.contains("unchanged  p.csv"), "{again}");
+    let shown = stdout_of(&cli(&app, &["source", "runs", &id.to_string()]));
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(lines[0].contains("unchanged") && lines[1].contains("imported"));
+    assert_eq!(lines[2], "2 run(s) in all");
+    // A refused setting: the API's code and message, non-zero exit.
+    let bad = cli(
+        &app,
+        &[
+            "source",
+            "add",
+            "x",
+            "--dataset",
+            "products",
+            "--dir",
+            "/etc",
+            "--every",
+            "1h",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("400 source_path_not_allowed"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -63,6 +63,9 @@ enum Command {
     /// Export a dataset's rows to a CSV or XLSX file (a job on the server; progress bar, then
     /// the download).
     Export(client::ExportArgs),
+    /// Scheduled sources on a running server (admins): add, list, run now, runs.
+    #[command(subcommand)]
+    Source(client::SourceCommand),
 }
 
 /// How a client command reaches the server.
@@ -124,6 +127,7 @@ pub fn main() -> ExitCode {
             Command::Jobs(args) => client::jobs(args).await,
             Command::Errors(args) => client::errors(args).await,
             Command::Export(args) => client::export(args).await,
+            Command::Source(cmd) => client::source(cmd).await,
         }
     });
     match result {

@@ -678,7 +678,7 @@ pub async fn export(args: ExportArgs) -> CliResult {
 #[derive(clap::Subcommand)]
 pub enum SourceCommand {
     /// Create a source; prints its id.
-    Add(SourceAddArgs),
+    Add(Box<SourceAddArgs>),
     /// List the organisation's sources.
     List(SourceListArgs),
     /// Run a source now; prints the run (exits non-zero when it failed).

@@ -1018,3 +1018,208 @@ async fn the_cli_adds_lists_runs_and_shows_the_runs_of_a_source() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// A real SMTP server (aiosmtpd) on `port`, writing each message it receives as JSON
+/// (`to`, `subject`, `body`, decoded) into `out`; stopped when dropped.
+const SMTP_SERVER: &str = r#"
+import email, email.policy, json, os, signal, sys
+from aiosmtpd.controller import Controller
+port, out = int(sys.argv[1]), sys.argv[2]
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        msg = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        n = len([f for f in os.listdir(out) if f.endswith('.json')])
+        path = os.path.join(out, '%04d.json' % n)
+        with open(path + '.part', 'w') as f:
+            json.dump({'to': envelope.rcpt_tos, 'from': str(msg['from']), 'subject': str(msg['subject']),
+                       'body': msg.get_content()}, f)
+        os.rename(path + '.part', path)
+        return '250 OK'
+controller = Controller(Handler(), hostname='127.0.0.1', port=port)
+controller.start()
+print('ready', flush=True)
+signal.sigwait([signal.SIGTERM, signal.SIGINT])
+controller.stop()
+"#;
+
+struct SmtpServer(Child);
+
+impl SmtpServer {
+    fn start(dir: &Path, port: u16, out: &Path) -> Self {
+        let script = dir.join("smtp_server.py");
+        std::fs::write(&script, SMTP_SERVER).unwrap();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(out)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "aiosmtpd did not start (pip install aiosmtpd)"
+        );
+        SmtpServer(child)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn received(out: &Path) -> Vec<Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect()
+}
+
+async fn emails(app: &TestApp, id: i64) -> Vec<Value> {
+    let (status, body) = app.get_json(&format!("/api/v1/sources/{id}/emails")).await;
+    assert_eq!(status, 200, "{body}");
+    body["data"]["emails"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn e_mails_tell_of_a_parked_run_and_a_completed_job_and_wait_out_a_stopped_mail_server() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let app = app_with_root(
+        Backend::Sqlite,
+        root.path(),
+        &[
+            "--smtp-url",
+            &smtp_url,
+            "--smtp-from",
+            "sluice <sluice@example.com>",
+            "--smtp-backoff-ms",
+            "100",
+            "--public-url",
+            "http://sluice.example:8080",
+        ],
+    );
+    let drop_dir = root.path().join("drop");
+    std::fs::create_dir(&drop_dir).unwrap();
+    let id = created(
+        &app,
+        json!({"name": "prices", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": drop_dir, "stableSeconds": 0,
+               "pick": "latest", "notify": ["ops@example.com"]}),
+    )
+    .await;
+    // The mail server is down: a parked run, then an import.
+    std::fs::write(
+        drop_dir.join("p.csv"),
+        "sku,name,Stok,updated_at\nSKU-1,Lamp,3,2024-01-02\n",
+    )
+    .unwrap();
+    assert_eq!(run(&app, id).await["outcome"], "needs_mapping");
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (file, expect) = products(gen_dir.path(), "p.csv", 400, 1);
+    std::fs::copy(&file, drop_dir.join("p.csv")).unwrap();
+    let imported = run(&app, id).await;
+    assert_eq!(imported["outcome"], "imported", "{imported}");
+    let job = imported["jobId"].as_i64().unwrap();
+    let status = app.wait_done(job, common::MINUTE).await;
+    assert_eq!(
+        status["status"], "completed",
+        "the import does not wait for mail"
+    );
+    let start = Instant::now();
+    loop {
+        let list = emails(&app, id).await;
+        if list.len() == 2 && list.iter().all(|e| e["attempts"].as_u64() >= Some(2)) {
+            for e in &list {
+                assert_eq!(e["state"], "pending", "{e}");
+                assert!(
+                    e["lastError"].as_str().unwrap().contains("mail server"),
+                    "{e}"
+                );
+                assert!(e["nextAttemptAt"].is_string());
+            }
+            break;
+        }
+        assert!(start.elapsed() < common::MINUTE, "not retried: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The mail server comes back: each e-mail arrives once.
+    let out = tempfile::tempdir().unwrap();
+    let _smtp = SmtpServer::start(root.path(), port, out.path());
+    let start = Instant::now();
+    while emails(&app, id)
+        .await
+        .iter()
+        .any(|e| e["state"] != "delivered")
+    {
+        assert!(start.elapsed() < common::MINUTE, "never delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut got = received(out.path());
+    assert_eq!(got.len(), 2, "{got:?}");
+    got.sort_by_key(|m| m["subject"].as_str().unwrap().contains("needs a mapping"));
+    let (done, parked) = (&got[0], &got[1]);
+    for m in &got {
+        assert_eq!(m["to"], json!(["ops@example.com"]));
+        assert!(
+            m["from"].as_str().unwrap().contains("sluice@example.com"),
+            "{m}"
+        );
+    }
+    assert_eq!(parked["subject"], "[sluice] prices: p.csv needs a mapping");
+    let body = parked["body"].as_str().unwrap();
+    assert!(body.contains("`Stok` → `stock`"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "http://sluice.example:8080/api/v1/sources/{id}/runs"
+        )),
+        "{body}"
+    );
+    let counts = format!(
+        "{} created, 0 updated, 0 unchanged, {} rejected",
+        expect["valid_rows"], expect["invalid_rows"]
+    );
+    assert_eq!(
+        done["subject"],
+        format!("[sluice] prices: job {job} completed ({counts})")
+    );
+    let body = done["body"].as_str().unwrap();
+    assert!(body.contains(&format!("Rows: {counts}.")), "{body}");
+    assert!(
+        body.contains(&format!("http://sluice.example:8080/#/jobs/{job}")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "http://sluice.example:8080/api/v1/import/{job}/errors?format=csv"
+        )),
+        "{body}"
+    );
+    let list = emails(&app, id).await;
+    assert!(
+        list.iter().all(|e| e["deliveredAt"].is_string()),
+        "{list:?}"
+    );
+    let events: Vec<&str> = list.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, vec!["completed", "needs_mapping"]);
+}

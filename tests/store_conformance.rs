@@ -2081,7 +2081,117 @@ fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &d
     assert_eq!(page, vec![runs[1].clone()]);
 }
 
+fn a_runs_e_mails_are_planned_once_claimed_held_and_recorded(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let mut quiet = a_source(org, "quiet", None);
+    quiet.notify = Vec::new();
+    let quiet = saved(store.source_insert(&quiet).unwrap());
+    let s = saved(store.source_insert(&a_source(org, "prices", None)).unwrap());
+    let parked = RunEnd {
+        outcome: RunOutcome::NeedsMapping,
+        file: Some("p.csv".into()),
+        sha256: Some("abc".into()),
+        job_id: None,
+        reason: Some("`Stok` → `stock`".into()),
+    };
+    for source in [&quiet, &s] {
+        let r = started(
+            store
+                .run_start(source.id, "manual:a", "manual", None)
+                .unwrap(),
+        );
+        store.run_finish(r.id, &parked).unwrap();
+    }
+    let skipped = started(store.run_start(s.id, "manual:b", "manual", None).unwrap());
+    store
+        .run_finish(
+            skipped.id,
+            &RunEnd {
+                outcome: RunOutcome::Skipped,
+                file: None,
+                sha256: None,
+                job_id: None,
+                reason: Some("no new file".into()),
+            },
+        )
+        .unwrap();
+    let since = Utc::now() - chrono::Duration::hours(1);
+    let backlog = store.notify_backlog(since, 10).unwrap();
+    assert_eq!(
+        backlog.len(),
+        1,
+        "only the parked run of a source with addresses: {backlog:?}"
+    );
+    let item = &backlog[0];
+    assert_eq!(item.source_id, s.id);
+    assert_eq!(item.outcome, RunOutcome::NeedsMapping);
+    assert_eq!(item.notify, vec!["ops@example.com".to_string()]);
+    assert_eq!(item.job, None);
+    let email = sluice::store::NewEmail {
+        event: "needs_mapping".into(),
+        address: "ops@example.com".into(),
+        subject: "p.csv needs a mapping".into(),
+        body: "…".into(),
+        job_id: None,
+    };
+    let start = Barrier::new(3);
+    let planned: Vec<bool> = std::thread::scope(|sc| {
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                let (start, email) = (&start, email.clone());
+                sc.spawn(move || {
+                    start.wait();
+                    store
+                        .notify_plan(item.run_id, item.source_id, &[email])
+                        .unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(planned.iter().filter(|p| **p).count(), 1, "{planned:?}");
+    assert!(store.notify_backlog(since, 10).unwrap().is_empty());
+
+    let now = Utc::now().timestamp_millis();
+    let due = store.email_claim_due(now, 60_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 0);
+    assert!(
+        store.email_claim_due(now, 60_000, 10).unwrap().is_empty(),
+        "held while it is sent"
+    );
+    store
+        .email_record(
+            due[0].id,
+            1,
+            DeliveryState::Pending,
+            Some("refused"),
+            now - 1,
+        )
+        .unwrap();
+    let again = store.email_claim_due(now, 60_000, 10).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    store
+        .email_record(again[0].id, 2, DeliveryState::Delivered, None, 0)
+        .unwrap();
+    let (list, total) = store.email_list(s.id, 10, 0).unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(list[0].state, DeliveryState::Delivered);
+    assert_eq!(list[0].attempts, 2);
+    assert_eq!(list[0].last_error, None);
+    assert!(list[0].delivered_at.is_some());
+    assert_eq!(list[0].event, "needs_mapping");
+    assert!(
+        store
+            .email_claim_due(now + 1_000_000, 1, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
 store_conformance!(
+    a_runs_e_mails_are_planned_once_claimed_held_and_recorded,
     sources_are_unique_by_name_per_organisation_and_keep_their_settings,
     a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers,
     runs_are_recorded_listed_newest_first_and_remember_imported_content,

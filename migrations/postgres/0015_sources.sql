@@ -44,7 +44,32 @@ CREATE TABLE source_runs (
     job_id        BIGINT,
     reason        TEXT,
     finished_at   TIMESTAMPTZ,
+    notified      BOOLEAN NOT NULL DEFAULT FALSE,
     UNIQUE (source_id, run_key)
 );
 
 CREATE INDEX source_runs_file ON source_runs (source_id, sha256);
+
+-- E-mails to a source's `notify` addresses: one per run and address, planned when a run ends
+-- `needs_mapping` or its job ends; sent and retried like webhook deliveries.
+CREATE INDEX source_runs_unnotified ON source_runs (id) WHERE NOT notified;
+
+CREATE TABLE email_deliveries (
+    id              BIGSERIAL PRIMARY KEY,
+    source_id       BIGINT NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    run_id          BIGINT NOT NULL,
+    job_id          BIGINT,
+    event           TEXT NOT NULL CHECK (event IN ('completed', 'failed', 'needs_mapping')),
+    address         TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts        INT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT NOT NULL,
+    last_error      TEXT,
+    created_at      TIMESTAMPTZ NOT NULL,
+    delivered_at    TIMESTAMPTZ,
+    UNIQUE (run_id, address)
+);
+
+CREATE INDEX email_deliveries_due ON email_deliveries (state, next_attempt_ms);

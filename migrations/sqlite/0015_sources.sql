@@ -44,7 +44,32 @@ CREATE TABLE source_runs (
     job_id        INTEGER,
     reason        TEXT,
     finished_at   TEXT,
+    notified      INTEGER NOT NULL DEFAULT 0,   -- its e-mails are planned (or none are due)
     UNIQUE (source_id, run_key)
 );
 
 CREATE INDEX source_runs_file ON source_runs (source_id, sha256);
+
+-- E-mails to a source's `notify` addresses: one per run and address, planned when a run ends
+-- `needs_mapping` or its job ends; sent and retried like webhook deliveries.
+CREATE INDEX source_runs_unnotified ON source_runs (id) WHERE notified = 0;
+
+CREATE TABLE email_deliveries (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_id       INTEGER NOT NULL REFERENCES sources (id) ON DELETE CASCADE,
+    run_id          INTEGER NOT NULL,
+    job_id          INTEGER,
+    event           TEXT NOT NULL CHECK (event IN ('completed', 'failed', 'needs_mapping')),
+    address         TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error      TEXT,
+    created_at      TEXT NOT NULL,
+    delivered_at    TEXT,
+    UNIQUE (run_id, address)
+);
+
+CREATE INDEX email_deliveries_due ON email_deliveries (state, next_attempt_ms);

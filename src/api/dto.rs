@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 
 use crate::sources::{ImportSpec, ScheduleSpec, SourceConfig};
 use crate::store::{
-    AuditRecord, Delivery, ErrorRecord, Job, JobId, JobKind, JobStatus, Role, Source, SourceRun,
-    Template, TokenInfo, User, Webhook,
+    AuditRecord, Delivery, EmailDelivery, ErrorRecord, Job, JobId, JobKind, JobStatus, Role,
+    Source, SourceRun, Template, TokenInfo, User, Webhook,
 };
 
 /// `{success: true, data}`.
@@ -713,6 +713,15 @@ pub struct Sources {
 #[derive(Serialize, ToSchema)]
 pub struct SourceRuns {
     pub runs: Vec<SourceRun>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+/// A page of a source's e-mail notifications, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Emails {
+    pub emails: Vec<EmailDelivery>,
     pub total: u64,
     pub limit: u64,
     pub offset: u64,

@@ -135,6 +135,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/api/v1/sources/{id}/runs", get(sources::runs))
         .route("/api/v1/sources/{id}/run", post(sources::run))
+        .route("/api/v1/sources/{id}/emails", get(sources::emails))
         .route("/api/v1/datasets", get(jobs::datasets))
         .route("/api/v1/export/{id}", post(export::create))
         .route("/api/v1/export/{id}/download", get(export::download))

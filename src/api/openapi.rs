@@ -62,6 +62,7 @@ use super::{
         sources::delete,
         sources::runs,
         sources::run,
+        sources::emails,
         preview::templates,
         preview::save_template,
         audit::list,

@@ -19,7 +19,7 @@ use chrono::Utc;
 
 use super::AppState;
 use super::auth::Caller;
-use super::dto::{Data, ErrorBody, Message, SourceRuns, SourceView, Sources};
+use super::dto::{Data, Emails, ErrorBody, Message, SourceRuns, SourceView, Sources};
 use super::error::ApiError;
 use super::options::number;
 use crate::sources::run::{Trigger, execute, manual_key, start};
@@ -338,4 +338,40 @@ pub async fn run(
         .await?
         .ok_or_else(|| ApiError::Internal("the run vanished".into()))?;
     Ok((StatusCode::ACCEPTED, Json(Data::ok(run))).into_response())
+}
+
+/// `GET /api/v1/sources/{id}/emails?limit=&offset=`
+#[utoipa::path(get, path = "/api/v1/sources/{id}/emails", operation_id = "listSourceEmails", tag = "sources",
+    summary = "A source's e-mail notifications, newest first: state, attempts, the last error (admins)",
+    params(
+        ("id" = String, Path, description = "The source id", example = "1"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 50, at most 1000)"),
+        ("offset" = Option<u64>, Query, description = "E-mails skipped"),
+    ),
+    responses(
+        (status = 200, description = "A page of e-mails", body = Data<Emails>),
+        (status = 400, description = "`invalid_parameter`: a limit or offset that is not a number", body = ErrorBody),
+        (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such source", body = ErrorBody),
+    ))]
+pub async fn emails(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+) -> Result<Json<Data<Emails>>, ApiError> {
+    let limit = number(&params, "limit", 50)?.min(1000);
+    let offset = number(&params, "offset", 0)?;
+    let source = org_source(&state, &caller, &id).await?;
+    let sid = source.id;
+    let (emails, total) = state
+        .jobs
+        .store_call(move |s| s.email_list(sid, limit, offset))
+        .await?;
+    Ok(Json(Data::ok(Emails {
+        emails,
+        total,
+        limit,
+        offset,
+    })))
 }

@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API and the import workers.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run import workers only (no HTTP), sharing the store with `serve` and other workers.
     Worker(serve::WorkerOnlyArgs),
     /// Create or upgrade the job store and the dataset tables, then exit.
@@ -115,7 +115,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::serve(args).await,
+            Command::Serve(args) => serve::serve(*args).await,
             Command::Worker(args) => serve::worker(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
             Command::Org(cmd) => admin::org(cmd).await,

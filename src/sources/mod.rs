@@ -5,8 +5,10 @@
 //! This module owns the source's settings as the API receives them ([`SourceSpec`]), their
 //! checks ([`SourceSpec::check`]: every rule once, for create and update), schedules
 //! ([`Schedule`]) and the file-name glob. `run.rs` runs a source (find files, fetch, hand each
-//! to the upload's own `create_job`, record the run) and the scheduler task of `sluice serve`.
+//! to the upload's own `create_job`, record the run) and the scheduler task of `sluice serve`;
+//! `email.rs` the e-mail notifications of runs and their jobs.
 
+pub mod email;
 pub mod run;
 
 use std::collections::{BTreeMap, HashMap};

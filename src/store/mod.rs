@@ -460,4 +460,28 @@ pub trait JobStore: Send + Sync + 'static {
     /// The job of an earlier run of the source that imported a file of this SHA-256 (`Some(0)`
     /// if that run recorded no job).
     fn run_imported(&self, source_id: i64, sha256: &str) -> StoreResult<Option<JobId>>;
+    // --- E-mails of sources (migration 0015).
+
+    /// Runs finished since `since` whose e-mails are due and not yet planned.
+    fn notify_backlog(&self, since: DateTime<Utc>, limit: u64) -> StoreResult<Vec<NotifyItem>>;
+    /// Plans a run's e-mails, once across nodes (false: planned already; nothing written).
+    fn notify_plan(&self, run_id: i64, source_id: i64, emails: &[NewEmail]) -> StoreResult<bool>;
+    /// Claims up to `limit` pending e-mails due by `now_ms`, holding each for `hold_ms`.
+    fn email_claim_due(&self, now_ms: i64, hold_ms: u64, limit: u64) -> StoreResult<Vec<DueEmail>>;
+    /// Records an attempt at an e-mail.
+    fn email_record(
+        &self,
+        id: i64,
+        attempts: u32,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()>;
+    /// A page of a source's e-mails, newest first, and their total.
+    fn email_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<EmailDelivery>, u64)>;
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{Row, Sql, params};
 use super::{
-    JobId, NewSource, RUN_HOLD_MINUTES, RunEnd, RunStart, Source, SourceRun, SourceSaved,
-    StoreError, StoreResult,
+    DeliveryState, DueEmail, EmailDelivery, JobId, NewEmail, NewSource, NotifiedJob, NotifyItem,
+    RUN_HOLD_MINUTES, RunEnd, RunStart, Source, SourceRun, SourceSaved, StoreError, StoreResult,
 };
 
 const SOURCE_COLUMNS: &str = "id, org_id, name, dataset, kind, schedule, pick, options, notify, \
@@ -281,10 +281,14 @@ pub fn run_add(c: &mut dyn Sql, of: &SourceRun, n: usize, end: &RunEnd) -> Store
     run_finish(c, run(&row)?.id, end)
 }
 
+/// Records how a run ended. Its e-mails are left to plan only when it imported or needs a
+/// mapping and its source has addresses to tell.
 pub fn run_finish(c: &mut dyn Sql, id: i64, end: &RunEnd) -> StoreResult<()> {
     c.execute(
         "UPDATE source_runs SET outcome = $2, file = $3, sha256 = $4, job_id = $5, reason = $6, \
-         finished_at = $7 WHERE id = $1",
+         finished_at = $7, notified = NOT ($2 IN ('imported', 'needs_mapping') AND \
+         (SELECT notify FROM sources WHERE sources.id = source_runs.source_id) <> '[]') \
+         WHERE id = $1",
         params![
             id,
             end.outcome.as_str(),
@@ -344,4 +348,195 @@ pub fn run_imported(c: &mut dyn Sql, source_id: i64, sha256: &str) -> StoreResul
     )?
     .map(|r| r.opt_i64(0).map(|j| j.unwrap_or(0)))
     .transpose()
+}
+
+/// Runs finished since `since` whose e-mails are due and not planned yet: ended `needs_mapping`,
+/// or imported and their job ended (or is gone).
+pub fn notify_backlog(
+    c: &mut dyn Sql,
+    since: DateTime<Utc>,
+    limit: u64,
+) -> StoreResult<Vec<NotifyItem>> {
+    let rows = c.query(
+        "SELECT r.id, r.source_id, s.name, s.dataset, s.notify, r.outcome, r.file, r.reason, \
+         j.id, j.status, j.filename, j.created_count, j.updated_count, j.unchanged_count, \
+         j.error_count, j.error \
+         FROM source_runs r JOIN sources s ON s.id = r.source_id \
+         LEFT JOIN jobs j ON j.id = r.job_id \
+         WHERE r.notified = $1 AND r.at > $2 AND (r.outcome = 'needs_mapping' OR \
+         (r.outcome = 'imported' AND (j.id IS NULL OR j.status IN ('completed', 'failed', 'cancelled')))) \
+         ORDER BY r.id LIMIT $3",
+        params![false, since, limit],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let job = match r.opt_i64(8)? {
+                None => None,
+                Some(id) => Some(NotifiedJob {
+                    id,
+                    status: r.text(9)?,
+                    filename: r.text(10)?,
+                    created: r.u64(11)?,
+                    updated: r.u64(12)?,
+                    unchanged: r.u64(13)?,
+                    errors: r.u64(14)?,
+                    error: r.opt_text(15)?,
+                }),
+            };
+            Ok(NotifyItem {
+                run_id: r.i64(0)?,
+                source_id: r.i64(1)?,
+                source_name: r.text(2)?,
+                dataset: r.text(3)?,
+                notify: r.json(4, "source notify")?,
+                outcome: r.text(5)?.parse().map_err(StoreError::Corrupt)?,
+                file: r.opt_text(6)?,
+                reason: r.opt_text(7)?,
+                job,
+            })
+        })
+        .collect()
+}
+
+/// Marks the run's e-mails planned and inserts them, once: false (nothing written) when another
+/// node planned them first. Inside a write transaction.
+pub fn notify_plan(
+    c: &mut dyn Sql,
+    run_id: i64,
+    source_id: i64,
+    emails: &[NewEmail],
+) -> StoreResult<bool> {
+    if c.execute(
+        "UPDATE source_runs SET notified = $2 WHERE id = $1 AND notified = $3",
+        params![run_id, true, false],
+    )? == 0
+    {
+        return Ok(false);
+    }
+    let now = Utc::now();
+    for e in emails {
+        c.execute(
+            "INSERT INTO email_deliveries (source_id, run_id, job_id, event, address, subject, \
+             body, state, next_attempt_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) \
+             ON CONFLICT (run_id, address) DO NOTHING",
+            params![
+                source_id,
+                run_id,
+                e.job_id,
+                e.event.as_str(),
+                e.address.as_str(),
+                e.subject.as_str(),
+                e.body.as_str(),
+                now.timestamp_millis(),
+                now
+            ],
+        )?;
+    }
+    Ok(true)
+}
+
+/// Claims up to `limit` pending e-mails due by `now_ms`, holding each for `hold_ms`. Inside a
+/// write transaction.
+pub fn email_claim_due(
+    c: &mut dyn Sql,
+    now_ms: i64,
+    hold_ms: u64,
+    limit: u64,
+) -> StoreResult<Vec<DueEmail>> {
+    let lock = c.dialect().skip_locked();
+    c.query(
+        &format!(
+            "UPDATE email_deliveries SET next_attempt_ms = $1 + $2 \
+             WHERE id IN (SELECT id FROM email_deliveries WHERE state = 'pending' \
+                          AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $3{lock}) \
+             RETURNING id, address, subject, body, attempts"
+        ),
+        params![now_ms, hold_ms, limit],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(DueEmail {
+            id: r.i64(0)?,
+            address: r.text(1)?,
+            subject: r.text(2)?,
+            body: r.text(3)?,
+            attempts: r.u32(4)?,
+        })
+    })
+    .collect()
+}
+
+/// Records an attempt: the delivery's new state, attempts, error and next attempt.
+pub fn email_record(
+    c: &mut dyn Sql,
+    id: i64,
+    attempts: u32,
+    state: DeliveryState,
+    error: Option<&str>,
+    next_attempt_ms: i64,
+) -> StoreResult<()> {
+    let delivered = (state == DeliveryState::Delivered).then(Utc::now);
+    c.execute(
+        "UPDATE email_deliveries SET state = $2, attempts = $3, last_error = $4, \
+         next_attempt_ms = $5, delivered_at = $6 WHERE id = $1",
+        params![
+            id,
+            state.as_str(),
+            attempts,
+            error,
+            next_attempt_ms,
+            delivered
+        ],
+    )?;
+    Ok(())
+}
+
+/// A page of the source's e-mails, newest first, and their total.
+pub fn email_list(
+    c: &mut dyn Sql,
+    source_id: i64,
+    limit: u64,
+    offset: u64,
+) -> StoreResult<(Vec<EmailDelivery>, u64)> {
+    let total = c
+        .query_one(
+            "SELECT count(*) FROM email_deliveries WHERE source_id = $1",
+            params![source_id],
+        )?
+        .u64(0)?;
+    let rows = c.query(
+        "SELECT id, run_id, job_id, event, address, subject, state, attempts, last_error, \
+         next_attempt_ms, created_at, delivered_at FROM email_deliveries WHERE source_id = $1 \
+         ORDER BY id DESC LIMIT $2 OFFSET $3",
+        params![source_id, limit, offset],
+    )?;
+    let list = rows
+        .iter()
+        .map(|r| {
+            let state = match r.text(6)?.as_str() {
+                "pending" => DeliveryState::Pending,
+                "delivered" => DeliveryState::Delivered,
+                "failed" => DeliveryState::Failed,
+                other => return Err(StoreError::Corrupt(format!("e-mail state `{other}`"))),
+            };
+            Ok(EmailDelivery {
+                id: r.i64(0)?,
+                run_id: r.i64(1)?,
+                job_id: r.opt_i64(2)?,
+                event: r.text(3)?,
+                address: r.text(4)?,
+                subject: r.text(5)?,
+                state,
+                attempts: r.u32(7)?,
+                last_error: r.opt_text(8)?,
+                next_attempt_at: (state == DeliveryState::Pending)
+                    .then(|| r.i64(9).ok().and_then(DateTime::from_timestamp_millis))
+                    .flatten(),
+                created_at: r.time(10)?,
+                delivered_at: r.opt_time(11)?,
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok((list, total))
 }

@@ -18,6 +18,7 @@ use super::{
     JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
+use super::{DueEmail, EmailDelivery, NewEmail, NotifyItem};
 use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
 use super::{control, hooks, jobs, sources, tenants};
 use crate::dataset::{Dataset, Datasets};
@@ -630,5 +631,40 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn run_imported(&self, source_id: i64, sha256: &str) -> StoreResult<Option<JobId>> {
         self.0.read(|c| sources::run_imported(c, source_id, sha256))
+    }
+    fn notify_backlog(&self, since: DateTime<Utc>, limit: u64) -> StoreResult<Vec<NotifyItem>> {
+        self.0.read(|c| sources::notify_backlog(c, since, limit))
+    }
+
+    fn notify_plan(&self, run_id: i64, source_id: i64, emails: &[NewEmail]) -> StoreResult<bool> {
+        self.0
+            .write(|c| sources::notify_plan(c, run_id, source_id, emails))
+    }
+
+    fn email_claim_due(&self, now_ms: i64, hold_ms: u64, limit: u64) -> StoreResult<Vec<DueEmail>> {
+        self.0
+            .write(|c| sources::email_claim_due(c, now_ms, hold_ms, limit))
+    }
+
+    fn email_record(
+        &self,
+        id: i64,
+        attempts: u32,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()> {
+        self.0
+            .write(|c| sources::email_record(c, id, attempts, state, error, next_attempt_ms))
+    }
+
+    fn email_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<EmailDelivery>, u64)> {
+        self.0
+            .read(|c| sources::email_list(c, source_id, limit, offset))
     }
 }

@@ -839,3 +839,74 @@ pub struct RunEnd {
     pub job_id: Option<JobId>,
     pub reason: Option<String>,
 }
+
+/// A finished run whose e-mails are due: it ended `needs_mapping`, or its job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyItem {
+    pub run_id: i64,
+    pub source_id: i64,
+    pub source_name: String,
+    pub dataset: String,
+    pub notify: Vec<String>,
+    pub outcome: RunOutcome,
+    pub file: Option<String>,
+    pub reason: Option<String>,
+    /// The run's job, when it has one still: (id, status, created, updated, unchanged, errors,
+    /// the job's error).
+    pub job: Option<NotifiedJob>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifiedJob {
+    pub id: JobId,
+    pub status: String,
+    pub filename: String,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub errors: u64,
+    pub error: Option<String>,
+}
+
+/// An e-mail to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEmail {
+    /// `completed`, `failed` or `needs_mapping`.
+    pub event: String,
+    pub address: String,
+    pub subject: String,
+    pub body: String,
+    pub job_id: Option<JobId>,
+}
+
+/// An e-mail claimed for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueEmail {
+    pub id: i64,
+    pub address: String,
+    pub subject: String,
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// An e-mail delivery as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailDelivery {
+    pub id: i64,
+    pub run_id: i64,
+    pub job_id: Option<JobId>,
+    /// `completed`, `failed` or `needs_mapping`.
+    pub event: String,
+    pub address: String,
+    pub subject: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it is tried again (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}

@@ -559,7 +559,7 @@ async fn sources_are_for_admins_of_their_organisation_and_bad_settings_are_400s(
             with("path", json!(root.path().join("../.."))),
             "source_path_not_allowed",
         ),
-        (with("kind", json!("sftp")), "unsupported_kind"),
+        (with("kind", json!("sftp")), "invalid_source"),
         (with("kind", json!("ftp")), "invalid_body"),
         (with("pick", json!("oldest")), "invalid_body"),
         (with("after", json!("move")), "invalid_source"),
@@ -1222,4 +1222,194 @@ async fn e_mails_tell_of_a_parked_run_and_a_completed_job_and_wait_out_a_stopped
     );
     let events: Vec<&str> = list.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["completed", "needs_mapping"]);
+}
+
+/// An OpenSSH server (Debian's `sshd`) of the test's own: its config, a fresh host key, the
+/// test's key authorised for the current user, on a free port of 127.0.0.1. Killed when dropped.
+struct Sshd {
+    child: Child,
+    port: u16,
+    /// `SHA256:…` of its host key.
+    host_key: String,
+    /// The authorised private key (OpenSSH format).
+    user_key: String,
+    user: String,
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(status.success());
+}
+
+fn fingerprint(public: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(public)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string()
+}
+
+impl Sshd {
+    fn start(dir: &Path) -> Self {
+        let host = dir.join("host_key");
+        let user_key = dir.join("user_key");
+        keygen(&host);
+        keygen(&user_key);
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PidFile {}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+                 Subsystem sftp internal-sftp\n",
+                host.display(),
+                authorized.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .unwrap();
+        // Debian's sshd wants its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("/usr/sbin/sshd (apt-get install openssh-server)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sshd did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let user = String::from_utf8(Command::new("whoami").output().unwrap().stdout)
+            .unwrap()
+            .trim()
+            .to_string();
+        Sshd {
+            child,
+            port,
+            host_key: fingerprint(&dir.join("host_key.pub")),
+            user_key: std::fs::read_to_string(&user_key).unwrap(),
+            user,
+        }
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn an_sftp_source_takes_only_the_newest_file_and_refuses_a_host_key_that_differs() {
+    let keys = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(keys.path());
+    let remote = tempfile::tempdir().unwrap();
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (old, _) = products(gen_dir.path(), "old.csv", 60, 1);
+    let (new, new_expect) = products(gen_dir.path(), "new.csv", 90, 2001);
+    std::fs::copy(&old, remote.path().join("prices-1.csv")).unwrap();
+    set_mtime(&remote.path().join("prices-1.csv"), 600);
+    std::fs::copy(&new, remote.path().join("prices-2.csv")).unwrap();
+    set_mtime(&remote.path().join("prices-2.csv"), 60);
+    let log = tempfile::tempdir().unwrap();
+    let log_file = log.path().join("server.log");
+    let app = spawn_app(AppOptions {
+        extra_args: vec!["--source-allow-private".into()],
+        log_file: Some(log_file.clone()),
+        ..Default::default()
+    });
+    let body = |name: &str, host_key: &str| {
+        json!({"name": name, "dataset": "products", "kind": "sftp", "schedule": {"every": "1h"},
+               "pick": "latest", "host": "127.0.0.1", "port": sshd.port, "user": sshd.user,
+               "privateKey": sshd.user_key, "hostKey": host_key, "path": remote.path(),
+               "glob": "*.csv", "stableSeconds": 0, "after": "move", "moveTo": "done"})
+    };
+    let (status, answer) = create(&app, body("supplier", &sshd.host_key)).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(!answer.to_string().contains("PRIVATE KEY"), "{answer}");
+    assert_eq!(answer["data"]["auth"], "privateKey");
+    let id = answer["data"]["id"].as_i64().unwrap();
+    let taken = run(&app, id).await;
+    assert_eq!(taken["outcome"], "imported", "{taken}");
+    assert_eq!(taken["file"], "prices-2.csv");
+    let status = app
+        .wait_done(taken["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(status["createdCount"], new_expect["valid_rows"]);
+    assert_eq!(status["errorCount"], new_expect["invalid_rows"]);
+    assert!(
+        remote.path().join("done/prices-2.csv").exists(),
+        "moved on the server"
+    );
+    assert!(
+        remote.path().join("prices-1.csv").exists(),
+        "the older file is not taken"
+    );
+    assert_eq!(job_count(&app), 1);
+
+    // Another key than the pinned one: refused, naming both.
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let bad_id = created(&app, body("impostor", wrong)).await;
+    let refused = run(&app, bad_id).await;
+    assert_eq!(refused["outcome"], "failed", "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("the server's host key is {}", sshd.host_key))
+            && reason.contains(&format!("not the pinned {wrong}: refused")),
+        "{reason}"
+    );
+    assert_eq!(job_count(&app), 1);
+
+    let (status, bad) = create(&app, body("typo", "SHA256:short")).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_host_key"))
+    );
+    let mut no_key = body("nokey", &sshd.host_key);
+    no_key["privateKey"] = json!("not a key");
+    let (status, bad) = create(&app, no_key).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_private_key"))
+    );
+    // Without --source-allow-private, 127.0.0.1 is refused.
+    let guarded = spawn_app(AppOptions::default());
+    let (status, bad) = create(&guarded, body("x", &sshd.host_key)).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("source_url_not_allowed"))
+    );
+
+    for path in [
+        "/api/v1/sources".to_string(),
+        format!("/api/v1/sources/{id}"),
+    ] {
+        let (_, body) = app.get_json(&path).await;
+        assert!(!body.to_string().contains("PRIVATE KEY"), "{body}");
+    }
+    let text = std::fs::read_to_string(&log_file).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
 }

@@ -69,10 +69,21 @@ fn json_object(body: &Bytes) -> Result<serde_json::Map<String, serde_json::Value
 /// Checks the spec, and a URL source's destination against the SSRF guard.
 async fn checked(state: &AppState, spec: &SourceSpec) -> Result<crate::sources::Checked, ApiError> {
     let checked = spec.check(&state.jobs.datasets, &state.sources)?;
-    if spec.kind == SourceKind::Url
-        && !state.sources.allow_private
-        && let Some(url) = checked.config.url.as_deref()
-        && let Ok(url) = reqwest::Url::parse(url)
+    let destination = match spec.kind {
+        SourceKind::Url => checked.config.url.clone(),
+        SourceKind::Sftp => checked.config.host.as_deref().map(|h| {
+            let h = if h.contains(':') && !h.starts_with('[') {
+                format!("[{h}]")
+            } else {
+                h.to_string()
+            };
+            format!("http://{h}:{}/", checked.config.port.unwrap_or(22))
+        }),
+        SourceKind::Directory => None,
+    };
+    if !state.sources.allow_private
+        && let Some(url) = destination
+        && let Ok(url) = reqwest::Url::parse(&url)
     {
         crate::webhooks::guard::check_destination(&url)
             .await
@@ -111,7 +122,7 @@ async fn org_source(state: &AppState, caller: &Caller, id: &str) -> Result<Sourc
     request_body = SourceSpec,
     responses(
         (status = 201, description = "Created (secrets are never echoed)", body = Data<SourceView>),
-        (status = 400, description = "`invalid_body`, `invalid_name`, `unknown_dataset`, `sync_dataset`, `invalid_schedule`, `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `invalid_notify`, `invalid_source`, `unsupported_kind` (sftp), `source_path_not_allowed`, `invalid_url`, `unsupported_url`, `invalid_header`, `source_url_not_allowed`", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_name`, `unknown_dataset`, `sync_dataset`, `invalid_schedule`, `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `invalid_notify`, `invalid_source`, `invalid_host_key`, `invalid_private_key`, `source_path_not_allowed`, `invalid_url`, `unsupported_url`, `invalid_header`, `source_url_not_allowed`", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 409, description = "`source_exists`: the organisation has a source of that name", body = ErrorBody),
     ))]

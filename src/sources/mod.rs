@@ -6,10 +6,11 @@
 //! checks ([`SourceSpec::check`]: every rule once, for create and update), schedules
 //! ([`Schedule`]) and the file-name glob. `run.rs` runs a source (find files, fetch, hand each
 //! to the upload's own `create_job`, record the run) and the scheduler task of `sluice serve`;
-//! `email.rs` the e-mail notifications of runs and their jobs.
+//! `email.rs` the e-mail notifications of runs and their jobs; `sftp.rs` the SFTP connection.
 
 pub mod email;
 pub mod run;
+pub mod sftp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -208,18 +209,23 @@ pub struct SourceSpec {
     /// Request headers (secret: only their names are shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
-    // sftp (not in this build: refused)
+    // sftp (and `path`, `glob`, `stableSeconds`, `doneMarker`, `after`, `moveTo` as a directory)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// Default 22.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// An OpenSSH or PEM private key (secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// The server's host key, pinned: its SHA-256 fingerprint as `ssh-keygen -lf` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s")]
     pub host_key: Option<String>,
 }
 
@@ -249,6 +255,17 @@ pub struct SourceConfig {
     /// The names of the request headers (their values are secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header_names: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+    /// `password` or `privateKey` (the secret itself is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// The secrets of a source (`sources.secrets`).
@@ -257,6 +274,10 @@ pub struct SourceConfig {
 pub struct SourceSecrets {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<String>,
 }
 
 /// A source's schedule, parsed.
@@ -405,6 +426,12 @@ impl SourceSpec {
         spec.move_to = config.move_to;
         spec.url = config.url;
         spec.headers = secrets.headers;
+        spec.host = config.host;
+        spec.port = config.port;
+        spec.user = config.user;
+        spec.host_key = config.host_key;
+        spec.password = secrets.password;
+        spec.private_key = secrets.private_key;
         Ok(spec)
     }
 
@@ -486,10 +513,77 @@ impl SourceSpec {
         let mut secrets = SourceSecrets::default();
         match self.kind {
             SourceKind::Sftp => {
-                return Err(bad(
-                    "unsupported_kind",
-                    "SFTP sources are not in this build yet; use a directory or a URL source",
-                ));
+                if url_fields {
+                    return Err(misplaced("url"));
+                }
+                let needs = |v: &Option<String>, what: &str| {
+                    v.as_deref()
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                        .ok_or_else(|| {
+                            bad("invalid_source", format!("an sftp source needs `{what}`"))
+                        })
+                };
+                let host = needs(&self.host, "host")?;
+                let user = needs(&self.user, "user")?;
+                let host_key = needs(&self.host_key, "hostKey")?;
+                if !sftp::fingerprint_well_formed(&host_key) {
+                    return Err(bad(
+                        "invalid_host_key",
+                        "`hostKey` is the server key's SHA-256 fingerprint, `SHA256:` and 43 characters, as `ssh-keygen -lf KEY.pub` prints it",
+                    ));
+                }
+                match (&self.password, &self.private_key) {
+                    (Some(_), None) => config.auth = Some("password".into()),
+                    (None, Some(key)) if sftp::key_readable(key) => {
+                        config.auth = Some("privateKey".into())
+                    }
+                    (None, Some(_)) => {
+                        return Err(bad(
+                            "invalid_private_key",
+                            "`privateKey` is not a readable OpenSSH or PEM private key (without a passphrase)",
+                        ));
+                    }
+                    _ => {
+                        return Err(bad(
+                            "invalid_source",
+                            "an sftp source needs `password` or `privateKey` (one of them)",
+                        ));
+                    }
+                }
+                let path = needs(&self.path, "path")?;
+                if !path.starts_with('/') {
+                    return Err(bad(
+                        "invalid_source",
+                        "an sftp source's `path` is absolute on the server",
+                    ));
+                }
+                self.files_config(&mut config)?;
+                config.move_to = match (config.after, &self.move_to) {
+                    (Some(After::Move), Some(to))
+                        if !to.split('/').any(|c| c == "..") && !to.trim().is_empty() =>
+                    {
+                        Some(to.clone())
+                    }
+                    (Some(After::Move), Some(_)) => {
+                        return Err(bad("invalid_source", "`moveTo` may not climb with `..`"));
+                    }
+                    (Some(After::Move), None) => {
+                        return Err(bad("invalid_source", "`after: move` needs `moveTo`"));
+                    }
+                    (_, Some(_)) => {
+                        return Err(bad("invalid_source", "`moveTo` goes with `after: move`"));
+                    }
+                    (_, None) => None,
+                };
+                config.path = Some(path);
+                config.host = Some(host);
+                config.port = Some(self.port.unwrap_or(22));
+                config.user = Some(user);
+                config.host_key = Some(host_key);
+                secrets.password = self.password.clone();
+                secrets.private_key = self.private_key.clone();
             }
             SourceKind::Directory => {
                 if url_fields {
@@ -503,13 +597,7 @@ impl SourceSpec {
                     .as_deref()
                     .ok_or_else(|| bad("invalid_source", "a directory source needs `path`"))?;
                 let dir = allowed_path(&cfg.roots, Path::new(path))?;
-                let glob = self.glob.clone().unwrap_or_else(|| "*".into());
-                if glob.is_empty() || glob.contains('/') || glob.contains('\\') {
-                    return Err(bad(
-                        "invalid_source",
-                        "`glob` matches file names in the directory: no `/`",
-                    ));
-                }
+                self.files_config(&mut config)?;
                 let after = self.after.unwrap_or_default();
                 let move_to = match (after, &self.move_to) {
                     (After::Move, Some(to)) => {
@@ -549,15 +637,6 @@ impl SourceSpec {
                     (_, None) => None,
                 };
                 config.path = Some(dir.to_string_lossy().into_owned());
-                config.glob = Some(glob);
-                config.done_marker = self.done_marker.filter(|d| *d);
-                config.stable_seconds = match config.done_marker {
-                    Some(true) => self.stable_seconds,
-                    _ => Some(self.stable_seconds.unwrap_or(30)),
-                };
-                if config.stable_seconds.is_some_and(|s| s > 86_400) {
-                    return Err(bad("invalid_source", "`stableSeconds` is at most 86400"));
-                }
                 config.after = Some(after);
                 config.move_to = move_to;
             }
@@ -614,6 +693,28 @@ impl SourceSpec {
             config,
             secrets,
         })
+    }
+
+    /// The settings directory and SFTP sources share: glob, readiness, what happens after.
+    fn files_config(&self, config: &mut SourceConfig) -> Result<(), SpecError> {
+        let glob = self.glob.clone().unwrap_or_else(|| "*".into());
+        if glob.is_empty() || glob.contains('/') || glob.contains('\\') {
+            return Err(bad(
+                "invalid_source",
+                "`glob` matches file names in the directory: no `/`",
+            ));
+        }
+        config.glob = Some(glob);
+        config.done_marker = self.done_marker.filter(|d| *d);
+        config.stable_seconds = match config.done_marker {
+            Some(true) => self.stable_seconds,
+            _ => Some(self.stable_seconds.unwrap_or(30)),
+        };
+        if config.stable_seconds.is_some_and(|s| s > 86_400) {
+            return Err(bad("invalid_source", "`stableSeconds` is at most 86400"));
+        }
+        config.after = Some(self.after.unwrap_or_default());
+        Ok(())
     }
 
     /// The row to store for this (checked) source.

@@ -120,7 +120,14 @@ pub fn manual_key() -> String {
 /// run (key `<key>#N`) for each further file.
 pub async fn execute(state: Arc<AppState>, source: Source, run: SourceRun) {
     let ends = match source.kind.as_str() {
-        "directory" => directory(&state, &source).await,
+        "directory" => {
+            let dir = source.config["path"].as_str().unwrap_or_default();
+            files(&state, &source, &Place::Local(PathBuf::from(dir))).await
+        }
+        "sftp" => match super::sftp::Remote::connect(&source, state.sources.allow_private).await {
+            Ok(remote) => files(&state, &source, &Place::Sftp(Box::new(remote))).await,
+            Err(reason) => Err(reason),
+        },
         "url" => url(&state, &source).await,
         other => Err(format!("{other} sources are not in this build")),
     };
@@ -176,8 +183,7 @@ fn mtime_ms(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The regular files of `dir` matching `glob` (not `.done` markers nor hidden files): name,
-/// size, mtime; oldest first.
+/// The regular files of `dir` whose names match `glob`: name, size, mtime.
 fn list(dir: &Path, glob: &str) -> std::io::Result<Vec<(String, u64, i64)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -197,18 +203,102 @@ fn list(dir: &Path, glob: &str) -> std::io::Result<Vec<(String, u64, i64)>> {
     Ok(out)
 }
 
-async fn directory(state: &Arc<AppState>, source: &Source) -> Result<Vec<RunEnd>, String> {
+/// Where a source's files are: a directory of this server, or of an SFTP server.
+enum Place {
+    Local(PathBuf),
+    Sftp(Box<super::sftp::Remote>),
+}
+
+impl Place {
+    /// The regular files matching `glob` (not `.done` markers nor hidden files): name, size,
+    /// mtime in ms; oldest first.
+    async fn list(&self, glob: &str) -> Result<Vec<(String, u64, i64)>, String> {
+        let mut out = match self {
+            Place::Local(dir) => {
+                let (dir, glob) = (dir.clone(), glob.to_string());
+                tokio::task::spawn_blocking(move || list(&dir, &glob))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| format!("cannot read the directory: {e}"))?
+            }
+            Place::Sftp(remote) => remote.list().await?,
+        };
+        out.retain(|(name, _, _)| {
+            !name.starts_with('.') && !name.ends_with(".done") && glob_matches(glob, name)
+        });
+        out.sort_by(|a, b| a.2.cmp(&b.2).then_with(|| a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    async fn has(&self, name: &str) -> bool {
+        match self {
+            Place::Local(dir) => dir.join(name).exists(),
+            Place::Sftp(remote) => remote.has(name).await,
+        }
+    }
+
+    /// A local file with the bytes of `name`, and whether it is a copy to remove after.
+    async fn fetch(&self, state: &AppState, name: &str) -> Result<(PathBuf, bool), String> {
+        match self {
+            Place::Local(dir) => Ok((dir.join(name), false)),
+            Place::Sftp(remote) => {
+                let temp = state
+                    .jobs
+                    .blobs
+                    .temp_path(&crate::blob::BlobStore::new_name())
+                    .ok_or("no temp file name")?;
+                if let Err(e) = remote.download(name, &temp, state.max_upload_bytes).await {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    return Err(e);
+                }
+                Ok((temp, true))
+            }
+        }
+    }
+
+    /// Deletes `name` (and its `.done` marker).
+    async fn remove(&self, name: &str) -> Result<(), String> {
+        let marker = format!("{name}.done");
+        match self {
+            Place::Local(dir) => {
+                let _ = std::fs::remove_file(dir.join(&marker));
+                std::fs::remove_file(dir.join(name)).map_err(|e| e.to_string())
+            }
+            Place::Sftp(remote) => {
+                let _ = remote.remove(&marker).await;
+                remote.remove(name).await
+            }
+        }
+    }
+
+    /// Moves `name` into directory `to` (`name.N` when the name is taken there); its `.done`
+    /// marker goes.
+    async fn move_into(&self, name: &str, to: &str) -> Result<(), String> {
+        let marker = format!("{name}.done");
+        match self {
+            Place::Local(dir) => {
+                let _ = std::fs::remove_file(dir.join(&marker));
+                move_into(&dir.join(name), Path::new(to), name).map_err(|e| e.to_string())
+            }
+            Place::Sftp(remote) => {
+                let _ = remote.remove(&marker).await;
+                remote.move_into(name, to).await
+            }
+        }
+    }
+}
+
+/// A directory or SFTP source's run: which files are ready and new, each taken as an upload,
+/// then left, moved or deleted.
+async fn files(
+    state: &Arc<AppState>,
+    source: &Source,
+    place: &Place,
+) -> Result<Vec<RunEnd>, String> {
     let config: SourceConfig =
         serde_json::from_value(source.config.clone()).map_err(|e| e.to_string())?;
-    let dir = PathBuf::from(config.path.clone().unwrap_or_default());
     let glob = config.glob.clone().unwrap_or_else(|| "*".into());
-    let listing = {
-        let (dir, glob) = (dir.clone(), glob.clone());
-        tokio::task::spawn_blocking(move || list(&dir, &glob))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("cannot read the directory: {e}"))?
-    };
+    let listing = place.list(&glob).await?;
     let mut st: State = serde_json::from_value(source.state.clone()).unwrap_or_default();
     let now = Utc::now();
     let window = chrono::Duration::seconds(i64::from(config.stable_seconds.unwrap_or(0)));
@@ -222,7 +312,7 @@ async fn directory(state: &Arc<AppState>, source: &Source) -> Result<Vec<RunEnd>
             .filter(|l| l.size == *size && l.mtime_ms == *mtime);
         let since = same.map_or(now, |l| l.since);
         let stable = if marker {
-            dir.join(format!("{name}.done")).exists()
+            place.has(&format!("{name}.done")).await
         } else {
             window.is_zero() || (same.is_some() && now - since >= window)
         };
@@ -281,26 +371,33 @@ async fn directory(state: &Arc<AppState>, source: &Source) -> Result<Vec<RunEnd>
     }
     let after = config.after.unwrap_or_default();
     for (name, size, mtime) in chosen {
-        let path = dir.join(&name);
-        let e = import_file(state, source, &path, &name).await;
+        let e = match place.fetch(state, &name).await {
+            Ok((path, copy)) => {
+                let e = import_file(state, source, &path, &name).await;
+                if copy {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                e
+            }
+            Err(reason) => end(RunOutcome::Failed, Some(&name), reason),
+        };
         if matches!(e.outcome, RunOutcome::Imported | RunOutcome::Unchanged) {
-            let done = dir.join(format!("{name}.done"));
-            let moved = match after {
+            let done = match after {
                 After::Leave => {
                     st.handled.insert(name.clone(), (size, mtime));
                     Ok(())
                 }
-                After::Delete => std::fs::remove_file(&path),
+                After::Delete => place.remove(&name).await,
                 After::Move => {
-                    let to = PathBuf::from(config.move_to.clone().unwrap_or_default());
-                    move_into(&path, &to, &name)
+                    place
+                        .move_into(&name, config.move_to.as_deref().unwrap_or_default())
+                        .await
                 }
             };
             if after != After::Leave {
-                let _ = std::fs::remove_file(done);
                 st.seen.remove(&name);
             }
-            if let Err(err) = moved {
+            if let Err(err) = done {
                 tracing::warn!(source = source.id, error = %err, "cannot move or delete a source's file");
             }
         }

@@ -723,6 +723,19 @@ async fn a_slot_missed_while_the_server_was_down_fires_once() {
         ahead > chrono::Duration::minutes(58) && ahead <= chrono::Duration::hours(1),
         "{ahead}"
     );
+    // Restarted without the root: the directory is no longer allowed.
+    app.terminate();
+    app.options.extra_args.clear();
+    app.start();
+    let refused = run(&app, id).await;
+    assert_eq!(refused["outcome"], "failed");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .unwrap()
+            .contains("allows no directory sources"),
+        "{refused}"
+    );
 }
 
 /// A second `sluice serve` on the test's PostgreSQL database; killed when dropped.

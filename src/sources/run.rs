@@ -120,10 +120,10 @@ pub fn manual_key() -> String {
 /// run (key `<key>#N`) for each further file.
 pub async fn execute(state: Arc<AppState>, source: Source, run: SourceRun) {
     let ends = match source.kind.as_str() {
-        "directory" => {
-            let dir = source.config["path"].as_str().unwrap_or_default();
-            files(&state, &source, &Place::Local(PathBuf::from(dir))).await
-        }
+        "directory" => match local_dir(&state, &source) {
+            Ok(dir) => files(&state, &source, &Place::Local(dir)).await,
+            Err(reason) => Err(reason),
+        },
         "sftp" => match super::sftp::Remote::connect(&source, state.sources.allow_private).await {
             Ok(remote) => files(&state, &source, &Place::Sftp(Box::new(remote))).await,
             Err(reason) => Err(reason),
@@ -152,6 +152,20 @@ pub async fn execute(state: Arc<AppState>, source: Source, run: SourceRun) {
     if imported {
         state.jobs.wake.notify_one();
     }
+}
+
+/// A directory source's directory, checked again against the server's `--source-root`s of
+/// now (they may have changed since the source was saved), with its `moveTo`.
+fn local_dir(state: &AppState, source: &Source) -> Result<PathBuf, String> {
+    let config: SourceConfig =
+        serde_json::from_value(source.config.clone()).map_err(|e| e.to_string())?;
+    let roots = &state.sources.roots;
+    let dir = super::allowed_path(roots, Path::new(config.path.as_deref().unwrap_or_default()))
+        .map_err(|e| e.message)?;
+    if let Some(to) = &config.move_to {
+        super::allowed_path(roots, Path::new(to)).map_err(|e| e.message)?;
+    }
+    Ok(dir)
 }
 
 /// The caller a source's jobs are created as: the admin token that saved the source.

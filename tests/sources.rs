@@ -1425,4 +1425,42 @@ async fn an_sftp_source_takes_only_the_newest_file_and_refuses_a_host_key_that_d
     }
     let text = std::fs::read_to_string(&log_file).unwrap();
     assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    // The CLI makes the same source from flags.
+    let target = format!(
+        "{}@127.0.0.1:{}:{}",
+        sshd.user,
+        sshd.port,
+        remote.path().display()
+    );
+    let key_file = keys.path().join("user_key");
+    let out = cli(
+        &app,
+        &[
+            "source",
+            "add",
+            "from-cli",
+            "--dataset",
+            "products",
+            "--sftp",
+            &target,
+            "--host-key",
+            &sshd.host_key,
+            "--private-key-file",
+            key_file.to_str().unwrap(),
+            "--glob",
+            "*.csv",
+            "--stable-seconds",
+            "0",
+            "--every",
+            "1h",
+        ],
+    );
+    let cli_id = stdout_of(&out).trim().to_string();
+    let (_, made) = app.get_json(&format!("/api/v1/sources/{cli_id}")).await;
+    assert_eq!(made["data"]["kind"], "sftp");
+    assert_eq!(made["data"]["port"], sshd.port);
+    assert_eq!(made["data"]["auth"], "privateKey");
+    let ran = stdout_of(&cli(&app, &["source", "run", &cli_id]));
+    assert!(ran.contains("imported  prices-1.csv"), "{ran}");
 }

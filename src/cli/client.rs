@@ -695,11 +695,24 @@ pub struct SourceAddArgs {
     #[arg(long, short)]
     pub dataset: String,
     /// A directory on the server (under one of its `--source-root`s).
-    #[arg(long, conflicts_with = "url", required_unless_present = "url")]
+    #[arg(long, conflicts_with_all = ["url", "sftp"], required_unless_present_any = ["url", "sftp"])]
     pub dir: Option<String>,
     /// An http:// URL to fetch.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sftp")]
     pub url: Option<String>,
+    /// An SFTP server: `USER@HOST[:PORT]:/absolute/path` (with --host-key, and --private-key-file
+    /// or SLUICE_SFTP_PASSWORD).
+    #[arg(long, requires = "host_key")]
+    pub sftp: Option<String>,
+    /// --sftp: the server's host key fingerprint, `SHA256:…` (`ssh-keygen -lf KEY.pub`).
+    #[arg(long)]
+    pub host_key: Option<String>,
+    /// --sftp: a private key file (OpenSSH or PEM, no passphrase).
+    #[arg(long)]
+    pub private_key_file: Option<PathBuf>,
+    /// --sftp: the password (better from the environment than on a command line).
+    #[arg(long, env = "SLUICE_SFTP_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
     /// Run every interval (`90s`, `10m`, `6h`, `1d`).
     #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
     pub every: Option<String>,
@@ -803,6 +816,43 @@ impl SourceAddArgs {
         if let Some(dir) = &self.dir {
             put("kind", json!("directory"));
             put("path", json!(dir));
+            put("glob", json!(self.glob));
+            put("stableSeconds", json!(self.stable_seconds));
+            if self.done_marker {
+                put("doneMarker", json!(true));
+            }
+            put("after", json!(self.after));
+            put("moveTo", json!(self.move_to));
+        } else if let Some(target) = &self.sftp {
+            let (user, rest) = target
+                .split_once('@')
+                .ok_or("--sftp is USER@HOST[:PORT]:/path")?;
+            let (host_port, path) = rest
+                .split_once(":/")
+                .map(|(h, p)| (h, format!("/{p}")))
+                .ok_or("--sftp is USER@HOST[:PORT]:/path")?;
+            let (host, port) = match host_port.rsplit_once(':') {
+                Some((h, p)) => (
+                    h,
+                    Some(
+                        p.parse::<u16>()
+                            .map_err(|_| format!("--sftp: `{p}` is not a port"))?,
+                    ),
+                ),
+                None => (host_port, None),
+            };
+            put("kind", json!("sftp"));
+            put("host", json!(host));
+            put("port", json!(port));
+            put("user", json!(user));
+            put("path", json!(path));
+            put("hostKey", json!(self.host_key));
+            if let Some(file) = &self.private_key_file {
+                let key = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                put("privateKey", json!(key));
+            }
+            put("password", json!(self.password));
             put("glob", json!(self.glob));
             put("stableSeconds", json!(self.stable_seconds));
             if self.done_marker {

@@ -1235,6 +1235,26 @@ async fn e_mails_tell_of_a_parked_run_and_a_completed_job_and_wait_out_a_stopped
     );
     let events: Vec<&str> = list.iter().map(|e| e["event"].as_str().unwrap()).collect();
     assert_eq!(events, vec!["completed", "needs_mapping"]);
+    let text = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| -> u64 {
+        let series = format!("sluice_source_emails_total{{result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count("delivered"), 2);
+    assert!(count("retrying") >= 2);
+    assert_eq!(count("failed"), 0);
 }
 
 /// An OpenSSH server (Debian's `sshd`) of the test's own: its config, a fresh host key, the

@@ -262,6 +262,11 @@ async fn send_due(
                 (DeliveryState::Pending, Some(e), next)
             }
         };
+        crate::telemetry::source_email(match state {
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Pending => "retrying",
+            DeliveryState::Failed => "failed",
+        });
         let id = email.id;
         ctx.store_call(move |s| s.email_record(id, attempt, state, error.as_deref(), next))
             .await?;

@@ -178,7 +178,7 @@ pub struct SourceSpec {
     pub pick: Pick,
     #[serde(default)]
     pub options: ImportSpec,
-    /// Addresses told of the runs' jobs (e-mail is not sent by this build yet).
+    /// Addresses e-mailed when a run needs a mapping and when a run's job ends (with `--smtp-url`).
     #[serde(default)]
     pub notify: Vec<String>,
     /// A disabled source runs only when asked (`POST …/run`).

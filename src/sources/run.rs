@@ -129,7 +129,7 @@ pub async fn execute(state: Arc<AppState>, source: Source, run: SourceRun) {
             Err(reason) => Err(reason),
         },
         "url" => url(&state, &source).await,
-        other => Err(format!("{other} sources are not in this build")),
+        other => Err(format!("unknown source kind `{other}`")),
     };
     let ends = ends.unwrap_or_else(|reason| vec![end(RunOutcome::Failed, None, reason)]);
     let mut imported = false;

@@ -2,7 +2,7 @@
 //!
 //! The map (see ARCHITECTURE.md): `api` speaks HTTP, `jobs` runs workers that claim and execute
 //! import jobs, `import` is the streaming pipeline (read → map → validate → write), `store` is
-//! the only database seam, `dataset` describes the target tables, `blob` keeps uploads,
+//! the only database seam, `dataset` describes the target tables, `blob` keeps uploads, `sources` fetches files on a schedule,
 //! `telemetry` counts what `/metrics` reports, and `cli` is the command line (server and client).
 
 pub mod analysis;
@@ -18,6 +18,7 @@ pub mod import;
 pub mod jobs;
 pub mod memory;
 pub mod rollback;
+pub mod sources;
 pub mod store;
 pub mod telemetry;
 pub mod web;

@@ -90,6 +90,18 @@ pub fn install<'a>(datasets: impl IntoIterator<Item = &'a str>) {
     for result in ["delivered", "retrying", "failed"] {
         counter!("sluice_webhook_deliveries_total", "result" => result).increment(0);
     }
+    for outcome in [
+        "imported",
+        "skipped",
+        "unchanged",
+        "needs_mapping",
+        "failed",
+    ] {
+        counter!("sluice_source_runs_total", "outcome" => outcome).increment(0);
+    }
+    for result in ["delivered", "retrying", "failed"] {
+        counter!("sluice_source_emails_total", "result" => result).increment(0);
+    }
     for dataset in datasets {
         for outcome in ["created", "updated", "unchanged", "rejected"] {
             counter!("sluice_rows_total", "dataset" => dataset.to_string(), "outcome" => outcome)
@@ -136,6 +148,14 @@ fn describe() {
     describe_counter!(
         "sluice_webhook_deliveries_total",
         "Webhook delivery attempts by result (delivered, retrying, failed: the last attempt failed)"
+    );
+    describe_counter!(
+        "sluice_source_runs_total",
+        "Runs of scheduled sources (one per file taken) by outcome: imported, skipped, unchanged, needs_mapping, failed"
+    );
+    describe_counter!(
+        "sluice_source_emails_total",
+        "Attempts at sources' e-mail notifications by result (delivered, retrying, failed: the last attempt failed)"
     );
     describe_gauge!("sluice_sse_clients", "Open Server-Sent Events streams");
     describe_counter!(
@@ -224,6 +244,16 @@ pub fn job_ended(dataset: &str, status: &'static str, took: Duration) {
 /// One webhook attempt: `delivered`, `retrying` or `failed`.
 pub fn webhook_attempt(result: &'static str) {
     counter!("sluice_webhook_deliveries_total", "result" => result).increment(1);
+}
+
+/// One run of a source (one per file it took), by outcome.
+pub fn source_run(outcome: &'static str) {
+    counter!("sluice_source_runs_total", "outcome" => outcome).increment(1);
+}
+
+/// One attempt at a source's e-mail: `delivered`, `retrying` or `failed`.
+pub fn source_email(result: &'static str) {
+    counter!("sluice_source_emails_total", "result" => result).increment(1);
 }
 
 /// One HTTP request, by its route template.

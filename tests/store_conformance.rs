@@ -31,8 +31,8 @@ use sluice::store::postgres::PgStore;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
     AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
-    JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Priority, Role,
-    StoreError,
+    JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, NewSource, Priority,
+    Role, RunEnd, RunOutcome, RunStart, SourceSaved, StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -1849,7 +1849,352 @@ fn exports_neither_wait_for_nor_block_imports_of_their_dataset(store: &dyn JobSt
     done(store, &export_lease);
 }
 
+// --- Sources (migration 0015).
+
+fn a_source(org: i64, name: &str, due: Option<DateTime<Utc>>) -> NewSource {
+    NewSource {
+        org_id: org,
+        name: name.into(),
+        dataset: "items".into(),
+        kind: "url".into(),
+        schedule: serde_json::json!({"every": "1s"}),
+        pick: "latest".into(),
+        options: serde_json::json!({"mode": "upsert"}),
+        notify: vec!["ops@example.com".into()],
+        config: serde_json::json!({"url": "http://example.com/p.csv"}),
+        secrets: serde_json::json!({"headers": {"Authorization": "Bearer s3cret"}}),
+        enabled: true,
+        created_by: None,
+        user_id: None,
+        next_due_at: due,
+    }
+}
+
+fn started(r: RunStart) -> sluice::store::SourceRun {
+    match r {
+        RunStart::Started(r) => *r,
+        other => panic!("expected a started run, got {other:?}"),
+    }
+}
+
+fn saved(s: SourceSaved) -> sluice::store::Source {
+    match s {
+        SourceSaved::Saved(s) => *s,
+        other => panic!("expected a saved source, got {other:?}"),
+    }
+}
+
+fn sources_are_unique_by_name_per_organisation_and_keep_their_settings(store: &dyn JobStore) {
+    let (acme, _) = tenant(store, "acme");
+    let (other, _) = tenant(store, "other");
+    let s = saved(
+        store
+            .source_insert(&a_source(acme, "prices", None))
+            .unwrap(),
+    );
+    assert_eq!(s.org_id, acme);
+    assert_eq!(s.secrets["headers"]["Authorization"], "Bearer s3cret");
+    assert_eq!(s.notify, vec!["ops@example.com".to_string()]);
+    assert!(s.enabled);
+    assert_eq!(s.state, serde_json::json!({}));
+    assert_eq!(
+        store
+            .source_insert(&a_source(acme, "prices", None))
+            .unwrap(),
+        SourceSaved::NameTaken
+    );
+    let o = saved(
+        store
+            .source_insert(&a_source(other, "prices", None))
+            .unwrap(),
+    );
+    assert_ne!(o.id, s.id, "another organisation may use the name");
+    assert_eq!(store.source_list(Some(acme)).unwrap(), vec![s.clone()]);
+    assert_eq!(store.source_list(None).unwrap().len(), 2);
+
+    let second = saved(store.source_insert(&a_source(acme, "stock", None)).unwrap());
+    let mut renamed = a_source(acme, "prices", None);
+    renamed.enabled = false;
+    assert_eq!(
+        store.source_update(second.id, &renamed, false).unwrap(),
+        SourceSaved::NameTaken
+    );
+    store
+        .source_set_state(s.id, &serde_json::json!({"etag": "\"v1\""}))
+        .unwrap();
+    let kept = saved(store.source_update(s.id, &renamed, false).unwrap());
+    assert!(!kept.enabled);
+    assert_eq!(kept.state["etag"], "\"v1\"", "the state stays");
+    assert_eq!(kept.created_at, s.created_at);
+    let reset = saved(store.source_update(s.id, &renamed, true).unwrap());
+    assert_eq!(reset.state, serde_json::json!({}));
+    let mut elsewhere = a_source(other, "x", None);
+    elsewhere.org_id = other;
+    assert_eq!(
+        store.source_update(s.id, &elsewhere, false).unwrap(),
+        SourceSaved::Missing,
+        "another organisation cannot update it"
+    );
+    assert!(matches!(
+        store.run_start(s.id, "k", "manual", None).unwrap(),
+        RunStart::Started(_)
+    ));
+    assert!(store.source_delete(s.id).unwrap());
+    assert!(!store.source_delete(s.id).unwrap());
+    assert_eq!(store.source_get(s.id).unwrap(), None);
+}
+
+fn a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let due = Utc::now() - chrono::Duration::seconds(5);
+    let due = DateTime::from_timestamp_millis(due.timestamp_millis()).unwrap();
+    let s = saved(
+        store
+            .source_insert(&a_source(org, "prices", Some(due)))
+            .unwrap(),
+    );
+    let later = saved(
+        store
+            .source_insert(&a_source(
+                org,
+                "later",
+                Some(Utc::now() + chrono::Duration::hours(1)),
+            ))
+            .unwrap(),
+    );
+    let found = store.sources_due(Utc::now(), 10).unwrap();
+    assert_eq!(found.iter().map(|f| f.id).collect::<Vec<_>>(), vec![s.id]);
+    assert_eq!(found[0].next_due_at, Some(due), "stored to the millisecond");
+    assert_eq!(store.sources_next_due().unwrap(), Some(due));
+    let next = due + chrono::Duration::seconds(60);
+    let start = Barrier::new(4);
+    let won: Vec<bool> = std::thread::scope(|sc| {
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let start = &start;
+                sc.spawn(move || {
+                    start.wait();
+                    store.source_claim_slot(s.id, due, next).unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    assert!(store.sources_due(Utc::now(), 10).unwrap().is_empty());
+    assert!(!store.source_claim_slot(later.id, due, next).unwrap());
+    assert_eq!(store.sources_next_due().unwrap(), Some(next));
+    // The run key is the second guard: one run per slot.
+    let key = "slot:2026-12-06T09:00:00.000Z";
+    let start = Barrier::new(3);
+    let keys: Vec<bool> = std::thread::scope(|sc| {
+        let start = &start;
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                sc.spawn(move || {
+                    start.wait();
+                    matches!(
+                        store.run_start(s.id, key, "schedule", Some(due)).unwrap(),
+                        RunStart::Started(_)
+                    )
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(keys.iter().filter(|k| **k).count(), 1, "{keys:?}");
+}
+
+fn runs_are_recorded_listed_newest_first_and_remember_imported_content(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let s = saved(store.source_insert(&a_source(org, "prices", None)).unwrap());
+    let first = started(store.run_start(s.id, "manual:a", "manual", None).unwrap());
+    assert_eq!(
+        store.run_start(s.id, "manual:x", "manual", None).unwrap(),
+        RunStart::Busy,
+        "one run of a source at a time"
+    );
+    assert_eq!(first.outcome, None, "in progress");
+    assert_eq!(store.run_imported(s.id, "abc").unwrap(), None);
+    store
+        .run_finish(
+            first.id,
+            &RunEnd {
+                outcome: RunOutcome::NeedsMapping,
+                file: Some("p.csv".into()),
+                sha256: Some("abc".into()),
+                job_id: None,
+                reason: Some("column `sku` is missing".into()),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        store.run_imported(s.id, "abc").unwrap(),
+        None,
+        "a file parked for its mapping was not imported"
+    );
+    let id = pending(store, org, "p.csv");
+    assert_eq!(
+        store.run_start(s.id, "manual:a", "manual", None).unwrap(),
+        RunStart::KeyTaken
+    );
+    let second = started(store.run_start(s.id, "manual:b", "manual", None).unwrap());
+    store
+        .run_finish(
+            second.id,
+            &RunEnd {
+                outcome: RunOutcome::Imported,
+                file: Some("p.csv".into()),
+                sha256: Some("abc".into()),
+                job_id: Some(id),
+                reason: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(store.run_imported(s.id, "abc").unwrap(), Some(id));
+    let more = RunEnd {
+        outcome: RunOutcome::Skipped,
+        file: Some("q.csv".into()),
+        sha256: None,
+        job_id: None,
+        reason: Some("the same file is importing already".into()),
+    };
+    store.run_add(&second, 2, &more).unwrap();
+    let other = saved(store.source_insert(&a_source(org, "other", None)).unwrap());
+    assert_eq!(store.run_imported(other.id, "abc").unwrap(), None);
+    let (mut runs, total) = store.run_list(s.id, 10, 0).unwrap();
+    assert_eq!(total, 3);
+    let added = runs.remove(0);
+    assert_eq!(added.run_key, "manual:b#2");
+    assert_eq!(added.outcome, Some(RunOutcome::Skipped));
+    assert_eq!(added.file.as_deref(), Some("q.csv"));
+    assert_eq!(
+        runs.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![second.id, first.id]
+    );
+    assert_eq!(runs[0].outcome, Some(RunOutcome::Imported));
+    assert_eq!(runs[0].job_id, Some(id));
+    assert!(runs[0].finished_at.is_some());
+    assert_eq!(runs[1].reason.as_deref(), Some("column `sku` is missing"));
+    assert_eq!(store.run_get(first.id).unwrap().unwrap(), runs[1]);
+    let (page, _) = store.run_list(s.id, 1, 2).unwrap();
+    assert_eq!(page, vec![runs[1].clone()]);
+}
+
+fn a_runs_e_mails_are_planned_once_claimed_held_and_recorded(store: &dyn JobStore) {
+    let (org, _) = tenant(store, "acme");
+    let mut quiet = a_source(org, "quiet", None);
+    quiet.notify = Vec::new();
+    let quiet = saved(store.source_insert(&quiet).unwrap());
+    let s = saved(store.source_insert(&a_source(org, "prices", None)).unwrap());
+    let parked = RunEnd {
+        outcome: RunOutcome::NeedsMapping,
+        file: Some("p.csv".into()),
+        sha256: Some("abc".into()),
+        job_id: None,
+        reason: Some("`Stok` → `stock`".into()),
+    };
+    for source in [&quiet, &s] {
+        let r = started(
+            store
+                .run_start(source.id, "manual:a", "manual", None)
+                .unwrap(),
+        );
+        store.run_finish(r.id, &parked).unwrap();
+    }
+    let skipped = started(store.run_start(s.id, "manual:b", "manual", None).unwrap());
+    store
+        .run_finish(
+            skipped.id,
+            &RunEnd {
+                outcome: RunOutcome::Skipped,
+                file: None,
+                sha256: None,
+                job_id: None,
+                reason: Some("no new file".into()),
+            },
+        )
+        .unwrap();
+    let since = Utc::now() - chrono::Duration::hours(1);
+    let backlog = store.notify_backlog(since, 10).unwrap();
+    assert_eq!(
+        backlog.len(),
+        1,
+        "only the parked run of a source with addresses: {backlog:?}"
+    );
+    let item = &backlog[0];
+    assert_eq!(item.source_id, s.id);
+    assert_eq!(item.outcome, RunOutcome::NeedsMapping);
+    assert_eq!(item.notify, vec!["ops@example.com".to_string()]);
+    assert_eq!(item.job, None);
+    let email = sluice::store::NewEmail {
+        event: "needs_mapping".into(),
+        address: "ops@example.com".into(),
+        subject: "p.csv needs a mapping".into(),
+        body: "…".into(),
+        job_id: None,
+    };
+    let start = Barrier::new(3);
+    let planned: Vec<bool> = std::thread::scope(|sc| {
+        let racers: Vec<_> = (0..3)
+            .map(|_| {
+                let (start, email) = (&start, email.clone());
+                sc.spawn(move || {
+                    start.wait();
+                    store
+                        .notify_plan(item.run_id, item.source_id, &[email])
+                        .unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(planned.iter().filter(|p| **p).count(), 1, "{planned:?}");
+    assert!(store.notify_backlog(since, 10).unwrap().is_empty());
+
+    let now = Utc::now().timestamp_millis();
+    let due = store.email_claim_due(now, 60_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 0);
+    assert!(
+        store.email_claim_due(now, 60_000, 10).unwrap().is_empty(),
+        "held while it is sent"
+    );
+    store
+        .email_record(
+            due[0].id,
+            1,
+            DeliveryState::Pending,
+            Some("refused"),
+            now - 1,
+        )
+        .unwrap();
+    let again = store.email_claim_due(now, 60_000, 10).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    store
+        .email_record(again[0].id, 2, DeliveryState::Delivered, None, 0)
+        .unwrap();
+    let (list, total) = store.email_list(s.id, 10, 0).unwrap();
+    assert_eq!(total, 1);
+    assert_eq!(list[0].state, DeliveryState::Delivered);
+    assert_eq!(list[0].attempts, 2);
+    assert_eq!(list[0].last_error, None);
+    assert!(list[0].delivered_at.is_some());
+    assert_eq!(list[0].event, "needs_mapping");
+    assert!(
+        store
+            .email_claim_due(now + 1_000_000, 1, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
 store_conformance!(
+    a_runs_e_mails_are_planned_once_claimed_held_and_recorded,
+    sources_are_unique_by_name_per_organisation_and_keep_their_settings,
+    a_due_slot_is_claimed_by_exactly_one_of_racing_schedulers,
+    runs_are_recorded_listed_newest_first_and_remember_imported_content,
     exports_neither_wait_for_nor_block_imports_of_their_dataset,
     a_high_job_goes_before_older_normal_ones_and_a_low_one_after_them,
     the_organisation_with_the_fewest_running_jobs_goes_first,

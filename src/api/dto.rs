@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::sources::{ImportSpec, ScheduleSpec, SourceConfig};
 use crate::store::{
-    AuditRecord, Delivery, ErrorRecord, Job, JobId, JobKind, JobStatus, Role, Template, TokenInfo,
-    User, Webhook,
+    AuditRecord, Delivery, EmailDelivery, ErrorRecord, Job, JobId, JobKind, JobStatus, Role,
+    Source, SourceRun, Template, TokenInfo, User, Webhook,
 };
 
 /// `{success: true, data}`.
@@ -721,4 +722,73 @@ pub struct UploadForm {
     /// `true`: analyse without writing.
     #[schema(rename = "dryRun")]
     pub dry_run: Option<bool>,
+}
+
+/// A source as the API shows it: its settings without secrets (header values show as
+/// `headerNames` only).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceView {
+    pub id: i64,
+    pub name: String,
+    pub dataset: String,
+    /// `directory`, `url` or `sftp`.
+    pub kind: String,
+    pub schedule: ScheduleSpec,
+    /// `latest` or `all-new`.
+    pub pick: String,
+    pub options: ImportSpec,
+    pub notify: Vec<String>,
+    pub enabled: bool,
+    #[serde(flatten)]
+    pub config: SourceConfig,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the schedule fires next (absent for a disabled source).
+    pub next_due_at: Option<DateTime<Utc>>,
+    pub runs_url: String,
+}
+
+impl From<&Source> for SourceView {
+    fn from(s: &Source) -> Self {
+        SourceView {
+            id: s.id,
+            name: s.name.clone(),
+            dataset: s.dataset.clone(),
+            kind: s.kind.clone(),
+            schedule: serde_json::from_value(s.schedule.clone()).unwrap_or_default(),
+            pick: s.pick.clone(),
+            options: serde_json::from_value(s.options.clone()).unwrap_or_default(),
+            notify: s.notify.clone(),
+            enabled: s.enabled,
+            config: serde_json::from_value(s.config.clone()).unwrap_or_default(),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            next_due_at: s.next_due_at,
+            runs_url: format!("/api/v1/sources/{}/runs", s.id),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Sources {
+    pub sources: Vec<SourceView>,
+}
+
+/// A page of a source's runs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct SourceRuns {
+    pub runs: Vec<SourceRun>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
+}
+
+/// A page of a source's e-mail notifications, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct Emails {
+    pub emails: Vec<EmailDelivery>,
+    pub total: u64,
+    pub limit: u64,
+    pub offset: u64,
 }

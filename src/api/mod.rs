@@ -26,7 +26,8 @@ mod rollback;
 mod seed_analysis;
 pub mod server;
 mod session;
-mod upload;
+mod sources;
+pub(crate) mod upload;
 mod webhooks;
 
 use std::sync::Arc;
@@ -56,6 +57,20 @@ pub struct AppState {
     pub bulk_reads: Arc<tokio::sync::Semaphore>,
     /// How long a finished job's file is kept (`--retain-files`): an export's `expiresAt`.
     pub retain_files: std::time::Duration,
+    /// What sources may reach (`--source-root`, `--source-allow-private`).
+    pub sources: crate::sources::SourcesConfig,
+}
+
+/// Checks import options given as form fields (a source's `options`): the 400 code and message
+/// of the first problem.
+pub fn options_check(
+    params: &std::collections::HashMap<String, String>,
+) -> Result<(), (&'static str, String)> {
+    match options::ImportOptions::parse(params) {
+        Ok(_) => Ok(()),
+        Err(error::ApiError::BadRequest { code, message }) => Err((code, message)),
+        Err(other) => Err(("invalid_options", other.to_string())),
+    }
 }
 
 /// Bulk download pages read at once: half the cores, at least one.
@@ -114,6 +129,16 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/webhooks/{id}/deliveries",
             get(webhooks::deliveries),
         )
+        .route("/api/v1/sources", post(sources::create).get(sources::list))
+        .route(
+            "/api/v1/sources/{id}",
+            get(sources::get)
+                .patch(sources::update)
+                .delete(sources::delete),
+        )
+        .route("/api/v1/sources/{id}/runs", get(sources::runs))
+        .route("/api/v1/sources/{id}/run", post(sources::run))
+        .route("/api/v1/sources/{id}/emails", get(sources::emails))
         .route("/api/v1/datasets", get(jobs::datasets))
         .route("/api/v1/datasets/{id}/changes", get(changes::list))
         .route("/api/v1/export/{id}", post(export::create))

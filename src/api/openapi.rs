@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 use super::dto::ErrorBody;
 use super::{
     admin, analysis, audit, changes, control, events, export, jobs, preview, rollback,
-    seed_analysis, session, upload, webhooks,
+    seed_analysis, session, sources, upload, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -57,6 +57,14 @@ use super::{
         webhooks::list,
         webhooks::delete,
         webhooks::deliveries,
+        sources::create,
+        sources::list,
+        sources::get,
+        sources::update,
+        sources::delete,
+        sources::runs,
+        sources::run,
+        sources::emails,
         preview::templates,
         preview::save_template,
         audit::list,
@@ -79,6 +87,7 @@ use super::{
         (name = "events", description = "Server-Sent Events of job progress"),
         (name = "exports", description = "A dataset's rows out as CSV or XLSX: export jobs and their files"),
         (name = "datasets", description = "What can be imported, and saved mappings"),
+        (name = "sources", description = "Scheduled imports from a directory on the server or a URL (admins)"),
         (name = "webhooks", description = "Notifications of finished jobs, signed with HMAC-SHA256"),
         (name = "admin", description = "Users, tokens and the audit log of the caller's organisation"),
         (name = "session", description = "The web UI's cookie, and who the caller is"),

@@ -49,7 +49,7 @@ const DISCARD_BYTES: u64 = 64 * 1024 * 1024;
 const DISCARD_TIME: Duration = Duration::from_secs(5);
 
 /// An upload on disk; removed on drop unless kept (so every early return cleans up).
-struct SavedBlob {
+pub(crate) struct SavedBlob {
     blobs: BlobStore,
     name: String,
     size: u64,
@@ -58,6 +58,11 @@ struct SavedBlob {
 }
 
 impl SavedBlob {
+    /// The file's SHA-256, hex.
+    pub(crate) fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
     /// The file now belongs to a job: keep it when the guard goes.
     fn retain(&mut self) {
         self.keep = true;
@@ -144,7 +149,7 @@ pub(super) enum Target {
 }
 
 /// What [`receive`] came to.
-pub(super) enum Received {
+pub(crate) enum Received {
     /// The request is answered already: a replayed idempotency key, or a synchronous dataset's
     /// results.
     Answered(Response),
@@ -214,7 +219,6 @@ pub(super) async fn receive(
         .limits
         .max_upload_bytes
         .map_or(state.max_upload_bytes, |m| m.min(state.max_upload_bytes));
-    let max_rows = caller.limits.max_rows;
     let mut params = query;
     let is_multipart = options::is_multipart(req.headers());
     let mut filename = params.get("filename").cloned();
@@ -283,6 +287,50 @@ pub(super) async fn receive(
         },
     };
 
+    let arrival = Arrival {
+        dataset,
+        params,
+        filename,
+        idempotency_key,
+        analysis: matches!(target, Target::Analysis),
+        mapping_gate: false,
+    };
+    create_job(state, caller, saved, arrival).await
+}
+
+/// What arrived besides the file: where it goes and how to import it.
+pub(crate) struct Arrival {
+    pub dataset: Arc<Dataset>,
+    /// The import options (`mode`, `mapping`, `template`, `sheet`, …), as form fields.
+    pub params: HashMap<String, String>,
+    pub filename: Option<String>,
+    pub idempotency_key: Option<String>,
+    /// An analysis (dry run) whatever `dryRun` says.
+    pub analysis: bool,
+    /// Refuse (`needs_mapping`) a header that maps only by similarity (sources: nobody looks
+    /// at the mapping before the import runs).
+    pub mapping_gate: bool,
+}
+
+/// Checks a stored file and creates its job: the inspection (format, header, mapping, rows),
+/// the job row and, for a synchronous dataset, the import itself. The one path from a file in
+/// the blob store to a job, for uploads (after [`save_stream`]) and for sources.
+pub(crate) async fn create_job(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    saved: SavedBlob,
+    arrival: Arrival,
+) -> Result<Received, ApiError> {
+    let ctx = &state.jobs;
+    let Arrival {
+        dataset,
+        params,
+        filename,
+        idempotency_key,
+        analysis,
+        mapping_gate,
+    } = arrival;
+    let max_rows = caller.limits.max_rows;
     let mode: Mode = param(&params, "mode")
         .unwrap_or("upsert")
         .parse()
@@ -290,7 +338,7 @@ pub(super) async fn receive(
     // A dry run is an analysis job: the same file, options and mapping, read and classified
     // by a worker without writing the dataset (see `analysis`).
     let dry_run = match param(&params, "dryRun").map(str::trim) {
-        _ if matches!(target, Target::Analysis) => true,
+        _ if analysis => true,
         None | Some("" | "false" | "0") => false,
         Some("true" | "1") => true,
         Some(other) => {
@@ -338,6 +386,21 @@ pub(super) async fn receive(
         .await
         .map_err(|e| ApiError::Internal(format!("inspect task: {e}")))??
     };
+    if mapping_gate && !inspected.mapping.fuzzy.is_empty() {
+        let guessed: Vec<String> = inspected
+            .mapping
+            .fuzzy
+            .iter()
+            .map(|f| format!("`{}` → `{}` ({}%)", f.header, f.field, f.percent))
+            .collect();
+        return Err(ApiError::bad(
+            "needs_mapping",
+            format!(
+                "the header maps only by similarity: {}; give the source a mapping or a template",
+                guessed.join(", ")
+            ),
+        ));
+    }
     let new_job = NewJob {
         dataset: dataset.name.clone(),
         mode,
@@ -643,7 +706,7 @@ where
     }
 }
 
-async fn save_stream<S, E>(
+pub(crate) async fn save_stream<S, E>(
     state: &AppState,
     max_bytes: u64,
     stream: &mut S,

@@ -1,4 +1,5 @@
-//! The CLI client: `import`, `analyze`, `export`, `status`, `jobs`, `errors` over the HTTP API.
+//! The CLI client: `import`, `analyze`, `export`, `status`, `jobs`, `errors`, `source` over the
+//! HTTP API.
 //!
 //! Uploads stream the file from disk as a raw body (`?filename=`), never reading it whole.
 //! `import --wait` follows the job with an indicatif progress bar and exits non-zero when the
@@ -774,5 +775,321 @@ pub async fn export(args: ExportArgs) -> CliResult {
         args.dataset,
         args.out.display()
     );
+    Ok(())
+}
+
+/// `sluice source …`: scheduled sources on a running server (admins).
+#[derive(clap::Subcommand)]
+pub enum SourceCommand {
+    /// Create a source; prints its id.
+    Add(Box<SourceAddArgs>),
+    /// List the organisation's sources.
+    List(SourceListArgs),
+    /// Run a source now; prints the run (exits non-zero when it failed).
+    Run(SourceRunArgs),
+    /// A source's runs, newest first.
+    Runs(SourceRunsArgs),
+}
+
+#[derive(Args)]
+pub struct SourceAddArgs {
+    /// Unique in the organisation.
+    pub name: String,
+    /// Target dataset.
+    #[arg(long, short)]
+    pub dataset: String,
+    /// A directory on the server (under one of its `--source-root`s).
+    #[arg(long, conflicts_with_all = ["url", "sftp"], required_unless_present_any = ["url", "sftp"])]
+    pub dir: Option<String>,
+    /// An http:// URL to fetch.
+    #[arg(long, conflicts_with = "sftp")]
+    pub url: Option<String>,
+    /// An SFTP server: `USER@HOST[:PORT]:/absolute/path` (with --host-key, and --private-key-file
+    /// or SLUICE_SFTP_PASSWORD).
+    #[arg(long, requires = "host_key")]
+    pub sftp: Option<String>,
+    /// --sftp: the server's host key fingerprint, `SHA256:…` (`ssh-keygen -lf KEY.pub`).
+    #[arg(long)]
+    pub host_key: Option<String>,
+    /// --sftp: a private key file (OpenSSH or PEM, no passphrase).
+    #[arg(long)]
+    pub private_key_file: Option<PathBuf>,
+    /// --sftp: the password (better from the environment than on a command line).
+    #[arg(long, env = "SLUICE_SFTP_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// Run every interval (`90s`, `10m`, `6h`, `1d`).
+    #[arg(long, conflicts_with = "cron", required_unless_present = "cron")]
+    pub every: Option<String>,
+    /// Run on a cron schedule of 5 fields, e.g. "0 2 * * *".
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// The IANA time zone of --cron (default UTC).
+    #[arg(long, requires = "cron")]
+    pub timezone: Option<String>,
+    /// latest (the newest file) or all-new (default: every file not taken before).
+    #[arg(long)]
+    pub pick: Option<String>,
+    /// --dir: file names to take (`*`, `?`).
+    #[arg(long)]
+    pub glob: Option<String>,
+    /// --dir: seconds a file's size and mtime must stay the same (default 30).
+    #[arg(long)]
+    pub stable_seconds: Option<u32>,
+    /// --dir: take a file once `<name>.done` exists beside it.
+    #[arg(long)]
+    pub done_marker: bool,
+    /// --dir: leave (default), move or delete a file once taken.
+    #[arg(long)]
+    pub after: Option<String>,
+    /// --dir with --after move: where to (relative to --dir, or absolute under a root).
+    #[arg(long)]
+    pub move_to: Option<String>,
+    /// --url: a request header `Name: value` (repeatable; kept secret by the server).
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// upsert (default), insert or replace.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// A saved mapping template of the dataset.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// JSON object mapping file headers to field names.
+    #[arg(long)]
+    pub mapping: Option<String>,
+    /// Create it disabled (it runs only when asked).
+    #[arg(long)]
+    pub disabled: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct SourceListArgs {
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct SourceRunArgs {
+    /// Source id.
+    pub id: i64,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Args)]
+pub struct SourceRunsArgs {
+    /// Source id.
+    pub id: i64,
+    #[arg(long, default_value_t = 20)]
+    pub limit: u64,
+    /// Print the raw JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+impl SourceAddArgs {
+    /// The `POST /api/v1/sources` body.
+    fn body(&self) -> Result<Value, String> {
+        use serde_json::json;
+        let mut body = json!({"name": self.name, "dataset": self.dataset});
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                body[k] = v;
+            }
+        };
+        put(
+            "schedule",
+            match (&self.every, &self.cron) {
+                (Some(every), _) => json!({ "every": every }),
+                (None, Some(cron)) => match &self.timezone {
+                    Some(tz) => json!({ "cron": cron, "timezone": tz }),
+                    None => json!({ "cron": cron }),
+                },
+                (None, None) => return Err("give --every or --cron".into()),
+            },
+        );
+        if let Some(dir) = &self.dir {
+            put("kind", json!("directory"));
+            put("path", json!(dir));
+            put("glob", json!(self.glob));
+            put("stableSeconds", json!(self.stable_seconds));
+            if self.done_marker {
+                put("doneMarker", json!(true));
+            }
+            put("after", json!(self.after));
+            put("moveTo", json!(self.move_to));
+        } else if let Some(target) = &self.sftp {
+            let (user, rest) = target
+                .split_once('@')
+                .ok_or("--sftp is USER@HOST[:PORT]:/path")?;
+            let (host_port, path) = rest
+                .split_once(":/")
+                .map(|(h, p)| (h, format!("/{p}")))
+                .ok_or("--sftp is USER@HOST[:PORT]:/path")?;
+            let (host, port) = match host_port.rsplit_once(':') {
+                Some((h, p)) => (
+                    h,
+                    Some(
+                        p.parse::<u16>()
+                            .map_err(|_| format!("--sftp: `{p}` is not a port"))?,
+                    ),
+                ),
+                None => (host_port, None),
+            };
+            put("kind", json!("sftp"));
+            put("host", json!(host));
+            put("port", json!(port));
+            put("user", json!(user));
+            put("path", json!(path));
+            put("hostKey", json!(self.host_key));
+            if let Some(file) = &self.private_key_file {
+                let key = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                put("privateKey", json!(key));
+            }
+            put("password", json!(self.password));
+            put("glob", json!(self.glob));
+            put("stableSeconds", json!(self.stable_seconds));
+            if self.done_marker {
+                put("doneMarker", json!(true));
+            }
+            put("after", json!(self.after));
+            put("moveTo", json!(self.move_to));
+        } else if let Some(url) = &self.url {
+            put("kind", json!("url"));
+            put("url", json!(url));
+            if !self.headers.is_empty() {
+                let mut headers = serde_json::Map::new();
+                for h in &self.headers {
+                    let (k, v) = h
+                        .split_once(':')
+                        .ok_or_else(|| format!("--header `{h}`: write it as `Name: value`"))?;
+                    headers.insert(k.trim().to_string(), json!(v.trim()));
+                }
+                put("headers", Value::Object(headers));
+            }
+        }
+        put("pick", json!(self.pick));
+        let mut options = serde_json::Map::new();
+        if let Some(m) = &self.mode {
+            options.insert("mode".into(), json!(m));
+        }
+        if let Some(t) = &self.template {
+            options.insert("template".into(), json!(t));
+        }
+        if let Some(m) = &self.mapping {
+            let m: Value =
+                serde_json::from_str(m).map_err(|e| format!("--mapping is not JSON: {e}"))?;
+            options.insert("mapping".into(), m);
+        }
+        put("options", Value::Object(options));
+        if self.disabled {
+            put("enabled", json!(false));
+        }
+        Ok(body)
+    }
+}
+
+fn print_run(r: &Value) {
+    println!(
+        "run {}  {}  {}  {}{}",
+        r["id"],
+        r["outcome"].as_str().unwrap_or("running"),
+        r["file"].as_str().unwrap_or("-"),
+        r["jobId"]
+            .as_i64()
+            .map_or_else(|| "-".to_string(), |j| format!("job {j}")),
+        r["reason"]
+            .as_str()
+            .map(|s| format!("  ({s})"))
+            .unwrap_or_default()
+    );
+}
+
+pub async fn source(cmd: SourceCommand) -> CliResult {
+    match cmd {
+        SourceCommand::Add(args) => {
+            let api = Api::new(&args.server)?;
+            let body = args.body()?;
+            let (_, answer) = api
+                .send(
+                    api.request(reqwest::Method::POST, "/api/v1/sources")
+                        .json(&body),
+                )
+                .await?;
+            println!("{}", answer["data"]["id"]);
+        }
+        SourceCommand::List(args) => {
+            let api = Api::new(&args.server)?;
+            let body = api.get("/api/v1/sources").await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
+            println!("ID\tNAME\tKIND\tDATASET\tSCHEDULE\tNEXT");
+            for s in body["data"]["sources"].as_array().into_iter().flatten() {
+                let schedule = &s["schedule"];
+                let when = match (schedule["every"].as_str(), schedule["cron"].as_str()) {
+                    (Some(every), _) => format!("every {every}"),
+                    (None, Some(cron)) => format!(
+                        "cron {cron} {}",
+                        schedule["timezone"].as_str().unwrap_or("UTC")
+                    ),
+                    _ => "?".into(),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{when}\t{}",
+                    s["id"],
+                    s["name"].as_str().unwrap_or(""),
+                    s["kind"].as_str().unwrap_or(""),
+                    s["dataset"].as_str().unwrap_or(""),
+                    s["nextDueAt"].as_str().unwrap_or("disabled")
+                );
+            }
+        }
+        SourceCommand::Run(args) => {
+            let api = Api::new(&args.server)?;
+            let (_, body) = api
+                .send(api.request(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/sources/{}/run", args.id),
+                ))
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print_run(&body["data"]);
+            }
+            if body["data"]["outcome"] == "failed" {
+                return Err("the run failed".into());
+            }
+        }
+        SourceCommand::Runs(args) => {
+            let api = Api::new(&args.server)?;
+            let body = api
+                .get(&format!(
+                    "/api/v1/sources/{}/runs?limit={}",
+                    args.id, args.limit
+                ))
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+                return Ok(());
+            }
+            for r in body["data"]["runs"].as_array().into_iter().flatten() {
+                print_run(r);
+            }
+            println!("{} run(s) in all", n(&body["data"]["total"]));
+        }
+    }
     Ok(())
 }

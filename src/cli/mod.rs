@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP API and the import workers.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run import workers only (no HTTP), sharing the store with `serve` and other workers.
     Worker(serve::WorkerOnlyArgs),
     /// Create or upgrade the job store and the dataset tables, then exit.
@@ -69,6 +69,9 @@ enum Command {
     /// Undo an import's changes (a rollback job); rows a later job changed are reported, not
     /// overwritten, unless --force.
     Rollback(client::RollbackArgs),
+    /// Scheduled sources on a running server (admins): add, list, run now, runs.
+    #[command(subcommand)]
+    Source(client::SourceCommand),
 }
 
 /// How a client command reaches the server.
@@ -118,7 +121,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::serve(args).await,
+            Command::Serve(args) => serve::serve(*args).await,
             Command::Worker(args) => serve::worker(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
             Command::Org(cmd) => admin::org(cmd).await,
@@ -132,6 +135,7 @@ pub fn main() -> ExitCode {
             Command::Export(args) => client::export(args).await,
             Command::Changes(args) => client::changes(args).await,
             Command::Rollback(args) => client::rollback(args).await,
+            Command::Source(cmd) => client::source(cmd).await,
         }
     });
     match result {

@@ -243,6 +243,51 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub webhook_allow_private: bool,
+    /// A directory that directory sources may read (and move or delete files in); repeat for
+    /// several. Without one, no directory source can be created.
+    #[arg(
+        long = "source-root",
+        env = "SLUICE_SOURCE_ROOTS",
+        value_delimiter = ','
+    )]
+    pub source_roots: Vec<PathBuf>,
+    /// Let URL sources reach loopback, private, link-local and other internal addresses (as
+    /// `--webhook-allow-private` does for webhooks). Off by default (SSRF).
+    #[arg(
+        long,
+        env = "SLUICE_SOURCE_ALLOW_PRIVATE",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub source_allow_private: bool,
+    /// Send sources' e-mail notifications through this SMTP server:
+    /// `smtp://[USER:PASSWORD@]HOST[:PORT]` (port 25 by default; no TLS in this build).
+    #[arg(
+        long,
+        env = "SLUICE_SMTP_URL",
+        hide_env_values = true,
+        requires = "smtp_from"
+    )]
+    pub smtp_url: Option<String>,
+    /// The SMTP user (instead of the one in --smtp-url).
+    #[arg(long, env = "SLUICE_SMTP_USER")]
+    pub smtp_user: Option<String>,
+    /// The SMTP password (instead of the one in --smtp-url).
+    #[arg(long, env = "SLUICE_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// The sender of notifications, e.g. `sluice <sluice@example.com>`.
+    #[arg(long, env = "SLUICE_SMTP_FROM")]
+    pub smtp_from: Option<String>,
+    /// Attempts per e-mail before it is marked failed.
+    #[arg(long, env = "SLUICE_SMTP_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub smtp_attempts: u32,
+    /// Milliseconds to wait after an e-mail's first failed attempt; each later wait is 4×
+    /// longer (at most 1 h), plus up to 10% jitter.
+    #[arg(long, env = "SLUICE_SMTP_BACKOFF_MS", default_value_t = 2000)]
+    pub smtp_backoff_ms: u64,
+    /// The server's address as people reach it, for links in e-mails (default: the listening
+    /// address).
+    #[arg(long, env = "SLUICE_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// `sluice worker`: workers only, sharing the store with other processes.
@@ -450,6 +495,22 @@ async fn join_workers(workers: Vec<tokio::task::JoinHandle<()>>) {
 
 pub async fn serve(args: ServeArgs) -> CliResult {
     logging::init(&args.log);
+    let mut roots = Vec::new();
+    for root in &args.source_roots {
+        roots.push(
+            std::fs::canonicalize(root)
+                .map_err(|e| format!("--source-root {}: {e}", root.display()))?,
+        );
+    }
+    let smtp = match &args.smtp_url {
+        Some(url) => Some(crate::sources::email::SmtpTarget::parse(
+            url,
+            args.smtp_user.as_deref(),
+            args.smtp_password.as_deref(),
+            args.smtp_from.as_deref().unwrap_or_default(),
+        )?),
+        None => None,
+    };
     let ctx = job_context(&args.storage, &args.work).await?;
     {
         let (store, args) = (ctx.store.clone(), args.clone());
@@ -487,12 +548,32 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         webhook_allow_private: args.webhook_allow_private,
         bulk_reads: Arc::new(tokio::sync::Semaphore::new(api::bulk_read_slots())),
         retain_files: args.retain_files,
+        sources: crate::sources::SourcesConfig {
+            roots,
+            allow_private: args.source_allow_private,
+        },
     });
+    let scheduler = crate::sources::run::spawn_scheduler(state.clone(), shutdown.clone());
     let metrics = args.metrics.start(&state.jobs, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
+    let notifier = smtp.map(|smtp| {
+        crate::sources::email::spawn_notifier(
+            state.jobs.clone(),
+            crate::sources::email::EmailConfig {
+                smtp,
+                attempts: args.smtp_attempts,
+                backoff: Duration::from_millis(args.smtp_backoff_ms),
+                public_url: args
+                    .public_url
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{addr}")),
+            },
+            shutdown.clone(),
+        )
+    });
     println!("sluice listening on http://{addr}");
     tracing::info!(%addr, workers = args.work.workers, "sluice started");
     if args.webhook_allow_private {
@@ -520,6 +601,10 @@ pub async fn serve(args: ServeArgs) -> CliResult {
     join_workers(workers).await;
     sweeper.abort();
     dispatcher.abort();
+    scheduler.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }

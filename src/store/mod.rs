@@ -8,7 +8,8 @@
 //! logic, written once over the [`sql::Sql`] dialect seam: `jobs.rs` (insert, claim, lease,
 //! finish, split, row errors), `control.rs` (the operator's state machine, chunk finalisation,
 //! delete, retention, stats), `tenants.rs` (organisations, users, tokens, audit) and `hooks.rs`
-//! (the job event log, webhooks and deliveries, mapping templates). A [`Backend`] provides
+//! (the job event log, webhooks and deliveries, mapping templates) and `sources.rs` (scheduled
+//! sources and their runs). A [`Backend`] provides
 //! connections and what truly differs: `sqlite/` (embedded, the default) and `postgres/`
 //! (shared by many processes and machines) each keep their connecting and migrations, dataset
 //! DDL (`tables.rs`) and batch writer (`writer.rs`); PostgreSQL also stored blobs and LISTEN.
@@ -23,6 +24,7 @@ pub mod ledger;
 mod pool;
 pub mod postgres;
 pub mod rollback;
+mod sources;
 pub mod sql;
 mod sql_store;
 pub mod sqlite;
@@ -441,4 +443,83 @@ pub trait JobStore: Send + Sync + 'static {
     /// One of the organisation's templates, marking it used (so it is suggested first next time).
     fn template_use(&self, org_id: i64, dataset: &str, name: &str)
     -> StoreResult<Option<Template>>;
+    // --- Sources (migration 0015) and their runs.
+
+    /// Creates a source; `NameTaken` when the organisation has one of that name.
+    fn source_insert(&self, source: &NewSource) -> StoreResult<SourceSaved>;
+    /// Replaces the settings of the organisation's source `id` (`Missing`: none such); its run
+    /// state is cleared when `reset_state`.
+    fn source_update(
+        &self,
+        id: i64,
+        source: &NewSource,
+        reset_state: bool,
+    ) -> StoreResult<SourceSaved>;
+    fn source_get(&self, id: i64) -> StoreResult<Option<Source>>;
+    /// The organisation's sources (`None`: all), by id.
+    fn source_list(&self, org_id: Option<i64>) -> StoreResult<Vec<Source>>;
+    /// Deletes a source and its runs; false when it did not exist.
+    fn source_delete(&self, id: i64) -> StoreResult<bool>;
+    /// Up to `limit` enabled sources whose next slot is due by `now`, longest overdue first.
+    fn sources_due(&self, now: DateTime<Utc>, limit: u64) -> StoreResult<Vec<Source>>;
+    /// The earliest next slot of any enabled source (the scheduler wakes for it).
+    fn sources_next_due(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Moves a source's next slot from `due` to `next` in one guarded statement: true for
+    /// exactly one caller per slot, however many nodes try.
+    fn source_claim_slot(
+        &self,
+        id: i64,
+        due: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Stores what the source's runs remember (files seen, validators).
+    fn source_set_state(&self, id: i64, state: &serde_json::Value) -> StoreResult<()>;
+    /// Starts a run under a key unique per source, unless that key has run already or another
+    /// run of the source is in progress (one at a time, across every node).
+    fn run_start(
+        &self,
+        source_id: i64,
+        run_key: &str,
+        trigger: &str,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> StoreResult<RunStart>;
+    /// Records file number `n` (2, 3, …) of run `of`, ended, as a run of its own (`<key>#n`).
+    fn run_add(&self, of: &SourceRun, n: usize, end: &RunEnd) -> StoreResult<()>;
+    /// Records how a run ended.
+    fn run_finish(&self, id: i64, end: &RunEnd) -> StoreResult<()>;
+    fn run_get(&self, id: i64) -> StoreResult<Option<SourceRun>>;
+    /// A page of the source's runs, newest first, and their total.
+    fn run_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<SourceRun>, u64)>;
+    /// The job of an earlier run of the source that imported a file of this SHA-256 (`Some(0)`
+    /// if that run recorded no job).
+    fn run_imported(&self, source_id: i64, sha256: &str) -> StoreResult<Option<JobId>>;
+    // --- E-mails of sources (migration 0015).
+
+    /// Runs finished since `since` whose e-mails are due and not yet planned.
+    fn notify_backlog(&self, since: DateTime<Utc>, limit: u64) -> StoreResult<Vec<NotifyItem>>;
+    /// Plans a run's e-mails, once across nodes (false: planned already; nothing written).
+    fn notify_plan(&self, run_id: i64, source_id: i64, emails: &[NewEmail]) -> StoreResult<bool>;
+    /// Claims up to `limit` pending e-mails due by `now_ms`, holding each for `hold_ms`.
+    fn email_claim_due(&self, now_ms: i64, hold_ms: u64, limit: u64) -> StoreResult<Vec<DueEmail>>;
+    /// Records an attempt at an e-mail.
+    fn email_record(
+        &self,
+        id: i64,
+        attempts: u32,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()>;
+    /// A page of a source's e-mails, newest first, and their total.
+    fn email_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<EmailDelivery>, u64)>;
 }

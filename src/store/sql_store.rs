@@ -18,7 +18,9 @@ use super::{
     JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
-use super::{control, hooks, jobs, ledger, rollback, tenants};
+use super::{DueEmail, EmailDelivery, NewEmail, NotifyItem};
+use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
+use super::{control, hooks, jobs, ledger, rollback, sources, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -590,5 +592,124 @@ impl<B: Backend> JobStore for SqlStore<B> {
     ) -> StoreResult<Option<Template>> {
         self.0
             .write(|c| hooks::template_use(c, org_id, dataset, name))
+    }
+    fn source_insert(&self, source: &NewSource) -> StoreResult<SourceSaved> {
+        self.0.write(|c| sources::source_insert(c, source))
+    }
+
+    fn source_update(
+        &self,
+        id: i64,
+        source: &NewSource,
+        reset_state: bool,
+    ) -> StoreResult<SourceSaved> {
+        self.0
+            .write(|c| sources::source_update(c, id, source, reset_state))
+    }
+
+    fn source_get(&self, id: i64) -> StoreResult<Option<Source>> {
+        self.0.read(|c| sources::source_get(c, id))
+    }
+
+    fn source_list(&self, org_id: Option<i64>) -> StoreResult<Vec<Source>> {
+        self.0.read(|c| sources::source_list(c, org_id))
+    }
+
+    fn source_delete(&self, id: i64) -> StoreResult<bool> {
+        self.0.write(|c| sources::source_delete(c, id))
+    }
+
+    fn sources_due(&self, now: DateTime<Utc>, limit: u64) -> StoreResult<Vec<Source>> {
+        self.0.read(|c| sources::sources_due(c, now, limit))
+    }
+
+    fn sources_next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
+        self.0.read(sources::sources_next_due)
+    }
+
+    fn source_claim_slot(
+        &self,
+        id: i64,
+        due: DateTime<Utc>,
+        next: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.0
+            .write(|c| sources::source_claim_slot(c, id, due, next))
+    }
+
+    fn source_set_state(&self, id: i64, state: &serde_json::Value) -> StoreResult<()> {
+        self.0.write(|c| sources::source_set_state(c, id, state))
+    }
+
+    fn run_start(
+        &self,
+        source_id: i64,
+        run_key: &str,
+        trigger: &str,
+        scheduled_for: Option<DateTime<Utc>>,
+    ) -> StoreResult<RunStart> {
+        self.0
+            .write(|c| sources::run_start(c, source_id, run_key, trigger, scheduled_for))
+    }
+
+    fn run_add(&self, of: &SourceRun, n: usize, end: &RunEnd) -> StoreResult<()> {
+        self.0.write(|c| sources::run_add(c, of, n, end))
+    }
+
+    fn run_finish(&self, id: i64, end: &RunEnd) -> StoreResult<()> {
+        self.0.write(|c| sources::run_finish(c, id, end))
+    }
+
+    fn run_get(&self, id: i64) -> StoreResult<Option<SourceRun>> {
+        self.0.read(|c| sources::run_get(c, id))
+    }
+
+    fn run_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<SourceRun>, u64)> {
+        self.0
+            .read(|c| sources::run_list(c, source_id, limit, offset))
+    }
+
+    fn run_imported(&self, source_id: i64, sha256: &str) -> StoreResult<Option<JobId>> {
+        self.0.read(|c| sources::run_imported(c, source_id, sha256))
+    }
+    fn notify_backlog(&self, since: DateTime<Utc>, limit: u64) -> StoreResult<Vec<NotifyItem>> {
+        self.0.read(|c| sources::notify_backlog(c, since, limit))
+    }
+
+    fn notify_plan(&self, run_id: i64, source_id: i64, emails: &[NewEmail]) -> StoreResult<bool> {
+        self.0
+            .write(|c| sources::notify_plan(c, run_id, source_id, emails))
+    }
+
+    fn email_claim_due(&self, now_ms: i64, hold_ms: u64, limit: u64) -> StoreResult<Vec<DueEmail>> {
+        self.0
+            .write(|c| sources::email_claim_due(c, now_ms, hold_ms, limit))
+    }
+
+    fn email_record(
+        &self,
+        id: i64,
+        attempts: u32,
+        state: DeliveryState,
+        error: Option<&str>,
+        next_attempt_ms: i64,
+    ) -> StoreResult<()> {
+        self.0
+            .write(|c| sources::email_record(c, id, attempts, state, error, next_attempt_ms))
+    }
+
+    fn email_list(
+        &self,
+        source_id: i64,
+        limit: u64,
+        offset: u64,
+    ) -> StoreResult<(Vec<EmailDelivery>, u64)> {
+        self.0
+            .read(|c| sources::email_list(c, source_id, limit, offset))
     }
 }

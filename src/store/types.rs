@@ -701,3 +701,222 @@ pub trait ExportRows {
     /// and times as text). False stops the export.
     fn row(&mut self, values: &[super::sql::Value]) -> bool;
 }
+
+// --- Sources (migration 0015): scheduled imports from where the files live.
+
+/// A source as stored. `kind`, `pick`, `schedule`, `options` and `config` are checked by
+/// `crate::sources` before they are stored; `secrets` never leave the server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub id: i64,
+    pub org_id: i64,
+    pub name: String,
+    pub dataset: String,
+    /// `directory`, `url` or `sftp`.
+    pub kind: String,
+    pub schedule: serde_json::Value,
+    /// `latest` or `all-new`.
+    pub pick: String,
+    pub options: serde_json::Value,
+    pub notify: Vec<String>,
+    /// The kind's settings without secrets (path, glob, url, …).
+    pub config: serde_json::Value,
+    /// Header values, passwords, keys: written, never returned.
+    pub secrets: serde_json::Value,
+    /// What runs remember (files seen, a URL's validators).
+    pub state: serde_json::Value,
+    pub enabled: bool,
+    pub created_by: Option<i64>,
+    pub user_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// When the scheduler fires it next (`None`: never, a disabled source).
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+/// What a source is made of (insert and update).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewSource {
+    pub org_id: i64,
+    pub name: String,
+    pub dataset: String,
+    pub kind: String,
+    pub schedule: serde_json::Value,
+    pub pick: String,
+    pub options: serde_json::Value,
+    pub notify: Vec<String>,
+    pub config: serde_json::Value,
+    pub secrets: serde_json::Value,
+    pub enabled: bool,
+    pub created_by: Option<i64>,
+    pub user_id: Option<i64>,
+    pub next_due_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of saving a source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceSaved {
+    Saved(Box<Source>),
+    /// The organisation has another source of this name.
+    NameTaken,
+    /// No such source (update).
+    Missing,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// A job was created for the file (`jobId`).
+    Imported,
+    /// Nothing to import now (no file, not stable yet, already importing); see `reason`.
+    Skipped,
+    /// The file's content was imported by this source before, or the server answered 304.
+    Unchanged,
+    /// The file's header does not map with full confidence: no job; fix the mapping.
+    NeedsMapping,
+    Failed,
+}
+
+impl RunOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Imported => "imported",
+            RunOutcome::Skipped => "skipped",
+            RunOutcome::Unchanged => "unchanged",
+            RunOutcome::NeedsMapping => "needs_mapping",
+            RunOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl std::str::FromStr for RunOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "imported" => RunOutcome::Imported,
+            "skipped" => RunOutcome::Skipped,
+            "unchanged" => RunOutcome::Unchanged,
+            "needs_mapping" => RunOutcome::NeedsMapping,
+            "failed" => RunOutcome::Failed,
+            other => return Err(format!("unknown run outcome `{other}`")),
+        })
+    }
+}
+
+/// One run of a source: started by the scheduler (its slot is the run key) or by a person.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRun {
+    pub id: i64,
+    pub source_id: i64,
+    /// Unique per source: `slot:<time>` for a scheduled run, `manual:<random>` otherwise.
+    pub run_key: String,
+    /// `schedule` or `manual`.
+    pub trigger: String,
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// When the run started.
+    pub at: DateTime<Utc>,
+    /// `None` while the run is in progress.
+    pub outcome: Option<RunOutcome>,
+    pub file: Option<String>,
+    pub sha256: Option<String>,
+    pub job_id: Option<JobId>,
+    pub reason: Option<String>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What starting a run came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStart {
+    Started(Box<SourceRun>),
+    /// The source already has a run of this key (another node fired the slot).
+    KeyTaken,
+    /// Another run of the source is in progress (started within [`RUN_HOLD_MINUTES`]).
+    Busy,
+}
+
+/// How long an unfinished run keeps others of its source from starting (a process that died
+/// mid-run holds its source no longer than this).
+pub const RUN_HOLD_MINUTES: i64 = 15;
+
+/// How a run ended, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEnd {
+    pub outcome: RunOutcome,
+    pub file: Option<String>,
+    pub sha256: Option<String>,
+    pub job_id: Option<JobId>,
+    pub reason: Option<String>,
+}
+
+/// A finished run whose e-mails are due: it ended `needs_mapping`, or its job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifyItem {
+    pub run_id: i64,
+    pub source_id: i64,
+    pub source_name: String,
+    pub dataset: String,
+    pub notify: Vec<String>,
+    pub outcome: RunOutcome,
+    pub file: Option<String>,
+    pub reason: Option<String>,
+    /// The run's job, when it has one still: (id, status, created, updated, unchanged, errors,
+    /// the job's error).
+    pub job: Option<NotifiedJob>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NotifiedJob {
+    pub id: JobId,
+    pub status: String,
+    pub filename: String,
+    pub created: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub errors: u64,
+    pub error: Option<String>,
+}
+
+/// An e-mail to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEmail {
+    /// `completed`, `failed` or `needs_mapping`.
+    pub event: String,
+    pub address: String,
+    pub subject: String,
+    pub body: String,
+    pub job_id: Option<JobId>,
+}
+
+/// An e-mail claimed for one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueEmail {
+    pub id: i64,
+    pub address: String,
+    pub subject: String,
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+}
+
+/// An e-mail delivery as listed.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EmailDelivery {
+    pub id: i64,
+    pub run_id: i64,
+    pub job_id: Option<JobId>,
+    /// `completed`, `failed` or `needs_mapping`.
+    pub event: String,
+    pub address: String,
+    pub subject: String,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it is tried again (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}

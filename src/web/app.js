@@ -1,5 +1,6 @@
 // sluice web UI: sign in, preview and map a file, run it in the background, follow every import
-// live through Server-Sent Events (GET /api/v1/events), inspect a job and its rejected rows.
+// live through Server-Sent Events (GET /api/v1/events), inspect a job and its rejected rows,
+// and manage scheduled sources (#/sources: list, create, run now, recent runs with their jobs).
 // Plain DOM code; every piece of text from the server goes in through textContent.
 'use strict';
 
@@ -456,10 +457,103 @@ async function openJob(id) {
 
 function route() {
   const m = location.hash.match(/^#\/jobs\/(\d+)$/);
+  $('#view-sources').hidden = true;
   if (m) return openJob(Number(m[1]));
   state.jobView = null;
   $('#view-job').hidden = true;
+  const s = location.hash.match(/^#\/sources(?:\/(\d+))?$/);
+  if (s) {
+    $('#view-home').hidden = true;
+    $('#view-sources').hidden = false;
+    return openSources(s[1] ? Number(s[1]) : null);
+  }
   $('#view-home').hidden = false;
+}
+
+// ---------------------------------------------------------------- sources
+
+const SOURCE_EXAMPLE = {
+  name: 'nightly-prices', dataset: 'products', kind: 'directory',
+  schedule: { cron: '0 2 * * *', timezone: 'Europe/Berlin' }, pick: 'all-new',
+  path: '/srv/drop/prices', glob: '*.csv', stableSeconds: 30, after: 'move', moveTo: 'done',
+};
+
+function scheduleText(s) {
+  if (s.every) return `every ${s.every}`;
+  if (s.cron) return `${s.cron} (${s.timezone || 'UTC'})`;
+  return '–';
+}
+
+async function openSources(selected) {
+  if (!$('#source-json').value) $('#source-json').value = JSON.stringify(SOURCE_EXAMPLE, null, 2);
+  $('#sources-error').textContent = '';
+  let list;
+  try {
+    list = (await api('/api/v1/sources')).data.sources;
+  } catch (e) {
+    $('#sources-error').textContent = e.message;
+    return;
+  }
+  $('#sources-empty').hidden = list.length > 0;
+  const rows = await Promise.all(list.map(async (src) => {
+    let last = null;
+    try { last = (await api(`/api/v1/sources/${src.id}/runs?limit=1`)).data.runs[0] || null; } catch (_) { /* shown empty */ }
+    return el('tr', {},
+      el('td', {}, el('a', { href: `#/sources/${src.id}`, text: src.name })),
+      el('td', { text: src.kind }),
+      el('td', { text: src.dataset }),
+      el('td', { text: scheduleText(src.schedule) + (src.enabled ? '' : ' (disabled)') }),
+      el('td', { text: when(src.nextDueAt) }),
+      el('td', { class: last && last.outcome ? `outcome-${last.outcome}` : null,
+        text: last ? `${last.outcome || 'running'} · ${when(last.at)}` : '–' }),
+      el('td', {}, el('button', { type: 'button', text: 'Run now', onclick: () => runSource(src.id) })));
+  }));
+  $('#sources tbody').replaceChildren(...rows);
+  if (selected) await showRuns(list.find((x) => x.id === selected), selected);
+  else $('#source-runs-card').hidden = true;
+}
+
+async function showRuns(src, id) {
+  $('#source-runs-card').hidden = false;
+  $('#source-runs-title').textContent = `Recent runs of ${src ? src.name : '#' + id}`;
+  const runs = (await api(`/api/v1/sources/${id}/runs?limit=50`)).data.runs;
+  $('#source-runs tbody').replaceChildren(...runs.map((r) => el('tr', {},
+    el('td', { text: when(r.at) }),
+    el('td', { text: r.trigger }),
+    el('td', { class: r.outcome ? `outcome-${r.outcome}` : null, text: r.outcome || 'running' }),
+    el('td', { text: r.file || '–' }),
+    el('td', {}, r.jobId ? el('a', { href: `#/jobs/${r.jobId}`, text: `#${r.jobId}` }) : '–'),
+    el('td', { text: r.reason || '' }))));
+}
+
+async function runSource(id) {
+  try {
+    const run = (await api(`/api/v1/sources/${id}/run`, { method: 'POST' })).data;
+    toast(`Run: ${run.outcome || 'running'}${run.reason ? ' (' + run.reason + ')' : ''}`,
+      run.jobId ? { href: `#/jobs/${run.jobId}`, text: 'View job' } : null,
+      run.outcome === 'failed' || run.outcome === 'needs_mapping');
+  } catch (e) {
+    toast(e.message, null, true);
+  }
+  if (location.hash === `#/sources/${id}`) openSources(id); else location.hash = `#/sources/${id}`;
+}
+
+async function createSource() {
+  $('#source-create-error').textContent = '';
+  let body;
+  try { body = JSON.parse($('#source-json').value); } catch (e) {
+    $('#source-create-error').textContent = `Not JSON: ${e.message}`;
+    return;
+  }
+  try {
+    const src = (await api('/api/v1/sources', {
+      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    })).data;
+    toast(`Source “${src.name}” created.`);
+    location.hash = `#/sources/${src.id}`;
+  } catch (e) {
+    $('#source-create-error').textContent = `${e.code}: ${e.message}`;
+  }
 }
 
 // ---------------------------------------------------------------- preview and mapping
@@ -688,6 +782,7 @@ function wire() {
   $('#signin-form').addEventListener('submit', signIn);
   $('#signout').addEventListener('click', signOut);
   $('#export-run').addEventListener('click', runExport);
+  $('#source-create').addEventListener('click', createSource);
   $('#notify-btn').addEventListener('click', toggleNotifications);
   $('#file').addEventListener('change', (e) => chooseFile(e.target.files[0]));
   const drop = $('#drop');

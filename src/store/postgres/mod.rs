@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../migrations/postgres/0014_blob_chunks_lz4.sql"),
     ),
     (
+        15,
+        "0015_sources",
+        include_str!("../../../migrations/postgres/0015_sources.sql"),
+    ),
+    (
         16,
         "0016_ledger",
         include_str!("../../../migrations/postgres/0016_ledger.sql"),

@@ -79,6 +79,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/sqlite/0014_blob_chunks_lz4.sql"),
     ),
     (
+        "0015_sources",
+        include_str!("../../../migrations/sqlite/0015_sources.sql"),
+    ),
+    (
         "0016_ledger",
         include_str!("../../../migrations/sqlite/0016_ledger.sql"),
     ),

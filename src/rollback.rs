@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::import::run::{RunError, with_retry};
 use crate::import::{FileError, RunOutcome, SinkError};
 use crate::jobs::JobContext;
-use crate::store::{Job, JobId, Lease, StoreError};
+use crate::store::{Job, JobId, Lease};
 
 /// Ledger entries undone per transaction.
 pub const BATCH: u64 = 1_000;
@@ -33,14 +33,6 @@ impl RollbackParams {
         job.params
             .as_ref()
             .and_then(|p| serde_json::from_value(p.clone()).ok())
-    }
-}
-
-fn sink(e: StoreError) -> SinkError {
-    if e.is_transient() {
-        SinkError::Retryable(e.to_string())
-    } else {
-        SinkError::Fatal(e.to_string())
     }
 }
 
@@ -65,10 +57,12 @@ pub fn run(
         let total = with_retry(budget, "counting the ledger entries", &stopped, || {
             ctx.store
                 .ledger_entries_of(params.rollback_of)
-                .map_err(sink)
+                .map_err(SinkError::from)
         })?;
         let recorded = with_retry(budget, "recording the total", &stopped, || {
-            ctx.store.job_set_total(lease, total).map_err(sink)
+            ctx.store
+                .job_set_total(lease, total)
+                .map_err(SinkError::from)
         })?;
         if !recorded {
             return Err(SinkError::LeaseLost.into());
@@ -89,7 +83,7 @@ pub fn run(
                     params.force,
                     BATCH,
                 )
-                .map_err(sink)
+                .map_err(SinkError::from)
         })?;
         let Some(done) = done else {
             return Err(SinkError::LeaseLost.into());

@@ -25,20 +25,12 @@ use crate::events::PublishingSink;
 use crate::import::run::{RunError, RunSpec, run as run_pipeline};
 use crate::import::{Batch, BatchCounts, BatchSink, RunOutcome, SinkError};
 use crate::jobs::JobContext;
-use crate::store::{Job, JobStore, Lease, StoreError, report_blobs};
+use crate::store::{Job, JobStore, Lease, report_blobs};
 use report::Summary;
 use stats::{Stats, StatsSink};
 
 /// Error pages read per store call while writing the report.
 const ERROR_PAGE: u64 = 10_000;
-
-fn store_err(e: StoreError) -> SinkError {
-    if e.is_transient() {
-        SinkError::Retryable(e.to_string())
-    } else {
-        SinkError::Fatal(e.to_string())
-    }
-}
 
 /// Counts the rows an analysis classified (`sluice_analysis_rows_total`).
 struct Metered {
@@ -106,9 +98,9 @@ fn complete(ctx: &JobContext, job: &Job, lease: &Lease, stats: &Stats) -> Result
     let store: &dyn JobStore = ctx.store.as_ref();
     let now = store
         .job_get(job.id)
-        .map_err(store_err)?
+        .map_err(SinkError::from)?
         .ok_or(SinkError::LeaseLost)?;
-    let tally = store.errors_tally(job.id).map_err(store_err)?;
+    let tally = store.errors_tally(job.id).map_err(SinkError::from)?;
     let summary = Summary {
         filename: job.filename.clone(),
         sha256: job.sha256.clone(),
@@ -161,7 +153,10 @@ fn complete(ctx: &JobContext, job: &Job, lease: &Lease, stats: &Stats) -> Result
             "jsonSize": json_size,
         },
     });
-    if !store.job_set_result(lease, &result).map_err(store_err)? {
+    if !store
+        .job_set_result(lease, &result)
+        .map_err(SinkError::from)?
+    {
         return Err(SinkError::LeaseLost);
     }
     // The scratch table is dropped by the job's end (`job_finish`), in its transaction.

@@ -142,11 +142,7 @@ struct Pump<'a> {
 }
 
 fn store_err(e: StoreError) -> RunError {
-    if e.is_transient() {
-        SinkError::Retryable(e.to_string()).into()
-    } else {
-        SinkError::Fatal(e.to_string()).into()
-    }
+    SinkError::from(e).into()
 }
 
 impl Pump<'_> {

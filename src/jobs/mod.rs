@@ -673,10 +673,7 @@ fn run_job(
     let org = job
         .org_id
         .ok_or_else(|| FileError::Unreadable("the job belongs to no organisation".into()))?;
-    let store_err = |e: StoreError| match e {
-        e if e.is_transient() => SinkError::Retryable(e.to_string()),
-        other => SinkError::Fatal(other.to_string()),
-    };
+    let store_err = SinkError::from;
     let path = set_up(ctx, stop, "reading the uploaded file", || {
         match ctx.blobs.checkout(&job.blob) {
             Ok(copy) => Ok(copy),

@@ -97,6 +97,18 @@ impl StoreError {
     }
 }
 
+/// A store call's failure as a job step's: worth retrying (within the job's outage budget) when
+/// the database was unreachable, busy or full; otherwise retrying cannot mend it.
+impl From<StoreError> for crate::import::SinkError {
+    fn from(e: StoreError) -> Self {
+        if e.is_transient() {
+            crate::import::SinkError::Retryable(e.to_string())
+        } else {
+            crate::import::SinkError::Fatal(e.to_string())
+        }
+    }
+}
+
 /// Everything sluice asks of its database. Blocking: call from a blocking thread.
 pub trait JobStore: Send + Sync + 'static {
     /// Creates or upgrades the dataset tables (and their history tables).

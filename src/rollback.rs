@@ -88,6 +88,7 @@ pub fn run(
         let Some(done) = done else {
             return Err(SinkError::LeaseLost.into());
         };
+        crate::telemetry::rollback_committed(&job.dataset, &done);
         ctx.events.publish();
         if done.entries < BATCH {
             tracing::info!(target = params.rollback_of, "rollback done");

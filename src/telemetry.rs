@@ -103,7 +103,7 @@ pub fn install<'a>(datasets: impl IntoIterator<Item = &'a str>) {
         counter!("sluice_source_emails_total", "result" => result).increment(0);
     }
     for dataset in datasets {
-        for outcome in ["created", "updated", "unchanged", "rejected"] {
+        for outcome in ["created", "updated", "unchanged", "deleted", "rejected"] {
             counter!("sluice_rows_total", "dataset" => dataset.to_string(), "outcome" => outcome)
                 .increment(0);
         }
@@ -115,7 +115,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         "sluice_rows_total",
-        "Rows committed by this process's workers, by dataset and outcome (created, updated, unchanged, rejected)"
+        "Rows committed by this process's workers, by dataset and outcome (created, updated, unchanged, deleted, rejected; a rollback's conflicts count as rejected)"
     );
     describe_counter!(
         "sluice_analysis_rows_total",
@@ -179,6 +179,19 @@ fn rows_committed(dataset: &str, counts: &BatchCounts) {
         ("updated", counts.updated),
         ("unchanged", counts.unchanged),
         ("rejected", counts.errors),
+    ] {
+        counter!("sluice_rows_total", "dataset" => dataset.to_string(), "outcome" => outcome)
+            .increment(n);
+    }
+}
+
+/// A rollback's batch committed: rows re-created, restored and deleted, and its conflicts.
+pub fn rollback_committed(dataset: &str, b: &crate::store::rollback::RollbackBatch) {
+    for (outcome, n) in [
+        ("created", b.created),
+        ("updated", b.updated),
+        ("deleted", b.deleted),
+        ("rejected", b.conflicts),
     ] {
         counter!("sluice_rows_total", "dataset" => dataset.to_string(), "outcome" => outcome)
             .increment(n);

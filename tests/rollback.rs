@@ -130,6 +130,21 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
     );
     let j1 = r1["jobId"].as_i64().unwrap();
     assert_eq!(app.status(jb).await["rolledBackBy"], j1);
+    // The rows it deleted are counted in /metrics.
+    let metrics = app
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deleted = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_rows_total{") && l.contains("outcome=\"deleted\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<f64>().ok());
+    assert_eq!(deleted, Some(n(&r1, "deletedCount") as f64), "{metrics}");
 
     // The history: every change B archived, reversed by the rollback.
     let history =

@@ -416,12 +416,16 @@ fn print_summary(d: &Value) {
         n(&p["total"]),
         n(&p["percentage"])
     );
+    // Deletions only where a job made some (rollbacks).
+    let deleted = match n(&d["deletedCount"]) {
+        0 => String::new(),
+        k => format!(" · deleted {k}"),
+    };
     println!(
-        "  created {} · updated {} · unchanged {} · deleted {} · errors {}",
+        "  created {} · updated {} · unchanged {}{deleted} · errors {}",
         n(&d["createdCount"]),
         n(&d["updatedCount"]),
         n(&d["unchangedCount"]),
-        n(&d["deletedCount"]),
         n(&d["errorCount"])
     );
     if let Some(of) = d["rollbackOf"].as_i64() {

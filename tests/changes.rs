@@ -433,6 +433,41 @@ async fn the_search_index_recipe_and_the_cli_follow_the_feed() {
     assert_eq!(stdout.lines().count() as u64, of_b);
 }
 
+/// `--retain-ledger`: the sweeper removes entries older than it, and a job whose changes are
+/// gone cannot be rolled back (409 `ledger_expired`) instead of "completing" without undoing.
+#[tokio::test]
+async fn the_ledger_is_swept_after_its_retention_and_a_rollback_then_refused() {
+    let app = spawn_app(AppOptions {
+        extra_args: ["--retain-ledger", "2s"].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = generate(dir.path(), "f.csv", &["--rows", "500", "--seed", "9"]);
+    let status = import(&app, &file).await;
+    let job = status["jobId"].as_i64().unwrap();
+    assert!(status["changes"]["last"].as_i64().unwrap() > 0, "{status}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (changes, _) = read_all(&app, TOKEN, 0, 1000).await;
+        if changes.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the ledger was not swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(app.status(job).await.get("changes").is_none());
+    let resp = app
+        .http
+        .post(app.url(&format!("/api/v1/import/{job}/rollback")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = json_of(resp).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["error"]["code"], "ledger_expired");
+}
+
 /// Runs a client command of the CLI against the app with the admin token.
 fn sluice_client(app: &TestApp, args: &[&str]) -> (String, String) {
     let out = std::process::Command::new(binary())

@@ -42,7 +42,7 @@ fn conflict(code: &'static str, message: String, job: Option<i64>) -> ApiError {
         (status = 400, description = "`invalid_parameter`, `invalid_body`", body = ErrorBody),
         (status = 403, description = "`forbidden`: neither the job's creator nor an admin", body = ErrorBody),
         (status = 404, description = "`not_found`: no such job (or another organisation's)", body = ErrorBody),
-        (status = 409, description = "`already_rolled_back` (with the rollback's `jobId`), `not_reversible` (not an import or rollback, a replace import, or nothing committed), `not_finished` (still pending, running or paused)", body = ErrorBody),
+        (status = 409, description = "`already_rolled_back` (with the rollback's `jobId`), `not_reversible` (not an import or rollback, a replace import, or nothing committed), `not_finished` (still pending, running or paused), `ledger_expired` (its changes are no longer kept)", body = ErrorBody),
     ))]
 pub async fn rollback(
     State(state): State<Arc<AppState>>,
@@ -108,6 +108,22 @@ pub async fn rollback(
             ));
         }
     }
+    // Its changes must still be in the ledger (`--retain-ledger`).
+    let target = job.id;
+    let recorded = state
+        .jobs
+        .store_call(move |s| s.job_changes(target))
+        .await?;
+    if recorded.is_none() {
+        return Err(conflict(
+            "ledger_expired",
+            format!(
+                "the change ledger no longer holds job {}'s changes (kept for --retain-ledger), so it cannot be rolled back",
+                job.id
+            ),
+            None,
+        ));
+    }
     let params = RollbackParams {
         rollback_of: job.id,
         force,
@@ -144,7 +160,6 @@ pub async fn rollback(
             if force { " (force)" } else { "" }
         )),
     );
-    let target = job.id;
     let inserted = state
         .jobs
         .store_call(move |s| s.rollback_insert(target, &new_job, Some(&audit)))

@@ -141,7 +141,11 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
         .unwrap();
     let deleted = metrics
         .lines()
-        .find(|l| l.starts_with("sluice_rows_total{") && l.contains("outcome=\"deleted\""))
+        .find(|l| {
+            l.starts_with("sluice_rows_total{")
+                && l.contains("dataset=\"products\"")
+                && l.contains("outcome=\"deleted\"")
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<f64>().ok());
     assert_eq!(deleted, Some(n(&r1, "deletedCount") as f64), "{metrics}");

@@ -145,6 +145,7 @@ pub fn batch(
         params![target, cursor, limit as i64],
     )?;
     let now = Utc::now();
+    let read = current_sql(c.dialect(), ds);
     let mut done = RollbackBatch::default();
     let mut mine: Vec<ledger::Entry> = Vec::new();
     let mut last = cursor;
@@ -152,7 +153,7 @@ pub fn batch(
         let undo = undo_of(ds, r)?;
         last = undo.seq;
         done.entries += 1;
-        let current = current(c, ds, org, &undo.key)?;
+        let current = current(c, &read, ds, org, &undo.key)?;
         let conflict = match (undo.op.as_str(), &current) {
             ("deleted", None) => false,
             ("deleted", Some(_)) => true,
@@ -273,25 +274,38 @@ fn key_params(org: i64, key: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-fn current(c: &mut dyn Sql, ds: &Dataset, org: i64, key: &[Value]) -> StoreResult<Option<Current>> {
-    let d = c.dialect();
-    let history: Vec<&Field> = ds.fields.iter().filter(|f| f.history).collect();
+/// The statement reading a row as it is now (every field as text, its last write, its history
+/// fields' validity), built once per batch.
+fn current_sql(d: Dialect, ds: &Dataset) -> String {
     let mut cols: Vec<String> = ds.fields.iter().map(|f| selected(d, f)).collect();
     cols.push("_sluice_updated_at".into());
-    cols.extend(history.iter().map(|f| since(&f.name)));
-    let row = c.query_opt(
-        &format!(
-            "SELECT {} FROM {} WHERE {}",
-            cols.join(", "),
-            ident(&ds.table),
-            key_where(d, ds, 1)
-        ),
-        &key_params(org, key),
-    )?;
+    cols.extend(
+        ds.fields
+            .iter()
+            .filter(|f| f.history)
+            .map(|f| since(&f.name)),
+    );
+    format!(
+        "SELECT {} FROM {} WHERE {}",
+        cols.join(", "),
+        ident(&ds.table),
+        key_where(d, ds, 1)
+    )
+}
+
+fn current(
+    c: &mut dyn Sql,
+    sql: &str,
+    ds: &Dataset,
+    org: i64,
+    key: &[Value],
+) -> StoreResult<Option<Current>> {
+    let history = ds.fields.iter().filter(|f| f.history).count();
+    let row = c.query_opt(sql, &key_params(org, key))?;
     let Some(row) = row else { return Ok(None) };
     let n = ds.fields.len();
     let values = row.0[..n].to_vec();
-    let since = (0..history.len())
+    let since = (0..history)
         .map(|h| row.opt_time(n + 1 + h))
         .collect::<StoreResult<_>>()?;
     Ok(Some(Current {

@@ -86,7 +86,9 @@ async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it(backe
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "60000", "--error-rate", "0.03", "--seed", "22"],
+        // Large enough that the cancel lands mid-import even when the test process stalls for
+        // a second or two on a loaded machine (60,000 rows once finished first).
+        &["--rows", "200000", "--error-rate", "0.03", "--seed", "22"],
     );
     let valid = expect["valid_rows"].as_u64().unwrap();
     let job = job_id(&app.upload("products", &file).await.1);

@@ -174,9 +174,13 @@ async fn a_full_disk_is_waited_out_quietly_and_the_import_completes_exactly() {
     };
     let cpu = cpu_share(app.pid(), Duration::from_secs(14)).await;
     let s = app.status(job).await;
-    assert_eq!(
-        s["status"], "processing",
-        "the failure cannot be recorded yet: {s}"
+    // Usually the failure cannot be recorded on the full disk and the job stays `processing`.
+    // Since batches also write their ledger entries, a failed batch may leave enough room in
+    // the WAL file it had grown for the small statement that records the end: then it is
+    // `failed` already. Either way the server must not spin (the CPU check below).
+    assert!(
+        matches!(s["status"].as_str(), Some("processing" | "failed")),
+        "{s}"
     );
     eprintln!(
         "full disk, the job's end waiting: server CPU {:.2}% of a core",

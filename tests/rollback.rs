@@ -5,7 +5,9 @@
 //! after B; a later import C over some of B's keys → exactly C's changes are conflicts (row
 //! errors naming C), everything else restored, and `force=true` restores those too; the
 //! refusals (twice, not finished, a replace import, another organisation); and a server killed
-//! mid-rollback → the same table as an uninterrupted rollback.
+//! mid-rollback → the same table as an uninterrupted rollback. And `mode=sync`, split into chunk
+//! jobs: exactly the keys the file lacks are deleted (a rejected row's key is kept), ledgered,
+//! and a rollback brings them back; past `maxDeletePercent` the job fails and deletes nothing.
 
 #[macro_use]
 mod common;
@@ -365,7 +367,159 @@ async fn a_rollback_killed_midway_ends_as_an_uninterrupted_one(backend: Backend)
     );
 }
 
+/// The organisation's keys.
+fn keys(t: &Table) -> BTreeSet<String> {
+    t.keys().cloned().collect()
+}
+
+fn sku(n: u32) -> String {
+    format!("SKU-{n:07}")
+}
+
+async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend) {
+    // 500-row chunks: the deletion happens when the last chunk completes the job.
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 200,
+        workers: 3,
+        extra_args: ["--chunk-rows", "500", "--max-chunks", "4"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let org = app.db().number("SELECT min(id) FROM orgs");
+    let (a, _) = generate(dir.path(), "a.csv", &["--rows", "2000", "--seed", "1"]);
+    // SKU 301–1800 with other values; SKU 1–300 and 1801–2000 are missing, except that a
+    // rejected row (a price that is no number) names SKU-0000005.
+    let (b, _) = generate(
+        dir.path(),
+        "b.csv",
+        &["--rows", "1500", "--seed", "2", "--start-sku", "301"],
+    );
+    let mut text = std::fs::read_to_string(&b).unwrap();
+    text.push_str(&format!(
+        "{},Kept Row,Tools,not-a-price,1,2025-01-01\n",
+        sku(5)
+    ));
+    std::fs::write(&b, text).unwrap();
+
+    import_as(&app, TOKEN, &a).await;
+    let after_a = table(&app, org);
+    assert_eq!(after_a.len(), 2000);
+    let jb = upload_as(&app, TOKEN, &b, &[("mode", "sync")]).await;
+    let sb = app.wait_done(jb, Duration::from_secs(120)).await;
+    assert_eq!(sb["status"], "completed", "{sb}");
+    assert_eq!(sb["mode"], "sync");
+    assert!(sb["chunks"]["total"].as_u64().unwrap() > 1, "{sb}");
+    assert_eq!(n(&sb, "errorCount"), 1);
+    assert_eq!(n(&sb, "deletedCount"), 499);
+    let after_b = table(&app, org);
+    let mut expected: BTreeSet<String> = (301..=1800).map(sku).collect();
+    expected.insert(sku(5));
+    assert_eq!(keys(&after_b), expected);
+    assert_eq!(
+        after_b[&sku(5)],
+        after_a[&sku(5)],
+        "the rejected row's key kept A's row"
+    );
+    // Every deletion is in the ledger with the row's values, and in the change feed.
+    let ledgered = app.db().rows(&format!(
+        "SELECT key, old FROM ledger WHERE job_id = {jb} AND op = 'deleted'"
+    ));
+    assert_eq!(ledgered.len(), 499);
+    let gone: BTreeSet<String> = ledgered
+        .iter()
+        .map(|r| {
+            let key: Value = serde_json::from_str(r[0].as_deref().unwrap()).unwrap();
+            let old: Value = serde_json::from_str(r[1].as_deref().unwrap()).unwrap();
+            let sku = key["sku"].as_str().unwrap().to_string();
+            assert_eq!(old["name"].as_str(), after_a[&sku][0].as_deref(), "{old}");
+            sku
+        })
+        .collect();
+    assert_eq!(
+        gone,
+        keys(&after_a).difference(&expected).cloned().collect()
+    );
+    let (code, feed) = app
+        .get_json(&format!(
+            "/api/v1/datasets/products/changes?after={}&limit=10000",
+            sb["changes"]["after"]
+        ))
+        .await;
+    assert_eq!(code, 200, "{feed}");
+    let deleted_in_feed = feed["data"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["op"] == "deleted" && c["values"].is_null())
+        .count();
+    assert_eq!(deleted_in_feed, 499);
+
+    // A rollback puts the deleted rows back and the updated ones as they were.
+    let r = rolled_back(&app, TOKEN, jb, "").await;
+    assert_eq!(n(&r, "createdCount"), 499);
+    assert_eq!(table(&app, org), after_a, "the table after A");
+
+    // 500 keys of 2,000: a sync would delete 75%, past the default guard of 50%.
+    let (c, _) = generate(dir.path(), "c.csv", &["--rows", "500", "--seed", "3"]);
+    let jc = upload_as(&app, TOKEN, &c, &[("mode", "sync")]).await;
+    let sc = app.wait_done(jc, Duration::from_secs(60)).await;
+    assert_eq!(sc["status"], "failed", "{sc}");
+    let error = sc["error"].as_str().unwrap();
+    assert!(
+        error.contains("would delete 1500 of the 2000 rows")
+            && error.contains("maxDeletePercent=50")
+            && error.contains("nothing was deleted"),
+        "{error}"
+    );
+    assert_eq!(n(&sc, "deletedCount"), 0);
+    assert_eq!(keys(&table(&app, org)), keys(&after_a));
+    // Allowed up to 80%: the same file deletes the 1,500 others.
+    let jd = upload_as(
+        &app,
+        TOKEN,
+        &c,
+        &[("mode", "sync"), ("maxDeletePercent", "80")],
+    )
+    .await;
+    let sd = app.wait_done(jd, Duration::from_secs(60)).await;
+    assert_eq!(sd["status"], "completed", "{sd}");
+    assert_eq!(n(&sd, "deletedCount"), 1500);
+    assert_eq!(
+        keys(&table(&app, org)),
+        (1..=500).map(sku).collect::<BTreeSet<_>>()
+    );
+
+    // The option's refusals.
+    for (fields, what) in [
+        (vec![("maxDeletePercent", "10")], "mode=sync only"),
+        (
+            vec![("mode", "sync"), ("maxDeletePercent", "101")],
+            "0 to 100",
+        ),
+    ] {
+        let (code, body) = app
+            .upload_text_as(
+                TOKEN,
+                "/api/v1/import/products",
+                "f.csv",
+                "sku\nA\n",
+                &fields,
+            )
+            .await;
+        assert_eq!(code, 400, "{body}");
+        assert_eq!(body["error"]["code"], "invalid_max_delete_percent");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(what),
+            "{body}"
+        );
+    }
+}
+
 conformance!(
+    sync_deletes_exactly_the_missing_keys_within_its_guard,
     a_rollback_restores_the_table_and_can_itself_be_rolled_back,
     later_changes_are_conflicts_unless_forced,
     a_rollback_killed_midway_ends_as_an_uninterrupted_one,

@@ -32,7 +32,9 @@ use crate::import::map::{self, Explicit};
 use crate::import::read::{Source, no_rows_error, resolve_options, with_sheet_hint};
 use crate::import::{FileError, Format, Mapping, Mode, SourceOptions};
 use crate::jobs::{Executed, execute};
-use crate::store::{Inserted, JobId, JobKind, JobStatus, NewJob, Priority};
+use crate::store::{
+    DEFAULT_MAX_DELETE_PERCENT, Inserted, JobId, JobKind, JobStatus, NewJob, Priority,
+};
 
 /// Longest a synchronous import waits for another job writing its dataset before answering
 /// `409 dataset_busy`.
@@ -110,13 +112,14 @@ struct Inspected {
         ("id" = String, Path, description = "The dataset", example = "products"),
         ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: a retry with the same key answers the same job"),
         ("filename" = Option<String>, Query, description = "The file's name, for a raw body (or a form part without one)"),
-        ("mode" = Option<String>, Query, description = "As the form field `mode`"),
+        ("mode" = Option<String>, Query, description = "As the form field `mode`: `upsert` (the default), `insert`, `replace` or `sync` (an upsert that also deletes the organisation's rows whose keys the file does not have, when the job completes)"),
+        ("maxDeletePercent" = Option<u8>, Query, description = "With `mode=sync`: the most of the organisation's rows the sync may delete, 0–100 (default 50); past it the job fails and deletes nothing"),
     ),
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
         (status = 200, description = "A synchronous dataset: the import's results and its first row errors (`success` is false when it did not complete)", body = Said<JobView>),
         (status = 202, description = "The job was created; poll `statusUrl` (also in `Location`)", body = Said<Accepted>),
-        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`, `upload_interrupted`; options: `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `unknown_template`, `invalid_dry_run`, `invalid_idempotency_key`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `too_many_rows`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
+        (status = 400, description = "Form: `bad_multipart`, `missing_file`, `multiple_files`, `field_too_large`, `upload_interrupted`; options: `invalid_mode`, `invalid_max_delete_percent`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `unknown_template`, `invalid_dry_run`, `invalid_idempotency_key`; file: `empty_file`, `no_header`, `no_rows`, `unsupported_format`, `missing_columns`, `too_many_rows`, `unreadable_file`, `sheet_not_found`, `archive_too_large`, `too_many_columns`, `cell_too_large`, `invalid_encoding`", body = ErrorBody),
         (status = 404, description = "`not_found`: no such dataset", body = ErrorBody),
         (status = 408, description = "`body_timeout`: the body arrived slower than the minimum rate", body = ErrorBody),
         (status = 409, description = "`duplicate_upload`: the same file is already importing (with `jobId`, `statusUrl`); `dataset_busy`: a synchronous import waited for another job", body = ErrorBody),
@@ -348,6 +351,7 @@ pub(crate) async fn create_job(
             ));
         }
     };
+    let max_delete_percent = max_delete_percent(&params, mode)?;
     let priority: Priority = param(&params, "priority")
         .map(|v| v.trim().parse())
         .transpose()
@@ -423,7 +427,7 @@ pub(crate) async fn create_job(
         } else {
             JobKind::Import
         },
-        params: None,
+        params: max_delete_percent.map(|p| serde_json::json!({ "maxDeletePercent": p })),
         analysis_of: None,
     };
     let audit = caller.audit("upload", None, upload_detail(&new_job));
@@ -515,6 +519,30 @@ async fn store_job(
 }
 
 /// The mapping of one of the organisation's saved templates (`template` field), marking it used.
+/// `maxDeletePercent` (0–100, `mode=sync` only): the most of the organisation's rows a sync may
+/// delete; a sync without it gets the default.
+fn max_delete_percent(
+    params: &HashMap<String, String>,
+    mode: Mode,
+) -> Result<Option<u8>, ApiError> {
+    let bad = |m: String| ApiError::bad("invalid_max_delete_percent", m);
+    let Some(text) = param(params, "maxDeletePercent").map(str::trim) else {
+        return Ok((mode == Mode::Sync).then_some(DEFAULT_MAX_DELETE_PERCENT));
+    };
+    if mode != Mode::Sync {
+        return Err(bad(format!(
+            "maxDeletePercent applies to mode=sync only, not mode={}",
+            mode.as_str()
+        )));
+    }
+    match text.parse::<u8>() {
+        Ok(p) if p <= 100 => Ok(Some(p)),
+        _ => Err(bad(format!(
+            "maxDeletePercent must be a whole number from 0 to 100, not `{text}`"
+        ))),
+    }
+}
+
 async fn template_mapping(
     state: &Arc<AppState>,
     org_id: i64,

@@ -52,9 +52,14 @@ pub struct ImportArgs {
     /// Target dataset (as configured in datasets.toml).
     #[arg(long, short)]
     pub dataset: String,
-    /// upsert (default) or insert.
+    /// upsert (default), insert, replace (the file becomes the table) or sync (an upsert that
+    /// also deletes the rows whose keys the file does not have, when the job completes).
     #[arg(long)]
     pub mode: Option<String>,
+    /// With --mode sync: the most of the rows, in percent, the sync may delete (default 50);
+    /// past it the job fails and deletes nothing.
+    #[arg(long, value_name = "PERCENT")]
+    pub max_delete_percent: Option<String>,
     #[command(flatten)]
     pub read: FileArgs,
     /// high, normal (default) or low: workers claim higher priorities first.
@@ -237,10 +242,14 @@ pub async fn import(args: ImportArgs) -> CliResult {
         &api,
         &args.file,
         &args.dataset,
-        &[("mode", &args.mode), ("priority", &args.priority)]
-            .into_iter()
-            .chain(args.read.fields())
-            .collect::<Vec<_>>(),
+        &[
+            ("mode", &args.mode),
+            ("priority", &args.priority),
+            ("maxDeletePercent", &args.max_delete_percent),
+        ]
+        .into_iter()
+        .chain(args.read.fields())
+        .collect::<Vec<_>>(),
     )
     .await?;
     if status == 200 {

@@ -139,6 +139,10 @@ pub struct RowError {
     pub message: String,
     /// The original fields of the row, so the rejected rows can be downloaded and fixed.
     pub record: Vec<String>,
+    /// The row's key (key fields in key order) when they read well although the row was
+    /// rejected: a `mode=sync` import keeps the table's row of that key.
+    #[serde(skip)]
+    pub key: Option<Box<[Value]>>,
 }
 
 /// How an import treats keys that already exist in the table.
@@ -153,6 +157,11 @@ pub enum Mode {
     /// The file becomes the whole table: rows are written to a staging table and replace the
     /// table's contents in one commit when the job completes (readers never see a half import).
     Replace,
+    /// An upsert that, in the transaction completing the job, also deletes the organisation's
+    /// rows whose keys the file does not have (a rejected row's key counts as present when its
+    /// key fields read well), ledgered — unless that would delete more than the job's
+    /// `maxDeletePercent` of the rows: the job then fails and deletes nothing.
+    Sync,
 }
 
 impl std::str::FromStr for Mode {
@@ -162,8 +171,9 @@ impl std::str::FromStr for Mode {
             "upsert" | "" => Ok(Mode::Upsert),
             "insert" => Ok(Mode::Insert),
             "replace" => Ok(Mode::Replace),
+            "sync" => Ok(Mode::Sync),
             other => Err(format!(
-                "unknown mode `{other}`; use upsert, insert or replace"
+                "unknown mode `{other}`; use upsert, insert, replace or sync"
             )),
         }
     }
@@ -175,6 +185,7 @@ impl Mode {
             Mode::Upsert => "upsert",
             Mode::Insert => "insert",
             Mode::Replace => "replace",
+            Mode::Sync => "sync",
         }
     }
 }
@@ -272,20 +283,24 @@ impl Batch {
         &self.values[i * self.width..(i + 1) * self.width]
     }
 
-    /// A row error for valid row `i` that the writer rejected.
+    /// A row error for valid row `i` that the writer rejected; `key` are the dataset's key
+    /// fields (the error keeps the row's key).
     pub fn reject(
         &self,
         i: usize,
+        key: &[usize],
         column: Option<&str>,
         value: Option<String>,
         message: String,
     ) -> RowError {
+        let values = self.row_values(i);
         RowError {
             row: self.rows[i],
             column: column.map(str::to_string),
             value,
             message,
             record: self.raw.get(i),
+            key: Some(key.iter().map(|&k| values[k].clone()).collect()),
         }
     }
 }

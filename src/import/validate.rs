@@ -75,6 +75,7 @@ impl<'a> Validator<'a> {
                 .iter()
                 .map(|f| String::from_utf8_lossy(f).into_owned())
                 .collect(),
+            key: self.key_of(record),
         };
         if record.len() != self.width {
             return Err(reject(
@@ -118,6 +119,24 @@ impl<'a> Validator<'a> {
             }
         }
         Ok(())
+    }
+}
+
+impl Validator<'_> {
+    /// The key of a rejected record, when every key field reads well and is not empty.
+    fn key_of(&self, record: &csv::ByteRecord) -> Option<Box<[Value]>> {
+        self.dataset
+            .key
+            .iter()
+            .map(|&k| {
+                let raw = record.get(self.field_columns[k]?)?;
+                let text = std::str::from_utf8(raw).ok()?;
+                match parse_field(&self.dataset.fields[k], text).ok()? {
+                    Value::Null => None,
+                    v => Some(v),
+                }
+            })
+            .collect()
     }
 }
 

@@ -24,7 +24,10 @@ use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
 use crate::import::run::{RunError, RunSpec, run};
 use crate::import::{FileError, RunOutcome, SinkError, read};
-use crate::store::{Job, JobKind, JobStatus, JobStore, Lease, NewChunk, Replacement, StoreError};
+use crate::store::{
+    Completion, DEFAULT_MAX_DELETE_PERCENT, Job, JobKind, JobStatus, JobStore, Lease, NewChunk,
+    Replacement, StoreError, SyncDeletion,
+};
 
 /// Settings of the worker pool.
 #[derive(Debug, Clone)]
@@ -266,11 +269,9 @@ async fn execute_job(
             .unwrap_or_default();
         tokio::time::Instant::now() + limit.saturating_sub(ran)
     });
-    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes.
-    let replacement = (job.mode == Mode::Replace)
-        .then(|| ctx.datasets.get(&job.dataset).zip(job.org_id))
-        .flatten()
-        .map(|(d, org)| Replacement::for_dataset(&d, job.parent_id.unwrap_or(job.id), org));
+    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes;
+    // a sync job's missing keys are deleted then.
+    let completion = completion_of(ctx, &job);
     let watcher = tokio::spawn(watch(
         ctx.clone(),
         lease.clone(),
@@ -368,7 +369,7 @@ async fn execute_job(
     let finished = finish(
         ctx,
         &lease,
-        replacement.as_ref(),
+        completion.as_ref(),
         status,
         message.as_deref(),
         &signals,
@@ -403,6 +404,33 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What completing an import does besides recording its end (`None` for other modes and
+/// kinds): a replace's swap, a sync's deletion.
+fn completion_of(ctx: &JobContext, job: &Job) -> Option<Completion> {
+    if job.kind != JobKind::Import {
+        return None;
+    }
+    let dataset = ctx.datasets.get(&job.dataset)?;
+    let (owner, org) = (job.parent_id.unwrap_or(job.id), job.org_id?);
+    match job.mode {
+        Mode::Replace => Some(Completion::Replace(Replacement::for_dataset(
+            &dataset, owner, org,
+        ))),
+        Mode::Sync => Some(Completion::Sync(SyncDeletion {
+            dataset,
+            owner,
+            org,
+            max_delete_percent: job
+                .params
+                .as_ref()
+                .and_then(|p| p.get("maxDeletePercent"))
+                .and_then(serde_json::Value::as_u64)
+                .map_or(DEFAULT_MAX_DELETE_PERCENT, |p| p.min(100) as u8),
+        })),
+        _ => None,
+    }
+}
+
 /// Records the job's final state. While the database is busy, unavailable or full, it waits
 /// with the store's backoff — as long as it takes, the heartbeat keeping the lease — and tries
 /// again: a job that finished must be neither redone nor re-claimed in a loop because its end
@@ -411,7 +439,7 @@ impl Drop for AbortOnDrop {
 async fn finish(
     ctx: &Arc<JobContext>,
     lease: &Lease,
-    replace: Option<&Replacement>,
+    completion: Option<&Completion>,
     status: JobStatus,
     message: Option<&str>,
     signals: &Signals,
@@ -419,7 +447,11 @@ async fn finish(
 ) -> Result<bool, StoreError> {
     let mut retry = Retry::forever(Backoff::STORE);
     loop {
-        let (l, msg, r) = (lease.clone(), message.map(str::to_string), replace.cloned());
+        let (l, msg, r) = (
+            lease.clone(),
+            message.map(str::to_string),
+            completion.cloned(),
+        );
         let result = ctx
             .store_call(move |s| s.job_finish(&l, r.as_ref(), status, msg.as_deref()))
             .await;

@@ -117,9 +117,16 @@ pub struct ScheduleSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportSpec {
-    /// `upsert` (default), `insert` or `replace`.
+    /// `upsert` (default), `insert`, `replace` or `sync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// With `sync`: the most of the organisation's rows a run may delete (0–100, default 50).
+    #[serde(
+        default,
+        rename = "maxDeletePercent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_delete_percent: Option<u8>,
     /// A saved mapping template of the dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
@@ -152,6 +159,10 @@ impl ImportSpec {
         put("encoding", &self.encoding);
         put("delimiter", &self.delimiter);
         put("priority", &self.priority);
+        put(
+            "maxDeletePercent",
+            &self.max_delete_percent.map(|p| p.to_string()),
+        );
         if let Some(m) = &self.mapping
             && let Ok(text) = serde_json::to_string(m)
         {
@@ -465,9 +476,19 @@ impl SourceSpec {
         }
         let schedule = Schedule::parse(&self.schedule)?;
         let params = self.options.params();
-        if let Some(mode) = &self.options.mode {
-            mode.parse::<crate::import::Mode>()
-                .map_err(|m| bad("invalid_mode", m))?;
+        let mode = match &self.options.mode {
+            Some(mode) => mode
+                .parse::<crate::import::Mode>()
+                .map_err(|m| bad("invalid_mode", m))?,
+            None => crate::import::Mode::Upsert,
+        };
+        if let Some(p) = self.options.max_delete_percent
+            && (p > 100 || mode != crate::import::Mode::Sync)
+        {
+            return Err(bad(
+                "invalid_max_delete_percent",
+                "maxDeletePercent is a whole number from 0 to 100, for mode sync only".to_string(),
+            ));
         }
         if let Some(p) = &self.options.priority {
             p.trim()

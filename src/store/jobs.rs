@@ -25,8 +25,8 @@ use super::control::{RELEASE, chunk_finished};
 use super::sql::{Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
-    AuditEntry, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease, NewChunk, NewJob,
-    Priority, Replacement, StoreError, StoreResult,
+    AuditEntry, Completion, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease,
+    NewChunk, NewJob, Priority, StoreError, StoreResult,
 };
 use crate::import::SourceOptions;
 use crate::import::tally::{ErrorSummary, Tally};
@@ -454,10 +454,24 @@ pub fn scratch_drop(c: &mut dyn Sql, job: JobId) -> StoreResult<()> {
 pub fn finish(
     c: &mut dyn Sql,
     lease: &Lease,
-    replace: Option<&Replacement>,
+    completion: Option<&Completion>,
     status: JobStatus,
     error: Option<&str>,
 ) -> StoreResult<bool> {
+    // A sync's guard is asked before the end is recorded: a job refused by it ends `failed`
+    // (its webhook and events never say `completed`).
+    let (mut refused, mut chunk) = (None, false);
+    if let Some(Completion::Sync(sync)) = completion
+        && status == JobStatus::Completed
+        && let Some(is_chunk) = completes_owner(c, lease)?
+    {
+        refused = super::sync::refusal(c, sync)?;
+        chunk = is_chunk;
+    }
+    let (status, error) = match refused.as_deref() {
+        Some(message) if !chunk => (JobStatus::Failed, Some(message)),
+        _ => (status, error),
+    };
     // A job that read its whole file knows its exact row total: the progress total may have
     // been the sheet's declared range (`read::row_total`). Chunks' totals were counted; an
     // export's and a rollback's were exact from the start.
@@ -487,16 +501,48 @@ pub fn finish(
     if row.text(1)? == "analysis" {
         scratch_drop(c, lease.job_id)?;
     }
-    let completed = match row.opt_i64(0)? {
-        Some(parent) => chunk_finished(c, parent, lease.job_id, status, error)?,
-        None => status == JobStatus::Completed,
-    };
-    if completed && let Some(replace) = replace {
-        for sql in replace.statements() {
-            c.batch(&sql)?;
+    let completed = match (row.opt_i64(0)?, refused.as_deref()) {
+        // The last chunk of a sync past its guard: the chunk did its part, the job fails.
+        (Some(parent), Some(message)) => {
+            c.execute(
+                "UPDATE jobs SET chunks_completed = chunks_completed + 1, status = 'failed', \
+                 error = $2, completed_at = $3 WHERE id = $1 AND status = 'processing'",
+                params![parent, message, Utc::now()],
+            )?;
+            false
         }
+        (Some(parent), None) => chunk_finished(c, parent, lease.job_id, status, error)?,
+        (None, _) => status == JobStatus::Completed,
+    };
+    match completion {
+        Some(Completion::Replace(replace)) if completed => {
+            for sql in replace.statements() {
+                c.batch(&sql)?;
+            }
+        }
+        Some(Completion::Sync(sync)) if completed => {
+            super::sync::delete(c, sync)?;
+        }
+        _ => {}
     }
     Ok(true)
+}
+
+/// Whether the job holding `lease` completing now completes its top-level job — it is one, or
+/// the last unfinished chunk of its parent —, and then whether it is a chunk.
+fn completes_owner(c: &mut dyn Sql, lease: &Lease) -> StoreResult<Option<bool>> {
+    let Some(row) = c.query_opt(
+        "SELECT p.chunks_completed, p.chunks_total FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id \
+         WHERE j.id = $1 AND j.lease_token = $2",
+        params![lease.job_id, lease.token.as_str()],
+    )?
+    else {
+        return Ok(None);
+    };
+    Ok(match (row.opt_i64(0)?, row.opt_i64(1)?) {
+        (Some(done), Some(total)) => (done + 1 >= total).then_some(true),
+        _ => Some(false),
+    })
 }
 
 /// Inside a write transaction: see [`super::JobStore::job_split`].

@@ -17,7 +17,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Row, Sql, params};
+use super::sql::{Dialect, Row, Sql, Value as SqlValue, params};
 use super::{StoreError, StoreResult};
 use crate::dataset::{Dataset, Field, FieldType};
 use crate::import::Value;
@@ -143,11 +143,22 @@ pub fn text_json(field: &Field, text: Option<&str>) -> String {
 
 /// The key of a row of the import (`values` in dataset field order).
 pub fn key_json(ds: &Dataset, values: &[Value]) -> String {
+    key_of(ds, ds.key.iter().map(|&k| &values[k]))
+}
+
+/// A key given as its values in key order (a rejected row's [`RowError::key`]).
+///
+/// [`RowError::key`]: crate::import::RowError::key
+pub fn key_values_json(ds: &Dataset, key: &[Value]) -> String {
+    key_of(ds, key.iter())
+}
+
+fn key_of<'a>(ds: &Dataset, values: impl Iterator<Item = &'a Value>) -> String {
     let mut o = Object::new();
-    for &k in &ds.key {
+    for (&k, value) in ds.key.iter().zip(values) {
         let field = &ds.fields[k];
         o.name(&field.name);
-        push_value(&mut o.buf, field, &values[k]);
+        push_value(&mut o.buf, field, value);
     }
     o.done()
 }
@@ -176,6 +187,62 @@ pub fn texts_json<'a>(
         push_text(&mut o.buf, field, text(j).as_deref());
     }
     o.done()
+}
+
+/// Entries written outside the batch writers (a rollback's, a sync's deletions), in the
+/// caller's transaction: multi-row `INSERT`s on both databases, on PostgreSQL under
+/// [`LEDGER_LOCK`] as the batch writers' COPY is.
+pub fn insert(
+    c: &mut dyn Sql,
+    dataset: &str,
+    job: i64,
+    org: i64,
+    entries: &[Entry],
+    at: DateTime<Utc>,
+) -> StoreResult<()> {
+    /// Rows per statement (8 parameters each).
+    const ROWS: usize = 200;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if c.dialect() == Dialect::Postgres {
+        c.execute("SELECT pg_advisory_xact_lock($1)", params![LEDGER_LOCK])?;
+    }
+    for part in entries.chunks(ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO ledger (org_id, dataset, job_id, op, key, old, new, at) VALUES ",
+        );
+        let mut p: Vec<SqlValue> = Vec::with_capacity(part.len() * 8);
+        for (i, e) in part.iter().enumerate() {
+            let n = i * 8;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 8
+            ));
+            p.extend([
+                SqlValue::Int(org),
+                SqlValue::Text(dataset.to_string()),
+                SqlValue::Int(job),
+                SqlValue::Text(e.op.as_str().to_string()),
+                SqlValue::Text(e.key.clone()),
+                e.old.clone().map_or(SqlValue::Null, SqlValue::Text),
+                e.new.clone().map_or(SqlValue::Null, SqlValue::Text),
+                SqlValue::Time(at),
+            ]);
+        }
+        c.execute(&sql, &p)?;
+    }
+    Ok(())
 }
 
 /// One change of the feed.

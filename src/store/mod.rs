@@ -28,6 +28,7 @@ mod sources;
 pub mod sql;
 mod sql_store;
 pub mod sqlite;
+mod sync;
 mod tenants;
 mod types;
 
@@ -227,10 +228,12 @@ pub trait JobStore: Send + Sync + 'static {
     /// Moves the job to a final state; false when the lease was lost. For a chunk job, in the
     /// same transaction: a completed chunk counts towards its parent, and the last one completes
     /// it (exactly once); a failed chunk fails the parent and cancels its unfinished siblings.
+    /// `completion` runs in the transaction that completes the job (or its parent): a replace's
+    /// swap, a sync's deletion — or, past the sync's guard, the job fails instead.
     fn job_finish(
         &self,
         lease: &Lease,
-        replace: Option<&Replacement>,
+        completion: Option<&Completion>,
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool>;

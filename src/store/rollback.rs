@@ -37,7 +37,7 @@ pub struct RollbackBatch {
     pub conflicts: u64,
 }
 
-fn ident(name: &str) -> String {
+pub(super) fn ident(name: &str) -> String {
     format!("\"{name}\"")
 }
 
@@ -47,7 +47,7 @@ fn since(field: &str) -> String {
 
 /// The `$n` placeholder of a field's value, typed for the column it is written to or compared
 /// with (PostgreSQL cannot bind text to NUMERIC, DATE or TIMESTAMP).
-fn slot(d: Dialect, ty: FieldType, n: usize) -> String {
+pub(super) fn slot(d: Dialect, ty: FieldType, n: usize) -> String {
     match (d, ty) {
         (Dialect::Postgres, FieldType::Decimal) => format!("CAST(CAST(${n} AS TEXT) AS NUMERIC)"),
         (Dialect::Postgres, FieldType::Date) => format!("CAST(CAST(${n} AS TEXT) AS DATE)"),
@@ -59,12 +59,17 @@ fn slot(d: Dialect, ty: FieldType, n: usize) -> String {
 }
 
 /// A field read back as text on both databases.
-fn selected(d: Dialect, f: &Field) -> String {
+pub(super) fn selected(d: Dialect, f: &Field) -> String {
+    selected_of(d, f, "")
+}
+
+/// [`selected`] of the table named `alias` (`"t."`).
+fn selected_of(d: Dialect, f: &Field, alias: &str) -> String {
     match (d, f.ty) {
         (Dialect::Postgres, FieldType::Decimal | FieldType::Date | FieldType::Datetime) => {
-            format!("CAST({} AS TEXT)", ident(&f.name))
+            format!("CAST({alias}{} AS TEXT)", ident(&f.name))
         }
-        _ => ident(&f.name),
+        _ => format!("{alias}{}", ident(&f.name)),
     }
 }
 
@@ -86,7 +91,7 @@ fn bound(field: &Field, v: &Json) -> StoreResult<Value> {
 }
 
 /// A stored value as text (for its ledger JSON and history), `None` for NULL.
-fn text(v: &Value) -> Option<Cow<'_, str>> {
+pub(super) fn text(v: &Value) -> Option<Cow<'_, str>> {
     match v {
         Value::Null => None,
         Value::Text(s) => Some(s.as_str().into()),
@@ -145,15 +150,19 @@ pub fn batch(
         params![target, cursor, limit as i64],
     )?;
     let now = Utc::now();
-    let read = current_sql(c.dialect(), ds);
+    let undos: Vec<Undo> = entries
+        .iter()
+        .map(|r| undo_of(ds, r))
+        .collect::<StoreResult<_>>()?;
+    let keys: Vec<&[Value]> = undos.iter().map(|u| u.key.as_slice()).collect();
+    let currents = currents(c, ds, org, &keys)?;
     let mut done = RollbackBatch::default();
     let mut mine: Vec<ledger::Entry> = Vec::new();
+    let mut doomed: Vec<&[Value]> = Vec::new();
     let mut last = cursor;
-    for r in &entries {
-        let undo = undo_of(ds, r)?;
+    for (undo, current) in undos.iter().zip(currents) {
         last = undo.seq;
         done.entries += 1;
-        let current = current(c, &read, ds, org, &undo.key)?;
         let conflict = match (undo.op.as_str(), &current) {
             ("deleted", None) => false,
             ("deleted", Some(_)) => true,
@@ -162,27 +171,27 @@ pub fn batch(
         };
         if conflict && !force {
             done.conflicts += 1;
-            conflict_error(c, ds, lease.job_id, org, &undo, rows_done + done.entries)?;
+            conflict_error(c, ds, lease.job_id, org, undo, rows_done + done.entries)?;
             continue;
         }
         match (undo.op.as_str(), current) {
             // A row the import created: deleted (forced over a later change too).
             ("created", Some(row)) => {
-                delete(c, ds, org, &undo.key)?;
+                doomed.push(&undo.key);
                 let old = row_json(ds, &all(ds), &row.values);
-                mine.push(entry_of(Op::Deleted, &undo, Some(old), None));
+                mine.push(entry_of(Op::Deleted, undo, Some(old), None));
                 done.deleted += 1;
             }
             // A row the import updated (or deleted, and that was created again since: forced):
             // its replaced values back.
             ("updated" | "deleted", Some(row)) => {
-                let (old, new) = restore(c, ds, lease.job_id, org, &undo, &row, now)?;
-                mine.push(entry_of(Op::Updated, &undo, Some(old), Some(new)));
+                let (old, new) = restore(c, ds, lease.job_id, org, undo, &row, now)?;
+                mine.push(entry_of(Op::Updated, undo, Some(old), Some(new)));
                 done.updated += 1;
             }
             ("deleted", None) => {
-                let new = reinsert(c, ds, lease.job_id, org, &undo, now)?;
-                mine.push(entry_of(Op::Created, &undo, None, Some(new)));
+                let new = reinsert(c, ds, lease.job_id, org, undo, now)?;
+                mine.push(entry_of(Op::Created, undo, None, Some(new)));
                 done.created += 1;
             }
             // Forced over a row that is gone since: nothing left to undo.
@@ -194,7 +203,9 @@ pub fn batch(
             }
         }
     }
-    ledger_insert(c, ds, lease.job_id, org, &mine, now)?;
+    // A job meets each key once: the deletions are independent of the rest of the batch.
+    delete_all(c, ds, org, &doomed)?;
+    ledger::insert(c, &ds.name, lease.job_id, org, &mine, now)?;
     c.execute(
         "UPDATE jobs SET rows_done = rows_done + $2, ledger_cursor = $3, \
          created_count = created_count + $4, updated_count = updated_count + $5, \
@@ -216,9 +227,9 @@ fn all(ds: &Dataset) -> Vec<usize> {
     (0..ds.fields.len()).collect()
 }
 
-fn undo_of(ds: &Dataset, r: &Row) -> StoreResult<Undo> {
-    let key_text = r.text(2)?;
-    let key = match serde_json::from_str::<Json>(&key_text) {
+/// A key's JSON (the ledger's form) as the parameters of its key fields, in key order.
+pub(super) fn key_values(ds: &Dataset, key_text: &str) -> StoreResult<Vec<Value>> {
+    match serde_json::from_str::<Json>(key_text) {
         Ok(Json::Object(map)) => ds
             .key
             .iter()
@@ -226,13 +237,16 @@ fn undo_of(ds: &Dataset, r: &Row) -> StoreResult<Undo> {
                 let f = &ds.fields[k];
                 bound(f, map.get(&f.name).unwrap_or(&Json::Null))
             })
-            .collect::<StoreResult<Vec<_>>>()?,
-        _ => {
-            return Err(StoreError::Corrupt(
-                "a ledger key is not a JSON object".into(),
-            ));
-        }
-    };
+            .collect(),
+        _ => Err(StoreError::Corrupt(
+            "a ledger key is not a JSON object".into(),
+        )),
+    }
+}
+
+fn undo_of(ds: &Dataset, r: &Row) -> StoreResult<Undo> {
+    let key_text = r.text(2)?;
+    let key = key_values(ds, &key_text)?;
     let old = match r.opt_text(3)? {
         None => None,
         Some(t) => match serde_json::from_str::<Json>(&t) {
@@ -274,45 +288,124 @@ fn key_params(org: i64, key: &[Value]) -> Vec<Value> {
         .collect()
 }
 
-/// The statement reading a row as it is now (every field as text, its last write, its history
-/// fields' validity), built once per batch.
-fn current_sql(d: Dialect, ds: &Dataset) -> String {
-    let mut cols: Vec<String> = ds.fields.iter().map(|f| selected(d, f)).collect();
-    cols.push("_sluice_updated_at".into());
+/// A key field's `$n` in a `VALUES` list, typed on PostgreSQL (there is no column to infer the
+/// type from).
+fn typed_slot(d: Dialect, ty: FieldType, n: usize) -> String {
+    match (d, ty) {
+        (Dialect::Postgres, FieldType::Integer) => format!("CAST(${n} AS BIGINT)"),
+        (Dialect::Postgres, FieldType::Boolean) => format!("CAST(${n} AS BOOLEAN)"),
+        (Dialect::Postgres, FieldType::Text) => format!("CAST(${n} AS TEXT)"),
+        _ => slot(d, ty, n),
+    }
+}
+
+/// `(VALUES (0, $2, …), (1, $4, …) …)`: the keys as a table, `column1` their position in
+/// `keys` (written `with_index`) and `column2…` the key fields; the parameters after `$1`.
+fn key_table(
+    d: Dialect,
+    ds: &Dataset,
+    keys: &[&[Value]],
+    with_index: bool,
+) -> (String, Vec<Value>) {
+    let mut params = Vec::with_capacity(keys.len() * ds.key.len());
+    let rows: Vec<String> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            let mut cells: Vec<String> = Vec::with_capacity(ds.key.len() + 1);
+            if with_index {
+                cells.push(i.to_string());
+            }
+            for (j, &k) in ds.key.iter().enumerate() {
+                params.push(key[j].clone());
+                cells.push(typed_slot(d, ds.fields[k].ty, 1 + params.len()));
+            }
+            format!("({})", cells.join(", "))
+        })
+        .collect();
+    (format!("(VALUES {})", rows.join(", ")), params)
+}
+
+/// The rows of `keys` as they are now, in the order of `keys` (`None`: no such row): every
+/// field (text on both databases), the last write and the history fields' validity. One
+/// statement for the whole batch.
+fn currents(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    org: i64,
+    keys: &[&[Value]],
+) -> StoreResult<Vec<Option<Current>>> {
+    let mut found: Vec<Option<Current>> = (0..keys.len()).map(|_| None).collect();
+    if keys.is_empty() {
+        return Ok(found);
+    }
+    let d = c.dialect();
+    let mut cols: Vec<String> = vec!["v.column1".into()];
+    cols.extend(ds.fields.iter().map(|f| selected_of(d, f, "t.")));
+    cols.push("t._sluice_updated_at".into());
     cols.extend(
         ds.fields
             .iter()
             .filter(|f| f.history)
-            .map(|f| since(&f.name)),
+            .map(|f| format!("t.{}", since(&f.name))),
     );
-    format!(
-        "SELECT {} FROM {} WHERE {}",
-        cols.join(", "),
-        ident(&ds.table),
-        key_where(d, ds, 1)
-    )
+    let on: Vec<String> = ds
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| format!("t.{} = v.column{}", ident(&ds.fields[k].name), j + 2))
+        .collect();
+    let (values, key_params) = key_table(d, ds, keys, true);
+    let mut params = vec![Value::Int(org)];
+    params.extend(key_params);
+    let rows = c.query(
+        &format!(
+            "SELECT {} FROM {values} AS v JOIN {} t ON t.{ORG_COLUMN} = $1 AND {}",
+            cols.join(", "),
+            ident(&ds.table),
+            on.join(" AND ")
+        ),
+        &params,
+    )?;
+    let n = ds.fields.len();
+    let history = ds.fields.iter().filter(|f| f.history).count();
+    for row in rows {
+        let i = usize::try_from(row.i64(0)?)
+            .map_err(|_| StoreError::Corrupt("a key's position is negative".into()))?;
+        let since = (0..history)
+            .map(|h| row.opt_time(n + 2 + h))
+            .collect::<StoreResult<_>>()?;
+        let current = Current {
+            values: row.0[1..=n].to_vec(),
+            updated_at: row.opt_time(n + 1)?,
+            since,
+        };
+        if let Some(slot) = found.get_mut(i) {
+            *slot = Some(current);
+        }
+    }
+    Ok(found)
 }
 
-fn current(
-    c: &mut dyn Sql,
-    sql: &str,
-    ds: &Dataset,
-    org: i64,
-    key: &[Value],
-) -> StoreResult<Option<Current>> {
-    let history = ds.fields.iter().filter(|f| f.history).count();
-    let row = c.query_opt(sql, &key_params(org, key))?;
-    let Some(row) = row else { return Ok(None) };
-    let n = ds.fields.len();
-    let values = row.0[..n].to_vec();
-    let since = (0..history)
-        .map(|h| row.opt_time(n + 1 + h))
-        .collect::<StoreResult<_>>()?;
-    Ok(Some(Current {
-        values,
-        updated_at: row.opt_time(n)?,
-        since,
-    }))
+/// Deletes the organisation's rows of `keys`, one statement.
+fn delete_all(c: &mut dyn Sql, ds: &Dataset, org: i64, keys: &[&[Value]]) -> StoreResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let d = c.dialect();
+    let cols: Vec<String> = ds.key.iter().map(|&k| ident(&ds.fields[k].name)).collect();
+    let (values, key_params) = key_table(d, ds, keys, false);
+    let mut params = vec![Value::Int(org)];
+    params.extend(key_params);
+    c.execute(
+        &format!(
+            "DELETE FROM {} WHERE {ORG_COLUMN} = $1 AND ({}) IN {values}",
+            ident(&ds.table),
+            cols.join(", ")
+        ),
+        &params,
+    )?;
+    Ok(())
 }
 
 fn row_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
@@ -326,19 +419,6 @@ fn entry_of(op: Op, undo: &Undo, old: Option<String>, new: Option<String>) -> le
         old,
         new,
     }
-}
-
-fn delete(c: &mut dyn Sql, ds: &Dataset, org: i64, key: &[Value]) -> StoreResult<()> {
-    let d = c.dialect();
-    c.execute(
-        &format!(
-            "DELETE FROM {} WHERE {}",
-            ident(&ds.table),
-            key_where(d, ds, 1)
-        ),
-        &key_params(org, key),
-    )?;
-    Ok(())
 }
 
 /// Gives a row the values an entry replaced; archives changed history fields. Returns the
@@ -561,43 +641,6 @@ fn conflict_error(
             serde_json::to_string(&record).unwrap_or_else(|_| "[]".into())
         ],
     )?;
-    Ok(())
-}
-
-/// The rollback's own entries; on PostgreSQL under the ledger lock, as the batch writers do.
-fn ledger_insert(
-    c: &mut dyn Sql,
-    ds: &Dataset,
-    job: JobId,
-    org: i64,
-    entries: &[ledger::Entry],
-    now: DateTime<Utc>,
-) -> StoreResult<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    if c.dialect() == Dialect::Postgres {
-        c.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            params![ledger::LEDGER_LOCK],
-        )?;
-    }
-    for e in entries {
-        c.execute(
-            "INSERT INTO ledger (org_id, dataset, job_id, op, key, old, new, at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            params![
-                org,
-                ds.name.as_str(),
-                job,
-                e.op.as_str(),
-                e.key.as_str(),
-                e.old.as_deref(),
-                e.new.as_deref(),
-                now
-            ],
-        )?;
-    }
     Ok(())
 }
 

@@ -13,9 +13,9 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{Sql, Value};
 use super::{
-    AuditEntry, AuditRecord, Control, Controlled, Delivery, DeliveryAttempt, DeliveryState,
-    DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobGroup, JobId, JobStatus,
-    JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Replacement, Role,
+    AuditEntry, AuditRecord, Completion, Control, Controlled, Delivery, DeliveryAttempt,
+    DeliveryState, DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobGroup, JobId,
+    JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
 use super::{DueEmail, EmailDelivery, NewEmail, NotifyItem};
@@ -315,12 +315,12 @@ impl<B: Backend> JobStore for SqlStore<B> {
     fn job_finish(
         &self,
         lease: &Lease,
-        replace: Option<&Replacement>,
+        completion: Option<&Completion>,
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
         self.0
-            .write(|c| jobs::finish(c, lease, replace, status, error))
+            .write(|c| jobs::finish(c, lease, completion, status, error))
     }
 
     fn job_release(&self, lease: &Lease) -> StoreResult<()> {

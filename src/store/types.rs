@@ -2,6 +2,8 @@
 //! events, webhooks and deliveries, templates. Plain data, shared by every layer; the seam that
 //! reads and writes them is [`super::JobStore`].
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -371,6 +373,31 @@ impl Replacement {
         ]
     }
 }
+
+/// What the transaction that completes a job (or, for a chunk, its parent) does besides
+/// recording the end.
+#[derive(Debug, Clone)]
+pub enum Completion {
+    /// `mode=replace`: the staging table's rows become the organisation's rows.
+    Replace(Replacement),
+    /// `mode=sync`: the organisation's rows whose keys the file did not have are deleted.
+    Sync(SyncDeletion),
+}
+
+/// A `mode=sync` job's deletion (see `store/sync.rs`).
+#[derive(Debug, Clone)]
+pub struct SyncDeletion {
+    pub dataset: Arc<Dataset>,
+    /// The top-level job: the rows it wrote or saw carry it in `_sluice_job`.
+    pub owner: JobId,
+    pub org: i64,
+    /// The guard: the job fails and deletes nothing when more than this percentage of the
+    /// organisation's rows would go.
+    pub max_delete_percent: u8,
+}
+
+/// The guard's default (`maxDeletePercent`).
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 
 /// A chunk of a split job, about to be created.
 #[derive(Debug, Clone)]

@@ -110,6 +110,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0016_ledger",
         include_str!("../../../migrations/postgres/0016_ledger.sql"),
     ),
+    (
+        17,
+        "0017_sync_keys",
+        include_str!("../../../migrations/postgres/0017_sync_keys.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

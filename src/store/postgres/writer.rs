@@ -469,6 +469,7 @@ impl Writer<'_> {
                 let k = self.ds.key[0];
                 rejected.push(batch.reject(
                     i,
+                    &self.ds.key,
                     Some(&self.ds.fields[k].name),
                     values[k].to_text(),
                     message,
@@ -691,6 +692,7 @@ impl PgSink {
         };
         let counts = finish_batch(
             &mut tx,
+            &self.dataset,
             &self.lease,
             self.parent,
             batch,
@@ -759,6 +761,7 @@ fn row_by_row(
                 drop(sp);
                 total.rejected.push(batch.reject(
                     i,
+                    &writer.ds.key,
                     None,
                     None,
                     format!("the database refused the row ({reason})"),
@@ -767,14 +770,18 @@ fn row_by_row(
             Err(e) => return Err(sink_err(e)),
         }
     }
-    let counts = finish_batch(&mut tx, lease, parent, batch, total, checkpoint, buf)?;
+    let counts = finish_batch(
+        &mut tx, writer.ds, lease, parent, batch, total, checkpoint, buf,
+    )?;
     tx.commit().map_err(sink_err)?;
     Ok(counts)
 }
 
 /// COPYs the row errors and moves the checkpoint and counts, fenced by the lease.
+#[allow(clippy::too_many_arguments)]
 fn finish_batch(
     tx: &mut Transaction<'_>,
+    ds: &Dataset,
     lease: &Lease,
     parent: Option<i64>,
     batch: &Batch,
@@ -799,11 +806,14 @@ fn finish_batch(
             copy_report(buf, Some(&e.message));
             buf.push(b'\t');
             copy_report(buf, Some(&record));
+            buf.push(b'\t');
+            let key = e.key.as_ref().map(|k| ledger::key_values_json(ds, k));
+            copy_report(buf, key.as_deref());
             buf.push(b'\n');
         }
         let mut w = tx
             .copy_in(
-                "COPY job_errors (job_id, \"row\", \"column\", value, message, record) FROM STDIN",
+                "COPY job_errors (job_id, \"row\", \"column\", value, message, record, key) FROM STDIN",
             )
             .map_err(sink_err)?;
         w.write_all(buf).map_err(io_err)?;

@@ -86,6 +86,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0016_ledger",
         include_str!("../../../migrations/sqlite/0016_ledger.sql"),
     ),
+    (
+        "0017_sync_keys",
+        include_str!("../../../migrations/sqlite/0017_sync_keys.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

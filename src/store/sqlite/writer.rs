@@ -443,7 +443,15 @@ impl SqliteSink {
         };
         rejected.extend(batch.errors.iter().cloned());
         counts.errors = rejected.len() as u64;
-        finish_batch(&tx, &self.lease, self.parent, &rejected, counts, checkpoint)?;
+        finish_batch(
+            &tx,
+            &self.dataset,
+            &self.lease,
+            self.parent,
+            &rejected,
+            counts,
+            checkpoint,
+        )?;
         tx.commit().map_err(sink_err)?;
         self.scratch_ready = self.dry;
         Ok(counts)
@@ -516,14 +524,22 @@ impl SqliteSink {
                 }
                 Err(e) if is_constraint(&e) => {
                     drop(sp);
-                    rejected.push(batch.reject(i, None, None, refusal(&e)));
+                    rejected.push(batch.reject(i, &self.dataset.key, None, None, refusal(&e)));
                 }
                 Err(e) => return Err(sink_err(e)),
             }
         }
         rejected.extend(batch.errors.iter().cloned());
         counts.errors = rejected.len() as u64;
-        finish_batch(&tx, &self.lease, self.parent, &rejected, counts, checkpoint)?;
+        finish_batch(
+            &tx,
+            &self.dataset,
+            &self.lease,
+            self.parent,
+            &rejected,
+            counts,
+            checkpoint,
+        )?;
         tx.commit().map_err(sink_err)?;
         Ok(counts)
     }
@@ -546,6 +562,7 @@ fn refusal(e: &rusqlite::Error) -> String {
 /// Stores the row errors and moves the checkpoint and counts, fenced by the lease.
 fn finish_batch(
     tx: &Transaction<'_>,
+    ds: &Dataset,
     lease: &Lease,
     parent: Option<i64>,
     rejected: &[RowError],
@@ -555,11 +572,13 @@ fn finish_batch(
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO job_errors (job_id, row, column, value, message, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO job_errors (job_id, row, column, value, message, record, key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(sink_err)?;
         for e in rejected {
             let record = serde_json::to_string(&e.record).unwrap_or_else(|_| "[]".into());
+            let key = e.key.as_ref().map(|k| ledger::key_values_json(ds, k));
             insert
                 .execute(params![
                     parent.unwrap_or(lease.job_id),
@@ -567,7 +586,8 @@ fn finish_batch(
                     e.column,
                     e.value,
                     e.message,
-                    record
+                    record,
+                    key
                 ])
                 .map_err(sink_err)?;
         }
@@ -664,7 +684,7 @@ impl WriteCtx<'_> {
             match action {
                 Action::Reject(message) => {
                     let (column, value) = self.key_cell(values);
-                    rejected.push(batch.reject(i, column, value, message));
+                    rejected.push(batch.reject(i, &self.ds.key, column, value, message));
                     continue;
                 }
                 Action::Insert => {

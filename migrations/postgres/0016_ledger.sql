@@ -1,7 +1,9 @@
 -- Why: every import reversible and observable (issue 16). The ledger holds one entry for every
 -- row an import created, updated or deleted, written by the batch writer in the transaction of
 -- the change itself: the job (a chunk's parent), the organisation, the dataset, the row's key,
--- the operation, the values written (`new`) and the values it replaced (`old`), as JSON text.
+-- the operation and, for an update or a deletion, the values it replaced (`old`), as JSON text.
+-- The values written are not kept: they are the table's (the change feed reads a row's values
+-- from the table), and holding them doubled what an import wrote.
 -- `seq` is the change feed's cursor. Writers take the advisory lock `LEDGER_LOCK` just before
 -- they insert entries and hold it to their commit, so entries become visible in `seq` order: a
 -- reader that has seen `seq` N never later finds a smaller one committed (a gap is a rolled-back
@@ -16,7 +18,6 @@ CREATE TABLE ledger (
     op TEXT NOT NULL CHECK (op IN ('created', 'updated', 'deleted')),
     key TEXT NOT NULL,
     old TEXT,
-    new TEXT,
     at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX ledger_feed ON ledger (org_id, dataset, seq);

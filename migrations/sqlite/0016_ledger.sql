@@ -1,7 +1,9 @@
 -- Why: every import reversible and observable (issue 16). The ledger holds one entry for every
 -- row an import created, updated or deleted, written by the batch writer in the transaction of
 -- the change itself: the job (a chunk's parent), the organisation, the dataset, the row's key,
--- the operation, the values written (`new`) and the values it replaced (`old`), as JSON text.
+-- the operation and, for an update or a deletion, the values it replaced (`old`), as JSON text.
+-- The values written are not kept: they are the table's (the change feed reads a row's values
+-- from the table), and holding them doubled what an import wrote.
 -- `seq` is the change feed's cursor: AUTOINCREMENT so that a cursor is never handed out twice,
 -- even after the retention sweep has emptied the table. Unchanged rows write no entry. No
 -- foreign key to jobs: entries outlive a deleted job until `--retain-ledger`.
@@ -14,7 +16,6 @@ CREATE TABLE ledger (
     op TEXT NOT NULL CHECK (op IN ('created', 'updated', 'deleted')),
     key TEXT NOT NULL,
     old TEXT,
-    new TEXT,
     at TEXT NOT NULL
 );
 CREATE INDEX ledger_feed ON ledger (org_id, dataset, seq);

@@ -100,21 +100,21 @@ pub async fn list(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Data<ChangesPage>>, ApiError> {
     let ctx = &state.jobs;
-    if ctx.datasets.get(&dataset).is_none() {
+    let Some(ds) = ctx.datasets.get(&dataset) else {
         return Err(ApiError::NotFound(format!(
             "no dataset named `{dataset}`; configured: {}",
             ctx.datasets.names().join(", ")
         )));
-    }
+    };
     let ask = Ask::parse(&params)?;
     let deadline = tokio::time::Instant::now() + ask.wait;
     let mut bell = ctx.events.subscribe();
     let (org, limit) = (caller.org_id, ask.limit);
     let mut changes = loop {
         bell.mark_unchanged();
-        let name = dataset.clone();
+        let ds = ds.clone();
         let found = ctx
-            .store_call(move |s| s.changes_after(org, &name, ask.after, limit + 1))
+            .store_call(move |s| s.changes_after(org, &ds, ask.after, limit + 1))
             .await?;
         if !found.is_empty() || tokio::time::Instant::now() >= deadline {
             break found;

@@ -17,7 +17,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Dialect, Row, Sql, Value as SqlValue, params};
+use super::sql::{Dialect, Sql, Value as SqlValue, params};
 use super::{StoreError, StoreResult};
 use crate::dataset::{Dataset, Field, FieldType};
 use crate::import::Value;
@@ -52,8 +52,6 @@ pub struct Entry {
     pub key: String,
     /// JSON object of the replaced values (updated, deleted).
     pub old: Option<String>,
-    /// JSON object of the written values (created, updated).
-    pub new: Option<String>,
 }
 
 /// A JSON object under construction, field by field.
@@ -163,7 +161,9 @@ fn key_of<'a>(ds: &Dataset, values: impl Iterator<Item = &'a Value>) -> String {
     o.done()
 }
 
-/// The `fields` of a row of the import as a JSON object.
+/// The `fields` of a row of the import as a JSON object (the ledger keeps keys only, made by the
+/// same rule; kept to check that rule against stored texts).
+#[cfg(test)]
 pub fn values_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
     let mut o = Object::new();
     for &f in fields {
@@ -200,7 +200,7 @@ pub fn insert(
     entries: &[Entry],
     at: DateTime<Utc>,
 ) -> StoreResult<()> {
-    /// Rows per statement (8 parameters each).
+    /// Rows per statement (7 parameters each).
     const ROWS: usize = 200;
     if entries.is_empty() {
         return Ok(());
@@ -209,26 +209,15 @@ pub fn insert(
         c.execute("SELECT pg_advisory_xact_lock($1)", params![LEDGER_LOCK])?;
     }
     for part in entries.chunks(ROWS) {
-        let mut sql = String::from(
-            "INSERT INTO ledger (org_id, dataset, job_id, op, key, old, new, at) VALUES ",
-        );
-        let mut p: Vec<SqlValue> = Vec::with_capacity(part.len() * 8);
+        let mut sql =
+            String::from("INSERT INTO ledger (org_id, dataset, job_id, op, key, old, at) VALUES ");
+        let mut p: Vec<SqlValue> = Vec::with_capacity(part.len() * 7);
         for (i, e) in part.iter().enumerate() {
-            let n = i * 8;
             if i > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8
-            ));
+            let slots: Vec<String> = (1..=7).map(|j| format!("${}", i * 7 + j)).collect();
+            sql.push_str(&format!("({})", slots.join(", ")));
             p.extend([
                 SqlValue::Int(org),
                 SqlValue::Text(dataset.to_string()),
@@ -236,7 +225,6 @@ pub fn insert(
                 SqlValue::Text(e.op.as_str().to_string()),
                 SqlValue::Text(e.key.clone()),
                 e.old.clone().map_or(SqlValue::Null, SqlValue::Text),
-                e.new.clone().map_or(SqlValue::Null, SqlValue::Text),
                 SqlValue::Time(at),
             ]);
         }
@@ -254,11 +242,14 @@ pub struct Change {
     pub op: String,
     /// JSON object text.
     pub key: String,
-    /// JSON object text of the written values; `None` for a deletion.
+    /// JSON object text of the row's values as they are now; `None` for a deletion, or when
+    /// the row no longer exists (a later change deleted it).
     pub values: Option<String>,
 }
 
-/// The organisation's changes to a dataset after `after`, in commit order, at most `limit`.
+/// The organisation's changes to a dataset after `after`, in commit order, at most `limit`,
+/// each with its row's values as they are now (read in the same snapshot, one statement for
+/// the page: the ledger does not keep the values written, the table has them).
 ///
 /// Entries become visible in `seq` order on both databases (SQLite commits one writer at a
 /// time; PostgreSQL writers hold [`LEDGER_LOCK`] from their first entry to their commit), so a
@@ -266,29 +257,41 @@ pub struct Change {
 pub fn changes_after(
     c: &mut dyn Sql,
     org: i64,
-    dataset: &str,
+    ds: &Dataset,
     after: i64,
     limit: u64,
 ) -> StoreResult<Vec<Change>> {
-    c.query(
-        "SELECT seq, at, job_id, op, key, new FROM ledger \
+    let rows = c.query(
+        "SELECT seq, at, job_id, op, key FROM ledger \
          WHERE org_id = $1 AND dataset = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        params![org, dataset, after, limit as i64],
-    )?
-    .iter()
-    .map(change)
-    .collect()
-}
-
-fn change(r: &Row) -> StoreResult<Change> {
-    Ok(Change {
-        cursor: r.i64(0)?,
-        at: r.time(1)?,
-        job_id: r.i64(2)?,
-        op: r.text(3)?,
-        key: r.text(4)?,
-        values: r.opt_text(5)?,
-    })
+        params![org, ds.name.as_str(), after, limit as i64],
+    )?;
+    let keys: Vec<Vec<SqlValue>> = rows
+        .iter()
+        .map(|r| super::rollback::key_values(ds, &r.text(4)?))
+        .collect::<StoreResult<_>>()?;
+    let refs: Vec<&[SqlValue]> = keys.iter().map(Vec::as_slice).collect();
+    let now = super::rollback::currents(c, ds, org, &refs)?;
+    let all: Vec<usize> = (0..ds.fields.len()).collect();
+    rows.iter()
+        .zip(now)
+        .map(|(r, row)| {
+            let op = r.text(3)?;
+            let values = row.filter(|_| op != Op::Deleted.as_str()).map(|row| {
+                texts_json(ds, &all, |j| {
+                    row.values.get(j).and_then(super::rollback::text)
+                })
+            });
+            Ok(Change {
+                cursor: r.i64(0)?,
+                at: r.time(1)?,
+                job_id: r.i64(2)?,
+                op,
+                key: r.text(4)?,
+                values,
+            })
+        })
+        .collect()
 }
 
 /// The first and last cursor of a job's changes, `None` when it changed nothing (yet).

@@ -361,7 +361,7 @@ pub trait JobStore: Send + Sync + 'static {
     fn changes_after(
         &self,
         org_id: i64,
-        dataset: &str,
+        dataset: &Dataset,
         after: i64,
         limit: u64,
     ) -> StoreResult<Vec<ledger::Change>>;

@@ -113,8 +113,8 @@ struct Undo {
 }
 
 /// The row as it is now: every field (text on both databases) and when it was last written.
-struct Current {
-    values: Vec<Value>,
+pub(super) struct Current {
+    pub(super) values: Vec<Value>,
     updated_at: Option<DateTime<Utc>>,
     since: Vec<Option<DateTime<Utc>>>,
 }
@@ -179,19 +179,19 @@ pub fn batch(
             ("created", Some(row)) => {
                 doomed.push(&undo.key);
                 let old = row_json(ds, &all(ds), &row.values);
-                mine.push(entry_of(Op::Deleted, undo, Some(old), None));
+                mine.push(entry_of(Op::Deleted, undo, Some(old)));
                 done.deleted += 1;
             }
             // A row the import updated (or deleted, and that was created again since: forced):
             // its replaced values back.
             ("updated" | "deleted", Some(row)) => {
-                let (old, new) = restore(c, ds, lease.job_id, org, undo, &row, now)?;
-                mine.push(entry_of(Op::Updated, undo, Some(old), Some(new)));
+                let old = restore(c, ds, lease.job_id, org, undo, &row, now)?;
+                mine.push(entry_of(Op::Updated, undo, Some(old)));
                 done.updated += 1;
             }
             ("deleted", None) => {
-                let new = reinsert(c, ds, lease.job_id, org, undo, now)?;
-                mine.push(entry_of(Op::Created, undo, None, Some(new)));
+                reinsert(c, ds, lease.job_id, org, undo, now)?;
+                mine.push(entry_of(Op::Created, undo, None));
                 done.created += 1;
             }
             // Forced over a row that is gone since: nothing left to undo.
@@ -329,7 +329,7 @@ fn key_table(
 /// The rows of `keys` as they are now, in the order of `keys` (`None`: no such row): every
 /// field (text on both databases), the last write and the history fields' validity. One
 /// statement for the whole batch.
-fn currents(
+pub(super) fn currents(
     c: &mut dyn Sql,
     ds: &Dataset,
     org: i64,
@@ -412,17 +412,16 @@ fn row_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
     ledger::texts_json(ds, fields, |j| values.get(fields[j]).and_then(text))
 }
 
-fn entry_of(op: Op, undo: &Undo, old: Option<String>, new: Option<String>) -> ledger::Entry {
+fn entry_of(op: Op, undo: &Undo, old: Option<String>) -> ledger::Entry {
     ledger::Entry {
         op,
         key: undo.key_text.clone(),
         old,
-        new,
     }
 }
 
 /// Gives a row the values an entry replaced; archives changed history fields. Returns the
-/// rollback's own entry's old and new values (JSON).
+/// values it replaced (JSON: the rollback's own entry's `old`).
 fn restore(
     c: &mut dyn Sql,
     ds: &Dataset,
@@ -431,7 +430,7 @@ fn restore(
     undo: &Undo,
     row: &Current,
     now: DateTime<Utc>,
-) -> StoreResult<(String, String)> {
+) -> StoreResult<String> {
     let d = c.dialect();
     let old = undo.old.as_ref().ok_or_else(|| {
         StoreError::Corrupt("an update's ledger entry has no replaced values".into())
@@ -494,10 +493,7 @@ fn restore(
         ),
         &params,
     )?;
-    Ok((
-        row_json(ds, &fields, &row.values),
-        ledger::texts_json(ds, &fields, |j| text(&values[j])),
-    ))
+    Ok(row_json(ds, &fields, &row.values))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -549,7 +545,7 @@ fn archive(
     Ok(())
 }
 
-/// Inserts a deleted row again from the values its deletion recorded; its new values (JSON).
+/// Inserts a deleted row again from the values its deletion recorded.
 fn reinsert(
     c: &mut dyn Sql,
     ds: &Dataset,
@@ -557,7 +553,7 @@ fn reinsert(
     org: i64,
     undo: &Undo,
     now: DateTime<Utc>,
-) -> StoreResult<String> {
+) -> StoreResult<()> {
     let d = c.dialect();
     let old = undo
         .old
@@ -574,12 +570,9 @@ fn reinsert(
         "_sluice_updated_at".into(),
     ];
     let mut slots = vec!["$1".to_string(), "$2".into(), "$3".into(), "$3".into()];
-    let mut values = Vec::new();
     for &i in &fields {
         let f = &ds.fields[i];
-        let v = bound(f, &old[&f.name])?;
-        params.push(v.clone());
-        values.push(v);
+        params.push(bound(f, &old[&f.name])?);
         cols.push(ident(&f.name));
         slots.push(slot(d, f.ty, params.len()));
     }
@@ -596,7 +589,7 @@ fn reinsert(
         ),
         &params,
     )?;
-    Ok(ledger::texts_json(ds, &fields, |j| text(&values[j])))
+    Ok(())
 }
 
 /// Records a conflict as a row error of the rollback, naming the job that changed the row.

@@ -459,7 +459,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
     fn changes_after(
         &self,
         org_id: i64,
-        dataset: &str,
+        dataset: &Dataset,
         after: i64,
         limit: u64,
     ) -> StoreResult<Vec<ledger::Change>> {

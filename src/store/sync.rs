@@ -170,7 +170,6 @@ pub fn delete(c: &mut dyn Sql, s: &SyncDeletion) -> StoreResult<u64> {
                 op: Op::Deleted,
                 key: ledger::texts_json(ds, &ds.key, |j| text(r, ds.key[j])),
                 old: Some(ledger::texts_json(ds, &all, |j| text(r, j))),
-                new: None,
             })
             .collect();
         let mut p = vec![Value::Int(s.org), Value::Int(s.owner)];

@@ -538,7 +538,6 @@ impl Writer<'_> {
             op,
             key: ledger::key_json(self.ds, values),
             old,
-            new: Some(ledger::values_json(self.ds, &self.plan.present, values)),
         }
     }
 
@@ -573,12 +572,10 @@ impl Writer<'_> {
             copy_text(buf, &e.key);
             buf.push(b'\t');
             copy_report(buf, e.old.as_deref());
-            buf.push(b'\t');
-            copy_report(buf, e.new.as_deref());
             buf.push(b'\n');
         }
         let mut w =
-            tx.copy_in("COPY ledger (org_id, at, dataset, job_id, op, key, old, new) FROM STDIN")?;
+            tx.copy_in("COPY ledger (org_id, at, dataset, job_id, op, key, old) FROM STDIN")?;
         let _ = w.write_all(buf);
         w.finish()?;
         Ok(())

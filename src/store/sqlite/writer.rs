@@ -110,26 +110,20 @@ fn sql_text(v: &SqlValue) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// Ledger entries per statement: four values each, besides the four the batch shares.
-const LEDGER_ROWS_PER_INSERT: usize = 500;
+/// Ledger entries per statement: three values each, besides the four the batch shares.
+const LEDGER_ROWS_PER_INSERT: usize = 1000;
 
 /// `INSERT INTO ledger …` of `rows` entries: `?1`–`?4` the organisation, dataset, job and time,
-/// then op, key, old and new of each entry.
+/// then op, key and old of each entry.
 fn ledger_sql(rows: usize) -> String {
     let mut sql =
-        String::from("INSERT INTO ledger (org_id, dataset, job_id, at, op, key, old, new) VALUES ");
+        String::from("INSERT INTO ledger (org_id, dataset, job_id, at, op, key, old) VALUES ");
     for r in 0..rows {
-        let p = 5 + 4 * r;
+        let p = 5 + 3 * r;
         if r > 0 {
             sql.push_str(", ");
         }
-        sql.push_str(&format!(
-            "(?1, ?2, ?3, ?4, ?{}, ?{}, ?{}, ?{})",
-            p,
-            p + 1,
-            p + 2,
-            p + 3
-        ));
+        sql.push_str(&format!("(?1, ?2, ?3, ?4, ?{}, ?{}, ?{})", p, p + 1, p + 2));
     }
     sql
 }
@@ -975,11 +969,7 @@ impl WriteCtx<'_> {
                 stmt.raw_bind_parameter(idx, op.as_str())?;
                 stmt.raw_bind_parameter(idx + 1, ledger::key_json(self.ds, values))?;
                 stmt.raw_bind_parameter(idx + 2, old)?;
-                stmt.raw_bind_parameter(
-                    idx + 3,
-                    ledger::values_json(self.ds, &self.plan.present, values),
-                )?;
-                idx += 4;
+                idx += 3;
             }
             stmt.raw_execute()?;
         }

@@ -230,6 +230,7 @@ pub fn insert(
         }
         c.execute(&sql, &p)?;
     }
+    c.execute(&range_sql(c.dialect()), params![job, entries.len() as i64])?;
     Ok(())
 }
 
@@ -294,20 +295,40 @@ pub fn changes_after(
         .collect()
 }
 
-/// The first and last cursor of a job's changes, `None` when it changed nothing (yet).
+/// The first and last cursor of a job's changes (kept on its row, `jobs.ledger_first/last`),
+/// `None` when it changed nothing (yet) or its entries are swept.
 pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<(i64, i64)>> {
-    let first = c.query_opt(
-        "SELECT seq FROM ledger WHERE job_id = $1 ORDER BY seq LIMIT 1",
+    let row = c.query_opt(
+        "SELECT ledger_first, ledger_last FROM jobs WHERE id = $1",
         params![job],
     )?;
-    let Some(first) = first else { return Ok(None) };
-    let last = c
-        .query_one(
-            "SELECT seq FROM ledger WHERE job_id = $1 ORDER BY seq DESC LIMIT 1",
-            params![job],
-        )?
-        .i64(0)?;
-    Ok(Some((first.i64(0)?, last)))
+    let Some((Some(first), Some(last))) = row
+        .map(|r| Ok::<_, StoreError>((r.opt_i64(0)?, r.opt_i64(1)?)))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    // The sweep removes the oldest entries first: the last one gone, all are.
+    let kept = c.query_opt("SELECT seq FROM ledger WHERE seq = $1", params![last])?;
+    Ok(kept.map(|_| (first, last)))
+}
+
+/// The SQL of the cursor of the last entry this transaction inserted.
+pub fn last_seq_sql(d: Dialect) -> &'static str {
+    match d {
+        Dialect::Sqlite => "last_insert_rowid()",
+        Dialect::Postgres => "currval(pg_get_serial_sequence('ledger', 'seq'))",
+    }
+}
+
+/// Widens `job`'s cursor range to the `n` entries just inserted (consecutive cursors: SQLite
+/// has one writer, PostgreSQL writers hold [`LEDGER_LOCK`]). `$1` the job, `$2` the count.
+pub fn range_sql(d: Dialect) -> String {
+    let last = last_seq_sql(d);
+    format!(
+        "UPDATE jobs SET ledger_first = COALESCE(ledger_first, {last} - $2 + 1), \
+         ledger_last = {last} WHERE id = $1"
+    )
 }
 
 /// Deletes the entries written before `before`; returns how many.

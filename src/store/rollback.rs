@@ -144,11 +144,20 @@ pub fn batch(
     };
     let cursor = me.opt_i64(0)?.unwrap_or(0);
     let rows_done = me.u64(1)?;
-    let entries = c.query(
-        "SELECT seq, op, key, old, at FROM ledger WHERE job_id = $1 AND seq > $2 \
-         ORDER BY seq LIMIT $3",
-        params![target, cursor, limit as i64],
-    )?;
+    let entries = match range_of(c, target)? {
+        Some((of, dataset, first, last)) => c.query(
+            &format!("SELECT seq, op, key, old, at {ENTRIES_OF} ORDER BY seq LIMIT $6"),
+            params![
+                target,
+                of,
+                dataset,
+                first.max(cursor + 1),
+                last,
+                limit as i64
+            ],
+        )?,
+        None => Vec::new(),
+    };
     let now = Utc::now();
     let undos: Vec<Undo> = entries
         .iter()
@@ -637,11 +646,35 @@ fn conflict_error(
     Ok(())
 }
 
+/// A job's ledger entries: its organisation's and dataset's between its first and last
+/// cursor (the feed's index), `$1` the job, `$2` the organisation, `$3` the dataset, `$4`
+/// the first, `$5` the last cursor.
+const ENTRIES_OF: &str = "FROM ledger WHERE org_id = $2 AND dataset = $3 AND seq >= $4 \
+     AND seq <= $5 AND job_id = $1";
+
+/// A job's organisation, dataset and cursor range (`None`: it wrote no entry).
+fn range_of(c: &mut dyn Sql, job: JobId) -> StoreResult<Option<(i64, String, i64, i64)>> {
+    let Some(r) = c.query_opt(
+        "SELECT org_id, dataset, ledger_first, ledger_last FROM jobs WHERE id = $1",
+        params![job],
+    )?
+    else {
+        return Ok(None);
+    };
+    Ok(match (r.opt_i64(0)?, r.opt_i64(2)?, r.opt_i64(3)?) {
+        (Some(org), Some(first), Some(last)) => Some((org, r.text(1)?, first, last)),
+        _ => None,
+    })
+}
+
 /// How many ledger entries a job wrote (a rollback's total).
 pub fn entries_of(c: &mut dyn Sql, job: JobId) -> StoreResult<u64> {
+    let Some((org, dataset, first, last)) = range_of(c, job)? else {
+        return Ok(0);
+    };
     c.query_one(
-        "SELECT count(*) FROM ledger WHERE job_id = $1",
-        params![job],
+        &format!("SELECT count(*) {ENTRIES_OF}"),
+        params![job, org, dataset, first, last],
     )?
     .u64(0)
 }

@@ -578,6 +578,10 @@ impl Writer<'_> {
             tx.copy_in("COPY ledger (org_id, at, dataset, job_id, op, key, old) FROM STDIN")?;
         let _ = w.write_all(buf);
         w.finish()?;
+        tx.execute(
+            &ledger::range_sql(crate::store::sql::Dialect::Postgres),
+            &[&self.job, &(entries.len() as i64)],
+        )?;
         Ok(())
     }
 }

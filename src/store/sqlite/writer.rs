@@ -704,7 +704,7 @@ impl WriteCtx<'_> {
         self.upsert(tx, batch, &upserts, &existing)?;
         self.stamp(tx, batch, &unchanged)?;
         self.archive(tx, batch, &upserts, &existing)?;
-        if self.mode != Mode::Replace {
+        if self.mode != Mode::Replace && !upserts.is_empty() {
             self.ledger(tx, batch, &upserts, &existing)?;
         }
         Ok((counts, rejected))
@@ -973,6 +973,10 @@ impl WriteCtx<'_> {
             }
             stmt.raw_execute()?;
         }
+        tx.execute(
+            &ledger::range_sql(crate::store::sql::Dialect::Sqlite).replace('$', "?"),
+            params![self.job, rows.len() as i64],
+        )?;
         Ok(())
     }
 

@@ -116,6 +116,8 @@ struct Undo {
 pub(super) struct Current {
     pub(super) values: Vec<Value>,
     updated_at: Option<DateTime<Utc>>,
+    /// The job that last wrote (or found unchanged) the row.
+    job: Option<JobId>,
     since: Vec<Option<DateTime<Utc>>>,
 }
 
@@ -168,6 +170,7 @@ pub fn batch(
     let mut done = RollbackBatch::default();
     let mut mine: Vec<ledger::Entry> = Vec::new();
     let mut doomed: Vec<&[Value]> = Vec::new();
+    let mut conflicts: Vec<[Value; 6]> = Vec::new();
     let mut last = cursor;
     for (undo, current) in undos.iter().zip(currents) {
         last = undo.seq;
@@ -180,7 +183,13 @@ pub fn batch(
         };
         if conflict && !force {
             done.conflicts += 1;
-            conflict_error(c, ds, lease.job_id, org, undo, rows_done + done.entries)?;
+            conflicts.push(conflict_error(
+                ds,
+                lease.job_id,
+                undo,
+                current.as_ref(),
+                rows_done + done.entries,
+            ));
             continue;
         }
         match (undo.op.as_str(), current) {
@@ -214,6 +223,7 @@ pub fn batch(
     }
     // A job meets each key once: the deletions are independent of the rest of the batch.
     delete_all(c, ds, org, &doomed)?;
+    conflicts_insert(c, &conflicts)?;
     ledger::insert(c, &ds.name, lease.job_id, org, &mine, now)?;
     c.execute(
         "UPDATE jobs SET rows_done = rows_done + $2, ledger_cursor = $3, \
@@ -352,6 +362,7 @@ pub(super) fn currents(
     let mut cols: Vec<String> = vec!["v.column1".into()];
     cols.extend(ds.fields.iter().map(|f| selected_of(d, f, "t.")));
     cols.push("t._sluice_updated_at".into());
+    cols.push("t._sluice_job".into());
     cols.extend(
         ds.fields
             .iter()
@@ -382,11 +393,12 @@ pub(super) fn currents(
         let i = usize::try_from(row.i64(0)?)
             .map_err(|_| StoreError::Corrupt("a key's position is negative".into()))?;
         let since = (0..history)
-            .map(|h| row.opt_time(n + 2 + h))
+            .map(|h| row.opt_time(n + 3 + h))
             .collect::<StoreResult<_>>()?;
         let current = Current {
             values: row.0[1..=n].to_vec(),
             updated_at: row.opt_time(n + 1)?,
+            job: row.opt_i64(n + 2)?,
             since,
         };
         if let Some(slot) = found.get_mut(i) {
@@ -603,26 +615,25 @@ fn reinsert(
 
 /// Records a conflict as a row error of the rollback, naming the job that changed the row.
 fn conflict_error(
-    c: &mut dyn Sql,
     ds: &Dataset,
     job: JobId,
-    org: i64,
     undo: &Undo,
+    now: Option<&Current>,
     row: u64,
-) -> StoreResult<()> {
-    let later = c
-        .query_opt(
-            "SELECT job_id FROM ledger WHERE org_id = $1 AND dataset = $2 AND seq > $3 \
-             AND key = $4 ORDER BY seq LIMIT 1",
-            params![org, ds.name.as_str(), undo.seq, undo.key_text.as_str()],
-        )?
-        .map(|r| r.i64(0))
-        .transpose()?;
-    let message = match later {
-        Some(by) => {
-            format!("changed by job {by} after this import; left as it is (force=true overwrites)")
-        }
-        None => "changed after this import; left as it is (force=true overwrites)".to_string(),
+) -> [Value; 6] {
+    // The row's own last writer: a lookup of the key in later ledger entries would scan every
+    // entry since, per conflict.
+    let keep = "left as it is (force=true overwrites)";
+    let message = match (now, undo.op.as_str()) {
+        (None, _) => format!("deleted after this import; {keep}"),
+        (Some(row), "deleted") => match row.job {
+            Some(by) => format!("created again by job {by} after this import; {keep}"),
+            None => format!("created again after this import; {keep}"),
+        },
+        (Some(row), _) => match row.job {
+            Some(by) => format!("changed by job {by} after this import; {keep}"),
+            None => format!("changed after this import; {keep}"),
+        },
     };
     let k = &ds.fields[ds.key[0]];
     let value = text(&undo.key[0]).map(Cow::into_owned);
@@ -631,18 +642,43 @@ fn conflict_error(
         .iter()
         .map(|v| text(v).map(Cow::into_owned).unwrap_or_default())
         .collect();
-    c.execute(
-        "INSERT INTO job_errors (job_id, \"row\", \"column\", value, message, record) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        params![
-            job,
-            row as i64,
-            k.name.as_str(),
-            value,
-            message,
-            serde_json::to_string(&record).unwrap_or_else(|_| "[]".into())
-        ],
-    )?;
+    [
+        Value::Int(job),
+        Value::Int(row as i64),
+        Value::Text(k.name.clone()),
+        value.map_or(Value::Null, Value::Text),
+        Value::Text(message),
+        Value::Text(serde_json::to_string(&record).unwrap_or_else(|_| "[]".into())),
+    ]
+}
+
+/// Stores a batch's conflicts: multi-row `INSERT`s of [`conflict_error`]'s rows.
+fn conflicts_insert(c: &mut dyn Sql, rows: &[[Value; 6]]) -> StoreResult<()> {
+    for part in rows.chunks(500) {
+        let slots: Vec<String> = (0..part.len())
+            .map(|i| {
+                let n = i * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5,
+                    n + 6
+                )
+            })
+            .collect();
+        let params: Vec<Value> = part.iter().flatten().cloned().collect();
+        c.execute(
+            &format!(
+                "INSERT INTO job_errors (job_id, \"row\", \"column\", value, message, record) \
+                 VALUES {}",
+                slots.join(", ")
+            ),
+            &params,
+        )?;
+    }
     Ok(())
 }
 

@@ -15,6 +15,7 @@ Each figure is printed with its ratio to the reference. `--runs N` repeats every
 Used by bench/import-*.sh; see BENCHMARKS.md for recorded figures."""
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -56,15 +57,47 @@ def run_import(base, path, dataset="products"):
             body=f, headers={"Content-Type": "text/csv", "Content-Length": str(size)})
     uploaded = time.monotonic()
     assert status == 202, body
-    job = body["data"]["jobId"]
+    d = wait_job(base, body["data"]["jobId"])
+    done = time.monotonic()
+    return {"upload_s": uploaded - t0, "import_s": done - uploaded, "status": d}
+
+
+def wait_job(base, job):
+    """Polls a job's status until it ends; its last status."""
     while True:
         _, st = request(base, "GET", f"/api/v1/import/status/{job}")
         d = st["data"]
         if d["status"] in ("completed", "failed", "cancelled"):
-            break
+            return d
         time.sleep(0.05)
-    done = time.monotonic()
-    return {"upload_s": uploaded - t0, "import_s": done - uploaded, "status": d}
+
+
+@contextlib.contextmanager
+def server_at(binary, data, postgres=None, extra=()):
+    """Starts `sluice serve` on a free port with `data` as its data dir (and, with `postgres`,
+    a fresh database on that server, dropped afterwards); yields (base URL, process)."""
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
+    cmd = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, *extra]
+    database = None
+    if postgres:
+        database = "sluice_bench_%d" % os.getpid()
+        psql(postgres, f"CREATE DATABASE {database}")
+        cmd += ["--database-url", f"{postgres}/{database}"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        base = None
+        for line in server.stdout:
+            m = re.search(r"listening on (http://\S+)", line)
+            if m:
+                base = m.group(1)
+                break
+        assert base, "server did not start"
+        yield base, server
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+        if database:
+            psql(postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
 def psql(server, sql, database="postgres"):
@@ -123,42 +156,25 @@ def bench_server(args, work, runs):
     """Starts a fresh server, imports each (label, path) in turn; returns the end-to-end seconds
     and prints each run."""
     data = tempfile.mkdtemp(prefix="data-", dir=work)
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
-           "--workers", str(args.workers)]
-    database = None
-    if args.postgres:
-        database = "sluice_bench_%d" % os.getpid()
-        psql(args.postgres, f"CREATE DATABASE {database}")
-        cmd += ["--database-url", f"{args.postgres}/{database}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     times = []
     try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "server did not start"
-        for label, path in runs:
-            r = run_import(base, path)
-            d = r["status"]
-            rows = d["progress"]["total"]
-            assert d["status"] == "completed", d
-            total = r["upload_s"] + r["import_s"]
-            times.append(total)
-            print(f"{label}: {rows} rows, status {d['status']}")
-            print(f"  upload {r['upload_s']:.2f} s; upload end -> completed {r['import_s']:.2f} s "
-                  f"({rows / r['import_s']:.0f} rows/s); end to end {total:.2f} s")
-            print(f"  created {d['createdCount']} updated {d['updatedCount']} "
-                  f"unchanged {d['unchangedCount']} errors {d['errorCount']}")
-            print(f"  server peak RSS so far: {peak_rss_mb(server.pid):.1f} MB")
+        with server_at(args.binary, data, args.postgres,
+                       ["--workers", str(args.workers)]) as (base, server):
+            for label, path in runs:
+                r = run_import(base, path)
+                d = r["status"]
+                rows = d["progress"]["total"]
+                assert d["status"] == "completed", d
+                total = r["upload_s"] + r["import_s"]
+                times.append(total)
+                print(f"{label}: {rows} rows, status {d['status']}")
+                print(f"  upload {r['upload_s']:.2f} s; upload end -> completed "
+                      f"{r['import_s']:.2f} s ({rows / r['import_s']:.0f} rows/s); "
+                      f"end to end {total:.2f} s")
+                print(f"  created {d['createdCount']} updated {d['updatedCount']} "
+                      f"unchanged {d['unchangedCount']} errors {d['errorCount']}")
+                print(f"  server peak RSS so far: {peak_rss_mb(server.pid):.1f} MB")
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         shutil.rmtree(data, ignore_errors=True)
     return times
 

@@ -10,7 +10,6 @@ See BENCHMARKS.md for recorded figures."""
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -18,20 +17,14 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from import_bench import GEN, TOKEN, psql, request, run_import  # noqa: E402
+from import_bench import GEN, request, run_import, server_at, wait_job  # noqa: E402
 
 
 def rollback(base, job):
     t0 = time.monotonic()
     status, body = request(base, "POST", f"/api/v1/import/{job}/rollback")
     assert status == 202, body
-    rb = body["data"]["jobId"]
-    while True:
-        _, st = request(base, "GET", f"/api/v1/import/status/{rb}")
-        d = st["data"]
-        if d["status"] in ("completed", "failed", "cancelled"):
-            break
-        time.sleep(0.05)
+    d = wait_job(base, body["data"]["jobId"])
     assert d["status"] == "completed", d
     return time.monotonic() - t0, d
 
@@ -48,41 +41,19 @@ def main():
                     "--out", first], check=True)
     subprocess.run([sys.executable, GEN, "--rows", str(args.rows), "--seed", "2", "-q",
                     "--start-sku", str(args.rows // 2 + 1), "--out", second], check=True)
-    data = os.path.join(work, "data")
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data]
-    database = None
-    if args.postgres:
-        database = "sluice_rollback_%d" % os.getpid()
-        psql(args.postgres, f"CREATE DATABASE {database}")
-        cmd += ["--database-url", f"{args.postgres}/{database}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "server did not start"
-        imports = [run_import(base, first), run_import(base, second)]
-        for label, imp in reversed(list(zip(["first (all created)",
-                                             "second (half updated, half created)"],
-                                            imports))):
-            d = imp["status"]
-            seconds, r = rollback(base, d["jobId"])
-            entries = r["progress"]["total"]
-            print(f"rollback of the {label} import: {entries} entries in {seconds:.2f} s "
-                  f"({entries / seconds:.0f}/s), deleted {r['deletedCount']} restored "
-                  f"{r['updatedCount']}; its import {imp['import_s']:.2f} s, "
-                  f"ratio {seconds / imp['import_s']:.2f}x")
+        with server_at(args.binary, os.path.join(work, "data"), args.postgres) as (base, _):
+            imports = [run_import(base, first), run_import(base, second)]
+            labels = ["first (all created)", "second (half updated, half created)"]
+            for label, imp in reversed(list(zip(labels, imports))):
+                seconds, r = rollback(base, imp["status"]["jobId"])
+                entries = r["progress"]["total"]
+                print(f"rollback of the {label} import: {entries} entries in {seconds:.2f} s "
+                      f"({entries / seconds:.0f}/s), deleted {r['deletedCount']} restored "
+                      f"{r['updatedCount']}; its import {imp['import_s']:.2f} s, "
+                      f"ratio {seconds / imp['import_s']:.2f}x")
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()

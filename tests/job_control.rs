@@ -127,10 +127,12 @@ async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it(backe
 
 async fn retry_from_start_runs_a_new_job_over_the_same_file(backend: Backend) {
     let app = slow_app(backend);
+    // Large enough that the cancel lands mid-way on a loaded machine (40,000 rows once
+    // completed before it).
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "40000", "--error-rate", "0.02", "--seed", "23"],
+        &["--rows", "200000", "--error-rate", "0.02", "--seed", "23"],
     );
     let job = job_id(&app.upload("products", &file).await.1);
     wait_for_progress(&app, job).await;
@@ -160,7 +162,12 @@ async fn retry_from_start_runs_a_new_job_over_the_same_file(backend: Backend) {
 }
 
 async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after(backend: Backend) {
-    let app = slow_app(backend);
+    // No worker until the second upload was refused: the first job is surely still active.
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 0,
+        ..Default::default()
+    });
     let (file, _) = generate(
         app.dir.path(),
         "p.csv",
@@ -171,6 +178,7 @@ async fn the_same_file_twice_is_409_while_active_and_marked_duplicate_after(back
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["error"]["code"], "duplicate_upload");
     assert_eq!(body["error"]["jobId"], first);
+    app.spawn_worker(1);
     app.wait_done(first, MINUTE).await;
 
     let (code, body) = app.upload("products", &file).await;

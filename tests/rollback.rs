@@ -492,6 +492,25 @@ async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend
         (1..=500).map(sku).collect::<BTreeSet<_>>()
     );
 
+    // The CLI passes the option on: a bad one is the server's 400, said on stderr.
+    let out = std::process::Command::new(binary())
+        .arg("import")
+        .arg(&c)
+        .args([
+            "-d",
+            "products",
+            "--mode",
+            "sync",
+            "--max-delete-percent",
+            "101",
+        ])
+        .args(["--server", &app.base, "--token", TOKEN])
+        .output()
+        .expect("run sluice import");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("0 to 100"), "{stderr}");
+
     // The option's refusals.
     for (fields, what) in [
         (vec![("maxDeletePercent", "10")], "mode=sync only"),

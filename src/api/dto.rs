@@ -191,7 +191,8 @@ pub struct ChangeView {
     /// The row's key fields and values.
     #[schema(value_type = Object)]
     pub key: serde_json::Value,
-    /// The values written (the fields the file had, key included); `null` for a deletion.
+    /// The row's values as they are now (every field, key included); `null` for a deletion, or
+    /// when the row was deleted since (that deletion comes later in the feed).
     #[schema(value_type = Option<Object>)]
     pub values: Option<serde_json::Value>,
 }

@@ -860,9 +860,12 @@ pub struct SourceAddArgs {
     /// --url: a request header `Name: value` (repeatable; kept secret by the server).
     #[arg(long = "header")]
     pub headers: Vec<String>,
-    /// upsert (default), insert or replace.
+    /// upsert (default), insert, replace or sync (the table keeps only the file's keys).
     #[arg(long)]
     pub mode: Option<String>,
+    /// With --mode sync: the most of the rows, in percent, a run may delete (default 50).
+    #[arg(long, value_name = "PERCENT")]
+    pub max_delete_percent: Option<u8>,
     /// A saved mapping template of the dataset.
     #[arg(long)]
     pub template: Option<String>,
@@ -995,6 +998,9 @@ impl SourceAddArgs {
         let mut options = serde_json::Map::new();
         if let Some(m) = &self.mode {
             options.insert("mode".into(), json!(m));
+        }
+        if let Some(p) = self.max_delete_percent {
+            options.insert("maxDeletePercent".into(), json!(p));
         }
         if let Some(t) = &self.template {
             options.insert("template".into(), json!(t));

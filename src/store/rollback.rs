@@ -171,6 +171,7 @@ pub fn batch(
     let mut mine: Vec<ledger::Entry> = Vec::new();
     let mut doomed: Vec<&[Value]> = Vec::new();
     let mut conflicts: Vec<[Value; 6]> = Vec::new();
+    let mut restores: Vec<Restore<'_>> = Vec::new();
     let mut last = cursor;
     for (undo, current) in undos.iter().zip(currents) {
         last = undo.seq;
@@ -203,8 +204,7 @@ pub fn batch(
             // A row the import updated (or deleted, and that was created again since: forced):
             // its replaced values back.
             ("updated" | "deleted", Some(row)) => {
-                let old = restore(c, ds, lease.job_id, org, undo, &row, now)?;
-                mine.push(entry_of(Op::Updated, undo, Some(old)));
+                restores.push(Restore { undo, row });
                 done.updated += 1;
             }
             ("deleted", None) => {
@@ -223,6 +223,10 @@ pub fn batch(
     }
     // A job meets each key once: the deletions are independent of the rest of the batch.
     delete_all(c, ds, org, &doomed)?;
+    let olds = restore_all(c, ds, lease.job_id, org, &restores, now)?;
+    for (r, old) in restores.iter().zip(olds) {
+        mine.push(entry_of(Op::Updated, r.undo, Some(old)));
+    }
     conflicts_insert(c, &conflicts)?;
     ledger::insert(c, &ds.name, lease.job_id, org, &mine, now)?;
     c.execute(
@@ -285,20 +289,6 @@ fn undo_of(ds: &Dataset, r: &Row) -> StoreResult<Undo> {
         old,
         at: r.time(4)?,
     })
-}
-
-/// `_sluice_org = $1 AND k1 = $2 …`, the key's parameters after the organisation.
-fn key_where(d: Dialect, ds: &Dataset, first: usize) -> String {
-    let mut sql = format!("{ORG_COLUMN} = ${first}");
-    for (j, &k) in ds.key.iter().enumerate() {
-        let f = &ds.fields[k];
-        sql.push_str(&format!(
-            " AND {} = {}",
-            ident(&f.name),
-            slot(d, f.ty, first + 1 + j)
-        ));
-    }
-    sql
 }
 
 fn key_params(org: i64, key: &[Value]) -> Vec<Value> {
@@ -441,128 +431,189 @@ fn entry_of(op: Op, undo: &Undo, old: Option<String>) -> ledger::Entry {
     }
 }
 
-/// Gives a row the values an entry replaced; archives changed history fields. Returns the
-/// values it replaced (JSON: the rollback's own entry's `old`).
-fn restore(
+/// One row a batch gives its replaced values back.
+struct Restore<'a> {
+    undo: &'a Undo,
+    row: Current,
+}
+
+/// A history row: the organisation, the key, the field, old and new value, valid from.
+type Archived = (
+    Vec<Value>,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
+
+/// Gives rows the values their entries replaced — one `UPDATE … FROM (VALUES …)` per 200 rows
+/// that replaced the same fields — and archives every history field whose value changes, closing
+/// its current validity. Returns each row's replaced values (JSON: the rollback's own entries'
+/// `old`), in the order of `items`.
+fn restore_all(
     c: &mut dyn Sql,
     ds: &Dataset,
     job: JobId,
     org: i64,
-    undo: &Undo,
-    row: &Current,
+    items: &[Restore<'_>],
     now: DateTime<Utc>,
-) -> StoreResult<String> {
+) -> StoreResult<Vec<String>> {
     let d = c.dialect();
-    let old = undo.old.as_ref().ok_or_else(|| {
-        StoreError::Corrupt("an update's ledger entry has no replaced values".into())
-    })?;
-    // The fields the entry replaced, in dataset order.
-    let fields: Vec<usize> = (0..ds.fields.len())
-        .filter(|&i| !ds.is_key(i) && old.contains_key(&ds.fields[i].name))
-        .collect();
-    let values: Vec<Value> = fields
-        .iter()
-        .map(|&i| bound(&ds.fields[i], &old[&ds.fields[i].name]))
-        .collect::<StoreResult<_>>()?;
-    let mut params = key_params(org, &undo.key);
-    let first = params.len() + 1;
-    let mut sets = Vec::new();
-    for (j, &i) in fields.iter().enumerate() {
-        let f = &ds.fields[i];
-        sets.push(format!("{} = {}", ident(&f.name), slot(d, f.ty, first + j)));
-        params.push(values[j].clone());
-    }
     let history: Vec<usize> = (0..ds.fields.len())
         .filter(|&i| ds.fields[i].history)
         .collect();
-    let n = params.len();
-    params.push(Value::Int(job));
-    params.push(Value::Time(now));
-    sets.push(format!("_sluice_job = ${}", n + 1));
-    sets.push(format!("_sluice_updated_at = ${}", n + 2));
-    // History: a restored field whose value changes closes its current validity.
-    for (h, &i) in history.iter().enumerate() {
-        let f = &ds.fields[i];
-        let Some(j) = fields.iter().position(|&x| x == i) else {
-            continue;
-        };
-        let before = text(&row.values[i]).map(Cow::into_owned);
-        let after = text(&values[j]).map(Cow::into_owned);
-        if ledger::text_json(f, before.as_deref()) == ledger::text_json(f, after.as_deref()) {
+    let mut olds = Vec::with_capacity(items.len());
+    let mut groups: std::collections::BTreeMap<Vec<usize>, Vec<usize>> = Default::default();
+    for (n, item) in items.iter().enumerate() {
+        let old = item.undo.old.as_ref().ok_or_else(|| {
+            StoreError::Corrupt("an update's ledger entry has no replaced values".into())
+        })?;
+        // The fields the entry replaced, in dataset order.
+        let fields: Vec<usize> = (0..ds.fields.len())
+            .filter(|&i| !ds.is_key(i) && old.contains_key(&ds.fields[i].name))
+            .collect();
+        olds.push(row_json(ds, &fields, &item.row.values));
+        groups.entry(fields).or_default().push(n);
+    }
+    let mut archived: Vec<Archived> = Vec::new();
+    for (fields, members) in groups {
+        if fields.is_empty() {
             continue;
         }
-        sets.push(format!("{} = ${}", since(&f.name), n + 2));
-        archive(
-            c,
-            ds,
-            org,
-            &undo.key,
-            f,
-            before,
-            after,
-            row.since[h],
-            now,
-            job,
-        )?;
+        // History fields among them, with their place among all history fields.
+        let hist: Vec<(usize, usize)> = history
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| fields.contains(i))
+            .map(|(h, &i)| (h, i))
+            .collect();
+        let (nk, nf) = (ds.key.len(), fields.len());
+        let mut sets: Vec<String> = fields
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| format!("{} = v.column{}", ident(&ds.fields[i].name), nk + 1 + j))
+            .collect();
+        sets.push("_sluice_job = $2".into());
+        sets.push("_sluice_updated_at = $3".into());
+        for (x, &(_, i)) in hist.iter().enumerate() {
+            let col = since(&ds.fields[i].name);
+            sets.push(format!(
+                "{col} = CASE WHEN v.column{} THEN $3 ELSE {col} END",
+                nk + nf + 1 + x
+            ));
+        }
+        let on: Vec<String> = ds
+            .key
+            .iter()
+            .enumerate()
+            .map(|(j, &k)| format!("t.{} = v.column{}", ident(&ds.fields[k].name), j + 1))
+            .collect();
+        for chunk in members.chunks(200) {
+            let mut params = vec![Value::Int(org), Value::Int(job), Value::Time(now)];
+            let mut rows = Vec::with_capacity(chunk.len());
+            for &n in chunk {
+                let Restore { undo, row } = &items[n];
+                let old = undo.old.as_ref().ok_or_else(|| {
+                    StoreError::Corrupt("an update's ledger entry has no replaced values".into())
+                })?;
+                let mut cells = Vec::with_capacity(nk + nf + hist.len());
+                for (j, &k) in ds.key.iter().enumerate() {
+                    params.push(undo.key[j].clone());
+                    cells.push(typed_slot(d, ds.fields[k].ty, params.len()));
+                }
+                let mut values = Vec::with_capacity(nf);
+                for &i in &fields {
+                    let f = &ds.fields[i];
+                    let v = bound(f, &old[&f.name])?;
+                    values.push(v.clone());
+                    params.push(v);
+                    cells.push(typed_slot(d, f.ty, params.len()));
+                }
+                for &(h, i) in &hist {
+                    let f = &ds.fields[i];
+                    let j = fields.iter().position(|&x| x == i).unwrap_or_default();
+                    let before = text(&row.values[i]).map(Cow::into_owned);
+                    let after = text(&values[j]).map(Cow::into_owned);
+                    let changed = ledger::text_json(f, before.as_deref())
+                        != ledger::text_json(f, after.as_deref());
+                    if changed {
+                        archived.push((
+                            key_params(org, &undo.key),
+                            f.name.clone(),
+                            before,
+                            after,
+                            row.since[h],
+                        ));
+                    }
+                    params.push(Value::Bool(changed));
+                    cells.push(typed_slot(d, FieldType::Boolean, params.len()));
+                }
+                rows.push(format!("({})", cells.join(", ")));
+            }
+            c.execute(
+                &format!(
+                    "UPDATE {} AS t SET {} FROM (VALUES {}) AS v WHERE t.{ORG_COLUMN} = $1 AND {}",
+                    ident(&ds.table),
+                    sets.join(", "),
+                    rows.join(", "),
+                    on.join(" AND ")
+                ),
+                &params,
+            )?;
+        }
     }
-    c.execute(
-        &format!(
-            "UPDATE {} SET {} WHERE {}",
-            ident(&ds.table),
-            sets.join(", "),
-            key_where(d, ds, 1)
-        ),
-        &params,
-    )?;
-    Ok(row_json(ds, &fields, &row.values))
+    archive_all(c, ds, &archived, now, job)?;
+    Ok(olds)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn archive(
+/// Inserts history rows, 200 a statement.
+fn archive_all(
     c: &mut dyn Sql,
     ds: &Dataset,
-    org: i64,
-    key: &[Value],
-    f: &Field,
-    old: Option<String>,
-    new: Option<String>,
-    valid_from: Option<DateTime<Utc>>,
+    rows: &[Archived],
     now: DateTime<Utc>,
     job: JobId,
 ) -> StoreResult<()> {
     let keys: Vec<String> = ds.key.iter().map(|&k| ident(&ds.fields[k].name)).collect();
     let d = c.dialect();
-    let slots: Vec<String> = ds
-        .key
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| slot(d, ds.fields[k].ty, 2 + j))
-        .collect();
-    let n = 2 + keys.len();
-    let mut params = key_params(org, key);
-    params.extend([
-        Value::Text(f.name.clone()),
-        old.map_or(Value::Null, Value::Text),
-        new.map_or(Value::Null, Value::Text),
-        valid_from.map_or(Value::Null, Value::Time),
-        Value::Time(now),
-        Value::Int(job),
-    ]);
-    c.execute(
-        &format!(
-            "INSERT INTO {} ({ORG_COLUMN}, {}, field, old_value, new_value, valid_from, valid_to, job_id) \
-             VALUES ($1, {}, ${n}, ${}, ${}, ${}, ${}, ${})",
-            ident(&ds.history_table()),
-            keys.join(", "),
-            slots.join(", "),
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5
-        ),
-        &params,
-    )?;
+    for part in rows.chunks(200) {
+        let mut params = vec![Value::Time(now), Value::Int(job)];
+        let mut slots = Vec::with_capacity(part.len());
+        for (key, field, old, new, valid_from) in part {
+            let mut cells = Vec::with_capacity(keys.len() + 7);
+            // The organisation, then the key fields.
+            for (j, v) in key.iter().enumerate() {
+                params.push(v.clone());
+                cells.push(if j == 0 {
+                    format!("${}", params.len())
+                } else {
+                    slot(d, ds.fields[ds.key[j - 1]].ty, params.len())
+                });
+            }
+            for v in [
+                Value::Text(field.clone()),
+                old.clone().map_or(Value::Null, Value::Text),
+                new.clone().map_or(Value::Null, Value::Text),
+                valid_from.map_or(Value::Null, Value::Time),
+            ] {
+                params.push(v);
+                cells.push(format!("${}", params.len()));
+            }
+            cells.push("$1".into());
+            cells.push("$2".into());
+            slots.push(format!("({})", cells.join(", ")));
+        }
+        c.execute(
+            &format!(
+                "INSERT INTO {} ({ORG_COLUMN}, {}, field, old_value, new_value, valid_from, valid_to, job_id) \
+                 VALUES {}",
+                ident(&ds.history_table()),
+                keys.join(", "),
+                slots.join(", ")
+            ),
+            &params,
+        )?;
+    }
     Ok(())
 }
 

@@ -9,7 +9,6 @@ Used by bench/analyze.sh; see BENCHMARKS.md for recorded figures."""
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from import_bench import GEN, TOKEN, peak_rss_mb, psql, request  # noqa: E402
+from import_bench import GEN, peak_rss_mb, request, server_at  # noqa: E402
 
 
 def rss_mb(pid):
@@ -76,61 +75,43 @@ def main():
     print(f"file: {args.rows} rows, {os.path.getsize(file) / 1e6:.1f} MB csv; "
           f"the table holds {half} of its keys (other values)")
 
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir",
-           os.path.join(work, "data"), "--workers", str(args.workers)]
-    database = None
-    if args.postgres:
-        database = "sluice_bench_%d" % os.getpid()
-        psql(args.postgres, f"CREATE DATABASE {database}")
-        cmd += ["--database-url", f"{args.postgres}/{database}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "server did not start"
-        d = wait(base, upload(base, base_file))
-        assert d["status"] == "completed", d
-        print(f"base import: {d['createdCount']} rows; peak RSS {peak_rss_mb(server.pid):.1f} MB")
+        with server_at(args.binary, os.path.join(work, "data"), args.postgres,
+                       ["--workers", str(args.workers)]) as (base, server):
+            d = wait(base, upload(base, base_file))
+            assert d["status"] == "completed", d
+            print(f"base import: {d['createdCount']} rows; peak RSS {peak_rss_mb(server.pid):.1f} MB")
 
-        job = upload(base, file, "&dryRun=true")
-        t0 = time.monotonic()
-        a = wait(base, job, server.pid)
-        sampled_a = PHASE_RSS[0]
-        analysis_s = time.monotonic() - t0
-        assert a["status"] == "completed", a
-        rss_a = peak_rss_mb(server.pid)
-        print(f"analysis: {analysis_s:.2f} s ({args.rows / analysis_s:.0f} rows/s); would create "
-              f"{a['createdCount']} update {a['updatedCount']} unchanged {a['unchangedCount']} "
-              f"errors {a['errorCount']}; RSS sampled during it up to {sampled_a:.1f} MB, "
-              f"peak RSS so far {rss_a:.1f} MB")
+            job = upload(base, file, "&dryRun=true")
+            t0 = time.monotonic()
+            a = wait(base, job, server.pid)
+            sampled_a = PHASE_RSS[0]
+            analysis_s = time.monotonic() - t0
+            assert a["status"] == "completed", a
+            rss_a = peak_rss_mb(server.pid)
+            print(f"analysis: {analysis_s:.2f} s ({args.rows / analysis_s:.0f} rows/s); would create "
+                  f"{a['createdCount']} update {a['updatedCount']} unchanged {a['unchangedCount']} "
+                  f"errors {a['errorCount']}; RSS sampled during it up to {sampled_a:.1f} MB, "
+                  f"peak RSS so far {rss_a:.1f} MB")
 
-        t0 = time.monotonic()
-        status, body = request(base, "POST", f"/api/v1/import/{job}/run")
-        assert status == 202, body
-        i = wait(base, body["data"]["jobId"], server.pid)
-        sampled_i = PHASE_RSS[0]
-        import_s = time.monotonic() - t0
-        assert i["status"] == "completed", i
-        rss_i = peak_rss_mb(server.pid)
-        print(f"import:   {import_s:.2f} s ({args.rows / import_s:.0f} rows/s); created "
-              f"{i['createdCount']} updated {i['updatedCount']} unchanged {i['unchangedCount']} "
-              f"errors {i['errorCount']}; RSS sampled during it up to {sampled_i:.1f} MB, "
-              f"peak RSS so far {rss_i:.1f} MB")
-        same = all(a[k] == i[k] for k in
-                   ("createdCount", "updatedCount", "unchangedCount", "errorCount"))
-        print(f"analysis / import = {analysis_s / import_s * 100:.0f} %; counts equal: {same}")
-        if not same:
-            sys.exit(1)
+            t0 = time.monotonic()
+            status, body = request(base, "POST", f"/api/v1/import/{job}/run")
+            assert status == 202, body
+            i = wait(base, body["data"]["jobId"], server.pid)
+            sampled_i = PHASE_RSS[0]
+            import_s = time.monotonic() - t0
+            assert i["status"] == "completed", i
+            rss_i = peak_rss_mb(server.pid)
+            print(f"import:   {import_s:.2f} s ({args.rows / import_s:.0f} rows/s); created "
+                  f"{i['createdCount']} updated {i['updatedCount']} unchanged {i['unchangedCount']} "
+                  f"errors {i['errorCount']}; RSS sampled during it up to {sampled_i:.1f} MB, "
+                  f"peak RSS so far {rss_i:.1f} MB")
+            same = all(a[k] == i[k] for k in
+                       ("createdCount", "updatedCount", "unchangedCount", "errorCount"))
+            print(f"analysis / import = {analysis_s / import_s * 100:.0f} %; counts equal: {same}")
+            if not same:
+                sys.exit(1)
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            psql(args.postgres, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

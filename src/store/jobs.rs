@@ -22,7 +22,7 @@
 use chrono::Utc;
 
 use super::control::{RELEASE, chunk_finished};
-use super::sql::{Row, Sql, Value, params};
+use super::sql::{Dialect, Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
     AuditEntry, Completion, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease,
@@ -529,20 +529,32 @@ pub fn finish(
 }
 
 /// Whether the job holding `lease` completing now completes its top-level job — it is one, or
-/// the last unfinished chunk of its parent —, and then whether it is a chunk.
+/// the last unfinished chunk of its parent —, and then whether it is a chunk. On PostgreSQL the
+/// parent's row is locked first: two last chunks ending at once would otherwise both count the
+/// other as unfinished, and the one completing the job would skip a sync's guard.
 fn completes_owner(c: &mut dyn Sql, lease: &Lease) -> StoreResult<Option<bool>> {
     let Some(row) = c.query_opt(
-        "SELECT p.chunks_completed, p.chunks_total FROM jobs j LEFT JOIN jobs p ON p.id = j.parent_id \
-         WHERE j.id = $1 AND j.lease_token = $2",
+        "SELECT parent_id FROM jobs WHERE id = $1 AND lease_token = $2",
         params![lease.job_id, lease.token.as_str()],
     )?
     else {
         return Ok(None);
     };
-    Ok(match (row.opt_i64(0)?, row.opt_i64(1)?) {
-        (Some(done), Some(total)) => (done + 1 >= total).then_some(true),
-        _ => Some(false),
-    })
+    let Some(parent) = row.opt_i64(0)? else {
+        return Ok(Some(false));
+    };
+    let lock = if c.dialect() == Dialect::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let p = c.query_one(
+        &format!(
+            "SELECT chunks_completed, COALESCE(chunks_total, 0) FROM jobs WHERE id = $1{lock}"
+        ),
+        params![parent],
+    )?;
+    Ok((p.i64(0)? + 1 >= p.i64(1)?).then_some(true))
 }
 
 /// Inside a write transaction: see [`super::JobStore::job_split`].

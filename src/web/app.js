@@ -323,7 +323,8 @@ function confirmRollback(job) {
   const n = (k) => fmt(job[k] || 0);
   const what = job.kind === 'rollback'
     ? `Roll back rollback #${job.jobId}? Its ${n('deletedCount')} deleted rows come back and its ${n('updatedCount')} restored rows get the values it replaced.`
-    : `Roll back import #${job.jobId}? Its ${n('createdCount')} created rows will be deleted and its ${n('updatedCount')} updated rows get their previous values back.`;
+    : `Roll back import #${job.jobId}? Its ${n('createdCount')} created rows will be deleted and its ${n('updatedCount')} updated rows get their previous values back` +
+      (job.deletedCount ? `; the ${n('deletedCount')} rows its sync deleted come back.` : '.');
   return window.confirm(`${what} Rows a later import changed are left as they are and listed as conflicts.`);
 }
 
@@ -367,7 +368,8 @@ function renderJob(job) {
   ];
   if (job.queuePosition && job.status === 'pending') facts.push(['Place in queue', `#${job.queuePosition} (estimate)`]);
   if (job.analysisOf) facts.push(['Analysed by', `#${job.analysisOf}`]);
-  if (job.kind === 'rollback') facts.push(['Deleted', fmt(job.deletedCount)], ['Rolls back', `#${job.rollbackOf}`]);
+  if (job.kind === 'rollback' || job.mode === 'sync') facts.push(['Deleted', fmt(job.deletedCount)]);
+  if (job.kind === 'rollback') facts.push(['Rolls back', `#${job.rollbackOf}`]);
   if (job.rolledBackBy) facts.push(['Rolled back by', `#${job.rolledBackBy}`]);
   $('#job-facts').replaceChildren(...facts.map(([k, v]) => el('div', {}, el('dt', { text: k }), el('dd', { text: v, 'data-fact': k.toLowerCase() }))));
   $('#job-error').textContent = job.error || '';

@@ -78,14 +78,10 @@ pub async fn rollback(
             None,
         ));
     }
-    if job.kind == JobKind::Import
-        && job.mode == Mode::Replace
-        && job.status != JobStatus::Completed
-    {
+    if job.kind == JobKind::Import && job.mode == Mode::Replace {
         return Err(conflict(
             "not_reversible",
-            "a replace import changes the table only when it completes; this one did not, so \
-             there is nothing to undo"
+            "a replace import is not recorded in the change ledger, so it cannot be rolled back"
                 .into(),
             None,
         ));

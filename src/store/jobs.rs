@@ -516,7 +516,6 @@ pub fn finish(
     };
     match completion {
         Some(Completion::Replace(replace)) if completed => {
-            super::replace::record(c, replace)?;
             for sql in replace.statements() {
                 c.batch(&sql)?;
             }

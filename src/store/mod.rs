@@ -23,7 +23,6 @@ mod jobs;
 pub mod ledger;
 mod pool;
 pub mod postgres;
-mod replace;
 pub mod rollback;
 mod sources;
 pub mod sql;

@@ -48,12 +48,13 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
-def run_import(base, path, dataset="products"):
+def run_import(base, path, dataset="products", query=""):
+    """Uploads `path` (`query`: more parameters, `&mode=replace`) and waits for its job."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         t0 = time.monotonic()
         status, body = request(
-            base, "POST", f"/api/v1/import/{dataset}?filename={os.path.basename(path)}",
+            base, "POST", f"/api/v1/import/{dataset}?filename={os.path.basename(path)}{query}",
             body=f, headers={"Content-Type": "text/csv", "Content-Length": str(size)})
     uploaded = time.monotonic()
     assert status == 202, body

@@ -4,7 +4,8 @@
 //! and the history shows B's changes and their reversal; the rollback rolled back → the table
 //! after B; a later import C over some of B's keys → exactly C's changes are conflicts (row
 //! errors naming C), everything else restored, and `force=true` restores those too; the
-//! refusals (twice, not finished, a replace import, another organisation); and a server killed
+//! refusals (twice, not finished, another organisation); a replace import ledgered at its swap
+//! and rolled back to the table before it; and a server killed
 //! mid-rollback → the same table as an uninterrupted rollback. And `mode=sync`, split into chunk
 //! jobs: exactly the keys the file lacks are deleted (a rejected row's key is kept), ledgered,
 //! and a rollback brings them back; past `maxDeletePercent` the job fails and deletes nothing.
@@ -225,20 +226,42 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
                 .unwrap()
     );
 
-    // Refusals: another organisation, a job still running, a replace import, an export.
+    // Refusals: another organisation, a bad `force`.
     let (_, other) = org_with_admin(&app, "other");
     let (code, _) = ask_rollback(&app, &other, jb, "").await;
     assert_eq!(code, 404);
     let (code, body) = ask_rollback(&app, TOKEN, jb, "?force=maybe").await;
     assert_eq!(code, 400, "{body}");
+
+    // A replace import is ledgered at its swap: A's file as the whole table deletes B's new
+    // keys and puts A's values back on the keys B updated; rolled back, the table is B's again.
     let replace = upload_as(&app, TOKEN, &a, &[("mode", "replace")]).await;
+    let sr = app.wait_done(replace, Duration::from_secs(60)).await;
+    assert_eq!(sr["status"], "completed", "{sr}");
     assert_eq!(
-        app.wait_done(replace, Duration::from_secs(60)).await["status"],
-        "completed"
+        table(&app, org),
+        after_a,
+        "the table after replacing it with A"
     );
-    let (code, body) = ask_rollback(&app, TOKEN, replace, "").await;
-    assert_eq!(code, 409, "{body}");
-    assert_eq!(body["error"]["code"], "not_reversible");
+    assert_eq!(n(&sr, "deletedCount"), n(&sb, "createdCount"));
+    let ops: BTreeMap<String, u64> = app
+        .db()
+        .rows(&format!(
+            "SELECT op, CAST(count(*) AS TEXT) FROM ledger WHERE job_id = {replace} GROUP BY op"
+        ))
+        .into_iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap(),
+                r[1].as_deref().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(ops.get("deleted").copied(), Some(n(&sb, "createdCount")));
+    assert_eq!(ops.get("updated").copied(), Some(n(&sb, "updatedCount")));
+    assert_eq!(ops.get("created"), None, "{ops:?}");
+    rolled_back(&app, TOKEN, replace, "").await;
+    assert_eq!(table(&app, org), after_b, "the table after B again");
 }
 
 async fn later_changes_are_conflicts_unless_forced(backend: Backend) {
@@ -407,6 +430,28 @@ async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend
     import_as(&app, TOKEN, &a).await;
     let after_a = table(&app, org);
     assert_eq!(after_a.len(), 2000);
+    // A dry run of the sync counts what it would delete, and says when the guard would refuse.
+    for (percent, refused) in [("50", false), ("10", true)] {
+        let fields = [
+            ("mode", "sync"),
+            ("dryRun", "true"),
+            ("maxDeletePercent", percent),
+        ];
+        let dry = upload_as(&app, TOKEN, &b, &fields).await;
+        let sd = app.wait_done(dry, Duration::from_secs(120)).await;
+        assert_eq!(sd["status"], "completed", "{sd}");
+        assert_eq!(sd["kind"], "analysis");
+        assert_eq!(n(&sd, "deletedCount"), 499, "{sd}");
+        assert_eq!(sd["summary"]["wouldDelete"], 499, "{sd}");
+        assert_eq!(
+            sd["summary"]["deleteRefusal"].as_str().is_some_and(
+                |m| m.contains("499 of the 2000 rows (24.9%), more than maxDeletePercent=10")
+            ),
+            refused,
+            "{sd}"
+        );
+    }
+    assert_eq!(table(&app, org), after_a, "a dry run writes nothing");
     let jb = upload_as(&app, TOKEN, &b, &[("mode", "sync")]).await;
     let sb = app.wait_done(jb, Duration::from_secs(120)).await;
     assert_eq!(sb["status"], "completed", "{sb}");
@@ -537,7 +582,86 @@ async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend
     }
 }
 
+/// Every type, NULLs, a two-field key: the entries a replace's swap writes (JSON made by the
+/// database) must be the text a sync writes for the same change (JSON made in Rust).
+const ALL_TYPES: &str = r#"
+[datasets.things]
+key = ["code", "n"]
+[datasets.things.fields]
+code = { type = "text", required = true }
+n = { type = "integer", required = true }
+label = { type = "text" }
+qty = { type = "integer" }
+price = { type = "decimal", scale = 2 }
+active = { type = "boolean" }
+day = { type = "date" }
+seen = { type = "datetime" }
+"#;
+
+/// Two rows; the second changes every non-key field of A2 and drops A1 (with its NULLs).
+const THINGS_A: &str = "code,n,label,qty,price,active,day,seen
+A1,1,\"quote \"\" and, comma\",5,1.5,true,2024-01-02,2024-01-02T03:04:05
+A2,2,plain,-3,20,false,2024-02-01,2024-02-01T00:00:00
+A3,3,,,,,,
+";
+const THINGS_B: &str = "code,n,label,qty,price,active,day,seen
+A2,2,other,4,0.1,true,2023-12-31,2024-03-15T12:00:00
+A3,3,x,1,2,false,2024-01-01,2024-01-01T01:01:01
+";
+
+async fn a_replace_ledgers_what_a_sync_ledgers(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        datasets: Some(ALL_TYPES.into()),
+        ..Default::default()
+    });
+    let run = |file: &'static str, fields: Vec<(&'static str, &'static str)>| {
+        let app = &app;
+        async move {
+            let (code, body) = app
+                .upload_text_as(TOKEN, "/api/v1/import/things", "t.csv", file, &fields)
+                .await;
+            assert_eq!(code, 202, "{body}");
+            let job = job_id(&body);
+            let status = app.wait_done_as(TOKEN, job).await;
+            assert_eq!(status["status"], "completed", "{status}");
+            assert_eq!(status["errorCount"], 0, "{status}");
+            job
+        }
+    };
+    let entries = |job: i64| {
+        app.db().rows(&format!(
+            "SELECT op, key, old FROM ledger WHERE job_id = {job} ORDER BY op, key"
+        ))
+    };
+    run(THINGS_A, vec![]).await;
+    let replace = run(THINGS_B, vec![("mode", "replace")]).await;
+    rolled_back(&app, TOKEN, replace, "").await;
+    let sync = run(
+        THINGS_B,
+        vec![("mode", "sync"), ("maxDeletePercent", "100")],
+    )
+    .await;
+    let (by_replace, by_sync) = (entries(replace), entries(sync));
+    assert_eq!(by_replace.len(), 3, "{by_replace:?}");
+    assert_eq!(by_replace, by_sync);
+    let deleted = &by_sync[0];
+    assert_eq!(deleted[0].as_deref(), Some("deleted"));
+    assert_eq!(
+        deleted[2].as_deref(),
+        Some(
+            r#"{"code":"A1","n":1,"label":"quote \" and, comma","qty":5,"price":"1.50","active":true,"day":"2024-01-02","seen":"2024-01-02T03:04:05"}"#
+        )
+    );
+    assert_eq!(
+        by_sync[2][2].as_deref(),
+        Some(r#"{"label":null,"qty":null,"price":null,"active":null,"day":null,"seen":null}"#),
+        "{by_sync:?}"
+    );
+}
+
 conformance!(
+    a_replace_ledgers_what_a_sync_ledgers,
     sync_deletes_exactly_the_missing_keys_within_its_guard,
     a_rollback_restores_the_table_and_can_itself_be_rolled_back,
     later_changes_are_conflicts_unless_forced,

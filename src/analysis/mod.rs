@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::dataset::Dataset;
 use crate::events::PublishingSink;
 use crate::import::run::{RunError, RunSpec, run as run_pipeline};
-use crate::import::{Batch, BatchCounts, BatchSink, RunOutcome, SinkError};
+use crate::import::{Batch, BatchCounts, BatchSink, Mode, RunOutcome, SinkError};
 use crate::jobs::JobContext;
 use crate::store::{Job, JobStore, Lease, report_blobs};
 use report::Summary;
@@ -101,6 +101,18 @@ fn complete(ctx: &JobContext, job: &Job, lease: &Lease, stats: &Stats) -> Result
         .map_err(SinkError::from)?
         .ok_or(SinkError::LeaseLost)?;
     let tally = store.errors_tally(job.id).map_err(SinkError::from)?;
+    // A sync import would also delete the rows whose keys the file lacks: counted now that
+    // every key is in the scratch table.
+    let deletion = match crate::jobs::sync_deletion_of(ctx, job).filter(|_| job.mode == Mode::Sync)
+    {
+        Some(sync) => Some(
+            store
+                .analysis_would_delete(lease, &sync)
+                .map_err(SinkError::from)?
+                .ok_or(SinkError::LeaseLost)?,
+        ),
+        None => None,
+    };
     let summary = Summary {
         filename: job.filename.clone(),
         sha256: job.sha256.clone(),
@@ -111,6 +123,8 @@ fn complete(ctx: &JobContext, job: &Job, lease: &Lease, stats: &Stats) -> Result
         would_update: now.updated_count,
         unchanged: now.unchanged_count,
         errors: now.error_count,
+        would_delete: deletion.as_ref().map(|w| w.rows),
+        delete_refusal: deletion.and_then(|w| w.refusal),
         errors_by_column: Vec::new(),
         errors_by_message: Vec::new(),
     }

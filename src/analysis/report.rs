@@ -32,6 +32,12 @@ pub struct Summary {
     pub would_update: u64,
     pub unchanged: u64,
     pub errors: u64,
+    /// `mode=sync`: the organisation's rows whose keys the file lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete: Option<u64>,
+    /// `mode=sync`: why the import would fail on its `maxDeletePercent` guard.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_refusal: Option<String>,
     pub errors_by_column: Vec<crate::import::tally::Count>,
     pub errors_by_message: Vec<crate::import::tally::MessageCount>,
 }
@@ -82,7 +88,7 @@ pub fn write_xlsx(
     {
         let ws = wb.add_worksheet();
         ws.set_name("Summary").map_err(x)?;
-        let lines: [(&str, String); 9] = [
+        let mut lines: Vec<(&str, String)> = vec![
             ("File", summary.filename.clone()),
             ("SHA-256", summary.sha256.clone()),
             ("Dataset", summary.dataset.clone()),
@@ -91,8 +97,14 @@ pub fn write_xlsx(
             ("Would create", summary.would_create.to_string()),
             ("Would update", summary.would_update.to_string()),
             ("Unchanged", summary.unchanged.to_string()),
-            ("Errors", summary.errors.to_string()),
         ];
+        if let Some(n) = summary.would_delete {
+            lines.push(("Would delete", n.to_string()));
+        }
+        if let Some(why) = &summary.delete_refusal {
+            lines.push(("Would fail", why.clone()));
+        }
+        lines.push(("Errors", summary.errors.to_string()));
         for (r, (label, value)) in lines.iter().enumerate() {
             let r = r as u32;
             ws.write_string_with_format(r, 0, *label, &bold)

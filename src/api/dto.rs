@@ -219,6 +219,14 @@ pub struct AnalysisSummary {
     pub would_update: u64,
     pub unchanged: u64,
     pub errors: u64,
+    /// `mode=sync`, once completed: the organisation's rows the import would delete (the keys
+    /// the file lacks; a rejected row's readable key counts as had). Also `deletedCount`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_delete: Option<u64>,
+    /// `mode=sync`, once completed: the import would fail on its `maxDeletePercent` guard, and
+    /// why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_refusal: Option<String>,
     /// Once completed (empty before; `/errors/summary` has them while it runs).
     pub errors_by_column: Vec<crate::import::tally::Count>,
     pub errors_by_message: Vec<crate::import::tally::MessageCount>,
@@ -234,6 +242,8 @@ impl AnalysisSummary {
             would_update: job.updated_count,
             unchanged: job.unchanged_count,
             errors: job.error_count,
+            would_delete: list("wouldDelete").and_then(|v| v.as_u64()),
+            delete_refusal: list("deleteRefusal").and_then(|v| v.as_str().map(String::from)),
             errors_by_column: list("errorsByColumn")
                 .and_then(|v| serde_json::from_value::<Vec<CountIn>>(v).ok())
                 .map(|v| v.into_iter().map(Into::into).collect())

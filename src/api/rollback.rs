@@ -78,10 +78,14 @@ pub async fn rollback(
             None,
         ));
     }
-    if job.kind == JobKind::Import && job.mode == Mode::Replace {
+    if job.kind == JobKind::Import
+        && job.mode == Mode::Replace
+        && job.status != JobStatus::Completed
+    {
         return Err(conflict(
             "not_reversible",
-            "a replace import is not recorded in the change ledger, so it cannot be rolled back"
+            "a replace import changes the table only when it completes; this one did not, so \
+             there is nothing to undo"
                 .into(),
             None,
         ));

@@ -378,6 +378,12 @@ fn print_analysis(d: &Value) {
         n(&s["unchanged"]),
         n(&s["errors"])
     );
+    if let Some(doomed) = s["wouldDelete"].as_u64() {
+        println!("  would delete {doomed} (mode=sync: rows whose keys the file lacks)");
+    }
+    if let Some(why) = s["deleteRefusal"].as_str() {
+        println!("  the import would fail: {why}");
+    }
     if let Some(columns) = s["errorsByColumn"].as_array().filter(|c| !c.is_empty()) {
         let list: Vec<String> = columns
             .iter()

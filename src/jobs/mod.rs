@@ -416,19 +416,24 @@ fn completion_of(ctx: &JobContext, job: &Job) -> Option<Completion> {
         Mode::Replace => Some(Completion::Replace(Replacement::for_dataset(
             &dataset, owner, org,
         ))),
-        Mode::Sync => Some(Completion::Sync(SyncDeletion {
-            dataset,
-            owner,
-            org,
-            max_delete_percent: job
-                .params
-                .as_ref()
-                .and_then(|p| p.get("maxDeletePercent"))
-                .and_then(serde_json::Value::as_u64)
-                .map_or(DEFAULT_MAX_DELETE_PERCENT, |p| p.min(100) as u8),
-        })),
+        Mode::Sync => sync_deletion_of(ctx, job).map(Completion::Sync),
         _ => None,
     }
+}
+
+/// A `mode=sync` job's deletion (an import's at its end, an analysis's count of it).
+pub(crate) fn sync_deletion_of(ctx: &JobContext, job: &Job) -> Option<SyncDeletion> {
+    Some(SyncDeletion {
+        dataset: ctx.datasets.get(&job.dataset)?,
+        owner: job.parent_id.unwrap_or(job.id),
+        org: job.org_id?,
+        max_delete_percent: job
+            .params
+            .as_ref()
+            .and_then(|p| p.get("maxDeletePercent"))
+            .and_then(serde_json::Value::as_u64)
+            .map_or(DEFAULT_MAX_DELETE_PERCENT, |p| p.min(100) as u8),
+    })
 }
 
 /// Records the job's final state. While the database is busy, unavailable or full, it waits

@@ -426,7 +426,7 @@ pub fn set_result(c: &mut dyn Sql, lease: &Lease, result: &serde_json::Value) ->
 pub fn analysis_restart(c: &mut dyn Sql, lease: &Lease) -> StoreResult<bool> {
     let n = c.execute(
         "UPDATE jobs SET rows_done = 0, created_count = 0, updated_count = 0, unchanged_count = 0, \
-         error_count = 0, batches_done = 0, result = NULL \
+         error_count = 0, batches_done = 0, deleted_count = 0, result = NULL \
          WHERE id = $1 AND lease_token = $2 AND status = 'processing' AND kind = 'analysis'",
         params![lease.job_id, lease.token.as_str()],
     )?;
@@ -516,6 +516,7 @@ pub fn finish(
     };
     match completion {
         Some(Completion::Replace(replace)) if completed => {
+            super::replace::record(c, replace)?;
             for sql in replace.statements() {
                 c.batch(&sql)?;
             }

@@ -23,6 +23,7 @@ mod jobs;
 pub mod ledger;
 mod pool;
 pub mod postgres;
+mod replace;
 pub mod rollback;
 mod sources;
 pub mod sql;
@@ -33,6 +34,7 @@ mod tenants;
 mod types;
 
 pub use sql_store::{Backend, SqlStore};
+pub use sync::WouldDelete;
 pub use types::*;
 
 use std::sync::Arc;
@@ -338,6 +340,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// (a resumed analysis is redone from the first row, so its statistics are whole). False
     /// when the lease was lost.
     fn analysis_restart(&self, lease: &Lease) -> StoreResult<bool>;
+    /// What a `mode=sync` import of the analysed file would delete, counted into the analysis's
+    /// `deleted_count` when its batches are all in (`sync.rs`); `None` when the lease was lost.
+    fn analysis_would_delete(
+        &self,
+        lease: &Lease,
+        sync: &SyncDeletion,
+    ) -> StoreResult<Option<WouldDelete>>;
 
     // --- Job events (migration 0004). The backend must append a `JobEvent` in the same
     // transaction as every job insert, status change, batch commit and total count (SQLite does

@@ -64,7 +64,7 @@ pub(super) fn selected(d: Dialect, f: &Field) -> String {
 }
 
 /// [`selected`] of the table named `alias` (`"t."`).
-fn selected_of(d: Dialect, f: &Field, alias: &str) -> String {
+pub(super) fn selected_of(d: Dialect, f: &Field, alias: &str) -> String {
     match (d, f.ty) {
         (Dialect::Postgres, FieldType::Decimal | FieldType::Date | FieldType::Datetime) => {
             format!("CAST({alias}{} AS TEXT)", ident(&f.name))

@@ -20,7 +20,7 @@ use super::{
 };
 use super::{DueEmail, EmailDelivery, NewEmail, NotifyItem};
 use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
-use super::{control, hooks, jobs, ledger, rollback, sources, tenants};
+use super::{SyncDeletion, WouldDelete, control, hooks, jobs, ledger, rollback, sources, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -441,6 +441,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn analysis_restart(&self, lease: &Lease) -> StoreResult<bool> {
         self.0.write(|c| jobs::analysis_restart(c, lease))
+    }
+
+    fn analysis_would_delete(
+        &self,
+        lease: &Lease,
+        sync: &SyncDeletion,
+    ) -> StoreResult<Option<WouldDelete>> {
+        self.0.write(|c| super::sync::would_delete(c, lease, sync))
     }
 
     fn events_after(

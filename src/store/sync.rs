@@ -16,7 +16,7 @@
 use super::ledger::{self, Op};
 use super::rollback::{ident, key_values, selected, slot};
 use super::sql::{Dialect, Row, Sql, Value, params};
-use super::{ORG_COLUMN, StoreResult, SyncDeletion};
+use super::{Lease, ORG_COLUMN, StoreResult, SyncDeletion};
 use crate::dataset::Dataset;
 
 /// Rows read and deleted per statement.
@@ -45,16 +45,101 @@ pub fn refusal(c: &mut dyn Sql, s: &SyncDeletion) -> StoreResult<Option<String>>
             params![s.org],
         )?
         .u64(0)?;
+    Ok(past_guard(s, doomed, total).map(|over| {
+        format!(
+            "{over}; nothing was deleted. The file's rows were written: roll the job back to \
+             undo them, or import again with a higher maxDeletePercent"
+        )
+    }))
+}
+
+/// What deleting `doomed` of `total` rows breaks of the guard, `None` when it holds.
+fn past_guard(s: &SyncDeletion, doomed: u64, total: u64) -> Option<String> {
     let max = u64::from(s.max_delete_percent);
-    if doomed * 100 <= max * total {
-        return Ok(None);
+    (doomed * 100 > max * total).then(|| {
+        format!(
+            "mode=sync would delete {doomed} of the {total} rows ({:.1}%), more than \
+             maxDeletePercent={max}",
+            doomed as f64 * 100.0 / total as f64
+        )
+    })
+}
+
+/// What a sync import of an analysed file would delete (see [`super::JobStore::analysis_would_delete`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WouldDelete {
+    /// The organisation's rows whose keys the file lacks (rejected rows' keys count as had).
+    pub rows: u64,
+    /// The organisation's rows now.
+    pub of: u64,
+    /// The guard's refusal, when the import would fail on it.
+    pub refusal: Option<String>,
+}
+
+/// A dry run's deletion: the keys its file had are in its scratch table (valid rows' by the
+/// dry-run writer; rejected rows' with readable keys added here, as [`refusal`] keeps them);
+/// the organisation's rows with no key there are what the import would delete. Counted into the
+/// analysis's `deleted_count`, fenced by its lease (`None`: the lease was lost).
+pub fn would_delete(
+    c: &mut dyn Sql,
+    lease: &Lease,
+    s: &SyncDeletion,
+) -> StoreResult<Option<WouldDelete>> {
+    let ds = &s.dataset;
+    let d = c.dialect();
+    let (table, scratch) = (ident(&ds.table), ident(&super::scratch_table(lease.job_id)));
+    let keys: Vec<String> = ds.key.iter().map(|&k| ident(&ds.fields[k].name)).collect();
+    let slots: Vec<String> = ds
+        .key
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| slot(d, ds.fields[k].ty, 2 + j))
+        .collect();
+    let add = format!(
+        "INSERT INTO {scratch} ({}, _sluice_row) VALUES ({}, $1) ON CONFLICT DO NOTHING",
+        keys.join(", "),
+        slots.join(", ")
+    );
+    let exists = match d {
+        Dialect::Sqlite => "SELECT count(*) FROM sqlite_master WHERE name = $1",
+        Dialect::Postgres => "SELECT count(to_regclass(quote_ident($1)))",
+    };
+    let name = super::scratch_table(lease.job_id);
+    let had_rows = c.query_one(exists, params![name.as_str()])?.u64(0)? > 0;
+    // No scratch table: no batch was committed, the file had no row and every row would go.
+    if had_rows {
+        each_rejected_key(c, ds, lease.job_id, |c, row, key| {
+            let mut p = vec![Value::Int(row)];
+            p.extend(key);
+            c.execute(&add, &p).map(drop)
+        })?;
     }
-    Ok(Some(format!(
-        "mode=sync would delete {doomed} of the {total} rows ({:.1}%), more than \
-         maxDeletePercent={max}; nothing was deleted. The file's rows were written: roll the \
-         job back to undo them, or import again with a higher maxDeletePercent",
-        doomed as f64 * 100.0 / total as f64
-    )))
+    let same: Vec<String> = keys.iter().map(|k| format!("s.{k} = t.{k}")).collect();
+    let missing = if had_rows {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM {scratch} s WHERE {})",
+            same.join(" AND ")
+        )
+    } else {
+        "TRUE".into()
+    };
+    let row = c.query_one(
+        &format!(
+            "SELECT count(*), count(*) FILTER (WHERE {missing}) FROM {table} t \
+             WHERE t.{ORG_COLUMN} = $1"
+        ),
+        params![s.org],
+    )?;
+    let (of, rows) = (row.u64(0)?, row.u64(1)?);
+    let fenced = c.execute(
+        "UPDATE jobs SET deleted_count = $1 WHERE id = $2 AND lease_token = $3",
+        params![rows as i64, lease.job_id, lease.token.as_str()],
+    )?;
+    Ok((fenced == 1).then(|| WouldDelete {
+        rows,
+        of,
+        refusal: past_guard(s, rows, of),
+    }))
 }
 
 /// Stamps the organisation's rows whose keys a rejected row of the file named, so that they are
@@ -67,18 +152,31 @@ fn keep_rejected(c: &mut dyn Sql, s: &SyncDeletion) -> StoreResult<()> {
         ident(&ds.table),
         key_match(d, ds, 3)
     );
+    each_rejected_key(c, ds, s.owner, |c, _, key| {
+        let mut p = vec![Value::Int(s.org), Value::Int(s.owner)];
+        p.extend(key);
+        c.execute(&stamp, &p).map(drop)
+    })
+}
+
+/// Hands the readable key of each of `job`'s rejected rows (`job_errors.key`) to `f` with its
+/// row, in row order, a page at a time.
+fn each_rejected_key(
+    c: &mut dyn Sql,
+    ds: &Dataset,
+    job: i64,
+    mut f: impl FnMut(&mut dyn Sql, i64, Vec<Value>) -> StoreResult<()>,
+) -> StoreResult<()> {
     let mut after = 0i64;
     loop {
         let page = c.query(
             "SELECT \"row\", key FROM job_errors WHERE job_id = $1 AND \"row\" > $2 \
              AND key IS NOT NULL ORDER BY \"row\" LIMIT $3",
-            params![s.owner, after, PAGE],
+            params![job, after, PAGE],
         )?;
         for r in &page {
             after = r.i64(0)?;
-            let mut p = vec![Value::Int(s.org), Value::Int(s.owner)];
-            p.extend(key_values(ds, &r.text(1)?)?);
-            c.execute(&stamp, &p)?;
+            f(c, after, key_values(ds, &r.text(1)?)?)?;
         }
         if (page.len() as i64) < PAGE {
             return Ok(());

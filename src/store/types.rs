@@ -322,6 +322,9 @@ pub const DEFAULT_ORG: i64 = 1;
 /// parent). Other organisations' rows are not touched.
 #[derive(Debug, Clone)]
 pub struct Replacement {
+    pub dataset: Arc<Dataset>,
+    /// The top-level job (its ledger entries are the swap's changes).
+    pub owner: JobId,
     pub table: String,
     pub staging: String,
     /// The organisation whose rows are replaced.
@@ -331,7 +334,7 @@ pub struct Replacement {
 }
 
 impl Replacement {
-    pub fn for_dataset(dataset: &Dataset, owner: JobId, org: i64) -> Self {
+    pub fn for_dataset(dataset: &Arc<Dataset>, owner: JobId, org: i64) -> Self {
         let mut columns: Vec<String> = dataset.fields.iter().map(|f| f.name.clone()).collect();
         columns.extend(
             [
@@ -343,6 +346,8 @@ impl Replacement {
             .map(String::from),
         );
         Self {
+            dataset: dataset.clone(),
+            owner,
             table: dataset.table.clone(),
             staging: crate::dataset::staging_table(owner),
             org,

@@ -313,7 +313,7 @@ function renderLists() {
 // Whether a job's changes can be undone: an import (not replace) or a rollback that committed
 // something and ended, not rolled back yet.
 function reversible(job) {
-  if (!['import', 'rollback'].includes(job.kind || 'import') || job.mode === 'replace' || job.rolledBackBy) return false;
+  if (!['import', 'rollback'].includes(job.kind || 'import') || (job.mode === 'replace' && job.status !== 'completed') || job.rolledBackBy) return false;
   const wrote = (job.createdCount || 0) + (job.updatedCount || 0) + (job.deletedCount || 0) > 0;
   return wrote && ['completed', 'failed', 'cancelled'].includes(job.status);
 }

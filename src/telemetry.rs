@@ -185,6 +185,12 @@ fn rows_committed(dataset: &str, counts: &BatchCounts) {
     }
 }
 
+/// Rows a completing job deleted (a sync's keys its file lacked, a replace's swap).
+pub fn rows_deleted(dataset: &str, n: u64) {
+    counter!("sluice_rows_total", "dataset" => dataset.to_string(), "outcome" => "deleted")
+        .increment(n);
+}
+
 /// A rollback's batch committed: rows re-created, restored and deleted, and its conflicts.
 pub fn rollback_committed(dataset: &str, b: &crate::store::rollback::RollbackBatch) {
     for (outcome, n) in [

@@ -459,6 +459,23 @@ async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend
     assert!(sb["chunks"]["total"].as_u64().unwrap() > 1, "{sb}");
     assert_eq!(n(&sb, "errorCount"), 1);
     assert_eq!(n(&sb, "deletedCount"), 499);
+    // The deletion is counted in the rows metric (dry runs delete nothing).
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"sluice_rows_total{dataset="products",outcome="deleted"} 499"#),
+        "{metrics}"
+    );
     let after_b = table(&app, org);
     let mut expected: BTreeSet<String> = (301..=1800).map(sku).collect();
     expected.insert(sku(5));

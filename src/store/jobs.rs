@@ -457,7 +457,7 @@ pub fn finish(
     completion: Option<&Completion>,
     status: JobStatus,
     error: Option<&str>,
-) -> StoreResult<bool> {
+) -> StoreResult<Option<u64>> {
     // A sync's guard is asked before the end is recorded: a job refused by it ends `failed`
     // (its webhook and events never say `completed`).
     let (mut refused, mut chunk) = (None, false);
@@ -495,7 +495,7 @@ pub fn finish(
         ],
     )?
     else {
-        return Ok(false);
+        return Ok(None);
     };
     // An analysis's scratch keys end with it, whatever its end.
     if row.text(1)? == "analysis" {
@@ -514,19 +514,18 @@ pub fn finish(
         (Some(parent), None) => chunk_finished(c, parent, lease.job_id, status, error)?,
         (None, _) => status == JobStatus::Completed,
     };
-    match completion {
+    let deleted = match completion {
         Some(Completion::Replace(replace)) if completed => {
-            super::replace::record(c, replace)?;
+            let deleted = super::replace::record(c, replace)?;
             for sql in replace.statements() {
                 c.batch(&sql)?;
             }
+            deleted
         }
-        Some(Completion::Sync(sync)) if completed => {
-            super::sync::delete(c, sync)?;
-        }
-        _ => {}
-    }
-    Ok(true)
+        Some(Completion::Sync(sync)) if completed => super::sync::delete(c, sync)?,
+        _ => 0,
+    };
+    Ok(Some(deleted))
 }
 
 /// Whether the job holding `lease` completing now completes its top-level job — it is one, or

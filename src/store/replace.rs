@@ -104,8 +104,8 @@ fn same_key(ds: &Dataset, org: i64) -> String {
 }
 
 /// Records what swapping `r`'s staging table in changes; the deleted rows are counted in the
-/// job's `deleted_count`.
-pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<()> {
+/// job's `deleted_count` and returned.
+pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
     let ds = &r.dataset;
     let d = c.dialect();
     if d == Dialect::Postgres {
@@ -176,7 +176,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<()> {
             params![r.owner, deleted as i64],
         )?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 /// Widens the job's cursor range to the `n` entries just inserted.

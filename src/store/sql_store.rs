@@ -319,8 +319,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
         status: JobStatus,
         error: Option<&str>,
     ) -> StoreResult<bool> {
-        self.0
-            .write(|c| jobs::finish(c, lease, completion, status, error))
+        let deleted = self
+            .0
+            .write(|c| jobs::finish(c, lease, completion, status, error))?;
+        // Counted once committed: a sync's or a replace's deletion at the job's end.
+        if let (Some(n @ 1..), Some(completion)) = (deleted, completion) {
+            crate::telemetry::rows_deleted(completion.dataset(), n);
+        }
+        Ok(deleted.is_some())
     }
 
     fn job_release(&self, lease: &Lease) -> StoreResult<()> {

@@ -389,6 +389,16 @@ pub enum Completion {
     Sync(SyncDeletion),
 }
 
+impl Completion {
+    /// The dataset the completion changes.
+    pub fn dataset(&self) -> &str {
+        match self {
+            Completion::Replace(r) => &r.dataset.name,
+            Completion::Sync(s) => &s.dataset.name,
+        }
+    }
+}
+
 /// A `mode=sync` job's deletion (see `store/sync.rs`).
 #[derive(Debug, Clone)]
 pub struct SyncDeletion {

@@ -172,6 +172,7 @@ pub fn batch(
     let mut doomed: Vec<&[Value]> = Vec::new();
     let mut conflicts: Vec<[Value; 6]> = Vec::new();
     let mut restores: Vec<Restore<'_>> = Vec::new();
+    let mut reinserts: Vec<&Undo> = Vec::new();
     let mut last = cursor;
     for (undo, current) in undos.iter().zip(currents) {
         last = undo.seq;
@@ -208,7 +209,7 @@ pub fn batch(
                 done.updated += 1;
             }
             ("deleted", None) => {
-                reinsert(c, ds, lease.job_id, org, undo, now)?;
+                reinserts.push(undo);
                 mine.push(entry_of(Op::Created, undo, None));
                 done.created += 1;
             }
@@ -223,6 +224,7 @@ pub fn batch(
     }
     // A job meets each key once: the deletions are independent of the rest of the batch.
     delete_all(c, ds, org, &doomed)?;
+    reinsert_all(c, ds, lease.job_id, org, &reinserts, now)?;
     let olds = restore_all(c, ds, lease.job_id, org, &restores, now)?;
     for (r, old) in restores.iter().zip(olds) {
         mine.push(entry_of(Op::Updated, r.undo, Some(old)));
@@ -635,50 +637,69 @@ fn archive_all(
     Ok(())
 }
 
-/// Inserts a deleted row again from the values its deletion recorded.
-fn reinsert(
+/// Inserts deleted rows again from the values their deletions recorded: multi-row `INSERT`s,
+/// one per field set (a deletion records every field, so normally one), of at most 500 rows and
+/// 30,000 parameters (SQLite allows 32,766, PostgreSQL 65,535).
+fn reinsert_all(
     c: &mut dyn Sql,
     ds: &Dataset,
     job: JobId,
     org: i64,
-    undo: &Undo,
+    undos: &[&Undo],
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     let d = c.dialect();
-    let old = undo
-        .old
-        .as_ref()
-        .ok_or_else(|| StoreError::Corrupt("a deletion's ledger entry has no values".into()))?;
-    let fields: Vec<usize> = (0..ds.fields.len())
-        .filter(|&i| old.contains_key(&ds.fields[i].name))
-        .collect();
-    let mut params = vec![Value::Int(org), Value::Int(job), Value::Time(now)];
-    let mut cols = vec![
-        ORG_COLUMN.to_string(),
-        "_sluice_job".into(),
-        "_sluice_created_at".into(),
-        "_sluice_updated_at".into(),
-    ];
-    let mut slots = vec!["$1".to_string(), "$2".into(), "$3".into(), "$3".into()];
-    for &i in &fields {
-        let f = &ds.fields[i];
-        params.push(bound(f, &old[&f.name])?);
-        cols.push(ident(&f.name));
-        slots.push(slot(d, f.ty, params.len()));
+    let mut groups: Vec<(Vec<usize>, Vec<&Undo>)> = Vec::new();
+    for &undo in undos {
+        let old = undo.old.as_ref().ok_or_else(|| {
+            StoreError::Corrupt("a deletion's ledger entry has no values".into())
+        })?;
+        let fields: Vec<usize> = (0..ds.fields.len())
+            .filter(|&i| old.contains_key(&ds.fields[i].name))
+            .collect();
+        match groups.iter_mut().find(|(f, _)| *f == fields) {
+            Some((_, list)) => list.push(undo),
+            None => groups.push((fields, vec![undo])),
+        }
     }
-    for f in ds.fields.iter().filter(|f| f.history) {
-        cols.push(since(&f.name));
-        slots.push("$3".into());
+    for (fields, list) in &groups {
+        let mut cols = vec![
+            ORG_COLUMN.to_string(),
+            "_sluice_job".into(),
+            "_sluice_created_at".into(),
+            "_sluice_updated_at".into(),
+        ];
+        cols.extend(fields.iter().map(|&i| ident(&ds.fields[i].name)));
+        let histories: Vec<&Field> = ds.fields.iter().filter(|f| f.history).collect();
+        cols.extend(histories.iter().map(|f| since(&f.name)));
+        let per_statement = (30_000 / fields.len().max(1)).clamp(1, 500);
+        for part in list.chunks(per_statement) {
+            let mut params = vec![Value::Int(org), Value::Int(job), Value::Time(now)];
+            let mut rows = Vec::with_capacity(part.len());
+            for undo in part {
+                let old = undo.old.as_ref().ok_or_else(|| {
+                    StoreError::Corrupt("a deletion's ledger entry has no values".into())
+                })?;
+                let mut slots = vec!["$1".to_string(), "$2".into(), "$3".into(), "$3".into()];
+                for &i in fields {
+                    let f = &ds.fields[i];
+                    params.push(bound(f, &old[&f.name])?);
+                    slots.push(slot(d, f.ty, params.len()));
+                }
+                slots.extend(histories.iter().map(|_| "$3".to_string()));
+                rows.push(format!("({})", slots.join(", ")));
+            }
+            c.execute(
+                &format!(
+                    "INSERT INTO {} ({}) VALUES {}",
+                    ident(&ds.table),
+                    cols.join(", "),
+                    rows.join(", ")
+                ),
+                &params,
+            )?;
+        }
     }
-    c.execute(
-        &format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            ident(&ds.table),
-            cols.join(", "),
-            slots.join(", ")
-        ),
-        &params,
-    )?;
     Ok(())
 }
 

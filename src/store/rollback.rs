@@ -651,9 +651,10 @@ fn reinsert_all(
     let d = c.dialect();
     let mut groups: Vec<(Vec<usize>, Vec<&Undo>)> = Vec::new();
     for &undo in undos {
-        let old = undo.old.as_ref().ok_or_else(|| {
-            StoreError::Corrupt("a deletion's ledger entry has no values".into())
-        })?;
+        let old = undo
+            .old
+            .as_ref()
+            .ok_or_else(|| StoreError::Corrupt("a deletion's ledger entry has no values".into()))?;
         let fields: Vec<usize> = (0..ds.fields.len())
             .filter(|&i| old.contains_key(&ds.fields[i].name))
             .collect();

@@ -110,6 +110,25 @@ fn sql_text(v: &SqlValue) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// Archived values per history statement (at most [`MAX_BINDS`] parameters).
+const HISTORY_ROWS_PER_INSERT: usize = 200;
+
+/// The history insert `head` (`INSERT INTO … VALUES`) with `rows` rows of `per_row` values each
+/// (the key, field, old, new, valid_from), `?1`–`?3` the time (`valid_to`), job and
+/// organisation shared.
+fn history_sql(head: &str, rows: usize, per_row: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (per_row * 6 + 16));
+    sql.push_str(head);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { " (" } else { ", (" });
+        for j in 0..per_row {
+            sql.push_str(&format!("?{}, ", 4 + r * per_row + j));
+        }
+        sql.push_str("?1, ?2, ?3)");
+    }
+    sql
+}
+
 /// Ledger entries per statement: three values each, besides the four the batch shares.
 const LEDGER_ROWS_PER_INSERT: usize = 1000;
 
@@ -241,13 +260,13 @@ impl Plan {
             "UPDATE {table} SET _sluice_job = ?1, _sluice_row = ?2 WHERE {ORG_COLUMN} = ?3 AND {}",
             key_where.join(" AND ")
         );
+        // The head of the history insert: rows are added by `history_sql`.
         let history_insert = (!history.is_empty()).then(|| {
             format!(
                 "INSERT INTO {} ({}, field, old_value, new_value, valid_from, valid_to, job_id, {ORG_COLUMN}) \
-                 VALUES ({}, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES",
                 ident(&ds.history_table()),
                 key_cols.join(", "),
-                vec!["?"; key_cols.len()].join(", ")
             )
         });
         Plan {
@@ -980,7 +999,8 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    /// Archives the old value of every changed history field.
+    /// Archives the old value of every changed history field: multi-row statements, the
+    /// batch's time, job and organisation bound once.
     fn archive(
         &self,
         tx: &Connection,
@@ -988,34 +1008,46 @@ impl WriteCtx<'_> {
         rows: &[(usize, Option<Vec<usize>>)],
         existing: &HashMap<String, Existing>,
     ) -> rusqlite::Result<()> {
-        let Some(sql) = &self.plan.history_insert else {
+        let Some(head) = &self.plan.history_insert else {
             return Ok(());
         };
-        let mut stmt = tx.prepare_cached(sql)?;
+        // (row index, history position) of every archived value, in row order.
+        let mut records: Vec<(usize, usize, &Existing)> = Vec::new();
         for (i, changed) in rows {
             let Some(changed) = changed else { continue };
             let values = batch.row_values(*i);
             let Some(old) = existing.get(&sql_key(values, &self.ds.key)) else {
                 continue;
             };
-            for (h, (field, pos)) in self.plan.history.iter().enumerate() {
-                if !changed.contains(pos) {
-                    continue;
+            for (h, (_, pos)) in self.plan.history.iter().enumerate() {
+                if changed.contains(pos) {
+                    records.push((*i, h, old));
                 }
-                let mut idx = 1;
+            }
+        }
+        let nkey = self.ds.key.len();
+        let per_row = nkey + 4;
+        let per_statement = (MAX_BINDS / per_row).clamp(1, HISTORY_ROWS_PER_INSERT);
+        for chunk in records.chunks(per_statement) {
+            let mut stmt = tx.prepare_cached(&history_sql(head, chunk.len(), per_row))?;
+            stmt.raw_bind_parameter(1, &self.now)?;
+            stmt.raw_bind_parameter(2, self.job)?;
+            stmt.raw_bind_parameter(3, self.org)?;
+            let mut idx = 4;
+            for &(i, h, old) in chunk {
+                let values = batch.row_values(i);
+                let (field, pos) = self.plan.history[h];
                 for &k in &self.ds.key {
                     stmt.raw_bind_parameter(idx, &values[k])?;
                     idx += 1;
                 }
-                stmt.raw_bind_parameter(idx, &self.ds.fields[*field].name)?;
-                stmt.raw_bind_parameter(idx + 1, sql_to_text(&old.values[*pos]))?;
-                stmt.raw_bind_parameter(idx + 2, values[*field].to_text())?;
+                stmt.raw_bind_parameter(idx, &self.ds.fields[field].name)?;
+                stmt.raw_bind_parameter(idx + 1, sql_to_text(&old.values[pos]))?;
+                stmt.raw_bind_parameter(idx + 2, values[field].to_text())?;
                 stmt.raw_bind_parameter(idx + 3, &old.since[h])?;
-                stmt.raw_bind_parameter(idx + 4, &self.now)?;
-                stmt.raw_bind_parameter(idx + 5, self.job)?;
-                stmt.raw_bind_parameter(idx + 6, self.org)?;
-                stmt.raw_execute()?;
+                idx += 4;
             }
+            stmt.raw_execute()?;
         }
         Ok(())
     }

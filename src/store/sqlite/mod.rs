@@ -2,9 +2,11 @@
 //!
 //! WAL mode lets the API read while a worker writes. Connections come from a small pool; API
 //! connections use `synchronous=FULL` (a job acknowledged with 202 survives a power cut), batch
-//! writers `synchronous=NORMAL` (a lost batch is redone from its checkpoint). Migrations are the
-//! files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
+//! writers `synchronous=NORMAL` (a lost batch is redone from its checkpoint). The WAL is copied
+//! back into the file by a thread of its own after each batch (`checkpoint.rs`), not inside the
+//! commits. Migrations are the files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
+mod checkpoint;
 mod tables;
 mod writer;
 
@@ -104,6 +106,8 @@ pub struct Sqlite {
     /// How long a statement waits for another connection's write lock before failing busy.
     busy_timeout: Duration,
     pool: Pool<Connection>,
+    /// Checkpoints the WAL off the batch writers' commits (`checkpoint.rs`).
+    checkpointer: Arc<checkpoint::Checkpointer>,
 }
 
 impl SqlStore<Sqlite> {
@@ -116,9 +120,15 @@ impl SqlStore<Sqlite> {
         wait: Duration,
     ) -> StoreResult<Self> {
         let (p, t) = (path.to_path_buf(), busy_timeout);
+        let (cp, ct) = (path.to_path_buf(), busy_timeout);
+        let checkpointer = Arc::new(checkpoint::Checkpointer::start(
+            path.to_path_buf(),
+            move || connect(&cp, ct, false).ok(),
+        ));
         let backend = Sqlite {
             path: path.to_path_buf(),
             busy_timeout,
+            checkpointer,
             pool: Pool::new(
                 connections,
                 wait,
@@ -314,9 +324,10 @@ impl Backend for Sqlite {
         let conn = connect(&self.path, self.busy_timeout, false)?;
         let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
         let reopen = Box::new(move || connect(&path, busy_timeout, false));
-        Ok(Box::new(writer::SqliteSink::new(
-            conn, reopen, dataset, lease, mode, parent, org,
-        )))
+        Ok(Box::new(
+            writer::SqliteSink::new(conn, reopen, dataset, lease, mode, parent, org)
+                .checkpointed_by(self.checkpointer.clone()),
+        ))
     }
 
     fn analysis_sink(
@@ -330,7 +341,9 @@ impl Backend for Sqlite {
         let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
         let reopen = Box::new(move || connect(&path, busy_timeout, false));
         Ok(Box::new(
-            writer::SqliteSink::new(conn, reopen, dataset, lease, mode, None, org).dry(),
+            writer::SqliteSink::new(conn, reopen, dataset, lease, mode, None, org)
+                .dry()
+                .checkpointed_by(self.checkpointer.clone()),
         ))
     }
 }
@@ -368,7 +381,9 @@ fn connect(path: &Path, busy_timeout: Duration, durable: bool) -> StoreResult<Co
     let synchronous = if durable { "FULL" } else { "NORMAL" };
     conn.execute_batch(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = {synchronous}; PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;"
+         PRAGMA temp_store = MEMORY; PRAGMA cache_size = -16000;
+         PRAGMA wal_autocheckpoint = {};",
+        checkpoint::SAFETY_PAGES
     ))
     .map_err(db_err)?;
     conn.set_prepared_statement_cache_capacity(64);

@@ -347,6 +347,8 @@ pub struct SqliteSink {
     dry: bool,
     /// Whether the scratch key table is known to exist.
     scratch_ready: bool,
+    /// Told after each commit.
+    checkpointer: Option<Arc<super::checkpoint::Checkpointer>>,
 }
 
 impl SqliteSink {
@@ -372,7 +374,14 @@ impl SqliteSink {
             org,
             dry: false,
             scratch_ready: false,
+            checkpointer: None,
         }
+    }
+
+    /// Nudges `checkpointer` after each commit (the WAL is copied back off this thread).
+    pub fn checkpointed_by(mut self, checkpointer: Arc<super::checkpoint::Checkpointer>) -> Self {
+        self.checkpointer = Some(checkpointer);
+        self
     }
 
     /// Makes this a dry-run writer (an analysis): the same lookup and decision, but instead of
@@ -466,6 +475,9 @@ impl SqliteSink {
             checkpoint,
         )?;
         tx.commit().map_err(sink_err)?;
+        if let Some(c) = &self.checkpointer {
+            c.nudge();
+        }
         self.scratch_ready = self.dry;
         Ok(counts)
     }
@@ -554,6 +566,9 @@ impl SqliteSink {
             checkpoint,
         )?;
         tx.commit().map_err(sink_err)?;
+        if let Some(c) = &self.checkpointer {
+            c.nudge();
+        }
         Ok(counts)
     }
 }

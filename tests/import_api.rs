@@ -635,7 +635,82 @@ async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_writ
     assert_eq!(count as usize, 2000 - refused.len());
 }
 
+/// Batches of 100 whose keys are all new take the writer's fast path (every row inserted at
+/// once, no lookup); a key repeated from an earlier batch or within the batch, or a key another
+/// organisation's import does not share, must still come out exactly as on the usual path.
+async fn repeated_keys_after_all_new_batches_are_still_caught(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        batch_size: 100,
+        ..Default::default()
+    });
+    let mut text = String::from("sku,name,category,price,stock,updated_at\n");
+    let row = |n: usize| {
+        format!(
+            "SKU-{n:05},Item {n},Tools,{}.50,{n},2024-01-02\n",
+            n % 90 + 1
+        )
+    };
+    for n in 1..=1000 {
+        text.push_str(&match n {
+            // Data row 550 repeats row 10's key (five batches earlier); 777 repeats 776's.
+            550 => row(10),
+            777 => row(776),
+            n => row(n),
+        });
+    }
+    let import = |text: String| {
+        let app = &app;
+        async move {
+            let (code, body) = app
+                .upload_text_as(TOKEN, "/api/v1/import/products", "p.csv", &text, &[])
+                .await;
+            assert_eq!(code, 202, "{body}");
+            let job = job_id(&body);
+            let s = app.wait_done(job, MINUTE).await;
+            assert_eq!(s["status"], "completed", "{s}");
+            (job, s)
+        }
+    };
+    let (job, s) = import(text.clone()).await;
+    assert_eq!(s["createdCount"], 998, "{s}");
+    assert_eq!(s["errorCount"], 2, "{s}");
+    let (_, errs) = app
+        .get_json(&format!("/api/v1/import/{job}/errors?limit=10"))
+        .await;
+    let errors: Vec<(u64, String)> = errs["data"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (551, "duplicate key, first seen at row 11".to_string()),
+            (778, "duplicate key, first seen at row 777".to_string()),
+        ]
+    );
+    assert_eq!(app.db().number("SELECT count(*) FROM products"), 998);
+    assert_eq!(
+        app.db().number(&format!(
+            "SELECT count(*) FROM ledger WHERE job_id = {job} AND op = 'created'"
+        )),
+        998
+    );
+    // The same file again: nothing new, so no batch is tried the fast way.
+    let (_, again) = import(text).await;
+    assert_eq!(again["unchangedCount"], 998, "{again}");
+    assert_eq!(again["errorCount"], 2, "{again}");
+}
+
 conformance!(
+    repeated_keys_after_all_new_batches_are_still_caught,
     products_import_reports_exact_counts_and_rejected_rows,
     overlapping_import_updates_changed_rows_and_archives_history,
     synchronous_dataset_answers_200_with_results_and_enforces_its_row_limit,

@@ -169,6 +169,8 @@ struct Plan {
     select_prefix: String,
     upsert_head: String,
     upsert_tail: String,
+    /// The tail of an insert that skips existing keys (the fast path of [`WriteCtx::insert_all`]).
+    insert_tail: String,
     upsert_row: String,
     rows_per_insert: usize,
     stamp: String,
@@ -276,6 +278,10 @@ impl Plan {
             select_prefix,
             upsert_head,
             upsert_tail,
+            insert_tail: format!(
+                " ON CONFLICT ({ORG_COLUMN}, {}) DO NOTHING",
+                key_cols.join(", ")
+            ),
             upsert_row,
             rows_per_insert,
             stamp,
@@ -283,9 +289,16 @@ impl Plan {
         }
     }
 
-    fn upsert_sql(&self, rows: usize) -> String {
+    /// The multi-row write of `rows` rows: an upsert, or (`skip_existing`) an insert that
+    /// leaves existing keys alone.
+    fn upsert_sql(&self, rows: usize, skip_existing: bool) -> String {
+        let tail = if skip_existing {
+            &self.insert_tail
+        } else {
+            &self.upsert_tail
+        };
         let mut sql = String::with_capacity(
-            self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + self.upsert_tail.len(),
+            self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + tail.len(),
         );
         sql.push_str(&self.upsert_head);
         for r in 0..rows {
@@ -294,7 +307,7 @@ impl Plan {
             }
             sql.push_str(&self.upsert_row);
         }
-        sql.push_str(&self.upsert_tail);
+        sql.push_str(tail);
         sql
     }
 
@@ -349,6 +362,8 @@ pub struct SqliteSink {
     scratch_ready: bool,
     /// Told after each commit.
     checkpointer: Option<Arc<super::checkpoint::Checkpointer>>,
+    /// The last batch created every row: the next one tries [`WriteCtx::insert_all`] first.
+    fresh: bool,
 }
 
 impl SqliteSink {
@@ -375,6 +390,7 @@ impl SqliteSink {
             dry: false,
             scratch_ready: false,
             checkpointer: None,
+            fresh: false,
         }
     }
 
@@ -455,7 +471,16 @@ impl SqliteSink {
             tx.execute_batch(&scratch_ddl(&self.dataset, owner))
                 .map_err(sink_err)?;
         }
-        let (mut counts, mut rejected) = match ctx.write_rows(&tx, batch, &all) {
+        let written = if self.fresh && !ctx.dry {
+            ctx.insert_all(&tx, batch, &all)
+                .and_then(|fast| match fast {
+                    Some(counts) => Ok((counts, Vec::new())),
+                    None => ctx.write_rows(&tx, batch, &all),
+                })
+        } else {
+            ctx.write_rows(&tx, batch, &all)
+        };
+        let (mut counts, mut rejected) = match written {
             Ok(done) => done,
             Err(e) if is_constraint(&e) => {
                 drop(tx);
@@ -478,6 +503,7 @@ impl SqliteSink {
         if let Some(c) = &self.checkpointer {
             c.nudge();
         }
+        self.fresh = !batch.is_empty() && counts.created == batch.len() as u64;
         self.scratch_ready = self.dry;
         Ok(counts)
     }
@@ -735,13 +761,42 @@ impl WriteCtx<'_> {
             self.remember(tx, batch, &accepted)?;
             return Ok((counts, rejected));
         }
-        self.upsert(tx, batch, &upserts, &existing)?;
+        self.upsert(tx, batch, &upserts, &existing, false)?;
         self.stamp(tx, batch, &unchanged)?;
         self.archive(tx, batch, &upserts, &existing)?;
         if self.mode != Mode::Replace && !upserts.is_empty() {
             self.ledger(tx, batch, &upserts, &existing)?;
         }
         Ok((counts, rejected))
+    }
+
+    /// The fast path of a batch whose keys are all expected to be new (the job's previous batch
+    /// created every row: an initial import): every row inserted at once, no lookup. When a key
+    /// exists after all (a row of an earlier batch, a duplicate in this one, another job's row),
+    /// fewer rows are written: the attempt is rolled back to its savepoint and `None` returned,
+    /// so the batch goes the usual way.
+    fn insert_all(
+        &self,
+        tx: &Connection,
+        batch: &Batch,
+        rows: &[usize],
+    ) -> rusqlite::Result<Option<BatchCounts>> {
+        let all: Vec<(usize, Option<Vec<usize>>)> = rows.iter().map(|&i| (i, None)).collect();
+        let none = HashMap::new();
+        tx.execute_batch("SAVEPOINT sluice_insert_all")?;
+        let written = self.upsert(tx, batch, &all, &none, true)?;
+        if written != rows.len() {
+            tx.execute_batch("ROLLBACK TO sluice_insert_all; RELEASE sluice_insert_all")?;
+            return Ok(None);
+        }
+        tx.execute_batch("RELEASE sluice_insert_all")?;
+        if self.mode != Mode::Replace && !all.is_empty() {
+            self.ledger(tx, batch, &all, &none)?;
+        }
+        Ok(Some(BatchCounts {
+            created: rows.len() as u64,
+            ..BatchCounts::default()
+        }))
     }
 
     /// A dry run's keys already accepted (in earlier batches), with their first row.
@@ -906,15 +961,19 @@ impl WriteCtx<'_> {
         Ok(found)
     }
 
+    /// Writes `rows` (an upsert, or with `skip_existing` an insert leaving existing keys
+    /// alone); the rows written.
     fn upsert(
         &self,
         tx: &Connection,
         batch: &Batch,
         rows: &[(usize, Option<Vec<usize>>)],
         existing: &HashMap<String, Existing>,
-    ) -> rusqlite::Result<()> {
+        skip_existing: bool,
+    ) -> rusqlite::Result<usize> {
+        let mut written = 0;
         for chunk in rows.chunks(self.plan.rows_per_insert) {
-            let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len()))?;
+            let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len(), skip_existing))?;
             let mut idx = 1;
             for (i, changed) in chunk {
                 let values = batch.row_values(*i);
@@ -946,9 +1005,9 @@ impl WriteCtx<'_> {
                     idx += 1;
                 }
             }
-            stmt.raw_execute()?;
+            written += stmt.raw_execute()?;
         }
-        Ok(())
+        Ok(written)
     }
 
     fn stamp(&self, tx: &Connection, batch: &Batch, rows: &[usize]) -> rusqlite::Result<()> {

@@ -470,7 +470,8 @@ fn empty_sheet(path: &Path, format: Format, options: &SourceOptions, header: boo
 /// The row total a job's progress is measured against. `exact`: counted (one pass over the
 /// file, no validation of values), as splitting a job into chunks needs. Otherwise an XLSX
 /// sheet's declared used range stands in when it has one — the sheet is then parsed once, not
-/// twice — and the job's total is set to the rows actually read when it completes.
+/// twice —, a UTF-8 CSV file's size over the bytes of its first rows, and the job's total is
+/// set to the rows actually read when it completes.
 pub fn row_total(
     path: &Path,
     format: Format,
@@ -484,7 +485,38 @@ pub fn row_total(
     {
         return Ok(rows);
     }
+    if !exact && let Source::Csv(csv) = &mut source {
+        return estimate_csv(csv, path);
+    }
     count(&mut source)
+}
+
+/// Records read to estimate a CSV file's rows from its size.
+const SAMPLE_ROWS: u64 = 20_000;
+
+/// A UTF-8 CSV file's rows estimated from the first [`SAMPLE_ROWS`] (exact when the file ends
+/// before): a full counting pass took 0.15 s of a 1.8 s 700k-row import, before its first row
+/// was written. Other encodings are counted.
+fn estimate_csv(csv: &mut text::CsvSource, path: &Path) -> Result<u64, FileError> {
+    let mut record = csv::ByteRecord::new();
+    let mut n = 0;
+    while n < SAMPLE_ROWS {
+        if csv.next_record(&mut record)?.is_none() {
+            return Ok(n);
+        }
+        n += 1;
+    }
+    let size = std::fs::metadata(path)?.len();
+    match csv.bytes_read() {
+        Some(read) if read > 0 => Ok(((size as f64 / read as f64) * n as f64).round() as u64),
+        _ => {
+            let mut more = n;
+            while csv.next_record(&mut record)?.is_some() {
+                more += 1;
+            }
+            Ok(more)
+        }
+    }
 }
 
 /// Counts the non-blank data rows.
@@ -500,6 +532,48 @@ fn count(source: &mut Source) -> Result<u64, FileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_total_is_estimated_from_its_first_rows_or_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, rows: usize, bytes: &dyn Fn(&str) -> Vec<u8>| {
+            let mut text = String::from("sku,name\n");
+            for n in 0..rows {
+                // Rows of uneven length, as real files have.
+                text.push_str(&format!("SKU-{n},{}\n", "x".repeat(n % 37)));
+            }
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes(&text)).unwrap();
+            path
+        };
+        let utf8 = |t: &str| t.as_bytes().to_vec();
+        let options = SourceOptions::default();
+        let big = write("big.csv", 100_000, &utf8);
+        let estimate = row_total(&big, Format::Csv, &options, false).unwrap();
+        assert!((97_000..=103_000).contains(&estimate), "{estimate}");
+        assert_eq!(
+            row_total(&big, Format::Csv, &options, true).unwrap(),
+            100_000
+        );
+        // Fewer rows than the sample: exact.
+        let small = write("small.csv", 1_234, &utf8);
+        assert_eq!(
+            row_total(&small, Format::Csv, &options, false).unwrap(),
+            1_234
+        );
+        // Another encoding: the bytes read are not the file's, so it is counted.
+        let utf16 = write("wide.csv", 30_000, &|t: &str| {
+            t.encode_utf16().flat_map(u16::to_le_bytes).collect()
+        });
+        let wide = SourceOptions {
+            encoding: Some("utf-16le".into()),
+            ..SourceOptions::default()
+        };
+        assert_eq!(
+            row_total(&utf16, Format::Csv, &wide, false).unwrap(),
+            30_000
+        );
+    }
 
     #[test]
     fn detects_by_content() {

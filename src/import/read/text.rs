@@ -298,6 +298,15 @@ impl CsvSource {
         }
     }
 
+    /// The bytes of the file read so far, when they are known: the file is UTF-8 (read as it
+    /// is, so the parser's offset is the file's).
+    pub fn bytes_read(&self) -> Option<u64> {
+        match self.reader.get_ref() {
+            Input::Plain(_) => Some(self.reader.position().byte()),
+            Input::Decoded(_) => None,
+        }
+    }
+
     /// Records consumed so far (the checkpoint a resumed job skips to).
     pub fn position(&self) -> u64 {
         self.position

@@ -160,7 +160,7 @@ def bench_server(args, work, runs):
     times = []
     try:
         with server_at(args.binary, data, args.postgres,
-                       ["--workers", str(args.workers)]) as (base, server):
+                       ["--workers", str(args.workers), *args.server_arg]) as (base, server):
             for label, path in runs:
                 r = run_import(base, path)
                 d = r["status"]
@@ -190,6 +190,8 @@ def main():
     ap.add_argument("--first-only", action="store_true",
                     help="only the initial import (no second, overlapping file)")
     ap.add_argument("--runs", type=int, default=1, help="repeat the whole measurement N times")
+    ap.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                    help="one more argument for `sluice serve` (repeat: --server-arg=--chunk-rows=0)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--postgres", metavar="SERVER_URL", default=None,
                     help="run on PostgreSQL: a fresh database is created on this server "

@@ -104,6 +104,9 @@ struct Plan {
     classify: String,
     history: Vec<String>,
     upsert: String,
+    /// The upsert's insert leaving existing keys alone: the fast path of a batch whose keys are
+    /// all expected to be new ([`Writer::insert_all`]).
+    insert_new: String,
     stamp: String,
     /// A dry run's: the scratch table's DDL and the statement recording accepted keys.
     scratch: Option<(String, String)>,
@@ -278,14 +281,15 @@ impl Plan {
                 f = name(i)
             )
         }));
-        let upsert = format!(
+        let insert = format!(
             "INSERT INTO {table} ({}) SELECT {} FROM {stage} s WHERE s.ord = ANY($1) \
-             ON CONFLICT ({ORG_COLUMN}, {}) DO UPDATE SET {}",
+             ON CONFLICT ({ORG_COLUMN}, {})",
             insert_cols.join(", "),
             select_cols.join(", "),
             keys.join(", "),
-            updates.join(", ")
         );
+        let upsert = format!("{insert} DO UPDATE SET {}", updates.join(", "));
+        let insert_new = format!("{insert} DO NOTHING");
         let stamp = format!(
             "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s \
              WHERE {join} AND s.ord = ANY($1)"
@@ -300,6 +304,7 @@ impl Plan {
             classify,
             history: history_sql,
             upsert,
+            insert_new,
             stamp,
             scratch,
         }
@@ -328,6 +333,8 @@ pub struct PgSink {
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
+    /// The last batch created every row: the next one tries [`Writer::insert_all`] first.
+    fresh: bool,
     /// An analysis (dry run), see [`PgSink::dry`].
     dry: bool,
     /// Whether the dry run's scratch key table is known to exist.
@@ -356,6 +363,7 @@ impl PgSink {
             org,
             plan: None,
             buf: Vec::new(),
+            fresh: false,
             dry: false,
             scratch_ready: false,
         }
@@ -387,6 +395,8 @@ struct Writer<'a> {
     now: chrono::DateTime<Utc>,
     /// Create the dry run's scratch table in this transaction first.
     create_scratch: bool,
+    /// The job's last batch created every row: try [`Writer::insert_all`] first.
+    fresh: bool,
 }
 
 impl Writer<'_> {
@@ -436,6 +446,12 @@ impl Writer<'_> {
         }
         self.stage(tx, batch, rows, buf)?;
         let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
+        if self.fresh
+            && self.plan.scratch.is_none()
+            && let Some(written) = self.insert_all(tx, batch, rows, &ords, buf)?
+        {
+            return Ok(written);
+        }
         let classified = tx.query(&self.plan.classify, &[&ords])?;
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
@@ -531,6 +547,42 @@ impl Writer<'_> {
             self.ledger(tx, &entries, buf)?;
         }
         Ok(Written { counts, rejected })
+    }
+
+    /// The fast path of a batch whose keys are all expected to be new (the job's previous batch
+    /// created every row: an initial import): the staged rows inserted at once, no
+    /// classification. When a key exists after all (an earlier batch's, a duplicate in this
+    /// one, another job's), fewer rows are inserted: the attempt is rolled back to its savepoint
+    /// and `None` returned, so the batch goes the usual way.
+    fn insert_all(
+        &self,
+        tx: &mut Transaction<'_>,
+        batch: &Batch,
+        rows: &[usize],
+        ords: &[i32],
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Written>, postgres::Error> {
+        tx.batch_execute("SAVEPOINT sluice_insert_all")?;
+        let inserted = tx.execute(&self.plan.insert_new, &[&ords, &self.job, &self.now])?;
+        if inserted as usize != rows.len() {
+            tx.batch_execute("ROLLBACK TO SAVEPOINT sluice_insert_all; RELEASE sluice_insert_all")?;
+            return Ok(None);
+        }
+        tx.batch_execute("RELEASE sluice_insert_all")?;
+        if self.mode != Mode::Replace && !rows.is_empty() {
+            let entries: Vec<ledger::Entry> = rows
+                .iter()
+                .map(|&i| self.entry(batch.row_values(i), Op::Created, None))
+                .collect();
+            self.ledger(tx, &entries, buf)?;
+        }
+        Ok(Some(Written {
+            counts: BatchCounts {
+                created: rows.len() as u64,
+                ..BatchCounts::default()
+            },
+            rejected: Vec::new(),
+        }))
     }
 
     fn entry(&self, values: &[Value], op: Op, old: Option<String>) -> ledger::Entry {
@@ -672,6 +724,7 @@ impl PgSink {
             mode: self.mode,
             now: Utc::now(),
             create_scratch: self.dry && !self.scratch_ready,
+            fresh: self.fresh,
         };
         let all: Vec<usize> = (0..batch.len()).collect();
         let mut tx = batch_transaction(conn)?;
@@ -702,6 +755,7 @@ impl PgSink {
             &mut self.buf,
         )?;
         tx.commit().map_err(sink_err)?;
+        self.fresh = !batch.is_empty() && counts.created == batch.len() as u64;
         // The statistics stay once a batch that gathered them committed.
         plan.analyzed.set(true);
         self.scratch_ready = self.dry;

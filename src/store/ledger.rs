@@ -308,8 +308,13 @@ pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<(i64, i64)>> {
     else {
         return Ok(None);
     };
-    // The sweep removes the oldest entries first: the last one gone, all are.
-    let kept = c.query_opt("SELECT seq FROM ledger WHERE seq = $1", params![last])?;
+    // The sweep removes the oldest entries first: the last one gone, all are. Read through the
+    // feed's index (PostgreSQL has no other on `seq`).
+    let kept = c.query_opt(
+        "SELECT l.seq FROM jobs j JOIN ledger l ON l.org_id = j.org_id AND l.dataset = j.dataset \
+         AND l.seq = $2 WHERE j.id = $1",
+        params![job, last],
+    )?;
     Ok(kept.map(|_| (first, last)))
 }
 

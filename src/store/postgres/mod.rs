@@ -115,6 +115,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0017_sync_keys",
         include_str!("../../../migrations/postgres/0017_sync_keys.sql"),
     ),
+    (
+        18,
+        "0018_ledger_no_seq_index",
+        include_str!("../../../migrations/postgres/0018_ledger_no_seq_index.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -104,9 +104,9 @@ struct Plan {
     classify: String,
     history: Vec<String>,
     upsert: String,
-    /// The upsert's insert leaving existing keys alone: the fast path of a batch whose keys are
-    /// all expected to be new ([`Writer::insert_all`]).
-    insert_new: String,
+    /// `COPY` straight into the target: the fast path of a batch whose keys are all expected
+    /// to be new ([`Writer::copy_all`]).
+    copy_new: String,
     stamp: String,
     /// A dry run's: the scratch table's DDL and the statement recording accepted keys.
     scratch: Option<(String, String)>,
@@ -281,15 +281,15 @@ impl Plan {
                 f = name(i)
             )
         }));
-        let insert = format!(
+        let upsert = format!(
             "INSERT INTO {table} ({}) SELECT {} FROM {stage} s WHERE s.ord = ANY($1) \
-             ON CONFLICT ({ORG_COLUMN}, {})",
+             ON CONFLICT ({ORG_COLUMN}, {}) DO UPDATE SET {}",
             insert_cols.join(", "),
             select_cols.join(", "),
             keys.join(", "),
+            updates.join(", ")
         );
-        let upsert = format!("{insert} DO UPDATE SET {}", updates.join(", "));
-        let insert_new = format!("{insert} DO NOTHING");
+        let copy_new = format!("COPY {table} ({}) FROM STDIN", insert_cols.join(", "));
         let stamp = format!(
             "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s \
              WHERE {join} AND s.ord = ANY($1)"
@@ -304,7 +304,7 @@ impl Plan {
             classify,
             history: history_sql,
             upsert,
-            insert_new,
+            copy_new,
             stamp,
             scratch,
         }
@@ -333,7 +333,7 @@ pub struct PgSink {
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
-    /// The last batch created every row: the next one tries [`Writer::insert_all`] first.
+    /// The last batch created every row: the next one tries [`Writer::copy_all`] first.
     fresh: bool,
     /// An analysis (dry run), see [`PgSink::dry`].
     dry: bool,
@@ -395,7 +395,7 @@ struct Writer<'a> {
     now: chrono::DateTime<Utc>,
     /// Create the dry run's scratch table in this transaction first.
     create_scratch: bool,
-    /// The job's last batch created every row: try [`Writer::insert_all`] first.
+    /// The job's last batch created every row: try [`Writer::copy_all`] first.
     fresh: bool,
 }
 
@@ -444,14 +444,14 @@ impl Writer<'_> {
         {
             tx.batch_execute(ddl)?;
         }
-        self.stage(tx, batch, rows, buf)?;
-        let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
         if self.fresh
             && self.plan.scratch.is_none()
-            && let Some(written) = self.insert_all(tx, batch, rows, &ords, buf)?
+            && let Some(written) = self.copy_all(tx, batch, rows, buf)?
         {
             return Ok(written);
         }
+        self.stage(tx, batch, rows, buf)?;
+        let ords: Vec<i32> = rows.iter().map(|&i| i as i32).collect();
         let classified = tx.query(&self.plan.classify, &[&ords])?;
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
@@ -550,25 +550,63 @@ impl Writer<'_> {
     }
 
     /// The fast path of a batch whose keys are all expected to be new (the job's previous batch
-    /// created every row: an initial import): the staged rows inserted at once, no
-    /// classification. When a key exists after all (an earlier batch's, a duplicate in this
-    /// one, another job's), fewer rows are inserted: the attempt is rolled back to its savepoint
-    /// and `None` returned, so the batch goes the usual way.
-    fn insert_all(
+    /// created every row: an initial import): the rows COPYed straight into the target, with no
+    /// staging and no classification. When a key exists after all (an earlier batch's, a
+    /// duplicate in this one, another job's) or a value does not fit, the COPY fails: it is
+    /// rolled back to its savepoint and `None` returned, so the batch goes the usual way (and
+    /// meets the problem as a row error there).
+    fn copy_all(
         &self,
         tx: &mut Transaction<'_>,
         batch: &Batch,
         rows: &[usize],
-        ords: &[i32],
         buf: &mut Vec<u8>,
     ) -> Result<Option<Written>, postgres::Error> {
-        tx.batch_execute("SAVEPOINT sluice_insert_all")?;
-        let inserted = tx.execute(&self.plan.insert_new, &[&ords, &self.job, &self.now])?;
-        if inserted as usize != rows.len() {
-            tx.batch_execute("ROLLBACK TO SAVEPOINT sluice_insert_all; RELEASE sluice_insert_all")?;
-            return Ok(None);
+        buf.clear();
+        let now = self.now.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string();
+        let (job, org) = (self.job.to_string(), self.org.to_string());
+        let histories = self
+            .plan
+            .present
+            .iter()
+            .filter(|&&i| !self.ds.is_key(i) && self.ds.fields[i].history)
+            .count();
+        for &i in rows {
+            let values = batch.row_values(i);
+            for (j, &f) in self.plan.present.iter().enumerate() {
+                if j > 0 {
+                    buf.push(b'\t');
+                }
+                copy_value(buf, &values[f]);
+            }
+            // _sluice_job, _sluice_row, _sluice_created_at, _sluice_updated_at, the org, and
+            // since when each history field holds its value.
+            for part in [job.as_str(), &batch.rows[i].to_string(), &now, &now, &org] {
+                buf.push(b'\t');
+                buf.extend_from_slice(part.as_bytes());
+            }
+            for _ in 0..histories {
+                buf.push(b'\t');
+                buf.extend_from_slice(now.as_bytes());
+            }
+            buf.push(b'\n');
         }
-        tx.batch_execute("RELEASE sluice_insert_all")?;
+        tx.batch_execute("SAVEPOINT sluice_copy_all")?;
+        let copied = {
+            let mut w = tx.copy_in(&self.plan.copy_new)?;
+            // A write error here surfaces again from `finish`, with PostgreSQL's reason.
+            let _ = w.write_all(buf);
+            w.finish()
+        };
+        match copied {
+            Ok(n) if n as usize == rows.len() => {}
+            Err(e) if e.as_db_error().is_none() => return Err(e),
+            _ => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT sluice_copy_all; RELEASE sluice_copy_all")?;
+                return Ok(None);
+            }
+        }
+        tx.batch_execute("RELEASE sluice_copy_all")?;
         if self.mode != Mode::Replace && !rows.is_empty() {
             let entries: Vec<ledger::Entry> = rows
                 .iter()

@@ -544,7 +544,7 @@ impl Writer<'_> {
             tx.execute(&self.plan.stamp, &[&unchanged, &self.job])?;
         }
         if !entries.is_empty() {
-            self.ledger(tx, &entries, buf)?;
+            self.ledger(tx, &entries)?;
         }
         Ok(Written { counts, rejected })
     }
@@ -612,7 +612,7 @@ impl Writer<'_> {
                 .iter()
                 .map(|&i| self.entry(batch.row_values(i), Op::Created, None))
                 .collect();
-            self.ledger(tx, &entries, buf)?;
+            self.ledger(tx, &entries)?;
         }
         Ok(Some(Written {
             counts: BatchCounts {
@@ -638,35 +638,40 @@ impl Writer<'_> {
         &self,
         tx: &mut Transaction<'_>,
         entries: &[ledger::Entry],
-        buf: &mut Vec<u8>,
     ) -> Result<(), postgres::Error> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&ledger::LEDGER_LOCK])?;
-        buf.clear();
-        // The upsert's `_sluice_updated_at` to the microsecond (how PostgreSQL keeps the bound
-        // time): a rollback tells an untouched row by the two being equal.
-        let head = format!(
-            "{}\t{}\t",
-            self.org,
-            self.now.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        // Binary: no text to parse for the time (whose text input was a fifth of the COPY's
+        // cost). `at` is the upsert's `_sluice_updated_at` to the microsecond: a rollback tells
+        // an untouched row by the two being equal.
+        use postgres::binary_copy::BinaryCopyInWriter;
+        use postgres::types::Type;
+        let sink = tx.copy_in(
+            "COPY ledger (org_id, at, dataset, job_id, op, key, old) FROM STDIN (FORMAT binary)",
+        )?;
+        let mut w = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::TIMESTAMPTZ,
+                Type::TEXT,
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TEXT,
+            ],
         );
-        let mut dataset = Vec::new();
-        copy_text(&mut dataset, &self.ds.name);
+        let dataset = self.ds.name.as_str();
         for e in entries {
-            buf.extend_from_slice(head.as_bytes());
-            buf.extend_from_slice(&dataset);
-            buf.push(b'\t');
-            buf.extend_from_slice(self.job.to_string().as_bytes());
-            buf.push(b'\t');
-            buf.extend_from_slice(e.op.as_str().as_bytes());
-            buf.push(b'\t');
-            copy_text(buf, &e.key);
-            buf.push(b'\t');
-            copy_report(buf, e.old.as_deref());
-            buf.push(b'\n');
+            w.write(&[
+                &self.org,
+                &self.now,
+                &dataset,
+                &self.job,
+                &e.op.as_str(),
+                &e.key,
+                &e.old,
+            ])?;
         }
-        let mut w =
-            tx.copy_in("COPY ledger (org_id, at, dataset, job_id, op, key, old) FROM STDIN")?;
-        let _ = w.write_all(buf);
         w.finish()?;
         tx.execute(
             &ledger::range_sql(crate::store::sql::Dialect::Postgres),

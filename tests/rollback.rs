@@ -80,6 +80,11 @@ async fn rolled_back(app: &TestApp, token: &str, job: i64, query: &str) -> Value
     status
 }
 
+async fn metrics_text(app: &TestApp) -> String {
+    let resp = app.get("/metrics").send().await.expect("GET /metrics");
+    resp.text().await.expect("the metrics text")
+}
+
 fn n(status: &Value, key: &str) -> u64 {
     status[key].as_u64().unwrap()
 }
@@ -134,14 +139,7 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
     let j1 = r1["jobId"].as_i64().unwrap();
     assert_eq!(app.status(jb).await["rolledBackBy"], j1);
     // The rows it deleted are counted in /metrics.
-    let metrics = app
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app).await;
     let deleted = metrics
         .lines()
         .find(|l| {
@@ -460,16 +458,7 @@ async fn sync_deletes_exactly_the_missing_keys_within_its_guard(backend: Backend
     assert_eq!(n(&sb, "errorCount"), 1);
     assert_eq!(n(&sb, "deletedCount"), 499);
     // The deletion is counted in the rows metric (dry runs delete nothing).
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&app).await;
     assert!(
         metrics
             .lines()

@@ -170,12 +170,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         )?;
         widen(c, r, updated)?;
     }
-    if deleted > 0 {
-        c.execute(
-            "UPDATE jobs SET deleted_count = deleted_count + $2 WHERE id = $1",
-            params![r.owner, deleted as i64],
-        )?;
-    }
+    super::sync::count_deleted(c, r.owner, deleted)?;
     Ok(deleted)
 }
 

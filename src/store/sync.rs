@@ -288,13 +288,19 @@ pub fn delete(c: &mut dyn Sql, s: &SyncDeletion) -> StoreResult<u64> {
         }
         before = Some(last_key);
     }
-    if deleted > 0 {
+    count_deleted(c, s.owner, deleted)?;
+    Ok(deleted)
+}
+
+/// Adds `n` rows deleted at a job's end to its `deleted_count`.
+pub(super) fn count_deleted(c: &mut dyn Sql, job: i64, n: u64) -> StoreResult<()> {
+    if n > 0 {
         c.execute(
             "UPDATE jobs SET deleted_count = deleted_count + $2 WHERE id = $1",
-            params![s.owner, deleted as i64],
+            params![job, n as i64],
         )?;
     }
-    Ok(deleted)
+    Ok(())
 }
 
 fn key_of(ds: &Dataset, r: &Row) -> Vec<Value> {

@@ -50,34 +50,35 @@ impl ToSql for Value {
 
 /// A key as a map key: the stored SQL values, tagged by kind.
 fn key_of<'a>(parts: impl Iterator<Item = ValueRef<'a>>) -> String {
-    let mut key = String::new();
+    use std::fmt::Write as _;
+    let mut key = String::with_capacity(24);
     for p in parts {
-        match p {
-            ValueRef::Integer(i) => key.push_str(&format!("i{i}\u{1f}")),
-            ValueRef::Text(t) => {
-                key.push('t');
-                key.push_str(&String::from_utf8_lossy(t));
-                key.push('\u{1f}');
-            }
-            ValueRef::Real(r) => key.push_str(&format!("r{r}\u{1f}")),
-            ValueRef::Null | ValueRef::Blob(_) => key.push_str("n\u{1f}"),
-        }
+        // Writing into a String cannot fail.
+        let _ = match p {
+            ValueRef::Integer(i) => write!(key, "i{i}\u{1f}"),
+            ValueRef::Text(t) => write!(key, "t{}\u{1f}", String::from_utf8_lossy(t)),
+            ValueRef::Real(r) => write!(key, "r{r}\u{1f}"),
+            ValueRef::Null | ValueRef::Blob(_) => write!(key, "n\u{1f}"),
+        };
     }
     key
 }
 
+/// The key of a row of the batch, the same text [`key_of`] makes of the stored key (written
+/// straight into one string: this runs several times per row).
 fn sql_key(values: &[Value], key: &[usize]) -> String {
-    let mut parts: Vec<SqlValue> = Vec::with_capacity(key.len());
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(24);
     for &k in key {
-        parts.push(match &values[k] {
-            Value::Null => SqlValue::Null,
-            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => SqlValue::Text(s.clone()),
-            Value::Int(i) => SqlValue::Integer(*i),
-            Value::Decimal(d) => SqlValue::Text(d.to_string()),
-            Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
-        });
+        let _ = match &values[k] {
+            Value::Null => write!(out, "n\u{1f}"),
+            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => write!(out, "t{s}\u{1f}"),
+            Value::Int(i) => write!(out, "i{i}\u{1f}"),
+            Value::Decimal(d) => write!(out, "t{d}\u{1f}"),
+            Value::Bool(b) => write!(out, "i{}\u{1f}", i64::from(*b)),
+        };
     }
-    key_of(parts.iter().map(ValueRef::from))
+    out
 }
 
 /// Whether the stored value differs from the new one; decimals compare by value.
@@ -1124,5 +1125,36 @@ impl WriteCtx<'_> {
             stmt.raw_execute()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_key_is_the_text_of_the_stored_key() {
+        let values = vec![
+            Value::Text("a\u{1f}b".into()),
+            Value::Int(-7),
+            Value::Decimal("19.90".parse().unwrap()),
+            Value::Bool(true),
+            Value::Null,
+            Value::Date("2024-01-02".into()),
+        ];
+        let key: Vec<usize> = (0..values.len()).collect();
+        // As the lookup reads the key back: the values as they were bound.
+        let bound: Vec<ToSqlOutput<'_>> = values.iter().map(|v| v.to_sql().unwrap()).collect();
+        let stored = bound.iter().map(|o| match o {
+            ToSqlOutput::Borrowed(r) => *r,
+            ToSqlOutput::Owned(v) => ValueRef::from(v),
+            _ => ValueRef::Null,
+        });
+        assert_eq!(sql_key(&values, &key), key_of(stored));
+        assert_eq!(
+            sql_key(&values, &[1, 3, 4]),
+            "i-7\u{1f}i1\u{1f}n\u{1f}",
+            "integers, booleans and NULL tagged"
+        );
     }
 }

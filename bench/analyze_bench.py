@@ -82,30 +82,28 @@ def main():
             assert d["status"] == "completed", d
             print(f"base import: {d['createdCount']} rows; peak RSS {peak_rss_mb(server.pid):.1f} MB")
 
-            job = upload(base, file, "&dryRun=true")
-            t0 = time.monotonic()
-            a = wait(base, job, server.pid)
-            sampled_a = PHASE_RSS[0]
-            analysis_s = time.monotonic() - t0
-            assert a["status"] == "completed", a
-            rss_a = peak_rss_mb(server.pid)
-            print(f"analysis: {analysis_s:.2f} s ({args.rows / analysis_s:.0f} rows/s); would create "
-                  f"{a['createdCount']} update {a['updatedCount']} unchanged {a['unchangedCount']} "
-                  f"errors {a['errorCount']}; RSS sampled during it up to {sampled_a:.1f} MB, "
-                  f"peak RSS so far {rss_a:.1f} MB")
+            def phase(label, start):
+                """Starts a job with `start()`, waits for it and prints its figures."""
+                t0 = time.monotonic()
+                job = start()
+                d = wait(base, job, server.pid)
+                seconds = time.monotonic() - t0
+                assert d["status"] == "completed", d
+                print(f"{label} {seconds:.2f} s ({args.rows / seconds:.0f} rows/s); created "
+                      f"{d['createdCount']} updated {d['updatedCount']} unchanged "
+                      f"{d['unchangedCount']} errors {d['errorCount']}; RSS sampled during it up "
+                      f"to {PHASE_RSS[0]:.1f} MB, peak RSS so far {peak_rss_mb(server.pid):.1f} MB")
+                return job, d, seconds
 
-            t0 = time.monotonic()
-            status, body = request(base, "POST", f"/api/v1/import/{job}/run")
-            assert status == 202, body
-            i = wait(base, body["data"]["jobId"], server.pid)
-            sampled_i = PHASE_RSS[0]
-            import_s = time.monotonic() - t0
-            assert i["status"] == "completed", i
-            rss_i = peak_rss_mb(server.pid)
-            print(f"import:   {import_s:.2f} s ({args.rows / import_s:.0f} rows/s); created "
-                  f"{i['createdCount']} updated {i['updatedCount']} unchanged {i['unchangedCount']} "
-                  f"errors {i['errorCount']}; RSS sampled during it up to {sampled_i:.1f} MB, "
-                  f"peak RSS so far {rss_i:.1f} MB")
+            def run_analysed():
+                status, body = request(base, "POST", f"/api/v1/import/{job}/run")
+                assert status == 202, body
+                return body["data"]["jobId"]
+
+            # The analysis is timed from its upload's answer, the import from its /run request.
+            uploaded = upload(base, file, "&dryRun=true")
+            job, a, analysis_s = phase("analysis (would be):", lambda: uploaded)
+            _, i, import_s = phase("import:", run_analysed)
             same = all(a[k] == i[k] for k in
                        ("createdCount", "updatedCount", "unchangedCount", "errorCount"))
             print(f"analysis / import = {analysis_s / import_s * 100:.0f} %; counts equal: {same}")

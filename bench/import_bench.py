@@ -76,15 +76,19 @@ def wait_job(base, job):
 @contextlib.contextmanager
 def server_at(binary, data, postgres=None, extra=()):
     """Starts `sluice serve` on a free port with `data` as its data dir (and, with `postgres`,
-    a fresh database on that server, dropped afterwards); yields (base URL, process)."""
+    a fresh database on that server, dropped afterwards); yields (base URL, process). The
+    process's `storage` holds the arguments that name its store, for `sluice` CLI commands
+    against the same data."""
     env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, *extra]
+    storage = ["--data-dir", data]
     database = None
     if postgres:
         database = "sluice_bench_%d" % os.getpid()
         psql(postgres, f"CREATE DATABASE {database}")
-        cmd += ["--database-url", f"{postgres}/{database}"]
+        storage += ["--database-url", f"{postgres}/{database}"]
+    cmd = [binary, "serve", "--listen", "127.0.0.1:0", *storage, *extra]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
+    server.storage = storage
     try:
         base = None
         for line in server.stdout:

@@ -11,17 +11,16 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GEN = os.path.join(HERE, "..", "..", "shared", "datagen", "gen_products.py")
-TOKEN = "bench-token"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from import_bench import GEN, TOKEN, server_at  # noqa: E402
 POLLERS = 4
 
 
@@ -70,56 +69,42 @@ def describe(xs):
 
 def run_once(args, work, files):
     data = tempfile.mkdtemp(prefix="data-", dir=work)
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
-    cmd = [args.binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data,
-           "--workers", "2", "--rate-limit", "0"]
-    database = None
-    if args.postgres:
-        database = "sluice_latency_%d" % os.getpid()
-        subprocess.run(["psql", f"{args.postgres}/postgres", "-qc", f"CREATE DATABASE {database}"],
-                       check=True)
-        cmd += ["--database-url", f"{args.postgres}/{database}"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env, text=True)
     try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on http://([\d.]+):(\d+)", line)
-            if m:
-                base = (m.group(1), int(m.group(2)))
-                break
-        assert base, "server did not start"
-        conn = http.client.HTTPConnection(*base, timeout=600)
-
-        def upload(path):
-            with open(path, "rb") as f:
-                status, body = call(conn, "POST",
-                                    f"/api/v1/import/products?filename={os.path.basename(path)}",
-                                    body=f, headers={"Content-Type": "text/csv",
-                                                     "Content-Length": str(os.path.getsize(path))})
-            assert status == 202, body
-            return body["data"]["jobId"]
-
-        def done(job):
-            _, st = call(conn, "GET", f"/api/v1/import/status/{job}")
-            return st["data"]["status"] in ("completed", "failed", "cancelled")
-
-        warm = upload(files[0])
-        while not done(warm):
-            time.sleep(0.1)
-        path = f"/api/v1/import/status/{warm}"
-        deadline = time.monotonic() + args.idle_seconds
-        idle = measure(*base, path, lambda: time.monotonic() > deadline)
-        jobs = [upload(f) for f in files[1:]]
-        t0 = time.monotonic()
-        busy = measure(*base, path, lambda: all(done(j) for j in jobs))
-        return idle, busy, time.monotonic() - t0
+        with server_at(args.binary, data, args.postgres,
+                       ["--workers", "2", "--rate-limit", "0"]) as (url, _):
+            return measure_server(args, files, urllib.parse.urlsplit(url))
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            subprocess.run(["psql", f"{args.postgres}/postgres", "-qc",
-                            f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def measure_server(args, files, url):
+    """Idle, then busy: the status latencies of the server at `url`."""
+    base = (url.hostname, url.port)
+    conn = http.client.HTTPConnection(*base, timeout=600)
+
+    def upload(path):
+        with open(path, "rb") as f:
+            status, body = call(conn, "POST",
+                                f"/api/v1/import/products?filename={os.path.basename(path)}",
+                                body=f, headers={"Content-Type": "text/csv",
+                                                 "Content-Length": str(os.path.getsize(path))})
+        assert status == 202, body
+        return body["data"]["jobId"]
+
+    def done(job):
+        _, st = call(conn, "GET", f"/api/v1/import/status/{job}")
+        return st["data"]["status"] in ("completed", "failed", "cancelled")
+
+    warm = upload(files[0])
+    while not done(warm):
+        time.sleep(0.1)
+    path = f"/api/v1/import/status/{warm}"
+    deadline = time.monotonic() + args.idle_seconds
+    idle = measure(*base, path, lambda: time.monotonic() > deadline)
+    jobs = [upload(f) for f in files[1:]]
+    t0 = time.monotonic()
+    busy = measure(*base, path, lambda: all(done(j) for j in jobs))
+    return idle, busy, time.monotonic() - t0
 
 
 def main():

@@ -14,7 +14,6 @@ every job's counts equal its file's expected counts. See BENCHMARKS.md for recor
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -23,9 +22,8 @@ import threading
 import time
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-GEN = os.path.join(HERE, "..", "..", "shared", "datagen", "gen_products.py")
-ADMIN = "bench-token"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from import_bench import GEN, TOKEN, server_at  # noqa: E402
 
 
 def request(base, token, method, path, body=None, headers=None):
@@ -74,18 +72,17 @@ def main():
         with open(e) as f:
             expect[name] = json.load(f)
 
-    data = os.path.join(work, "data")
-    where = ["--data-dir", data]
-    database = None
-    if args.postgres:
-        database = "sluice_overlap_%d" % os.getpid()
-        subprocess.run(["psql", f"{args.postgres}/postgres", "-qc", f"CREATE DATABASE {database}"],
-                       check=True)
-        where += ["--database-url", f"{args.postgres}/{database}"]
-    env = dict(os.environ, SLUICE_ADMIN_TOKEN=ADMIN, SLUICE_LOG="warn")
-    server = subprocess.Popen([args.binary, "serve", "--listen", "127.0.0.1:0",
-                               "--workers", str(args.workers)] + where,
-                              stdout=subprocess.PIPE, env=env, text=True)
+    env = dict(os.environ, SLUICE_ADMIN_TOKEN=TOKEN, SLUICE_LOG="warn")
+    try:
+        with server_at(args.binary, os.path.join(work, "data"), args.postgres,
+                       ["--workers", str(args.workers)]) as (base, server):
+            run(args, base, server.storage, env, files, expect)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, base, where, env, files, expect):
+    """Both scenarios against the server at `base` (its store named by `where`)."""
 
     def sluice(*a):
         out = subprocess.run([args.binary, *a, *where], capture_output=True, text=True, env=env)
@@ -97,49 +94,34 @@ def main():
         user = sluice("user", "create", "--org", name, "--name", "admin", "--role", "admin")
         return sluice("token", "create", "--user", user)
 
-    try:
-        base = None
-        for line in server.stdout:
-            m = re.search(r"listening on (http://\S+)", line)
-            if m:
-                base = m.group(1)
-                break
-        assert base, "server did not start"
-        print(f"{'PostgreSQL' if args.postgres else 'SQLite'}, {args.workers} workers, two files of "
-              f"{args.rows:,} rows (A: {expect['a']['invalid_rows']:,} invalid) uploaded at once")
-        times = {}
-        for scenario, orgs in (("two organisations (side by side)", ("p1", "p2")),
-                               ("one organisation (one after another)", ("s", "s"))):
-            tokens = {o: org_token(o) for o in set(orgs)}
-            jobs = [None, None]
+    print(f"{'PostgreSQL' if args.postgres else 'SQLite'}, {args.workers} workers, two files of "
+          f"{args.rows:,} rows (A: {expect['a']['invalid_rows']:,} invalid) uploaded at once")
+    times = {}
+    for scenario, orgs in (("two organisations (side by side)", ("p1", "p2")),
+                           ("one organisation (one after another)", ("s", "s"))):
+        tokens = {o: org_token(o) for o in set(orgs)}
+        jobs = [None, None]
 
-            def go(i, name):
-                jobs[i] = upload(base, tokens[orgs[i]], files[name])
+        def go(i, name):
+            jobs[i] = upload(base, tokens[orgs[i]], files[name])
 
-            t0 = time.monotonic()
-            threads = [threading.Thread(target=go, args=(i, n)) for i, n in enumerate("ab")]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            done = [wait(base, tokens[orgs[i]], jobs[i]) for i in range(2)]
-            times[scenario] = time.monotonic() - t0
-            for name, d in zip("ab", done):
-                ok = (d["status"] == "completed"
-                      and d["createdCount"] + d["updatedCount"] + d["unchangedCount"]
-                      == expect[name]["valid_rows"]
-                      and d["errorCount"] == expect[name]["invalid_rows"])
-                assert ok, f"{scenario}: file {name} counts {d}"
-            print(f"  {scenario}: both done in {times[scenario]:.2f} s; counts exact")
-        side, turns = times.values()
-        print(f"  ratio one organisation / two organisations: {turns / side:.2f}")
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        if database:
-            subprocess.run(["psql", f"{args.postgres}/postgres", "-qc",
-                            f"DROP DATABASE IF EXISTS {database} WITH (FORCE)"], check=True)
-        shutil.rmtree(work, ignore_errors=True)
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=go, args=(i, n)) for i, n in enumerate("ab")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        done = [wait(base, tokens[orgs[i]], jobs[i]) for i in range(2)]
+        times[scenario] = time.monotonic() - t0
+        for name, d in zip("ab", done):
+            ok = (d["status"] == "completed"
+                  and d["createdCount"] + d["updatedCount"] + d["unchangedCount"]
+                  == expect[name]["valid_rows"]
+                  and d["errorCount"] == expect[name]["invalid_rows"])
+            assert ok, f"{scenario}: file {name} counts {d}"
+        print(f"  {scenario}: both done in {times[scenario]:.2f} s; counts exact")
+    side, turns = times.values()
+    print(f"  ratio one organisation / two organisations: {turns / side:.2f}")
 
 
 if __name__ == "__main__":

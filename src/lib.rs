@@ -21,5 +21,6 @@ pub mod rollback;
 pub mod sources;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod web;
 pub mod webhooks;

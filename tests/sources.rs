@@ -1,6 +1,6 @@
 //! Scheduled sources (issue 18) through the real server: directory sources (stability window,
 //! `latest` / `all-new`, move after import, the same content never imported twice, the mapping
-//! gate), URL sources against a local HTTP server that honours ETag (304 starts no job; header
+//! gate), URL sources against a local HTTP(S) server that honours ETag (304 starts no job; header
 //! secrets never answered nor logged), the API's rules (admins only, other organisations 404,
 //! 400 codes), a missed slot firing once after downtime, and two `serve` processes on one
 //! PostgreSQL database firing each slot of a 1 s schedule exactly once.
@@ -363,11 +363,18 @@ conformance!(
 );
 
 /// A local HTTP server that serves one file with an ETag and Last-Modified, answers 304 to a
-/// matching `If-None-Match`, and writes the `Authorization` header it received to a file.
+/// matching `If-None-Match`, and writes the `Authorization` header it received to a file; a POST
+/// (a webhook delivery) is answered 200 and written there as `POST <path> <type>`. With a
+/// certificate and key as further arguments it speaks HTTPS.
 const ETAG_SERVER: &str = r#"
-import hashlib, http.server, os, sys
+import hashlib, http.server, json, os, ssl, sys
 root, seen = sys.argv[1], sys.argv[2]
 class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()
+        with open(seen, 'a') as f:
+            f.write('POST ' + self.path + ' ' + json.loads(body).get('type', '?') + '\n')
     def do_GET(self):
         with open(seen, 'a') as f:
             f.write((self.headers.get('Authorization') or '-') + ' ' + (self.headers.get('If-None-Match') or '-') + '\n')
@@ -387,6 +394,10 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 s = http.server.HTTPServer(('127.0.0.1', 0), H)
+if len(sys.argv) > 4:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[3], sys.argv[4])
+    s.socket = tls.wrap_socket(s.socket, server_side=True)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 "#;
@@ -400,6 +411,15 @@ struct EtagServer {
 
 impl EtagServer {
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// HTTPS with this certificate chain and key.
+    fn start_tls(dir: &Path, cert: &Path, key: &Path) -> Self {
+        Self::start_with(dir, &[cert, key])
+    }
+
+    fn start_with(dir: &Path, tls: &[&Path]) -> Self {
         let script = dir.join("etag_server.py");
         std::fs::write(&script, ETAG_SERVER).unwrap();
         let seen = dir.join("seen.txt");
@@ -407,6 +427,7 @@ impl EtagServer {
             .arg(&script)
             .arg(dir)
             .arg(&seen)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
@@ -432,6 +453,171 @@ impl Drop for EtagServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it (openssl): the CA's PEM, the
+/// server's certificate and key.
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "2",
+                "-subj",
+                "/CN=sluice test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[tokio::test]
+async fn https_sources_and_webhooks_trust_the_tls_ca_file_and_name_an_untrusted_certificate() {
+    let files = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(files.path());
+    let server = EtagServer::start_tls(files.path(), &cert, &key);
+    let (_, expect) = products(files.path(), "prices.csv", 250, 1);
+    let url = format!("https://127.0.0.1:{}/prices.csv", server.port);
+    let source = json!({"name": "tls", "dataset": "products", "kind": "url",
+                        "schedule": {"every": "1h"}, "url": url});
+
+    // Trusting the test CA: the file is fetched over TLS, imported, and a webhook is delivered
+    // to an https:// receiver; the next run is a conditional request answered 304.
+    let app = spawn_app(AppOptions {
+        webhook_allow_private: true,
+        extra_args: vec![
+            "--source-allow-private".into(),
+            "--tls-ca-file".into(),
+            ca.to_string_lossy().into_owned(),
+        ],
+        ..Default::default()
+    });
+    let hook = format!("https://127.0.0.1:{}/hook", server.port);
+    let (status, body) = common::json_of(
+        app.post("/api/v1/webhooks")
+            .json(&json!({"url": hook, "events": ["job.completed"]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let id = created(&app, source.clone()).await;
+    let first = run(&app, id).await;
+    assert_eq!(first["outcome"], "imported", "{first}");
+    let job = first["jobId"].as_i64().unwrap();
+    let status = app.wait_done(job, common::MINUTE).await;
+    assert_eq!(status["createdCount"], expect["valid_rows"]);
+    assert_eq!(run(&app, id).await["outcome"], "unchanged");
+    let start = Instant::now();
+    while !server
+        .requests()
+        .iter()
+        .any(|r| r == "POST /hook job.completed")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no webhook over TLS: {:?}",
+            server.requests()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Without the CA the same certificate is not trusted, and the run says so.
+    let strict = spawn_app(AppOptions {
+        webhook_allow_private: true,
+        extra_args: vec!["--source-allow-private".into()],
+        ..Default::default()
+    });
+    let id = created(&strict, source).await;
+    let refused = run(&strict, id).await;
+    assert_eq!(refused["outcome"], "failed", "{refused}");
+    let reason = refused["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("cannot fetch the URL: TLS: invalid peer certificate"),
+        "{reason}"
+    );
+    assert_eq!(job_count(&strict), 0);
+
+    // A CA file that holds no certificate stops the server at start with a clear message.
+    let empty = files.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(files.path().join("never"))
+        .arg("--tls-ca-file")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--tls-ca-file") && err.contains("no PEM certificate"),
+        "{err}"
+    );
 }
 
 const SECRET: &str = "Bearer supersecret-7f3a";
@@ -1048,7 +1234,14 @@ class Handler:
                        'body': msg.get_content()}, f)
         os.rename(path + '.part', path)
         return '250 OK'
-controller = Controller(Handler(), hostname='127.0.0.1', port=port)
+tls = {}
+if len(sys.argv) > 3:
+    import ssl
+    mode, cert, key = sys.argv[3:6]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    tls = {'ssl_context': context} if mode == 'tls' else {'tls_context': context, 'require_starttls': True}
+controller = Controller(Handler(), hostname='127.0.0.1', port=port, **tls)
 controller.start()
 print('ready', flush=True)
 signal.sigwait([signal.SIGTERM, signal.SIGINT])
@@ -1059,12 +1252,28 @@ struct SmtpServer(Child);
 
 impl SmtpServer {
     fn start(dir: &Path, port: u16, out: &Path) -> Self {
+        Self::start_with(dir, port, out, &[])
+    }
+
+    /// `mode` `starttls` (required before MAIL) or `tls` (from the first byte), with this
+    /// certificate and key.
+    fn start_tls(dir: &Path, port: u16, out: &Path, mode: &str, cert: &Path, key: &Path) -> Self {
+        Self::start_with(
+            dir,
+            port,
+            out,
+            &[mode.as_ref(), cert.as_os_str(), key.as_os_str()],
+        )
+    }
+
+    fn start_with(dir: &Path, port: u16, out: &Path, tls: &[&std::ffi::OsStr]) -> Self {
         let script = dir.join("smtp_server.py");
         std::fs::write(&script, SMTP_SERVER).unwrap();
         let mut child = Command::new("python3")
             .arg(&script)
             .arg(port.to_string())
             .arg(out)
+            .args(tls)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3");
@@ -1105,6 +1314,100 @@ async fn emails(app: &TestApp, id: i64) -> Vec<Value> {
     let (status, body) = app.get_json(&format!("/api/v1/sources/{id}/emails")).await;
     assert_eq!(status, 200, "{body}");
     body["data"]["emails"].as_array().unwrap().clone()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until every e-mail of the source is delivered, or one fails for good.
+async fn all_delivered(app: &TestApp, id: i64, count: usize) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let list = emails(app, id).await;
+        if list.len() == count && list.iter().all(|e| e["state"] == "delivered") {
+            return list;
+        }
+        assert!(start.elapsed() < common::MINUTE, "not delivered: {list:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn e_mails_go_over_starttls_or_tls_and_an_untrusted_mail_server_is_not_sent_to() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_ca(certs.path());
+    let ca_arg = ca.to_string_lossy().into_owned();
+    let gen_dir = tempfile::tempdir().unwrap();
+    let (file, expect) = products(gen_dir.path(), "p.csv", 50, 1);
+    // A server that insists on STARTTLS, one that speaks TLS from the start, and (for the
+    // refusal) a STARTTLS server the sluice server has no CA for.
+    for (mode, scheme, starttls, trusted) in [
+        ("starttls", "smtp", true, true),
+        ("tls", "smtps", false, true),
+        ("starttls", "smtp", true, false),
+    ] {
+        let root = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let _smtp = SmtpServer::start_tls(root.path(), port, out.path(), mode, &cert, &key);
+        let smtp_url = format!("{scheme}://127.0.0.1:{port}");
+        let mut args = vec!["--smtp-url", &smtp_url, "--smtp-from", "sluice@example.com"];
+        args.extend(["--smtp-backoff-ms", "100"]);
+        if starttls {
+            args.push("--smtp-starttls");
+        }
+        if trusted {
+            args.extend(["--tls-ca-file", &ca_arg]);
+        }
+        let app = app_with_root(Backend::Sqlite, root.path(), &args);
+        let drop_dir = root.path().join("drop");
+        std::fs::create_dir(&drop_dir).unwrap();
+        std::fs::copy(&file, drop_dir.join("p.csv")).unwrap();
+        let id = created(
+            &app,
+            json!({"name": "prices", "dataset": "products", "kind": "directory",
+                   "schedule": {"every": "1h"}, "path": drop_dir, "stableSeconds": 0,
+                   "notify": ["ops@example.com"]}),
+        )
+        .await;
+        let imported = run(&app, id).await;
+        assert_eq!(imported["outcome"], "imported", "{imported}");
+        let job = imported["jobId"].as_i64().unwrap();
+        assert_eq!(
+            app.wait_done(job, common::MINUTE).await["createdCount"],
+            expect["valid_rows"]
+        );
+        if trusted {
+            all_delivered(&app, id, 1).await;
+            let got = received(out.path());
+            assert_eq!(got.len(), 1, "{mode}: {got:?}");
+            assert!(
+                got[0]["subject"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("job {job} completed")),
+                "{mode}: {got:?}"
+            );
+        } else {
+            let start = Instant::now();
+            loop {
+                let list = emails(&app, id).await;
+                if let Some(error) = list.first().and_then(|e| e["lastError"].as_str()) {
+                    assert!(error.contains("certificate"), "{error}");
+                    assert_eq!(list[0]["state"], "pending");
+                    break;
+                }
+                assert!(start.elapsed() < common::MINUTE, "no attempt: {list:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(received(out.path()).is_empty(), "nothing is sent in clear");
+        }
+    }
 }
 
 #[tokio::test]
@@ -1266,12 +1569,20 @@ struct Sshd {
     host_key: String,
     /// The authorised private key (OpenSSH format).
     user_key: String,
+    /// Another authorised key, encrypted with [`PASSPHRASE`].
+    locked_key: String,
     user: String,
 }
 
+const PASSPHRASE: &str = "correct horse battery";
+
 fn keygen(path: &Path) {
+    keygen_with(path, "")
+}
+
+fn keygen_with(path: &Path, passphrase: &str) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen (apt-get install openssh-client)");
@@ -1297,8 +1608,11 @@ impl Sshd {
         let user_key = dir.join("user_key");
         keygen(&host);
         keygen(&user_key);
+        keygen_with(&dir.join("locked_key"), PASSPHRASE);
         let authorized = dir.join("authorized_keys");
-        std::fs::copy(dir.join("user_key.pub"), &authorized).unwrap();
+        let mut keys = std::fs::read_to_string(dir.join("user_key.pub")).unwrap();
+        keys.push_str(&std::fs::read_to_string(dir.join("locked_key.pub")).unwrap());
+        std::fs::write(&authorized, keys).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -1343,6 +1657,7 @@ impl Sshd {
             port,
             host_key: fingerprint(&dir.join("host_key.pub")),
             user_key: std::fs::read_to_string(&user_key).unwrap(),
+            locked_key: std::fs::read_to_string(dir.join("locked_key")).unwrap(),
             user,
         }
     }
@@ -1428,6 +1743,37 @@ async fn an_sftp_source_takes_only_the_newest_file_and_refuses_a_host_key_that_d
         (status, bad["error"]["code"].as_str()),
         (400, Some("invalid_private_key"))
     );
+    // An encrypted key: refused without its passphrase or with a wrong one, taken with it.
+    let mut locked = body("locked", &sshd.host_key);
+    locked["privateKey"] = json!(sshd.locked_key);
+    let (status, bad) = create(&app, locked.clone()).await;
+    assert_eq!(status, 400, "{bad}");
+    assert_eq!(
+        bad["error"]["message"],
+        "`privateKey` is encrypted: give its `privateKeyPassphrase`"
+    );
+    locked["privateKeyPassphrase"] = json!("wrong horse");
+    let (status, bad) = create(&app, locked.clone()).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_private_key"))
+    );
+    locked["privateKeyPassphrase"] = json!(PASSPHRASE);
+    locked["pick"] = json!("all-new");
+    locked["after"] = json!("leave");
+    locked.as_object_mut().unwrap().remove("moveTo");
+    let (status, answer) = create(&app, locked).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(!answer.to_string().contains(PASSPHRASE), "{answer}");
+    let unlocked = run(&app, answer["data"]["id"].as_i64().unwrap()).await;
+    assert_eq!(unlocked["outcome"], "imported", "{unlocked}");
+    assert_eq!(
+        unlocked["file"], "prices-1.csv",
+        "the older file, still there"
+    );
+    app.wait_done(unlocked["jobId"].as_i64().unwrap(), common::MINUTE)
+        .await;
+    assert_eq!(job_count(&app), 2);
     // Without --source-allow-private, 127.0.0.1 is refused.
     let guarded = spawn_app(AppOptions::default());
     let (status, bad) = create(&guarded, body("x", &sshd.host_key)).await;
@@ -1453,7 +1799,7 @@ async fn an_sftp_source_takes_only_the_newest_file_and_refuses_a_host_key_that_d
         sshd.port,
         remote.path().display()
     );
-    let key_file = keys.path().join("user_key");
+    let key_file = keys.path().join("locked_key");
     let out = cli(
         &app,
         &[
@@ -1468,6 +1814,8 @@ async fn an_sftp_source_takes_only_the_newest_file_and_refuses_a_host_key_that_d
             &sshd.host_key,
             "--private-key-file",
             key_file.to_str().unwrap(),
+            "--private-key-passphrase",
+            PASSPHRASE,
             "--glob",
             "*.csv",
             "--stable-seconds",

@@ -264,10 +264,10 @@ async fn webhook_registration_is_checked(backend: Backend) {
         webhook_allow_private: true,
         ..Default::default()
     });
-    let (code, body) = register(&app, json!({"url": "https://example.com/hook"})).await;
+    let (code, body) = register(&app, json!({"url": "ftp://example.com/hook"})).await;
     assert_eq!(
         (code, body["error"]["code"].as_str()),
-        (400, Some("unsupported_url"))
+        (400, Some("invalid_url"))
     );
     let (code, body) = register(
         &app,

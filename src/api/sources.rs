@@ -122,7 +122,7 @@ async fn org_source(state: &AppState, caller: &Caller, id: &str) -> Result<Sourc
     request_body = SourceSpec,
     responses(
         (status = 201, description = "Created (secrets are never echoed)", body = Data<SourceView>),
-        (status = 400, description = "`invalid_body`, `invalid_name`, `unknown_dataset`, `sync_dataset`, `invalid_schedule`, `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `invalid_notify`, `invalid_source`, `invalid_host_key`, `invalid_private_key`, `source_path_not_allowed`, `invalid_url`, `unsupported_url`, `invalid_header`, `source_url_not_allowed`", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_name`, `unknown_dataset`, `sync_dataset`, `invalid_schedule`, `invalid_mode`, `invalid_priority`, `invalid_mapping`, `invalid_delimiter`, `invalid_notify`, `invalid_source`, `invalid_host_key`, `invalid_private_key`, `source_path_not_allowed`, `invalid_url`, `invalid_header`, `source_url_not_allowed`", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
         (status = 409, description = "`source_exists`: the organisation has a source of that name", body = ErrorBody),
     ))]

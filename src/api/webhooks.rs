@@ -31,7 +31,6 @@ impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> Self {
         let code = match e {
             WebhookError::InvalidUrl(_) => "invalid_url",
-            WebhookError::TlsUnsupported => "unsupported_url",
             WebhookError::UnknownEvent(_) => "unknown_event",
         };
         ApiError::bad(code, e.to_string())
@@ -66,7 +65,7 @@ fn webhook_not_found() -> ApiError {
     request_body = NewWebhook,
     responses(
         (status = 201, description = "Registered", body = Data<WebhookView>),
-        (status = 400, description = "`invalid_body`, `invalid_url`, `unsupported_url`, `unknown_event`, `webhook_url_not_allowed` (a private or loopback address)", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_url`, `unknown_event`, `webhook_url_not_allowed` (a private or loopback address)", body = ErrorBody),
         (status = 403, description = "`forbidden`: not an admin", body = ErrorBody),
     ))]
 pub async fn create(

@@ -144,7 +144,7 @@ struct Api {
 
 impl Api {
     fn new(args: &ServerArgs) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client()
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
@@ -830,9 +830,18 @@ pub struct SourceAddArgs {
     /// --sftp: the server's host key fingerprint, `SHA256:…` (`ssh-keygen -lf KEY.pub`).
     #[arg(long)]
     pub host_key: Option<String>,
-    /// --sftp: a private key file (OpenSSH or PEM, no passphrase).
+    /// --sftp: a private key file (OpenSSH or PEM).
     #[arg(long)]
     pub private_key_file: Option<PathBuf>,
+    /// --sftp: the passphrase of an encrypted --private-key-file (better from the environment
+    /// than on a command line).
+    #[arg(
+        long,
+        env = "SLUICE_SFTP_KEY_PASSPHRASE",
+        hide_env_values = true,
+        requires = "private_key_file"
+    )]
+    pub private_key_passphrase: Option<String>,
     /// --sftp: the password (better from the environment than on a command line).
     #[arg(long, env = "SLUICE_SFTP_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
@@ -977,6 +986,7 @@ impl SourceAddArgs {
                 let key = std::fs::read_to_string(file)
                     .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
                 put("privateKey", json!(key));
+                put("privateKeyPassphrase", json!(self.private_key_passphrase));
             }
             put("password", json!(self.password));
             put("glob", json!(self.glob));

@@ -259,8 +259,11 @@ pub struct ServeArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub source_allow_private: bool,
-    /// Send sources' e-mail notifications through this SMTP server:
-    /// `smtp://[USER:PASSWORD@]HOST[:PORT]` (port 25 by default; no TLS in this build).
+    /// Send e-mail notifications through this SMTP server:
+    /// `smtp://[USER:PASSWORD@]HOST[:PORT]` (plain, port 25 by default; add `--smtp-starttls`
+    /// to require STARTTLS, port 587 by default) or `smtps://…` (TLS from the start, port 465
+    /// by default). The server's certificate is checked against the system's roots and
+    /// `--tls-ca-file`.
     #[arg(
         long,
         env = "SLUICE_SMTP_URL",
@@ -268,6 +271,18 @@ pub struct ServeArgs {
         requires = "smtp_from"
     )]
     pub smtp_url: Option<String>,
+    /// Upgrade the `smtp://` connection with STARTTLS before authenticating or sending; a mail
+    /// server that does not offer it is an error (the e-mail is retried, never sent in clear).
+    #[arg(
+        long,
+        env = "SLUICE_SMTP_STARTTLS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub smtp_starttls: bool,
+    /// A PEM file of certificates to trust, besides the system's, for outbound TLS: `https://`
+    /// URL sources and webhooks, and the SMTP server (an internal CA, a self-signed server).
+    #[arg(long, env = "SLUICE_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
     /// The SMTP user (instead of the one in --smtp-url).
     #[arg(long, env = "SLUICE_SMTP_USER")]
     pub smtp_user: Option<String>,
@@ -502,13 +517,21 @@ pub async fn serve(args: ServeArgs) -> CliResult {
                 .map_err(|e| format!("--source-root {}: {e}", root.display()))?,
         );
     }
+    if let Some(path) = &args.tls_ca_file {
+        crate::tls::set_extra_roots(path)?;
+    }
     let smtp = match &args.smtp_url {
-        Some(url) => Some(crate::sources::email::SmtpTarget::parse(
-            url,
-            args.smtp_user.as_deref(),
-            args.smtp_password.as_deref(),
-            args.smtp_from.as_deref().unwrap_or_default(),
-        )?),
+        Some(url) => {
+            let target = crate::sources::email::SmtpTarget::parse(
+                url,
+                args.smtp_starttls,
+                args.smtp_user.as_deref(),
+                args.smtp_password.as_deref(),
+                args.smtp_from.as_deref().unwrap_or_default(),
+            )?;
+            let transport = target.transport()?;
+            Some((target, transport))
+        }
         None => None,
     };
     let ctx = job_context(&args.storage, &args.work).await?;
@@ -559,7 +582,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr()?;
-    let notifier = smtp.map(|smtp| {
+    let notifier = smtp.map(|(smtp, transport)| {
         crate::sources::email::spawn_notifier(
             state.jobs.clone(),
             crate::sources::email::EmailConfig {
@@ -571,6 +594,7 @@ pub async fn serve(args: ServeArgs) -> CliResult {
                     .clone()
                     .unwrap_or_else(|| format!("http://{addr}")),
             },
+            transport,
             shutdown.clone(),
         )
     });

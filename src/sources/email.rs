@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::Tls;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio_util::sync::CancellationToken;
 
@@ -29,11 +30,24 @@ const HOLD: Duration = Duration::from_secs(60);
 /// its whole history).
 const PLAN_WINDOW: chrono::Duration = chrono::Duration::days(1);
 
+/// How the connection to the mail server is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain SMTP (a relay on the same machine or network).
+    None,
+    /// Plain connection upgraded with STARTTLS before anything is sent; refused if the server
+    /// does not offer it (`--smtp-starttls`).
+    StartTls,
+    /// TLS from the first byte (`smtps://`, port 465 by default).
+    Tls,
+}
+
 /// Where and as whom e-mails are sent.
 #[derive(Clone, Debug)]
 pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
+    pub security: SmtpSecurity,
     /// User and password.
     pub credentials: Option<(String, String)>,
     pub from: Mailbox,
@@ -50,33 +64,39 @@ pub struct EmailConfig {
 }
 
 impl SmtpTarget {
-    /// Reads `--smtp-url smtp://[USER:PASSWORD@]HOST[:PORT]` (user and password may come from
-    /// their own flags instead) and `--smtp-from`.
+    /// Reads `--smtp-url smtp[s]://[USER:PASSWORD@]HOST[:PORT]` (user and password may come from
+    /// their own flags instead), `--smtp-starttls` and `--smtp-from`.
     pub fn parse(
         url: &str,
+        starttls: bool,
         user: Option<&str>,
         password: Option<&str>,
         from: &str,
     ) -> Result<Self, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("--smtp-url `{url}`: {e}"))?;
-        match parsed.scheme() {
-            "smtp" => {}
-            "smtps" => {
+        let (security, default_port) = match (parsed.scheme(), starttls) {
+            ("smtp", false) => (SmtpSecurity::None, 25),
+            ("smtp", true) => (SmtpSecurity::StartTls, 587),
+            ("smtps", false) => (SmtpSecurity::Tls, 465),
+            ("smtps", true) => {
                 return Err(
-                    "--smtp-url: smtps:// needs TLS, which this build does not have; use smtp:// (a local relay)"
-                        .into(),
+                    "--smtp-starttls goes with smtp:// (smtps:// is TLS from the start)".into(),
                 );
             }
-            other => return Err(format!("--smtp-url: `{other}://` is not smtp://")),
-        }
+            (other, _) => {
+                return Err(format!(
+                    "--smtp-url: `{other}://` is not smtp:// or smtps://"
+                ));
+            }
+        };
         if parsed.query().is_some() {
-            return Err("--smtp-url takes no options (no TLS in this build)".into());
+            return Err("--smtp-url takes no options (TLS: smtps:// or --smtp-starttls)".into());
         }
         let host = parsed
             .host_str()
             .ok_or("--smtp-url has no host")?
             .to_string();
-        let port = parsed.port().unwrap_or(25);
+        let port = parsed.port().unwrap_or(default_port);
         let decode = |s: &str| {
             percent_decode(s).ok_or_else(|| "--smtp-url: bad percent-encoding".to_string())
         };
@@ -98,9 +118,30 @@ impl SmtpTarget {
         Ok(SmtpTarget {
             host,
             port,
+            security,
             credentials,
             from,
         })
+    }
+
+    /// The mail transport (no connection is opened yet). Fails when the TLS set-up does.
+    pub fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&self.host)
+            .port(self.port)
+            .timeout(Some(Duration::from_secs(10)));
+        builder = match self.security {
+            SmtpSecurity::None => builder,
+            SmtpSecurity::StartTls => {
+                builder.tls(Tls::Required(crate::tls::smtp_parameters(&self.host)?))
+            }
+            SmtpSecurity::Tls => {
+                builder.tls(Tls::Wrapper(crate::tls::smtp_parameters(&self.host)?))
+            }
+        };
+        if let Some((user, password)) = &self.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Ok(builder.build())
     }
 }
 
@@ -197,17 +238,10 @@ pub fn compose(item: &NotifyItem, public_url: &str) -> Vec<NewEmail> {
 pub fn spawn_notifier(
     ctx: Arc<JobContext>,
     config: EmailConfig,
+    mailer: AsyncSmtpTransport<Tokio1Executor>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.smtp.host)
-                .port(config.smtp.port)
-                .timeout(Some(Duration::from_secs(10)));
-        if let Some((user, password)) = &config.smtp.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-        }
-        let mailer = builder.build();
         while !shutdown.is_cancelled() {
             if let Err(e) = plan(&ctx, &config).await {
                 tracing::warn!(error = %e, "e-mail notifications: cannot plan");

@@ -234,6 +234,9 @@ pub struct SourceSpec {
     /// An OpenSSH or PEM private key (secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    /// The passphrase of an encrypted `privateKey` (secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_passphrase: Option<String>,
     /// The server's host key, pinned: its SHA-256 fingerprint as `ssh-keygen -lf` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s")]
@@ -289,6 +292,8 @@ pub struct SourceSecrets {
     pub password: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub private_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_passphrase: Option<String>,
 }
 
 /// A source's schedule, parsed.
@@ -443,6 +448,7 @@ impl SourceSpec {
         spec.host_key = config.host_key;
         spec.password = secrets.password;
         spec.private_key = secrets.private_key;
+        spec.private_key_passphrase = secrets.private_key_passphrase;
         Ok(spec)
     }
 
@@ -513,6 +519,7 @@ impl SourceSpec {
             || self.user.is_some()
             || self.password.is_some()
             || self.private_key.is_some()
+            || self.private_key_passphrase.is_some()
             || self.host_key.is_some();
         let dir_fields = self.path.is_some()
             || self.glob.is_some()
@@ -555,16 +562,19 @@ impl SourceSpec {
                         "`hostKey` is the server key's SHA-256 fingerprint, `SHA256:` and 43 characters, as `ssh-keygen -lf KEY.pub` prints it",
                     ));
                 }
+                let passphrase = self.private_key_passphrase.as_deref();
                 match (&self.password, &self.private_key) {
-                    (Some(_), None) => config.auth = Some("password".into()),
-                    (None, Some(key)) if sftp::key_readable(key) => {
-                        config.auth = Some("privateKey".into())
-                    }
-                    (None, Some(_)) => {
+                    (Some(_), None) if passphrase.is_some() => {
                         return Err(bad(
-                            "invalid_private_key",
-                            "`privateKey` is not a readable OpenSSH or PEM private key (without a passphrase)",
+                            "invalid_source",
+                            "`privateKeyPassphrase` goes with `privateKey`",
                         ));
+                    }
+                    (Some(_), None) => config.auth = Some("password".into()),
+                    (None, Some(key)) => {
+                        sftp::read_key(key, passphrase)
+                            .map_err(|message| bad("invalid_private_key", message))?;
+                        config.auth = Some("privateKey".into())
                     }
                     _ => {
                         return Err(bad(
@@ -605,6 +615,7 @@ impl SourceSpec {
                 config.host_key = Some(host_key);
                 secrets.password = self.password.clone();
                 secrets.private_key = self.private_key.clone();
+                secrets.private_key_passphrase = self.private_key_passphrase.clone();
             }
             SourceKind::Directory => {
                 if url_fields {
@@ -675,17 +686,11 @@ impl SourceSpec {
                 let parsed = reqwest::Url::parse(url)
                     .map_err(|e| bad("invalid_url", format!("`{url}`: {e}")))?;
                 match parsed.scheme() {
-                    "http" => {}
-                    "https" => {
-                        return Err(bad(
-                            "unsupported_url",
-                            "this build fetches http:// URLs only (no TLS client yet)",
-                        ));
-                    }
+                    "http" | "https" => {}
                     other => {
                         return Err(bad(
                             "invalid_url",
-                            format!("`{other}:` URLs cannot be fetched; use http://"),
+                            format!("`{other}:` URLs cannot be fetched; use http:// or https://"),
                         ));
                     }
                 }

@@ -652,7 +652,7 @@ async fn url(state: &Arc<AppState>, source: &Source) -> Result<Vec<RunEnd>, Stri
                 .into(),
         );
     }
-    let mut builder = reqwest::Client::builder()
+    let mut builder = crate::tls::http_client()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
@@ -677,7 +677,7 @@ async fn url(state: &Arc<AppState>, source: &Source) -> Result<Vec<RunEnd>, Stri
         if guard::is_refusal(&e) {
             "the URL's host resolves only to private or loopback addresses".to_string()
         } else {
-            format!("cannot fetch the URL: {}", e.without_url())
+            format!("cannot fetch the URL: {}", crate::tls::cause(&e))
         }
     })?;
     let name = url

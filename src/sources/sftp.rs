@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::client;
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
 use tokio::io::AsyncWriteExt;
 
@@ -57,9 +57,22 @@ pub struct Remote {
     _session: client::Handle<Pinned>,
 }
 
-/// Whether a private key in OpenSSH or PEM form can be read (checked when a source is saved).
-pub fn key_readable(pem: &str) -> bool {
-    russh::keys::decode_secret_key(pem, None).is_ok()
+/// Reads a private key in OpenSSH or PEM form, decrypting it with `passphrase` when it is
+/// encrypted (checked when a source is saved, and at each connection). The error is the API's
+/// message.
+pub fn read_key(pem: &str, passphrase: Option<&str>) -> Result<PrivateKey, String> {
+    use russh::keys::Error;
+    match russh::keys::decode_secret_key(pem, passphrase) {
+        Ok(key) => Ok(key),
+        Err(Error::KeyIsEncrypted) => {
+            Err("`privateKey` is encrypted: give its `privateKeyPassphrase`".into())
+        }
+        Err(_) if passphrase.is_some() => Err(
+            "`privateKey` cannot be read with this `privateKeyPassphrase` (a wrong passphrase, or not an OpenSSH or PEM private key)"
+                .into(),
+        ),
+        Err(_) => Err("`privateKey` is not a readable OpenSSH or PEM private key".into()),
+    }
 }
 
 /// Whether `fingerprint` looks like `SHA256:` and 43 base64 characters.
@@ -128,8 +141,8 @@ impl Remote {
             }
         };
         let authenticated = if let Some(pem) = &secrets.private_key {
-            let key = russh::keys::decode_secret_key(pem, None)
-                .map_err(|_| "the source's private key cannot be read".to_string())?;
+            let key = read_key(pem, secrets.private_key_passphrase.as_deref())
+                .map_err(|e| format!("the source's private key: {e}"))?;
             let hash = session
                 .best_supported_rsa_hash()
                 .await

@@ -43,12 +43,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// Why a webhook cannot be registered.
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    #[error("`url` must be an absolute http:// URL: {0}")]
+    #[error("`url` must be an absolute http:// or https:// URL: {0}")]
     InvalidUrl(String),
-    #[error(
-        "https:// receivers are not supported by this build (it has no TLS); use an http:// URL, e.g. a local relay"
-    )]
-    TlsUnsupported,
     #[error("unknown event `{0}`; known: job.completed, job.failed, job.cancelled")]
     UnknownEvent(String),
 }
@@ -57,8 +53,7 @@ pub enum WebhookError {
 pub fn check(url: &str, events: &[String]) -> Result<Vec<String>, WebhookError> {
     let parsed = reqwest::Url::parse(url).map_err(|e| WebhookError::InvalidUrl(e.to_string()))?;
     match parsed.scheme() {
-        "http" if parsed.host().is_some() => {}
-        "https" => return Err(WebhookError::TlsUnsupported),
+        "http" | "https" if parsed.host().is_some() => {}
         other => {
             return Err(WebhookError::InvalidUrl(format!(
                 "scheme `{other}` or a missing host"
@@ -142,7 +137,7 @@ pub fn spawn_dispatcher(
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut builder = reqwest::Client::builder()
+        let mut builder = crate::tls::http_client()
             .timeout(config.timeout)
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")));
         if !config.allow_private {
@@ -311,7 +306,10 @@ async fn deliver(
         Err(Some(e)) if e.is_timeout() => {
             (None, Some("the receiver did not answer in time".into()))
         }
-        Err(Some(e)) if e.is_connect() => (None, Some("could not connect to the receiver".into())),
+        Err(Some(e)) if e.is_connect() => match crate::tls::handshake_failure(&e) {
+            Some(tls) => (None, Some(format!("TLS with the receiver failed: {tls}"))),
+            None => (None, Some("could not connect to the receiver".into())),
+        },
         Err(Some(e)) => (None, Some(format!("the request failed: {e}"))),
     };
     let state = match (&error, number >= config.attempts) {
@@ -380,10 +378,7 @@ mod tests {
     #[test]
     fn urls_and_events_are_checked() {
         assert!(check("http://127.0.0.1:9/hook", &[]).unwrap().len() == 3);
-        assert!(matches!(
-            check("https://example.com", &[]),
-            Err(WebhookError::TlsUnsupported)
-        ));
+        assert!(check("https://example.com/hook", &[]).is_ok());
         assert!(check("ftp://x", &[]).is_err());
         assert!(check("not a url", &[]).is_err());
         assert!(matches!(

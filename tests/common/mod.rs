@@ -274,7 +274,7 @@ pub fn spawn_app(options: AppOptions) -> TestApp {
         // Idle connections are dropped before the server's idle keep-alive limit (the header
         // timeout, 30 s): a POST sent on a connection the server is closing at that instant
         // fails with "IncompleteMessage" and is not retried (seen after a long openpyxl read).
-        http: reqwest::Client::builder()
+        http: sluice::tls::http_client()
             .pool_idle_timeout(Duration::from_secs(10))
             .build()
             .expect("HTTP client"),

@@ -1,6 +1,8 @@
 // sluice web UI: sign in, preview and map a file, run it in the background, follow every import
 // live through Server-Sent Events (GET /api/v1/events), inspect a job and its rejected rows,
-// and manage scheduled sources (#/sources: list, create, run now, recent runs with their jobs).
+// and manage scheduled sources (#/sources: list, run now, recent runs with their jobs, and a
+// form to create one — each kind's own fields, the API's 400 message beside the field it is
+// about, secrets never shown again —, with the API's JSON as an advanced alternative).
 // Plain DOM code; every piece of text from the server goes in through textContent.
 'use strict';
 
@@ -473,6 +475,11 @@ function route() {
 }
 
 // ---------------------------------------------------------------- sources
+// The form builds the API's body (`POST /api/v1/sources`) from the chosen kind's fields only;
+// the server checks everything (paths under a source root, the schedule, the host key…) and its
+// message for a 400 is shown beside the field it names. Secrets (an SFTP password or key, the
+// values of URL headers) leave the page with the request: the form is emptied on success and the
+// API never answers them, so they are never shown again.
 
 const SOURCE_EXAMPLE = {
   name: 'nightly-prices', dataset: 'products', kind: 'directory',
@@ -486,8 +493,212 @@ function scheduleText(s) {
   return '–';
 }
 
+// Where a source's files come from, as shown in the list (no secret is ever in a source's view).
+function whereText(src) {
+  if (src.kind === 'url') return src.url || '–';
+  const files = `${src.path || ''}/${src.glob || '*'}`.replace(/\/+/g, '/');
+  if (src.kind === 'sftp') return `${src.user}@${src.host}${src.port && src.port !== 22 ? ':' + src.port : ''}:${files}`;
+  return files;
+}
+
+// Shows or hides a part of the form; a hidden part's inputs are disabled, so they are neither
+// validated nor sent.
+function showPart(part, on) {
+  part.hidden = !on;
+  if (part.tagName === 'FIELDSET') part.disabled = !on;
+  else for (const c of part.querySelectorAll('input, select, textarea')) c.disabled = !on;
+}
+
+function sourceFormParts() {
+  const kind = $('#src-kind').value;
+  for (const f of document.querySelectorAll('#source-form fieldset[data-kind]')) {
+    showPart(f, f.dataset.kind.split(' ').includes(kind));
+  }
+  // Inside a fieldset that is off, a part's inputs are off with it whatever they say.
+  const pairs = [['auth', '#src-auth'], ['after', '#src-after'], ['schedule', '#src-schedule'], ['mode', '#src-mode']];
+  for (const [key, sel] of pairs) {
+    for (const part of document.querySelectorAll(`#source-form [data-${key}]`)) showPart(part, part.dataset[key] === $(sel).value);
+  }
+}
+
+function fillSourceForm() {
+  const sel = $('#src-dataset');
+  const keep = sel.value;
+  sel.replaceChildren(...state.datasets.map((d) => el('option', {
+    value: d.name, disabled: d.sync,
+    text: d.sync ? `${d.name} (imports at once: not for sources)` : d.name,
+  })));
+  const preferred = state.datasets.find((d) => d.name === keep && !d.sync) || state.datasets.find((d) => !d.sync);
+  if (preferred) sel.value = preferred.name;
+  const zones = $('#src-timezones');
+  if (!zones.children.length && Intl.supportedValuesOf) {
+    zones.replaceChildren(...Intl.supportedValuesOf('timeZone').map((z) => el('option', { value: z })));
+  }
+  if (!$('#src-timezone').value) $('#src-timezone').value = Intl.DateTimeFormat().resolvedOptions().timeZone || '';
+  loadSourceTemplates();
+  sourceFormParts();
+}
+
+async function loadSourceTemplates() {
+  const ds = $('#src-dataset').value;
+  if (!ds) return;
+  try {
+    const list = (await api(`/api/v1/datasets/${encodeURIComponent(ds)}/templates`)).data.templates;
+    $('#src-templates').replaceChildren(...list.map((t) => el('option', { value: t.name })));
+  } catch (_) { $('#src-templates').replaceChildren(); }
+}
+
+class FormError extends Error {
+  constructor(field, message) { super(message); this.field = field; }
+}
+
+// The body for POST /api/v1/sources from the form, or a FormError naming the input.
+function sourceBody() {
+  const v = (id) => $(id).value.trim();
+  const integer = (id, what) => {
+    if (!v(id)) return undefined;
+    const n = Number(v(id));
+    if (!Number.isInteger(n)) throw new FormError(id, `${what} is a whole number.`);
+    return n;
+  };
+  const kind = v('#src-kind');
+  const body = { name: v('#src-name'), dataset: v('#src-dataset'), kind, pick: v('#src-pick') };
+  body.schedule = v('#src-schedule') === 'cron'
+    ? { cron: v('#src-cron'), ...(v('#src-timezone') ? { timezone: v('#src-timezone') } : {}) }
+    : { every: v('#src-every') };
+  body.options = { mode: v('#src-mode') };
+  if (body.options.mode === 'sync' && v('#src-max-delete')) body.options.maxDeletePercent = integer('#src-max-delete', 'The percentage');
+  if (v('#src-template')) body.options.template = v('#src-template');
+  body.notify = v('#src-notify').split(/[\s,;]+/).filter(Boolean);
+  if (kind === 'url') {
+    body.url = v('#src-url');
+    const lines = $('#src-headers').value.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (lines.length) {
+      body.headers = {};
+      lines.forEach((line, i) => {
+        const at = line.indexOf(':');
+        if (at < 1) throw new FormError('#src-headers', `Header line ${i + 1} is not “Name: value”.`);
+        body.headers[line.slice(0, at).trim()] = line.slice(at + 1).trim();
+      });
+    }
+    return body;
+  }
+  if (kind === 'sftp') {
+    Object.assign(body, { host: v('#src-host'), user: v('#src-user'), hostKey: v('#src-host-key'), path: v('#src-sftp-path') });
+    const port = integer('#src-port', 'The port');
+    if (port !== undefined) body.port = port;
+    if (v('#src-auth') === 'password') body.password = $('#src-password').value;
+    else body.privateKey = $('#src-key').value.trim() + '\n';
+  } else {
+    body.path = v('#src-dir-path');
+  }
+  if (v('#src-glob')) body.glob = v('#src-glob');
+  const stable = integer('#src-stable', 'Stable for');
+  if (stable !== undefined) body.stableSeconds = stable;
+  body.after = v('#src-after');
+  if (body.after === 'move') body.moveTo = v('#src-move-to');
+  return body;
+}
+
+// Which input an API error is about: a field the message names in backticks, else the code's.
+const FIELD_OF_NAME = {
+  name: '#src-name', dataset: '#src-dataset', path: null, glob: '#src-glob', stableSeconds: '#src-stable',
+  moveTo: '#src-move-to', url: '#src-url', headers: '#src-headers', host: '#src-host', port: '#src-port',
+  user: '#src-user', password: '#src-password', privateKey: '#src-key', hostKey: '#src-host-key',
+  every: '#src-every', cron: '#src-cron', timezone: '#src-timezone', template: '#src-template',
+  maxDeletePercent: '#src-max-delete',
+};
+const FIELD_OF_CODE = {
+  invalid_name: '#src-name', source_exists: '#src-name', unknown_dataset: '#src-dataset',
+  sync_dataset: '#src-dataset', invalid_mode: '#src-mode', invalid_max_delete_percent: '#src-max-delete',
+  invalid_notify: '#src-notify', invalid_host_key: '#src-host-key', invalid_private_key: '#src-key',
+  source_path_not_allowed: null, invalid_url: '#src-url', unsupported_url: '#src-url',
+  source_url_not_allowed: '#src-url', invalid_header: '#src-headers',
+};
+function errorField(e) {
+  const pathField = $('#src-kind').value === 'sftp' ? '#src-sftp-path' : '#src-dir-path';
+  const scheduleField = $('#src-schedule').value === 'cron' ? '#src-cron' : '#src-every';
+  if (e.field) return e.field;
+  for (const m of (e.message || '').matchAll(/`([A-Za-z]+)`/g)) {
+    if (m[1] in FIELD_OF_NAME) return FIELD_OF_NAME[m[1]] || pathField;
+  }
+  if (e.code === 'invalid_schedule') return /time ?zone/i.test(e.message) ? '#src-timezone' : scheduleField;
+  if (e.code in FIELD_OF_CODE) return FIELD_OF_CODE[e.code] || pathField;
+  return null;
+}
+
+function unmarkSourceInput(input) {
+  const p = $(`#${input.id}-error`);
+  if (p) p.remove();
+  input.removeAttribute('aria-invalid');
+  const rest = (input.getAttribute('aria-describedby') || '').split(/\s+/).filter((id) => id && id !== `${input.id}-error`);
+  if (rest.length) input.setAttribute('aria-describedby', rest.join(' ')); else input.removeAttribute('aria-describedby');
+}
+
+function clearSourceErrors() {
+  $('#source-create-error').textContent = '';
+  for (const i of document.querySelectorAll('#source-form [aria-invalid]')) unmarkSourceInput(i);
+}
+
+// The message beside the input it is about (or under the form), the input marked and focused.
+function showSourceError(e) {
+  const field = errorField(e);
+  const input = field && $(field);
+  if (!input || input.disabled) { $('#source-create-error').textContent = e.message; return; }
+  const id = `${input.id}-error`;
+  input.closest('.f').append(el('p', { class: 'error field-error', id, role: 'alert', 'data-error-for': input.id, text: e.message }));
+  input.setAttribute('aria-invalid', 'true');
+  input.setAttribute('aria-describedby', `${input.getAttribute('aria-describedby') || ''} ${id}`.trim());
+  input.focus();
+}
+
+async function postSource(body) {
+  const src = (await api('/api/v1/sources', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  })).data;
+  toast(`Source “${src.name}” created.`);
+  if (location.hash === `#/sources/${src.id}`) await openSources(src.id);
+  else location.hash = `#/sources/${src.id}`;
+  return src;
+}
+
+async function createSource(ev) {
+  ev.preventDefault();
+  clearSourceErrors();
+  const button = $('#source-create');
+  button.disabled = true;
+  try {
+    await postSource(sourceBody());
+    // Nothing typed stays in the page: the secrets above all.
+    $('#source-form').reset();
+    $('#src-timezone').value = '';
+    fillSourceForm();
+  } catch (e) {
+    if (e instanceof FormError || e instanceof ApiError) showSourceError(e);
+    else $('#source-create-error').textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function createSourceFromJson() {
+  $('#source-json-error').textContent = '';
+  let body;
+  try { body = JSON.parse($('#source-json').value); } catch (e) {
+    $('#source-json-error').textContent = `Not JSON: ${e.message}`;
+    return;
+  }
+  try {
+    await postSource(body);
+    $('#source-json').value = JSON.stringify(SOURCE_EXAMPLE, null, 2);
+  } catch (e) {
+    $('#source-json-error').textContent = `${e.code}: ${e.message}`;
+  }
+}
+
 async function openSources(selected) {
   if (!$('#source-json').value) $('#source-json').value = JSON.stringify(SOURCE_EXAMPLE, null, 2);
+  fillSourceForm();
   $('#sources-error').textContent = '';
   let list;
   try {
@@ -500,9 +711,10 @@ async function openSources(selected) {
   const rows = await Promise.all(list.map(async (src) => {
     let last = null;
     try { last = (await api(`/api/v1/sources/${src.id}/runs?limit=1`)).data.runs[0] || null; } catch (_) { /* shown empty */ }
-    return el('tr', {},
+    return el('tr', { 'data-source': src.id, class: src.id === selected ? 'selected' : null },
       el('td', {}, el('a', { href: `#/sources/${src.id}`, text: src.name })),
       el('td', { text: src.kind }),
+      el('td', { class: 'where', text: whereText(src), title: whereText(src) }),
       el('td', { text: src.dataset }),
       el('td', { text: scheduleText(src.schedule) + (src.enabled ? '' : ' (disabled)') }),
       el('td', { text: when(src.nextDueAt) }),
@@ -515,17 +727,24 @@ async function openSources(selected) {
   else $('#source-runs-card').hidden = true;
 }
 
+// A run still going is looked at again until it ends, while its source's page is open.
+let runsRefresh = null;
 async function showRuns(src, id) {
+  clearTimeout(runsRefresh);
   $('#source-runs-card').hidden = false;
   $('#source-runs-title').textContent = `Recent runs of ${src ? src.name : '#' + id}`;
   const runs = (await api(`/api/v1/sources/${id}/runs?limit=50`)).data.runs;
-  $('#source-runs tbody').replaceChildren(...runs.map((r) => el('tr', {},
+  $('#source-runs tbody').replaceChildren(...runs.map((r) => el('tr', { 'data-run': r.id, 'data-outcome': r.outcome || 'running' },
     el('td', { text: when(r.at) }),
     el('td', { text: r.trigger }),
     el('td', { class: r.outcome ? `outcome-${r.outcome}` : null, text: r.outcome || 'running' }),
     el('td', { text: r.file || '–' }),
     el('td', {}, r.jobId ? el('a', { href: `#/jobs/${r.jobId}`, text: `#${r.jobId}` }) : '–'),
     el('td', { text: r.reason || '' }))));
+  if (!runs.length) $('#source-runs tbody').append(el('tr', {}, el('td', { colspan: 6, class: 'muted', text: 'No runs yet.' })));
+  if (runs.some((r) => !r.outcome)) {
+    runsRefresh = setTimeout(() => { if (location.hash === `#/sources/${id}`) openSources(id); }, 2000);
+  }
 }
 
 async function runSource(id) {
@@ -538,24 +757,6 @@ async function runSource(id) {
     toast(e.message, null, true);
   }
   if (location.hash === `#/sources/${id}`) openSources(id); else location.hash = `#/sources/${id}`;
-}
-
-async function createSource() {
-  $('#source-create-error').textContent = '';
-  let body;
-  try { body = JSON.parse($('#source-json').value); } catch (e) {
-    $('#source-create-error').textContent = `Not JSON: ${e.message}`;
-    return;
-  }
-  try {
-    const src = (await api('/api/v1/sources', {
-      method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
-    })).data;
-    toast(`Source “${src.name}” created.`);
-    location.hash = `#/sources/${src.id}`;
-  } catch (e) {
-    $('#source-create-error').textContent = `${e.code}: ${e.message}`;
-  }
 }
 
 // ---------------------------------------------------------------- preview and mapping
@@ -784,7 +985,16 @@ function wire() {
   $('#signin-form').addEventListener('submit', signIn);
   $('#signout').addEventListener('click', signOut);
   $('#export-run').addEventListener('click', runExport);
-  $('#source-create').addEventListener('click', createSource);
+  $('#source-form').addEventListener('submit', createSource);
+  $('#source-create-json').addEventListener('click', createSourceFromJson);
+  for (const id of ['#src-kind', '#src-auth', '#src-after', '#src-schedule', '#src-mode']) {
+    $(id).addEventListener('change', sourceFormParts);
+  }
+  $('#src-dataset').addEventListener('change', loadSourceTemplates);
+  // An input's error goes once it is edited.
+  $('#source-form').addEventListener('input', (e) => {
+    if (e.target.hasAttribute('aria-invalid')) unmarkSourceInput(e.target);
+  });
   $('#notify-btn').addEventListener('click', toggleNotifications);
   $('#file').addEventListener('change', (e) => chooseFile(e.target.files[0]));
   const drop = $('#drop');

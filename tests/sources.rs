@@ -360,6 +360,7 @@ conformance!(
     a_growing_file_is_not_taken_until_it_stays_the_same_for_the_window,
     latest_takes_only_the_newest_file_and_all_new_every_new_one_oldest_first,
     a_renamed_column_parks_the_run_as_needs_mapping_until_the_source_maps_it,
+    subscriptions_mail_own_imports_the_organisations_and_needs_mapping_once_per_address,
 );
 
 /// A local HTTP server that serves one file with an ETag and Last-Modified, answers 304 to a
@@ -1408,6 +1409,250 @@ async fn e_mails_go_over_starttls_or_tls_and_an_untrusted_mail_server_is_not_sen
             assert!(received(out.path()).is_empty(), "nothing is sent in clear");
         }
     }
+}
+
+/// POSTs JSON as `token`.
+async fn post_as(app: &TestApp, token: &str, path: &str, body: Value) -> (u16, Value) {
+    common::json_of(
+        app.http
+            .post(app.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+async fn subscriptions_mail_own_imports_the_organisations_and_needs_mapping_once_per_address(
+    backend: Backend,
+) {
+    let root = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _smtp = SmtpServer::start(root.path(), port, out.path());
+    let smtp_url = format!("smtp://127.0.0.1:{port}");
+    let app = app_with_root(
+        backend,
+        root.path(),
+        &["--smtp-url", &smtp_url, "--smtp-from", "sluice@example.com"],
+    );
+    let admin = common::TOKEN;
+    let mia = common::created(
+        &app,
+        &[
+            "user", "create", "--org", "default", "--name", "mia", "--role", "member",
+        ],
+    );
+    let (mia, _) = common::token_for(&app, mia, &[]);
+    let subscribe = |token: &'static str, body: Value| {
+        let app = &app;
+        async move { post_as(app, token, "/api/v1/me/subscriptions", body).await }
+    };
+    let mia: &'static str = Box::leak(mia.into_boxed_str());
+
+    // The rules: a member subscribes to their own imports only.
+    for (body, code) in [
+        (
+            json!({"address": "mia@example.com", "scope": "organisation"}),
+            "forbidden",
+        ),
+        (
+            json!({"address": "mia@example.com", "events": ["needs_mapping"]}),
+            "forbidden",
+        ),
+        (json!({"address": "not an address"}), "invalid_address"),
+        (
+            json!({"address": "mia@example.com", "events": ["exploded"]}),
+            "invalid_events",
+        ),
+        (
+            json!({"address": "mia@example.com", "scope": "everyone"}),
+            "invalid_scope",
+        ),
+        (
+            json!({"address": "mia@example.com", "extra": 1}),
+            "invalid_body",
+        ),
+    ] {
+        let (status, answer) = subscribe(mia, body.clone()).await;
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert_eq!(status, if code == "forbidden" { 403 } else { 400 });
+    }
+    let (status, own) = subscribe(mia, json!({"address": "mia@example.com"})).await;
+    assert_eq!(status, 201, "{own}");
+    assert_eq!(own["data"]["events"], json!(["completed", "failed"]));
+    assert_eq!(own["data"]["scope"], "mine");
+    let (status, again) = subscribe(mia, json!({"address": "mia@example.com"})).await;
+    assert_eq!(
+        (status, again["error"]["code"].as_str()),
+        (409, Some("subscription_exists"))
+    );
+    // The admin: their own imports to one address, the organisation's failures and parked
+    // source runs to another.
+    let (status, _) = subscribe(admin, json!({"address": "boss@example.com"})).await;
+    assert_eq!(status, 201);
+    let (status, ops) = subscribe(
+        admin,
+        json!({"address": "ops@example.com", "scope": "organisation",
+               "events": ["failed", "needs_mapping"]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ops}");
+
+    // Mia's import completes; her next, a sync that would delete too much, fails.
+    let two = "sku,name,stock,updated_at\nSKU-1,Lamp,3,2024-01-02\nSKU-2,Desk,4,2024-01-03\n";
+    let (_, a) = app
+        .upload_text_as(mia, "/api/v1/import/products", "a.csv", two, &[])
+        .await;
+    let a = common::job_id(&a);
+    assert_eq!(app.wait_done_as(mia, a).await["status"], "completed");
+    let one = "sku,name,stock,updated_at\nSKU-1,Lamp,5,2024-01-04\n";
+    let fields = [("mode", "sync"), ("maxDeletePercent", "10")];
+    let (_, b) = app
+        .upload_text_as(mia, "/api/v1/import/products", "b.csv", one, &fields)
+        .await;
+    let b = common::job_id(&b);
+    assert_eq!(app.wait_done_as(mia, b).await["status"], "failed");
+    // The admin's source imports a file (its `notify` names the admin's own address too: one
+    // e-mail), then parks a renamed column.
+    let drop_dir = root.path().join("drop");
+    std::fs::create_dir(&drop_dir).unwrap();
+    std::fs::write(
+        drop_dir.join("c.csv"),
+        "sku,name,stock,updated_at\nSKU-9,Lamp,1,2024-01-02\n",
+    )
+    .unwrap();
+    let source = created(
+        &app,
+        json!({"name": "drop", "dataset": "products", "kind": "directory",
+               "schedule": {"every": "1h"}, "path": drop_dir, "stableSeconds": 0,
+               "pick": "latest", "notify": ["boss@example.com"]}),
+    )
+    .await;
+    let imported = run(&app, source).await;
+    let c = imported["jobId"].as_i64().unwrap();
+    assert_eq!(
+        app.wait_done(c, common::MINUTE).await["status"],
+        "completed"
+    );
+    std::fs::write(
+        drop_dir.join("c.csv"),
+        "sku,name,Stok,updated_at\nSKU-9,Lamp,1,2024-01-05\n",
+    )
+    .unwrap();
+    assert_eq!(run(&app, source).await["outcome"], "needs_mapping");
+
+    // In the order of (address, subject).
+    let expected = [
+        // The source's own `notify` hears of every run's end.
+        ("boss@example.com", "c.csv needs a mapping".to_string()),
+        ("boss@example.com", format!("job {c} completed")),
+        ("mia@example.com", format!("job {a} completed")),
+        ("mia@example.com", format!("job {b} failed")),
+        ("ops@example.com", "c.csv needs a mapping".to_string()),
+        ("ops@example.com", format!("job {b} failed")),
+    ];
+    let start = Instant::now();
+    while received(out.path()).len() < expected.len() {
+        assert!(
+            start.elapsed() < common::MINUTE,
+            "{:?}",
+            received(out.path())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Three more rounds of the notifier (every 0.5 s) plan nothing more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut got: Vec<(String, String)> = received(out.path())
+        .iter()
+        .map(|m| {
+            (
+                m["to"][0].as_str().unwrap().to_string(),
+                m["subject"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), expected.len(), "{got:?}");
+    for ((to, subject), (want_to, want)) in got.iter().zip(&expected) {
+        assert_eq!(to, want_to, "{got:?}");
+        assert!(
+            subject.contains(want.as_str()),
+            "{subject} lacks {want}: {got:?}"
+        );
+    }
+
+    // Each user sees their subscriptions' e-mails; a member cannot delete another's.
+    let (status, mine) = common::json_of(
+        app.http
+            .get(app.url("/api/v1/me/emails"))
+            .bearer_auth(mia)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{mine}");
+    assert_eq!(mine["data"]["total"], 2, "{mine}");
+    assert!(
+        mine["data"]["emails"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["state"] == "delivered" && e["subscriptionId"] == own["data"]["id"]),
+        "{mine}"
+    );
+    let ops_id = ops["data"]["id"].as_i64().unwrap();
+    let delete = |token: &'static str, id: i64| {
+        let app = &app;
+        async move {
+            app.http
+                .delete(app.url(&format!("/api/v1/me/subscriptions/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(delete(mia, ops_id).await, 404);
+    assert_eq!(delete(admin, ops_id).await, 200);
+    let (_, left) = app.get_json("/api/v1/me/subscriptions").await;
+    assert_eq!(
+        left["data"]["subscriptions"].as_array().unwrap().len(),
+        1,
+        "{left}"
+    );
+
+    // The CLI, as the admin: add, list, the e-mails, remove.
+    let id = stdout_of(&cli(
+        &app,
+        &[
+            "subscription",
+            "add",
+            "cli@example.com",
+            "--events",
+            "failed,needs_mapping",
+        ],
+    ));
+    let listed = stdout_of(&cli(&app, &["subscription", "list"]));
+    assert!(
+        listed.contains(&format!(
+            "{}\tcli@example.com\tfailed,needs_mapping\tmine",
+            id.trim()
+        )),
+        "{listed}"
+    );
+    let mails = stdout_of(&cli(&app, &["subscription", "emails"]));
+    assert!(mails.starts_with("ID\tSTATE"), "{mails}");
+    let refused = cli(&app, &["subscription", "add", "cli@example.com"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("409 subscription_exists"));
+    stdout_of(&cli(&app, &["subscription", "remove", id.trim()]));
+    assert!(!stdout_of(&cli(&app, &["subscription", "list"])).contains("cli@example.com"));
 }
 
 #[tokio::test]

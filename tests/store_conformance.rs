@@ -2133,6 +2133,7 @@ fn a_runs_e_mails_are_planned_once_claimed_held_and_recorded(store: &dyn JobStor
         subject: "p.csv needs a mapping".into(),
         body: "…".into(),
         job_id: None,
+        subscription_id: None,
     };
     let start = Barrier::new(3);
     let planned: Vec<bool> = std::thread::scope(|sc| {
@@ -2175,7 +2176,9 @@ fn a_runs_e_mails_are_planned_once_claimed_held_and_recorded(store: &dyn JobStor
     store
         .email_record(again[0].id, 2, DeliveryState::Delivered, None, 0)
         .unwrap();
-    let (list, total) = store.email_list(s.id, 10, 0).unwrap();
+    let (list, total) = store
+        .email_list(sluice::store::EmailsOf::Source(s.id), 10, 0)
+        .unwrap();
     assert_eq!(total, 1);
     assert_eq!(list[0].state, DeliveryState::Delivered);
     assert_eq!(list[0].attempts, 2);

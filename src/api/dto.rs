@@ -795,7 +795,13 @@ pub struct SourceRuns {
     pub offset: u64,
 }
 
-/// A page of a source's e-mail notifications, newest first.
+/// The caller's e-mail subscriptions.
+#[derive(Serialize, ToSchema)]
+pub struct Subscriptions {
+    pub subscriptions: Vec<crate::store::Subscription>,
+}
+
+/// A page of e-mail notifications (a source's, or a user's subscriptions'), newest first.
 #[derive(Serialize, ToSchema)]
 pub struct Emails {
     pub emails: Vec<EmailDelivery>,

@@ -27,6 +27,7 @@ mod seed_analysis;
 pub mod server;
 mod session;
 mod sources;
+mod subscriptions;
 pub(crate) mod upload;
 mod webhooks;
 
@@ -139,6 +140,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/sources/{id}/runs", get(sources::runs))
         .route("/api/v1/sources/{id}/run", post(sources::run))
         .route("/api/v1/sources/{id}/emails", get(sources::emails))
+        .route(
+            "/api/v1/me/subscriptions",
+            get(subscriptions::list).post(subscriptions::create),
+        )
+        .route(
+            "/api/v1/me/subscriptions/{id}",
+            axum::routing::delete(subscriptions::delete),
+        )
+        .route("/api/v1/me/emails", get(subscriptions::emails))
         .route("/api/v1/datasets", get(jobs::datasets))
         .route("/api/v1/datasets/{id}/changes", get(changes::list))
         .route("/api/v1/export/{id}", post(export::create))

@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 use super::dto::ErrorBody;
 use super::{
     admin, analysis, audit, changes, control, events, export, jobs, preview, rollback,
-    seed_analysis, session, sources, upload, webhooks,
+    seed_analysis, session, sources, subscriptions, upload, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -65,6 +65,10 @@ use super::{
         sources::runs,
         sources::run,
         sources::emails,
+        subscriptions::list,
+        subscriptions::create,
+        subscriptions::delete,
+        subscriptions::emails,
         preview::templates,
         preview::save_template,
         audit::list,
@@ -89,6 +93,7 @@ use super::{
         (name = "datasets", description = "What can be imported, and saved mappings"),
         (name = "sources", description = "Scheduled imports from a directory on the server or a URL (admins)"),
         (name = "webhooks", description = "Notifications of finished jobs, signed with HMAC-SHA256"),
+        (name = "notifications", description = "Your e-mail subscriptions to the end of imports and to sources' runs that need a mapping"),
         (name = "admin", description = "Users, tokens and the audit log of the caller's organisation"),
         (name = "session", description = "The web UI's cookie, and who the caller is"),
         (name = "health", description = "Liveness and readiness, without a token"),

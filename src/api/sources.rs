@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::options::number;
 use crate::sources::run::{Trigger, execute, manual_key, start};
 use crate::sources::{SourceKind, SourceSpec, SpecError};
-use crate::store::{RunStart, Source, SourceRun, SourceSaved};
+use crate::store::{EmailsOf, RunStart, Source, SourceRun, SourceSaved};
 
 /// How long `POST …/run` waits for the run to end before answering with it in progress.
 const RUN_WAIT: Duration = Duration::from_secs(10);
@@ -377,7 +377,7 @@ pub async fn emails(
     let sid = source.id;
     let (emails, total) = state
         .jobs
-        .store_call(move |s| s.email_list(sid, limit, offset))
+        .store_call(move |s| s.email_list(EmailsOf::Source(sid), limit, offset))
         .await?;
     Ok(Json(Data::ok(Emails {
         emails,

@@ -136,14 +136,14 @@ pub struct ErrorsArgs {
     pub server: ServerArgs,
 }
 
-struct Api {
+pub(super) struct Api {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Api {
-    fn new(args: &ServerArgs) -> Result<Self, String> {
+    pub(super) fn new(args: &ServerArgs) -> Result<Self, String> {
         let http = crate::tls::http_client()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -155,7 +155,7 @@ impl Api {
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(method, format!("{}{path}", self.base));
         match &self.token {
             Some(t) => r.bearer_auth(t),
@@ -164,7 +164,7 @@ impl Api {
     }
 
     /// Sends a request and returns the JSON body of a 2xx answer, or the API's error message.
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
+    pub(super) async fn send(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
         let resp = req
             .send()
             .await
@@ -178,7 +178,7 @@ impl Api {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<Value, String> {
+    pub(super) async fn get(&self, path: &str) -> Result<Value, String> {
         self.send(self.request(reqwest::Method::GET, path))
             .await
             .map(|(_, v)| v)
@@ -820,7 +820,7 @@ pub struct SourceAddArgs {
     /// A directory on the server (under one of its `--source-root`s).
     #[arg(long, conflicts_with_all = ["url", "sftp"], required_unless_present_any = ["url", "sftp"])]
     pub dir: Option<String>,
-    /// An http:// URL to fetch.
+    /// An http:// or https:// URL to fetch.
     #[arg(long, conflicts_with = "sftp")]
     pub url: Option<String>,
     /// An SFTP server: `USER@HOST[:PORT]:/absolute/path` (with --host-key, and --private-key-file

@@ -9,6 +9,7 @@ mod admin;
 mod client;
 mod logging;
 mod serve;
+mod subscriptions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,10 @@ enum Command {
     /// Scheduled sources on a running server (admins): add, list, run now, runs.
     #[command(subcommand)]
     Source(client::SourceCommand),
+    /// Your e-mail subscriptions to the end of imports (and, admins, sources' runs that need a
+    /// mapping): add, list, remove, and the e-mails they caused.
+    #[command(subcommand)]
+    Subscription(subscriptions::SubscriptionCommand),
 }
 
 /// How a client command reaches the server.
@@ -136,6 +141,7 @@ pub fn main() -> ExitCode {
             Command::Changes(args) => client::changes(args).await,
             Command::Rollback(args) => client::rollback(args).await,
             Command::Source(cmd) => client::source(cmd).await,
+            Command::Subscription(cmd) => subscriptions::run(cmd).await,
         }
     });
     match result {

@@ -1,7 +1,8 @@
-//! E-mail notifications of sources (`--smtp-url`, `--smtp-from`): one message per finished run
-//! and address of the source's `notify` — when a run is parked as `needs_mapping`, and when the
-//! job a run started completes or fails — naming the job, its counts, and links to the job page
-//! and its rejected rows.
+//! E-mail notifications (`--smtp-url`, `--smtp-from`): one message per finished run and address
+//! of the source's `notify` — when a run is parked as `needs_mapping`, and when the job a run
+//! started completes or fails — and one per import that ended and user subscription that asks
+//! for it (`/api/v1/me/subscriptions`), naming the job, its counts, and links to the job page and
+//! its rejected rows.
 //!
 //! Like webhook deliveries, e-mails are planned into the database (`email_deliveries`, once per
 //! run across nodes: `store::sources::notify_plan`) and sent by a task of `sluice serve` that
@@ -20,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::jobs::JobContext;
-use crate::store::{DeliveryState, DueEmail, NewEmail, NotifyItem, RunOutcome, StoreError};
+use crate::store::{
+    DeliveryState, DueEmail, NewEmail, NotifiedJob, NotifyItem, RunOutcome, StoreError,
+    SubscribedJob,
+};
 
 /// How often the notifier looks for e-mails to plan and send.
 const POLL: Duration = Duration::from_millis(500);
@@ -145,6 +149,15 @@ impl SmtpTarget {
     }
 }
 
+/// Whether `address` looks like an e-mail address (`local@domain.tld`, no spaces, at most 254
+/// characters): the check of sources' `notify` and of subscriptions.
+pub fn address_ok(address: &str) -> bool {
+    address.len() <= 254
+        && address.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !address.contains(char::is_whitespace)
+        })
+}
+
 fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -162,7 +175,44 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The messages of one finished run (one per address).
+/// A job's end, as a message: its event, subject and body. `intro` says whose import it was.
+fn job_message(job: &NotifiedJob, base: &str, subject_of: &str, intro: &str) -> Message3 {
+    let event = if job.status == "completed" {
+        "completed"
+    } else {
+        "failed"
+    };
+    let counts = format!(
+        "{} created, {} updated, {} unchanged, {} rejected",
+        job.created, job.updated, job.unchanged, job.errors
+    );
+    let subject = format!(
+        "[sluice] {subject_of}: job {} {} ({counts})",
+        job.id, job.status
+    );
+    let mut body = format!("{intro}\n\nRows: {counts}.\n");
+    if let Some(error) = &job.error {
+        body.push_str(&format!("Error: {error}\n"));
+    }
+    body.push_str(&format!(
+        "\nThe job: {base}/#/jobs/{id}\nIts status: {base}/api/v1/import/status/{id}\n",
+        id = job.id
+    ));
+    if job.errors > 0 {
+        body.push_str(&format!(
+            "The rejected rows (CSV, ready to fix and upload again): \
+             {base}/api/v1/import/{id}/errors?format=csv\n",
+            id = job.id
+        ));
+    }
+    (event, subject, body)
+}
+
+/// An e-mail's event, subject and body.
+type Message3 = (&'static str, String, String);
+
+/// The messages of one finished run: one per address of the source's `notify`, and for a run
+/// parked as `needs_mapping` one per subscription of the organisation to that.
 pub fn compose(item: &NotifyItem, public_url: &str) -> Vec<NewEmail> {
     let base = public_url.trim_end_matches('/');
     let file = item.file.as_deref().unwrap_or("the file");
@@ -181,57 +231,60 @@ pub fn compose(item: &NotifyItem, public_url: &str) -> Vec<NewEmail> {
                 id = item.source_id,
             ),
         ),
-        (_, Some(job)) => {
-            let event = if job.status == "completed" {
-                "completed"
-            } else {
-                "failed"
-            };
-            let counts = format!(
-                "{} created, {} updated, {} unchanged, {} rejected",
-                job.created, job.updated, job.unchanged, job.errors
-            );
-            let subject = format!(
-                "[sluice] {}: job {} {} ({counts})",
-                item.source_name, job.id, job.status
-            );
-            let mut body = format!(
+        (_, Some(job)) => job_message(
+            job,
+            base,
+            &item.source_name,
+            &format!(
                 "The source \"{name}\" imported {file} into \"{dataset}\" as job {id}, which \
-                 {status}.\n\nRows: {counts}.\n",
+                 {status}.",
                 name = item.source_name,
                 dataset = item.dataset,
                 id = job.id,
                 status = job.status,
-            );
-            if let Some(error) = &job.error {
-                body.push_str(&format!("Error: {error}\n"));
-            }
-            body.push_str(&format!(
-                "\nThe job: {base}/#/jobs/{id}\nIts status: {base}/api/v1/import/status/{id}\n",
-                id = job.id
-            ));
-            if job.errors > 0 {
-                body.push_str(&format!(
-                    "The rejected rows (CSV, ready to fix and upload again): \
-                     {base}/api/v1/import/{id}/errors?format=csv\n",
-                    id = job.id
-                ));
-            }
-            (event, subject, body)
-        }
+            ),
+        ),
         // The job is gone (retention): nothing to say.
         _ => return Vec::new(),
     };
-    item.notify
-        .iter()
-        .map(|address| NewEmail {
+    let to_source = item.notify.iter().map(|a| (None, a));
+    let to_subscribers = item.subscribers.iter().map(|(id, a)| (Some(*id), a));
+    to_source
+        .chain(to_subscribers)
+        .map(|(subscription_id, address)| NewEmail {
             event: event.into(),
             address: address.clone(),
             subject: subject.clone(),
             body: body.clone(),
             job_id: item.job.as_ref().map(|j| j.id),
+            subscription_id,
         })
         .collect()
+}
+
+/// The message to a subscription about an import that ended.
+pub fn compose_subscribed(item: &SubscribedJob, public_url: &str) -> NewEmail {
+    let job = &item.job;
+    let (event, subject, body) = job_message(
+        job,
+        public_url.trim_end_matches('/'),
+        &item.dataset,
+        &format!(
+            "The import of {file} into \"{dataset}\" (job {id}) {status}.",
+            file = job.filename,
+            dataset = item.dataset,
+            id = job.id,
+            status = job.status,
+        ),
+    );
+    NewEmail {
+        event: event.into(),
+        address: item.address.clone(),
+        subject,
+        body,
+        job_id: Some(job.id),
+        subscription_id: Some(item.subscription_id),
+    }
 }
 
 /// Starts the notifier; it ends when `shutdown` is cancelled.
@@ -264,6 +317,17 @@ async fn plan(ctx: &Arc<JobContext>, config: &EmailConfig) -> Result<(), StoreEr
         let emails = compose(&item, &config.public_url);
         let (run, source) = (item.run_id, item.source_id);
         ctx.store_call(move |s| s.notify_plan(run, source, &emails))
+            .await?;
+    }
+    let subscribed = ctx
+        .store_call(move |s| s.subscription_backlog(since, 50))
+        .await?;
+    if !subscribed.is_empty() {
+        let emails: Vec<NewEmail> = subscribed
+            .iter()
+            .map(|item| compose_subscribed(item, &config.public_url))
+            .collect();
+        ctx.store_call(move |s| s.subscription_plan(&emails))
             .await?;
     }
     Ok(())

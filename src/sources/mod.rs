@@ -503,11 +503,7 @@ impl SourceSpec {
         }
         crate::api::options_check(&params).map_err(|(code, message)| bad(code, message))?;
         for address in &self.notify {
-            let ok = address.len() <= 254
-                && address.split_once('@').is_some_and(|(l, d)| {
-                    !l.is_empty() && d.contains('.') && !address.contains(char::is_whitespace)
-                });
-            if !ok {
+            if !email::address_ok(address) {
                 return Err(bad(
                     "invalid_notify",
                     format!("`{address}` is not an e-mail address"),

@@ -29,6 +29,7 @@ mod sources;
 pub mod sql;
 mod sql_store;
 pub mod sqlite;
+mod subscriptions;
 mod sync;
 mod tenants;
 mod types;
@@ -539,11 +540,27 @@ pub trait JobStore: Send + Sync + 'static {
         error: Option<&str>,
         next_attempt_ms: i64,
     ) -> StoreResult<()>;
-    /// A page of a source's e-mails, newest first, and their total.
+    /// A page of a source's or a user's e-mails, newest first, and their total.
     fn email_list(
         &self,
-        source_id: i64,
+        of: EmailsOf,
         limit: u64,
         offset: u64,
     ) -> StoreResult<(Vec<EmailDelivery>, u64)>;
+
+    // ---- users' e-mail subscriptions (issue 18)
+    /// Stores a subscription; `None` when the user has one for the address already.
+    fn subscription_insert(&self, s: &NewSubscription) -> StoreResult<Option<Subscription>>;
+    /// The user's subscriptions, oldest first.
+    fn subscription_list(&self, user_id: i64) -> StoreResult<Vec<Subscription>>;
+    /// Removes one of the user's subscriptions and its unsent e-mails (false: no such one).
+    fn subscription_delete(&self, user_id: i64, id: i64) -> StoreResult<bool>;
+    /// Imports ended since `since` that subscriptions want to hear of and have no e-mail yet.
+    fn subscription_backlog(
+        &self,
+        since: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<SubscribedJob>>;
+    /// Plans subscriptions' e-mails about jobs, once per job and address across nodes.
+    fn subscription_plan(&self, emails: &[NewEmail]) -> StoreResult<()>;
 }

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{Row, Sql, params};
 use super::{
-    DeliveryState, DueEmail, EmailDelivery, JobId, NewEmail, NewSource, NotifiedJob, NotifyItem,
-    RUN_HOLD_MINUTES, RunEnd, RunStart, Source, SourceRun, SourceSaved, StoreError, StoreResult,
+    DeliveryState, DueEmail, EmailDelivery, EmailsOf, JobId, NewEmail, NewSource, NotifiedJob,
+    NotifyItem, RUN_HOLD_MINUTES, RunEnd, RunOutcome, RunStart, Source, SourceRun, SourceSaved,
+    StoreError, StoreResult,
 };
 
 const SOURCE_COLUMNS: &str = "id, org_id, name, dataset, kind, schedule, pick, options, notify, \
@@ -286,8 +287,12 @@ pub fn run_add(c: &mut dyn Sql, of: &SourceRun, n: usize, end: &RunEnd) -> Store
 pub fn run_finish(c: &mut dyn Sql, id: i64, end: &RunEnd) -> StoreResult<()> {
     c.execute(
         "UPDATE source_runs SET outcome = $2, file = $3, sha256 = $4, job_id = $5, reason = $6, \
-         finished_at = $7, notified = NOT ($2 IN ('imported', 'needs_mapping') AND \
-         (SELECT notify FROM sources WHERE sources.id = source_runs.source_id) <> '[]') \
+         finished_at = $7, notified = NOT ( \
+           ($2 IN ('imported', 'needs_mapping') \
+            AND (SELECT notify FROM sources WHERE sources.id = source_runs.source_id) <> '[]') \
+           OR ($2 = 'needs_mapping' AND EXISTS (SELECT 1 FROM email_subscriptions e \
+               JOIN sources s ON s.org_id = e.org_id \
+               WHERE s.id = source_runs.source_id AND e.on_needs_mapping = $8))) \
          WHERE id = $1",
         params![
             id,
@@ -296,7 +301,8 @@ pub fn run_finish(c: &mut dyn Sql, id: i64, end: &RunEnd) -> StoreResult<()> {
             end.sha256.as_deref(),
             end.job_id,
             end.reason.as_deref(),
-            Utc::now()
+            Utc::now(),
+            true
         ],
     )?;
     Ok(())
@@ -350,8 +356,8 @@ pub fn run_imported(c: &mut dyn Sql, source_id: i64, sha256: &str) -> StoreResul
     .transpose()
 }
 
-/// Runs finished since `since` whose e-mails are due and not planned yet: ended `needs_mapping`,
-/// or imported and their job ended (or is gone).
+/// Runs finished since `since` whose e-mails are due and not planned yet: ended `needs_mapping`
+/// (with the organisation's subscribers to it), or imported and their job ended (or is gone).
 pub fn notify_backlog(
     c: &mut dyn Sql,
     since: DateTime<Utc>,
@@ -360,7 +366,7 @@ pub fn notify_backlog(
     let rows = c.query(
         "SELECT r.id, r.source_id, s.name, s.dataset, s.notify, r.outcome, r.file, r.reason, \
          j.id, j.status, j.filename, j.created_count, j.updated_count, j.unchanged_count, \
-         j.error_count, j.error \
+         j.error_count, j.error, s.org_id \
          FROM source_runs r JOIN sources s ON s.id = r.source_id \
          LEFT JOIN jobs j ON j.id = r.job_id \
          WHERE r.notified = $1 AND r.at > $2 AND (r.outcome = 'needs_mapping' OR \
@@ -368,7 +374,8 @@ pub fn notify_backlog(
          ORDER BY r.id LIMIT $3",
         params![false, since, limit],
     )?;
-    rows.iter()
+    let mut items = rows
+        .iter()
         .map(|r| {
             let job = match r.opt_i64(8)? {
                 None => None,
@@ -383,19 +390,27 @@ pub fn notify_backlog(
                     error: r.opt_text(15)?,
                 }),
             };
-            Ok(NotifyItem {
+            let item = NotifyItem {
                 run_id: r.i64(0)?,
                 source_id: r.i64(1)?,
                 source_name: r.text(2)?,
                 dataset: r.text(3)?,
                 notify: r.json(4, "source notify")?,
+                subscribers: Vec::new(),
                 outcome: r.text(5)?.parse().map_err(StoreError::Corrupt)?,
                 file: r.opt_text(6)?,
                 reason: r.opt_text(7)?,
                 job,
-            })
+            };
+            Ok((item, r.i64(16)?))
         })
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    for (item, org) in &mut items {
+        if item.outcome == RunOutcome::NeedsMapping {
+            item.subscribers = super::subscriptions::needs_mapping_subscribers(c, *org)?;
+        }
+    }
+    Ok(items.into_iter().map(|(item, _)| item).collect())
 }
 
 /// Marks the run's e-mails planned and inserts them, once: false (nothing written) when another
@@ -413,16 +428,28 @@ pub fn notify_plan(
     {
         return Ok(false);
     }
+    insert_emails(c, Some(source_id), Some(run_id), emails)?;
+    Ok(true)
+}
+
+/// Inserts e-mails to send, skipping any whose run and address, or job and address, already
+/// has one.
+pub fn insert_emails(
+    c: &mut dyn Sql,
+    source_id: Option<i64>,
+    run_id: Option<i64>,
+    emails: &[NewEmail],
+) -> StoreResult<()> {
     let now = Utc::now();
     for e in emails {
         c.execute(
-            "INSERT INTO email_deliveries (source_id, run_id, job_id, event, address, subject, \
-             body, state, next_attempt_ms, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8, $9) \
-             ON CONFLICT (run_id, address) DO NOTHING",
+            "INSERT INTO email_deliveries (source_id, run_id, subscription_id, job_id, event, \
+             address, subject, body, state, next_attempt_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10) ON CONFLICT DO NOTHING",
             params![
                 source_id,
                 run_id,
+                e.subscription_id,
                 e.job_id,
                 e.event.as_str(),
                 e.address.as_str(),
@@ -433,7 +460,7 @@ pub fn notify_plan(
             ],
         )?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Claims up to `limit` pending e-mails due by `now_ms`, holding each for `hold_ms`. Inside a
@@ -492,24 +519,33 @@ pub fn email_record(
     Ok(())
 }
 
-/// A page of the source's e-mails, newest first, and their total.
+/// A page of a source's or a user's e-mails, newest first, and their total.
 pub fn email_list(
     c: &mut dyn Sql,
-    source_id: i64,
+    of: EmailsOf,
     limit: u64,
     offset: u64,
 ) -> StoreResult<(Vec<EmailDelivery>, u64)> {
+    let (filter, id) = match of {
+        EmailsOf::Source(id) => ("source_id = $1", id),
+        EmailsOf::User(id) => (
+            "subscription_id IN (SELECT id FROM email_subscriptions WHERE user_id = $1)",
+            id,
+        ),
+    };
     let total = c
         .query_one(
-            "SELECT count(*) FROM email_deliveries WHERE source_id = $1",
-            params![source_id],
+            &format!("SELECT count(*) FROM email_deliveries WHERE {filter}"),
+            params![id],
         )?
         .u64(0)?;
     let rows = c.query(
-        "SELECT id, run_id, job_id, event, address, subject, state, attempts, last_error, \
-         next_attempt_ms, created_at, delivered_at FROM email_deliveries WHERE source_id = $1 \
-         ORDER BY id DESC LIMIT $2 OFFSET $3",
-        params![source_id, limit, offset],
+        &format!(
+            "SELECT id, run_id, job_id, event, address, subject, state, attempts, last_error, \
+             next_attempt_ms, created_at, delivered_at, subscription_id FROM email_deliveries \
+             WHERE {filter} ORDER BY id DESC LIMIT $2 OFFSET $3"
+        ),
+        params![id, limit, offset],
     )?;
     let list = rows
         .iter()
@@ -522,7 +558,8 @@ pub fn email_list(
             };
             Ok(EmailDelivery {
                 id: r.i64(0)?,
-                run_id: r.i64(1)?,
+                run_id: r.opt_i64(1)?,
+                subscription_id: r.opt_i64(12)?,
                 job_id: r.opt_i64(2)?,
                 event: r.text(3)?,
                 address: r.text(4)?,

@@ -18,9 +18,11 @@ use super::{
     JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
-use super::{DueEmail, EmailDelivery, NewEmail, NotifyItem};
+use super::{DueEmail, EmailDelivery, EmailsOf, NewEmail, NotifyItem};
 use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
-use super::{SyncDeletion, WouldDelete, control, hooks, jobs, ledger, rollback, sources, tenants};
+use super::{NewSubscription, SubscribedJob, Subscription};
+use super::{SyncDeletion, WouldDelete, control, hooks, jobs, ledger, rollback, sources};
+use super::{subscriptions, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -719,11 +721,34 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn email_list(
         &self,
-        source_id: i64,
+        of: EmailsOf,
         limit: u64,
         offset: u64,
     ) -> StoreResult<(Vec<EmailDelivery>, u64)> {
-        self.0
-            .read(|c| sources::email_list(c, source_id, limit, offset))
+        self.0.read(|c| sources::email_list(c, of, limit, offset))
+    }
+
+    fn subscription_insert(&self, s: &NewSubscription) -> StoreResult<Option<Subscription>> {
+        self.0.write(|c| subscriptions::insert(c, s))
+    }
+
+    fn subscription_list(&self, user_id: i64) -> StoreResult<Vec<Subscription>> {
+        self.0.read(|c| subscriptions::list(c, user_id))
+    }
+
+    fn subscription_delete(&self, user_id: i64, id: i64) -> StoreResult<bool> {
+        self.0.write(|c| subscriptions::delete(c, user_id, id))
+    }
+
+    fn subscription_backlog(
+        &self,
+        since: DateTime<Utc>,
+        limit: u64,
+    ) -> StoreResult<Vec<SubscribedJob>> {
+        self.0.read(|c| subscriptions::backlog(c, since, limit))
+    }
+
+    fn subscription_plan(&self, emails: &[NewEmail]) -> StoreResult<()> {
+        self.0.write(|c| subscriptions::plan(c, emails))
     }
 }

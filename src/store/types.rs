@@ -900,6 +900,9 @@ pub struct NotifyItem {
     pub source_name: String,
     pub dataset: String,
     pub notify: Vec<String>,
+    /// Subscriptions of the source's organisation to `needs_mapping` (id, address), for a run
+    /// parked so; empty otherwise.
+    pub subscribers: Vec<(i64, String)>,
     pub outcome: RunOutcome,
     pub file: Option<String>,
     pub reason: Option<String>,
@@ -929,6 +932,8 @@ pub struct NewEmail {
     pub subject: String,
     pub body: String,
     pub job_id: Option<JobId>,
+    /// The user's subscription that asked for it (none: a source's `notify`).
+    pub subscription_id: Option<i64>,
 }
 
 /// An e-mail claimed for one attempt.
@@ -947,7 +952,10 @@ pub struct DueEmail {
 #[serde(rename_all = "camelCase")]
 pub struct EmailDelivery {
     pub id: i64,
-    pub run_id: i64,
+    /// The source run it tells of (none for a subscription's e-mail about a job).
+    pub run_id: Option<i64>,
+    /// The subscription that asked for it (none: a source's `notify`).
+    pub subscription_id: Option<i64>,
     pub job_id: Option<JobId>,
     /// `completed`, `failed` or `needs_mapping`.
     pub event: String,
@@ -961,4 +969,52 @@ pub struct EmailDelivery {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Whose e-mails a list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailsOf {
+    /// A source's (its `notify` addresses).
+    Source(i64),
+    /// A user's subscriptions'.
+    User(i64),
+}
+
+/// What a subscription tells of.
+pub const SUBSCRIPTION_EVENTS: &[&str] = &["completed", "failed", "needs_mapping"];
+
+/// A user's e-mail subscription (issue 18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    pub id: i64,
+    #[schema(example = "ops@example.com")]
+    pub address: String,
+    /// Of `completed`, `failed` (an import's end) and `needs_mapping` (a source's run parked).
+    #[schema(example = json!(["completed", "failed"]))]
+    pub events: Vec<String>,
+    /// `mine`: the imports this user started; `organisation`: every import of the organisation
+    /// (admins). `needs_mapping` is about every source of the organisation either way.
+    #[schema(example = "mine")]
+    pub scope: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A subscription to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSubscription {
+    pub org_id: i64,
+    pub user_id: i64,
+    pub address: String,
+    pub events: Vec<String>,
+    pub scope: String,
+}
+
+/// An import that ended, and a subscription that wants to hear of it with no e-mail planned yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscribedJob {
+    pub subscription_id: i64,
+    pub address: String,
+    pub dataset: String,
+    pub job: NotifiedJob,
 }

@@ -120,6 +120,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0018_ledger_no_seq_index",
         include_str!("../../../migrations/postgres/0018_ledger_no_seq_index.sql"),
     ),
+    (
+        19,
+        "0019_email_subscriptions",
+        include_str!("../../../migrations/postgres/0019_email_subscriptions.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

@@ -92,6 +92,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0017_sync_keys",
         include_str!("../../../migrations/sqlite/0017_sync_keys.sql"),
     ),
+    (
+        "0018_email_subscriptions",
+        include_str!("../../../migrations/sqlite/0018_email_subscriptions.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.

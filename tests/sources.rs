@@ -1515,8 +1515,18 @@ async fn subscriptions_mail_own_imports_the_organisations_and_needs_mapping_once
         .await;
     let b = common::job_id(&b);
     assert_eq!(app.wait_done_as(mia, b).await["status"], "failed");
-    // The admin's source imports a file (its `notify` names the admin's own address too: one
-    // e-mail), then parks a renamed column.
+    // The admin's source imports a file (its `notify` names the admin's own address too, for
+    // completed jobs: one e-mail), then parks a renamed column (not for that address).
+    let (status, bad) = create(
+        &app,
+        json!({"name": "x", "dataset": "products", "kind": "directory", "schedule": {"every": "1h"},
+               "path": root.path(), "notify": [{"address": "a@example.com", "events": ["done"]}]}),
+    )
+    .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid_notify"))
+    );
     let drop_dir = root.path().join("drop");
     std::fs::create_dir(&drop_dir).unwrap();
     std::fs::write(
@@ -1528,7 +1538,8 @@ async fn subscriptions_mail_own_imports_the_organisations_and_needs_mapping_once
         &app,
         json!({"name": "drop", "dataset": "products", "kind": "directory",
                "schedule": {"every": "1h"}, "path": drop_dir, "stableSeconds": 0,
-               "pick": "latest", "notify": ["boss@example.com"]}),
+               "pick": "latest",
+               "notify": [{"address": "boss@example.com", "events": ["completed"]}]}),
     )
     .await;
     let imported = run(&app, source).await;
@@ -1546,8 +1557,6 @@ async fn subscriptions_mail_own_imports_the_organisations_and_needs_mapping_once
 
     // In the order of (address, subject).
     let expected = [
-        // The source's own `notify` hears of every run's end.
-        ("boss@example.com", "c.csv needs a mapping".to_string()),
         ("boss@example.com", format!("job {c} completed")),
         ("mia@example.com", format!("job {a} completed")),
         ("mia@example.com", format!("job {b} failed")),

@@ -1894,7 +1894,7 @@ fn sources_are_unique_by_name_per_organisation_and_keep_their_settings(store: &d
     );
     assert_eq!(s.org_id, acme);
     assert_eq!(s.secrets["headers"]["Authorization"], "Bearer s3cret");
-    assert_eq!(s.notify, vec!["ops@example.com".to_string()]);
+    assert_eq!(s.notify, vec!["ops@example.com".into()]);
     assert!(s.enabled);
     assert_eq!(s.state, serde_json::json!({}));
     assert_eq!(
@@ -2125,7 +2125,7 @@ fn a_runs_e_mails_are_planned_once_claimed_held_and_recorded(store: &dyn JobStor
     let item = &backlog[0];
     assert_eq!(item.source_id, s.id);
     assert_eq!(item.outcome, RunOutcome::NeedsMapping);
-    assert_eq!(item.notify, vec!["ops@example.com".to_string()]);
+    assert_eq!(item.notify, vec!["ops@example.com".into()]);
     assert_eq!(item.job, None);
     let email = sluice::store::NewEmail {
         event: "needs_mapping".into(),

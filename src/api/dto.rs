@@ -749,7 +749,7 @@ pub struct SourceView {
     /// `latest` or `all-new`.
     pub pick: String,
     pub options: ImportSpec,
-    pub notify: Vec<String>,
+    pub notify: Vec<crate::store::NotifyTarget>,
     pub enabled: bool,
     #[serde(flatten)]
     pub config: SourceConfig,

@@ -247,13 +247,20 @@ pub fn compose(item: &NotifyItem, public_url: &str) -> Vec<NewEmail> {
         // The job is gone (retention): nothing to say.
         _ => return Vec::new(),
     };
-    let to_source = item.notify.iter().map(|a| (None, a));
-    let to_subscribers = item.subscribers.iter().map(|(id, a)| (Some(*id), a));
+    let to_source = item
+        .notify
+        .iter()
+        .filter(|t| t.wants(event))
+        .map(|t| (None, t.address()));
+    let to_subscribers = item
+        .subscribers
+        .iter()
+        .map(|(id, a)| (Some(*id), a.as_str()));
     to_source
         .chain(to_subscribers)
         .map(|(subscription_id, address)| NewEmail {
             event: event.into(),
-            address: address.clone(),
+            address: address.to_string(),
             subject: subject.clone(),
             body: body.clone(),
             job_id: item.job.as_ref().map(|j| j.id),

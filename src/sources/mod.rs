@@ -189,9 +189,11 @@ pub struct SourceSpec {
     pub pick: Pick,
     #[serde(default)]
     pub options: ImportSpec,
-    /// Addresses e-mailed when a run needs a mapping and when a run's job ends (with `--smtp-url`).
+    /// Addresses e-mailed when a run needs a mapping and when a run's job ends (with
+    /// `--smtp-url`): `"ops@example.com"` for every event, or `{"address": "…", "events":
+    /// ["failed", "needs_mapping"]}` for some (`completed`, `failed`, `needs_mapping`).
     #[serde(default)]
-    pub notify: Vec<String>,
+    pub notify: Vec<crate::store::NotifyTarget>,
     /// A disabled source runs only when asked (`POST …/run`).
     #[serde(default = "yes")]
     pub enabled: bool,
@@ -502,7 +504,21 @@ impl SourceSpec {
                 .map_err(|m| bad("invalid_priority", m))?;
         }
         crate::api::options_check(&params).map_err(|(code, message)| bad(code, message))?;
-        for address in &self.notify {
+        for target in &self.notify {
+            if let crate::store::NotifyTarget::Filtered { address, events } = target
+                && (events.is_empty()
+                    || events
+                        .iter()
+                        .any(|e| !crate::store::SUBSCRIPTION_EVENTS.contains(&e.as_str())))
+            {
+                return Err(bad(
+                    "invalid_notify",
+                    format!(
+                        "`{address}`: `events` names at least one of completed, failed, needs_mapping, and no other"
+                    ),
+                ));
+            }
+            let address = target.address();
             if !email::address_ok(address) {
                 return Err(bad(
                     "invalid_notify",

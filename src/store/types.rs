@@ -760,7 +760,7 @@ pub struct Source {
     /// `latest` or `all-new`.
     pub pick: String,
     pub options: serde_json::Value,
-    pub notify: Vec<String>,
+    pub notify: Vec<NotifyTarget>,
     /// The kind's settings without secrets (path, glob, url, …).
     pub config: serde_json::Value,
     /// Header values, passwords, keys: written, never returned.
@@ -786,7 +786,7 @@ pub struct NewSource {
     pub schedule: serde_json::Value,
     pub pick: String,
     pub options: serde_json::Value,
-    pub notify: Vec<String>,
+    pub notify: Vec<NotifyTarget>,
     pub config: serde_json::Value,
     pub secrets: serde_json::Value,
     pub enabled: bool,
@@ -899,7 +899,7 @@ pub struct NotifyItem {
     pub source_id: i64,
     pub source_name: String,
     pub dataset: String,
-    pub notify: Vec<String>,
+    pub notify: Vec<NotifyTarget>,
     /// Subscriptions of the source's organisation to `needs_mapping` (id, address), for a run
     /// parked so; empty otherwise.
     pub subscribers: Vec<(i64, String)>,
@@ -1017,4 +1017,40 @@ pub struct SubscribedJob {
     pub address: String,
     pub dataset: String,
     pub job: NotifiedJob,
+}
+
+/// An address a source's e-mails go to, and of which events: a plain address hears of every
+/// one, `{"address", "events"}` of those named (`completed`, `failed`, `needs_mapping`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum NotifyTarget {
+    #[schema(example = "ops@example.com")]
+    Address(String),
+    Filtered {
+        address: String,
+        #[schema(example = json!(["failed", "needs_mapping"]))]
+        events: Vec<String>,
+    },
+}
+
+impl NotifyTarget {
+    pub fn address(&self) -> &str {
+        match self {
+            NotifyTarget::Address(a) | NotifyTarget::Filtered { address: a, .. } => a,
+        }
+    }
+
+    /// Whether this address hears of `event`.
+    pub fn wants(&self, event: &str) -> bool {
+        match self {
+            NotifyTarget::Address(_) => true,
+            NotifyTarget::Filtered { events, .. } => events.iter().any(|e| e == event),
+        }
+    }
+}
+
+impl From<&str> for NotifyTarget {
+    fn from(address: &str) -> Self {
+        NotifyTarget::Address(address.to_string())
+    }
 }

@@ -18,6 +18,7 @@ mod calc;
 mod cell;
 mod text;
 mod xlsx;
+mod xml;
 
 use std::path::Path;
 use std::sync::RwLock;

@@ -6,18 +6,19 @@
 //! entry names matched as Excel does ([`archive::entry_index`]). The
 //! shared strings are spilled to an unnamed temporary file beside the upload with a second file
 //! of end offsets, and read back through a small block cache, so memory does not grow with the
-//! number of distinct strings. The sheet is then parsed with `quick-xml` as it is unpacked:
-//! one row of cells at a time, missing cells padded with empty fields.
+//! number of distinct strings. The sheet is then parsed as it is unpacked, by the tokenizer of
+//! `xml.rs` (the small parts go through `quick-xml`): one row of cells at a time, missing cells
+//! padded with empty fields.
 //!
 //! Refused: DTDs (no XML entity expansion), undefined entities, more than [`MAX_COLUMNS`]
 //! columns, cells over [`MAX_CELL_BYTES`], and everything the zip layer refuses.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
 use quick_xml::{NsReader, Reader};
 use zip::ZipArchive;
@@ -26,6 +27,7 @@ use super::archive::{
     self, EntryStream, MarkupGuard, entry_index, read_small, stream_entry, unpack_error,
 };
 use super::cell::{NumberFormat, number_format, push_iso_date, push_number, push_serial};
+use super::xml::{self, Token, Tokenizer, refuse_dtd, too_large};
 use super::{FileError, MAX_CELL_BYTES, MAX_COLUMNS, SourceOptions, pick_sheet};
 
 /// Largest workbook, relationships or styles part read whole.
@@ -36,37 +38,6 @@ fn xml_error(e: quick_xml::Error) -> FileError {
         quick_xml::Error::Io(io) => unpack_error(&io),
         other => FileError::Unreadable(format!("the workbook's XML is malformed ({other})")),
     }
-}
-
-fn refuse_dtd() -> FileError {
-    FileError::Unreadable(
-        "the workbook declares a DTD (XML entities), which sluice refuses to expand".into(),
-    )
-}
-
-/// Appends the text of an entity or character reference; only XML's own five entities exist
-/// in a workbook.
-fn push_ref(r: &BytesRef<'_>, out: &mut Vec<u8>) -> Result<(), FileError> {
-    if let Some(c) = r.resolve_char_ref().map_err(xml_error)? {
-        let mut tmp = [0u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-        return Ok(());
-    }
-    let text: &str = r;
-    let c = match text {
-        "amp" => "&",
-        "lt" => "<",
-        "gt" => ">",
-        "quot" => "\"",
-        "apos" => "'",
-        other => {
-            return Err(FileError::Unreadable(format!(
-                "the workbook uses the undefined XML entity `&{other};`"
-            )));
-        }
-    };
-    out.extend_from_slice(c.as_bytes());
-    Ok(())
 }
 
 /// Decodes Excel's `_xHHHH_` escapes (control characters in strings) in `bytes[from..]`.
@@ -405,6 +376,8 @@ struct BlockFile {
     len: u64,
     slots: Vec<(u64, u64, Vec<u8>)>,
     tick: u64,
+    /// The slot of the last hit: strings are mostly looked up in the order they were stored.
+    last: usize,
 }
 
 const BLOCK: usize = 16 * 1024;
@@ -417,6 +390,7 @@ impl BlockFile {
             len,
             slots: (0..slots).map(|_| (u64::MAX, 0, Vec::new())).collect(),
             tick: 0,
+            last: 0,
         })
     }
 
@@ -449,8 +423,13 @@ impl BlockFile {
 
     fn slot(&mut self, block: u64) -> io::Result<usize> {
         self.tick += 1;
+        if self.slots[self.last].0 == block {
+            self.slots[self.last].1 = self.tick;
+            return Ok(self.last);
+        }
         if let Some(i) = self.slots.iter().position(|s| s.0 == block) {
             self.slots[i].1 = self.tick;
+            self.last = i;
             return Ok(i);
         }
         let i = (0..self.slots.len())
@@ -464,6 +443,7 @@ impl BlockFile {
         self.file.read_exact(&mut slot.2)?;
         slot.0 = block;
         slot.1 = self.tick;
+        self.last = i;
         Ok(i)
     }
 }
@@ -482,11 +462,7 @@ impl SharedStrings {
         let ends_file = tempfile::tempfile_in(spill_dir)?;
         let mut data = BufWriter::with_capacity(256 * 1024, &data_file);
         let mut ends = BufWriter::with_capacity(64 * 1024, &ends_file);
-        let mut reader = Reader::from_reader(BufReader::with_capacity(
-            64 * 1024,
-            MarkupGuard::new(stream),
-        ));
-        let mut buf = Vec::new();
+        let mut reader = Tokenizer::new(MarkupGuard::new(stream));
         let mut current = Vec::new();
         let (mut in_si, mut in_t, mut phonetic) = (false, false, 0u32);
         let mut offset: u64 = 0;
@@ -504,39 +480,36 @@ impl SharedStrings {
             Ok(())
         };
         loop {
-            match reader.read_event_into(&mut buf).map_err(xml_error)? {
-                Event::Start(e) => match e.local_name().as_ref() {
-                    "si" => {
+            match reader.next_token()? {
+                Token::Start { name, empty, .. } => match (name, empty) {
+                    (b"si", false) => {
                         in_si = true;
                         current.clear();
                     }
-                    "t" if in_si && phonetic == 0 => in_t = true,
-                    "rPh" => phonetic += 1,
+                    (b"si", true) => finish(&mut current)?,
+                    (b"t", false) if in_si && phonetic == 0 => in_t = true,
+                    (b"rPh", false) => phonetic += 1,
                     _ => {}
                 },
-                Event::Empty(e) if e.local_name().as_ref() == "si" => finish(&mut current)?,
-                Event::Text(t) if in_t => {
-                    current.extend_from_slice(t.xml10_content().as_bytes());
+                Token::Text(raw) if in_t => {
+                    xml::push_text(raw, &mut current)?;
                     if current.len() > MAX_CELL_BYTES {
                         return Err(too_large());
                     }
                 }
-                Event::CData(t) if in_t => current.extend_from_slice(t.as_bytes()),
-                Event::GeneralRef(r) if in_t => push_ref(&r, &mut current)?,
-                Event::End(e) => match e.local_name().as_ref() {
-                    "t" => in_t = false,
-                    "rPh" => phonetic = phonetic.saturating_sub(1),
-                    "si" if in_si => {
+                Token::CData(raw) if in_t => xml::push_cdata(raw, &mut current)?,
+                Token::End { name } => match name {
+                    b"t" => in_t = false,
+                    b"rPh" => phonetic = phonetic.saturating_sub(1),
+                    b"si" if in_si => {
                         in_si = false;
                         finish(&mut current)?;
                     }
                     _ => {}
                 },
-                Event::DocType(_) => return Err(refuse_dtd()),
-                Event::Eof => break,
+                Token::Eof => break,
                 _ => {}
             }
-            buf.clear();
         }
         data.flush()?;
         ends.flush()?;
@@ -549,10 +522,19 @@ impl SharedStrings {
     }
 
     fn end_of(&mut self, i: u64) -> io::Result<u64> {
-        let mut b = Vec::with_capacity(8);
-        self.ends.read(i * 8, 8, &mut b)?;
+        // Offsets are 8-byte aligned and blocks a multiple of 8: one never straddles two.
+        let pos = i * 8;
+        if pos + 8 > self.ends.len {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "read past end"));
+        }
+        let slot = self.ends.slot(pos / BLOCK as u64)?;
+        let offset = (pos % BLOCK as u64) as usize;
+        let bytes = self.ends.slots[slot]
+            .2
+            .get(offset..offset + 8)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short block"))?;
         let mut a = [0u8; 8];
-        a.copy_from_slice(&b);
+        a.copy_from_slice(bytes);
         Ok(u64::from_le_bytes(a))
     }
 
@@ -569,13 +551,6 @@ impl SharedStrings {
         self.data.read(start, len as usize, out)?;
         Ok(true)
     }
-}
-
-fn too_large() -> FileError {
-    FileError::CellTooLarge(format!(
-        "a cell of the workbook holds more than {MAX_CELL_BYTES} bytes; that is not a \
-         spreadsheet value sluice accepts"
-    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -607,10 +582,10 @@ struct Open {
 }
 
 /// Column index (0-based) of a cell reference such as `AB12`.
-fn column_of(reference: &str) -> Option<u32> {
+fn column_of(reference: &[u8]) -> Option<u32> {
     let mut col: u32 = 0;
     let mut any = false;
-    for b in reference.bytes() {
+    for &b in reference {
         if b.is_ascii_alphabetic() {
             col = col
                 .checked_mul(26)?
@@ -625,8 +600,7 @@ fn column_of(reference: &str) -> Option<u32> {
 
 /// Streams the rows of one worksheet part.
 struct SheetReader {
-    xml: Reader<BufReader<MarkupGuard<EntryStream>>>,
-    buf: Vec<u8>,
+    xml: Tokenizer<MarkupGuard<EntryStream>>,
     sst: Option<SharedStrings>,
     date_styles: Vec<NumberFormat>,
     date1904: bool,
@@ -645,10 +619,11 @@ struct SheetReader {
 }
 
 /// The last row of a `<dimension ref="A1:F700001"/>` range (`A1` alone: row 1).
-fn dimension_last_row(e: &BytesStart<'_>) -> Result<Option<u64>, FileError> {
-    let Some(range) = attr(e, "ref")? else {
+fn dimension_last_row(attrs: &[u8]) -> Result<Option<u64>, FileError> {
+    let Some(range) = xml::attr(attrs, b"ref")? else {
         return Ok(None);
     };
+    let range = String::from_utf8_lossy(range);
     let end = range.rsplit(':').next().unwrap_or_default();
     let digits = end.trim_start_matches(|c: char| c.is_ascii_alphabetic() || c == '$');
     Ok(digits.parse().ok())
@@ -666,79 +641,68 @@ impl SheetReader {
         let mut open: Option<Open> = None;
         let (mut in_v, mut in_is, mut in_t, mut phonetic) = (false, false, false, 0u32);
         loop {
-            self.buf.clear();
-            let event = self.xml.read_event_into(&mut self.buf).map_err(xml_error)?;
-            match event {
-                Event::Start(e) => match e.local_name().as_ref() {
-                    "row" => {
-                        self.row = row_number(&e, self.row)?;
+            match self.xml.next_token()? {
+                Token::Start { name, attrs, empty } => match (name, empty) {
+                    (b"row", _) => {
+                        self.row = row_number(attrs, self.row)?;
+                        if empty {
+                            return Ok(true);
+                        }
                         self.next_col = 0;
                         in_row = true;
                     }
-                    "c" if in_row => {
-                        let cell = open_cell(&e, self.next_col, self.bytes.len())?;
+                    (b"c", false) if in_row => {
+                        let cell = open_cell(attrs, self.next_col, self.bytes.len())?;
                         self.next_col = cell.col.saturating_add(1);
                         open = Some(cell);
                         self.value.clear();
                     }
-                    "v" => in_v = true,
-                    "is" => in_is = true,
-                    "t" if in_is && phonetic == 0 => in_t = true,
-                    "rPh" => phonetic += 1,
+                    (b"c", true) if in_row => {
+                        // An empty cell (`<c r="B2" s="1"/>`) still takes its column.
+                        let col = cell_column(attrs)?.unwrap_or(self.next_col);
+                        self.next_col = col.saturating_add(1);
+                    }
+                    (b"dimension", _) if !in_row => {
+                        self.last_row = dimension_last_row(attrs)?;
+                    }
+                    (b"v", false) => in_v = true,
+                    (b"is", false) => in_is = true,
+                    (b"t", false) if in_is && phonetic == 0 => in_t = true,
+                    (b"rPh", false) => phonetic += 1,
                     _ => {}
                 },
-                Event::Empty(e) if e.local_name().as_ref() == "row" => {
-                    self.row = row_number(&e, self.row)?;
-                    return Ok(true);
-                }
-                Event::Empty(e) if !in_row && e.local_name().as_ref() == "dimension" => {
-                    self.last_row = dimension_last_row(&e)?;
-                }
-                Event::Empty(e) if in_row && e.local_name().as_ref() == "c" => {
-                    // An empty cell (`<c r="B2" s="1"/>`) still takes its column.
-                    let col = cell_column(&e)?.unwrap_or(self.next_col);
-                    self.next_col = col.saturating_add(1);
-                }
-                Event::Text(t) => {
+                Token::Text(raw) => {
                     if in_v {
-                        self.value.extend_from_slice(t.xml10_content().as_bytes());
+                        xml::push_text(raw, &mut self.value)?;
                     } else if in_t {
-                        self.bytes.extend_from_slice(t.xml10_content().as_bytes());
+                        xml::push_text(raw, &mut self.bytes)?;
                     }
                 }
-                Event::CData(t) => {
+                Token::CData(raw) => {
                     if in_v {
-                        self.value.extend_from_slice(t.as_bytes());
+                        xml::push_cdata(raw, &mut self.value)?;
                     } else if in_t {
-                        self.bytes.extend_from_slice(t.as_bytes());
+                        xml::push_cdata(raw, &mut self.bytes)?;
                     }
                 }
-                Event::GeneralRef(r) => {
-                    if in_v {
-                        push_ref(&r, &mut self.value)?;
-                    } else if in_t {
-                        push_ref(&r, &mut self.bytes)?;
-                    }
-                }
-                Event::End(e) => match e.local_name().as_ref() {
-                    "v" => in_v = false,
-                    "t" => in_t = false,
-                    "is" => in_is = false,
-                    "rPh" => phonetic = phonetic.saturating_sub(1),
-                    "c" => {
+                Token::End { name } => match name {
+                    b"v" => in_v = false,
+                    b"t" => in_t = false,
+                    b"is" => in_is = false,
+                    b"rPh" => phonetic = phonetic.saturating_sub(1),
+                    b"c" => {
                         if let Some(cell) = open.take() {
                             self.finish_cell(cell)?;
                         }
                     }
-                    "row" => return Ok(true),
-                    "sheetData" => {
+                    b"row" => return Ok(true),
+                    b"sheetData" => {
                         self.done = true;
                         return Ok(false);
                     }
                     _ => {}
                 },
-                Event::DocType(_) => return Err(refuse_dtd()),
-                Event::Eof => {
+                Token::Eof => {
                     self.done = true;
                     if in_row {
                         return Err(FileError::Unreadable(
@@ -747,7 +711,6 @@ impl SheetReader {
                     }
                     return Ok(false);
                 }
-                _ => {}
             }
         }
     }
@@ -823,8 +786,8 @@ impl SheetReader {
     }
 }
 
-fn row_number(e: &BytesStart<'_>, previous: u64) -> Result<u64, FileError> {
-    let r = attr(e, "r")?.and_then(|r| r.trim().parse::<u64>().ok());
+fn row_number(attrs: &[u8], previous: u64) -> Result<u64, FileError> {
+    let r = xml::attr(attrs, b"r")?.and_then(parse_u64);
     // Rows go down; a missing or out-of-order number continues from the previous row.
     Ok(match r {
         Some(r) if r > previous => r,
@@ -832,34 +795,38 @@ fn row_number(e: &BytesStart<'_>, previous: u64) -> Result<u64, FileError> {
     })
 }
 
+/// A decimal number written in an attribute, spaces around allowed.
+fn parse_u64(text: &[u8]) -> Option<u64> {
+    std::str::from_utf8(text).ok()?.trim().parse().ok()
+}
+
 /// The column of a cell's `r` reference, if it has one.
-fn cell_column(e: &BytesStart<'_>) -> Result<Option<u32>, FileError> {
-    Ok(attr(e, "r")?.and_then(|r| column_of(&r)))
+fn cell_column(attrs: &[u8]) -> Result<Option<u32>, FileError> {
+    Ok(xml::attr(attrs, b"r")?.and_then(column_of))
 }
 
 /// Opens a cell; `next_col` is its column when it has no `r` reference.
-fn open_cell(e: &BytesStart<'_>, next_col: u32, start: usize) -> Result<Open, FileError> {
+fn open_cell(attrs: &[u8], next_col: u32, start: usize) -> Result<Open, FileError> {
     let mut col = None;
     let mut kind = Kind::Number;
     let mut style = 0usize;
-    let mut attrs = e.attributes();
-    attrs.with_checks(false);
-    for a in attrs {
-        let a = a.map_err(|e| xml_error(e.into()))?;
-        match a.key.local_name().as_ref() {
-            "r" => col = column_of(&a.value),
-            "t" => {
-                kind = match a.value.as_ref() {
-                    "s" => Kind::Shared,
-                    "inlineStr" => Kind::Inline,
-                    "str" => Kind::Str,
-                    "b" => Kind::Bool,
-                    "e" => Kind::Error,
-                    "d" => Kind::Date,
+    let mut it = xml::Attrs { rest: attrs };
+    while let Some((key, value)) = it.next_attr()? {
+        let key = key.rsplit(|&b| b == b':').next().unwrap_or(key);
+        match key {
+            b"r" => col = column_of(value),
+            b"t" => {
+                kind = match value {
+                    b"s" => Kind::Shared,
+                    b"inlineStr" => Kind::Inline,
+                    b"str" => Kind::Str,
+                    b"b" => Kind::Bool,
+                    b"e" => Kind::Error,
+                    b"d" => Kind::Date,
                     _ => Kind::Number,
                 }
             }
-            "s" => style = a.value.trim().parse().unwrap_or(0),
+            b"s" => style = parse_u64(value).unwrap_or(0) as usize,
             _ => {}
         }
     }
@@ -943,11 +910,7 @@ fn sheet_stream(
 impl SheetReader {
     fn new(stream: EntryStream, parts: CellParts) -> Self {
         Self {
-            xml: Reader::from_reader(BufReader::with_capacity(
-                64 * 1024,
-                MarkupGuard::new(stream),
-            )),
-            buf: Vec::with_capacity(64 * 1024),
+            xml: Tokenizer::new(MarkupGuard::new(stream)),
             sst: parts.sst,
             date_styles: parts.date_styles,
             date1904: parts.date1904,
@@ -1148,11 +1111,11 @@ mod tests {
 
     #[test]
     fn references_and_paths() {
-        assert_eq!(column_of("A1"), Some(0));
-        assert_eq!(column_of("Z9"), Some(25));
-        assert_eq!(column_of("AA10"), Some(26));
-        assert_eq!(column_of("XFD1"), Some(16_383));
-        assert_eq!(column_of("12"), None);
+        assert_eq!(column_of(b"A1"), Some(0));
+        assert_eq!(column_of(b"Z9"), Some(25));
+        assert_eq!(column_of(b"AA10"), Some(26));
+        assert_eq!(column_of(b"XFD1"), Some(16_383));
+        assert_eq!(column_of(b"12"), None);
         assert_eq!(
             join("xl", "worksheets/sheet1.xml"),
             "xl/worksheets/sheet1.xml"

@@ -158,6 +158,11 @@ struct Existing {
     since: Vec<Option<String>>,
 }
 
+/// A row to write: its index in the batch, and for an update the positions (in
+/// `plan.compare`) of the fields that changed and the stored row. The stored row travels with
+/// the entry, so the row's key is built once per batch, not again by each step that needs it.
+type Write<'e> = (usize, Option<(Vec<usize>, &'e Existing)>);
+
 /// SQL and field lists for one job, built at the first batch (they depend on which fields the
 /// file has).
 struct Plan {
@@ -725,7 +730,7 @@ impl WriteCtx<'_> {
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
         let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
-        let mut upserts: Vec<(usize, Option<Vec<usize>>)> = Vec::new();
+        let mut upserts: Vec<Write<'_>> = Vec::new();
         let mut unchanged: Vec<usize> = Vec::new();
         for &i in rows {
             let values = batch.row_values(i);
@@ -748,7 +753,10 @@ impl WriteCtx<'_> {
                 }
                 Action::Update { changed } => {
                     counts.updated += 1;
-                    upserts.push((i, Some(changed)));
+                    // `decide` says Update only of a stored row.
+                    if let Some(old) = found {
+                        upserts.push((i, Some((changed, old))));
+                    }
                 }
                 Action::Unchanged => {
                     counts.unchanged += 1;
@@ -762,11 +770,11 @@ impl WriteCtx<'_> {
             self.remember(tx, batch, &accepted)?;
             return Ok((counts, rejected));
         }
-        self.upsert(tx, batch, &upserts, &existing, false)?;
+        self.upsert(tx, batch, &upserts, false)?;
         self.stamp(tx, batch, &unchanged)?;
-        self.archive(tx, batch, &upserts, &existing)?;
+        self.archive(tx, batch, &upserts)?;
         if self.mode != Mode::Replace && !upserts.is_empty() {
-            self.ledger(tx, batch, &upserts, &existing)?;
+            self.ledger(tx, batch, &upserts)?;
         }
         Ok((counts, rejected))
     }
@@ -782,17 +790,16 @@ impl WriteCtx<'_> {
         batch: &Batch,
         rows: &[usize],
     ) -> rusqlite::Result<Option<BatchCounts>> {
-        let all: Vec<(usize, Option<Vec<usize>>)> = rows.iter().map(|&i| (i, None)).collect();
-        let none = HashMap::new();
+        let all: Vec<Write<'_>> = rows.iter().map(|&i| (i, None)).collect();
         tx.execute_batch("SAVEPOINT sluice_insert_all")?;
-        let written = self.upsert(tx, batch, &all, &none, true)?;
+        let written = self.upsert(tx, batch, &all, true)?;
         if written != rows.len() {
             tx.execute_batch("ROLLBACK TO sluice_insert_all; RELEASE sluice_insert_all")?;
             return Ok(None);
         }
         tx.execute_batch("RELEASE sluice_insert_all")?;
         if self.mode != Mode::Replace && !all.is_empty() {
-            self.ledger(tx, batch, &all, &none)?;
+            self.ledger(tx, batch, &all)?;
         }
         Ok(Some(BatchCounts {
             created: rows.len() as u64,
@@ -968,8 +975,7 @@ impl WriteCtx<'_> {
         &self,
         tx: &Connection,
         batch: &Batch,
-        rows: &[(usize, Option<Vec<usize>>)],
-        existing: &HashMap<String, Existing>,
+        rows: &[Write<'_>],
         skip_existing: bool,
     ) -> rusqlite::Result<usize> {
         let mut written = 0;
@@ -988,15 +994,9 @@ impl WriteCtx<'_> {
                 stmt.raw_bind_parameter(idx + 3, &self.now)?;
                 stmt.raw_bind_parameter(idx + 4, self.org)?;
                 idx += 5;
-                let old = match changed {
-                    Some(_) => existing.get(&sql_key(values, &self.ds.key)),
-                    None => None,
-                };
                 for (h, (_, pos)) in self.plan.history.iter().enumerate() {
-                    let keep_old = match (changed, old) {
-                        (Some(changed), Some(old)) if !changed.contains(pos) => {
-                            old.since[h].clone()
-                        }
+                    let keep_old = match changed {
+                        Some((changed, old)) if !changed.contains(pos) => old.since[h].as_ref(),
                         _ => None,
                     };
                     match keep_old {
@@ -1035,8 +1035,7 @@ impl WriteCtx<'_> {
         &self,
         tx: &Connection,
         batch: &Batch,
-        rows: &[(usize, Option<Vec<usize>>)],
-        existing: &HashMap<String, Existing>,
+        rows: &[Write<'_>],
     ) -> rusqlite::Result<()> {
         for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
             let mut stmt = tx.prepare_cached(&ledger_sql(chunk.len()))?;
@@ -1047,14 +1046,11 @@ impl WriteCtx<'_> {
             let mut idx = 5;
             for (i, changed) in chunk {
                 let values = batch.row_values(*i);
-                let old = match changed {
-                    Some(_) => existing.get(&sql_key(values, &self.ds.key)).map(|old| {
-                        ledger::texts_json(self.ds, &self.plan.compare, |j| {
-                            old.values.get(j).and_then(sql_text)
-                        })
-                    }),
-                    None => None,
-                };
+                let old = changed.as_ref().map(|(_, old)| {
+                    ledger::texts_json(self.ds, &self.plan.compare, |j| {
+                        old.values.get(j).and_then(sql_text)
+                    })
+                });
                 let op = if changed.is_some() {
                     Op::Updated
                 } else {
@@ -1080,8 +1076,7 @@ impl WriteCtx<'_> {
         &self,
         tx: &Connection,
         batch: &Batch,
-        rows: &[(usize, Option<Vec<usize>>)],
-        existing: &HashMap<String, Existing>,
+        rows: &[Write<'_>],
     ) -> rusqlite::Result<()> {
         let Some(head) = &self.plan.history_insert else {
             return Ok(());
@@ -1089,9 +1084,7 @@ impl WriteCtx<'_> {
         // (row index, history position) of every archived value, in row order.
         let mut records: Vec<(usize, usize, &Existing)> = Vec::new();
         for (i, changed) in rows {
-            let Some(changed) = changed else { continue };
-            let values = batch.row_values(*i);
-            let Some(old) = existing.get(&sql_key(values, &self.ds.key)) else {
+            let Some((changed, old)) = changed else {
                 continue;
             };
             for (h, (_, pos)) in self.plan.history.iter().enumerate() {

@@ -371,13 +371,22 @@ pub async fn emails(
     Query(params): Query<HashMap<String, String>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<Data<Emails>>, ApiError> {
-    let limit = number(&params, "limit", 50)?.min(1000);
-    let offset = number(&params, "offset", 0)?;
     let source = org_source(&state, &caller, &id).await?;
-    let sid = source.id;
+    email_page(&state, EmailsOf::Source(source.id), &params).await
+}
+
+/// A page of e-mails (`limit`, default 50 and at most 1000, and `offset` from the query): a
+/// source's, or a user's subscriptions'.
+pub(super) async fn email_page(
+    state: &AppState,
+    of: EmailsOf,
+    params: &HashMap<String, String>,
+) -> Result<Json<Data<Emails>>, ApiError> {
+    let limit = number(params, "limit", 50)?.min(1000);
+    let offset = number(params, "offset", 0)?;
     let (emails, total) = state
         .jobs
-        .store_call(move |s| s.email_list(EmailsOf::Source(sid), limit, offset))
+        .store_call(move |s| s.email_list(of, limit, offset))
         .await?;
     Ok(Json(Data::ok(Emails {
         emails,

@@ -22,7 +22,6 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::{Data, Emails, ErrorBody, Message, Subscriptions};
 use super::error::ApiError;
-use super::options::number;
 use crate::store::{EmailsOf, NewSubscription, SUBSCRIPTION_EVENTS, Subscription};
 
 /// `POST /api/v1/me/subscriptions`
@@ -199,17 +198,5 @@ pub async fn emails(
     Query(params): Query<HashMap<String, String>>,
     axum::Extension(caller): axum::Extension<Caller>,
 ) -> Result<Json<Data<Emails>>, ApiError> {
-    let limit = number(&params, "limit", 50)?.min(1000);
-    let offset = number(&params, "offset", 0)?;
-    let user = caller.user_id;
-    let (emails, total) = state
-        .jobs
-        .store_call(move |s| s.email_list(EmailsOf::User(user), limit, offset))
-        .await?;
-    Ok(Json(Data::ok(Emails {
-        emails,
-        total,
-        limit,
-        offset,
-    })))
+    super::sources::email_page(&state, EmailsOf::User(caller.user_id), &params).await
 }

@@ -379,16 +379,7 @@ pub fn notify_backlog(
         .map(|r| {
             let job = match r.opt_i64(8)? {
                 None => None,
-                Some(id) => Some(NotifiedJob {
-                    id,
-                    status: r.text(9)?,
-                    filename: r.text(10)?,
-                    created: r.u64(11)?,
-                    updated: r.u64(12)?,
-                    unchanged: r.u64(13)?,
-                    errors: r.u64(14)?,
-                    error: r.opt_text(15)?,
-                }),
+                Some(_) => Some(notified_job(r, 8)?),
             };
             let item = NotifyItem {
                 run_id: r.i64(0)?,
@@ -411,6 +402,21 @@ pub fn notify_backlog(
         }
     }
     Ok(items.into_iter().map(|(item, _)| item).collect())
+}
+
+/// The job an e-mail tells of, from the columns `j.id, j.status, j.filename, j.created_count,
+/// j.updated_count, j.unchanged_count, j.error_count, j.error` starting at `at`.
+pub(super) fn notified_job(r: &Row, at: usize) -> StoreResult<NotifiedJob> {
+    Ok(NotifiedJob {
+        id: r.i64(at)?,
+        status: r.text(at + 1)?,
+        filename: r.text(at + 2)?,
+        created: r.u64(at + 3)?,
+        updated: r.u64(at + 4)?,
+        unchanged: r.u64(at + 5)?,
+        errors: r.u64(at + 6)?,
+        error: r.opt_text(at + 7)?,
+    })
 }
 
 /// Marks the run's e-mails planned and inserts them, once: false (nothing written) when another

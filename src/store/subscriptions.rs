@@ -10,7 +10,7 @@
 use chrono::{DateTime, Utc};
 
 use super::sql::{Row, Sql, params};
-use super::{NewEmail, NewSubscription, NotifiedJob, StoreResult, SubscribedJob, Subscription};
+use super::{NewEmail, NewSubscription, StoreResult, SubscribedJob, Subscription};
 
 const COLUMNS: &str = "id, address, on_completed, on_failed, on_needs_mapping, scope, created_at";
 
@@ -118,16 +118,7 @@ pub fn backlog(
             subscription_id: r.i64(0)?,
             address: r.text(1)?,
             dataset: r.text(2)?,
-            job: NotifiedJob {
-                id: r.i64(3)?,
-                status: r.text(4)?,
-                filename: r.text(5)?,
-                created: r.u64(6)?,
-                updated: r.u64(7)?,
-                unchanged: r.u64(8)?,
-                errors: r.u64(9)?,
-                error: r.opt_text(10)?,
-            },
+            job: super::sources::notified_job(r, 3)?,
         })
     })
     .collect()

@@ -3,37 +3,17 @@
 //   SLUICE_URL, SLUICE_TOKEN, FILE_A (50k rows with errors), EXPECT_A (its expected counts),
 //   FILE_B (a bigger file to cancel), SCREENSHOTS (where to put the PNGs), CHROMIUM (optional).
 // Exits non-zero, naming the step, when anything is not as expected.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { check, env, launch, shot, steps } from './harness.mjs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const BASE = env('SLUICE_URL');
 const TOKEN = env('SLUICE_TOKEN');
 const FILE_A = env('FILE_A');
 const EXPECT_A = JSON.parse(fs.readFileSync(env('EXPECT_A'), 'utf8'));
 const FILE_B = env('FILE_B');
-const SHOTS = env('SCREENSHOTS');
-fs.mkdirSync(SHOTS, { recursive: true });
 
-let step = 'start';
-const check = (cond, what) => { if (!cond) throw new Error(`${step}: ${what}`); };
-const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
 
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
-  acceptDownloads: true,
-});
+const { context, close } = await launch({ acceptDownloads: true });
 const problems = [];
 try {
   await context.grantPermissions(['notifications'], { origin: BASE });
@@ -53,7 +33,7 @@ try {
     if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
   });
 
-  step = 'sign in';
+  steps.name = 'sign in';
   await page.goto(BASE + '/');
   await page.waitForSelector('#signin:not([hidden])');
   await page.fill('#token', 'slc_not_a_real_token');
@@ -82,7 +62,7 @@ try {
   await page.waitForFunction(() => document.querySelector('#notify-btn').textContent === 'Notifications on');
   await shot(page, '02-dashboard.png');
 
-  step = 'preview and mapping';
+  steps.name = 'preview and mapping';
   await page.setInputFiles('#file', FILE_A);
   await page.waitForSelector('#preview:not([hidden]) #mapping tbody tr');
   check(await page.locator('#mapping tbody tr').count() === EXPECT_A.header.length, 'one mapping row per column');
@@ -91,7 +71,7 @@ try {
   check(/would be rejected/.test(await page.textContent('#preview-summary')), 'validation summary');
   await shot(page, '03-preview.png');
 
-  step = 'run in background and watch the bar';
+  steps.name = 'run in background and watch the bar';
   await page.evaluate(() => {
     window.__seen = [];
     const record = () => document.querySelectorAll('#active .progress')
@@ -121,7 +101,7 @@ try {
   check(num(await cell('updated')) === 0, 'nothing updated');
   await shot(page, '05-import-finished.png');
 
-  step = 'job page, error table and download';
+  steps.name = 'job page, error table and download';
   await page.click(`#recent tr[data-job="${jobA}"] a`);
   await page.waitForSelector('#view-job:not([hidden]) #errors tbody tr');
   check((await page.textContent('#err-total')).includes(EXPECT_A.invalid_rows.toLocaleString('en-US')), 'error total');
@@ -149,7 +129,7 @@ try {
   check(csv[0] === [...EXPECT_A.header, 'error'].join(','), `rejected-rows header: ${csv[0]}`);
   check(csv.length === EXPECT_A.invalid_rows + 1, `rejected rows downloaded: ${csv.length - 1}`);
 
-  step = 'drag and drop';
+  steps.name = 'drag and drop';
   await page.goto(BASE + '/#/');
   await page.waitForSelector('#view-home:not([hidden])');
   const dropped = await page.evaluateHandle(() => {
@@ -161,7 +141,7 @@ try {
   await page.waitForFunction(() => /dropped\.csv/.test(document.querySelector('#file-info').textContent));
   await page.click('#discard');
 
-  step = 'cancel a second import';
+  steps.name = 'cancel a second import';
   await page.setInputFiles('#file', FILE_B);
   await page.waitForSelector('#preview:not([hidden]) #mapping tbody tr');
   await page.click('#run');
@@ -173,7 +153,7 @@ try {
   await page.waitForSelector(`.toast:has-text("Import #${jobB}")`);
   await shot(page, '07-second-import-cancelled.png');
 
-  step = 'retry, pause and resume from the job page';
+  steps.name = 'retry, pause and resume from the job page';
   await page.click(`#recent tr[data-job="${jobB}"] a`);
   await page.waitForSelector('#view-job:not([hidden]) #job-actions [data-action=retry]:not([hidden])');
   await page.click('#job-actions [data-action=retry]');
@@ -187,7 +167,7 @@ try {
   await page.waitForSelector('#job-status:text("cancelled")', { timeout: 60000 });
   await page.goto(BASE + '/#/');
 
-  step = 'analyse first (dry run), read the report, then run the import';
+  steps.name = 'analyse first (dry run), read the report, then run the import';
   await page.setInputFiles('#file', FILE_A);
   await page.waitForSelector('#preview:not([hidden]) #mapping tbody tr');
   await page.click('#analyse');
@@ -217,7 +197,7 @@ try {
   check(await page.textContent('[data-fact="unchanged"]') === valid, 'the import counts what the analysis said');
   await page.goto(BASE + '/#/');
 
-  step = 'export the dataset as CSV and as XLSX';
+  steps.name = 'export the dataset as CSV and as XLSX';
   await page.selectOption('#export-dataset', 'products');
   await page.selectOption('#export-format', 'csv');
   await page.click('#export-run');
@@ -238,7 +218,7 @@ try {
   check(await page.locator('#recent [data-kind="export"]').count() === 2, 'exports marked in the recent list');
   await shot(page, '11-export.png');
 
-  step = 'sluice.js uploadAndMonitor';
+  steps.name = 'sluice.js uploadAndMonitor';
   await page.addScriptTag({ url: '/sluice.js' });
   const result = await page.evaluate(async () => {
     let csv = 'sku,name,price,updated_at\n';
@@ -252,7 +232,7 @@ try {
   check(result.final.results.totalRows === 300 && result.final.results.successCount === 300, 'sluice.js results');
   check(result.updates.length >= 2 && result.updates.at(-1) === 'completed', `sluice.js progress ${result.updates}`);
 
-  step = 'roll back the sluice.js import from its job page';
+  steps.name = 'roll back the sluice.js import from its job page';
   const imported = result.final.jobId;
   await page.goto(`${BASE}/#/jobs/${imported}`);
   await page.waitForSelector(`#job-title:has-text("Import #${imported}") #job-status:text("completed")`);
@@ -274,7 +254,7 @@ try {
   await page.goto(BASE + '/#/');
   await page.waitForSelector(`#recent tr[data-job="${imported}"] [data-rolled-back="${undo}"]`);
 
-  step = 'phone';
+  steps.name = 'phone';
   const phone = await context.newPage();
   await phone.setViewportSize({ width: 390, height: 844 });
   await phone.goto(BASE + '/');
@@ -286,7 +266,7 @@ try {
   await shot(phone, '09-phone-job.png');
   await phone.close();
 
-  step = 'sign out';
+  steps.name = 'sign out';
   await page.click('#signout');
   await page.waitForSelector('#signin:not([hidden])');
   check(!(await page.context().cookies()).some((c) => c.name === 'token'), 'sign-out cleared the cookie');
@@ -298,10 +278,9 @@ try {
   console.log(JSON.stringify({ ok: true, jobA, jobB, barValues: moving.length }));
 } catch (e) {
   try { const p = context.pages()[0]; if (p) await shot(p, 'failure.png'); } catch (_) { /* best effort */ }
-  console.error(`browser test failed at step "${step}": ${e.message}`);
+  console.error(`browser test failed at step "${steps.name}": ${e.message}`);
   if (problems.length) console.error(problems.join('\n'));
   process.exitCode = 1;
 } finally {
-  await context.close();
-  fs.rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -8,38 +8,20 @@
 // job, sees an API error beside the field it is about, creates a URL source with a secret header
 // and checks the secret is nowhere in the page afterwards. Prints one JSON line for the Rust
 // side; exits non-zero, naming the step, when anything is not as expected.
-import { chromium } from 'playwright-core';
 import fs from 'node:fs';
-import os from 'node:os';
+import { check, env, launch, shot, steps } from './harness.mjs';
 import path from 'node:path';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const BASE = env('SLUICE_URL');
 const TOKEN = env('SLUICE_TOKEN');
 const DROP_DIR = env('DROP_DIR');
 const EXPECT = JSON.parse(fs.readFileSync(env('EXPECT'), 'utf8'));
 const BAD_PATH = env('BAD_PATH');
-const SHOTS = env('SCREENSHOTS');
-fs.mkdirSync(SHOTS, { recursive: true });
 
 const SECRET = 'Bearer s3cret-header-value-77';
 
-let step = 'start';
-const check = (cond, what) => { if (!cond) throw new Error(`${step}: ${what}`); };
-const shot = (page, name) => page.screenshot({ path: path.join(SHOTS, name), fullPage: true });
 
-const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'sluice-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  viewport: { width: 1280, height: 900 },
-});
+const { context, close } = await launch();
 const problems = [];
 try {
   const page = context.pages()[0] || await context.newPage();
@@ -51,7 +33,7 @@ try {
   });
   const visible = (sel) => page.isVisible(sel);
 
-  step = 'sign in and open the Sources page';
+  steps.name = 'sign in and open the Sources page';
   await page.goto(BASE + '/');
   await page.waitForSelector('#signin:not([hidden])');
   await page.fill('#token', TOKEN);
@@ -62,7 +44,7 @@ try {
   await page.waitForSelector('#sources-empty:not([hidden])');
   await page.waitForSelector('#src-dataset option[value="products"]', { state: 'attached' });
 
-  step = 'the form shows only the chosen kind\'s fields';
+  steps.name = 'the form shows only the chosen kind\'s fields';
   check(await visible('#src-dir-path') && !(await visible('#src-url')) && !(await visible('#src-host')), 'directory fields by default');
   await page.selectOption('#src-kind', 'url');
   check(await visible('#src-url') && await visible('#src-headers') && !(await visible('#src-dir-path')) && !(await visible('#src-glob')), 'url fields');
@@ -78,7 +60,7 @@ try {
     (els) => els.filter((e) => !(e.labels && e.labels.length)).map((e) => e.id));
   check(unlabelled.length === 0, `inputs without a label: ${unlabelled}`);
 
-  step = 'create a directory source through the form';
+  steps.name = 'create a directory source through the form';
   await page.fill('#src-name', 'drop-prices');
   await page.selectOption('#src-dataset', 'products');
   await page.fill('#src-dir-path', DROP_DIR);
@@ -105,7 +87,7 @@ try {
   check(await page.$$eval('#source-form .field-error', (e) => e.length) === 0, 'no error shown');
   await shot(page, '21-source-created.png');
 
-  step = 'run it now and follow the run to its job';
+  steps.name = 'run it now and follow the run to its job';
   await page.click(`${row} button:has-text("Run now")`);
   // The run ends once its job is started; a run still going is looked at again by the page.
   const runLink = await page.waitForSelector('#source-runs tr[data-outcome="imported"] a[href^="#/jobs/"]', { timeout: 60000 });
@@ -125,7 +107,7 @@ try {
   await page.waitForSelector('#errors tbody tr');
   await shot(page, '23-source-job.png');
 
-  step = 'a path outside the source roots: the API\'s message beside the path';
+  steps.name = 'a path outside the source roots: the API\'s message beside the path';
   await page.goto(`${BASE}/#/sources`);
   await page.waitForSelector(`#view-sources:not([hidden]) ${row}`);
   await page.fill('#src-name', 'outside');
@@ -146,7 +128,7 @@ try {
   await page.waitForSelector('#source-form .field-error[data-error-for="src-every"]');
   check(await page.$$eval('#source-form .field-error', (e) => e.length) === 1, 'one error at a time');
 
-  step = 'a URL source with a secret header: the secret is never shown again';
+  steps.name = 'a URL source with a secret header: the secret is never shown again';
   await page.fill('#src-name', 'supplier-url');
   await page.selectOption('#src-kind', 'url');
   await page.fill('#src-url', 'http://127.0.0.1:9/prices.csv');
@@ -169,7 +151,7 @@ try {
   check(await page.inputValue('#src-headers') === '', 'the headers field is empty');
   await shot(page, '25-sources.png');
 
-  step = 'phone';
+  steps.name = 'phone';
   await page.setViewportSize({ width: 390, height: 844 });
   await page.reload();
   await page.waitForSelector(`#view-sources:not([hidden]) ${urlRow}`);
@@ -180,10 +162,9 @@ try {
   console.log(JSON.stringify({ ok: true, sourceId, jobId, urlId }));
 } catch (e) {
   try { const p = context.pages()[0]; if (p) await shot(p, 'sources-failure.png'); } catch (_) { /* best effort */ }
-  console.error(`browser test failed at step "${step}": ${e.message}`);
+  console.error(`browser test failed at step "${steps.name}": ${e.message}`);
   if (problems.length) console.error(problems.join('\n'));
   process.exitCode = 1;
 } finally {
-  await context.close();
-  fs.rmSync(profile, { recursive: true, force: true });
+  await close();
 }

@@ -1031,12 +1031,7 @@ impl WriteCtx<'_> {
 
     /// Records each created and updated row in the ledger (see [`crate::store::ledger`]):
     /// multi-row statements, the batch's organisation, dataset, job and time bound once.
-    fn ledger(
-        &self,
-        tx: &Connection,
-        batch: &Batch,
-        rows: &[Write<'_>],
-    ) -> rusqlite::Result<()> {
+    fn ledger(&self, tx: &Connection, batch: &Batch, rows: &[Write<'_>]) -> rusqlite::Result<()> {
         for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
             let mut stmt = tx.prepare_cached(&ledger_sql(chunk.len()))?;
             stmt.raw_bind_parameter(1, self.org)?;
@@ -1072,12 +1067,7 @@ impl WriteCtx<'_> {
 
     /// Archives the old value of every changed history field: multi-row statements, the
     /// batch's time, job and organisation bound once.
-    fn archive(
-        &self,
-        tx: &Connection,
-        batch: &Batch,
-        rows: &[Write<'_>],
-    ) -> rusqlite::Result<()> {
+    fn archive(&self, tx: &Connection, batch: &Batch, rows: &[Write<'_>]) -> rusqlite::Result<()> {
         let Some(head) = &self.plan.history_insert else {
             return Ok(());
         };

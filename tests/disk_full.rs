@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The most CPU a waiting server may use, as a share of one core. The regressions this guards
+/// against spun at ~99 % (a job re-claimed ~240 times a second); a debug-build server doing
+/// nothing uses ~0.9 % (tokio's pollers, the scheduler's, webhook dispatcher's and checkpoint
+/// thread's ticks), and the CPU time is read in 10 ms ticks. At 1.5 % the check failed on a busy
+/// CI machine with the server waiting correctly (1.64 %), so 3 %: still 30× below a spin, and
+/// above anything short of a retry loop faster than the backoff allows.
+const QUIET: f64 = 0.03;
+
 /// Fills the file system holding `dir` with one file, to the last byte it takes.
 fn fill(dir: &Path) -> PathBuf {
     let path = dir.join("filler");
@@ -136,7 +144,7 @@ async fn a_full_disk_is_waited_out_quietly_and_the_import_completes_exactly() {
         cpu * 100.0,
         s["progress"]["current"]
     );
-    assert!(cpu < 0.015, "server CPU while waiting for space: {cpu}");
+    assert!(cpu < QUIET, "server CPU while waiting for space: {cpu}");
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
     let s = app.wait_done(job, 3 * MINUTE).await;
@@ -187,7 +195,7 @@ async fn a_full_disk_is_waited_out_quietly_and_the_import_completes_exactly() {
         cpu * 100.0
     );
     assert!(
-        cpu < 0.015,
+        cpu < QUIET,
         "server CPU while the end waits for space: {cpu}"
     );
     std::fs::remove_file(&filler).unwrap();

@@ -157,7 +157,7 @@ pub async fn create(
 
 /// `DELETE /api/v1/me/subscriptions/{id}`
 #[utoipa::path(delete, path = "/api/v1/me/subscriptions/{id}", operation_id = "deleteSubscription", tag = "notifications",
-    summary = "Unsubscribe (its e-mails not sent yet are dropped)",
+    summary = "Unsubscribe (its e-mails not sent yet are dropped; its sent ones leave the list)",
     params(("id" = String, Path, description = "The subscription id", example = "1")),
     responses(
         (status = 200, description = "Deleted", body = Message),

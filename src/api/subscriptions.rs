@@ -22,7 +22,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::dto::{Data, Emails, ErrorBody, Message, Subscriptions};
 use super::error::ApiError;
-use crate::store::{EmailsOf, NewSubscription, SUBSCRIPTION_EVENTS, Subscription};
+use crate::store::{EmailsOf, NewSubscription, Subscription, check_events};
 
 /// `POST /api/v1/me/subscriptions`
 #[derive(Debug, Deserialize, ToSchema)]
@@ -55,21 +55,7 @@ impl SubscriptionSpec {
             .unwrap_or_else(|| vec!["completed".into(), "failed".into()]);
         events.sort();
         events.dedup();
-        if events.is_empty() {
-            return Err(ApiError::bad(
-                "invalid_events",
-                "`events` names at least one of completed, failed, needs_mapping",
-            ));
-        }
-        if let Some(e) = events
-            .iter()
-            .find(|e| !SUBSCRIPTION_EVENTS.contains(&e.as_str()))
-        {
-            return Err(ApiError::bad(
-                "invalid_events",
-                format!("unknown event `{e}`; known: completed, failed, needs_mapping"),
-            ));
-        }
+        check_events(&events).map_err(|m| ApiError::bad("invalid_events", m))?;
         let scope = self.scope.unwrap_or_else(|| "mine".into());
         if scope != "mine" && scope != "organisation" {
             return Err(ApiError::bad(

@@ -176,7 +176,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// A job's end, as a message: its event, subject and body. `intro` says whose import it was.
-fn job_message(job: &NotifiedJob, base: &str, subject_of: &str, intro: &str) -> Message3 {
+fn job_message(job: &NotifiedJob, base: &str, subject_of: &str, intro: &str) -> Composed {
     let event = if job.status == "completed" {
         "completed"
     } else {
@@ -209,7 +209,7 @@ fn job_message(job: &NotifiedJob, base: &str, subject_of: &str, intro: &str) -> 
 }
 
 /// An e-mail's event, subject and body.
-type Message3 = (&'static str, String, String);
+type Composed = (&'static str, String, String);
 
 /// The messages of one finished run: one per address of the source's `notify`, and for a run
 /// parked as `needs_mapping` one per subscription of the organisation to that.

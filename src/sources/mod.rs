@@ -505,18 +505,9 @@ impl SourceSpec {
         }
         crate::api::options_check(&params).map_err(|(code, message)| bad(code, message))?;
         for target in &self.notify {
-            if let crate::store::NotifyTarget::Filtered { address, events } = target
-                && (events.is_empty()
-                    || events
-                        .iter()
-                        .any(|e| !crate::store::SUBSCRIPTION_EVENTS.contains(&e.as_str())))
-            {
-                return Err(bad(
-                    "invalid_notify",
-                    format!(
-                        "`{address}`: `events` names at least one of completed, failed, needs_mapping, and no other"
-                    ),
-                ));
+            if let crate::store::NotifyTarget::Filtered { address, events } = target {
+                crate::store::check_events(events)
+                    .map_err(|m| bad("invalid_notify", format!("`{address}`: {m}")))?;
             }
             let address = target.address();
             if !email::address_ok(address) {

@@ -980,8 +980,25 @@ pub enum EmailsOf {
     User(i64),
 }
 
-/// What a subscription tells of.
+/// What a subscription (or a source's `notify` entry) tells of.
 pub const SUBSCRIPTION_EVENTS: &[&str] = &["completed", "failed", "needs_mapping"];
+
+/// Checks a list of e-mail events: at least one, each of [`SUBSCRIPTION_EVENTS`]; the message
+/// says what is wrong.
+pub fn check_events(events: &[String]) -> Result<(), String> {
+    if events.is_empty() {
+        return Err("`events` names at least one of completed, failed, needs_mapping".into());
+    }
+    match events
+        .iter()
+        .find(|e| !SUBSCRIPTION_EVENTS.contains(&e.as_str()))
+    {
+        Some(e) => Err(format!(
+            "unknown event `{e}`; known: completed, failed, needs_mapping"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// A user's e-mail subscription (issue 18).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

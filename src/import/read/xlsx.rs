@@ -406,19 +406,22 @@ impl BlockFile {
         }
         let mut left = len;
         while left > 0 {
-            let block = pos / BLOCK as u64;
-            let offset = (pos % BLOCK as u64) as usize;
-            let slot = self.slot(block)?;
-            let bytes = &self.slots[slot].2;
-            let take = left.min(bytes.len().saturating_sub(offset));
-            if take == 0 {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "short block"));
-            }
-            out.extend_from_slice(&bytes[offset..offset + take]);
+            let take = left.min(BLOCK - (pos % BLOCK as u64) as usize);
+            out.extend_from_slice(self.within_block(pos, take)?);
             pos += take as u64;
             left -= take;
         }
         Ok(())
+    }
+
+    /// `len` bytes at `pos`, which lie within one block (and the file).
+    fn within_block(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
+        let slot = self.slot(pos / BLOCK as u64)?;
+        let offset = (pos % BLOCK as u64) as usize;
+        self.slots[slot]
+            .2
+            .get(offset..offset + len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short block"))
     }
 
     fn slot(&mut self, block: u64) -> io::Result<usize> {
@@ -527,14 +530,8 @@ impl SharedStrings {
         if pos + 8 > self.ends.len {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "read past end"));
         }
-        let slot = self.ends.slot(pos / BLOCK as u64)?;
-        let offset = (pos % BLOCK as u64) as usize;
-        let bytes = self.ends.slots[slot]
-            .2
-            .get(offset..offset + 8)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short block"))?;
         let mut a = [0u8; 8];
-        a.copy_from_slice(bytes);
+        a.copy_from_slice(self.ends.within_block(pos, 8)?);
         Ok(u64::from_le_bytes(a))
     }
 
@@ -812,8 +809,7 @@ fn open_cell(attrs: &[u8], next_col: u32, start: usize) -> Result<Open, FileErro
     let mut style = 0usize;
     let mut it = xml::Attrs { rest: attrs };
     while let Some((key, value)) = it.next_attr()? {
-        let key = key.rsplit(|&b| b == b':').next().unwrap_or(key);
-        match key {
+        match xml::local(key) {
             b"r" => col = column_of(value),
             b"t" => {
                 kind = match value {

@@ -84,7 +84,7 @@ pub(super) fn too_large() -> FileError {
 }
 
 /// The local part of a qualified name (`x:row` → `row`).
-fn local(name: &[u8]) -> &[u8] {
+pub(super) fn local(name: &[u8]) -> &[u8] {
     // Names are a few bytes: a plain loop beats a vectorised search's set-up.
     match name.iter().rposition(|&b| b == b':') {
         Some(i) => &name[i + 1..],

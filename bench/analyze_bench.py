@@ -44,12 +44,16 @@ def wait(base, job, pid=None):
         time.sleep(0.05)
 
 
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
 def upload(base, path, query=""):
     size = os.path.getsize(path)
+    kind = XLSX_TYPE if path.endswith(".xlsx") else "text/csv"
     with open(path, "rb") as f:
         status, body = request(
             base, "POST", f"/api/v1/import/products?filename={os.path.basename(path)}{query}",
-            body=f, headers={"Content-Type": "text/csv", "Content-Length": str(size)})
+            body=f, headers={"Content-Type": kind, "Content-Length": str(size)})
     assert status == 202, body
     return body["data"]["jobId"]
 
@@ -59,6 +63,8 @@ def main():
     ap.add_argument("--binary", required=True)
     ap.add_argument("--rows", type=int, default=700000)
     ap.add_argument("--error-rate", type=float, default=0.0)
+    ap.add_argument("--format", choices=("csv", "xlsx"), default="csv",
+                    help="the analysed file's format (the base file is CSV)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--postgres", metavar="SERVER_URL", default=None)
@@ -66,13 +72,14 @@ def main():
 
     work = tempfile.mkdtemp(prefix="sluice-analyze-")
     base_file = os.path.join(work, "base.csv")
-    file = os.path.join(work, "products.csv")
+    file = os.path.join(work, f"products.{args.format}")
     half = args.rows // 2
     subprocess.run([sys.executable, GEN, "-q", "--rows", str(half), "--seed", "1",
                     "--start-sku", str(args.rows // 4 + 1), "--out", base_file], check=True)
     subprocess.run([sys.executable, GEN, "-q", "--rows", str(args.rows), "--seed", "2",
-                    "--error-rate", str(args.error_rate), "--out", file], check=True)
-    print(f"file: {args.rows} rows, {os.path.getsize(file) / 1e6:.1f} MB csv; "
+                    "--error-rate", str(args.error_rate), "--format", args.format,
+                    "--out", file], check=True)
+    print(f"file: {args.rows} rows, {os.path.getsize(file) / 1e6:.1f} MB {args.format}; "
           f"the table holds {half} of its keys (other values)")
 
     try:

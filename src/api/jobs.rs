@@ -72,26 +72,27 @@ pub async fn status(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<Data<JobView>>, ApiError> {
-    let job = load_job(&state, &caller, parse_id(&id)?).await?;
+    let id = parse_id(&id)?;
+    let (job, range) = state
+        .jobs
+        .store_call(move |s| s.job_with_changes(id))
+        .await?
+        .filter(|(job, _)| caller.sees(job))
+        .ok_or_else(job_not_found)?;
     let mut view = JobView::from(&job).expiring(state.retain_files);
-    view.changes = change_range(&state, &job).await?;
+    view.changes = change_range(&job, range);
     Ok(Json(Data::ok(view)))
 }
 
-/// Where an import's changes lie in its dataset's change feed (two index probes).
-pub(super) async fn change_range(
-    state: &AppState,
-    job: &Job,
-) -> Result<Option<ChangeRange>, ApiError> {
+/// Where an import's changes lie in its dataset's change feed, given the job's range.
+pub(super) fn change_range(job: &Job, range: Option<(i64, i64)>) -> Option<ChangeRange> {
     if job.kind != JobKind::Import || job.created_count + job.updated_count == 0 {
-        return Ok(None);
+        return None;
     }
-    let id = job.id;
-    let range = state.jobs.store_call(move |s| s.job_changes(id)).await?;
-    Ok(range.map(|(first, last)| ChangeRange {
+    range.map(|(first, last)| ChangeRange {
         after: first - 1,
         last,
-    }))
+    })
 }
 
 /// `GET /api/v1/import/jobs?status=&dataset=&limit=&offset=`

@@ -22,11 +22,12 @@
 use chrono::Utc;
 
 use super::control::{RELEASE, chunk_finished};
+use super::ledger;
 use super::sql::{Dialect, Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
-    AuditEntry, Completion, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus, Lease,
-    NewChunk, NewJob, Priority, StoreError, StoreResult,
+    AuditEntry, Completion, Cursors, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus,
+    Lease, NewChunk, NewJob, Priority, StoreError, StoreResult,
 };
 use crate::import::SourceOptions;
 use crate::import::tally::{ErrorSummary, Tally};
@@ -37,6 +38,9 @@ pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_s
     retry_of, blob_deleted_at IS NOT NULL, parent_id, chunk_index, chunks_total, chunks_completed, org_id, \
     user_id, (SELECT name FROM users WHERE users.id = jobs.user_id), priority, kind, params, result, analysis_of, \
     rolled_back_by, deleted_count, ledger_cursor";
+
+/// How many columns [`JOB_COLUMNS`] names: a query may read more after them.
+const JOB_COLUMN_COUNT: usize = 44;
 
 fn json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("job {what}: {e}")))
@@ -239,6 +243,25 @@ pub fn get(c: &mut dyn Sql, id: JobId) -> StoreResult<Option<Job>> {
     };
     with_queue_position(c, &mut job)?;
     Ok(Some(job))
+}
+
+/// A job and where its changes lie in the change feed ([`ledger::job_range`]), read in one
+/// statement: a status request is one round trip (two for a pending job's queue place).
+pub fn get_with_changes(c: &mut dyn Sql, id: JobId) -> StoreResult<Option<(Job, Option<Cursors>)>> {
+    let Some(row) = c.query_opt(
+        &format!(
+            "SELECT {JOB_COLUMNS}, {} FROM jobs WHERE id = $1",
+            ledger::RANGE_COLUMNS
+        ),
+        params![id],
+    )?
+    else {
+        return Ok(None);
+    };
+    let mut job = job_from_row(&row)?;
+    let range = ledger::range_at(&row, JOB_COLUMN_COUNT)?;
+    with_queue_position(c, &mut job)?;
+    Ok(Some((job, range)))
 }
 
 pub fn list(c: &mut dyn Sql, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {

@@ -17,7 +17,7 @@ use std::io::Write;
 
 use chrono::{DateTime, Utc};
 
-use super::sql::{Dialect, Sql, Value as SqlValue, params};
+use super::sql::{Dialect, Row, Sql, Value as SqlValue, params};
 use super::{StoreError, StoreResult};
 use crate::dataset::{Dataset, Field, FieldType};
 use crate::import::Value;
@@ -295,27 +295,30 @@ pub fn changes_after(
         .collect()
 }
 
+/// The columns of a job row (`jobs`) that give its change range: first, last, and whether the
+/// last entry is still kept. The sweep removes the oldest entries first: the last one gone, all
+/// are. Read through the feed's index (PostgreSQL has no other on `seq`). See [`range_at`].
+pub const RANGE_COLUMNS: &str = "jobs.ledger_first, jobs.ledger_last, EXISTS (SELECT 1 FROM ledger l \
+     WHERE l.org_id = jobs.org_id AND l.dataset = jobs.dataset AND l.seq = jobs.ledger_last)";
+
+/// The change range read with [`RANGE_COLUMNS`] from column `at` on.
+pub fn range_at(r: &Row, at: usize) -> StoreResult<Option<(i64, i64)>> {
+    Ok(match (r.opt_i64(at)?, r.opt_i64(at + 1)?) {
+        (Some(first), Some(last)) if r.bool(at + 2)? => Some((first, last)),
+        _ => None,
+    })
+}
+
 /// The first and last cursor of a job's changes (kept on its row, `jobs.ledger_first/last`),
 /// `None` when it changed nothing (yet) or its entries are swept.
 pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<(i64, i64)>> {
-    let row = c.query_opt(
-        "SELECT ledger_first, ledger_last FROM jobs WHERE id = $1",
+    c.query_opt(
+        &format!("SELECT {RANGE_COLUMNS} FROM jobs WHERE id = $1"),
         params![job],
-    )?;
-    let Some((Some(first), Some(last))) = row
-        .map(|r| Ok::<_, StoreError>((r.opt_i64(0)?, r.opt_i64(1)?)))
-        .transpose()?
-    else {
-        return Ok(None);
-    };
-    // The sweep removes the oldest entries first: the last one gone, all are. Read through the
-    // feed's index (PostgreSQL has no other on `seq`).
-    let kept = c.query_opt(
-        "SELECT l.seq FROM jobs j JOIN ledger l ON l.org_id = j.org_id AND l.dataset = j.dataset \
-         AND l.seq = $2 WHERE j.id = $1",
-        params![job, last],
-    )?;
-    Ok(kept.map(|_| (first, last)))
+    )?
+    .map(|r| range_at(&r, 0))
+    .transpose()
+    .map(Option::flatten)
 }
 
 /// The SQL of the cursor of the last entry this transaction inserted.

@@ -113,6 +113,9 @@ impl From<StoreError> for crate::import::SinkError {
     }
 }
 
+/// The first and last change-feed cursor of a job's changes.
+pub type Cursors = (i64, i64);
+
 /// Everything sluice asks of its database. Blocking: call from a blocking thread.
 pub trait JobStore: Send + Sync + 'static {
     /// Creates or upgrades the dataset tables (and their history tables).
@@ -200,6 +203,9 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_find_idempotent(&self, created_by: Option<i64>, key: &str)
     -> StoreResult<Option<JobId>>;
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>>;
+    /// A job and the first and last cursor of its changes (as [`JobStore::job_changes`]), in one
+    /// statement: what a status request reads.
+    fn job_with_changes(&self, id: JobId) -> StoreResult<Option<(Job, Option<Cursors>)>>;
     /// Jobs newest first, and how many match the filter in all.
     fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)>;
     /// Claims the next pending job, or a processing one whose lease expired, for `owner`: by

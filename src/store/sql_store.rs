@@ -18,11 +18,11 @@ use super::{
     JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Role,
     Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
+use super::{Cursors, subscriptions, tenants};
 use super::{DueEmail, EmailDelivery, EmailsOf, NewEmail, NotifyItem};
 use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
 use super::{NewSubscription, SubscribedJob, Subscription};
 use super::{SyncDeletion, WouldDelete, control, hooks, jobs, ledger, rollback, sources};
-use super::{subscriptions, tenants};
 use crate::dataset::{Dataset, Datasets};
 use crate::import::{BatchSink, Mode, SourceOptions};
 
@@ -260,6 +260,10 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn job_get(&self, id: JobId) -> StoreResult<Option<Job>> {
         self.0.read(|c| jobs::get(c, id))
+    }
+
+    fn job_with_changes(&self, id: JobId) -> StoreResult<Option<(Job, Option<Cursors>)>> {
+        self.0.read(|c| jobs::get_with_changes(c, id))
     }
 
     fn job_list(&self, filter: &JobFilter) -> StoreResult<(Vec<Job>, u64)> {

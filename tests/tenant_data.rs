@@ -184,7 +184,13 @@ async fn tables_from_before_organisations_keep_their_rows(backend: Backend) {
          INSERT INTO items_history (code, field, old_value, new_value, valid_to, job_id) \
          VALUES ('OLD1', 'qty', '6', '7', '2026-01-01', 1);"
     );
-    let app = spawn(backend, Some(setup));
+    let app = spawn_app(AppOptions {
+        backend,
+        datasets: Some(ITEMS.into()),
+        setup_sql: Some(setup),
+        batch_size: 2,
+        ..Default::default()
+    });
     // The rows and history belong to the default organisation, which the first token is of.
     assert_eq!(
         items(&app),
@@ -223,6 +229,51 @@ async fn tables_from_before_organisations_keep_their_rows(backend: Backend) {
     app.terminate();
     app.start();
     assert_eq!(items(&app).len(), 3);
+
+    // New rows in batches of two (the server's --batch-size): after the first batch created every row, the next ones take
+    // the writers' fast path (on PostgreSQL a COPY that leaves the timestamps to the columns'
+    // defaults, which the upgrade gave the table). Every row is stamped, with the time of its
+    // batch's ledger entries, as a rollback requires.
+    let s = import(
+        &app,
+        &other_t,
+        "?batchSize=2",
+        "code,qty,name
+N1,1,n
+N2,2,n
+N3,3,n
+N4,4,n
+N5,5,n
+",
+    )
+    .await;
+    assert_eq!(counts(&s), [5, 0, 0, 0], "{s}");
+    let job = s["jobId"].as_i64().unwrap();
+    assert_eq!(
+        app.db().value(&format!(
+            "SELECT count(*) FROM items WHERE _sluice_job = {job} AND _sluice_created_at IS NOT NULL \
+             AND _sluice_updated_at = _sluice_created_at AND _sluice_since_qty = _sluice_updated_at"
+        )),
+        Some("5".into())
+    );
+    for (a, b) in [("ledger", "items"), ("items", "ledger")] {
+        let of = |t: &str| match t {
+            "ledger" => format!("SELECT at, count(*) FROM ledger WHERE job_id = {job} GROUP BY at"),
+            _ => format!(
+                "SELECT _sluice_updated_at, count(*) FROM items WHERE _sluice_job = {job} \
+                 GROUP BY _sluice_updated_at"
+            ),
+        };
+        assert_eq!(
+            app.db().value(&format!(
+                "SELECT count(*) FROM ({} EXCEPT {}) d",
+                of(a),
+                of(b)
+            )),
+            Some("0".into()),
+            "the ledger's times and the rows' stamps differ"
+        );
+    }
 }
 
 async fn templates(app: &TestApp, token: &str) -> Value {

@@ -31,12 +31,15 @@ pub(super) fn sql_type(f: &Field) -> String {
     }
 }
 
+/// The bookkeeping timestamps' type. Each gets `DEFAULT now()` ([`stamp_defaults`]).
+const STAMP: &str = "TIMESTAMPTZ";
+
 fn meta_columns(ds: &Dataset) -> Vec<(String, &'static str)> {
     [
         ("_sluice_job", "BIGINT"),
         ("_sluice_row", "BIGINT"),
-        ("_sluice_created_at", "TIMESTAMPTZ"),
-        ("_sluice_updated_at", "TIMESTAMPTZ"),
+        ("_sluice_created_at", STAMP),
+        ("_sluice_updated_at", STAMP),
     ]
     .iter()
     .map(|(n, t)| (n.to_string(), *t))
@@ -44,9 +47,41 @@ fn meta_columns(ds: &Dataset) -> Vec<(String, &'static str)> {
         ds.fields
             .iter()
             .filter(|f| f.history)
-            .map(|f| (since_column(&f.name), "TIMESTAMPTZ")),
+            .map(|f| (since_column(&f.name), STAMP)),
     )
     .collect()
+}
+
+/// Gives the bookkeeping timestamps `DEFAULT now()`, which the batch writer's fast path relies
+/// on: its COPY leaves them out, so each row gets its transaction's `now()` (the writer's `now`
+/// for everything else in the batch). Only columns without one are altered (`ALTER` takes the
+/// table's strongest lock); rows that existed keep their values (NULL in a column just added).
+fn stamp_defaults(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<()> {
+    let stamps: Vec<String> = meta_columns(ds)
+        .into_iter()
+        .filter(|(_, t)| *t == STAMP)
+        .map(|(n, _)| n)
+        .collect();
+    let missing: Vec<String> = tx
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2) AND d.adbin IS NULL",
+            &[&ident(&ds.table), &stamps],
+        )
+        .map_err(pg_err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for column in missing {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {} ALTER COLUMN {} SET DEFAULT now()",
+            ident(&ds.table),
+            ident(&column)
+        ))
+        .map_err(pg_err)?;
+    }
+    Ok(())
 }
 
 fn key_list(ds: &Dataset) -> String {
@@ -191,6 +226,7 @@ fn prepare_one(tx: &mut postgres::Transaction<'_>, ds: &Dataset) -> StoreResult<
             .map_err(pg_err)?;
         }
     }
+    stamp_defaults(tx, ds)?;
     if ds.has_history() {
         prepare_history(tx, ds)?;
     }

@@ -580,7 +580,6 @@ fn split(
     dataset: &crate::dataset::Dataset,
     path: &std::path::Path,
     lease: &Lease,
-    total: u64,
     n: usize,
 ) -> Result<(), RunError> {
     let names: Vec<String> = (0..n).map(|_| BlobStore::new_name()).collect();
@@ -620,6 +619,7 @@ fn split(
             size,
         });
     }
+    let total = files.iter().map(|f| f.rows).sum();
     match ctx.store.job_split(lease, total, &chunk_options(), &chunks) {
         Ok(true) => {
             tracing::info!(chunks = n, rows = total, "job split into chunk jobs");
@@ -736,15 +736,22 @@ fn run_job(
         let chunk_rows = ctx.config.chunk_rows;
         // An analysis is never split (it writes nothing; see `analysis`).
         let may_split = !analysis && job.parent_id.is_none() && !dataset.sync && chunk_rows > 0;
-        let total = read::row_total(&path, job.format, &job.options, may_split)?;
+        // An estimate (CSV: from the size; XLSX: the sheet's `<dimension>`) decides whether to
+        // split: the partition counts every row anyway, and a counting pass of its own cost a
+        // full read before the first chunk could start. An unsplit job's total is corrected
+        // when it completes.
+        let total = read::row_total(&path, job.format, &job.options)?;
         if may_split && total > chunk_rows {
             let n = total
                 .div_ceil(chunk_rows)
                 .min(u64::from(ctx.config.max_chunks))
                 .max(2) as usize;
             set_up(ctx, stop, "splitting the job", || {
-                split(ctx, job, &dataset, &path, &lease, total, n)
+                split(ctx, job, &dataset, &path, &lease, n)
             })?;
+            // Idle workers of this process take the chunks now, not at their next poll.
+            ctx.wake.notify_waiters();
+            ctx.wake.notify_one();
             return Ok(RunOutcome::Split);
         }
         if !set_up(ctx, stop, "recording the row total", || {

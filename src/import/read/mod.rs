@@ -468,25 +468,19 @@ fn empty_sheet(path: &Path, format: Format, options: &SourceOptions, header: boo
     }
 }
 
-/// The row total a job's progress is measured against. `exact`: counted (one pass over the
-/// file, no validation of values), as splitting a job into chunks needs. Otherwise an XLSX
-/// sheet's declared used range stands in when it has one — the sheet is then parsed once, not
-/// twice —, a UTF-8 CSV file's size over the bytes of its first rows, and the job's total is
-/// set to the rows actually read when it completes.
-pub fn row_total(
-    path: &Path,
-    format: Format,
-    options: &SourceOptions,
-    exact: bool,
-) -> Result<u64, FileError> {
+/// The row total a job's progress is measured against, and by which a job is split: an XLSX
+/// sheet's declared used range when it has one — the sheet is then parsed once, not twice —, a
+/// UTF-8 CSV file's size over the bytes of its first rows, else counted (one pass over the
+/// file, no validation of values). The job's total is set to the rows actually read (or, for a
+/// split job, the chunks' rows) when it completes.
+pub fn row_total(path: &Path, format: Format, options: &SourceOptions) -> Result<u64, FileError> {
     let mut source = Source::open(path, format, options)?;
-    if !exact
-        && let Source::Xlsx(sheet) = &source
+    if let Source::Xlsx(sheet) = &source
         && let Some(rows) = sheet.declared_rows()
     {
         return Ok(rows);
     }
-    if !exact && let Source::Csv(csv) = &mut source {
+    if let Source::Csv(csv) = &mut source {
         return estimate_csv(csv, path);
     }
     count(&mut source)
@@ -550,16 +544,14 @@ mod tests {
         let utf8 = |t: &str| t.as_bytes().to_vec();
         let options = SourceOptions::default();
         let big = write("big.csv", 100_000, &utf8);
-        let estimate = row_total(&big, Format::Csv, &options, false).unwrap();
+        let estimate = row_total(&big, Format::Csv, &options).unwrap();
         assert!((97_000..=103_000).contains(&estimate), "{estimate}");
-        assert_eq!(
-            row_total(&big, Format::Csv, &options, true).unwrap(),
-            100_000
-        );
+        let mut source = Source::open(&big, Format::Csv, &options).unwrap();
+        assert_eq!(count(&mut source).unwrap(), 100_000);
         // Fewer rows than the sample: exact.
         let small = write("small.csv", 1_234, &utf8);
         assert_eq!(
-            row_total(&small, Format::Csv, &options, false).unwrap(),
+            row_total(&small, Format::Csv, &options).unwrap(),
             1_234
         );
         // Another encoding: the bytes read are not the file's, so it is counted.
@@ -571,7 +563,7 @@ mod tests {
             ..SourceOptions::default()
         };
         assert_eq!(
-            row_total(&utf16, Format::Csv, &wide, false).unwrap(),
+            row_total(&utf16, Format::Csv, &wide).unwrap(),
             30_000
         );
     }

@@ -173,7 +173,8 @@ conformance!(
 /// the counts, rows and errors of an unsplit import.
 async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies(backend: Backend) {
     // `SLUICE_SPLIT_ROWS=500000 cargo test --release --test crash postgres::a_split -- --nocapture`
-    // runs the full-size check; CI uses 60,000 rows. Always 8 chunks.
+    // runs the full-size check; CI uses 60,000 rows, in 8 chunks (9 when the
+    // row estimate is over).
     let rows = env_number("SLUICE_SPLIT_ROWS", 60_000);
     let chunk_rows = rows.div_ceil(8).to_string();
     let chunked = |workers: usize| AppOptions {
@@ -230,8 +231,11 @@ async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies
 
     let s = app.wait_done(job, 2 * MINUTE).await;
     assert_eq!(s["status"], "completed", "{s}");
-    assert_eq!(s["chunks"]["total"], 8);
-    assert_eq!(s["chunks"]["completed"], 8);
+    // Eight chunks of the exact count; the split goes by the row estimate, which may be a
+    // little over (one chunk more).
+    let chunks = s["chunks"]["total"].as_u64().unwrap();
+    assert!(chunks == 8 || chunks == 9, "{s}");
+    assert_eq!(s["chunks"]["completed"], chunks);
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);
     assert_eq!(s["progress"]["current"], rows);

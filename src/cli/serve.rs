@@ -121,7 +121,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "SLUICE_DB_OUTAGE_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub db_outage_grace: Duration,
     /// Split files with more data rows than this into chunk jobs that workers run in parallel
-    /// (0: never). Default: 250000 on PostgreSQL, 0 on SQLite (one writer at a time).
+    /// (0: never), judged by the row estimate (a CSV file's size over its first rows' bytes, an
+    /// XLSX sheet's declared range); as many chunks as it takes, rounded up to a multiple of
+    /// `--workers`. Default: 250000 on PostgreSQL, 0 on SQLite (one writer at a time).
     #[arg(long, env = "SLUICE_CHUNK_ROWS")]
     pub chunk_rows: Option<u64>,
     /// Most chunk jobs one file is split into.

@@ -574,6 +574,16 @@ fn file_failure(e: &FileError) -> String {
 /// Splits a large job into `n` chunk jobs by hash of the key (seed 004): writes the chunk
 /// files, makes them readable by every worker, and records the chunks and the parent's new state
 /// in one transaction. The parent's lease is given back; its chunks drive it from now on.
+/// How many chunks a file of about `total` rows is split into: enough for at most `chunk_rows`
+/// each, at least two, rounded up to a multiple of this process's `workers` (three chunks on
+/// two workers left the third running alone for a third of the job), at most `max_chunks`.
+fn chunk_count(total: u64, chunk_rows: u64, workers: usize, max_chunks: u32) -> usize {
+    let n = total.div_ceil(chunk_rows.max(1)).max(2) as usize;
+    n.next_multiple_of(workers.max(1))
+        .min(max_chunks as usize)
+        .max(2)
+}
+
 fn split(
     ctx: &JobContext,
     job: &Job,
@@ -742,10 +752,7 @@ fn run_job(
         // when it completes.
         let total = read::row_total(&path, job.format, &job.options)?;
         if may_split && total > chunk_rows {
-            let n = total
-                .div_ceil(chunk_rows)
-                .min(u64::from(ctx.config.max_chunks))
-                .max(2) as usize;
+            let n = chunk_count(total, chunk_rows, ctx.config.workers, ctx.config.max_chunks);
             set_up(ctx, stop, "splitting the job", || {
                 split(ctx, job, &dataset, &path, &lease, n)
             })?;
@@ -799,4 +806,23 @@ fn run_job(
         retry: ctx.retry_budget(),
     };
     run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_count;
+
+    #[test]
+    fn chunks_come_in_multiples_of_the_workers() {
+        // 700k rows at 250k a chunk: three chunks, four on two workers, three on three.
+        assert_eq!(chunk_count(700_000, 250_000, 2, 16), 4);
+        assert_eq!(chunk_count(700_000, 250_000, 3, 16), 3);
+        assert_eq!(chunk_count(700_000, 250_000, 1, 16), 3);
+        // Just over one chunk's rows: two at least.
+        assert_eq!(chunk_count(250_001, 250_000, 1, 16), 2);
+        assert_eq!(chunk_count(250_001, 250_000, 4, 16), 4);
+        // The cap holds, and two stay the least.
+        assert_eq!(chunk_count(10_000_000, 250_000, 3, 16), 16);
+        assert_eq!(chunk_count(600_000, 250_000, 8, 2), 2);
+    }
 }

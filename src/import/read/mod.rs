@@ -550,10 +550,7 @@ mod tests {
         assert_eq!(count(&mut source).unwrap(), 100_000);
         // Fewer rows than the sample: exact.
         let small = write("small.csv", 1_234, &utf8);
-        assert_eq!(
-            row_total(&small, Format::Csv, &options).unwrap(),
-            1_234
-        );
+        assert_eq!(row_total(&small, Format::Csv, &options).unwrap(), 1_234);
         // Another encoding: the bytes read are not the file's, so it is counted.
         let utf16 = write("wide.csv", 30_000, &|t: &str| {
             t.encode_utf16().flat_map(u16::to_le_bytes).collect()
@@ -562,10 +559,7 @@ mod tests {
             encoding: Some("utf-16le".into()),
             ..SourceOptions::default()
         };
-        assert_eq!(
-            row_total(&utf16, Format::Csv, &wide).unwrap(),
-            30_000
-        );
+        assert_eq!(row_total(&utf16, Format::Csv, &wide).unwrap(), 30_000);
     }
 
     #[test]

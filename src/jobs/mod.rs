@@ -571,9 +571,6 @@ fn file_failure(e: &FileError) -> String {
     }
 }
 
-/// Splits a large job into `n` chunk jobs by hash of the key (seed 004): writes the chunk
-/// files, makes them readable by every worker, and records the chunks and the parent's new state
-/// in one transaction. The parent's lease is given back; its chunks drive it from now on.
 /// How many chunks a file of about `total` rows is split into: enough for at most `chunk_rows`
 /// each, at least two, rounded up to a multiple of this process's `workers` (three chunks on
 /// two workers left the third running alone for a third of the job), at most `max_chunks`.
@@ -584,6 +581,9 @@ fn chunk_count(total: u64, chunk_rows: u64, workers: usize, max_chunks: u32) -> 
         .max(2)
 }
 
+/// Splits a large job into `n` chunk jobs by hash of the key (seed 004): writes the chunk
+/// files, makes them readable by every worker, and records the chunks and the parent's new state
+/// in one transaction. The parent's lease is given back; its chunks drive it from now on.
 fn split(
     ctx: &JobContext,
     job: &Job,

@@ -256,20 +256,15 @@ N5,5,n
         )),
         Some("5".into())
     );
-    for (a, b) in [("ledger", "items"), ("items", "ledger")] {
-        let of = |t: &str| match t {
-            "ledger" => format!("SELECT at, count(*) FROM ledger WHERE job_id = {job} GROUP BY at"),
-            _ => format!(
-                "SELECT _sluice_updated_at, count(*) FROM items WHERE _sluice_job = {job} \
-                 GROUP BY _sluice_updated_at"
-            ),
-        };
+    let ledger = format!("SELECT at, count(*) FROM ledger WHERE job_id = {job} GROUP BY at");
+    let items = format!(
+        "SELECT _sluice_updated_at, count(*) FROM items WHERE _sluice_job = {job} \
+         GROUP BY _sluice_updated_at"
+    );
+    for (a, b) in [(&ledger, &items), (&items, &ledger)] {
         assert_eq!(
-            app.db().value(&format!(
-                "SELECT count(*) FROM ({} EXCEPT {}) d",
-                of(a),
-                of(b)
-            )),
+            app.db()
+                .value(&format!("SELECT count(*) FROM ({a} EXCEPT {b}) d")),
             Some("0".into()),
             "the ledger's times and the rows' stamps differ"
         );

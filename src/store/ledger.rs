@@ -18,7 +18,7 @@ use std::io::Write;
 use chrono::{DateTime, Utc};
 
 use super::sql::{Dialect, Row, Sql, Value as SqlValue, params};
-use super::{StoreError, StoreResult};
+use super::{Cursors, StoreError, StoreResult};
 use crate::dataset::{Dataset, Field, FieldType};
 use crate::import::Value;
 
@@ -302,7 +302,7 @@ pub const RANGE_COLUMNS: &str = "jobs.ledger_first, jobs.ledger_last, EXISTS (SE
      WHERE l.org_id = jobs.org_id AND l.dataset = jobs.dataset AND l.seq = jobs.ledger_last)";
 
 /// The change range read with [`RANGE_COLUMNS`] from column `at` on.
-pub fn range_at(r: &Row, at: usize) -> StoreResult<Option<(i64, i64)>> {
+pub fn range_at(r: &Row, at: usize) -> StoreResult<Option<Cursors>> {
     Ok(match (r.opt_i64(at)?, r.opt_i64(at + 1)?) {
         (Some(first), Some(last)) if r.bool(at + 2)? => Some((first, last)),
         _ => None,
@@ -311,7 +311,7 @@ pub fn range_at(r: &Row, at: usize) -> StoreResult<Option<(i64, i64)>> {
 
 /// The first and last cursor of a job's changes (kept on its row, `jobs.ledger_first/last`),
 /// `None` when it changed nothing (yet) or its entries are swept.
-pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<(i64, i64)>> {
+pub fn job_range(c: &mut dyn Sql, job: i64) -> StoreResult<Option<Cursors>> {
     c.query_opt(
         &format!("SELECT {RANGE_COLUMNS} FROM jobs WHERE id = $1"),
         params![job],

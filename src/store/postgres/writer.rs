@@ -341,7 +341,8 @@ pub struct PgSink {
     plan: Option<Plan>,
     /// Reused COPY buffer.
     buf: Vec<u8>,
-    /// The last batch created every row: the next one tries [`Writer::copy_all`] first.
+    /// The job's first batch, or the last batch created every row: the next one tries
+    /// [`Writer::copy_all`] first (a wrong guess costs a COPY up to the first existing key).
     fresh: bool,
     /// An analysis (dry run), see [`PgSink::dry`].
     dry: bool,
@@ -371,7 +372,7 @@ impl PgSink {
             org,
             plan: None,
             buf: Vec::new(),
-            fresh: false,
+            fresh: true,
             dry: false,
             scratch_ready: false,
         }

@@ -368,7 +368,8 @@ pub struct SqliteSink {
     scratch_ready: bool,
     /// Told after each commit.
     checkpointer: Option<Arc<super::checkpoint::Checkpointer>>,
-    /// The last batch created every row: the next one tries [`WriteCtx::insert_all`] first.
+    /// The job's first batch, or the last batch created every row: the next one tries
+    /// [`WriteCtx::insert_all`] first (a wrong guess costs one batch's inserts, rolled back).
     fresh: bool,
 }
 
@@ -396,7 +397,7 @@ impl SqliteSink {
             dry: false,
             scratch_ready: false,
             checkpointer: None,
-            fresh: false,
+            fresh: true,
         }
     }
 

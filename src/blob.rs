@@ -111,6 +111,71 @@ pub enum BlobError {
     Store(#[from] StoreError),
 }
 
+/// Bytes of a new blob handed to the store's writer at a time (see [`BlobStore::create_many`]).
+const PIECE: usize = 128 * 1024;
+
+/// A piece for the store's writer thread of [`BlobStore::create_many`].
+enum Piece {
+    Data(usize, Vec<u8>),
+    /// Every blob was written whole: commit them.
+    Done,
+}
+
+/// One of the blobs [`BlobStore::create_many`] writes.
+pub struct NewBlob {
+    sink: Sink,
+    size: u64,
+}
+
+/// Where a [`NewBlob`]'s bytes go: a local file, or (database mode) pieces to the store.
+enum Sink {
+    File(io::BufWriter<std::fs::File>),
+    Streamed {
+        index: usize,
+        piece: Vec<u8>,
+        to: std::sync::mpsc::SyncSender<Piece>,
+    },
+}
+
+fn store_stopped() -> io::Error {
+    io::Error::other("the database stopped taking the file")
+}
+
+impl io::Write for NewBlob {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = match &mut self.sink {
+            Sink::File(file) => file.write(data)?,
+            Sink::Streamed { index, piece, to } => {
+                let n = data.len().min(PIECE - piece.len());
+                piece.extend_from_slice(&data[..n]);
+                if piece.len() == PIECE {
+                    let full = std::mem::replace(piece, Vec::with_capacity(PIECE));
+                    to.send(Piece::Data(*index, full))
+                        .map_err(|_| store_stopped())?;
+                }
+                n
+            }
+        };
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    /// A file's buffer goes to the file; a stream's last piece goes when the set is finished.
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.sink {
+            Sink::File(file) => file.flush(),
+            Sink::Streamed { .. } => Ok(()),
+        }
+    }
+}
+
+/// Why [`BlobStore::create_many`] failed: the caller's writing, or the storing.
+#[derive(Debug)]
+pub enum ManyError<E> {
+    Fill(E),
+    Blob(BlobError),
+}
+
 /// A local copy of a blob for the duration of a run; a fetched copy is removed on drop.
 pub struct LocalCopy {
     path: PathBuf,
@@ -280,6 +345,98 @@ impl BlobStore {
         store.blob_write(name, &mut file)?;
         let _ = std::fs::remove_file(&path);
         Ok(())
+    }
+
+    /// Creates blobs `names` (new names) with what `fill` writes into each; their sizes. Locally
+    /// they are files, synced before this returns. In database mode nothing touches the local
+    /// disk: each blob's bytes go to the store in pieces while `fill` writes, on a thread of
+    /// their own and in one transaction committed after `fill` succeeded, so the database's
+    /// work runs beside the caller's (a split's partition) instead of after it. Memory: a piece
+    /// per blob and four in flight. When either side fails nothing is stored; locally the
+    /// caller removes what was written ([`BlobStore::remove`]). Blocking.
+    pub fn create_many<T, E>(
+        &self,
+        names: &[String],
+        fill: impl FnOnce(&mut [NewBlob]) -> Result<T, E>,
+    ) -> Result<(T, Vec<u64>), ManyError<E>> {
+        let blob_err = |e: io::Error| ManyError::Blob(BlobError::Io(e));
+        let Some(store) = &self.database else {
+            let mut blobs = Vec::with_capacity(names.len());
+            for name in names {
+                let path = self.path(name).ok_or(ManyError::Blob(BlobError::Missing))?;
+                let file = std::fs::File::create(path).map_err(blob_err)?;
+                blobs.push(NewBlob {
+                    sink: Sink::File(io::BufWriter::with_capacity(256 * 1024, file)),
+                    size: 0,
+                });
+            }
+            let filled = fill(&mut blobs).map_err(ManyError::Fill)?;
+            let sizes = blobs.iter().map(|b| b.size).collect();
+            for blob in blobs {
+                if let Sink::File(file) = blob.sink {
+                    file.into_inner()
+                        .map_err(|e| blob_err(e.into_error()))?
+                        .sync_all()
+                        .map_err(blob_err)?;
+                }
+            }
+            return Ok((filled, sizes));
+        };
+        let (to, from) = std::sync::mpsc::sync_channel::<Piece>(4);
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || {
+                let mut abandoned = false;
+                let mut pieces = std::iter::from_fn(|| match from.recv() {
+                    Ok(Piece::Data(i, data)) => Some(Ok((i, data))),
+                    Ok(Piece::Done) => None,
+                    Err(_) => {
+                        abandoned = true;
+                        Some(Err(StoreError::Other(
+                            "the files were not written whole".into(),
+                        )))
+                    }
+                });
+                let stored = store.blob_write_many(names, &mut pieces);
+                (stored, abandoned)
+            });
+            let mut blobs: Vec<NewBlob> = (0..names.len())
+                .map(|index| NewBlob {
+                    sink: Sink::Streamed {
+                        index,
+                        piece: Vec::new(),
+                        to: to.clone(),
+                    },
+                    size: 0,
+                })
+                .collect();
+            let filled = fill(&mut blobs);
+            let sizes: Vec<u64> = blobs.iter().map(|b| b.size).collect();
+            if filled.is_ok() {
+                for blob in blobs {
+                    if let Sink::Streamed { index, piece, to } = blob.sink
+                        && !piece.is_empty()
+                    {
+                        // A writer that stopped says why when joined.
+                        let _ = to.send(Piece::Data(index, piece));
+                    }
+                }
+                let _ = to.send(Piece::Done);
+            } else {
+                drop(blobs);
+            }
+            drop(to);
+            let (stored, abandoned) = writer.join().unwrap_or_else(|_| {
+                let e = StoreError::Other("the blob writer panicked".into());
+                (Err(e), false)
+            });
+            match (filled, stored) {
+                (Ok(filled), Ok(())) => Ok((filled, sizes)),
+                // The store's own failure is the cause (the writing then only lost its reader).
+                (_, Err(e)) if !abandoned => Err(ManyError::Blob(BlobError::Store(e))),
+                (Err(e), _) => Err(ManyError::Fill(e)),
+                (Ok(_), Err(e)) => Err(ManyError::Blob(BlobError::Store(e))),
+            }
+        })
     }
 
     /// A local file a worker can read. Blocking.

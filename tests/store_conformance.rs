@@ -1776,6 +1776,47 @@ fn only_blobs_that_no_live_job_references_are_orphans(store: &dyn JobStore) {
     }
 }
 
+/// A split's chunk files, stored as they are written: pieces of several files interleaved in one
+/// transaction, each file whole in its order; a failed writing stores none of them.
+fn a_set_of_stored_files_is_kept_whole_or_not_at_all(store: &dyn JobStore) {
+    let names: Vec<String> = ["set-a", "set-b", "set-c"].map(String::from).to_vec();
+    let pieces = [(0, "a1"), (1, "b1"), (0, "a2"), (0, "a3"), (1, "b2")];
+    let mut ok = pieces.iter().map(|&(i, p)| Ok((i, p.as_bytes().to_vec())));
+    if !store.keeps_blobs() {
+        assert!(store.blob_write_many(&names, &mut ok).is_err());
+        return;
+    }
+    store.blob_write_many(&names, &mut ok).unwrap();
+    let read = |name: &str| {
+        let mut out = Vec::new();
+        let size = store.blob_read(name, &mut out).unwrap();
+        assert_eq!(size, out.len() as u64);
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(
+        (read("set-a"), read("set-b"), read("set-c")),
+        ("a1a2a3".into(), "b1b2".into(), String::new())
+    );
+    // The writing fails after some pieces: nothing of the set is kept, not even what arrived.
+    let others: Vec<String> = ["set-d", "set-e"].map(String::from).to_vec();
+    let mut failing = [
+        Ok((0, b"d1".to_vec())),
+        Ok((1, b"e1".to_vec())),
+        Err(StoreError::Other("the source went away".into())),
+    ]
+    .into_iter();
+    let e = store.blob_write_many(&others, &mut failing).unwrap_err();
+    assert!(e.to_string().contains("the source went away"), "{e}");
+    assert_eq!(
+        (read("set-d"), read("set-e")),
+        (String::new(), String::new())
+    );
+    // A piece for a file not in the set is refused, and stores nothing either.
+    let mut stray = [Ok((0, b"f1".to_vec())), Ok((2, b"x".to_vec()))].into_iter();
+    assert!(store.blob_write_many(&others[..1], &mut stray).is_err());
+    assert_eq!(read("set-d"), "");
+}
+
 /// `/metrics`' one statement: jobs counted by status, dataset and kind (a chunk job apart from
 /// top-level ones), each group with its oldest creation time.
 fn jobs_are_grouped_by_status_dataset_and_kind(store: &dyn JobStore) {
@@ -2209,6 +2250,7 @@ store_conformance!(
     queue_positions_follow_the_claim_order,
     jobs_are_grouped_by_status_dataset_and_kind,
     only_blobs_that_no_live_job_references_are_orphans,
+    a_set_of_stored_files_is_kept_whole_or_not_at_all,
     the_database_answers_a_ping,
     two_workers_racing_for_one_pending_job_exactly_one_claims_it,
     jobs_into_one_dataset_run_one_after_another_in_upload_order,

@@ -7,11 +7,8 @@
 //! the original columns. The key is hashed in its parsed form (` 42` and `42` are the same integer
 //! key); a key that does not parse is hashed as written, since its row will be rejected anyway.
 
-use std::fs::File;
-use std::io::BufWriter;
-use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::Path;
 
 use super::read::Source;
 use super::validate::parse_field;
@@ -20,15 +17,6 @@ use crate::dataset::Dataset;
 
 /// The header of a chunk file's first column.
 pub const ROW_COLUMN: &str = "__sluice_row";
-
-/// One written chunk file.
-#[derive(Debug, Clone)]
-pub struct ChunkFile {
-    pub path: PathBuf,
-    /// Data rows in the chunk.
-    pub rows: u64,
-    pub sha256: String,
-}
 
 /// How a chunk file is read back.
 pub fn chunk_options() -> SourceOptions {
@@ -48,25 +36,23 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Writes `paths.len()` chunk files from the source file.
-pub fn partition(
+/// Writes one chunk file into each of `chunks` from the source file; the data rows each got.
+pub fn partition<W: Write>(
     dataset: &Dataset,
     path: &Path,
     format: Format,
     options: &SourceOptions,
     mapping: &Mapping,
-    paths: &[PathBuf],
-) -> Result<Vec<ChunkFile>, FileError> {
-    let n = paths.len().max(1);
+    chunks: &mut [W],
+) -> Result<Vec<u64>, FileError> {
+    let n = chunks.len().max(1);
     let mut source = Source::open(path, format, options)?;
     let mut header = vec![ROW_COLUMN.to_string()];
     header.extend(source.headers().iter().cloned());
     let csv_err = |e: csv::Error| FileError::Unreadable(format!("writing a chunk file: {e}"));
     let mut writers = Vec::with_capacity(n);
-    for p in paths {
-        let mut w = csv::WriterBuilder::new()
-            .flexible(true)
-            .from_writer(BufWriter::with_capacity(256 * 1024, File::create(p)?));
+    for chunk in chunks.iter_mut() {
+        let mut w = csv::WriterBuilder::new().flexible(true).from_writer(chunk);
         w.write_record(&header).map_err(csv_err)?;
         writers.push(w);
     }
@@ -74,7 +60,6 @@ pub fn partition(
     let key_columns: Vec<(usize, Option<usize>)> =
         dataset.key.iter().map(|&k| (k, field_columns[k])).collect();
     let mut rows = vec![0u64; n];
-    let mut hashers: Vec<Sha256> = (0..n).map(|_| Sha256::new()).collect();
     let mut record = csv::ByteRecord::new();
     let mut out = csv::ByteRecord::new();
     let mut key = Vec::new();
@@ -97,31 +82,12 @@ pub fn partition(
         out.push_field((index + 2).to_string().as_bytes());
         record.iter().for_each(|f| out.push_field(f));
         writers[chunk].write_byte_record(&out).map_err(csv_err)?;
-        hashers[chunk].update(out.as_slice());
         rows[chunk] += 1;
     }
-    let mut files = Vec::with_capacity(n);
-    for ((w, p), (rows, hasher)) in writers
-        .into_iter()
-        .zip(paths)
-        .zip(rows.into_iter().zip(hashers))
-    {
-        w.into_inner()
-            .map_err(|e| FileError::Unreadable(format!("writing a chunk file: {e}")))?
-            .into_inner()
-            .map_err(|e| FileError::Io(e.into_error()))?
-            .sync_all()?;
-        files.push(ChunkFile {
-            path: p.clone(),
-            rows,
-            sha256: hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        });
+    for mut w in writers {
+        w.flush()?;
     }
-    Ok(files)
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::{Backoff, Retry, RetryBudget, retry_blocking};
-use crate::blob::{BlobError, BlobStore};
+use crate::blob::{BlobError, BlobStore, ManyError};
 use crate::dataset::Datasets;
 use crate::events::{EventBus, PublishingSink};
 use crate::import::Mode;
@@ -582,8 +582,9 @@ fn chunk_count(total: u64, chunk_rows: u64, workers: usize, max_chunks: u32) -> 
 }
 
 /// Splits a large job into `n` chunk jobs by hash of the key (seed 004): writes the chunk
-/// files, makes them readable by every worker, and records the chunks and the parent's new state
-/// in one transaction. The parent's lease is given back; its chunks drive it from now on.
+/// files where every worker can read them (in database mode straight into the database, while
+/// the file is read: [`BlobStore::create_many`]), and records the chunks and the parent's new
+/// state in one transaction. The parent's lease is given back; its chunks drive it from now on.
 fn split(
     ctx: &JobContext,
     job: &Job,
@@ -593,43 +594,37 @@ fn split(
     n: usize,
 ) -> Result<(), RunError> {
     let names: Vec<String> = (0..n).map(|_| BlobStore::new_name()).collect();
-    let paths: Vec<std::path::PathBuf> = names
-        .iter()
-        .map(|name| {
-            ctx.blobs
-                .path(name)
-                .ok_or_else(|| FileError::Unreadable("generated blob name rejected".into()))
-        })
-        .collect::<Result<_, _>>()?;
     let cleanup = || names.iter().for_each(|name| ctx.blobs.remove(name));
-    let files = match partition(
-        dataset,
-        path,
-        job.format,
-        &job.options,
-        &job.mapping,
-        &paths,
-    ) {
-        Ok(files) => files,
+    let written = ctx.blobs.create_many(&names, |chunks| {
+        partition(
+            dataset,
+            path,
+            job.format,
+            &job.options,
+            &job.mapping,
+            chunks,
+        )
+    });
+    let (rows, sizes) = match written {
+        Ok(written) => written,
         Err(e) => {
             cleanup();
-            return Err(e.into());
+            return Err(match e {
+                ManyError::Fill(e) => e.into(),
+                ManyError::Blob(e) => SinkError::Retryable(e.to_string()).into(),
+            });
         }
     };
-    let mut chunks = Vec::with_capacity(n);
-    for (name, file) in names.iter().zip(&files) {
-        let size = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = ctx.blobs.publish(name) {
-            cleanup();
-            return Err(SinkError::Retryable(e.to_string()).into());
-        }
-        chunks.push(NewChunk {
+    let chunks: Vec<NewChunk> = names
+        .iter()
+        .zip(rows.iter().zip(sizes))
+        .map(|(name, (&rows, size))| NewChunk {
             blob: name.clone(),
-            rows: file.rows,
+            rows,
             size,
-        });
-    }
-    let total = files.iter().map(|f| f.rows).sum();
+        })
+        .collect();
+    let total = rows.iter().sum();
     match ctx.store.job_split(lease, total, &chunk_options(), &chunks) {
         Ok(true) => {
             tracing::info!(chunks = n, rows = total, "job split into chunk jobs");

@@ -285,6 +285,14 @@ pub trait JobStore: Send + Sync + 'static {
     fn keeps_blobs(&self) -> bool;
     /// Stores an uploaded file under `name`; returns its size.
     fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64>;
+    /// Stores several new files in one transaction from pieces of any of them, in any
+    /// interleaving (`pieces` yields `(index into names, bytes)`, each file's pieces in order);
+    /// an `Err` from `pieces` stores nothing and is returned.
+    fn blob_write_many(
+        &self,
+        names: &[String],
+        pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
+    ) -> StoreResult<()>;
     /// Streams a stored file into `to`; returns its size (0 and nothing written if unknown).
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64>;
     fn blob_delete(&self, name: &str) -> StoreResult<()>;

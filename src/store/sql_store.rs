@@ -80,6 +80,14 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (name, from);
         Err(super::StoreError::Other("this store keeps no files".into()))
     }
+    fn blob_write_many(
+        &self,
+        names: &[String],
+        pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
+    ) -> StoreResult<()> {
+        let _ = (names, pieces);
+        Err(super::StoreError::Other("this store keeps no files".into()))
+    }
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
         let _ = (name, to);
         Err(super::StoreError::Other("this store keeps no files".into()))
@@ -391,6 +399,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
 
     fn blob_write(&self, name: &str, from: &mut dyn std::io::Read) -> StoreResult<u64> {
         self.0.blob_write(name, from)
+    }
+
+    fn blob_write_many(
+        &self,
+        names: &[String],
+        pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
+    ) -> StoreResult<()> {
+        self.0.blob_write_many(names, pieces)
     }
 
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {

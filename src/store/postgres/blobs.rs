@@ -36,6 +36,30 @@ impl Postgres {
         Ok(size)
     }
 
+    pub(super) fn write_blobs(
+        &self,
+        names: &[String],
+        pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
+    ) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.execute("DELETE FROM blob_chunks WHERE blob = ANY($1)", &[&names])
+            .map_err(pg_err)?;
+        let insert = tx
+            .prepare("INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)")
+            .map_err(pg_err)?;
+        let mut seqs = vec![0i32; names.len()];
+        for piece in pieces {
+            let (i, data) = piece?;
+            let (Some(name), Some(seq)) = (names.get(i), seqs.get_mut(i)) else {
+                return Err(StoreError::Other(format!("no stored file {i} in this set")));
+            };
+            tx.execute(&insert, &[name, seq, &data]).map_err(pg_err)?;
+            *seq += 1;
+        }
+        tx.commit().map_err(pg_err)
+    }
+
     pub(super) fn read_blob(&self, name: &str, to: &mut dyn Write) -> StoreResult<u64> {
         let mut conn = self.conn()?;
         let mut rows = conn

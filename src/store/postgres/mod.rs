@@ -758,6 +758,14 @@ impl Backend for Postgres {
         self.write_blob(name, from)
     }
 
+    fn blob_write_many(
+        &self,
+        names: &[String],
+        pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
+    ) -> StoreResult<()> {
+        self.write_blobs(names, pieces)
+    }
+
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
         self.read_blob(name, to)
     }

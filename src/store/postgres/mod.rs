@@ -125,6 +125,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0019_email_subscriptions",
         include_str!("../../../migrations/postgres/0019_email_subscriptions.sql"),
     ),
+    (
+        20,
+        "0020_ledger_seq_by_writer",
+        include_str!("../../../migrations/postgres/0020_ledger_seq_by_writer.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

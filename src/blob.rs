@@ -3,8 +3,10 @@
 //! Two modes. **Local** (the SQLite default): files live in `<data-dir>/blobs`. **Database** (the
 //! PostgreSQL default): the upload is spooled to `<data-dir>/blobs` while it arrives and is checked,
 //! then copied into the store (`JobStore::blob_write`) so a worker on any machine can read it; a
-//! worker checks out a local copy for the run and removes it afterwards. Blob names are generated
-//! here (random hex + `.upload`); a client's file name never becomes a path. Every method that may
+//! worker checks out a local copy for the run and removes it afterwards. A split's chunk files are
+//! written by [`BlobStore::create_many`]: in database mode straight into the store while they
+//! are written, never to local disk. Blob names are generated here (random hex + `.upload`); a
+//! client's file name never becomes a path. Every method that may
 //! touch the database is blocking.
 //!
 //! Files being written carry their writer in the name (`<blob>.<owner>.part` while an upload or

@@ -12,30 +12,27 @@ const CHUNK: usize = 1024 * 1024;
 
 impl Postgres {
     pub(super) fn write_blob(&self, name: &str, from: &mut dyn Read) -> StoreResult<u64> {
-        let mut conn = self.conn()?;
-        let mut tx = conn.transaction().map_err(pg_err)?;
-        tx.execute("DELETE FROM blob_chunks WHERE blob = $1", &[&name])
-            .map_err(pg_err)?;
-        let insert = tx
-            .prepare("INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)")
-            .map_err(pg_err)?;
-        let mut buf = vec![0u8; CHUNK];
-        let (mut seq, mut size) = (0i32, 0u64);
-        loop {
-            let n = read_full(from, &mut buf)
-                .map_err(|e| StoreError::Other(format!("reading upload: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            tx.execute(&insert, &[&name, &seq, &&buf[..n]])
-                .map_err(pg_err)?;
-            seq += 1;
-            size += n as u64;
+        let mut size = 0u64;
+        {
+            let mut pieces = std::iter::from_fn(|| {
+                let mut buf = vec![0u8; CHUNK];
+                match read_full(from, &mut buf) {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        size += n as u64;
+                        Some(Ok((0, buf)))
+                    }
+                    Err(e) => Some(Err(StoreError::Other(format!("reading upload: {e}")))),
+                }
+            });
+            self.write_blobs(&[name.to_string()], &mut pieces)?;
         }
-        tx.commit().map_err(pg_err)?;
         Ok(size)
     }
 
+    /// Files `names` from pieces of any of them (see [`crate::store::JobStore::blob_write_many`]),
+    /// in one transaction.
     pub(super) fn write_blobs(
         &self,
         names: &[String],

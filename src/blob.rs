@@ -6,8 +6,8 @@
 //! worker checks out a local copy for the run and removes it afterwards. A split's chunk files are
 //! written by [`BlobStore::create_many`]: in database mode straight into the store while they
 //! are written, never to local disk. Blob names are generated here (random hex + `.upload`); a
-//! client's file name never becomes a path. Every method that may
-//! touch the database is blocking.
+//! client's file name never becomes a path. Every method that may touch the database is
+//! blocking.
 //!
 //! Files being written carry their writer in the name (`<blob>.<owner>.part` while an upload or
 //! a preview arrives, `<blob>.<owner>.<random>.copy` for a worker's local copy; `owner` is

@@ -180,6 +180,45 @@ async fn every_created_and_updated_row_is_one_change_in_commit_order(backend: Ba
     assert_eq!(code, 200);
     assert_eq!(body["data"]["changes"], serde_json::json!([]), "{body}");
 
+    // Its import lies in the ledger between two of ours; each feed reads its own, page by page
+    // (pages that start and end inside a batch's entries).
+    let text = std::fs::read_to_string(&a).unwrap();
+    let (code, body) = app
+        .upload_text_as(&other, "/api/v1/import/products", "o.csv", &text, &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let so = app.wait_done_as(&other, job_id(&body)).await;
+    assert_eq!(so["status"], "completed", "{so}");
+    let (c, _) = generate(
+        dir.path(),
+        "c.csv",
+        &["--rows", "1000", "--seed", "3", "--start-sku", "9001"],
+    );
+    let sc = import(&app, &c).await;
+    if backend == Backend::Postgres {
+        // The writer summarised the BRIN block ranges its batches appended (a VACUUM meanwhile
+        // summarises all but the last, partial one), so reads need not scan them whole.
+        let left = app
+            .db()
+            .number("SELECT brin_summarize_new_values('ledger_seq')");
+        assert!(
+            left <= 1,
+            "{left} block ranges of the ledger were not summarised"
+        );
+    }
+    let (theirs, _) = read_all(&app, &other, 0, 333).await;
+    assert_eq!(theirs.len() as u64, n(&so, "createdCount"));
+    assert!(theirs.iter().all(|c| c["jobId"] == so["jobId"]));
+    let (ours, _) = read_all(&app, TOKEN, last, 333).await;
+    assert_eq!(ours.len() as u64, n(&sc, "createdCount"));
+    assert!(ours.iter().all(|c| c["jobId"] == sc["jobId"]));
+    let (c_after, c_last) = (
+        sc["changes"]["after"].as_i64().unwrap(),
+        sc["changes"]["last"].as_i64().unwrap(),
+    );
+    assert!(c_after > last, "{sc}");
+    assert_eq!(c_last, ours.last().unwrap()["cursor"].as_i64().unwrap());
+
     // Bad parameters and an unknown dataset.
     for query in ["after=-1", "after=x", "limit=0", "limit=10001", "wait=soon"] {
         let (code, body) = page(&app, TOKEN, query).await;
@@ -188,6 +227,7 @@ async fn every_created_and_updated_row_is_one_change_in_commit_order(backend: Ba
     }
     let (code, _) = app.get_json("/api/v1/datasets/nope/changes").await;
     assert_eq!(code, 404);
+    app.assert_ledger_ranges_exact();
 }
 
 async fn a_reader_following_the_feed_during_an_import_sees_each_change_once(backend: Backend) {
@@ -264,6 +304,7 @@ async fn a_reader_following_the_feed_during_an_import_sees_each_change_once(back
         .map(|c| (c["cursor"].as_i64().unwrap(), sku(c)))
         .collect();
     assert_eq!(again, seen);
+    app.assert_ledger_ranges_exact();
 }
 
 /// The ordering rule itself, on PostgreSQL: a transaction that wrote a ledger entry and has not
@@ -300,6 +341,14 @@ async fn postgres_an_entry_committing_late_is_not_stepped_over() {
         tx.execute(
             "INSERT INTO ledger (org_id, dataset, job_id, op, key) \
              VALUES ($1, 'products', 0, 'created', '{\"sku\":\"LATE\"}')",
+            &[&org],
+        )
+        .unwrap();
+        // And its range, as every writer of entries records it (migration 0021).
+        tx.execute(
+            "INSERT INTO ledger_ranges (org_id, dataset, job_id, first_seq, last_seq, at) \
+             SELECT $1, 'products', 0, s, s, now() \
+             FROM currval(pg_get_serial_sequence('ledger', 'seq')) s",
             &[&org],
         )
         .unwrap();

@@ -260,6 +260,7 @@ async fn a_rollback_restores_the_table_and_can_itself_be_rolled_back(backend: Ba
     assert_eq!(ops.get("created"), None, "{ops:?}");
     rolled_back(&app, TOKEN, replace, "").await;
     assert_eq!(table(&app, org), after_b, "the table after B again");
+    app.assert_ledger_ranges_exact();
 }
 
 async fn later_changes_are_conflicts_unless_forced(backend: Backend) {
@@ -664,6 +665,7 @@ async fn a_replace_ledgers_what_a_sync_ledgers(backend: Backend) {
         Some(r#"{"label":null,"qty":null,"price":null,"active":null,"day":null,"seen":null}"#),
         "{by_sync:?}"
     );
+    app.assert_ledger_ranges_exact();
 }
 
 conformance!(

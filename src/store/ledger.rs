@@ -2,9 +2,10 @@
 //! written by the batch writers in the batch's own transaction, so an entry exists exactly when
 //! its change does. Owns the one JSON form of an entry's key and values, written here for both
 //! backends (the SQLite writer binds entries into multi-row `INSERT`s, the PostgreSQL writer
-//! COPYs them under [`LEDGER_LOCK`]), and the reads over the ledger: the change feed
-//! ([`changes_after`]), a job's cursor range ([`job_range`]) and the retention sweep
-//! ([`sweep`]).
+//! COPYs them under [`LEDGER_LOCK`]), the record of where they are (one `ledger_ranges` row
+//! per batch: [`range_sql`], [`record_range`]), and the reads over the ledger through those
+//! ranges: entries of a span ([`entries`], [`count`]), the change feed ([`changes_after`]), a
+//! job's cursor range ([`job_range`]) and the retention sweep ([`sweep`]).
 //!
 //! Values are JSON as a consumer wants them and the import reads them back: integers as
 //! numbers, booleans as `true`/`false`, decimals as strings with the field's scale (`"19.90"`:
@@ -230,8 +231,7 @@ pub fn insert(
         }
         c.execute(&sql, &p)?;
     }
-    c.execute(&range_sql(c.dialect()), params![job, entries.len() as i64])?;
-    Ok(())
+    record_range(c, job, org, dataset, entries.len() as u64, Some(at))
 }
 
 /// One change of the feed.
@@ -254,7 +254,8 @@ pub struct Change {
 ///
 /// Entries become visible in `seq` order on both databases (SQLite commits one writer at a
 /// time; PostgreSQL writers hold [`LEDGER_LOCK`] from their first entry to their commit), so a
-/// reader resuming after the last cursor it saw meets every later change exactly once.
+/// reader resuming after the last cursor it saw meets every later change exactly once. Their
+/// ranges commit with them, so the ranges read name every entry there is to read.
 pub fn changes_after(
     c: &mut dyn Sql,
     org: i64,
@@ -262,10 +263,17 @@ pub fn changes_after(
     after: i64,
     limit: u64,
 ) -> StoreResult<Vec<Change>> {
-    let rows = c.query(
-        "SELECT seq, at, job_id, op, key FROM ledger \
-         WHERE org_id = $1 AND dataset = $2 AND seq > $3 ORDER BY seq LIMIT $4",
-        params![org, ds.name.as_str(), after, limit as i64],
+    let rows = entries(
+        c,
+        "seq, at, job_id, op, key",
+        &Span {
+            org,
+            dataset: &ds.name,
+            job: None,
+            after,
+            upto: None,
+        },
+        limit,
     )?;
     let keys: Vec<Vec<SqlValue>> = rows
         .iter()
@@ -295,11 +303,135 @@ pub fn changes_after(
         .collect()
 }
 
+/// Which entries to read: an organisation's entries to a dataset (only `job`'s when given)
+/// after cursor `after`, up to `upto` when given.
+pub struct Span<'a> {
+    pub org: i64,
+    pub dataset: &'a str,
+    pub job: Option<i64>,
+    pub after: i64,
+    pub upto: Option<i64>,
+}
+
+/// Ranges read per statement, and windows of cursors per statement reading entries (each a
+/// pair of bounds in an `OR`: one index search apiece on both databases).
+const RANGES_PER_READ: usize = 200;
+const WINDOWS_PER_READ: usize = 50;
+
+/// The `columns` of up to `limit` entries of `span`, in `seq` order. The span's ranges give
+/// the windows of cursors its entries fill (every cursor of a range is an entry), and the
+/// entries are read by `seq` in those windows: the rowid on SQLite, the BRIN index on
+/// PostgreSQL. An entry the windows promise and the ledger lacks only makes the read go on to
+/// the next ranges.
+pub fn entries(
+    c: &mut dyn Sql,
+    columns: &str,
+    span: &Span<'_>,
+    limit: u64,
+) -> StoreResult<Vec<Row>> {
+    let mut out: Vec<Row> = Vec::new();
+    let mut after = span.after;
+    while (out.len() as u64) < limit {
+        let want = limit - out.len() as u64;
+        let windows = windows(c, span, after, want)?;
+        let Some(&(_, end)) = windows.last() else {
+            break;
+        };
+        for part in windows.chunks(WINDOWS_PER_READ) {
+            let mut sql =
+                format!("SELECT {columns} FROM ledger WHERE org_id = $1 AND dataset = $2 AND (");
+            let mut p: Vec<SqlValue> = vec![
+                SqlValue::Int(span.org),
+                SqlValue::Text(span.dataset.to_string()),
+            ];
+            for (i, &(lo, hi)) in part.iter().enumerate() {
+                let n = p.len();
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!("(seq >= ${} AND seq <= ${})", n + 1, n + 2));
+                p.extend([SqlValue::Int(lo), SqlValue::Int(hi)]);
+            }
+            sql.push(')');
+            if let Some(job) = span.job {
+                sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
+                p.push(SqlValue::Int(job));
+            }
+            sql.push_str(" ORDER BY seq");
+            out.extend(c.query(&sql, &p)?);
+        }
+        after = end;
+    }
+    out.truncate(limit as usize);
+    Ok(out)
+}
+
+/// The windows of cursors (first, last) holding the next `want` entries of `span` after
+/// `after`, in order: the ranges past `after`, clipped to the span and cut at `want` entries.
+fn windows(
+    c: &mut dyn Sql,
+    span: &Span<'_>,
+    after: i64,
+    want: u64,
+) -> StoreResult<Vec<(i64, i64)>> {
+    let mut sql = String::from(
+        "SELECT first_seq, last_seq FROM ledger_ranges \
+         WHERE org_id = $1 AND dataset = $2 AND last_seq > $3",
+    );
+    let mut p: Vec<SqlValue> = params![span.org, span.dataset, after].to_vec();
+    if let Some(upto) = span.upto {
+        sql.push_str(&format!(" AND first_seq <= ${}", p.len() + 1));
+        p.push(SqlValue::Int(upto));
+    }
+    if let Some(job) = span.job {
+        sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
+        p.push(SqlValue::Int(job));
+    }
+    // Every range holds one entry at least.
+    let n = want.min(RANGES_PER_READ as u64);
+    sql.push_str(&format!(" ORDER BY last_seq LIMIT {n}"));
+    let mut left = want;
+    let mut out = Vec::new();
+    for r in c.query(&sql, &p)? {
+        let lo = r.i64(0)?.max(after + 1);
+        let last = r.i64(1)?;
+        let hi = span.upto.map_or(last, |u| last.min(u));
+        if hi < lo {
+            continue;
+        }
+        let take = ((hi - lo + 1) as u64).min(left);
+        out.push((lo, lo + take as i64 - 1));
+        left -= take;
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// How many entries of `span` there are (the sum of its ranges' lengths).
+pub fn count(c: &mut dyn Sql, span: &Span<'_>) -> StoreResult<u64> {
+    let mut sql = String::from(
+        "SELECT CAST(COALESCE(sum(last_seq - first_seq + 1), 0) AS BIGINT) FROM ledger_ranges \
+         WHERE org_id = $1 AND dataset = $2 AND last_seq > $3",
+    );
+    let mut p: Vec<SqlValue> = params![span.org, span.dataset, span.after].to_vec();
+    if let Some(upto) = span.upto {
+        sql.push_str(&format!(" AND last_seq <= ${}", p.len() + 1));
+        p.push(SqlValue::Int(upto));
+    }
+    if let Some(job) = span.job {
+        sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
+        p.push(SqlValue::Int(job));
+    }
+    c.query_one(&sql, &p)?.u64(0)
+}
+
 /// The columns of a job row (`jobs`) that give its change range: first, last, and whether the
-/// last entry is still kept. The sweep removes the oldest entries first: the last one gone, all
-/// are. Read through the feed's index (PostgreSQL has no other on `seq`). See [`range_at`].
-pub const RANGE_COLUMNS: &str = "jobs.ledger_first, jobs.ledger_last, EXISTS (SELECT 1 FROM ledger l \
-     WHERE l.org_id = jobs.org_id AND l.dataset = jobs.dataset AND l.seq = jobs.ledger_last)";
+/// last entry is still kept. The sweep removes the oldest entries first, each batch's with its
+/// range: the last range gone, all are. See [`range_at`].
+pub const RANGE_COLUMNS: &str = "jobs.ledger_first, jobs.ledger_last, EXISTS (SELECT 1 FROM ledger_ranges r \
+     WHERE r.org_id = jobs.org_id AND r.dataset = jobs.dataset AND r.last_seq = jobs.ledger_last)";
 
 /// The change range read with [`RANGE_COLUMNS`] from column `at` on.
 pub fn range_at(r: &Row, at: usize) -> StoreResult<Option<Cursors>> {
@@ -329,18 +461,69 @@ pub fn last_seq_sql(d: Dialect) -> &'static str {
     }
 }
 
-/// Widens `job`'s cursor range to the `n` entries just inserted (consecutive cursors: SQLite
-/// has one writer, PostgreSQL writers hold [`LEDGER_LOCK`]). `$1` the job, `$2` the count.
-pub fn range_sql(d: Dialect) -> String {
+/// The two statements that record the `n` entries just inserted, whose cursors are consecutive
+/// (SQLite has one writer, PostgreSQL writers hold [`LEDGER_LOCK`]): the first widens the job's
+/// cursor range (`$1` the job, `$2` the count), the second adds the batch's range (`$1` the
+/// organisation, `$2` the dataset, `$3` the job, `$4` the count, `$5` the entries' time).
+pub fn range_sql(d: Dialect) -> [String; 2] {
     let last = last_seq_sql(d);
-    format!(
-        "UPDATE jobs SET ledger_first = COALESCE(ledger_first, {last} - $2 + 1), \
-         ledger_last = {last} WHERE id = $1"
-    )
+    [
+        format!(
+            "UPDATE jobs SET ledger_first = COALESCE(ledger_first, {last} - $2 + 1), \
+             ledger_last = {last} WHERE id = $1"
+        ),
+        format!(
+            "INSERT INTO ledger_ranges (org_id, dataset, job_id, first_seq, last_seq, at) \
+             VALUES ($1, $2, $3, {last} - $4 + 1, {last}, $5)"
+        ),
+    ]
 }
 
-/// Deletes the entries written before `before`; returns how many.
+/// Records the `n` entries of `job` just inserted (see [`range_sql`]), in the caller's
+/// transaction. `at` is the entries' time; `None` when they have times of their own (a
+/// replace's, its rows'): the range then takes the earliest, so the sweep, which removes a
+/// range with the first of its entries it removes, never leaves a range whose entries are
+/// partly gone.
+pub fn record_range(
+    c: &mut dyn Sql,
+    job: i64,
+    org: i64,
+    dataset: &str,
+    n: u64,
+    at: Option<DateTime<Utc>>,
+) -> StoreResult<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let d = c.dialect();
+    let [widen, range] = range_sql(d);
+    c.execute(&widen, params![job, n as i64])?;
+    match at {
+        Some(at) => c.execute(&range, params![org, dataset, job, n as i64, at])?,
+        None => {
+            let last = last_seq_sql(d);
+            let earliest = format!(
+                "(SELECT min(at) FROM ledger WHERE seq >= {last} - $4 + 1 AND seq <= {last})"
+            );
+            c.execute(
+                &range.replace("$5", &earliest),
+                params![org, dataset, job, n as i64],
+            )?
+        }
+    };
+    Ok(())
+}
+
+/// PostgreSQL: summarises the block ranges of the ledger's BRIN index on `seq` (migration 0021)
+/// appended since the last summary, which every read would otherwise scan whole. Run after a
+/// transaction that wrote entries commits, best effort: it waits for no lock (a concurrent
+/// summary or VACUUM does the same work), and a range left out is taken by the next one.
+pub const SUMMARIZE_SQL: &str = "SELECT brin_summarize_new_values('ledger_seq')";
+
+/// Deletes the entries written before `before`, and their ranges first (a range's time is its
+/// earliest entry's); returns how many entries.
 pub fn sweep(c: &mut dyn Sql, before: DateTime<Utc>) -> StoreResult<u64> {
+    c.execute("DELETE FROM ledger_ranges WHERE at < $1", params![before])?;
     c.execute("DELETE FROM ledger WHERE at < $1", params![before])
 }
 

@@ -112,7 +112,9 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         c.execute("SELECT pg_advisory_xact_lock($1)", params![LEDGER_LOCK])?;
     }
     let (table, staging, org) = (ident(&ds.table), ident(&r.staging), r.org);
-    let now = literal(&sql::time_text(chrono::Utc::now()));
+    // To the millisecond, as the literal gives it: the ranges' time is the entries'.
+    let at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 3);
+    let now = literal(&sql::time_text(at));
     let now = match d {
         Dialect::Sqlite => now,
         Dialect::Postgres => format!("CAST({now} AS TIMESTAMPTZ)"),
@@ -136,7 +138,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         ),
         &[],
     )?;
-    widen(c, r, deleted)?;
+    widen(c, r, deleted, Some(at))?;
 
     // Keys the table does not have: created.
     let created = c.execute(
@@ -147,7 +149,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         ),
         &[],
     )?;
-    widen(c, r, created)?;
+    widen(c, r, created, None)?;
 
     // Keys in both whose fields differ: updated, with the table's values.
     if !changed.is_empty() {
@@ -168,18 +170,18 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
             ),
             &[],
         )?;
-        widen(c, r, updated)?;
+        widen(c, r, updated, None)?;
     }
     super::sync::count_deleted(c, r.owner, deleted)?;
     Ok(deleted)
 }
 
-/// Widens the job's cursor range to the `n` entries just inserted.
-fn widen(c: &mut dyn Sql, r: &Replacement, n: u64) -> StoreResult<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let sql = ledger::range_sql(c.dialect());
-    c.execute(&sql, params![r.owner, n as i64])?;
-    Ok(())
+/// Records the `n` entries just inserted (`at`: their time, `None` when each has its row's).
+fn widen(
+    c: &mut dyn Sql,
+    r: &Replacement,
+    n: u64,
+    at: Option<chrono::DateTime<chrono::Utc>>,
+) -> StoreResult<()> {
+    ledger::record_range(c, r.owner, r.org, &r.dataset.name, n, at)
 }

@@ -147,16 +147,17 @@ pub fn batch(
     let cursor = me.opt_i64(0)?.unwrap_or(0);
     let rows_done = me.u64(1)?;
     let entries = match range_of(c, target)? {
-        Some((of, dataset, first, last)) => c.query(
-            &format!("SELECT seq, op, key, old, at {ENTRIES_OF} ORDER BY seq LIMIT $6"),
-            params![
-                target,
-                of,
-                dataset,
-                first.max(cursor + 1),
-                last,
-                limit as i64
-            ],
+        Some((of, dataset, first, last)) => ledger::entries(
+            c,
+            "seq, op, key, old, at",
+            &ledger::Span {
+                org: of,
+                dataset: &dataset,
+                job: Some(target),
+                after: (first - 1).max(cursor),
+                upto: Some(last),
+            },
+            limit,
         )?,
         None => Vec::new(),
     };
@@ -773,12 +774,6 @@ fn conflicts_insert(c: &mut dyn Sql, rows: &[[Value; 6]]) -> StoreResult<()> {
     Ok(())
 }
 
-/// A job's ledger entries: its organisation's and dataset's between its first and last
-/// cursor (the feed's index), `$1` the job, `$2` the organisation, `$3` the dataset, `$4`
-/// the first, `$5` the last cursor.
-const ENTRIES_OF: &str = "FROM ledger WHERE org_id = $2 AND dataset = $3 AND seq >= $4 \
-     AND seq <= $5 AND job_id = $1";
-
 /// A job's organisation, dataset and cursor range (`None`: it wrote no entry).
 fn range_of(c: &mut dyn Sql, job: JobId) -> StoreResult<Option<(i64, String, i64, i64)>> {
     let Some(r) = c.query_opt(
@@ -799,11 +794,16 @@ pub fn entries_of(c: &mut dyn Sql, job: JobId) -> StoreResult<u64> {
     let Some((org, dataset, first, last)) = range_of(c, job)? else {
         return Ok(0);
     };
-    c.query_one(
-        &format!("SELECT count(*) {ENTRIES_OF}"),
-        params![job, org, dataset, first, last],
-    )?
-    .u64(0)
+    ledger::count(
+        c,
+        &ledger::Span {
+            org,
+            dataset: &dataset,
+            job: Some(job),
+            after: first - 1,
+            upto: Some(last),
+        },
+    )
 }
 
 /// What asking to roll a job back came to.

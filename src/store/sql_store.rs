@@ -43,6 +43,9 @@ pub trait Backend: Send + Sync + 'static {
     fn claim_scope<T>(&self, f: impl FnOnce(&mut dyn Sql) -> StoreResult<T>) -> StoreResult<T> {
         self.write(f)
     }
+    /// Upkeep after a transaction that wrote ledger entries outside the batch writers (a
+    /// rollback's batch, a replace's or sync's end), committed: best effort, never waits.
+    fn ledger_written(&self) {}
 
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()>;
     fn dataset_prepare(&self, dataset: &Dataset) -> StoreResult<()>;
@@ -336,6 +339,9 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let deleted = self
             .0
             .write(|c| jobs::finish(c, lease, completion, status, error))?;
+        if deleted.is_some_and(|n| n > 0) || matches!(completion, Some(Completion::Replace(_))) {
+            self.0.ledger_written();
+        }
         // Counted once committed: a sync's or a replace's deletion at the job's end.
         if let (Some(n @ 1..), Some(completion)) = (deleted, completion) {
             crate::telemetry::rows_deleted(completion.dataset(), n);
@@ -533,8 +539,11 @@ impl<B: Backend> JobStore for SqlStore<B> {
         force: bool,
         limit: u64,
     ) -> StoreResult<Option<rollback::RollbackBatch>> {
-        self.0
-            .write(|c| rollback::batch(c, dataset, lease, target, org, force, limit))
+        let done = self
+            .0
+            .write(|c| rollback::batch(c, dataset, lease, target, org, force, limit))?;
+        self.0.ledger_written();
+        Ok(done)
     }
 
     fn webhook_insert(

@@ -639,6 +639,25 @@ impl TestApp {
     }
 
     /// A new connection to the test's database.
+    /// The ledger's ranges describe its entries exactly (migrations 0019, 0021): every entry
+    /// lies in a range of its own organisation, dataset and job whose time is not after its own,
+    /// and the ranges hold as many cursors as there are entries, so none overlap and every
+    /// cursor of a range is an entry.
+    pub fn assert_ledger_ranges_exact(&self) {
+        let mut db = self.db();
+        let outside = db.number(
+            "SELECT count(*) FROM ledger l WHERE NOT EXISTS (SELECT 1 FROM ledger_ranges r \
+             WHERE l.seq >= r.first_seq AND l.seq <= r.last_seq AND r.org_id = l.org_id \
+             AND r.dataset = l.dataset AND r.job_id = l.job_id AND r.at <= l.at)",
+        );
+        assert_eq!(outside, 0, "ledger entries outside their ranges");
+        let entries = db.number("SELECT count(*) FROM ledger");
+        let cursors = db.number(
+            "SELECT CAST(COALESCE(sum(last_seq - first_seq + 1), 0) AS BIGINT) FROM ledger_ranges",
+        );
+        assert_eq!(cursors, entries, "ranges hold cursors that are no entries");
+    }
+
     pub fn db(&self) -> Db {
         match self.database_url() {
             Some(url) => Db::Postgres(Some(pg_connect(&url))),

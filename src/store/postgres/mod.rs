@@ -130,6 +130,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0020_ledger_seq_by_writer",
         include_str!("../../../migrations/postgres/0020_ledger_seq_by_writer.sql"),
     ),
+    (
+        21,
+        "0021_ledger_ranges",
+        include_str!("../../../migrations/postgres/0021_ledger_ranges.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.
@@ -706,6 +711,12 @@ impl Backend for Postgres {
         Ok(n)
     }
 
+    fn ledger_written(&self) {
+        if let Err(e) = self.write_nowait(crate::store::ledger::SUMMARIZE_SQL, &[]) {
+            tracing::debug!(error = %e, "the ledger's new block ranges are left for later");
+        }
+    }
+
     fn datasets_prepare(&self, datasets: &Datasets) -> StoreResult<()> {
         tables::prepare(&mut *self.conn()?, datasets)
     }
@@ -965,6 +976,93 @@ impl Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Migration 0021 builds one range per run of consecutive cursors of one organisation,
+    /// dataset, job and time, from the entries written before it (on the server of
+    /// `SLUICE_TEST_POSTGRES`, in a database of its own; skipped without it).
+    #[test]
+    fn ledger_ranges_are_built_for_the_entries_already_written() {
+        let Ok(url) = std::env::var("SLUICE_TEST_POSTGRES") else {
+            return;
+        };
+        let name = format!("sluice_t_ranges_{}", std::process::id());
+        let mut admin = Client::connect(&format!("{url}/postgres"), NoTls).unwrap();
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name}"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            admin.batch_execute(&sql).unwrap();
+        }
+        let mut client = Client::connect(&format!("{url}/{name}"), NoTls).unwrap();
+        client
+            .batch_execute(
+                "CREATE TABLE sluice_migrations (version INT PRIMARY KEY, name TEXT NOT NULL, \
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .unwrap();
+        for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 < 21) {
+            client.batch_execute(sql).unwrap();
+            client
+                .execute(
+                    "INSERT INTO sluice_migrations (version, name) VALUES ($1, $2)",
+                    &[version, name],
+                )
+                .unwrap();
+        }
+        // (seq, org, dataset, job, second of `at`); 9 is a rolled-back batch's.
+        let entries: [(i64, i64, &str, i64, f64); 10] = [
+            (1, 1, "a", 10, 1.0),
+            (2, 1, "a", 10, 1.0),
+            (3, 1, "a", 10, 1.0),
+            (4, 2, "a", 11, 1.0),
+            (5, 2, "a", 11, 1.0),
+            (6, 1, "a", 10, 2.0),
+            (7, 1, "a", 10, 2.0),
+            (8, 1, "a", 12, 2.0),
+            (10, 1, "a", 12, 2.0),
+            (11, 1, "b", 12, 2.0),
+        ];
+        for (seq, org, ds, job, at) in entries {
+            client
+                .execute(
+                    "INSERT INTO ledger (seq, org_id, dataset, job_id, op, key, at) \
+                     VALUES ($1, $2, $3, $4, 'created', '{}', to_timestamp($5))",
+                    &[&seq, &org, &ds, &job, &at],
+                )
+                .unwrap();
+        }
+        let built = migrate(&mut client).and_then(|()| {
+            client
+                .query(
+                    "SELECT org_id, dataset, first_seq, last_seq, job_id, \
+                     CAST(extract(epoch FROM at) AS FLOAT8) FROM ledger_ranges ORDER BY last_seq",
+                    &[],
+                )
+                .map_err(pg_err)
+        });
+        drop(client);
+        admin
+            .batch_execute(&format!("DROP DATABASE {name}"))
+            .unwrap();
+        let ranges: Vec<(i64, String, i64, i64, i64, f64)> = built
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5)))
+            .collect();
+        let want = [
+            (1, "a", 1, 3, 10, 1.0),
+            (2, "a", 4, 5, 11, 1.0),
+            (1, "a", 6, 7, 10, 2.0),
+            (1, "a", 8, 8, 12, 2.0),
+            (1, "a", 10, 10, 12, 2.0),
+            (1, "b", 11, 11, 12, 2.0),
+        ];
+        let want: Vec<(i64, String, i64, i64, i64, f64)> = want
+            .iter()
+            .map(|&(o, d, f, l, j, a)| (o, d.to_string(), f, l, j, a))
+            .collect();
+        assert_eq!(ranges, want);
+    }
 
     #[test]
     fn copy_text_fields_decode_by_column_type() {

@@ -686,10 +686,10 @@ impl Writer<'_> {
             ])?;
         }
         w.finish()?;
-        tx.execute(
-            &ledger::range_sql(crate::store::sql::Dialect::Postgres),
-            &[&self.job, &(entries.len() as i64)],
-        )?;
+        let [widen, range] = ledger::range_sql(crate::store::sql::Dialect::Postgres);
+        let n = entries.len() as i64;
+        tx.execute(&widen, &[&self.job, &n])?;
+        tx.execute(&range, &[&self.org, &dataset, &self.job, &n, &self.now])?;
         Ok(())
     }
 }
@@ -811,11 +811,29 @@ impl PgSink {
             &mut self.buf,
         )?;
         tx.commit().map_err(sink_err)?;
+        if counts.created + counts.updated > 0 && !self.dry {
+            summarize_ledger(conn);
+        }
         self.fresh = !batch.is_empty() && counts.created == batch.len() as u64;
         // The statistics stay once a batch that gathered them committed.
         plan.analyzed.set(true);
         self.scratch_ready = self.dry;
         Ok(counts)
+    }
+}
+
+/// Summarises the ledger's block ranges this batch appended ([`ledger::SUMMARIZE_SQL`]), after
+/// its commit: best effort, waiting for no lock.
+fn summarize_ledger(conn: &mut Client) {
+    let done = conn.transaction().and_then(|mut tx| {
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '1ms'; {}",
+            ledger::SUMMARIZE_SQL
+        ))?;
+        tx.commit()
+    });
+    if let Err(e) = done {
+        tracing::debug!(error = %e, "the ledger's new block ranges are left for later");
     }
 }
 

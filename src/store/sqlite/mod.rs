@@ -96,6 +96,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0018_email_subscriptions",
         include_str!("../../../migrations/sqlite/0018_email_subscriptions.sql"),
     ),
+    (
+        "0019_ledger_ranges",
+        include_str!("../../../migrations/sqlite/0019_ledger_ranges.sql"),
+    ),
 ];
 
 /// The default cap on pooled connections: WAL readers run side by side, writers take turns.
@@ -450,4 +454,80 @@ fn db_err(e: rusqlite::Error) -> StoreError {
 /// Quotes an identifier that [`crate::dataset::is_identifier`] already accepted.
 fn ident(name: &str) -> String {
     format!("\"{name}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 0019 builds one range per run of consecutive cursors of one organisation,
+    /// dataset, job and time, from the entries written before it.
+    #[test]
+    fn ledger_ranges_are_built_for_the_entries_already_written() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let before = MIGRATIONS
+            .iter()
+            .position(|(name, _)| *name == "0019_ledger_ranges")
+            .unwrap();
+        for (_, sql) in &MIGRATIONS[..before] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        // (seq, org, dataset, job, at); 9 is a rolled-back batch's.
+        let entries = [
+            (1, 1, "a", 10, "t1"),
+            (2, 1, "a", 10, "t1"),
+            (3, 1, "a", 10, "t1"),
+            (4, 2, "a", 11, "t1"),
+            (5, 2, "a", 11, "t1"),
+            (6, 1, "a", 10, "t2"),
+            (7, 1, "a", 10, "t2"),
+            (8, 1, "a", 12, "t2"),
+            (10, 1, "a", 12, "t2"),
+            (11, 1, "b", 12, "t2"),
+        ];
+        for (seq, org, ds, job, at) in entries {
+            conn.execute(
+                "INSERT INTO ledger (seq, org_id, dataset, job_id, op, key, at) \
+                 VALUES (?1, ?2, ?3, ?4, 'created', '{}', ?5)",
+                rusqlite::params![seq, org, ds, job, at],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT org_id, dataset, first_seq, last_seq, job_id, at FROM ledger_ranges \
+                 ORDER BY last_seq",
+            )
+            .unwrap();
+        let ranges: Vec<(i64, String, i64, i64, i64, String)> = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [
+            (1, "a", 1, 3, 10, "t1"),
+            (2, "a", 4, 5, 11, "t1"),
+            (1, "a", 6, 7, 10, "t2"),
+            (1, "a", 8, 8, 12, "t2"),
+            (1, "a", 10, 10, 12, "t2"),
+            (1, "b", 11, 11, 12, "t2"),
+        ];
+        let want: Vec<(i64, String, i64, i64, i64, String)> = want
+            .iter()
+            .map(|&(o, d, f, l, j, a)| (o, d.to_string(), f, l, j, a.to_string()))
+            .collect();
+        assert_eq!(ranges, want);
+    }
 }

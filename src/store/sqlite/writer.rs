@@ -1059,10 +1059,12 @@ impl WriteCtx<'_> {
             }
             stmt.raw_execute()?;
         }
-        tx.execute(
-            &ledger::range_sql(crate::store::sql::Dialect::Sqlite).replace('$', "?"),
-            params![self.job, rows.len() as i64],
-        )?;
+        let [widen, range] = ledger::range_sql(crate::store::sql::Dialect::Sqlite);
+        let n = rows.len() as i64;
+        tx.prepare_cached(&widen.replace('$', "?"))?
+            .execute(params![self.job, n])?;
+        tx.prepare_cached(&range.replace('$', "?"))?
+            .execute(params![self.org, &self.ds.name, self.job, n, &self.now])?;
         Ok(())
     }
 

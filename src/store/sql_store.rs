@@ -506,7 +506,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         limit: u64,
     ) -> StoreResult<Vec<ledger::Change>> {
         self.0
-            .read(|c| ledger::changes_after(c, org_id, dataset, after, limit))
+            .snapshot(|c| ledger::changes_after(c, org_id, dataset, after, limit))
     }
 
     fn job_changes(&self, job: JobId) -> StoreResult<Option<(i64, i64)>> {

@@ -401,22 +401,13 @@ fn windows(
     after: i64,
     want: u64,
 ) -> StoreResult<Vec<(i64, i64)>> {
-    let mut sql = String::from(
-        "SELECT first_seq, last_seq FROM ledger_ranges \
-         WHERE org_id = $1 AND dataset = $2 AND last_seq > $3",
-    );
-    let mut p: Vec<SqlValue> = params![span.org, span.dataset, after].to_vec();
-    if let Some(upto) = span.upto {
-        sql.push_str(&format!(" AND first_seq <= ${}", p.len() + 1));
-        p.push(SqlValue::Int(upto));
-    }
-    if let Some(job) = span.job {
-        sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
-        p.push(SqlValue::Int(job));
-    }
+    let (filter, p) = ranges_of(span, after);
     // Every range holds one entry at least.
     let n = want.min(RANGES_PER_READ as u64);
-    sql.push_str(&format!(" ORDER BY last_seq LIMIT {n}"));
+    let sql = format!(
+        "SELECT first_seq, last_seq FROM ledger_ranges WHERE {filter} \
+         ORDER BY last_seq LIMIT {n}"
+    );
     let mut left = want;
     let mut out = Vec::new();
     for r in c.query(&sql, &p)? {
@@ -436,22 +427,31 @@ fn windows(
     Ok(out)
 }
 
-/// How many entries of `span` there are (the sum of its ranges' lengths).
+/// How many entries of `span` there are: the sum of its ranges' lengths (for a job's span,
+/// whose ranges all lie within it).
 pub fn count(c: &mut dyn Sql, span: &Span<'_>) -> StoreResult<u64> {
-    let mut sql = String::from(
+    let (filter, p) = ranges_of(span, span.after);
+    let sql = format!(
         "SELECT CAST(COALESCE(sum(last_seq - first_seq + 1), 0) AS BIGINT) FROM ledger_ranges \
-         WHERE org_id = $1 AND dataset = $2 AND last_seq > $3",
+         WHERE {filter}"
     );
-    let mut p: Vec<SqlValue> = params![span.org, span.dataset, span.after].to_vec();
+    c.query_one(&sql, &p)?.u64(0)
+}
+
+/// The condition on `ledger_ranges` of `span`'s ranges that reach past `after`, and its
+/// parameters.
+fn ranges_of(span: &Span<'_>, after: i64) -> (String, Vec<SqlValue>) {
+    let mut sql = String::from("org_id = $1 AND dataset = $2 AND last_seq > $3");
+    let mut p: Vec<SqlValue> = params![span.org, span.dataset, after].to_vec();
     if let Some(upto) = span.upto {
-        sql.push_str(&format!(" AND last_seq <= ${}", p.len() + 1));
+        sql.push_str(&format!(" AND first_seq <= ${}", p.len() + 1));
         p.push(SqlValue::Int(upto));
     }
     if let Some(job) = span.job {
         sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
         p.push(SqlValue::Int(job));
     }
-    c.query_one(&sql, &p)?.u64(0)
+    (sql, p)
 }
 
 /// The columns of a job row (`jobs`) that give its change range: first, last, and whether the

@@ -41,6 +41,10 @@ pub async fn sweep_once(
     let (blobs, deleted) = ctx
         .store_call(move |s| s.jobs_sweep(files_before, jobs_before))
         .await?;
+    // The files go right after their jobs stopped naming them, before the ledger's sweep.
+    let removed = blobs.len();
+    let store = ctx.blobs.clone();
+    let _ = tokio::task::spawn_blocking(move || blobs.iter().for_each(|b| store.remove(b))).await;
     let ledger_before = age(retention.ledger);
     let entries = ctx
         .store_call(move |s| s.ledger_sweep(ledger_before))
@@ -48,9 +52,6 @@ pub async fn sweep_once(
     if entries > 0 {
         tracing::info!(entries, "ledger retention sweep");
     }
-    let removed = blobs.len();
-    let store = ctx.blobs.clone();
-    let _ = tokio::task::spawn_blocking(move || blobs.iter().for_each(|b| store.remove(b))).await;
     Ok((removed, deleted))
 }
 

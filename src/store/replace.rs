@@ -138,7 +138,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         ),
         &[],
     )?;
-    widen(c, r, deleted, Some(at))?;
+    ledger::record_range(c, r.owner, org, &ds.name, deleted, Some(at))?;
 
     // Keys the table does not have: created.
     let created = c.execute(
@@ -149,7 +149,7 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
         ),
         &[],
     )?;
-    widen(c, r, created, None)?;
+    ledger::record_range(c, r.owner, org, &ds.name, created, None)?;
 
     // Keys in both whose fields differ: updated, with the table's values.
     if !changed.is_empty() {
@@ -170,18 +170,8 @@ pub fn record(c: &mut dyn Sql, r: &Replacement) -> StoreResult<u64> {
             ),
             &[],
         )?;
-        widen(c, r, updated, None)?;
+        ledger::record_range(c, r.owner, org, &ds.name, updated, None)?;
     }
     super::sync::count_deleted(c, r.owner, deleted)?;
     Ok(deleted)
-}
-
-/// Records the `n` entries just inserted (`at`: their time, `None` when each has its row's).
-fn widen(
-    c: &mut dyn Sql,
-    r: &Replacement,
-    n: u64,
-    at: Option<chrono::DateTime<chrono::Utc>>,
-) -> StoreResult<()> {
-    ledger::record_range(c, r.owner, r.org, &r.dataset.name, n, at)
 }

@@ -339,7 +339,7 @@ impl<B: Backend> JobStore for SqlStore<B> {
         let deleted = self
             .0
             .write(|c| jobs::finish(c, lease, completion, status, error))?;
-        if deleted.is_some_and(|n| n > 0) || matches!(completion, Some(Completion::Replace(_))) {
+        if completion.is_some() {
             self.0.ledger_written();
         }
         // Counted once committed: a sync's or a replace's deletion at the job's end.

@@ -697,11 +697,7 @@ impl Backend for Postgres {
         let PgConn {
             client, statements, ..
         } = &mut *conn;
-        let mut tx = client.transaction().map_err(pg_err)?;
-        // Give up at once on a lock, and do not wait for the commit to reach the disk: losing
-        // this write in a crash is harmless.
-        tx.batch_execute("SET LOCAL lock_timeout = '1ms'; SET LOCAL synchronous_commit = off")
-            .map_err(pg_err)?;
+        let mut tx = nowait(client).map_err(pg_err)?;
         let n = Pg {
             client: &mut tx,
             statements,
@@ -844,6 +840,14 @@ fn migrate(client: &mut Client) -> StoreResult<()> {
         tracing::info!(migration = name, "applied migration");
     }
     tx.commit().map_err(pg_err)
+}
+
+/// A transaction for a best-effort write: it gives up at once on a lock, and does not wait for
+/// its commit to reach the disk (losing it in a crash is harmless).
+fn nowait(client: &mut Client) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SET LOCAL lock_timeout = '1ms'; SET LOCAL synchronous_commit = off")?;
+    Ok(tx)
 }
 
 /// Whether a connection is still usable, found without a round trip: polls it once without

@@ -26,7 +26,7 @@ use chrono::Utc;
 use postgres::{Client, Transaction};
 
 use super::tables::{since_column, sql_type};
-use super::{error_text, ident, is_alive, is_row_problem, is_transient, note_lost};
+use super::{error_text, ident, is_alive, is_row_problem, is_transient, note_lost, nowait};
 use crate::dataset::Dataset;
 use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Value};
 use crate::store::ledger::{self, Op};
@@ -825,11 +825,8 @@ impl PgSink {
 /// Summarises the ledger's block ranges this batch appended ([`ledger::SUMMARIZE_SQL`]), after
 /// its commit: best effort, waiting for no lock.
 fn summarize_ledger(conn: &mut Client) {
-    let done = conn.transaction().and_then(|mut tx| {
-        tx.batch_execute(&format!(
-            "SET LOCAL lock_timeout = '1ms'; {}",
-            ledger::SUMMARIZE_SQL
-        ))?;
+    let done = nowait(conn).and_then(|mut tx| {
+        tx.batch_execute(ledger::SUMMARIZE_SQL)?;
         tx.commit()
     });
     if let Err(e) = done {

@@ -135,7 +135,9 @@ pub struct WorkerArgs {
     pub org_max_running: u32,
     /// Niceness added to the threads that run jobs (Linux, 0–19): with 10, parsing and writing
     /// yield the CPU to API requests, and to every other process of the machine, whenever they
-    /// want it. 0 (the default) runs jobs at the server's own priority.
+    /// want it. On PostgreSQL on the same machine, a job's writer connection gives its server
+    /// process the same niceness (when sluice runs as root or as the server's user). 0 (the
+    /// default) runs jobs at the server's own priority.
     #[arg(long, env = "SLUICE_JOB_NICENESS", default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub job_niceness: i32,
     /// Most megabytes a zipped workbook (XLSX, ODS) may unpack to; larger ones are refused as

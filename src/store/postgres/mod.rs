@@ -9,6 +9,7 @@
 //! client: the store interface is blocking and always called from blocking threads.
 
 mod blobs;
+mod priority;
 mod tables;
 mod writer;
 
@@ -188,6 +189,21 @@ impl SqlStore<Postgres> {
 impl Postgres {
     fn conn(&self) -> StoreResult<Pooled<PgConn>> {
         self.pool.get()
+    }
+
+    /// A batch writer's connection: its own for the whole job, outside the pool, and how to
+    /// open the next one when it is lost (a restart, an outage). Its backend runs at the
+    /// niceness of the job's thread ([`priority`]).
+    fn sink_connection(&self) -> StoreResult<(Client, writer::Reconnect)> {
+        let mut conn = self.pool.open()?.client;
+        priority::follow_thread(&mut conn);
+        let (url, lock_timeout) = (self.url.clone(), self.lock_timeout);
+        let reconnect: writer::Reconnect = Box::new(move || {
+            let mut conn = connect(&url, lock_timeout)?;
+            priority::follow_thread(&mut conn);
+            Ok(conn)
+        });
+        Ok((conn, reconnect))
     }
 }
 
@@ -729,11 +745,7 @@ impl Backend for Postgres {
         parent: Option<JobId>,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
-        // A connection of its own for the whole job, outside the pool; the sink opens a new
-        // one by itself when this one is lost (a restart, an outage).
-        let conn = self.pool.open()?.client;
-        let (url, lock_timeout) = (self.url.clone(), self.lock_timeout);
-        let reconnect = Box::new(move || connect(&url, lock_timeout));
+        let (conn, reconnect) = self.sink_connection()?;
         Ok(Box::new(writer::PgSink::new(
             conn, reconnect, dataset, lease, mode, parent, org,
         )))
@@ -746,9 +758,7 @@ impl Backend for Postgres {
         mode: Mode,
         org: i64,
     ) -> StoreResult<Box<dyn BatchSink + Send>> {
-        let conn = self.pool.open()?.client;
-        let (url, lock_timeout) = (self.url.clone(), self.lock_timeout);
-        let reconnect = Box::new(move || connect(&url, lock_timeout));
+        let (conn, reconnect) = self.sink_connection()?;
         Ok(Box::new(
             writer::PgSink::new(conn, reconnect, dataset, lease, mode, None, org).dry(),
         ))

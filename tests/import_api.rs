@@ -293,6 +293,31 @@ async fn overlapping_import_updates_changed_rows_and_archives_history(backend: B
         .unwrap();
     assert_eq!(current, new[*k][3]);
 
+    // The stamps: a history field's `_sluice_since_*` moves only when that field changes; a
+    // created row has one time in all four.
+    let mut stamps = |k: &str| -> [Option<String>; 4] {
+        let r = db.rows(&format!(
+            "SELECT _sluice_created_at, _sluice_updated_at, _sluice_since_price, \
+             _sluice_since_stock FROM products WHERE sku = '{k}'"
+        ));
+        <[Option<String>; 4]>::try_from(r[0].clone()).unwrap()
+    };
+    let price_only = overlap
+        .iter()
+        .find(|k| old[**k][3] != new[**k][3] && old[**k][4] == new[**k][4])
+        .expect("the second file changes some price and not its stock");
+    let [created, updated, since_price, since_stock] = stamps(price_only);
+    assert!(created < updated, "{created:?} < {updated:?}");
+    assert_eq!(
+        since_price, updated,
+        "the changed field's since is the update"
+    );
+    assert_eq!(since_stock, created, "the unchanged field keeps its since");
+    let fresh = new.keys().find(|k| !old.contains_key(*k)).unwrap();
+    let [created, updated, since_price, since_stock] = stamps(fresh);
+    assert!(created.is_some());
+    assert_eq!([&updated, &since_price, &since_stock], [&created; 3]);
+
     // The same file again changes nothing and archives nothing.
     let third = job_id(&app.upload("products", &b).await.1);
     let s = app.wait_done(third, MINUTE).await;

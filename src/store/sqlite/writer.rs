@@ -13,6 +13,8 @@
 //! failed too), or the error repeats, the next attempt opens a new connection rather than trust
 //! that one (opening costs a millisecond; the retry waits at least 100 ms anyway).
 
+use std::borrow::Cow;
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -177,10 +179,44 @@ struct Plan {
     upsert_tail: String,
     /// The tail of an insert that skips existing keys (the fast path of [`WriteCtx::insert_all`]).
     insert_tail: String,
-    upsert_row: String,
+    /// Parameters of one row of the multi-row write: `present` fields, the row number, and
+    /// (in an upsert, not in an insert of new keys) the `_sluice_since_*` of `history` fields.
+    /// The values every row of the batch shares — job, time, organisation — are `?1`–`?3`,
+    /// bound once per statement rather than once per row.
+    row_params: usize,
     rows_per_insert: usize,
     stamp: String,
     history_insert: Option<String>,
+    /// The texts of full-size multi-row statements, built at their first use: see [`sized`].
+    full: FullTexts,
+}
+
+/// The text of each multi-row statement at its full size (10–30 KB each, made with a
+/// `format!` per parameter), kept for the job: the text is only the prepared statement cache's
+/// key, and building it for every statement cost about 5 % of the writer's time (much of it in
+/// the allocator, consolidating its free lists for the large string).
+#[derive(Default)]
+struct FullTexts {
+    upsert: OnceCell<String>,
+    insert: OnceCell<String>,
+    select: OnceCell<String>,
+    ledger: OnceCell<String>,
+    history: OnceCell<String>,
+}
+
+/// A statement's text for `rows` rows: `full`'s (built once) when `rows` is the full size, else
+/// built now (a batch's last, shorter statement).
+fn sized(
+    full: &OnceCell<String>,
+    full_rows: usize,
+    rows: usize,
+    build: impl Fn(usize) -> String,
+) -> Cow<'_, str> {
+    if rows == full_rows {
+        Cow::Borrowed(full.get_or_init(|| build(rows)))
+    } else {
+        Cow::Owned(build(rows))
+    }
 }
 
 impl Plan {
@@ -256,7 +292,7 @@ impl Plan {
             key_cols.join(", "),
             updates.join(", ")
         );
-        let upsert_row = format!("({})", vec!["?"; width].join(", "));
+        let row_params = present.len() + 1 + history.len();
         let rows_per_insert = (MAX_BINDS / width).clamp(1, MAX_ROWS_PER_INSERT);
 
         let key_where: Vec<String> = key_cols
@@ -288,36 +324,79 @@ impl Plan {
                 " ON CONFLICT ({ORG_COLUMN}, {}) DO NOTHING",
                 key_cols.join(", ")
             ),
-            upsert_row,
+            row_params,
             rows_per_insert,
             stamp,
             history_insert,
+            full: FullTexts::default(),
         }
     }
 
     /// The multi-row write of `rows` rows: an upsert, or (`skip_existing`) an insert that
     /// leaves existing keys alone.
-    fn upsert_sql(&self, rows: usize, skip_existing: bool) -> String {
+    fn upsert_sql(&self, rows: usize, skip_existing: bool) -> Cow<'_, str> {
+        let full = if skip_existing {
+            &self.full.insert
+        } else {
+            &self.full.upsert
+        };
+        sized(full, self.rows_per_insert, rows, |rows| {
+            self.build_upsert_sql(rows, skip_existing)
+        })
+    }
+
+    fn build_upsert_sql(&self, rows: usize, skip_existing: bool) -> String {
         let tail = if skip_existing {
             &self.insert_tail
         } else {
             &self.upsert_tail
         };
         let mut sql = String::with_capacity(
-            self.upsert_head.len() + rows * (self.upsert_row.len() + 2) + tail.len(),
+            self.upsert_head.len() + rows * (self.row_params * 7 + 24) + tail.len(),
         );
+        use std::fmt::Write as _;
         sql.push_str(&self.upsert_head);
+        let per_row = self.params_per_row(skip_existing);
         for r in 0..rows {
-            if r > 0 {
-                sql.push_str(", ");
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            let first = 4 + r * per_row;
+            // The row's fields; writing into a String cannot fail.
+            for p in first..first + self.present.len() {
+                let _ = write!(sql, "?{p}, ");
             }
-            sql.push_str(&self.upsert_row);
+            // `_sluice_job`, the row's `_sluice_row`, `_created_at`, `_updated_at`, the
+            // organisation.
+            let _ = write!(sql, "?1, ?{}, ?2, ?2, ?3", first + self.present.len());
+            for h in 0..self.history.len() {
+                if skip_existing {
+                    sql.push_str(", ?2");
+                } else {
+                    let _ = write!(sql, ", ?{}", first + self.present.len() + 1 + h);
+                }
+            }
+            sql.push(')');
         }
         sql.push_str(tail);
         sql
     }
 
-    fn select_sql(&self, keys: usize, key_width: usize) -> String {
+    /// Parameters each row of a multi-row write binds (see [`Plan::row_params`]): an insert of
+    /// new keys stamps every `_sluice_since_*` with the batch's time (`?2`).
+    fn params_per_row(&self, skip_existing: bool) -> usize {
+        if skip_existing {
+            self.row_params - self.history.len()
+        } else {
+            self.row_params
+        }
+    }
+
+    fn select_sql(&self, keys: usize, key_width: usize) -> Cow<'_, str> {
+        sized(&self.full.select, LOOKUP_CHUNK, keys, |keys| {
+            self.build_select_sql(keys, key_width)
+        })
+    }
+
+    fn build_select_sql(&self, keys: usize, key_width: usize) -> String {
         let one = if key_width == 1 {
             "?".to_string()
         } else {
@@ -982,19 +1061,21 @@ impl WriteCtx<'_> {
         let mut written = 0;
         for chunk in rows.chunks(self.plan.rows_per_insert) {
             let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len(), skip_existing))?;
-            let mut idx = 1;
+            stmt.raw_bind_parameter(1, self.job)?;
+            stmt.raw_bind_parameter(2, &self.now)?;
+            stmt.raw_bind_parameter(3, self.org)?;
+            let mut idx = 4;
             for (i, changed) in chunk {
                 let values = batch.row_values(*i);
                 for &f in &self.plan.present {
                     stmt.raw_bind_parameter(idx, &values[f])?;
                     idx += 1;
                 }
-                stmt.raw_bind_parameter(idx, self.job)?;
-                stmt.raw_bind_parameter(idx + 1, batch.rows[*i] as i64)?;
-                stmt.raw_bind_parameter(idx + 2, &self.now)?;
-                stmt.raw_bind_parameter(idx + 3, &self.now)?;
-                stmt.raw_bind_parameter(idx + 4, self.org)?;
-                idx += 5;
+                stmt.raw_bind_parameter(idx, batch.rows[*i] as i64)?;
+                idx += 1;
+                if skip_existing {
+                    continue;
+                }
                 for (h, (_, pos)) in self.plan.history.iter().enumerate() {
                     let keep_old = match changed {
                         Some((changed, old)) if !changed.contains(pos) => old.since[h].as_ref(),
@@ -1034,7 +1115,13 @@ impl WriteCtx<'_> {
     /// multi-row statements, the batch's organisation, dataset, job and time bound once.
     fn ledger(&self, tx: &Connection, batch: &Batch, rows: &[Write<'_>]) -> rusqlite::Result<()> {
         for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
-            let mut stmt = tx.prepare_cached(&ledger_sql(chunk.len()))?;
+            let sql = sized(
+                &self.plan.full.ledger,
+                LEDGER_ROWS_PER_INSERT,
+                chunk.len(),
+                ledger_sql,
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
             stmt.raw_bind_parameter(1, self.org)?;
             stmt.raw_bind_parameter(2, &self.ds.name)?;
             stmt.raw_bind_parameter(3, self.job)?;
@@ -1090,7 +1177,13 @@ impl WriteCtx<'_> {
         let per_row = nkey + 4;
         let per_statement = (MAX_BINDS / per_row).clamp(1, HISTORY_ROWS_PER_INSERT);
         for chunk in records.chunks(per_statement) {
-            let mut stmt = tx.prepare_cached(&history_sql(head, chunk.len(), per_row))?;
+            let sql = sized(
+                &self.plan.full.history,
+                per_statement,
+                chunk.len(),
+                |rows| history_sql(head, rows, per_row),
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
             stmt.raw_bind_parameter(1, &self.now)?;
             stmt.raw_bind_parameter(2, self.job)?;
             stmt.raw_bind_parameter(3, self.org)?;

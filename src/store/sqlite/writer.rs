@@ -1098,11 +1098,12 @@ impl WriteCtx<'_> {
             return Ok(());
         }
         let mut stmt = tx.prepare_cached(&self.plan.stamp)?;
+        // Bindings outlive each execution (it only resets the statement): the shared ones once.
+        stmt.raw_bind_parameter(1, self.job)?;
+        stmt.raw_bind_parameter(3, self.org)?;
         for &i in rows {
             let values = batch.row_values(i);
-            stmt.raw_bind_parameter(1, self.job)?;
             stmt.raw_bind_parameter(2, batch.rows[i] as i64)?;
-            stmt.raw_bind_parameter(3, self.org)?;
             for (j, &k) in self.ds.key.iter().enumerate() {
                 stmt.raw_bind_parameter(j + 4, &values[k])?;
             }

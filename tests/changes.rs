@@ -520,6 +520,58 @@ async fn the_ledger_is_swept_after_its_retention_and_a_rollback_then_refused() {
     assert_eq!(body["error"]["code"], "ledger_expired");
 }
 
+/// A batch's entries are swept together with their range, even when their own times straddle
+/// the retention (a replace's created and updated entries carry their rows' times, earliest in
+/// the range): no entry is left that no range finds, which the feed would silently skip.
+async fn a_range_is_swept_with_all_its_entries(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        extra_args: ["--retain-ledger", "20s"].map(String::from).to_vec(),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = generate(dir.path(), "a.csv", &["--rows", "400", "--seed", "3"]);
+    let (b, _) = generate(
+        dir.path(),
+        "b.csv",
+        &["--rows", "300", "--seed", "4", "--start-sku", "9001"],
+    );
+    let ja = import(&app, &a).await["jobId"].as_i64().unwrap();
+    let jb = import(&app, &b).await["jobId"].as_i64().unwrap();
+    // A's one range and its first 100 entries are a day old, its other entries a day ahead;
+    // all of B is a day ahead, so only A's range is ever due. Written in one transaction,
+    // well before the imports are 20 s old (the sweeper looks every 5 s).
+    let (old, ahead) = ("2000-01-01T00:00:00.000Z", "2999-01-01T00:00:00.000Z");
+    let mut db = app.db();
+    db.execute(&format!(
+        "BEGIN; \
+         UPDATE ledger SET at = '{ahead}' WHERE job_id IN ({ja}, {jb}); \
+         UPDATE ledger_ranges SET at = '{ahead}' WHERE job_id = {jb}; \
+         UPDATE ledger_ranges SET at = '{old}' WHERE job_id = {ja}; \
+         UPDATE ledger SET at = '{old}' WHERE job_id = {ja} AND seq < \
+           (SELECT min(seq) + 100 FROM ledger WHERE job_id = {ja}); \
+         COMMIT;"
+    ));
+    let left = |db: &mut Db, job: i64| {
+        db.number(&format!("SELECT count(*) FROM ledger WHERE job_id = {job}"))
+    };
+    assert_eq!((left(&mut db, ja), left(&mut db, jb)), (400, 300));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.number("SELECT count(*) FROM ledger_ranges") > 1 {
+        assert!(Instant::now() < deadline, "A's range was not swept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (left(&mut db, ja), left(&mut db, jb)),
+        (0, 300),
+        "A's entries went with its range, every one; B's stay"
+    );
+    app.assert_ledger_ranges_exact();
+    let (changes, _) = read_all(&app, TOKEN, 0, 1000).await;
+    assert_eq!(changes.len(), 300);
+    assert!(changes.iter().all(|c| c["jobId"] == jb));
+}
+
 /// Runs a client command of the CLI against the app with the admin token.
 fn sluice_client(app: &TestApp, args: &[&str]) -> (String, String) {
     let out = std::process::Command::new(binary())
@@ -539,6 +591,7 @@ fn sluice_client(app: &TestApp, args: &[&str]) -> (String, String) {
 }
 
 conformance!(
+    a_range_is_swept_with_all_its_entries,
     every_created_and_updated_row_is_one_change_in_commit_order,
     a_reader_following_the_feed_during_an_import_sees_each_change_once,
 );

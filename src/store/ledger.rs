@@ -365,21 +365,14 @@ fn entries_in_windows(
             break;
         };
         for part in windows.chunks(WINDOWS_PER_READ) {
-            let mut sql =
-                format!("SELECT {columns} FROM ledger WHERE org_id = $1 AND dataset = $2 AND (");
             let mut p: Vec<SqlValue> = vec![
                 SqlValue::Int(span.org),
                 SqlValue::Text(span.dataset.to_string()),
             ];
-            for (i, &(lo, hi)) in part.iter().enumerate() {
-                let n = p.len();
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push_str(&format!("(seq >= ${} AND seq <= ${})", n + 1, n + 2));
-                p.extend([SqlValue::Int(lo), SqlValue::Int(hi)]);
-            }
-            sql.push(')');
+            let within = within_windows(part, &mut p);
+            let mut sql = format!(
+                "SELECT {columns} FROM ledger WHERE org_id = $1 AND dataset = $2 AND {within}"
+            );
             if let Some(job) = span.job {
                 sql.push_str(&format!(" AND job_id = ${}", p.len() + 1));
                 p.push(SqlValue::Int(job));
@@ -391,6 +384,21 @@ fn entries_in_windows(
     }
     out.truncate(limit as usize);
     Ok(out)
+}
+
+/// The condition that `seq` lies in one of `windows` (first, last), its bounds appended to `p`.
+fn within_windows(windows: &[(i64, i64)], p: &mut Vec<SqlValue>) -> String {
+    let mut sql = String::from("(");
+    for (i, &(lo, hi)) in windows.iter().enumerate() {
+        let n = p.len();
+        if i > 0 {
+            sql.push_str(" OR ");
+        }
+        sql.push_str(&format!("(seq >= ${} AND seq <= ${})", n + 1, n + 2));
+        p.extend([SqlValue::Int(lo), SqlValue::Int(hi)]);
+    }
+    sql.push(')');
+    sql
 }
 
 /// The windows of cursors (first, last) holding the next `want` entries of `span` after
@@ -508,9 +516,8 @@ pub fn range_sql(d: Dialect) -> [String; 2] {
 
 /// Records the `n` entries of `job` just inserted (see [`range_sql`]), in the caller's
 /// transaction. `at` is the entries' time; `None` when they have times of their own (a
-/// replace's, its rows'): the range then takes the earliest, so the sweep, which removes a
-/// range with the first of its entries it removes, never leaves a range whose entries are
-/// partly gone.
+/// replace's, its rows'): the range then takes the earliest, and the sweep removes the range
+/// with all its entries once that is old enough (see [`sweep`]).
 pub fn record_range(
     c: &mut dyn Sql,
     job: i64,
@@ -547,11 +554,29 @@ pub fn record_range(
 /// summary or VACUUM does the same work), and a range left out is taken by the next one.
 pub const SUMMARIZE_SQL: &str = "SELECT brin_summarize_new_values('ledger_seq')";
 
-/// Deletes the entries written before `before`, and their ranges first (a range's time is its
-/// earliest entry's); returns how many entries.
+/// Deletes the entries of every range older than `before` (a range's time is its earliest
+/// entry's), with the range; returns how many entries. A range's entries go together, so none is
+/// left that no range finds: a replace's created and updated entries carry their rows' own times,
+/// which may straddle `before`, and an entry outliving its range would vanish from the feed
+/// while still kept.
 pub fn sweep(c: &mut dyn Sql, before: DateTime<Utc>) -> StoreResult<u64> {
+    let ranges: Vec<(i64, i64)> = c
+        .query(
+            "SELECT first_seq, last_seq FROM ledger_ranges WHERE at < $1",
+            params![before],
+        )?
+        .iter()
+        .map(|r| Ok((r.i64(0)?, r.i64(1)?)))
+        .collect::<StoreResult<_>>()?;
+    let mut swept = 0;
+    for part in ranges.chunks(WINDOWS_PER_READ) {
+        let mut p = Vec::new();
+        let within = within_windows(part, &mut p);
+        swept += c.execute(&format!("DELETE FROM ledger WHERE {within}"), &p)?;
+    }
     c.execute("DELETE FROM ledger_ranges WHERE at < $1", params![before])?;
-    c.execute("DELETE FROM ledger WHERE at < $1", params![before])
+    // Entries no range finds (none are written so; kept from before ranges existed, say).
+    Ok(swept + c.execute("DELETE FROM ledger WHERE at < $1", params![before])?)
 }
 
 /// Checks that a stored JSON text is an object (the feed hands it on as JSON).

@@ -476,9 +476,14 @@ async fn an_upload_whose_client_leaves_during_the_job_insert_keeps_the_jobs_file
     )
     .await;
     s.write_all(csv(5).as_bytes()).await.unwrap();
-    until(Duration::from_secs(10), "the upload to be stored", || {
-        app.blob_count() == 1
-    })
+    // Stored whole, so the body has been read: the file appears as soon as the upload starts,
+    // and a client leaving before its body is read aborts the upload (CI saw that once).
+    let whole = csv(5).len() as u64;
+    until(
+        Duration::from_secs(10),
+        "the upload to be stored whole",
+        || app.blob_count() == 1 && app.blob_bytes() == whole,
+    )
     .await;
     drop(s);
     // The server notices the closed connection at its next read; nothing to poll for that.

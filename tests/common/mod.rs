@@ -638,6 +638,24 @@ impl TestApp {
         local + stored
     }
 
+    /// Bytes of stored upload files: the files in the data directory's `blobs/` (partial ones
+    /// too) and, on PostgreSQL, the stored chunks.
+    pub fn blob_bytes(&self) -> u64 {
+        let local: u64 = std::fs::read_dir(self.data_dir().join("blobs")).map_or(0, |d| {
+            d.filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        });
+        let stored = match self.pg_database {
+            Some(_) => self
+                .db()
+                .number("SELECT COALESCE(sum(length(data)), 0) FROM blob_chunks")
+                as u64,
+            None => 0,
+        };
+        local + stored
+    }
+
     /// A new connection to the test's database.
     /// The ledger's ranges describe its entries exactly (migrations 0019, 0021): every entry
     /// lies in a range of its own organisation, dataset and job whose time is not after its own,

@@ -18,16 +18,11 @@ use postgres::Client;
 pub fn follow_thread(client: &mut Client) -> bool {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: getpriority reads the calling thread's niceness.
-        let (niceness, ok) = unsafe {
-            let tid = libc::gettid() as libc::id_t;
-            *libc::__errno_location() = 0;
-            let n = libc::getpriority(libc::PRIO_PROCESS, tid);
-            (n, *libc::__errno_location() == 0)
-        };
-        if !ok || niceness <= 0 {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let Some(niceness) = niceness(tid).filter(|&n| n > 0) else {
             return false;
-        }
+        };
         match backend_here(client) {
             Some(pid) => renice(pid, niceness),
             None => false,
@@ -59,18 +54,26 @@ fn backend_here(client: &mut Client) -> Option<libc::pid_t> {
     (cwd == data).then_some(pid)
 }
 
-/// Lowers `pid` to `niceness` unless it already runs at that or lower priority.
+/// The niceness of a thread or process (Linux: a thread id or a process id), `None` if it
+/// cannot be read (`getpriority` may return -1 as a value, so errno tells the error).
 #[cfg(target_os = "linux")]
-fn renice(pid: libc::pid_t, niceness: i32) -> bool {
-    // SAFETY: getpriority/setpriority on a process id; the worst outcome is EPERM or ESRCH.
+fn niceness(id: libc::pid_t) -> Option<i32> {
+    // SAFETY: getpriority only reads; errno is this thread's own.
     unsafe {
         *libc::__errno_location() = 0;
-        let current = libc::getpriority(libc::PRIO_PROCESS, pid as libc::id_t);
-        if *libc::__errno_location() != 0 || current >= niceness {
-            return false;
-        }
-        libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, niceness) == 0
+        let n = libc::getpriority(libc::PRIO_PROCESS, id as libc::id_t);
+        (*libc::__errno_location() == 0).then_some(n)
     }
+}
+
+/// Lowers `pid` to `niceness` unless it already runs at that or lower priority.
+#[cfg(target_os = "linux")]
+fn renice(pid: libc::pid_t, to: i32) -> bool {
+    if niceness(pid).is_none_or(|current| current >= to) {
+        return false;
+    }
+    // SAFETY: setpriority on a process id; the worst outcome is EPERM or ESRCH.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, to) == 0 }
 }
 
 #[cfg(all(test, target_os = "linux"))]

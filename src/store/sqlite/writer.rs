@@ -346,6 +346,7 @@ impl Plan {
     }
 
     fn build_upsert_sql(&self, rows: usize, skip_existing: bool) -> String {
+        use std::fmt::Write as _;
         let tail = if skip_existing {
             &self.insert_tail
         } else {
@@ -354,7 +355,6 @@ impl Plan {
         let mut sql = String::with_capacity(
             self.upsert_head.len() + rows * (self.row_params * 7 + 24) + tail.len(),
         );
-        use std::fmt::Write as _;
         sql.push_str(&self.upsert_head);
         let per_row = self.params_per_row(skip_existing);
         for r in 0..rows {

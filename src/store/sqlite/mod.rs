@@ -7,6 +7,7 @@
 //! commits. Migrations are the files in `migrations/sqlite/`, tracked with `PRAGMA user_version`.
 
 mod checkpoint;
+mod raw;
 mod tables;
 mod writer;
 

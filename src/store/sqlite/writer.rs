@@ -14,7 +14,7 @@
 //! that one (opening costs a millisecond; the retry waits at least 100 ms anyway).
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ use rusqlite::{Connection, ErrorCode, Transaction, TransactionBehavior, params};
 use rust_decimal::Decimal;
 
 use super::now_text;
+use super::raw::Statements;
 use super::tables::since_column;
 use super::{ident, is_transient};
 use crate::dataset::Dataset;
@@ -426,6 +427,9 @@ enum Action {
 pub type Reopen = Box<dyn Fn() -> StoreResult<Connection> + Send>;
 
 pub struct SqliteSink {
+    /// The multi-row write statements of `conn` (declared first: finalized before `conn`
+    /// closes; cleared when it is replaced).
+    statements: RefCell<Statements>,
     conn: Connection,
     reopen: Reopen,
     /// The connection failed in a way that may have left it unusable: open a new one first.
@@ -463,6 +467,7 @@ impl SqliteSink {
         org: i64,
     ) -> Self {
         Self {
+            statements: RefCell::default(),
             conn,
             reopen,
             suspect: false,
@@ -518,6 +523,7 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
 impl BatchSink for SqliteSink {
     fn commit(&mut self, batch: &Batch, checkpoint: u64) -> Result<BatchCounts, SinkError> {
         if self.suspect {
+            self.statements.get_mut().clear();
             self.conn = (self.reopen)().map_err(|e| SinkError::Retryable(e.to_string()))?;
             self.suspect = false;
             tracing::info!("the batch writer opened a new database connection");
@@ -542,6 +548,7 @@ impl SqliteSink {
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
+            statements: &self.statements,
             job: owner,
             org: self.org,
             mode: self.mode,
@@ -633,6 +640,7 @@ impl SqliteSink {
         let ctx = WriteCtx {
             ds: &self.dataset,
             plan,
+            statements: &self.statements,
             job: self.owner(),
             org: self.org,
             mode: self.mode,
@@ -770,6 +778,8 @@ fn finish_batch(
 struct WriteCtx<'a> {
     ds: &'a Dataset,
     plan: &'a Plan,
+    /// The connection's multi-row write statements.
+    statements: &'a RefCell<Statements>,
     job: i64,
     org: i64,
     mode: Mode,
@@ -1059,19 +1069,21 @@ impl WriteCtx<'_> {
         skip_existing: bool,
     ) -> rusqlite::Result<usize> {
         let mut written = 0;
+        let mut statements = self.statements.borrow_mut();
         for chunk in rows.chunks(self.plan.rows_per_insert) {
-            let mut stmt = tx.prepare_cached(&self.plan.upsert_sql(chunk.len(), skip_existing))?;
-            stmt.raw_bind_parameter(1, self.job)?;
-            stmt.raw_bind_parameter(2, &self.now)?;
-            stmt.raw_bind_parameter(3, self.org)?;
+            let sql = self.plan.upsert_sql(chunk.len(), skip_existing);
+            let mut stmt = statements.bind(tx, sql)?;
+            stmt.int(1, self.job)?;
+            stmt.text(2, &self.now)?;
+            stmt.int(3, self.org)?;
             let mut idx = 4;
             for (i, changed) in chunk {
                 let values = batch.row_values(*i);
                 for &f in &self.plan.present {
-                    stmt.raw_bind_parameter(idx, &values[f])?;
+                    stmt.value(idx, &values[f])?;
                     idx += 1;
                 }
-                stmt.raw_bind_parameter(idx, batch.rows[*i] as i64)?;
+                stmt.int(idx, batch.rows[*i] as i64)?;
                 idx += 1;
                 if skip_existing {
                     continue;
@@ -1082,13 +1094,13 @@ impl WriteCtx<'_> {
                         _ => None,
                     };
                     match keep_old {
-                        Some(since) => stmt.raw_bind_parameter(idx, since)?,
-                        None => stmt.raw_bind_parameter(idx, &self.now)?,
+                        Some(since) => stmt.text(idx, since)?,
+                        None => stmt.text(idx, &self.now)?,
                     }
                     idx += 1;
                 }
             }
-            written += stmt.raw_execute()?;
+            written += stmt.execute()?;
         }
         Ok(written)
     }
@@ -1115,6 +1127,7 @@ impl WriteCtx<'_> {
     /// Records each created and updated row in the ledger (see [`crate::store::ledger`]):
     /// multi-row statements, the batch's organisation, dataset, job and time bound once.
     fn ledger(&self, tx: &Connection, batch: &Batch, rows: &[Write<'_>]) -> rusqlite::Result<()> {
+        let mut statements = self.statements.borrow_mut();
         for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
             let sql = sized(
                 &self.plan.full.ledger,
@@ -1122,11 +1135,11 @@ impl WriteCtx<'_> {
                 chunk.len(),
                 ledger_sql,
             );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            stmt.raw_bind_parameter(1, self.org)?;
-            stmt.raw_bind_parameter(2, &self.ds.name)?;
-            stmt.raw_bind_parameter(3, self.job)?;
-            stmt.raw_bind_parameter(4, &self.now)?;
+            let mut stmt = statements.bind(tx, sql)?;
+            stmt.int(1, self.org)?;
+            stmt.text(2, &self.ds.name)?;
+            stmt.int(3, self.job)?;
+            stmt.text(4, &self.now)?;
             let mut idx = 5;
             for (i, changed) in chunk {
                 let values = batch.row_values(*i);
@@ -1140,13 +1153,14 @@ impl WriteCtx<'_> {
                 } else {
                     Op::Created
                 };
-                stmt.raw_bind_parameter(idx, op.as_str())?;
-                stmt.raw_bind_parameter(idx + 1, ledger::key_json(self.ds, values))?;
-                stmt.raw_bind_parameter(idx + 2, old)?;
+                stmt.text(idx, op.as_str())?;
+                stmt.owned(idx + 1, Some(ledger::key_json(self.ds, values)))?;
+                stmt.owned(idx + 2, old)?;
                 idx += 3;
             }
-            stmt.raw_execute()?;
+            stmt.execute()?;
         }
+        drop(statements);
         let [widen, range] = ledger::range_sql(crate::store::sql::Dialect::Sqlite);
         let n = rows.len() as i64;
         tx.prepare_cached(&widen.replace('$', "?"))?
@@ -1177,6 +1191,7 @@ impl WriteCtx<'_> {
         let nkey = self.ds.key.len();
         let per_row = nkey + 4;
         let per_statement = (MAX_BINDS / per_row).clamp(1, HISTORY_ROWS_PER_INSERT);
+        let mut statements = self.statements.borrow_mut();
         for chunk in records.chunks(per_statement) {
             let sql = sized(
                 &self.plan.full.history,
@@ -1184,25 +1199,34 @@ impl WriteCtx<'_> {
                 chunk.len(),
                 |rows| history_sql(head, rows, per_row),
             );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            stmt.raw_bind_parameter(1, &self.now)?;
-            stmt.raw_bind_parameter(2, self.job)?;
-            stmt.raw_bind_parameter(3, self.org)?;
+            let mut stmt = statements.bind(tx, sql)?;
+            stmt.text(1, &self.now)?;
+            stmt.int(2, self.job)?;
+            stmt.int(3, self.org)?;
             let mut idx = 4;
             for &(i, h, old) in chunk {
                 let values = batch.row_values(i);
                 let (field, pos) = self.plan.history[h];
                 for &k in &self.ds.key {
-                    stmt.raw_bind_parameter(idx, &values[k])?;
+                    stmt.value(idx, &values[k])?;
                     idx += 1;
                 }
-                stmt.raw_bind_parameter(idx, &self.ds.fields[field].name)?;
-                stmt.raw_bind_parameter(idx + 1, sql_to_text(&old.values[pos]))?;
-                stmt.raw_bind_parameter(idx + 2, values[field].to_text())?;
-                stmt.raw_bind_parameter(idx + 3, &old.since[h])?;
+                stmt.text(idx, &self.ds.fields[field].name)?;
+                match &old.values[pos] {
+                    SqlValue::Text(t) => stmt.text(idx + 1, t)?,
+                    other => stmt.owned(idx + 1, sql_to_text(other))?,
+                }
+                match &values[field] {
+                    Value::Text(t) => stmt.text(idx + 2, t)?,
+                    other => stmt.owned(idx + 2, other.to_text())?,
+                }
+                match &old.since[h] {
+                    Some(since) => stmt.text(idx + 3, since)?,
+                    None => stmt.null(idx + 3)?,
+                }
                 idx += 4;
             }
-            stmt.raw_execute()?;
+            stmt.execute()?;
         }
         Ok(())
     }

@@ -3,7 +3,8 @@
 # the local server, dropped afterwards).
 #   bench/import-postgres.sh [ROWS] [SERVER_URL]   (defaults: 700000, postgres://postgres@127.0.0.1:5432)
 # In the same run it measures its reference, `psql \copy` into a typed table with a primary key (update pass: `\copy` into a scratch table plus one upsert), and prints the ratio.
-# Extra arguments go to bench/import_bench.py (e.g. --runs 3, --first-only).
+# Extra arguments go to bench/import_bench.py (e.g. --runs 3, --first-only, or --baseline OLDER_BINARY
+# to measure an earlier build in the same run, alternating).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROWS="${1:-700000}"

@@ -48,6 +48,14 @@ def peak_rss_mb(pid):
     return float("nan")
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process and all its threads so far (`/proc/PID/stat`):
+    steadier than wall time on a shared machine, so small changes show in it first."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_import(base, path, dataset="products", query=""):
     """Uploads `path` (`query`: more parameters, `&mode=replace`) and waits for its job."""
     size = os.path.getsize(path)
@@ -157,16 +165,18 @@ def postgres_reference(server, first, second):
         psql(server, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
 
-def bench_server(args, work, runs):
-    """Starts a fresh server, imports each (label, path) in turn; returns the end-to-end seconds
-    and prints each run."""
+def bench_server(args, work, runs, binary=None):
+    """Starts a fresh server (`binary`, else `--binary`), imports each (label, path) in turn;
+    returns the end-to-end seconds and prints each run."""
     data = tempfile.mkdtemp(prefix="data-", dir=work)
     times = []
     try:
-        with server_at(args.binary, data, args.postgres,
+        with server_at(binary or args.binary, data, args.postgres,
                        ["--workers", str(args.workers), *args.server_arg]) as (base, server):
             for label, path in runs:
+                cpu = cpu_seconds(server.pid)
                 r = run_import(base, path)
+                cpu = cpu_seconds(server.pid) - cpu
                 d = r["status"]
                 rows = d["progress"]["total"]
                 assert d["status"] == "completed", d
@@ -178,6 +188,7 @@ def bench_server(args, work, runs):
                       f"end to end {total:.2f} s")
                 print(f"  created {d['createdCount']} updated {d['updatedCount']} "
                       f"unchanged {d['unchangedCount']} errors {d['errorCount']}")
+                print(f"  server CPU {cpu:.2f} s (sluice only; not the database server's)")
                 print(f"  server peak RSS so far: {peak_rss_mb(server.pid):.1f} MB")
     finally:
         shutil.rmtree(data, ignore_errors=True)
@@ -187,6 +198,10 @@ def bench_server(args, work, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
+    ap.add_argument("--baseline", metavar="BINARY", default=None,
+                    help="another build to measure in the same run, alternating with --binary "
+                         "(each run: the reference, then this, then --binary), so a change is "
+                         "judged against the build before it in the same minutes")
     ap.add_argument("--rows", type=int, default=700000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--format", choices=["csv", "xlsx"], default="csv",
@@ -232,11 +247,17 @@ def main():
                 ref = list(sqlite_reference(work, csv_first, csv_second).values())
             for label, seconds in zip(labels, ref):
                 print(f"reference, {name}, {label}: {seconds:.2f} s")
-            mine = bench_server(args, work, list(zip(labels, files[args.format])))
-            for label, a, b in zip(labels, mine, ref):
-                line = f"run {run}, {label}: sluice {a:.2f} s, {name} {b:.2f} s, ratio {a / b:.2f}x"
-                print(line)
-                summary.append(line)
+            builds = [("sluice", args.binary)]
+            if args.baseline:
+                builds.insert(0, ("baseline", args.baseline))
+            for who, binary in builds:
+                print(f"-- {who}: {binary}")
+                mine = bench_server(args, work, list(zip(labels, files[args.format])), binary)
+                for label, a, b in zip(labels, mine, ref):
+                    line = (f"run {run}, {label}: {who} {a:.2f} s, {name} {b:.2f} s, "
+                            f"ratio {a / b:.2f}x")
+                    print(line)
+                    summary.append(line)
         print("== summary")
         print("\n".join(summary))
     finally:

@@ -474,6 +474,12 @@ fn empty_sheet(path: &Path, format: Format, options: &SourceOptions, header: boo
 /// file, no validation of values). The job's total is set to the rows actually read (or, for a
 /// split job, the chunks' rows) when it completes.
 pub fn row_total(path: &Path, format: Format, options: &SourceOptions) -> Result<u64, FileError> {
+    // A workbook that cannot be read this way is opened whole below, for its error.
+    if format == Format::Xlsx
+        && let Ok(Some(rows)) = xlsx::declared_rows(path, options)
+    {
+        return Ok(rows);
+    }
     let mut source = Source::open(path, format, options)?;
     if let Source::Xlsx(sheet) = &source
         && let Some(rows) = sheet.declared_rows()

@@ -1004,6 +1004,48 @@ pub(super) fn sheets_with_rows(path: &Path) -> Result<Vec<(String, bool, bool)>,
     Ok(out)
 }
 
+/// The data rows the chosen sheet's `<dimension>` promises, read without the shared strings or
+/// styles: the sheet part up to its first row with a cell (the header, as far as this can tell
+/// without reading cells; an estimate like [`XlsxSource::declared_rows`]). `None` without a
+/// dimension. Loading the shared strings (49 MB, 1.4M strings in the 700k-row benchmark file)
+/// took 0.17 s, and the job then opened the file again to read it.
+pub fn declared_rows(path: &Path, options: &SourceOptions) -> Result<Option<u64>, FileError> {
+    let mut zip = archive::open(path)?;
+    let wb = read_workbook(&mut zip)?;
+    let index = pick_sheet(&sheet_list(&wb), options.sheet.as_deref())?;
+    let mut xml = Tokenizer::new(MarkupGuard::new(sheet_stream(
+        &mut zip,
+        path,
+        &wb.sheets[index],
+    )?));
+    let (mut last, mut row, mut in_row) = (None, 0, false);
+    loop {
+        match xml.next_token()? {
+            Token::Start {
+                name: b"dimension",
+                attrs,
+                ..
+            } if !in_row => {
+                last = dimension_last_row(attrs)?;
+            }
+            Token::Start {
+                name: b"row",
+                attrs,
+                empty,
+            } => {
+                row = row_number(attrs, row)?;
+                in_row = !empty;
+            }
+            Token::Start { name: b"c", .. } if in_row => {
+                return Ok(last.map(|last| last.saturating_sub(row)));
+            }
+            Token::End { name: b"row" } => in_row = false,
+            Token::End { name: b"sheetData" } | Token::Eof => return Ok(None),
+            _ => {}
+        }
+    }
+}
+
 impl XlsxSource {
     pub fn open(path: &Path, options: &SourceOptions) -> Result<Self, FileError> {
         let mut zip = archive::open(path)?;
@@ -1104,6 +1146,33 @@ impl XlsxSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_rows_are_read_without_the_strings_as_with_them() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let mut compared = 0;
+        for file in [
+            "libreoffice/items.xlsx",
+            "times/times.xlsx",
+            "openpyxl/date1904_excel2013.xlsx",
+            "openpyxl/cover_first.xlsx",
+        ] {
+            let path = root.join(file);
+            for sheet in [None, Some("Data".to_string())] {
+                let options = SourceOptions {
+                    sheet,
+                    ..SourceOptions::default()
+                };
+                let Ok(whole) = XlsxSource::open(&path, &options) else {
+                    continue;
+                };
+                let light = declared_rows(&path, &options).expect(file);
+                assert_eq!(light, whole.declared_rows(), "{file} {:?}", options.sheet);
+                compared += 1;
+            }
+        }
+        assert!(compared >= 4, "{compared}");
+    }
 
     #[test]
     fn references_and_paths() {

@@ -660,6 +660,36 @@ async fn rows_the_database_refuses_are_rejected_one_by_one_and_the_rest_are_writ
     assert_eq!(count as usize, 2000 - refused.len());
 }
 
+/// Uploads `text` as a products CSV and waits for its job to complete: (job, status).
+async fn import_csv(app: &TestApp, text: &str) -> (i64, Value) {
+    let (code, body) = app
+        .upload_text_as(TOKEN, "/api/v1/import/products", "p.csv", text, &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let job = job_id(&body);
+    let s = app.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    (job, s)
+}
+
+/// The first `limit` row errors of `job`, as (row, message).
+async fn error_rows(app: &TestApp, job: i64, limit: usize) -> Vec<(u64, String)> {
+    let (_, errs) = app
+        .get_json(&format!("/api/v1/import/{job}/errors?limit={limit}"))
+        .await;
+    errs["data"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["row"].as_u64().unwrap(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// Batches of 100 whose keys are all new take the writer's fast path (every row inserted at
 /// once, no lookup); a key repeated from an earlier batch or within the batch, or a key another
 /// organisation's import does not share, must still come out exactly as on the usual path.
@@ -684,36 +714,10 @@ async fn repeated_keys_after_all_new_batches_are_still_caught(backend: Backend) 
             n => row(n),
         });
     }
-    let import = |text: String| {
-        let app = &app;
-        async move {
-            let (code, body) = app
-                .upload_text_as(TOKEN, "/api/v1/import/products", "p.csv", &text, &[])
-                .await;
-            assert_eq!(code, 202, "{body}");
-            let job = job_id(&body);
-            let s = app.wait_done(job, MINUTE).await;
-            assert_eq!(s["status"], "completed", "{s}");
-            (job, s)
-        }
-    };
-    let (job, s) = import(text.clone()).await;
+    let (job, s) = import_csv(&app, &text).await;
     assert_eq!(s["createdCount"], 998, "{s}");
     assert_eq!(s["errorCount"], 2, "{s}");
-    let (_, errs) = app
-        .get_json(&format!("/api/v1/import/{job}/errors?limit=10"))
-        .await;
-    let errors: Vec<(u64, String)> = errs["data"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["row"].as_u64().unwrap(),
-                e["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let errors = error_rows(&app, job, 10).await;
     assert_eq!(
         errors,
         [
@@ -729,7 +733,7 @@ async fn repeated_keys_after_all_new_batches_are_still_caught(backend: Backend) 
         998
     );
     // The same file again: nothing new, so no batch is tried the fast way.
-    let (_, again) = import(text).await;
+    let (_, again) = import_csv(&app, &text).await;
     assert_eq!(again["unchangedCount"], 998, "{again}");
     assert_eq!(again["errorCount"], 2, "{again}");
 }
@@ -751,23 +755,10 @@ async fn keys_repeated_across_update_batches_are_caught(backend: Backend) {
             key % 90 + 1
         )
     };
-    let import = |text: String| {
-        let app = &app;
-        async move {
-            let (code, body) = app
-                .upload_text_as(TOKEN, "/api/v1/import/products", "p.csv", &text, &[])
-                .await;
-            assert_eq!(code, 202, "{body}");
-            let job = job_id(&body);
-            let s = app.wait_done(job, MINUTE).await;
-            assert_eq!(s["status"], "completed", "{s}");
-            (job, s)
-        }
-    };
     let base: String = std::iter::once(header.to_string())
         .chain((1..=400).map(|k| row(k, 50)))
         .collect();
-    let (_, s) = import(base).await;
+    let (_, s) = import_csv(&app, &base).await;
     assert_eq!(s["createdCount"], 400, "{s}");
     // Data row n has key 300 + n: keys 301-400 exist (updated), 401-700 are new. The first
     // row of every batch from the second on repeats the key of the last row of the batch
@@ -782,7 +773,7 @@ async fn keys_repeated_across_update_batches_are_caught(backend: Backend) {
         };
         text.push_str(&row(key, 75));
     }
-    let (job, s) = import(text).await;
+    let (job, s) = import_csv(&app, &text).await;
     assert_eq!(
         (
             &s["createdCount"],
@@ -793,20 +784,7 @@ async fn keys_repeated_across_update_batches_are_caught(backend: Backend) {
         (&293.into(), &99.into(), &0.into(), &8.into()),
         "{s}"
     );
-    let (_, errs) = app
-        .get_json(&format!("/api/v1/import/{job}/errors?limit=20"))
-        .await;
-    let errors: Vec<(u64, String)> = errs["data"]["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            (
-                e["row"].as_u64().unwrap(),
-                e["message"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let errors = error_rows(&app, job, 20).await;
     let first_seen =
         |row: u64, first: u64| (row, format!("duplicate key, first seen at row {first}"));
     assert_eq!(

@@ -23,9 +23,8 @@ use std::ffi::{CStr, c_char, c_int};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
+use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
 use rusqlite::{Connection, ffi};
-
-use crate::import::Value;
 
 /// Prepared full-size statements of one connection, by their text.
 #[derive(Default)]
@@ -187,14 +186,32 @@ impl<'a> Bound<'_, 'a> {
         unsafe { self.bind_static(index, ptr, len) }
     }
 
-    /// Binds an import value (text where it is; a decimal as its text, kept for the run).
-    pub fn value(&mut self, index: usize, v: &'a Value) -> rusqlite::Result<()> {
-        match v {
-            Value::Null => self.null(index),
-            Value::Text(s) | Value::Date(s) | Value::DateTime(s) => self.text(index, s),
-            Value::Int(i) => self.int(index, *i),
-            Value::Decimal(d) => self.owned(index, Some(d.to_string())),
-            Value::Bool(b) => self.int(index, i64::from(*b)),
+    /// Binds a value as its `ToSql` gives it (for an import value, the writer's one rule):
+    /// borrowed text where it is, text made for the value kept for the run.
+    pub fn value(&mut self, index: usize, v: &'a dyn ToSql) -> rusqlite::Result<()> {
+        match v.to_sql()? {
+            ToSqlOutput::Borrowed(ValueRef::Null) | ToSqlOutput::Owned(SqlValue::Null) => {
+                self.null(index)
+            }
+            ToSqlOutput::Borrowed(ValueRef::Integer(i))
+            | ToSqlOutput::Owned(SqlValue::Integer(i)) => self.int(index, i),
+            // SAFETY: the bytes are borrowed from `v` for `'a`, and `ToSql` text is UTF-8.
+            ToSqlOutput::Borrowed(ValueRef::Text(t)) => unsafe {
+                self.bind_static(index, t.as_ptr(), t.len())
+            },
+            ToSqlOutput::Owned(SqlValue::Text(t)) => self.owned(index, Some(t)),
+            other => Err(rusqlite::Error::ToSqlConversionFailure(
+                format!("a value the batch writer does not bind: {other:?}").into(),
+            )),
+        }
+    }
+
+    /// Binds a text that is borrowed or made for this run; `None` binds NULL.
+    pub fn text_or_owned(&mut self, index: usize, s: Option<Cow<'a, str>>) -> rusqlite::Result<()> {
+        match s {
+            Some(Cow::Borrowed(s)) => self.text(index, s),
+            Some(Cow::Owned(s)) => self.owned(index, Some(s)),
+            None => self.null(index),
         }
     }
 
@@ -258,6 +275,7 @@ impl Drop for Bound<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::import::Value;
     use rust_decimal::Decimal;
 
     fn table() -> Connection {

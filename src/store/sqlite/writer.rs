@@ -1212,18 +1212,13 @@ impl WriteCtx<'_> {
                     idx += 1;
                 }
                 stmt.text(idx, &self.ds.fields[field].name)?;
-                match &old.values[pos] {
-                    SqlValue::Text(t) => stmt.text(idx + 1, t)?,
-                    other => stmt.owned(idx + 1, sql_to_text(other))?,
-                }
-                match &values[field] {
-                    Value::Text(t) => stmt.text(idx + 2, t)?,
-                    other => stmt.owned(idx + 2, other.to_text())?,
-                }
-                match &old.since[h] {
-                    Some(since) => stmt.text(idx + 3, since)?,
-                    None => stmt.null(idx + 3)?,
-                }
+                stmt.text_or_owned(idx + 1, sql_text(&old.values[pos]))?;
+                let new = match &values[field] {
+                    Value::Text(t) => Some(Cow::Borrowed(t.as_str())),
+                    other => other.to_text().map(Cow::Owned),
+                };
+                stmt.text_or_owned(idx + 2, new)?;
+                stmt.text_or_owned(idx + 3, old.since[h].as_deref().map(Cow::Borrowed))?;
                 idx += 4;
             }
             stmt.execute()?;

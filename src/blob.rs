@@ -259,14 +259,19 @@ impl BlobStore {
             .map(|_| self.dir.join(format!("{name}.{}.part", owner_tag())))
     }
 
-    /// Turns the arrived (and fsynced) temp file of `name` into the blob itself, durably.
+    /// Turns the arrived (and fsynced) temp file of `name` into the blob itself, durably. In
+    /// database mode the file is only a spool, neither synced nor renamed durably: what must
+    /// survive a crash is the store's copy ([`BlobStore::publish`], committed before the job
+    /// that reads it); a spool left by a crash is an orphan for [`BlobStore::sweep_orphans`].
     pub fn finish(&self, name: &str) -> io::Result<()> {
         let (Some(temp), Some(path)) = (self.temp_path(name), self.path(name)) else {
             return Err(io::Error::other("invalid blob name"));
         };
         std::fs::rename(&temp, &path)?;
         #[cfg(unix)]
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        if !self.in_database_mode() {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
         Ok(())
     }
 

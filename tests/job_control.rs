@@ -50,7 +50,7 @@ async fn a_paused_job_stops_committing_and_resumes_to_exact_counts(backend: Back
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "60000", "--error-rate", "0.03", "--seed", "21"],
+        &["--rows", "200000", "--error-rate", "0.03", "--seed", "21"],
     );
     let job = job_id(&app.upload("products", &file).await.1);
     wait_for_progress(&app, job).await;
@@ -457,13 +457,16 @@ async fn cancel_and_retry_carry_to_the_chunks_of_a_split_job(backend: Backend) {
         backend,
         batch_size: 200,
         lease_seconds: 2,
-        extra_args: vec!["--chunk-rows".into(), "10000".into()],
+        extra_args: vec!["--chunk-rows".into(), "50000".into()],
         ..Default::default()
     });
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "40000", "--error-rate", "0.02", "--seed", "61"],
+        // Large enough that the cancel lands mid-import even when the test process stalls for
+        // a second or two on a loaded machine (40,000 rows in chunks of 10,000 once finished
+        // between the first progress and the cancel, in CI).
+        &["--rows", "200000", "--error-rate", "0.02", "--seed", "61"],
     );
     let job = job_id(&app.upload("products", &file).await.1);
     wait_for_progress(&app, job).await;

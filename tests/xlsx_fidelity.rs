@@ -492,3 +492,76 @@ async fn a_sheets_declared_range_is_only_the_progress_estimate_and_the_total_com
     assert_eq!(s["createdCount"], 4);
     assert_eq!(items(&app).len(), 44);
 }
+
+/// A package of one sheet (`rows`) with this shared-string part, written as given.
+fn with_strings_part(rows: &str, sst: String) -> Vec<u8> {
+    parts_xlsx(&[
+        ("[Content_Types].xml", TYPES.to_string()),
+        (
+            "_rels/.rels",
+            rels_xml(&[("rId1", "officeDocument", "xl/workbook.xml")]),
+        ),
+        ("xl/workbook.xml", workbook_xml(&[("Sheet1", "rId1")])),
+        (
+            "xl/_rels/workbook.xml.rels",
+            rels_xml(&[
+                ("rId1", "worksheet", "worksheets/sheet1.xml"),
+                ("rId2", "sharedStrings", "sharedStrings.xml"),
+            ]),
+        ),
+        ("xl/worksheets/sheet1.xml", sheet_xml(rows)),
+        ("xl/sharedStrings.xml", sst),
+    ])
+}
+
+#[tokio::test]
+async fn shared_strings_read_beside_the_sheet_give_every_cell_its_own_string() {
+    // The shared strings are unpacked on a thread of their own while the sheet is read, and
+    // handed to it every 64 KiB: a table of 12,032 strings (about 600 KB) arrives in several
+    // hand-overs while the rows are read. The names follow the table in order; the keys run up
+    // to 63 rows ahead of them and behind them (rows shuffled in blocks of 64).
+    let app = items_app();
+    let n = 6016usize;
+    let strings: Vec<String> = (0..2 * n)
+        .map(|i| format!("s{i:05}-{}", "w".repeat(i % 80)))
+        .collect();
+    let code_of = |r: usize| 2 * (r ^ 63);
+    let mut rows = header(&["code", "name"]);
+    for r in 0..n {
+        let line = r + 2;
+        rows += &format!(
+            r#"<row r="{line}"><c r="A{line}" t="s"><v>{}</v></c><c r="B{line}" t="s"><v>{}</v></c></row>"#,
+            code_of(r),
+            2 * r + 1
+        );
+    }
+    let refs: Vec<&str> = strings.iter().map(String::as_str).collect();
+    let s = import(&app, "strings.xlsx", one_sheet(&rows, &refs), &[]).await;
+    assert_eq!(s["results"]["successCount"], n, "{s}");
+    let mut want: Vec<Item> = (0..n)
+        .map(|r| {
+            let name = strings[2 * r + 1].as_str();
+            item(&strings[code_of(r)], Some(name), None, None)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(items(&app), want);
+
+    // A table damaged after every string the cells use still fails the file, as it did when
+    // the table was read whole before the first row; now at the end of the sheet, so the
+    // upload (which reads only the first row) is accepted and the job fails.
+    let mut sst = shared_strings_xml(&refs);
+    sst.insert_str(sst.len() - "</sst>".len(), "<si><t>&bogus;</t></si>");
+    let rows = header(&["code", "name"])
+        + r#"<row r="2"><c r="A2" t="s"><v>0</v></c><c r="B2" t="s"><v>1</v></c></row>"#;
+    let (code, body) = app
+        .upload_bytes("items", "damaged.xlsx", with_strings_part(&rows, sst), &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let s = app.wait_done(job_id(&body), MINUTE).await;
+    assert_eq!(s["status"], "failed", "{s}");
+    let message = s["error"].as_str().unwrap_or_default();
+    assert!(message.contains("undefined XML entity `&bogus;`"), "{s}");
+    assert_eq!(s["createdCount"], 0, "{s}");
+    assert_eq!(items(&app).len(), n);
+}

@@ -784,11 +784,14 @@ where
     if let Err(e) = out.flush().await {
         return Err(refuse(stream, ApiError::storage(e, "writing blob")).await);
     }
-    // The job row will point at this file: it must survive a crash once we answer.
-    out.get_ref()
-        .sync_all()
-        .await
-        .map_err(|e| ApiError::storage(e, "syncing blob"))?;
+    // The job row will point at this file: it must survive a crash once we answer. In database
+    // mode the job points at the store's copy instead, written in a transaction before the job.
+    if !saved.blobs.in_database_mode() {
+        out.get_ref()
+            .sync_all()
+            .await
+            .map_err(|e| ApiError::storage(e, "syncing blob"))?;
+    }
     drop(out);
     let (blobs, name) = (saved.blobs.clone(), saved.name.clone());
     tokio::task::spawn_blocking(move || blobs.finish(&name))

@@ -5,8 +5,9 @@
 //! part is found through the relationships, from `_rels/.rels` on ([`workbook_path`]), with
 //! entry names matched as Excel does ([`archive::entry_index`]). The
 //! shared strings are spilled to an unnamed temporary file beside the upload with a second file
-//! of end offsets, and read back through a small block cache, so memory does not grow with the
-//! number of distinct strings. The sheet is then parsed as it is unpacked, by the tokenizer of
+//! of end offsets, by a thread of their own while the sheet is read (a cell waits only for the
+//! strings up to its own), and read back through a small block cache, so memory does not grow
+//! with the number of distinct strings. The sheet is then parsed as it is unpacked, by the tokenizer of
 //! `xml.rs` (the small parts go through `quick-xml`): one row of cells at a time, missing cells
 //! padded with empty fields.
 //!
@@ -15,8 +16,10 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
 
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::name::ResolveResult;
@@ -370,7 +373,9 @@ fn read_date_styles(xml: &[u8]) -> Result<Vec<NumberFormat>, FileError> {
         .collect())
 }
 
-/// A file read through a small cache of blocks (least recently used goes first).
+/// A file read through a small cache of blocks (least recently used goes first), with
+/// positional reads: another handle may be appending to the file meanwhile, and `len` (what may
+/// be read) grows as it does.
 struct BlockFile {
     file: File,
     len: u64,
@@ -383,15 +388,14 @@ struct BlockFile {
 const BLOCK: usize = 16 * 1024;
 
 impl BlockFile {
-    fn new(mut file: File, slots: usize) -> io::Result<Self> {
-        let len = file.seek(SeekFrom::End(0))?;
-        Ok(Self {
+    fn new(file: File, slots: usize) -> Self {
+        Self {
             file,
-            len,
+            len: 0,
             slots: (0..slots).map(|_| (u64::MAX, 0, Vec::new())).collect(),
             tick: 0,
             last: 0,
-        })
+        }
     }
 
     fn read(&mut self, mut pos: u64, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
@@ -401,8 +405,7 @@ impl BlockFile {
         if len > BLOCK {
             let start = out.len();
             out.resize(start + len, 0);
-            self.file.seek(SeekFrom::Start(pos))?;
-            return self.file.read_exact(&mut out[start..]);
+            return self.file.read_exact_at(&mut out[start..], pos);
         }
         let mut left = len;
         while left > 0 {
@@ -414,36 +417,41 @@ impl BlockFile {
         Ok(())
     }
 
-    /// `len` bytes at `pos`, which lie within one block (and the file).
+    /// `len` bytes at `pos`, which lie within one block (and `self.len`).
     fn within_block(&mut self, pos: u64, len: usize) -> io::Result<&[u8]> {
-        let slot = self.slot(pos / BLOCK as u64)?;
         let offset = (pos % BLOCK as u64) as usize;
+        let slot = self.slot(pos / BLOCK as u64, offset + len)?;
         self.slots[slot]
             .2
             .get(offset..offset + len)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short block"))
     }
 
-    fn slot(&mut self, block: u64) -> io::Result<usize> {
+    /// The slot holding at least the first `need` bytes of `block`. A block cached while it
+    /// was the file's last, shorter one is read again once more of it is needed.
+    fn slot(&mut self, block: u64, need: usize) -> io::Result<usize> {
         self.tick += 1;
-        if self.slots[self.last].0 == block {
+        let holds = |s: &(u64, u64, Vec<u8>)| s.0 == block && s.2.len() >= need;
+        if holds(&self.slots[self.last]) {
             self.slots[self.last].1 = self.tick;
             return Ok(self.last);
         }
-        if let Some(i) = self.slots.iter().position(|s| s.0 == block) {
-            self.slots[i].1 = self.tick;
-            self.last = i;
-            return Ok(i);
-        }
-        let i = (0..self.slots.len())
-            .min_by_key(|&i| self.slots[i].1)
-            .unwrap_or(0);
+        let i = match self.slots.iter().position(|s| s.0 == block) {
+            Some(i) if holds(&self.slots[i]) => {
+                self.slots[i].1 = self.tick;
+                self.last = i;
+                return Ok(i);
+            }
+            Some(i) => i,
+            None => (0..self.slots.len())
+                .min_by_key(|&i| self.slots[i].1)
+                .unwrap_or(0),
+        };
         let start = block * BLOCK as u64;
-        let n = (self.len - start).min(BLOCK as u64) as usize;
+        let n = self.len.saturating_sub(start).min(BLOCK as u64) as usize;
         let slot = &mut self.slots[i];
         slot.2.resize(n, 0);
-        self.file.seek(SeekFrom::Start(start))?;
-        self.file.read_exact(&mut slot.2)?;
+        self.file.read_exact_at(&mut slot.2, start)?;
         slot.0 = block;
         slot.1 = self.tick;
         self.last = i;
@@ -452,76 +460,99 @@ impl BlockFile {
 }
 
 /// The shared-string table, spilled to disk: string bytes in one file, end offsets (u64 LE) in
-/// another.
+/// another. The part is unpacked and spilled by a thread of its own ([`load_strings`]) while the
+/// sheet is read: a cell waits only for the strings up to its own (writers store them in the
+/// order cells first use them), not for the whole table — 0.17 s for the 1.4M strings of the
+/// 700k-row benchmark file, before any row.
 struct SharedStrings {
     data: BlockFile,
     ends: BlockFile,
+    /// Strings readable in the files.
     count: u64,
+    /// The loader's progress; `None` once it finished and its outcome was taken.
+    loader: Option<Arc<Loader>>,
 }
 
+/// What the loading thread and the reader share.
+#[derive(Default)]
+struct Loader {
+    state: Mutex<Loaded>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Loaded {
+    /// Strings whose bytes and end offset are in the files.
+    strings: u64,
+    /// Bytes of those strings.
+    bytes: u64,
+    /// The loader ended, with this outcome (taken by the reader).
+    done: Option<Result<(), FileError>>,
+    /// The reader is gone: the loader stops at its next hand-over.
+    abandoned: bool,
+}
+
+impl Loader {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Loaded> {
+        // The loader never panics while holding the lock; a poisoned state is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Spilled string bytes (or end offsets) handed to the reader at a time.
+const HANDOVER: usize = 64 * 1024;
+
 impl SharedStrings {
+    /// Starts loading the table from `stream` on a thread of its own.
     fn load(stream: EntryStream, spill_dir: &Path) -> Result<Self, FileError> {
         let data_file = tempfile::tempfile_in(spill_dir)?;
         let ends_file = tempfile::tempfile_in(spill_dir)?;
-        let mut data = BufWriter::with_capacity(256 * 1024, &data_file);
-        let mut ends = BufWriter::with_capacity(64 * 1024, &ends_file);
-        let mut reader = Tokenizer::new(MarkupGuard::new(stream));
-        let mut current = Vec::new();
-        let (mut in_si, mut in_t, mut phonetic) = (false, false, 0u32);
-        let mut offset: u64 = 0;
-        let mut count: u64 = 0;
-        let mut finish = |current: &mut Vec<u8>| -> Result<(), FileError> {
-            unescape_xstring(current, 0);
-            if current.len() > MAX_CELL_BYTES {
-                return Err(too_large());
-            }
-            data.write_all(current)?;
-            offset += current.len() as u64;
-            ends.write_all(&offset.to_le_bytes())?;
-            count += 1;
-            current.clear();
-            Ok(())
-        };
-        loop {
-            match reader.next_token()? {
-                Token::Start { name, empty, .. } => match (name, empty) {
-                    (b"si", false) => {
-                        in_si = true;
-                        current.clear();
-                    }
-                    (b"si", true) => finish(&mut current)?,
-                    (b"t", false) if in_si && phonetic == 0 => in_t = true,
-                    (b"rPh", false) => phonetic += 1,
-                    _ => {}
-                },
-                Token::Text(raw) if in_t => {
-                    xml::push_text(raw, &mut current)?;
-                    if current.len() > MAX_CELL_BYTES {
-                        return Err(too_large());
-                    }
-                }
-                Token::CData(raw) if in_t => xml::push_cdata(raw, &mut current)?,
-                Token::End { name } => match name {
-                    b"t" => in_t = false,
-                    b"rPh" => phonetic = phonetic.saturating_sub(1),
-                    b"si" if in_si => {
-                        in_si = false;
-                        finish(&mut current)?;
-                    }
-                    _ => {}
-                },
-                Token::Eof => break,
-                _ => {}
-            }
-        }
-        data.flush()?;
-        ends.flush()?;
-        drop((data, ends));
+        let loader = Arc::new(Loader::default());
+        let (data, ends) = (data_file.try_clone()?, ends_file.try_clone()?);
+        let theirs = loader.clone();
+        std::thread::Builder::new()
+            .name("sluice-strings".into())
+            .spawn(move || {
+                // The reader waits for an outcome: a panic is one too.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    load_strings(stream, data, ends, &theirs)
+                }))
+                .unwrap_or_else(|_| {
+                    Err(FileError::Unreadable(
+                        "the shared strings could not be read".into(),
+                    ))
+                });
+                theirs.lock().done = Some(outcome);
+                theirs.ready.notify_all();
+            })?;
         Ok(Self {
-            data: BlockFile::new(data_file, 64)?,
-            ends: BlockFile::new(ends_file, 16)?,
-            count,
+            data: BlockFile::new(data_file, 64),
+            ends: BlockFile::new(ends_file, 16),
+            count: 0,
+            loader: Some(loader),
         })
+    }
+
+    /// Waits until string `i` is readable or the loader has ended; the loader's error when it
+    /// ended with one before reaching string `i` (`i == u64::MAX`: waits for the end).
+    fn wait_for(&mut self, i: u64) -> Result<(), FileError> {
+        let Some(loader) = &self.loader else {
+            return Ok(());
+        };
+        let mut state = loader.lock();
+        while state.strings <= i && state.done.is_none() {
+            state = loader.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        self.count = state.strings;
+        self.data.len = state.bytes;
+        self.ends.len = state.strings * 8;
+        if state.strings <= i {
+            let outcome = state.done.take().unwrap_or(Ok(()));
+            drop(state);
+            self.loader = None;
+            outcome?;
+        }
+        Ok(())
     }
 
     fn end_of(&mut self, i: u64) -> io::Result<u64> {
@@ -536,18 +567,133 @@ impl SharedStrings {
     }
 
     /// Appends string `i`; `false` if the table has no such string.
-    fn get(&mut self, i: u64, out: &mut Vec<u8>) -> io::Result<bool> {
+    fn get(&mut self, i: u64, out: &mut Vec<u8>) -> Result<bool, FileError> {
         if i >= self.count {
-            return Ok(false);
+            self.wait_for(i)?;
+            if i >= self.count {
+                return Ok(false);
+            }
         }
+        self.read(i, out).map_err(|e| {
+            FileError::Unreadable(format!("the shared strings cannot be read ({e})"))
+        })?;
+        Ok(true)
+    }
+
+    /// Appends string `i`, which is readable.
+    fn read(&mut self, i: u64, out: &mut Vec<u8>) -> io::Result<()> {
         let start = if i == 0 { 0 } else { self.end_of(i - 1)? };
         let end = self.end_of(i)?;
         let len = end.checked_sub(start).ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "shared strings out of order")
         })?;
-        self.data.read(start, len as usize, out)?;
-        Ok(true)
+        self.data.read(start, len as usize, out)
     }
+}
+
+impl Drop for SharedStrings {
+    fn drop(&mut self) {
+        if let Some(loader) = &self.loader {
+            loader.lock().abandoned = true;
+        }
+    }
+}
+
+/// Unpacks the shared-string part into the spill files, handing them to the reader every
+/// [`HANDOVER`] bytes; stops early once the reader is gone.
+fn load_strings(
+    stream: EntryStream,
+    mut data_file: File,
+    mut ends_file: File,
+    loader: &Loader,
+) -> Result<(), FileError> {
+    let mut data = Vec::with_capacity(2 * HANDOVER);
+    let mut ends = Vec::with_capacity(HANDOVER);
+    let mut reader = Tokenizer::new(MarkupGuard::new(stream));
+    let mut current = Vec::new();
+    let (mut in_si, mut in_t, mut phonetic) = (false, false, 0u32);
+    let (mut offset, mut count) = (0u64, 0u64);
+    // Writes what is buffered and tells the reader; `false` when the reader is gone.
+    let mut hand_over = |data: &mut Vec<u8>, ends: &mut Vec<u8>, count: u64, offset: u64| {
+        data_file.write_all(data)?;
+        ends_file.write_all(ends)?;
+        data.clear();
+        ends.clear();
+        let mut state = loader.lock();
+        state.strings = count;
+        state.bytes = offset;
+        let go_on = !state.abandoned;
+        drop(state);
+        loader.ready.notify_all();
+        Ok::<bool, io::Error>(go_on)
+    };
+    loop {
+        let end_of_string = match reader.next_token()? {
+            Token::Start { name, empty, .. } => match (name, empty) {
+                (b"si", false) => {
+                    in_si = true;
+                    current.clear();
+                    false
+                }
+                (b"si", true) => true,
+                (b"t", false) if in_si && phonetic == 0 => {
+                    in_t = true;
+                    false
+                }
+                (b"rPh", false) => {
+                    phonetic += 1;
+                    false
+                }
+                _ => false,
+            },
+            Token::Text(raw) if in_t => {
+                xml::push_text(raw, &mut current)?;
+                if current.len() > MAX_CELL_BYTES {
+                    return Err(too_large());
+                }
+                false
+            }
+            Token::CData(raw) if in_t => {
+                xml::push_cdata(raw, &mut current)?;
+                false
+            }
+            Token::End { name } => match name {
+                b"t" => {
+                    in_t = false;
+                    false
+                }
+                b"rPh" => {
+                    phonetic = phonetic.saturating_sub(1);
+                    false
+                }
+                b"si" if in_si => {
+                    in_si = false;
+                    true
+                }
+                _ => false,
+            },
+            Token::Eof => break,
+            _ => false,
+        };
+        if end_of_string {
+            unescape_xstring(&mut current, 0);
+            if current.len() > MAX_CELL_BYTES {
+                return Err(too_large());
+            }
+            data.extend_from_slice(&current);
+            offset += current.len() as u64;
+            ends.extend_from_slice(&offset.to_le_bytes());
+            count += 1;
+            current.clear();
+            // Empty strings are offsets only: those bound the buffers too.
+            let full = data.len() >= HANDOVER || ends.len() >= HANDOVER;
+            if full && !hand_over(&mut data, &mut ends, count, offset)? {
+                return Ok(());
+            }
+        }
+    }
+    hand_over(&mut data, &mut ends, count, offset)?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -695,6 +841,7 @@ impl SheetReader {
                     b"row" => return Ok(true),
                     b"sheetData" => {
                         self.done = true;
+                        self.strings_whole()?;
                         return Ok(false);
                     }
                     _ => {}
@@ -706,9 +853,19 @@ impl SheetReader {
                             "the sheet ends in the middle of a row (the file is truncated)".into(),
                         ));
                     }
+                    self.strings_whole()?;
                     return Ok(false);
                 }
             }
+        }
+    }
+
+    /// At the end of the sheet: the shared strings' loader has read the whole table, without
+    /// an error (a damaged table fails the file even where no cell used the damaged part).
+    fn strings_whole(&mut self) -> Result<(), FileError> {
+        match &mut self.sst {
+            Some(sst) => sst.wait_for(u64::MAX),
+            None => Ok(()),
         }
     }
 
@@ -722,9 +879,7 @@ impl SheetReader {
             Kind::Shared if value.trim().is_empty() => {}
             Kind::Shared => {
                 let found = match (value.trim().parse::<u64>(), self.sst.as_mut()) {
-                    (Ok(i), Some(sst)) => sst.get(i, &mut self.bytes).map_err(|e| {
-                        FileError::Unreadable(format!("the shared strings cannot be read ({e})"))
-                    })?,
+                    (Ok(i), Some(sst)) => sst.get(i, &mut self.bytes)?,
                     _ => false,
                 };
                 if !found {
@@ -1172,6 +1327,34 @@ mod tests {
             }
         }
         assert!(compared >= 4, "{compared}");
+    }
+
+    #[test]
+    fn a_block_file_reads_what_was_appended_after_it_cached_the_last_block() {
+        let file = tempfile::tempfile().unwrap();
+        let mut writer = file.try_clone().unwrap();
+        let mut blocks = BlockFile::new(file, 2);
+        writer.write_all(b"0123456789").unwrap();
+        blocks.len = 10;
+        let mut out = Vec::new();
+        blocks.read(2, 8, &mut out).unwrap();
+        assert_eq!(out, b"23456789");
+        assert!(
+            blocks.read(8, 3, &mut out).is_err(),
+            "past what was handed over"
+        );
+        // More arrives, past the end of the first block: its cached short copy is read again.
+        let more: Vec<u8> = (0..BLOCK as u32 + 100).map(|i| (i % 251) as u8).collect();
+        writer.write_all(&more).unwrap();
+        blocks.len = 10 + more.len() as u64;
+        out.clear();
+        blocks.read(8, 40, &mut out).unwrap();
+        assert_eq!(&out[..2], b"89");
+        assert_eq!(&out[2..], &more[..38]);
+        out.clear();
+        let end = BLOCK - 10 + 50;
+        blocks.read(10, end, &mut out).unwrap();
+        assert_eq!(out, &more[..end]);
     }
 
     #[test]

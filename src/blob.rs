@@ -171,6 +171,99 @@ impl io::Write for NewBlob {
     }
 }
 
+/// Bytes of an arriving upload stored as one piece by [`UploadCopy`].
+const UPLOAD_PIECE: usize = 1024 * 1024;
+
+/// An upload copied into the store while it arrives (database mode): each full piece is
+/// stored on a blocking thread while the next one is received, in a transaction of its own
+/// ([`JobStore::blob_append`]: no wait for the disk — the job's insert makes it durable — and
+/// no connection held while the client is waited for), so the database's work runs beside the
+/// receiving instead of after it. At most one piece in flight and one being filled. Dropped
+/// without [`UploadCopy::finish`], what it stored is removed.
+pub struct UploadCopy {
+    store: Arc<dyn JobStore>,
+    name: String,
+    piece: Vec<u8>,
+    seq: i32,
+    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    finished: bool,
+}
+
+impl UploadCopy {
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<(), BlobError> {
+        while !data.is_empty() {
+            let n = (UPLOAD_PIECE - self.piece.len()).min(data.len());
+            self.piece.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.piece.len() == UPLOAD_PIECE {
+                self.send().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the last piece and waits for every piece to be stored.
+    pub async fn finish(mut self) -> Result<(), BlobError> {
+        if !self.piece.is_empty() {
+            self.send().await?;
+        }
+        self.wait().await?;
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Removes what was stored, once a piece still being stored has landed.
+    pub async fn discard(mut self) {
+        self.finished = true;
+        let _ = self.wait().await;
+        let (store, name) = (self.store.clone(), std::mem::take(&mut self.name));
+        let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
+    }
+
+    /// Starts storing the filled piece once the one before is stored.
+    async fn send(&mut self) -> Result<(), BlobError> {
+        self.wait().await?;
+        let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(UPLOAD_PIECE));
+        let (store, name, seq) = (self.store.clone(), self.name.clone(), self.seq);
+        self.seq += 1;
+        self.pending = Some(tokio::task::spawn_blocking(move || {
+            store.blob_append(&name, seq, &piece)
+        }));
+        Ok(())
+    }
+
+    async fn wait(&mut self) -> Result<(), BlobError> {
+        if let Some(pending) = self.pending.take() {
+            pending
+                .await
+                .map_err(|e| StoreError::Other(format!("storing a piece of the upload: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for UploadCopy {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (store, name, pending) = (
+            self.store.clone(),
+            std::mem::take(&mut self.name),
+            self.pending.take(),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                // A piece still being stored lands first, then everything goes.
+                if let Some(pending) = pending {
+                    let _ = pending.await;
+                }
+                let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
+            });
+        }
+    }
+}
+
 /// Why [`BlobStore::create_many`] failed: the caller's writing, or the storing.
 #[derive(Debug)]
 pub enum ManyError<E> {
@@ -341,17 +434,36 @@ impl BlobStore {
         Ok(swept)
     }
 
-    /// Makes an accepted upload readable by every worker: in database mode, copies the spooled
-    /// file into the store and removes the spool. Blocking.
+    /// Makes an accepted upload readable by every worker: in database mode, makes sure the
+    /// store holds the spooled file whole — an upload copied while it arrived
+    /// ([`BlobStore::upload_copy`]) only has its size checked; otherwise (or when pieces are
+    /// missing) the spool is copied — and removes the spool. Blocking.
     pub fn publish(&self, name: &str) -> Result<(), BlobError> {
         let Some(store) = &self.database else {
             return Ok(());
         };
         let path = self.path(name).ok_or(BlobError::Missing)?;
         let mut file = std::fs::File::open(&path)?;
-        store.blob_write(name, &mut file)?;
+        let size = file.metadata()?.len();
+        if size == 0 || store.blob_size(name)? != size {
+            store.blob_write(name, &mut file)?;
+        }
         let _ = std::fs::remove_file(&path);
         Ok(())
+    }
+
+    /// In database mode, a copy of upload `name` into the store made while it arrives (see
+    /// [`UploadCopy`]); `None` locally. Needs a Tokio runtime.
+    pub fn upload_copy(&self, name: &str) -> Option<UploadCopy> {
+        let store = self.database.clone()?;
+        Some(UploadCopy {
+            store,
+            name: name.to_string(),
+            piece: Vec::with_capacity(UPLOAD_PIECE),
+            seq: 0,
+            pending: None,
+            finished: false,
+        })
     }
 
     /// Creates blobs `names` (new names) with what `fill` writes into each; their sizes. Locally

@@ -507,7 +507,80 @@ async fn an_upload_whose_client_leaves_during_the_job_insert_keeps_the_jobs_file
     assert_eq!(done["results"]["successCount"], 5, "{done}");
 }
 
+/// In database mode an upload is stored in pieces while it arrives: the job's stored file is
+/// the upload byte for byte, and a client that leaves in the middle takes the pieces stored so
+/// far along (locally: its partial file).
+async fn an_upload_stored_while_it_arrives_is_whole_and_one_cut_off_leaves_nothing(
+    backend: Backend,
+) {
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 0,
+        ..AppOptions::default()
+    });
+    let body = csv(120_000);
+    assert!(body.len() > 4 << 20, "{}", body.len());
+    let (code, answer) = app
+        .upload_bytes("products", "big.csv", body.clone().into_bytes(), &[])
+        .await;
+    assert_eq!(code, 202, "{answer}");
+    let job = job_id(&answer);
+    let mut db = app.db();
+    let blob = db
+        .value(&format!("SELECT blob FROM jobs WHERE id = {job}"))
+        .expect("blob");
+    let sha = db
+        .value(&format!("SELECT sha256 FROM jobs WHERE id = {job}"))
+        .expect("sha256");
+    if backend == Backend::Postgres {
+        let pieces = db.number(&format!(
+            "SELECT count(*) FROM blob_chunks WHERE blob = '{blob}'"
+        ));
+        assert_eq!(pieces as usize, body.len().div_ceil(1 << 20));
+        let stored = db.value(&format!(
+            "SELECT encode(sha256(string_agg(data, ''::bytea ORDER BY seq)), 'hex') \
+             FROM blob_chunks WHERE blob = '{blob}'"
+        ));
+        assert_eq!(
+            stored.as_deref(),
+            Some(sha.as_str()),
+            "the stored file differs"
+        );
+        assert!(blob_files(&app).is_empty(), "{:?}", blob_files(&app));
+    }
+    assert_eq!(app.blob_count(), 1);
+
+    // A client that leaves after 3 MB of a 10 MB upload.
+    let mut s = raw_upload(
+        &app,
+        "/api/v1/import/products?filename=left.csv",
+        "text/csv",
+        10_000_000,
+    )
+    .await;
+    s.write_all(&body.as_bytes()[..3_000_000]).await.unwrap();
+    // Its partial file, and in database mode its stored pieces as a second stored file.
+    let arriving = match backend {
+        Backend::Sqlite => 2,
+        Backend::Postgres => 3,
+    };
+    until(
+        Duration::from_secs(10),
+        "the arriving upload's pieces",
+        || app.blob_count() == arriving,
+    )
+    .await;
+    drop(s);
+    until(
+        Duration::from_secs(15),
+        "the abandoned upload's pieces and partial file to go",
+        || app.blob_count() == 1,
+    )
+    .await;
+}
+
 conformance!(
+    an_upload_stored_while_it_arrives_is_whole_and_one_cut_off_leaves_nothing,
     a_trickling_body_is_cut_off_and_its_partial_file_removed,
     an_upload_larger_than_the_free_disk_gets_507_and_leaves_nothing,
     an_upload_answered_503_after_storing_its_file_leaves_no_blob,

@@ -497,11 +497,7 @@ async fn store_job(
             tokio::task::spawn_blocking(move || blobs.publish(&name))
                 .await
                 .map_err(|e| ApiError::Internal(format!("publish task: {e}")))?
-                .map_err(|e| match e {
-                    crate::blob::BlobError::Store(e) => ApiError::from(e),
-                    crate::blob::BlobError::Io(e) => ApiError::storage(e, "publishing the upload"),
-                    other => ApiError::Internal(other.to_string()),
-                })?;
+                .map_err(|e| blob_error(e, "publishing the upload"))?;
         }
         let inserted = ctx
             .store_call(move |s| {
@@ -743,8 +739,32 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::error::Error + 'static,
 {
-    let blobs = state.jobs.blobs.clone();
     let name = BlobStore::new_name();
+    // Database mode: stored while it arrives; a refused upload's pieces are gone before the
+    // answer (a request dropped midway leaves that to the copy's drop).
+    let mut copy = state.jobs.blobs.upload_copy(&name);
+    let saved = receive_stream(state, max_bytes, stream, name, &mut copy).await;
+    if saved.is_err()
+        && let Some(copy) = copy
+    {
+        copy.discard().await;
+    }
+    saved
+}
+
+/// [`save_stream`]'s receiving, with the store's copy (finished and taken when it succeeds).
+async fn receive_stream<S, E>(
+    state: &AppState,
+    max_bytes: u64,
+    stream: &mut S,
+    name: String,
+    copy: &mut Option<crate::blob::UploadCopy>,
+) -> Result<SavedBlob, ApiError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::error::Error + 'static,
+{
+    let blobs = state.jobs.blobs.clone();
     let path = blobs
         .temp_path(&name)
         .ok_or_else(|| ApiError::Internal("generated blob name rejected".into()))?;
@@ -780,9 +800,19 @@ where
         if let Err(e) = out.write_all(&chunk).await {
             return Err(refuse(stream, ApiError::storage(e, "writing blob")).await);
         }
+        if let Some(copy) = copy
+            && let Err(e) = copy.write(&chunk).await
+        {
+            return Err(refuse(stream, blob_error(e, "storing the upload")).await);
+        }
     }
     if let Err(e) = out.flush().await {
         return Err(refuse(stream, ApiError::storage(e, "writing blob")).await);
+    }
+    if let Some(copy) = copy.take() {
+        copy.finish()
+            .await
+            .map_err(|e| blob_error(e, "storing the upload"))?;
     }
     // The job row will point at this file: it must survive a crash once we answer. In database
     // mode the job points at the store's copy instead, written in a transaction before the job.
@@ -804,6 +834,15 @@ where
         .map(|b| format!("{b:02x}"))
         .collect();
     Ok(saved)
+}
+
+/// The answer for a failure of the blob store while `doing`.
+fn blob_error(e: crate::blob::BlobError, doing: &str) -> ApiError {
+    match e {
+        crate::blob::BlobError::Store(e) => ApiError::from(e),
+        crate::blob::BlobError::Io(e) => ApiError::storage(e, doing),
+        other => ApiError::Internal(other.to_string()),
+    }
 }
 
 /// A refused upload whose client may still be sending: the rest of the body is read and thrown

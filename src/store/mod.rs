@@ -293,11 +293,18 @@ pub trait JobStore: Send + Sync + 'static {
         names: &[String],
         pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
     ) -> StoreResult<()>;
+    /// Stores piece `seq` (0, 1, …) of a new file `name` while the file still arrives, in a
+    /// transaction of its own that does not wait for the disk: the piece is durable once any
+    /// later durable commit is (the insert of the job that reads the file). Holds a connection
+    /// only for the piece, never while waiting for the next one.
+    fn blob_append(&self, name: &str, seq: i32, data: &[u8]) -> StoreResult<()>;
+    /// The bytes stored for `name` (0 when none).
+    fn blob_size(&self, name: &str) -> StoreResult<u64>;
     /// Streams a stored file into `to`; returns its size (0 and nothing written if unknown).
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64>;
     fn blob_delete(&self, name: &str) -> StoreResult<()>;
-    /// Stored files created before `before` that no job references (none when the store keeps
-    /// no files).
+    /// Stored files last written to before `before` that no job references (none when the
+    /// store keeps no files).
     fn blob_orphans(&self, before: DateTime<Utc>) -> StoreResult<Vec<String>>;
     /// Those of `names` that no job references (ignoring jobs whose file was already removed).
     fn blobs_unreferenced(&self, names: &[String]) -> StoreResult<Vec<String>>;

@@ -91,6 +91,14 @@ pub trait Backend: Send + Sync + 'static {
         let _ = (names, pieces);
         Err(super::StoreError::Other("this store keeps no files".into()))
     }
+    fn blob_append(&self, name: &str, seq: i32, data: &[u8]) -> StoreResult<()> {
+        let _ = (name, seq, data);
+        Err(super::StoreError::Other("this store keeps no files".into()))
+    }
+    fn blob_size(&self, name: &str) -> StoreResult<u64> {
+        let _ = name;
+        Ok(0)
+    }
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
         let _ = (name, to);
         Err(super::StoreError::Other("this store keeps no files".into()))
@@ -413,6 +421,14 @@ impl<B: Backend> JobStore for SqlStore<B> {
         pieces: &mut dyn Iterator<Item = StoreResult<(usize, Vec<u8>)>>,
     ) -> StoreResult<()> {
         self.0.blob_write_many(names, pieces)
+    }
+
+    fn blob_append(&self, name: &str, seq: i32, data: &[u8]) -> StoreResult<()> {
+        self.0.blob_append(name, seq, data)
+    }
+
+    fn blob_size(&self, name: &str) -> StoreResult<u64> {
+        self.0.blob_size(name)
     }
 
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {

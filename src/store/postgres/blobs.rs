@@ -57,6 +57,33 @@ impl Postgres {
         tx.commit().map_err(pg_err)
     }
 
+    /// One piece of a file that is still arriving, committed without waiting for the disk
+    /// (see [`crate::store::JobStore::blob_append`]).
+    pub(super) fn append_blob(&self, name: &str, seq: i32, data: &[u8]) -> StoreResult<()> {
+        let mut conn = self.conn()?;
+        let mut tx = conn.transaction().map_err(pg_err)?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")
+            .map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)",
+            &[&name, &seq, &data],
+        )
+        .map_err(pg_err)?;
+        tx.commit().map_err(pg_err)
+    }
+
+    pub(super) fn blob_bytes(&self, name: &str) -> StoreResult<u64> {
+        // The sizes come from the TOAST pointers: nothing is decompressed.
+        let row = self
+            .conn()?
+            .query_one(
+                "SELECT coalesce(sum(octet_length(data)), 0)::int8 FROM blob_chunks WHERE blob = $1",
+                &[&name],
+            )
+            .map_err(pg_err)?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     pub(super) fn read_blob(&self, name: &str, to: &mut dyn Write) -> StoreResult<u64> {
         let mut conn = self.conn()?;
         let mut rows = conn
@@ -75,7 +102,8 @@ impl Postgres {
         Ok(size)
     }
 
-    /// Stored blobs created before `before` that no job references (`blob_deleted_at` unset).
+    /// Stored blobs whose newest piece was stored before `before` (an upload still arriving
+    /// keeps adding pieces) that no job references (`blob_deleted_at` unset).
     pub(super) fn orphan_blobs(
         &self,
         before: chrono::DateTime<chrono::Utc>,
@@ -83,7 +111,7 @@ impl Postgres {
         let rows = self
             .conn()?
             .query(
-                "SELECT b.blob FROM blob_chunks b GROUP BY b.blob HAVING min(b.created_at) < $1 \
+                "SELECT b.blob FROM blob_chunks b GROUP BY b.blob HAVING max(b.created_at) < $1 \
                  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.blob_deleted_at IS NULL \
                  AND (j.blob = b.blob OR (j.kind = 'analysis' AND b.blob LIKE \
                  replace(j.blob, '.upload', '') || '.a' || j.id || '.report.%')))",

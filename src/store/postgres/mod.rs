@@ -788,6 +788,14 @@ impl Backend for Postgres {
         self.write_blobs(names, pieces)
     }
 
+    fn blob_append(&self, name: &str, seq: i32, data: &[u8]) -> StoreResult<()> {
+        self.append_blob(name, seq, data)
+    }
+
+    fn blob_size(&self, name: &str) -> StoreResult<u64> {
+        self.blob_bytes(name)
+    }
+
     fn blob_read(&self, name: &str, to: &mut dyn std::io::Write) -> StoreResult<u64> {
         self.read_blob(name, to)
     }

@@ -579,7 +579,70 @@ async fn an_upload_stored_while_it_arrives_is_whole_and_one_cut_off_leaves_nothi
     .await;
 }
 
+/// Database mode: a database that stops taking an upload's pieces while it arrives answers the
+/// client 503 (the rest of its body is read and dropped, so the answer arrives), and nothing of
+/// the upload is kept. (Locally there are no pieces: the SQLite half only checks the upload.)
+async fn an_upload_whose_pieces_the_database_refuses_gets_503_and_leaves_nothing(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 0,
+        extra_args: args(&["--busy-timeout-ms", "300"]),
+        ..AppOptions::default()
+    });
+    let mut holder = app.db();
+    if backend == Backend::Postgres {
+        holder.execute("BEGIN; LOCK TABLE blob_chunks IN ACCESS EXCLUSIVE MODE");
+    }
+    // A plain client that sends its whole body before it reads the answer; more than the
+    // sockets' buffers hold, so the rest must be read by the server.
+    let body = csv(1_000_000);
+    let mut s = raw_upload(
+        &app,
+        "/api/v1/import/products?filename=big.csv",
+        "text/csv",
+        body.len(),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), s.write_all(body.as_bytes()))
+        .await
+        .expect("the server reads the whole body")
+        .expect("the body is sent");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"success\"") {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed without an answer: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    let expected = match backend {
+        Backend::Sqlite => "HTTP/1.1 202",
+        Backend::Postgres => "HTTP/1.1 503",
+    };
+    assert!(answer.starts_with(expected), "{answer}");
+    if backend == Backend::Sqlite {
+        return;
+    }
+    assert!(answer.contains("\"code\":\"unavailable\""), "{answer}");
+    holder.execute("COMMIT");
+    until(
+        Duration::from_secs(15),
+        "the refused upload's pieces and spool to go",
+        || app.blob_count() == 0,
+    )
+    .await;
+    assert_eq!(app.db().number("SELECT count(*) FROM jobs"), 0);
+}
+
 conformance!(
+    an_upload_whose_pieces_the_database_refuses_gets_503_and_leaves_nothing,
     an_upload_stored_while_it_arrives_is_whole_and_one_cut_off_leaves_nothing,
     a_trickling_body_is_cut_off_and_its_partial_file_removed,
     an_upload_larger_than_the_free_disk_gets_507_and_leaves_nothing,

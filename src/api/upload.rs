@@ -846,12 +846,16 @@ fn blob_error(e: crate::blob::BlobError, doing: &str) -> ApiError {
 }
 
 /// A refused upload whose client may still be sending: the rest of the body is read and thrown
-/// away first (as for a too-large one), so the answer reaches the client.
+/// away first (as for a too-large one), so the answer reaches the client — for a full disk, and
+/// (database mode, the upload stored while it arrives) a database that stopped answering.
 async fn refuse<S, E>(stream: &mut S, e: ApiError) -> ApiError
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
 {
-    if matches!(e, ApiError::InsufficientStorage(_)) {
+    if matches!(
+        e,
+        ApiError::InsufficientStorage(_) | ApiError::Unavailable(_) | ApiError::Busy(_)
+    ) {
         discard(stream).await;
     }
     e

@@ -136,6 +136,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "0021_ledger_ranges",
         include_str!("../../../migrations/postgres/0021_ledger_ranges.sql"),
     ),
+    (
+        22,
+        "0022_blob_chunks_uncompressed",
+        include_str!("../../../migrations/postgres/0022_blob_chunks_uncompressed.sql"),
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations and table preparation across processes.

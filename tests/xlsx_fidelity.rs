@@ -434,26 +434,37 @@ async fn a_title_sheet_first_names_the_sheets_with_data_when_columns_are_missing
     assert_eq!(s["results"]["successCount"], 1, "{s}");
 }
 
-/// A package whose one sheet declares the used range `dimension` and holds `rows`.
-fn dimensioned(dimension: &str, rows: &str) -> Vec<u8> {
-    parts_xlsx(&[
+/// A package of one sheet part `sheet` under `xl/`, with a shared-string part `sst` (written
+/// as given) if any.
+fn xl_package(sheet: String, sst: Option<String>) -> Vec<u8> {
+    let mut rels = vec![("rId1", "worksheet", "worksheets/sheet1.xml")];
+    if sst.is_some() {
+        rels.push(("rId2", "sharedStrings", "sharedStrings.xml"));
+    }
+    let mut parts = vec![
         ("[Content_Types].xml", TYPES.to_string()),
         (
             "_rels/.rels",
             rels_xml(&[("rId1", "officeDocument", "xl/workbook.xml")]),
         ),
         ("xl/workbook.xml", workbook_xml(&[("Sheet1", "rId1")])),
-        (
-            "xl/_rels/workbook.xml.rels",
-            rels_xml(&[("rId1", "worksheet", "worksheets/sheet1.xml")]),
+        ("xl/_rels/workbook.xml.rels", rels_xml(&rels)),
+        ("xl/worksheets/sheet1.xml", sheet),
+    ];
+    if let Some(sst) = sst {
+        parts.push(("xl/sharedStrings.xml", sst));
+    }
+    parts_xlsx(&parts)
+}
+
+/// A package whose one sheet declares the used range `dimension` and holds `rows`.
+fn dimensioned(dimension: &str, rows: &str) -> Vec<u8> {
+    xl_package(
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><dimension ref="{dimension}"/><sheetData>{rows}</sheetData></worksheet>"#
         ),
-        (
-            "xl/worksheets/sheet1.xml",
-            format!(
-                r#"<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><dimension ref="{dimension}"/><sheetData>{rows}</sheetData></worksheet>"#
-            ),
-        ),
-    ])
+        None,
+    )
 }
 
 fn coded_rows(prefix: &str, rows: impl IntoIterator<Item = usize>) -> String {
@@ -491,27 +502,6 @@ async fn a_sheets_declared_range_is_only_the_progress_estimate_and_the_total_com
     assert_eq!(s["progress"]["percentage"], 100, "{s}");
     assert_eq!(s["createdCount"], 4);
     assert_eq!(items(&app).len(), 44);
-}
-
-/// A package of one sheet (`rows`) with this shared-string part, written as given.
-fn with_strings_part(rows: &str, sst: String) -> Vec<u8> {
-    parts_xlsx(&[
-        ("[Content_Types].xml", TYPES.to_string()),
-        (
-            "_rels/.rels",
-            rels_xml(&[("rId1", "officeDocument", "xl/workbook.xml")]),
-        ),
-        ("xl/workbook.xml", workbook_xml(&[("Sheet1", "rId1")])),
-        (
-            "xl/_rels/workbook.xml.rels",
-            rels_xml(&[
-                ("rId1", "worksheet", "worksheets/sheet1.xml"),
-                ("rId2", "sharedStrings", "sharedStrings.xml"),
-            ]),
-        ),
-        ("xl/worksheets/sheet1.xml", sheet_xml(rows)),
-        ("xl/sharedStrings.xml", sst),
-    ])
 }
 
 #[tokio::test]
@@ -555,7 +545,12 @@ async fn shared_strings_read_beside_the_sheet_give_every_cell_its_own_string() {
     let rows = header(&["code", "name"])
         + r#"<row r="2"><c r="A2" t="s"><v>0</v></c><c r="B2" t="s"><v>1</v></c></row>"#;
     let (code, body) = app
-        .upload_bytes("items", "damaged.xlsx", with_strings_part(&rows, sst), &[])
+        .upload_bytes(
+            "items",
+            "damaged.xlsx",
+            xl_package(sheet_xml(&rows), Some(sst)),
+            &[],
+        )
         .await;
     assert_eq!(code, 202, "{body}");
     let s = app.wait_done(job_id(&body), MINUTE).await;

@@ -3,13 +3,13 @@
 //! At open: the workbook part (sheets, visibility, the 1900/1904 date system), its
 //! relationships, the styles (which cell formats are dates) and the shared-string table. Every
 //! part is found through the relationships, from `_rels/.rels` on ([`workbook_path`]), with
-//! entry names matched as Excel does ([`archive::entry_index`]). The
-//! shared strings are spilled to an unnamed temporary file beside the upload with a second file
-//! of end offsets, by a thread of their own while the sheet is read (a cell waits only for the
-//! strings up to its own), and read back through a small block cache, so memory does not grow
-//! with the number of distinct strings. The sheet is then parsed as it is unpacked, by the tokenizer of
-//! `xml.rs` (the small parts go through `quick-xml`): one row of cells at a time, missing cells
-//! padded with empty fields.
+//! entry names matched as Excel does ([`archive::entry_index`]). The shared strings are
+//! spilled to an unnamed temporary file beside the upload with a second file of end offsets, by
+//! a thread of their own while the sheet is read (a cell waits only for the strings up to its
+//! own), and read back through a small block cache, so memory does not grow with the number of
+//! distinct strings. The sheet is then parsed as it is unpacked, by the tokenizer of `xml.rs`
+//! (the small parts go through `quick-xml`): one row of cells at a time, missing cells padded
+//! with empty fields.
 //!
 //! Refused: DTDs (no XML entity expansion), undefined entities, more than [`MAX_COLUMNS`]
 //! columns, cells over [`MAX_CELL_BYTES`], and everything the zip layer refuses.

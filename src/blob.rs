@@ -215,9 +215,8 @@ impl UploadCopy {
     /// Removes what was stored, once a piece still being stored has landed.
     pub async fn discard(mut self) {
         self.finished = true;
-        let _ = self.wait().await;
         let (store, name) = (self.store.clone(), std::mem::take(&mut self.name));
-        let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
+        remove_pieces(store, name, self.pending.take()).await;
     }
 
     /// Starts storing the filled piece once the one before is stored.
@@ -253,15 +252,22 @@ impl Drop for UploadCopy {
             self.pending.take(),
         );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                // A piece still being stored lands first, then everything goes.
-                if let Some(pending) = pending {
-                    let _ = pending.await;
-                }
-                let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
-            });
+            rt.spawn(remove_pieces(store, name, pending));
         }
     }
+}
+
+/// Removes the stored pieces of upload `name` once `pending` (a piece still being stored) has
+/// landed, so that none is left behind.
+async fn remove_pieces(
+    store: Arc<dyn JobStore>,
+    name: String,
+    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+) {
+    if let Some(pending) = pending {
+        let _ = pending.await;
+    }
+    let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
 }
 
 /// Why [`BlobStore::create_many`] failed: the caller's writing, or the storing.

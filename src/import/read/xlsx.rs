@@ -628,54 +628,38 @@ fn load_strings(
         Ok::<bool, io::Error>(go_on)
     };
     loop {
-        let end_of_string = match reader.next_token()? {
+        let mut ended = false;
+        match reader.next_token()? {
             Token::Start { name, empty, .. } => match (name, empty) {
                 (b"si", false) => {
                     in_si = true;
                     current.clear();
-                    false
                 }
-                (b"si", true) => true,
-                (b"t", false) if in_si && phonetic == 0 => {
-                    in_t = true;
-                    false
-                }
-                (b"rPh", false) => {
-                    phonetic += 1;
-                    false
-                }
-                _ => false,
+                (b"si", true) => ended = true,
+                (b"t", false) if in_si && phonetic == 0 => in_t = true,
+                (b"rPh", false) => phonetic += 1,
+                _ => {}
             },
             Token::Text(raw) if in_t => {
                 xml::push_text(raw, &mut current)?;
                 if current.len() > MAX_CELL_BYTES {
                     return Err(too_large());
                 }
-                false
             }
-            Token::CData(raw) if in_t => {
-                xml::push_cdata(raw, &mut current)?;
-                false
-            }
+            Token::CData(raw) if in_t => xml::push_cdata(raw, &mut current)?,
             Token::End { name } => match name {
-                b"t" => {
-                    in_t = false;
-                    false
-                }
-                b"rPh" => {
-                    phonetic = phonetic.saturating_sub(1);
-                    false
-                }
+                b"t" => in_t = false,
+                b"rPh" => phonetic = phonetic.saturating_sub(1),
                 b"si" if in_si => {
                     in_si = false;
-                    true
+                    ended = true;
                 }
-                _ => false,
+                _ => {}
             },
             Token::Eof => break,
-            _ => false,
-        };
-        if end_of_string {
+            _ => {}
+        }
+        if ended {
             unescape_xstring(&mut current, 0);
             if current.len() > MAX_CELL_BYTES {
                 return Err(too_large());

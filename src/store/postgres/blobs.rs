@@ -10,6 +10,9 @@ use crate::store::{StoreError, StoreResult};
 
 const CHUNK: usize = 1024 * 1024;
 
+/// One piece of a stored file.
+const INSERT_PIECE: &str = "INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)";
+
 impl Postgres {
     pub(super) fn write_blob(&self, name: &str, from: &mut dyn Read) -> StoreResult<u64> {
         let mut size = 0u64;
@@ -42,9 +45,7 @@ impl Postgres {
         let mut tx = conn.transaction().map_err(pg_err)?;
         tx.execute("DELETE FROM blob_chunks WHERE blob = ANY($1)", &[&names])
             .map_err(pg_err)?;
-        let insert = tx
-            .prepare("INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)")
-            .map_err(pg_err)?;
+        let insert = tx.prepare(INSERT_PIECE).map_err(pg_err)?;
         let mut seqs = vec![0i32; names.len()];
         for piece in pieces {
             let (i, data) = piece?;
@@ -64,16 +65,13 @@ impl Postgres {
         let mut tx = conn.transaction().map_err(pg_err)?;
         tx.batch_execute("SET LOCAL synchronous_commit = off")
             .map_err(pg_err)?;
-        tx.execute(
-            "INSERT INTO blob_chunks (blob, seq, data) VALUES ($1, $2, $3)",
-            &[&name, &seq, &data],
-        )
-        .map_err(pg_err)?;
+        tx.execute(INSERT_PIECE, &[&name, &seq, &data])
+            .map_err(pg_err)?;
         tx.commit().map_err(pg_err)
     }
 
     pub(super) fn blob_bytes(&self, name: &str) -> StoreResult<u64> {
-        // The sizes come from the TOAST pointers: nothing is decompressed.
+        // The sizes come from the TOAST pointers: nothing is read back.
         let row = self
             .conn()?
             .query_one(

@@ -7,6 +7,8 @@
 //! and counts — fenced by the lease. Every statement is scoped to the job's organisation
 //! (`_sluice_org`, which leads the key). If the data statements fail as a whole (a constraint of the
 //! table), the batch is redone row by row under savepoints so only the bad rows are rejected.
+//! The ledger entries' JSON (keys, replaced values) is made on a second thread while the data
+//! statements run: the writer's thread is an import's critical path on SQLite.
 //!
 //! A system error (disk full, I/O) normally leaves the connection usable: SQLite rolls the
 //! transaction back. When the connection is still inside a transaction afterwards (the rollback
@@ -15,7 +17,6 @@
 
 use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rusqlite::types::{ToSql, ToSqlOutput, Value as SqlValue, ValueRef};
@@ -31,8 +32,16 @@ use crate::import::{Batch, BatchCounts, BatchSink, Mode, RowError, SinkError, Va
 use crate::store::ledger::{self, Op};
 use crate::store::{Lease, ORG_COLUMN, StoreResult};
 
+/// The batch's maps of keys: hashed with foldhash (randomly seeded per process) rather than
+/// SipHash, whose hashing was a few per cent of an update pass's writer thread.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Keys looked up per statement.
 const LOOKUP_CHUNK: usize = 500;
+
+/// Rows from which a batch's ledger entries are made on a thread of their own (a row at a time,
+/// when a batch is redone row by row, they are made in place).
+const ENTRIES_APART: usize = 256;
 /// Upper bound of rows per multi-row INSERT (SQLite allows 32,766 bound values).
 const MAX_ROWS_PER_INSERT: usize = 500;
 const MAX_BINDS: usize = 32_000;
@@ -112,6 +121,28 @@ fn sql_text(v: &SqlValue) -> Option<std::borrow::Cow<'_, str>> {
         SqlValue::Text(t) => Some(t.as_str().into()),
         other => sql_to_text(other).map(Into::into),
     }
+}
+
+/// The ledger entries of `rows` (created, or updated with the stored values they replace).
+fn ledger_entries(
+    ds: &Dataset,
+    compare: &[usize],
+    batch: &Batch,
+    rows: &[Write<'_>],
+) -> Vec<ledger::Entry> {
+    rows.iter()
+        .map(|(i, changed)| ledger::Entry {
+            op: if changed.is_some() {
+                Op::Updated
+            } else {
+                Op::Created
+            },
+            key: ledger::key_json(ds, batch.row_values(*i)),
+            old: changed.as_ref().map(|(_, old)| {
+                ledger::texts_json(ds, compare, |j| old.values.get(j).and_then(sql_text))
+            }),
+        })
+        .collect()
 }
 
 /// Archived values per history statement (at most [`MAX_BINDS`] parameters).
@@ -799,7 +830,7 @@ impl WriteCtx<'_> {
     ) -> rusqlite::Result<(BatchCounts, Vec<RowError>)> {
         let mut existing = if self.dry && self.mode == Mode::Replace {
             // A replace job writes into an empty staging table.
-            HashMap::new()
+            HashMap::default()
         } else {
             self.lookup(tx, batch, rows)?
         };
@@ -819,7 +850,8 @@ impl WriteCtx<'_> {
         }
         let mut counts = BatchCounts::default();
         let mut rejected = Vec::new();
-        let mut seen: HashMap<String, u64> = HashMap::with_capacity(rows.len());
+        let mut seen: HashMap<String, u64> =
+            HashMap::with_capacity_and_hasher(rows.len(), Default::default());
         let mut upserts: Vec<Write<'_>> = Vec::new();
         let mut unchanged: Vec<usize> = Vec::new();
         for &i in rows {
@@ -860,12 +892,12 @@ impl WriteCtx<'_> {
             self.remember(tx, batch, &accepted)?;
             return Ok((counts, rejected));
         }
-        self.upsert(tx, batch, &upserts, false)?;
-        self.stamp(tx, batch, &unchanged)?;
-        self.archive(tx, batch, &upserts)?;
-        if self.mode != Mode::Replace && !upserts.is_empty() {
-            self.ledger(tx, batch, &upserts)?;
-        }
+        self.with_entries(batch, &upserts, || {
+            self.upsert(tx, batch, &upserts, false)?;
+            self.stamp(tx, batch, &unchanged)?;
+            self.archive(tx, batch, &upserts)
+        })
+        .and_then(|((), entries)| self.ledger(tx, &entries))?;
         Ok((counts, rejected))
     }
 
@@ -882,15 +914,14 @@ impl WriteCtx<'_> {
     ) -> rusqlite::Result<Option<BatchCounts>> {
         let all: Vec<Write<'_>> = rows.iter().map(|&i| (i, None)).collect();
         tx.execute_batch("SAVEPOINT sluice_insert_all")?;
-        let written = self.upsert(tx, batch, &all, true)?;
+        let (written, entries) =
+            self.with_entries(batch, &all, || self.upsert(tx, batch, &all, true))?;
         if written != rows.len() {
             tx.execute_batch("ROLLBACK TO sluice_insert_all; RELEASE sluice_insert_all")?;
             return Ok(None);
         }
         tx.execute_batch("RELEASE sluice_insert_all")?;
-        if self.mode != Mode::Replace && !all.is_empty() {
-            self.ledger(tx, batch, &all)?;
-        }
+        self.ledger(tx, &entries)?;
         Ok(Some(BatchCounts {
             created: rows.len() as u64,
             ..BatchCounts::default()
@@ -920,7 +951,7 @@ impl WriteCtx<'_> {
             format!("({})", vec!["?"; key.len()].join(", "))
         };
         let table = ident(&crate::store::scratch_table(self.job));
-        let mut found = HashMap::new();
+        let mut found = HashMap::default();
         for chunk in rows.chunks(LOOKUP_CHUNK) {
             let list = vec![one.as_str(); chunk.len()].join(", ");
             let list = if key.len() == 1 {
@@ -1018,7 +1049,7 @@ impl WriteCtx<'_> {
         let key = &self.ds.key;
         let ncompare = self.plan.compare.len();
         let nhistory = self.plan.history.len();
-        let mut found = HashMap::with_capacity(rows.len());
+        let mut found = HashMap::with_capacity_and_hasher(rows.len(), Default::default());
         for chunk in rows.chunks(LOOKUP_CHUNK) {
             let sql = self.plan.select_sql(chunk.len(), key.len());
             let mut stmt = tx.prepare_cached(&sql)?;
@@ -1124,11 +1155,48 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
+    /// Runs `write` (the batch's data statements) while another thread makes the ledger entries
+    /// of `rows` (their keys' and replaced values' JSON: a tenth of the writer's time in an
+    /// update pass, on the core the writer leaves idle); what `write` returned and the entries
+    /// (none in a replace, which records its changes when it completes).
+    fn with_entries<T>(
+        &self,
+        batch: &Batch,
+        rows: &[Write<'_>],
+        write: impl FnOnce() -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<(T, Vec<ledger::Entry>)> {
+        if self.mode == Mode::Replace || rows.is_empty() {
+            return Ok((write()?, Vec::new()));
+        }
+        let (ds, compare) = (self.ds, &self.plan.compare);
+        let make = move || ledger_entries(ds, compare, batch, rows);
+        if rows.len() < ENTRIES_APART {
+            return Ok((write()?, make()));
+        }
+        std::thread::scope(|s| {
+            let Ok(maker) = std::thread::Builder::new()
+                .name("sluice-ledger".into())
+                .spawn_scoped(s, make)
+            else {
+                // No thread to be had: made here, after the statements.
+                return Ok((write()?, make()));
+            };
+            let written = write();
+            let entries = maker
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            Ok((written?, entries))
+        })
+    }
+
     /// Records each created and updated row in the ledger (see [`crate::store::ledger`]):
     /// multi-row statements, the batch's organisation, dataset, job and time bound once.
-    fn ledger(&self, tx: &Connection, batch: &Batch, rows: &[Write<'_>]) -> rusqlite::Result<()> {
+    fn ledger(&self, tx: &Connection, entries: &[ledger::Entry]) -> rusqlite::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         let mut statements = self.statements.borrow_mut();
-        for chunk in rows.chunks(LEDGER_ROWS_PER_INSERT) {
+        for chunk in entries.chunks(LEDGER_ROWS_PER_INSERT) {
             let sql = sized(
                 &self.plan.full.ledger,
                 LEDGER_ROWS_PER_INSERT,
@@ -1141,28 +1209,17 @@ impl WriteCtx<'_> {
             stmt.int(3, self.job)?;
             stmt.text(4, &self.now)?;
             let mut idx = 5;
-            for (i, changed) in chunk {
-                let values = batch.row_values(*i);
-                let old = changed.as_ref().map(|(_, old)| {
-                    ledger::texts_json(self.ds, &self.plan.compare, |j| {
-                        old.values.get(j).and_then(sql_text)
-                    })
-                });
-                let op = if changed.is_some() {
-                    Op::Updated
-                } else {
-                    Op::Created
-                };
-                stmt.text(idx, op.as_str())?;
-                stmt.owned(idx + 1, Some(ledger::key_json(self.ds, values)))?;
-                stmt.owned(idx + 2, old)?;
+            for e in chunk {
+                stmt.text(idx, e.op.as_str())?;
+                stmt.text(idx + 1, &e.key)?;
+                stmt.text_or_owned(idx + 2, e.old.as_deref().map(Cow::Borrowed))?;
                 idx += 3;
             }
             stmt.execute()?;
         }
         drop(statements);
         let [widen, range] = ledger::range_sql(crate::store::sql::Dialect::Sqlite);
-        let n = rows.len() as i64;
+        let n = entries.len() as i64;
         tx.prepare_cached(&widen.replace('$', "?"))?
             .execute(params![self.job, n])?;
         tx.prepare_cached(&range.replace('$', "?"))?

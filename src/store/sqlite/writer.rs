@@ -1012,14 +1012,20 @@ impl WriteCtx<'_> {
     ) -> rusqlite::Result<Option<BatchCounts>> {
         let all: Vec<Write<'_>> = rows.iter().map(|&i| (i, None)).collect();
         tx.execute_batch("SAVEPOINT sluice_insert_all")?;
-        let (written, entries) =
-            self.with_entries(batch, &all, || self.upsert(tx, batch, &all, true))?;
+        let written = self.upsert(tx, batch, &all, true)?;
         if written != rows.len() {
             tx.execute_batch("ROLLBACK TO sluice_insert_all; RELEASE sluice_insert_all")?;
             return Ok(None);
         }
         tx.execute_batch("RELEASE sluice_insert_all")?;
-        self.ledger(tx, &entries)?;
+        // Made here, not beside the insert: in an initial import the reader's thread is as
+        // busy as this one, and a third thread slowed both (measured).
+        if self.mode != Mode::Replace {
+            self.ledger(
+                tx,
+                &ledger_entries(self.ds, &self.plan.compare, batch, &all),
+            )?;
+        }
         Ok(Some(BatchCounts {
             created: rows.len() as u64,
             ..BatchCounts::default()

@@ -42,6 +42,7 @@ const LOOKUP_CHUNK: usize = 500;
 /// Rows from which a batch's ledger entries are made on a thread of their own (a row at a time,
 /// when a batch is redone row by row, they are made in place).
 const ENTRIES_APART: usize = 256;
+
 /// Upper bound of rows per multi-row INSERT (SQLite allows 32,766 bound values).
 const MAX_ROWS_PER_INSERT: usize = 500;
 const MAX_BINDS: usize = 32_000;
@@ -245,21 +246,28 @@ impl Stored {
     /// Marks `key` as written by `job` at `row` (a dry run's earlier batch), adding it with
     /// empty values when the table does not hold it.
     fn mark(&mut self, key: String, cells: usize, job: i64, row: i64) {
+        use std::collections::hash_map::Entry;
         let first = self.cells.len();
-        let old = self.rows.entry(key).or_insert_with(|| Existing {
-            first,
-            job: None,
-            row: None,
-        });
-        if old.first == first {
-            self.cells.extend(std::iter::repeat_n(Cell::Null, cells));
-        }
+        let old = match self.rows.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                self.cells.extend(std::iter::repeat_n(Cell::Null, cells));
+                e.insert(Existing {
+                    first,
+                    job: None,
+                    row: None,
+                })
+            }
+        };
         old.job = Some(job);
         old.row = Some(row);
     }
 
     fn get(&self, key: &str) -> Option<Old<'_>> {
-        self.rows.get(key).map(|row| Old { stored: self, row })
+        self.rows.get(key).map(|found| Old {
+            stored: self,
+            found,
+        })
     }
 }
 
@@ -267,13 +275,13 @@ impl Stored {
 #[derive(Clone, Copy)]
 struct Old<'e> {
     stored: &'e Stored,
-    row: &'e Existing,
+    found: &'e Existing,
 }
 
 impl<'e> Old<'e> {
     fn cell(&self, i: usize) -> ValueRef<'e> {
         let bytes = &self.stored.bytes;
-        match self.stored.cells[self.row.first + i] {
+        match self.stored.cells[self.found.first + i] {
             Cell::Null => ValueRef::Null,
             Cell::Integer(i) => ValueRef::Integer(i),
             Cell::Real(r) => ValueRef::Real(r),
@@ -1122,9 +1130,9 @@ impl WriteCtx<'_> {
         let Some(old) = found else {
             return Action::Insert;
         };
-        if old.row.job == Some(self.job) {
+        if old.found.job == Some(self.job) {
             let first = old
-                .row
+                .found
                 .row
                 .map_or_else(|| "?".to_string(), |r| r.to_string());
             return Action::Reject(format!("duplicate key, first seen at row {first}"));

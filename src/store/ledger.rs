@@ -55,32 +55,38 @@ pub struct Entry {
     pub old: Option<String>,
 }
 
-/// A JSON object under construction, field by field.
-struct Object {
-    buf: Vec<u8>,
+/// A JSON object under construction, field by field, appended to `buf` from `start` on.
+struct Object<'b> {
+    buf: &'b mut Vec<u8>,
+    start: usize,
 }
 
-impl Object {
-    fn new() -> Self {
-        Object {
-            buf: Vec::with_capacity(128),
-        }
+impl<'b> Object<'b> {
+    fn new(buf: &'b mut Vec<u8>) -> Self {
+        let start = buf.len();
+        Object { buf, start }
     }
 
     fn name(&mut self, name: &str) {
-        self.buf.push(if self.buf.is_empty() { b'{' } else { b',' });
-        json_string(&mut self.buf, name);
+        let first = self.buf.len() == self.start;
+        self.buf.push(if first { b'{' } else { b',' });
+        json_string(self.buf, name);
         self.buf.push(b':');
     }
 
-    fn done(mut self) -> String {
-        if self.buf.is_empty() {
+    fn done(self) {
+        if self.buf.len() == self.start {
             self.buf.push(b'{');
         }
         self.buf.push(b'}');
-        // Only whole UTF-8 strings and ASCII were written.
-        String::from_utf8(self.buf).unwrap_or_default()
     }
+}
+
+/// Runs `write` on a new buffer; its text (only whole UTF-8 strings and ASCII are written).
+fn text_of(write: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut buf = Vec::with_capacity(128);
+    write(&mut buf);
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 fn json_string(out: &mut Vec<u8>, s: &str) {
@@ -142,37 +148,44 @@ pub fn text_json(field: &Field, text: Option<&str>) -> String {
 
 /// The key of a row of the import (`values` in dataset field order).
 pub fn key_json(ds: &Dataset, values: &[Value]) -> String {
-    key_of(ds, ds.key.iter().map(|&k| &values[k]))
+    text_of(|out| key_json_into(out, ds, values))
+}
+
+/// [`key_json`] appended to `out`.
+pub fn key_json_into(out: &mut Vec<u8>, ds: &Dataset, values: &[Value]) {
+    key_of(out, ds, ds.key.iter().map(|&k| &values[k]));
 }
 
 /// A key given as its values in key order (a rejected row's [`RowError::key`]).
 ///
 /// [`RowError::key`]: crate::import::RowError::key
 pub fn key_values_json(ds: &Dataset, key: &[Value]) -> String {
-    key_of(ds, key.iter())
+    text_of(|out| key_of(out, ds, key.iter()))
 }
 
-fn key_of<'a>(ds: &Dataset, values: impl Iterator<Item = &'a Value>) -> String {
-    let mut o = Object::new();
+fn key_of<'a>(out: &mut Vec<u8>, ds: &Dataset, values: impl Iterator<Item = &'a Value>) {
+    let mut o = Object::new(out);
     for (&k, value) in ds.key.iter().zip(values) {
         let field = &ds.fields[k];
         o.name(&field.name);
-        push_value(&mut o.buf, field, value);
+        push_value(o.buf, field, value);
     }
-    o.done()
+    o.done();
 }
 
 /// The `fields` of a row of the import as a JSON object (the ledger keeps keys only, made by the
 /// same rule; kept to check that rule against stored texts).
 #[cfg(test)]
 pub fn values_json(ds: &Dataset, fields: &[usize], values: &[Value]) -> String {
-    let mut o = Object::new();
-    for &f in fields {
-        let field = &ds.fields[f];
-        o.name(&field.name);
-        push_value(&mut o.buf, field, &values[f]);
-    }
-    o.done()
+    text_of(|out| {
+        let mut o = Object::new(out);
+        for &f in fields {
+            let field = &ds.fields[f];
+            o.name(&field.name);
+            push_value(o.buf, field, &values[f]);
+        }
+        o.done();
+    })
 }
 
 /// Stored values of `fields` (`text(j)` the j-th, as text) as a JSON object.
@@ -181,13 +194,23 @@ pub fn texts_json<'a>(
     fields: &[usize],
     text: impl Fn(usize) -> Option<Cow<'a, str>>,
 ) -> String {
-    let mut o = Object::new();
+    text_of(|out| texts_json_into(out, ds, fields, text))
+}
+
+/// [`texts_json`] appended to `out`.
+pub fn texts_json_into<'a>(
+    out: &mut Vec<u8>,
+    ds: &Dataset,
+    fields: &[usize],
+    text: impl Fn(usize) -> Option<Cow<'a, str>>,
+) {
+    let mut o = Object::new(out);
     for (j, &f) in fields.iter().enumerate() {
         let field = &ds.fields[f];
         o.name(&field.name);
-        push_text(&mut o.buf, field, text(j).as_deref());
+        push_text(o.buf, field, text(j).as_deref());
     }
-    o.done()
+    o.done();
 }
 
 /// Entries written outside the batch writers (a rollback's, a sync's deletions), in the

@@ -123,25 +123,51 @@ fn sql_text(v: ValueRef<'_>) -> Option<Cow<'_, str>> {
 }
 
 /// The ledger entries of `rows` (created, or updated with the stored values they replace).
-fn ledger_entries(
-    ds: &Dataset,
-    compare: &[usize],
-    batch: &Batch,
-    rows: &[Write<'_>],
-) -> Vec<ledger::Entry> {
-    rows.iter()
-        .map(|(i, changed)| ledger::Entry {
-            op: if changed.is_some() {
+/// A batch's ledger entries: their keys' and replaced values' JSON in one buffer, and where
+/// each lies in it. The sink keeps one and reuses it, so making a batch's entries allocates
+/// nothing once it has grown (an entry's two strings each were allocated on one thread and
+/// freed on the other).
+#[derive(Default)]
+struct Entries {
+    text: Vec<u8>,
+    /// Each entry's operation, key and (updated) replaced values, as spans of `text`.
+    spans: Vec<(Op, Span, Option<Span>)>,
+}
+
+/// Where a text lies in [`Entries::text`]: start and end.
+type Span = (usize, usize);
+
+impl Entries {
+    /// Makes the entries of `rows` (created, or updated with the stored values they replace).
+    fn make(&mut self, ds: &Dataset, compare: &[usize], batch: &Batch, rows: &[Write<'_>]) {
+        self.text.clear();
+        self.spans.clear();
+        for (i, changed) in rows {
+            let start = self.text.len();
+            ledger::key_json_into(&mut self.text, ds, batch.row_values(*i));
+            let key = (start, self.text.len());
+            let old = changed.as_ref().map(|(_, old)| {
+                let start = self.text.len();
+                ledger::texts_json_into(&mut self.text, ds, compare, |j| sql_text(old.value(j)));
+                (start, self.text.len())
+            });
+            let op = if changed.is_some() {
                 Op::Updated
             } else {
                 Op::Created
-            },
-            key: ledger::key_json(ds, batch.row_values(*i)),
-            old: changed
-                .as_ref()
-                .map(|(_, old)| ledger::texts_json(ds, compare, |j| sql_text(old.value(j)))),
-        })
-        .collect()
+            };
+            self.spans.push((op, key, old));
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn text(&self, (a, b): Span) -> &str {
+        // Only whole UTF-8 strings and ASCII are written (see `ledger`).
+        std::str::from_utf8(&self.text[a..b]).unwrap_or_default()
+    }
 }
 
 /// Archived values per history statement (at most [`MAX_BINDS`] parameters).
@@ -573,6 +599,8 @@ pub struct SqliteSink {
     /// The multi-row write statements of `conn` (declared first: finalized before `conn`
     /// closes; cleared when it is replaced).
     statements: RefCell<Statements>,
+    /// Ledger entries' buffer, reused by every batch (see [`Entries`]).
+    entries: RefCell<Entries>,
     conn: Connection,
     reopen: Reopen,
     /// The connection failed in a way that may have left it unusable: open a new one first.
@@ -611,6 +639,7 @@ impl SqliteSink {
     ) -> Self {
         Self {
             statements: RefCell::default(),
+            entries: RefCell::default(),
             conn,
             reopen,
             suspect: false,
@@ -692,6 +721,7 @@ impl SqliteSink {
             ds: &self.dataset,
             plan,
             statements: &self.statements,
+            entries: &self.entries,
             job: owner,
             org: self.org,
             mode: self.mode,
@@ -784,6 +814,7 @@ impl SqliteSink {
             ds: &self.dataset,
             plan,
             statements: &self.statements,
+            entries: &self.entries,
             job: self.owner(),
             org: self.org,
             mode: self.mode,
@@ -923,6 +954,8 @@ struct WriteCtx<'a> {
     plan: &'a Plan,
     /// The connection's multi-row write statements.
     statements: &'a RefCell<Statements>,
+    /// The sink's buffer for ledger entries, reused batch after batch.
+    entries: &'a RefCell<Entries>,
     job: i64,
     org: i64,
     mode: Mode,
@@ -998,12 +1031,11 @@ impl WriteCtx<'_> {
             self.remember(tx, batch, &accepted)?;
             return Ok((counts, rejected));
         }
-        self.with_entries(batch, &upserts, || {
+        self.write_and_ledger(tx, batch, &upserts, true, || {
             self.upsert(tx, batch, &upserts, false)?;
             self.stamp(tx, batch, &unchanged)?;
             self.archive(tx, batch, &upserts)
-        })
-        .and_then(|((), entries)| self.ledger(tx, &entries))?;
+        })?;
         Ok((counts, rejected))
     }
 
@@ -1026,14 +1058,9 @@ impl WriteCtx<'_> {
             return Ok(None);
         }
         tx.execute_batch("RELEASE sluice_insert_all")?;
-        // Made here, not beside the insert: in an initial import the reader's thread is as
-        // busy as this one, and a third thread slowed both (measured).
-        if self.mode != Mode::Replace {
-            self.ledger(
-                tx,
-                &ledger_entries(self.ds, &self.plan.compare, batch, &all),
-            )?;
-        }
+        // The entries made here, not beside the insert: in an initial import the reader's
+        // thread is as busy as this one, and a third thread slowed both (measured).
+        self.write_and_ledger(tx, batch, &all, false, || Ok(()))?;
         Ok(Some(BatchCounts {
             created: rows.len() as u64,
             ..BatchCounts::default()
@@ -1256,48 +1283,64 @@ impl WriteCtx<'_> {
         Ok(())
     }
 
-    /// Runs `write` (the batch's data statements) while another thread makes the ledger entries
-    /// of `rows` (their keys' and replaced values' JSON: a tenth of the writer's time in an
-    /// update pass, on the core the writer leaves idle); what `write` returned and the entries
-    /// (none in a replace, which records its changes when it completes).
-    fn with_entries<T>(
+    /// Runs `write` (the batch's data statements), then records `rows` in the ledger. With
+    /// `beside`, another thread makes the entries (their keys' and replaced values' JSON: a
+    /// tenth of the writer's time in an update pass) on the core the writer leaves idle while
+    /// `write` runs; otherwise they are made here, after it. A replace records its changes when
+    /// it completes, not here.
+    fn write_and_ledger(
         &self,
+        tx: &Connection,
         batch: &Batch,
         rows: &[Write<'_>],
-        write: impl FnOnce() -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<(T, Vec<ledger::Entry>)> {
+        beside: bool,
+        write: impl FnOnce() -> rusqlite::Result<()>,
+    ) -> rusqlite::Result<()> {
         if self.mode == Mode::Replace || rows.is_empty() {
-            return Ok((write()?, Vec::new()));
+            return write();
         }
         let (ds, compare) = (self.ds, &self.plan.compare);
-        let make = move || ledger_entries(ds, compare, batch, rows);
-        if rows.len() < ENTRIES_APART {
-            return Ok((write()?, make()));
-        }
-        std::thread::scope(|s| {
-            let Ok(maker) = std::thread::Builder::new()
-                .name("sluice-ledger".into())
-                .spawn_scoped(s, make)
-            else {
-                // No thread to be had: made here, after the statements.
-                return Ok((write()?, make()));
-            };
-            let written = write();
-            let entries = maker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            Ok((written?, entries))
-        })
+        let mut entries = std::mem::take(&mut *self.entries.borrow_mut());
+        let entries = if beside && rows.len() >= ENTRIES_APART {
+            std::thread::scope(|s| {
+                let maker = std::thread::Builder::new()
+                    .name("sluice-ledger".into())
+                    .spawn_scoped(s, move || {
+                        entries.make(ds, compare, batch, rows);
+                        entries
+                    });
+                let written = write();
+                let entries = match maker {
+                    Ok(maker) => maker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    // No thread to be had: made here, after the statements.
+                    Err(_) => {
+                        let mut entries = Entries::default();
+                        entries.make(ds, compare, batch, rows);
+                        entries
+                    }
+                };
+                written.map(|()| entries)
+            })?
+        } else {
+            write()?;
+            entries.make(ds, compare, batch, rows);
+            entries
+        };
+        self.ledger(tx, &entries)?;
+        *self.entries.borrow_mut() = entries;
+        Ok(())
     }
 
     /// Records each created and updated row in the ledger (see [`crate::store::ledger`]):
     /// multi-row statements, the batch's organisation, dataset, job and time bound once.
-    fn ledger(&self, tx: &Connection, entries: &[ledger::Entry]) -> rusqlite::Result<()> {
-        if entries.is_empty() {
+    fn ledger(&self, tx: &Connection, entries: &Entries) -> rusqlite::Result<()> {
+        if entries.spans.is_empty() {
             return Ok(());
         }
         let mut statements = self.statements.borrow_mut();
-        for chunk in entries.chunks(LEDGER_ROWS_PER_INSERT) {
+        for chunk in entries.spans.chunks(LEDGER_ROWS_PER_INSERT) {
             let sql = sized(
                 &self.plan.full.ledger,
                 LEDGER_ROWS_PER_INSERT,
@@ -1310,10 +1353,10 @@ impl WriteCtx<'_> {
             stmt.int(3, self.job)?;
             stmt.text(4, &self.now)?;
             let mut idx = 5;
-            for e in chunk {
-                stmt.text(idx, e.op.as_str())?;
-                stmt.text(idx + 1, &e.key)?;
-                stmt.text_or_owned(idx + 2, e.old.as_deref().map(Cow::Borrowed))?;
+            for &(op, key, old) in chunk {
+                stmt.text(idx, op.as_str())?;
+                stmt.text(idx + 1, entries.text(key))?;
+                stmt.text_or_owned(idx + 2, old.map(|old| Cow::Borrowed(entries.text(old))))?;
                 idx += 3;
             }
             stmt.execute()?;

@@ -305,7 +305,8 @@ struct Old<'e> {
 }
 
 impl<'e> Old<'e> {
-    fn cell(&self, i: usize) -> ValueRef<'e> {
+    /// The `i`th of the row's cells: for `i` below `plan.compare`'s length, that field's value.
+    fn value(&self, i: usize) -> ValueRef<'e> {
         let bytes = &self.stored.bytes;
         match self.stored.cells[self.found.first + i] {
             Cell::Null => ValueRef::Null,
@@ -316,14 +317,9 @@ impl<'e> Old<'e> {
         }
     }
 
-    /// The value of the `pos`th `plan.compare` field.
-    fn value(&self, pos: usize) -> ValueRef<'e> {
-        self.cell(pos)
-    }
-
     /// `_sluice_since_<field>` of the `h`th `plan.history` field.
     fn since(&self, h: usize) -> Option<&'e str> {
-        match self.cell(self.stored.compared + h) {
+        match self.value(self.stored.compared + h) {
             ValueRef::Text(t) => std::str::from_utf8(t).ok(),
             _ => None,
         }

@@ -380,7 +380,7 @@ async fn a_briefly_locked_database_is_retried_and_the_counts_stay_exact(backend:
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "40000", "--error-rate", "0.02", "--seed", "26"],
+        &["--rows", "200000", "--error-rate", "0.02", "--seed", "26"],
     );
     let job = job_id(&app.upload("products", &file).await.1);
     wait_for_progress(&app, job).await;
@@ -403,9 +403,10 @@ async fn a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_comp
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",
-        &["--rows", "40000", "--error-rate", "0.02", "--seed", "27"],
+        &["--rows", "200000", "--error-rate", "0.02", "--seed", "27"],
     );
     let job = job_id(&app.upload("products", &file).await.1);
+    // 200k rows: at 40k a job could finish between its first progress and the lock (CI).
     wait_for_progress(&app, job).await;
     let lock = hold_write_lock(&app);
     tokio::time::sleep(Duration::from_secs(2)).await;

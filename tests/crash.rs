@@ -166,12 +166,24 @@ conformance!(
     sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_leaves,
     a_killed_worker_process_leaves_its_job_to_another_worker,
     a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies,
+    parts_run_together_are_finished_alone_when_their_worker_dies,
 );
 
-/// Seed 004's parallel design: the file is split by hash(key) into chunk jobs that several
+/// Seed 004's parallel design: the file is split by hash(key) into chunk files that several
 /// worker processes run at once; one worker is killed mid-chunk; the parent finishes with exactly
 /// the counts, rows and errors of an unsplit import.
 async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies(backend: Backend) {
+    split_import_survives_a_killed_worker(backend, "files").await;
+}
+
+/// The same with the file split into parts of the original file (the default for CSV): the
+/// worker that split it runs both parts together and is killed mid-way; the other workers take
+/// a part each and read the whole file for its rows, from the part's own checkpoint.
+async fn parts_run_together_are_finished_alone_when_their_worker_dies(backend: Backend) {
+    split_import_survives_a_killed_worker(backend, "parts").await;
+}
+
+async fn split_import_survives_a_killed_worker(backend: Backend, split: &str) {
     // `SLUICE_SPLIT_ROWS=500000 cargo test --release --test crash postgres::a_split -- --nocapture`
     // runs the full-size check; CI uses 60,000 rows, in 8 chunks (9 when the
     // row estimate is over).
@@ -182,12 +194,17 @@ async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies
         workers,
         batch_size: 500,
         lease_seconds: 1,
-        extra_args: vec!["--chunk-rows".into(), chunk_rows.clone()],
+        extra_args: vec![
+            "--chunk-rows".into(),
+            chunk_rows.clone(),
+            "--split".into(),
+            split.into(),
+        ],
         ..Default::default()
     };
     let app = spawn_app(chunked(0));
     for _ in 0..3 {
-        app.spawn_worker_with(1, &["--chunk-rows", &chunk_rows]);
+        app.spawn_worker_with(1, &["--chunk-rows", &chunk_rows, "--split", split]);
     }
     let files = tempfile::tempdir().unwrap();
     let (file, expect) = generate(
@@ -231,10 +248,19 @@ async fn a_split_file_is_imported_by_parallel_chunk_jobs_even_when_a_worker_dies
 
     let s = app.wait_done(job, 2 * MINUTE).await;
     assert_eq!(s["status"], "completed", "{s}");
-    // Eight chunks of the exact count; the split goes by the row estimate, which may be a
-    // little over (one chunk more).
+    // Eight chunk files of the exact count; the split goes by the row estimate, which may be
+    // a little over (one chunk more). Parts: one per writer of the worker (two at least).
     let chunks = s["chunks"]["total"].as_u64().unwrap();
-    assert!(chunks == 8 || chunks == 9, "{s}");
+    if split == "files" {
+        assert!(chunks == 8 || chunks == 9, "{s}");
+    } else {
+        assert_eq!(chunks, 2, "{s}");
+        // Both parts were taken again after the kill (a second attempt each).
+        let again = app.db().number(&format!(
+            "SELECT count(*) FROM jobs WHERE parent_id = {job} AND attempts >= 2"
+        ));
+        assert_eq!(again, 2);
+    }
     assert_eq!(s["chunks"]["completed"], chunks);
     assert_eq!(s["createdCount"], expect["valid_rows"]);
     assert_eq!(s["errorCount"], expect["invalid_rows"]);

@@ -136,7 +136,7 @@ proptest! {
         encoding in prop::sample::select(vec!["utf-8", "utf-16le", "utf-16be", "windows-1252"]),
         delimiter in proptest::option::of(prop::sample::select(b",;\t|".to_vec())),
     ) {
-        let options = SourceOptions { delimiter, encoding: Some(encoding.into()), sheet: None, row_column: false };
+        let options = SourceOptions { delimiter, encoding: Some(encoding.into()), sheet: None, row_column: false, part: None };
         check(text.as_bytes(), &options)?;
     }
 }

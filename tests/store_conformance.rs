@@ -26,13 +26,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sluice::dataset::Datasets;
+use sluice::import::read::Part;
 use sluice::import::{Batch, Format, Mapping, Mode, SinkError, SourceOptions, Value};
 use sluice::store::postgres::PgStore;
 use sluice::store::sqlite::SqliteStore;
 use sluice::store::{
-    AuditEntry, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job, JobEvent,
-    JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, NewSource, Priority,
-    Role, RunEnd, RunOutcome, RunStart, SourceSaved, StoreError,
+    AuditEntry, ChunkClaim, Control, Controlled, DeliveryAttempt, DeliveryState, Inserted, Job,
+    JobEvent, JobId, JobKind, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, NewSource,
+    Priority, Role, RunEnd, RunOutcome, RunStart, SourceSaved, StoreError,
 };
 
 /// What `sluice serve` waits for a lock by default (`--busy-timeout-ms`).
@@ -286,22 +287,21 @@ fn one_row_batch(sku: &str, name: &str) -> Batch {
 
 /// Splits a claimed job into `n` chunk jobs of 10 rows each; their ids in chunk order.
 fn split(store: &dyn JobStore, lease: &Lease, n: usize) -> Vec<JobId> {
-    let chunks: Vec<NewChunk> = (0..n)
-        .map(|i| NewChunk {
-            blob: format!("chunk-{}-{i}", lease.job_id),
-            rows: 10,
-            size: 100,
-        })
-        .collect();
     let options = SourceOptions {
         row_column: true,
         ..Default::default()
     };
-    assert!(
-        store
-            .job_split(lease, 10 * n as u64, &options, &chunks)
-            .unwrap()
-    );
+    let chunks: Vec<NewChunk> = (0..n)
+        .map(|i| NewChunk {
+            blob: format!("chunk-{}-{i}", lease.job_id),
+            rows: Some(10),
+            size: 100,
+            format: Format::Csv,
+            options: options.clone(),
+        })
+        .collect();
+    let claimed = store.job_split(lease, 10 * n as u64, &chunks, None);
+    assert_eq!(claimed.unwrap().map(|c| c.len()), Some(0));
     let mut ids: Vec<(u32, JobId)> = Vec::new();
     for id in lease.job_id + 1..lease.job_id + 1 + 10 * n as i64 {
         if let Some(j) = store.job_get(id).unwrap()
@@ -459,6 +459,88 @@ fn a_split_jobs_chunks_run_together_and_the_next_upload_waits_for_all(store: &dy
     }
     assert_eq!(status(store, big), JobStatus::Completed);
     claim(store, "w9", later);
+}
+
+/// A split into parts of the original file claims them for the splitting worker at once: they
+/// come back running under its leases, carry the parent's file, format and options with their
+/// part, are not claimable by anyone else while the leases hold, and complete the parent with
+/// its counted total.
+fn a_split_into_claimed_parts_hands_them_to_the_splitter(store: &dyn JobStore) {
+    let datasets = datasets();
+    store.datasets_prepare(&datasets).unwrap();
+    let items = datasets.get("items").unwrap();
+    let (org, _) = tenant(store, "acme");
+    let big = pending(store, org, "big");
+    let parent = claim(store, "w0", big);
+    let file = store.job_get(big).unwrap().unwrap();
+    let parts: Vec<NewChunk> = (0..2u32)
+        .map(|index| NewChunk {
+            blob: file.blob.clone(),
+            rows: Some(5),
+            size: file.file_size,
+            format: file.format,
+            options: SourceOptions {
+                part: Some(Part { index, count: 2 }),
+                ..file.options.clone()
+            },
+        })
+        .collect();
+    let claim = ChunkClaim {
+        owner: "host/pid-1/parts-of-1",
+        lease_ms: LONG_LEASE_MS,
+    };
+    let claimed = store
+        .job_split(&parent, 10, &parts, Some(claim))
+        .unwrap()
+        .expect("the parent's lease holds");
+    assert_eq!(claimed.len(), 2);
+    for (i, (job, lease)) in claimed.iter().enumerate() {
+        assert_eq!(job.status, JobStatus::Processing);
+        assert_eq!(job.parent_id, Some(big));
+        assert_eq!(job.chunk_index, Some(i as u32));
+        assert_eq!(job.blob, file.blob, "a part reads the original file");
+        assert_eq!(job.format, file.format);
+        assert_eq!(
+            job.options.part,
+            Some(Part {
+                index: i as u32,
+                count: 2
+            })
+        );
+        assert_eq!(job.total_rows, Some(5));
+        assert!(job.started_at.is_some());
+        assert!(store.job_heartbeat(lease, LONG_LEASE_MS).unwrap());
+    }
+    assert!(next_claim(store, "w9").is_none(), "the parts are taken");
+    // The parent's lease went back with the split: a second split is refused.
+    assert!(
+        store
+            .job_split(&parent, 10, &parts, None)
+            .unwrap()
+            .is_none()
+    );
+    let mut batch = one_row_batch("a", "first");
+    for (job, lease) in &claimed {
+        let mut sink = store
+            .batch_sink(items.clone(), lease.clone(), Mode::Upsert, Some(big), org)
+            .unwrap();
+        batch.values[0] = Value::Text(format!("sku-{}", job.id));
+        sink.commit(&batch, 7).unwrap();
+        drop(sink);
+        assert!(
+            store
+                .job_finish(lease, None, JobStatus::Completed, None)
+                .unwrap()
+        );
+        assert_eq!(store.job_get(job.id).unwrap().unwrap().total_rows, Some(1));
+    }
+    let done = store.job_get(big).unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(
+        done.total_rows,
+        Some(2),
+        "the estimate gives way to the count"
+    );
 }
 
 fn a_synchronous_import_does_not_start_beside_another_writer(store: &dyn JobStore) {
@@ -2256,6 +2338,7 @@ store_conformance!(
     jobs_into_one_dataset_run_one_after_another_in_upload_order,
     a_paused_job_steps_aside_and_a_resumed_one_waits_its_turn,
     a_split_jobs_chunks_run_together_and_the_next_upload_waits_for_all,
+    a_split_into_claimed_parts_hands_them_to_the_splitter,
     a_synchronous_import_does_not_start_beside_another_writer,
     workers_racing_for_two_uploads_into_one_dataset_start_only_the_first,
     an_expired_lease_is_claimed_by_another_owner_and_the_first_loses_it,

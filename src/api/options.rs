@@ -49,6 +49,7 @@ impl ImportOptions {
             encoding: text("encoding"),
             sheet: text("sheet"),
             row_column: false,
+            part: None,
         };
         let mapping = match (param(params, "mapping"), text("template")) {
             (Some(m), _) => MappingChoice::Manual(serde_json::from_str(m).map_err(|e| {

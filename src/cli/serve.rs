@@ -27,6 +27,13 @@ use crate::store::sqlite::SqliteStore;
 /// Rows above which a file is split into chunk jobs on PostgreSQL, by default.
 const DEFAULT_CHUNK_ROWS_PG: u64 = 250_000;
 
+/// How a large CSV file is split (`--split`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitInto {
+    Parts,
+    Files,
+}
+
 /// How long shutdown waits for workers to reach a batch boundary.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -120,12 +127,22 @@ pub struct WorkerArgs {
     /// `--retry-limit` attempts). Recording a job's end waits as long as it takes.
     #[arg(long, env = "SLUICE_DB_OUTAGE_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub db_outage_grace: Duration,
-    /// Split files with more data rows than this into chunk jobs that workers run in parallel
-    /// (0: never), judged by the row estimate (a CSV file's size over its first rows' bytes, an
-    /// XLSX sheet's declared range); as many chunks as it takes, rounded up to a multiple of
-    /// `--workers`. Default: 250000 on PostgreSQL, 0 on SQLite (one writer at a time).
+    /// Split files with more data rows than this into chunk jobs that run in parallel (0:
+    /// never), judged by the row estimate (a CSV file's size over its first rows' bytes, an
+    /// XLSX sheet's declared range). See `--split` for how. Default: 250000 on PostgreSQL, 0 on
+    /// SQLite (one writer at a time).
     #[arg(long, env = "SLUICE_CHUNK_ROWS")]
     pub chunk_rows: Option<u64>,
+    /// How a CSV file past `--chunk-rows` is split. `parts`: into one part per worker of this
+    /// process (`--workers`, at least two), which the worker that split it runs together over
+    /// one read of the file, each part with its own lease and checkpoint (a part left by a
+    /// stopped worker is taken by any worker, which reads the whole file for its rows).
+    /// `files`: into chunk files of the rows (as many as `--chunk-rows` makes, rounded up to
+    /// a multiple of `--workers`) that any worker of any process takes, at the cost of a
+    /// second pass over the file and storing it again. Spreadsheets are always split into
+    /// files, and so is everything when `--org-max-running` caps an organisation's jobs.
+    #[arg(long, env = "SLUICE_SPLIT", value_enum, default_value_t = SplitInto::Parts)]
+    pub split: SplitInto,
     /// Most chunk jobs one file is split into.
     #[arg(long, env = "SLUICE_MAX_CHUNKS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=256))]
     pub max_chunks: u32,
@@ -478,6 +495,7 @@ async fn job_context(
                 0
             }),
             max_chunks: work.max_chunks,
+            split_files: work.split == SplitInto::Files,
             org_max_running: work.org_max_running,
             job_niceness: work.job_niceness,
         },

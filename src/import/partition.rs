@@ -13,7 +13,7 @@ use std::path::Path;
 use super::read::Source;
 use super::validate::parse_field;
 use super::{FileError, Format, Mapping, SourceOptions};
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Field};
 
 /// The header of a chunk file's first column.
 pub const ROW_COLUMN: &str = "__sluice_row";
@@ -25,6 +25,7 @@ pub fn chunk_options() -> SourceOptions {
         encoding: Some("UTF-8".into()),
         sheet: None,
         row_column: true,
+        part: None,
     }
 }
 
@@ -34,6 +35,42 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Which part of `n` a record's key puts it in: the same for every reader of the same file
+/// (the chunk files' partition, a part reading the original file, the parts read together).
+pub struct KeyHash {
+    /// Each key field with the file's column that holds it.
+    columns: Vec<(Field, Option<usize>)>,
+    key: Vec<u8>,
+}
+
+impl KeyHash {
+    pub fn new(dataset: &Dataset, mapping: &Mapping) -> Self {
+        let field_columns = mapping.field_columns(dataset);
+        Self {
+            columns: (dataset.key.iter())
+                .map(|&k| (dataset.fields[k].clone(), field_columns[k]))
+                .collect(),
+            key: Vec::new(),
+        }
+    }
+
+    /// The part (`0..n`) of the record's key: hashed in its parsed form, or as written when it
+    /// does not parse.
+    pub fn part_of(&mut self, record: &csv::ByteRecord, n: u32) -> u32 {
+        self.key.clear();
+        for (field, column) in &self.columns {
+            let raw = column.and_then(|c| record.get(c)).unwrap_or_default();
+            let text = std::str::from_utf8(raw).unwrap_or_default();
+            match parse_field(field, text).ok().and_then(|v| v.to_text()) {
+                Some(parsed) => self.key.extend_from_slice(parsed.as_bytes()),
+                None => self.key.extend_from_slice(raw),
+            }
+            self.key.push(0x1f);
+        }
+        (fnv1a(&self.key) % u64::from(n.max(1))) as u32
+    }
 }
 
 /// Writes one chunk file into each of `chunks` from the source file; the data rows each got.
@@ -56,28 +93,12 @@ pub fn partition<W: Write>(
         w.write_record(&header).map_err(csv_err)?;
         writers.push(w);
     }
-    let field_columns = mapping.field_columns(dataset);
-    let key_columns: Vec<(usize, Option<usize>)> =
-        dataset.key.iter().map(|&k| (k, field_columns[k])).collect();
+    let mut keys = KeyHash::new(dataset, mapping);
     let mut rows = vec![0u64; n];
     let mut record = csv::ByteRecord::new();
     let mut out = csv::ByteRecord::new();
-    let mut key = Vec::new();
     while let Some(index) = source.next_record(&mut record)? {
-        key.clear();
-        for &(field, column) in &key_columns {
-            let raw = column.and_then(|c| record.get(c)).unwrap_or_default();
-            let text = std::str::from_utf8(raw).unwrap_or_default();
-            match parse_field(&dataset.fields[field], text)
-                .ok()
-                .and_then(|v| v.to_text())
-            {
-                Some(parsed) => key.extend_from_slice(parsed.as_bytes()),
-                None => key.extend_from_slice(raw),
-            }
-            key.push(0x1f);
-        }
-        let chunk = (fnv1a(&key) % n as u64) as usize;
+        let chunk = keys.part_of(&record, n as u32) as usize;
         out.clear();
         out.push_field((index + 2).to_string().as_bytes());
         record.iter().for_each(|f| out.push_field(f));

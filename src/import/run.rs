@@ -6,8 +6,10 @@
 //! the last commit left it.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::read::Source;
+use super::partition::KeyHash;
+use super::read::{Part, Source};
 use super::validate::Validator;
 use super::{Batch, BatchCounts, FileError, Format, Mapping, SourceOptions};
 use crate::backoff::{Backoff, Retry, RetryBudget, retry_blocking};
@@ -134,6 +136,8 @@ struct BatchReader<'a> {
     present: Vec<bool>,
     /// A chunk file carries the original row number in an extra first column.
     row_column: bool,
+    /// A part reading the original file keeps only the records whose key hashes to it.
+    part: Option<(KeyHash, Part)>,
     batch_size: usize,
     record: csv::ByteRecord,
     data: csv::ByteRecord,
@@ -152,15 +156,21 @@ impl<'a> BatchReader<'a> {
         }
         source.skip_to(spec.checkpoint)?;
         let field_columns = spec.mapping.field_columns(spec.dataset);
+        let part = (spec.options.part).map(|p| (KeyHash::new(spec.dataset, spec.mapping), p));
         Ok(Self {
             source,
             present: field_columns.iter().map(Option::is_some).collect(),
             validator: Validator::new(spec.dataset, field_columns, width),
             row_column,
+            part,
             batch_size: spec.batch_size.max(1),
             record: csv::ByteRecord::new(),
             data: csv::ByteRecord::new(),
         })
+    }
+
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.rows.len() + batch.errors.len() >= self.batch_size
     }
 
     /// The next batch (in `reuse`'s buffers when given) and the checkpoint after it; `None` at
@@ -169,44 +179,251 @@ impl<'a> BatchReader<'a> {
         let mut batch = reuse.unwrap_or_else(|| Batch::new(self.present.clone()));
         batch.clear();
         let before = self.source.position();
-        while batch.rows.len() + batch.errors.len() < self.batch_size {
+        while !self.is_full(&batch) {
             let Some(index) = self.source.next_record(&mut self.record)? else {
                 break;
             };
-            let (row, fields) = if self.row_column {
-                self.data.clear();
-                self.record
-                    .iter()
-                    .skip(1)
-                    .for_each(|f| self.data.push_field(f));
-                let row = std::str::from_utf8(self.record.get(0).unwrap_or_default())
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .ok_or_else(|| {
-                        FileError::Unreadable("a chunk file lost its row numbers".into())
-                    })?;
-                (row, &self.data)
-            } else {
-                (index + 2, &self.record)
-            };
-            let cells = self.source.cell_errors();
-            match self
-                .validator
-                .validate(fields, row, cells, &mut batch.values)
+            if let Some((keys, part)) = &mut self.part
+                && keys.part_of(&self.record, part.count) != part.index
             {
-                Ok(()) => {
-                    batch.rows.push(row);
-                    batch.raw.push(fields);
-                }
-                Err(e) => batch.errors.push(e),
+                continue;
             }
+            self.add(index, &mut batch)?;
         }
         batch.records = self.source.position() - before;
-        if batch.records == 0 {
+        if batch.rows.is_empty() && batch.errors.is_empty() {
             return Ok(None);
         }
         Ok(Some((batch, self.source.position())))
     }
+
+    /// Validates the record just read (the file's record `index`) into `batch`.
+    fn add(&mut self, index: u64, batch: &mut Batch) -> Result<(), FileError> {
+        let (row, fields) = if self.row_column {
+            self.data.clear();
+            self.record
+                .iter()
+                .skip(1)
+                .for_each(|f| self.data.push_field(f));
+            let row = std::str::from_utf8(self.record.get(0).unwrap_or_default())
+                .ok()
+                .and_then(|r| r.parse().ok())
+                .ok_or_else(|| FileError::Unreadable("a chunk file lost its row numbers".into()))?;
+            (row, &self.data)
+        } else {
+            (index + 2, &self.record)
+        };
+        let cells = self.source.cell_errors();
+        match self
+            .validator
+            .validate(fields, row, cells, &mut batch.values)
+        {
+            Ok(()) => {
+                batch.rows.push(row);
+                batch.raw.push(fields);
+            }
+            Err(e) => batch.errors.push(e),
+        }
+        Ok(())
+    }
+}
+
+/// Finished batches that may wait for each writer of [`run_parts`]: one per part it writes,
+/// so that the reader goes on filling the other parts' batches while a writer is busy (handed
+/// over one at a time, the writers waited for each other's turns).
+const PART_AHEAD: usize = 1;
+
+/// What the reader of [`run_parts`] hands a writer: a part's next batch and checkpoint, the
+/// end of the file (`None`), or the file's error.
+type PartBatch = (usize, Option<Result<(Batch, u64), FileError>>);
+
+/// One part of [`run_parts`]: its writer, whether it should stop, and whether it has ended
+/// (then the reader no longer validates its records).
+pub struct PartSink<'s> {
+    pub sink: &'s mut (dyn BatchSink + Send),
+    pub stop: &'s (dyn Fn() -> bool + Sync),
+}
+
+/// Runs the parts of a split job together over one read of the original file (`spec.options`
+/// without a part, checkpoint 0): every record goes to the part its key hashes to
+/// ([`KeyHash`], as a part read alone would take it), and each part commits its own batches
+/// with its own checkpoint (the file's records consumed when its batch was handed over). The
+/// parts' commits run on `writers` threads (part `i` on thread `i % writers`): more writers
+/// than cores only made the database's backends contend for the same index pages (four at once
+/// on two cores took 70 % more of its CPU than two). A part that stops or fails ends alone;
+/// the others go on. What each part came to, in order.
+pub fn run_parts(
+    spec: &RunSpec<'_>,
+    parts: Vec<PartSink<'_>>,
+    writers: usize,
+) -> Vec<Result<RunOutcome, RunError>> {
+    let n = parts.len();
+    let writers = writers.clamp(1, n.max(1));
+    let mut reader = match BatchReader::open(spec) {
+        Ok(reader) => reader,
+        Err(e) => {
+            let text = e.to_string();
+            return (0..n)
+                .map(|_| Err(FileError::Unreadable(text.clone()).into()))
+                .collect();
+        }
+    };
+    let ended: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
+    let ended = &ended;
+    let mut groups: Vec<Vec<(usize, PartSink<'_>)>> = (0..writers).map(|_| Vec::new()).collect();
+    for (i, part) in parts.into_iter().enumerate() {
+        groups[i % writers].push((i, part));
+    }
+    std::thread::scope(|scope| {
+        let mut senders = Vec::with_capacity(writers);
+        let mut spares = Vec::with_capacity(writers);
+        let mut threads = Vec::with_capacity(writers);
+        for group in groups {
+            let ahead = PART_AHEAD * group.len();
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<PartBatch>(ahead);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
+            senders.push(full_tx);
+            spares.push(spare_rx);
+            let retry = spec.retry;
+            threads.push(scope.spawn(move || write_parts(group, ended, full_rx, spare_tx, retry)));
+        }
+        scope.spawn(move || {
+            let count = n as u32;
+            let mut keys = KeyHash::new(spec.dataset, spec.mapping);
+            let fresh = |reader: &BatchReader<'_>| Batch::new(reader.present.clone());
+            let mut batches: Vec<Batch> = (0..n).map(|_| fresh(&reader)).collect();
+            // A writer that has returned has ended all its parts.
+            let send = |i: usize, next: Option<Result<(Batch, u64), FileError>>| {
+                if senders[i % writers].send((i, next)).is_err() {
+                    ended[i].store(true, Ordering::SeqCst);
+                }
+            };
+            let open = |i: usize| !ended[i].load(Ordering::SeqCst);
+            loop {
+                let index = match reader.source.next_record(&mut reader.record) {
+                    Ok(Some(index)) => index,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let text = e.to_string();
+                        (0..n)
+                            .for_each(|i| send(i, Some(Err(FileError::Unreadable(text.clone())))));
+                        return;
+                    }
+                };
+                let i = keys.part_of(&reader.record, count) as usize;
+                if !open(i) {
+                    if !(0..n).any(open) {
+                        return;
+                    }
+                    continue;
+                }
+                let mut batch = std::mem::take(&mut batches[i]);
+                if let Err(e) = reader.add(index, &mut batch) {
+                    send(i, Some(Err(e)));
+                    continue;
+                }
+                if reader.is_full(&batch) {
+                    batch.records = (batch.rows.len() + batch.errors.len()) as u64;
+                    send(i, Some(Ok((batch, reader.source.position()))));
+                    batch = spares[i % writers]
+                        .try_recv()
+                        .unwrap_or_else(|_| fresh(&reader));
+                    batch.clear();
+                }
+                batches[i] = batch;
+            }
+            let position = reader.source.position();
+            for (i, mut batch) in batches.into_iter().enumerate() {
+                if !batch.rows.is_empty() || !batch.errors.is_empty() {
+                    batch.records = (batch.rows.len() + batch.errors.len()) as u64;
+                    send(i, Some(Ok((batch, position))));
+                }
+                send(i, None);
+            }
+        });
+        let mut outcomes: Vec<Option<Result<RunOutcome, RunError>>> =
+            (0..n).map(|_| None).collect();
+        for thread in threads {
+            match thread.join() {
+                Ok(done) => done.into_iter().for_each(|(i, o)| outcomes[i] = Some(o)),
+                Err(_) => {}
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(SinkError::Fatal("a part's writer thread panicked".into()).into())
+                })
+            })
+            .collect()
+    })
+}
+
+/// A writer thread of [`run_parts`]: commits its parts' batches as they come, until each of
+/// its parts has ended; what each came to.
+fn write_parts(
+    mut parts: Vec<(usize, PartSink<'_>)>,
+    ended: &[AtomicBool],
+    full: std::sync::mpsc::Receiver<PartBatch>,
+    spare: std::sync::mpsc::Sender<Batch>,
+    retry: RetryBudget,
+) -> Vec<(usize, Result<RunOutcome, RunError>)> {
+    let mut done = Vec::with_capacity(parts.len());
+    let end = |i: usize, outcome: Result<RunOutcome, RunError>, done: &mut Vec<_>| {
+        ended[i].store(true, Ordering::SeqCst);
+        done.push((i, outcome));
+    };
+    while done.len() < parts.len() {
+        // Parts asked to stop end at this batch boundary.
+        for (i, part) in &parts {
+            if !ended[*i].load(Ordering::SeqCst) && (part.stop)() {
+                end(*i, Ok(RunOutcome::Stopped), &mut done);
+            }
+        }
+        if done.len() == parts.len() {
+            break;
+        }
+        let (i, next) = match full.recv() {
+            Ok(next) => next,
+            Err(_) => {
+                for (i, _) in &parts {
+                    if !ended[*i].load(Ordering::SeqCst) {
+                        let e = SinkError::Fatal("the file's reader stopped unexpectedly".into());
+                        end(*i, Err(e.into()), &mut done);
+                    }
+                }
+                break;
+            }
+        };
+        if ended[i].load(Ordering::SeqCst) {
+            continue;
+        }
+        let Some(part) = parts.iter_mut().find(|(p, _)| *p == i).map(|(_, p)| p) else {
+            continue;
+        };
+        let (batch, checkpoint) = match next {
+            None => {
+                end(i, Ok(RunOutcome::Finished), &mut done);
+                continue;
+            }
+            Some(Err(e)) => {
+                end(i, Err(e.into()), &mut done);
+                continue;
+            }
+            Some(Ok(next)) => next,
+        };
+        match commit_with_retry(part.sink, &batch, checkpoint, retry, part.stop) {
+            Ok(_) => {
+                let _ = spare.send(batch);
+            }
+            Err(SinkError::Retryable(_)) if (part.stop)() => {
+                end(i, Ok(RunOutcome::Stopped), &mut done)
+            }
+            Err(e) => end(i, Err(e.into()), &mut done),
+        }
+    }
+    done
 }
 
 /// Commits a batch, retrying system errors with the store's backoff within the job's budget.

@@ -17,16 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backoff::{Backoff, Retry, RetryBudget, retry_blocking};
-use crate::blob::{BlobError, BlobStore, ManyError};
+use crate::blob::{BlobError, BlobStore, LocalCopy, ManyError};
 use crate::dataset::Datasets;
 use crate::events::{EventBus, PublishingSink};
 use crate::import::Mode;
 use crate::import::partition::{chunk_options, partition};
-use crate::import::run::{RunError, RunSpec, run};
+use crate::import::run::{RunError, RunSpec, run, run_parts};
 use crate::import::{FileError, RunOutcome, SinkError, read};
 use crate::store::{
-    Completion, DEFAULT_MAX_DELETE_PERCENT, Job, JobKind, JobStatus, JobStore, Lease, NewChunk,
-    Replacement, StoreError, SyncDeletion,
+    ChunkClaim, Completion, DEFAULT_MAX_DELETE_PERCENT, Job, JobKind, JobStatus, JobStore, Lease,
+    NewChunk, Replacement, StoreError, SyncDeletion,
 };
 
 /// Settings of the worker pool.
@@ -50,6 +50,9 @@ pub struct WorkerConfig {
     pub chunk_rows: u64,
     /// Most chunk jobs one file is split into.
     pub max_chunks: u32,
+    /// Split CSV files into chunk files for any worker rather than parts this worker runs
+    /// together (`--split files`).
+    pub split_files: bool,
     /// Most jobs and chunks one organisation may have running at once (0: no cap).
     pub org_max_running: u32,
     /// Niceness added to the threads that run jobs (`--job-niceness`).
@@ -108,12 +111,17 @@ pub enum Executed {
 /// The name a worker claims jobs under: host, process and slot, so an operator can tell who
 /// holds a lease.
 pub fn worker_id(n: usize) -> String {
+    format!("{}/w{n}", process_name())
+}
+
+/// This process: host and process id.
+fn process_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into());
-    format!("{host}/pid-{}/w{n}", std::process::id())
+    format!("{host}/pid-{}", std::process::id())
 }
 
 /// Starts the worker pool; each worker ends when `shutdown` is cancelled.
@@ -221,6 +229,16 @@ struct Signals {
     lost: AtomicBool,
     /// The job's time limit passed.
     timed_out: AtomicBool,
+    /// A split into parts this worker runs together (see [`split`]): handed from the job's
+    /// thread to [`execute_job`].
+    parts: std::sync::Mutex<Option<Parts>>,
+}
+
+/// The parts of a split job, claimed by the worker that split it, and the original file they
+/// read.
+struct Parts {
+    chunks: Vec<(Job, Lease)>,
+    file: LocalCopy,
 }
 
 /// Executes a claimed job to its end, a shutdown, its time limit, or the loss of its lease.
@@ -256,12 +274,60 @@ async fn execute_job(
     shutdown: &CancellationToken,
 ) -> Executed {
     let signals = Arc::new(Signals::default());
+    let (limit, deadline) = time_limit(ctx, &job);
+    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes;
+    // a sync job's missing keys are deleted then.
+    let completion = completion_of(ctx, &job);
+    let watcher = AbortOnDrop(tokio::spawn(watch(
+        ctx.clone(),
+        lease.clone(),
+        signals.clone(),
+        shutdown.clone(),
+        deadline,
+    )));
+    tracing::info!(
+        attempt = job.attempts,
+        checkpoint = job.rows_done,
+        "job started"
+    );
+    let outcome = {
+        let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
+        on_job_thread(&ctx.clone(), move || {
+            run_blocking(&ctx, &job, lease, &signals)
+        })
+        .await
+    };
+    if matches!(outcome, Ok(RunOutcome::Split))
+        && let Some(parts) = signals.parts.lock().ok().and_then(|mut p| p.take())
+    {
+        drop(watcher);
+        execute_parts(ctx, parts, shutdown).await;
+        return Executed::Split;
+    }
+    let executed = conclude(
+        ctx,
+        &lease,
+        outcome,
+        &signals,
+        completion.as_ref(),
+        limit,
+        shutdown,
+    )
+    .await;
+    // The watcher keeps heartbeating until the job's end is recorded (in `conclude`), which may
+    // wait for the database: the lease must not expire meanwhile.
+    drop(watcher);
+    executed
+}
+
+/// The job's time limit (its dataset's, else the server's) and when it runs out: the limit
+/// counts from the job's first start, across restarts.
+fn time_limit(ctx: &JobContext, job: &Job) -> (Option<Duration>, Option<tokio::time::Instant>) {
     let limit = ctx
         .datasets
         .get(&job.dataset)
         .and_then(|d| d.timeout)
         .or(ctx.config.job_timeout);
-    // The limit counts from the job's first start, across restarts.
     let deadline = limit.map(|limit| {
         let ran = job
             .started_at
@@ -269,51 +335,106 @@ async fn execute_job(
             .unwrap_or_default();
         tokio::time::Instant::now() + limit.saturating_sub(ran)
     });
-    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes;
-    // a sync job's missing keys are deleted then.
-    let completion = completion_of(ctx, &job);
-    let watcher = tokio::spawn(watch(
-        ctx.clone(),
-        lease.clone(),
-        signals.clone(),
-        shutdown.clone(),
-        deadline,
-    ));
-    tracing::info!(
-        attempt = job.attempts,
-        checkpoint = job.rows_done,
-        "job started"
-    );
-    let result = {
-        let (ctx, lease, signals) = (ctx.clone(), lease.clone(), signals.clone());
-        // The blocking run logs inside the job's span too.
-        let span = tracing::Span::current();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // A thread of its own rather than the blocking pool's: it may run at a lower priority
-        // (`--job-niceness`, inherited by the threads it starts), which a pooled thread would
-        // keep for the API's calls later.
-        let spawned = std::thread::Builder::new()
-            .name("sluice-job".into())
-            .spawn(move || {
-                lower_priority(ctx.config.job_niceness);
-                let _ = tx.send(span.in_scope(|| run_blocking(&ctx, &job, lease, &signals.stop)));
-            });
-        match spawned {
-            Ok(_) => rx
-                .await
-                .map_err(|_| "the job's thread ended without an outcome".to_string()),
-            Err(e) => Err(format!("could not start the job's thread: {e}")),
+    (limit, deadline)
+}
+
+/// Runs `f` on a thread of its own rather than the blocking pool's: it may run at a lower
+/// priority (`--job-niceness`, inherited by the threads it starts), which a pooled thread would
+/// keep for the API's calls later. The blocking run logs inside the caller's span.
+async fn on_job_thread<T: Send + 'static>(
+    ctx: &Arc<JobContext>,
+    f: impl FnOnce() -> Result<T, RunError> + Send + 'static,
+) -> Result<T, RunError> {
+    let niceness = ctx.config.job_niceness;
+    let span = tracing::Span::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("sluice-job".into())
+        .spawn(move || {
+            lower_priority(niceness);
+            let _ = tx.send(span.in_scope(f));
+        });
+    let failed = |e: String| {
+        Err(RunError::Sink(SinkError::Fatal(format!(
+            "worker thread failed: {e}"
+        ))))
+    };
+    match spawned {
+        Ok(_) => rx
+            .await
+            .unwrap_or_else(|_| failed("the job's thread ended without an outcome".to_string())),
+        Err(e) => failed(format!("could not start the job's thread: {e}")),
+    }
+}
+
+/// Runs the parts a split handed over together (one read of the file, a writer each:
+/// [`crate::import::run::run_parts`]), each under its own lease, heartbeat and time limit, and
+/// records each one's end as if it had run alone.
+async fn execute_parts(ctx: &Arc<JobContext>, parts: Parts, shutdown: &CancellationToken) {
+    let Parts { chunks, file } = parts;
+    let mut each = Vec::with_capacity(chunks.len());
+    for (job, lease) in &chunks {
+        let signals = Arc::new(Signals::default());
+        let (limit, deadline) = time_limit(ctx, job);
+        let watcher = AbortOnDrop(tokio::spawn(watch(
+            ctx.clone(),
+            lease.clone(),
+            signals.clone(),
+            shutdown.clone(),
+            deadline,
+        )));
+        each.push((signals, watcher, completion_of(ctx, job), limit));
+    }
+    tracing::info!(parts = chunks.len(), "running the parts together");
+    let outcomes = {
+        let (ctx, chunks) = (ctx.clone(), chunks.clone());
+        let signals: Vec<Arc<Signals>> = each.iter().map(|e| e.0.clone()).collect();
+        on_job_thread(&ctx.clone(), move || {
+            Ok(run_parts_blocking(&ctx, &chunks, &file, &signals))
+        })
+        .await
+    };
+    let outcomes = match outcomes {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let text = e.to_string();
+            (0..chunks.len())
+                .map(|_| Err(SinkError::Fatal(text.clone()).into()))
+                .collect()
         }
     };
-    // The watcher keeps heartbeating until the job's end is recorded (below), which may wait
-    // for the database: the lease must not expire meanwhile.
-    let watcher = AbortOnDrop(watcher);
-    let outcome = match result {
-        Ok(r) => r,
-        Err(e) => Err(RunError::Sink(SinkError::Fatal(format!(
-            "worker thread failed: {e}"
-        )))),
-    };
+    for (((job, lease), outcome), (signals, watcher, completion, limit)) in
+        chunks.iter().zip(outcomes).zip(each)
+    {
+        let span = tracing::info_span!("part", job = job.id, chunk = job.chunk_index);
+        let executed = conclude(
+            ctx,
+            lease,
+            outcome,
+            &signals,
+            completion.as_ref(),
+            limit,
+            shutdown,
+        )
+        .instrument(span)
+        .await;
+        drop(watcher);
+        if executed == Executed::LeaseLost {
+            crate::telemetry::lease_lost();
+        }
+    }
+}
+
+/// Records how a run of a job ended (its final state, or its lease given back) and says so.
+async fn conclude(
+    ctx: &Arc<JobContext>,
+    lease: &Lease,
+    outcome: Result<RunOutcome, RunError>,
+    signals: &Signals,
+    completion: Option<&Completion>,
+    limit: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> Executed {
     let (status, message) = match outcome {
         Ok(RunOutcome::Finished) => (JobStatus::Completed, None),
         Ok(RunOutcome::Split) => return Executed::Split,
@@ -368,15 +489,14 @@ async fn execute_job(
     };
     let finished = finish(
         ctx,
-        &lease,
-        completion.as_ref(),
+        lease,
+        completion,
         status,
         message.as_deref(),
-        &signals,
+        signals,
         shutdown,
     )
     .await;
-    drop(watcher);
     ctx.events.publish();
     match finished {
         Ok(true) => {
@@ -620,17 +740,19 @@ fn split(
         .zip(rows.iter().zip(sizes))
         .map(|(name, (&rows, size))| NewChunk {
             blob: name.clone(),
-            rows,
+            rows: Some(rows),
             size,
+            format: crate::import::Format::Csv,
+            options: chunk_options(),
         })
         .collect();
     let total = rows.iter().sum();
-    match ctx.store.job_split(lease, total, &chunk_options(), &chunks) {
-        Ok(true) => {
+    match ctx.store.job_split(lease, total, &chunks, None) {
+        Ok(Some(_)) => {
             tracing::info!(chunks = n, rows = total, "job split into chunk jobs");
             Ok(())
         }
-        Ok(false) => {
+        Ok(None) => {
             cleanup();
             Err(SinkError::LeaseLost.into())
         }
@@ -645,10 +767,11 @@ fn run_blocking(
     ctx: &JobContext,
     job: &Job,
     lease: Lease,
-    stop: &AtomicBool,
+    signals: &Signals,
 ) -> Result<RunOutcome, RunError> {
+    let stop = &signals.stop;
     let ran = match job.kind {
-        JobKind::Import | JobKind::Analysis => run_job(ctx, job, lease, stop),
+        JobKind::Import | JobKind::Analysis => run_job(ctx, job, lease, signals),
         // Exports start over on every run (their file is written from one snapshot).
         JobKind::Export => set_up(ctx, stop, "exporting", || {
             crate::export::run(ctx, job, &lease, stop)
@@ -705,8 +828,9 @@ fn run_job(
     ctx: &JobContext,
     job: &Job,
     lease: Lease,
-    stop: &AtomicBool,
+    signals: &Signals,
 ) -> Result<RunOutcome, RunError> {
+    let stop = &signals.stop;
     let dataset = ctx.datasets.get(&job.dataset).ok_or_else(|| {
         FileError::Unreadable(format!("dataset `{}` is no longer configured", job.dataset))
     })?;
@@ -746,7 +870,29 @@ fn run_job(
         // full read before the first chunk could start. An unsplit job's total is corrected
         // when it completes.
         let total = read::row_total(&path, job.format, &job.options)?;
+        // A part read alone (its runner stopped) expects its share of the file.
+        let total = match job.options.part {
+            Some(part) => total.div_ceil(u64::from(part.count.max(1))),
+            None => total,
+        };
         if may_split && total > chunk_rows {
+            if parts_together(ctx, job) {
+                // One part per writer: parts written one after another fill the key range
+                // again from its start, into the middle of the index pages the earlier parts
+                // filled (four parts on two writers took 15 % more time than two).
+                let n = ctx
+                    .config
+                    .workers
+                    .clamp(2, ctx.config.max_chunks.max(2) as usize);
+                let chunks = set_up(ctx, stop, "splitting the job into parts", || {
+                    split_into_parts(ctx, job, &lease, total, n)
+                })?;
+                tracing::info!(parts = n, rows = total, "job split into parts run together");
+                if let Ok(mut parts) = signals.parts.lock() {
+                    *parts = Some(Parts { chunks, file: path });
+                }
+                return Ok(RunOutcome::Split);
+            }
             let n = chunk_count(total, chunk_rows, ctx.config.workers, ctx.config.max_chunks);
             set_up(ctx, stop, "splitting the job", || {
                 split(ctx, job, &dataset, &path, &lease, n)
@@ -773,6 +919,31 @@ fn run_job(
         })?;
         return crate::analysis::run(ctx, job, &lease, &dataset, &path, sink, stop);
     }
+    let mut sink = open_sink(ctx, job, &lease, &dataset, org, stop)?;
+    let spec = RunSpec {
+        dataset: &dataset,
+        path: &path,
+        format: job.format,
+        options: &job.options,
+        mapping: &job.mapping,
+        checkpoint: job.rows_done,
+        batch_size: ctx.config.batch_size,
+        retry: ctx.retry_budget(),
+    };
+    run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
+}
+
+/// The batch writer of an import job (a chunk's too): into its table, or for a replace into
+/// the staging table that becomes the table when the job completes.
+fn open_sink(
+    ctx: &JobContext,
+    job: &Job,
+    lease: &Lease,
+    dataset: &Arc<crate::dataset::Dataset>,
+    org: i64,
+    stop: &AtomicBool,
+) -> Result<PublishingSink, RunError> {
+    let store_err = SinkError::from;
     let target = if job.mode == Mode::Replace {
         let staged = Arc::new(dataset.staging(job.parent_id.unwrap_or(job.id)));
         set_up(ctx, stop, "preparing the staging table", || {
@@ -789,18 +960,132 @@ fn run_job(
             .map_err(store_err)?)
     })?;
     let sink = Box::new(crate::telemetry::MeteredSink::new(sink, &job.dataset));
-    let mut sink = PublishingSink::new(sink, ctx.events.clone());
+    Ok(PublishingSink::new(sink, ctx.events.clone()))
+}
+
+/// Whether a job this worker splits runs as parts of the original file that this worker runs
+/// together ([`split_into_parts`]) rather than as chunk files for any worker (`--split`): for
+/// CSV (a part read alone after a restart reads the whole file again, cheap for CSV, not for a
+/// workbook), and not under a cap on an organisation's running jobs (the parts are all claimed
+/// at once).
+fn parts_together(ctx: &JobContext, job: &Job) -> bool {
+    !ctx.config.split_files
+        && job.format == crate::import::Format::Csv
+        && ctx.config.org_max_running == 0
+}
+
+/// Splits a large CSV job into `n` parts that read the original file, each keeping the rows
+/// whose key hashes to it (as the chunk files would have them: [`partition`]), and claims them
+/// all for this worker, which runs them together over one read of the file. Each part keeps its
+/// own lease and checkpoint, so a part whose runner stopped is claimed and read alone by any
+/// worker. Nothing is written but the jobs: no second pass over the file, no chunk files.
+fn split_into_parts(
+    ctx: &JobContext,
+    job: &Job,
+    lease: &Lease,
+    total: u64,
+    n: usize,
+) -> Result<Vec<(Job, Lease)>, RunError> {
+    let count = n as u32;
+    let chunks: Vec<NewChunk> = (0..count)
+        .map(|index| NewChunk {
+            blob: job.blob.clone(),
+            rows: Some(total.div_ceil(u64::from(count))),
+            size: job.file_size,
+            format: job.format,
+            options: crate::import::SourceOptions {
+                part: Some(crate::import::read::Part { index, count }),
+                ..job.options.clone()
+            },
+        })
+        .collect();
+    let owner = format!("{}/parts-of-{}", process_name(), job.id);
+    let claim = ChunkClaim {
+        owner: &owner,
+        lease_ms: ctx.lease_ms(),
+    };
+    match ctx.store.job_split(lease, total, &chunks, Some(claim)) {
+        Ok(Some(claimed)) => Ok(claimed),
+        Ok(None) => Err(SinkError::LeaseLost.into()),
+        Err(e) => Err(SinkError::Retryable(e.to_string()).into()),
+    }
+}
+
+/// Runs the parts of one split job together (see [`execute_parts`]); what each came to.
+fn run_parts_blocking(
+    ctx: &JobContext,
+    chunks: &[(Job, Lease)],
+    file: &std::path::Path,
+    signals: &[Arc<Signals>],
+) -> Vec<Result<RunOutcome, RunError>> {
+    let Some((first, _)) = chunks.first() else {
+        return Vec::new();
+    };
+    let opened = (|| {
+        let dataset = ctx.datasets.get(&first.dataset).ok_or_else(|| {
+            FileError::Unreadable(format!(
+                "dataset `{}` is no longer configured",
+                first.dataset
+            ))
+        })?;
+        let org = first
+            .org_id
+            .ok_or_else(|| FileError::Unreadable("the job belongs to no organisation".into()))?;
+        let sinks = chunks
+            .iter()
+            .zip(signals)
+            .map(|((job, lease), signals)| open_sink(ctx, job, lease, &dataset, org, &signals.stop))
+            .collect::<Result<Vec<_>, RunError>>()?;
+        Ok::<_, RunError>((dataset, sinks))
+    })();
+    let (dataset, mut sinks) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let text = e.to_string();
+            return chunks
+                .iter()
+                .map(|_| Err(SinkError::Fatal(text.clone()).into()))
+                .collect();
+        }
+    };
+    let options = crate::import::SourceOptions {
+        part: None,
+        ..first.options.clone()
+    };
     let spec = RunSpec {
         dataset: &dataset,
-        path: &path,
-        format: job.format,
-        options: &job.options,
-        mapping: &job.mapping,
-        checkpoint: job.rows_done,
+        path: file,
+        format: first.format,
+        options: &options,
+        mapping: &first.mapping,
+        checkpoint: 0,
         batch_size: ctx.config.batch_size,
         retry: ctx.retry_budget(),
     };
-    run(&spec, &mut sink, &|| stop.load(Ordering::SeqCst))
+    let stops: Vec<Box<dyn Fn() -> bool + Sync + '_>> = signals
+        .iter()
+        .map(|s| Box::new(move || s.stop.load(Ordering::SeqCst)) as Box<dyn Fn() -> bool + Sync>)
+        .collect();
+    let parts = sinks
+        .iter_mut()
+        .zip(&stops)
+        .map(|(sink, stop)| crate::import::run::PartSink {
+            sink,
+            stop: stop.as_ref(),
+        })
+        .collect();
+    let writers = chunks.len();
+    let outcomes = run_parts(&spec, parts, writers);
+    outcomes
+        .into_iter()
+        .zip(signals)
+        .map(|(outcome, signals)| match outcome {
+            Err(RunError::Sink(SinkError::Retryable(_))) if signals.stop.load(Ordering::SeqCst) => {
+                Ok(RunOutcome::Stopped)
+            }
+            other => other,
+        })
+        .collect()
 }
 
 #[cfg(test)]

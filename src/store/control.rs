@@ -248,8 +248,12 @@ pub fn chunk_finished(
             params![parent],
         )?;
         if row.i64(0)? >= row.i64(1)? {
+            // Its counts are its chunks' (added by their batches): its exact total, where the
+            // split knew only an estimate (parts of the original file).
             let n = c.execute(
-                "UPDATE jobs SET status = 'completed', completed_at = $2 WHERE id = $1 AND status = 'processing'",
+                "UPDATE jobs SET status = 'completed', completed_at = $2, \
+                 total_rows = created_count + updated_count + unchanged_count + error_count \
+                 WHERE id = $1 AND status = 'processing'",
                 params![parent, now],
             )?;
             return Ok(n == 1);

@@ -26,10 +26,9 @@ use super::ledger;
 use super::sql::{Dialect, Row, Sql, Value, params};
 use super::tenants::audit_insert;
 use super::{
-    AuditEntry, Completion, Cursors, ErrorRecord, Inserted, Job, JobFilter, JobId, JobStatus,
-    Lease, NewChunk, NewJob, Priority, StoreError, StoreResult,
+    AuditEntry, ChunkClaim, Completion, Cursors, ErrorRecord, Inserted, Job, JobFilter, JobId,
+    JobStatus, Lease, NewChunk, NewJob, Priority, StoreError, StoreResult,
 };
-use crate::import::SourceOptions;
 use crate::import::tally::{ErrorSummary, Tally};
 
 pub const JOB_COLUMNS: &str = "id, dataset, status, mode, filename, blob, file_size, sha256, format, options, \
@@ -496,10 +495,10 @@ pub fn finish(
         _ => (status, error),
     };
     // A job that read its whole file knows its exact row total: the progress total may have
-    // been the sheet's declared range (`read::row_total`). Chunks' totals were counted; an
-    // export's and a rollback's were exact from the start.
+    // been an estimate (`read::row_total`; a part's share of it). A chunk's counts are its own;
+    // an export's and a rollback's totals were exact from the start.
     let exact_total = if status == JobStatus::Completed {
-        "total_rows = CASE WHEN parent_id IS NULL AND kind NOT IN ('export', 'rollback') \
+        "total_rows = CASE WHEN kind NOT IN ('export', 'rollback') \
          THEN created_count + updated_count + unchanged_count + error_count ELSE total_rows END,"
     } else {
         ""
@@ -585,9 +584,9 @@ pub fn split(
     c: &mut dyn Sql,
     lease: &Lease,
     total_rows: u64,
-    options: &SourceOptions,
     chunks: &[NewChunk],
-) -> StoreResult<bool> {
+    claim: Option<ChunkClaim<'_>>,
+) -> StoreResult<Option<Vec<(Job, Lease)>>> {
     let n = c.execute(
         &format!(
             "UPDATE jobs SET total_rows = $1, chunks_total = $2, {RELEASE} \
@@ -596,30 +595,51 @@ pub fn split(
         params![total_rows, chunks.len(), lease.job_id, lease.token.as_str()],
     )?;
     if n != 1 {
-        return Ok(false);
+        return Ok(None);
     }
-    let (now, options) = (Utc::now(), to_json(options));
+    let now = Utc::now();
+    let mut claimed = Vec::new();
     for (i, chunk) in chunks.iter().enumerate() {
-        c.execute(
-            "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
-             mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id, priority, \
-             kind, params) \
-             SELECT dataset, 'pending', mode, filename, $2, $3, sha256 || '#chunk' || CAST($4 AS INTEGER), \
-             'csv', $5, header, mapping, created_by, $6, $7, id, $4, org_id, user_id, priority, kind, params \
-             FROM jobs WHERE id = $1",
+        let token = claim.map(|_| new_token());
+        let row = c.query_one(
+            &format!(
+                "INSERT INTO jobs (dataset, status, mode, filename, blob, file_size, sha256, format, options, header, \
+                 mapping, created_by, created_at, total_rows, parent_id, chunk_index, org_id, user_id, priority, \
+                 kind, params, lease_token, lease_expires_ms, lease_owner, attempts, started_at) \
+                 SELECT dataset, CASE WHEN CAST($8 AS TEXT) IS NULL THEN 'pending' ELSE 'processing' END, mode, filename, $2, $3, \
+                 sha256 || '#chunk' || CAST($4 AS INTEGER), $5, $6, header, mapping, created_by, $7, $9, id, $4, \
+                 org_id, user_id, priority, kind, params, $8, $10, $11, \
+                 CASE WHEN CAST($8 AS TEXT) IS NULL THEN 0 ELSE 1 END, $12 \
+                 FROM jobs WHERE id = $1 RETURNING {JOB_COLUMNS}"
+            ),
             params![
                 lease.job_id,
                 chunk.blob.as_str(),
                 chunk.size,
                 i,
-                options.as_str(),
+                chunk.format.as_str(),
+                to_json(&chunk.options).as_str(),
                 now,
-                chunk.rows
+                token.as_deref(),
+                chunk.rows,
+                claim.map(|c| now.timestamp_millis() + c.lease_ms as i64),
+                claim.map(|c| c.owner),
+                claim.map(|_| now)
             ],
         )?;
+        if let Some(token) = token {
+            let job = job_from_row(&row)?;
+            claimed.push((
+                Lease {
+                    job_id: job.id,
+                    token,
+                },
+                job,
+            ));
+        }
     }
     c.notify_jobs()?;
-    Ok(true)
+    Ok(Some(claimed.into_iter().map(|(l, j)| (j, l)).collect()))
 }
 
 /// Gives the job back (shutdown): it stays `processing` and is claimable at once.

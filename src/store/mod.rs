@@ -43,7 +43,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::dataset::{Dataset, Datasets};
-use crate::import::{BatchSink, Mode, SourceOptions};
+use crate::import::{BatchSink, Mode};
 
 pub type JobId = i64;
 
@@ -225,15 +225,16 @@ pub trait JobStore: Send + Sync + 'static {
     fn job_set_progress(&self, lease: &Lease, rows_done: u64) -> StoreResult<bool>;
     /// Records what the job produced ([`Job::result`]); false when the lease was lost.
     fn job_set_result(&self, lease: &Lease, result: &serde_json::Value) -> StoreResult<bool>;
-    /// Splits a claimed job into chunk jobs (pending, reading `options`) and gives the parent's
-    /// lease back: from now on the parent is driven by its chunks. False when the lease was lost.
+    /// Splits a claimed job into chunk jobs and gives the parent's lease back: from now on the
+    /// parent is driven by its chunks. The chunks are pending, or with `claim` taken by that
+    /// owner at once (returned with their leases). `None` when the lease was lost.
     fn job_split(
         &self,
         lease: &Lease,
         total_rows: u64,
-        options: &SourceOptions,
         chunks: &[NewChunk],
-    ) -> StoreResult<bool>;
+        claim: Option<ChunkClaim<'_>>,
+    ) -> StoreResult<Option<Vec<(Job, Lease)>>>;
     /// Moves the job to a final state; false when the lease was lost. For a chunk job, in the
     /// same transaction: a completed chunk counts towards its parent, and the last one completes
     /// it (exactly once); a failed chunk fails the parent and cancels its unfinished siblings.

@@ -13,10 +13,10 @@ use chrono::{DateTime, Utc};
 
 use super::sql::{Sql, Value};
 use super::{
-    AuditEntry, AuditRecord, Completion, Control, Controlled, Delivery, DeliveryAttempt,
-    DeliveryState, DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter, JobGroup, JobId,
-    JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits, Principal, Role,
-    Stats, StoreResult, Template, TokenInfo, User, Webhook,
+    AuditEntry, AuditRecord, ChunkClaim, Completion, Control, Controlled, Delivery,
+    DeliveryAttempt, DeliveryState, DueDelivery, ErrorRecord, Inserted, Job, JobEvent, JobFilter,
+    JobGroup, JobId, JobStatus, JobStore, Lease, NewChunk, NewDelivery, NewJob, Org, OrgLimits,
+    Principal, Role, Stats, StoreResult, Template, TokenInfo, User, Webhook,
 };
 use super::{Cursors, subscriptions, tenants};
 use super::{DueEmail, EmailDelivery, EmailsOf, NewEmail, NotifyItem};
@@ -24,7 +24,7 @@ use super::{NewSource, RunEnd, RunStart, Source, SourceRun, SourceSaved};
 use super::{NewSubscription, SubscribedJob, Subscription};
 use super::{SyncDeletion, WouldDelete, control, hooks, jobs, ledger, rollback, sources};
 use crate::dataset::{Dataset, Datasets};
-use crate::import::{BatchSink, Mode, SourceOptions};
+use crate::import::{BatchSink, Mode};
 
 /// What one database provides to [`SqlStore`].
 pub trait Backend: Send + Sync + 'static {
@@ -330,11 +330,11 @@ impl<B: Backend> JobStore for SqlStore<B> {
         &self,
         lease: &Lease,
         total_rows: u64,
-        options: &SourceOptions,
         chunks: &[NewChunk],
-    ) -> StoreResult<bool> {
+        claim: Option<ChunkClaim<'_>>,
+    ) -> StoreResult<Option<Vec<(Job, Lease)>>> {
         self.0
-            .write(|c| jobs::split(c, lease, total_rows, options, chunks))
+            .write(|c| jobs::split(c, lease, total_rows, chunks, claim))
     }
 
     fn job_finish(

@@ -414,12 +414,24 @@ pub struct SyncDeletion {
 /// The guard's default (`maxDeletePercent`).
 pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
 
-/// A chunk of a split job, about to be created.
+/// A chunk of a split job, about to be created: a chunk file of its own, or a part of the
+/// original file (`options.part`, the parent's blob).
 #[derive(Debug, Clone)]
 pub struct NewChunk {
     pub blob: String,
-    pub rows: u64,
+    /// Rows counted into a chunk file; unknown for a part until it completes.
+    pub rows: Option<u64>,
     pub size: u64,
+    pub format: crate::import::Format,
+    pub options: SourceOptions,
+}
+
+/// Who takes a split job's chunks at once, instead of leaving them for any worker to claim
+/// (the parts a worker runs together, see `jobs::split`).
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkClaim<'a> {
+    pub owner: &'a str,
+    pub lease_ms: u64,
 }
 
 /// Proof that a worker owns a job: every write it makes names the token, and is refused once

@@ -76,6 +76,17 @@ pub struct SourceOptions {
     /// each row's number in the original file and is not part of the data.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub row_column: bool,
+    /// A part of a split job that reads the original file (no chunk file): only the records
+    /// whose key hashes to this part are its rows (`import::partition`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<Part>,
+}
+
+/// Part `index` of `count`: the records whose key hashes to `index` modulo `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    pub index: u32,
+    pub count: u32,
 }
 
 /// Limits against zip bombs, set once at start-up (`sluice serve --max-unzipped-mb`,
@@ -262,6 +273,7 @@ pub fn resolve_options(
                     encoding: Some(encoding.name().to_string()),
                     sheet: None,
                     row_column: false,
+                    part: None,
                 },
             ))
         }
@@ -274,6 +286,7 @@ fn spreadsheet_options(sheet: String) -> SourceOptions {
         encoding: None,
         sheet: Some(sheet),
         row_column: false,
+        part: None,
     }
 }
 

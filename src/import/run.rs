@@ -344,9 +344,8 @@ pub fn run_parts(
         let mut outcomes: Vec<Option<Result<RunOutcome, RunError>>> =
             (0..n).map(|_| None).collect();
         for thread in threads {
-            match thread.join() {
-                Ok(done) => done.into_iter().for_each(|(i, o)| outcomes[i] = Some(o)),
-                Err(_) => {}
+            if let Ok(done) = thread.join() {
+                done.into_iter().for_each(|(i, o)| outcomes[i] = Some(o));
             }
         }
         outcomes

@@ -273,18 +273,12 @@ async fn execute_job(
     lease: Lease,
     shutdown: &CancellationToken,
 ) -> Executed {
-    let signals = Arc::new(Signals::default());
-    let (limit, deadline) = time_limit(ctx, &job);
-    // A replace job's rows become the table's when it (or, for a chunk, its parent) completes;
-    // a sync job's missing keys are deleted then.
-    let completion = completion_of(ctx, &job);
-    let watcher = AbortOnDrop(tokio::spawn(watch(
-        ctx.clone(),
-        lease.clone(),
-        signals.clone(),
-        shutdown.clone(),
-        deadline,
-    )));
+    let Watched {
+        signals,
+        watcher,
+        completion,
+        limit,
+    } = Watched::start(ctx, &job, &lease, shutdown);
     tracing::info!(
         attempt = job.attempts,
         checkpoint = job.rows_done,
@@ -318,6 +312,42 @@ async fn execute_job(
     // wait for the database: the lease must not expire meanwhile.
     drop(watcher);
     executed
+}
+
+/// A running job's watcher ([`watch`]: heartbeat, shutdown, time limit) with the flags it
+/// raises, and what recording the job's end needs.
+struct Watched {
+    signals: Arc<Signals>,
+    watcher: AbortOnDrop,
+    /// A replace job's rows become the table's when it (or, for a chunk, its parent)
+    /// completes; a sync job's missing keys are deleted then.
+    completion: Option<Completion>,
+    limit: Option<Duration>,
+}
+
+impl Watched {
+    fn start(
+        ctx: &Arc<JobContext>,
+        job: &Job,
+        lease: &Lease,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let signals = Arc::new(Signals::default());
+        let (limit, deadline) = time_limit(ctx, job);
+        let watcher = AbortOnDrop(tokio::spawn(watch(
+            ctx.clone(),
+            lease.clone(),
+            signals.clone(),
+            shutdown.clone(),
+            deadline,
+        )));
+        Self {
+            signals,
+            watcher,
+            completion: completion_of(ctx, job),
+            limit,
+        }
+    }
 }
 
 /// The job's time limit (its dataset's, else the server's) and when it runs out: the limit
@@ -372,23 +402,13 @@ async fn on_job_thread<T: Send + 'static>(
 /// records each one's end as if it had run alone.
 async fn execute_parts(ctx: &Arc<JobContext>, parts: Parts, shutdown: &CancellationToken) {
     let Parts { chunks, file } = parts;
-    let mut each = Vec::with_capacity(chunks.len());
-    for (job, lease) in &chunks {
-        let signals = Arc::new(Signals::default());
-        let (limit, deadline) = time_limit(ctx, job);
-        let watcher = AbortOnDrop(tokio::spawn(watch(
-            ctx.clone(),
-            lease.clone(),
-            signals.clone(),
-            shutdown.clone(),
-            deadline,
-        )));
-        each.push((signals, watcher, completion_of(ctx, job), limit));
-    }
+    let each: Vec<Watched> = (chunks.iter())
+        .map(|(job, lease)| Watched::start(ctx, job, lease, shutdown))
+        .collect();
     tracing::info!(parts = chunks.len(), "running the parts together");
     let outcomes = {
         let (ctx, chunks) = (ctx.clone(), chunks.clone());
-        let signals: Vec<Arc<Signals>> = each.iter().map(|e| e.0.clone()).collect();
+        let signals: Vec<Arc<Signals>> = each.iter().map(|e| e.signals.clone()).collect();
         on_job_thread(&ctx.clone(), move || {
             Ok(run_parts_blocking(&ctx, &chunks, &file, &signals))
         })
@@ -403,9 +423,13 @@ async fn execute_parts(ctx: &Arc<JobContext>, parts: Parts, shutdown: &Cancellat
                 .collect()
         }
     };
-    for (((job, lease), outcome), (signals, watcher, completion, limit)) in
-        chunks.iter().zip(outcomes).zip(each)
-    {
+    for (((job, lease), outcome), watched) in chunks.iter().zip(outcomes).zip(each) {
+        let Watched {
+            signals,
+            watcher,
+            completion,
+            limit,
+        } = watched;
         let span = tracing::info_span!("part", job = job.id, chunk = job.chunk_index);
         let executed = conclude(
             ctx,

@@ -438,6 +438,7 @@ conformance!(
     replace_mode_swaps_the_whole_table_in_one_commit,
     replace_mode_works_for_a_file_split_into_chunks,
     cancel_and_retry_carry_to_the_chunks_of_a_split_job,
+    keys_repeated_far_apart_in_a_file_split_into_parts_end_as_unsplit,
     a_paused_job_stops_committing_and_resumes_to_exact_counts,
     a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it,
     retry_from_start_runs_a_new_job_over_the_same_file,
@@ -450,6 +451,70 @@ conformance!(
     a_briefly_locked_database_is_retried_and_the_counts_stay_exact,
     a_database_locked_past_the_retries_fails_the_job_cleanly_and_retry_completes_it,
 );
+
+/// Rows of one key far apart in the file (the second one 20,000 records later, past many batches
+/// of both parts) land in the same part, so the part catches the repeat as a plain import does:
+/// the split import's counts, row errors, table and history equal those of the same file
+/// imported without splitting. A job split into
+/// parts is reported with two chunks, both completed, and its total is the counted rows.
+async fn keys_repeated_far_apart_in_a_file_split_into_parts_end_as_unsplit(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, _) = generate(
+        dir.path(),
+        "p.csv",
+        &["--rows", "20000", "--error-rate", "0.02", "--seed", "63"],
+    );
+    // The first 300 data rows again at the end, each with another name.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let again: String = text
+        .lines()
+        .skip(1)
+        .take(300)
+        .map(|line| {
+            let mut cells: Vec<&str> = line.split(',').collect();
+            let name = format!("again {}", cells.get(1).copied().unwrap_or_default());
+            if cells.len() > 1 {
+                cells[1] = &name;
+            }
+            cells.join(",") + "\n"
+        })
+        .collect();
+    std::fs::write(&file, text + &again).unwrap();
+    let run = |chunk_rows: &str| AppOptions {
+        backend,
+        batch_size: 250,
+        extra_args: vec!["--chunk-rows".into(), chunk_rows.into()],
+        ..Default::default()
+    };
+    let split = spawn_app(run("5000"));
+    let job = job_id(&split.upload("products", &file).await.1);
+    let s = split.wait_done(job, MINUTE).await;
+    assert_eq!(s["status"], "completed", "{s}");
+    assert_eq!(s["chunks"]["total"], 2, "{s}");
+    assert_eq!(s["chunks"]["completed"], 2, "{s}");
+    assert_eq!(s["progress"]["total"], 20_300, "{s}");
+    let parts = split.db().number(&format!(
+        "SELECT count(*) FROM jobs WHERE parent_id = {job} AND options LIKE '%\"part\"%'"
+    ));
+    assert_eq!(parts, 2, "the chunks are parts of the original file");
+    let got = outcome(&split, job, &s);
+    drop(split);
+    let plain = spawn_app(run("0"));
+    let reference = job_id(&plain.upload("products", &file).await.1);
+    let done = plain.wait_done(reference, MINUTE).await;
+    assert!(done.get("chunks").is_none());
+    let want = outcome(&plain, reference, &done);
+    // A key repeated within one job's file is a row error naming the first row: 300 of them
+    // beside the generator's invalid rows.
+    assert!(
+        want.counts[3] >= 300,
+        "the repeated keys are caught: {done}"
+    );
+    assert_eq!(got.counts, want.counts);
+    assert_eq!(got.errors, want.errors);
+    assert_eq!(got.rows, want.rows);
+    assert_eq!(got.history, want.history);
+}
 
 /// Cancel and retry reach the chunk jobs of a split file: a cancelled split job cancels its
 /// chunks, and retry finishes exactly the rows that were missing.

@@ -6,7 +6,6 @@
 //! the last commit left it.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::partition::KeyHash;
 use super::read::{Part, Source};
@@ -228,17 +227,15 @@ impl<'a> BatchReader<'a> {
     }
 }
 
-/// Finished batches that may wait for each writer of [`run_parts`]: one per part it writes,
-/// so that the reader goes on filling the other parts' batches while a writer is busy (handed
-/// over one at a time, the writers waited for each other's turns).
+/// Finished batches that may wait for each part's writer in [`run_parts`]: one, so that the
+/// reader goes on filling the other parts' batches while a writer is busy.
 const PART_AHEAD: usize = 1;
 
-/// What the reader of [`run_parts`] hands a writer: a part's next batch and checkpoint, the
+/// What the reader of [`run_parts`] hands a part's writer: its next batch and checkpoint, the
 /// end of the file (`None`), or the file's error.
-type PartBatch = (usize, Option<Result<(Batch, u64), FileError>>);
+type PartBatch = Option<Result<(Batch, u64), FileError>>;
 
-/// One part of [`run_parts`]: its writer, whether it should stop, and whether it has ended
-/// (then the reader no longer validates its records).
+/// One part of [`run_parts`]: its writer and whether it should stop.
 pub struct PartSink<'s> {
     pub sink: &'s mut (dyn BatchSink + Send),
     pub stop: &'s (dyn Fn() -> bool + Sync),
@@ -246,19 +243,15 @@ pub struct PartSink<'s> {
 
 /// Runs the parts of a split job together over one read of the original file (`spec.options`
 /// without a part, checkpoint 0): every record goes to the part its key hashes to
-/// ([`KeyHash`], as a part read alone would take it), and each part commits its own batches
-/// with its own checkpoint (the file's records consumed when its batch was handed over). The
-/// parts' commits run on `writers` threads (part `i` on thread `i % writers`): more writers
-/// than cores only made the database's backends contend for the same index pages (four at once
-/// on two cores took 70 % more of its CPU than two). A part that stops or fails ends alone;
-/// the others go on. What each part came to, in order.
+/// ([`KeyHash`], as a part read alone would take it), and each part's writer thread commits
+/// that part's batches with its own checkpoint (the file's records consumed when its batch was
+/// handed over). A part that stops or fails ends alone: the others go on, and its records are
+/// no longer validated. What each part came to, in order.
 pub fn run_parts(
     spec: &RunSpec<'_>,
     parts: Vec<PartSink<'_>>,
-    writers: usize,
 ) -> Vec<Result<RunOutcome, RunError>> {
     let n = parts.len();
-    let writers = writers.clamp(1, n.max(1));
     let mut reader = match BatchReader::open(spec) {
         Ok(reader) => reader,
         Err(e) => {
@@ -268,66 +261,63 @@ pub fn run_parts(
                 .collect();
         }
     };
-    let ended: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
-    let ended = &ended;
-    let mut groups: Vec<Vec<(usize, PartSink<'_>)>> = (0..writers).map(|_| Vec::new()).collect();
-    for (i, part) in parts.into_iter().enumerate() {
-        groups[i % writers].push((i, part));
-    }
     std::thread::scope(|scope| {
-        let mut senders = Vec::with_capacity(writers);
-        let mut spares = Vec::with_capacity(writers);
-        let mut threads = Vec::with_capacity(writers);
-        for group in groups {
-            let ahead = PART_AHEAD * group.len();
-            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<PartBatch>(ahead);
+        let mut senders = Vec::with_capacity(n);
+        let mut spares = Vec::with_capacity(n);
+        let mut writers = Vec::with_capacity(n);
+        for part in parts {
+            let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<PartBatch>(PART_AHEAD);
             let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Batch>();
-            senders.push(full_tx);
+            senders.push(Some(full_tx));
             spares.push(spare_rx);
             let retry = spec.retry;
-            threads.push(scope.spawn(move || write_parts(group, ended, full_rx, spare_tx, retry)));
+            writers.push(
+                std::thread::Builder::new()
+                    .name("sluice-part".into())
+                    .spawn_scoped(scope, move || write_part(part, full_rx, spare_tx, retry)),
+            );
         }
-        scope.spawn(move || {
+        let read = move || {
             let count = n as u32;
             let mut keys = KeyHash::new(spec.dataset, spec.mapping);
             let fresh = |reader: &BatchReader<'_>| Batch::new(reader.present.clone());
             let mut batches: Vec<Batch> = (0..n).map(|_| fresh(&reader)).collect();
-            // A writer that has returned has ended all its parts.
-            let send = |i: usize, next: Option<Result<(Batch, u64), FileError>>| {
-                if senders[i % writers].send((i, next)).is_err() {
-                    ended[i].store(true, Ordering::SeqCst);
+            // A part whose writer has returned is closed: its records are skipped.
+            let send = |senders: &mut Vec<Option<_>>, i: usize, next: PartBatch| {
+                let tx: &Option<std::sync::mpsc::SyncSender<PartBatch>> = &senders[i];
+                if tx.as_ref().is_some_and(|tx| tx.send(next).is_err()) {
+                    senders[i] = None;
                 }
             };
-            let open = |i: usize| !ended[i].load(Ordering::SeqCst);
             loop {
                 let index = match reader.source.next_record(&mut reader.record) {
                     Ok(Some(index)) => index,
                     Ok(None) => break,
                     Err(e) => {
                         let text = e.to_string();
-                        (0..n)
-                            .for_each(|i| send(i, Some(Err(FileError::Unreadable(text.clone())))));
+                        for i in 0..n {
+                            let e = FileError::Unreadable(text.clone());
+                            send(&mut senders, i, Some(Err(e)));
+                        }
                         return;
                     }
                 };
                 let i = keys.part_of(&reader.record, count) as usize;
-                if !open(i) {
-                    if !(0..n).any(open) {
+                if senders[i].is_none() {
+                    if senders.iter().all(Option::is_none) {
                         return;
                     }
                     continue;
                 }
                 let mut batch = std::mem::take(&mut batches[i]);
                 if let Err(e) = reader.add(index, &mut batch) {
-                    send(i, Some(Err(e)));
+                    send(&mut senders, i, Some(Err(e)));
                     continue;
                 }
                 if reader.is_full(&batch) {
                     batch.records = (batch.rows.len() + batch.errors.len()) as u64;
-                    send(i, Some(Ok((batch, reader.source.position()))));
-                    batch = spares[i % writers]
-                        .try_recv()
-                        .unwrap_or_else(|_| fresh(&reader));
+                    send(&mut senders, i, Some(Ok((batch, reader.source.position()))));
+                    batch = spares[i].try_recv().unwrap_or_else(|_| fresh(&reader));
                     batch.clear();
                 }
                 batches[i] = batch;
@@ -336,93 +326,56 @@ pub fn run_parts(
             for (i, mut batch) in batches.into_iter().enumerate() {
                 if !batch.rows.is_empty() || !batch.errors.is_empty() {
                     batch.records = (batch.rows.len() + batch.errors.len()) as u64;
-                    send(i, Some(Ok((batch, position))));
+                    send(&mut senders, i, Some(Ok((batch, position))));
                 }
-                send(i, None);
+                send(&mut senders, i, None);
             }
-        });
-        let mut outcomes: Vec<Option<Result<RunOutcome, RunError>>> =
-            (0..n).map(|_| None).collect();
-        for thread in threads {
-            if let Ok(done) = thread.join() {
-                done.into_iter().for_each(|(i, o)| outcomes[i] = Some(o));
-            }
-        }
-        outcomes
+        };
+        // Without its thread the reader's channels close at once: every part ends with the
+        // "reader stopped" error below.
+        let _ = std::thread::Builder::new()
+            .name("sluice-read".into())
+            .spawn_scoped(scope, read);
+        writers
             .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(SinkError::Fatal("a part's writer thread panicked".into()).into())
-                })
+            .map(|writer| {
+                let failed =
+                    |what: &str| Err(SinkError::Fatal(format!("a part's writer {what}")).into());
+                match writer {
+                    Ok(thread) => thread.join().unwrap_or_else(|_| failed("panicked")),
+                    Err(e) => failed(&format!("could not start: {e}")),
+                }
             })
             .collect()
     })
 }
 
-/// A writer thread of [`run_parts`]: commits its parts' batches as they come, until each of
-/// its parts has ended; what each came to.
-fn write_parts(
-    mut parts: Vec<(usize, PartSink<'_>)>,
-    ended: &[AtomicBool],
+/// The commit side of one part of [`run_parts`].
+fn write_part(
+    part: PartSink<'_>,
     full: std::sync::mpsc::Receiver<PartBatch>,
     spare: std::sync::mpsc::Sender<Batch>,
     retry: RetryBudget,
-) -> Vec<(usize, Result<RunOutcome, RunError>)> {
-    let mut done = Vec::with_capacity(parts.len());
-    let end = |i: usize, outcome: Result<RunOutcome, RunError>, done: &mut Vec<_>| {
-        ended[i].store(true, Ordering::SeqCst);
-        done.push((i, outcome));
-    };
-    while done.len() < parts.len() {
-        // Parts asked to stop end at this batch boundary.
-        for (i, part) in &parts {
-            if !ended[*i].load(Ordering::SeqCst) && (part.stop)() {
-                end(*i, Ok(RunOutcome::Stopped), &mut done);
-            }
+) -> Result<RunOutcome, RunError> {
+    loop {
+        if (part.stop)() {
+            return Ok(RunOutcome::Stopped);
         }
-        if done.len() == parts.len() {
-            break;
-        }
-        let (i, next) = match full.recv() {
-            Ok(next) => next,
+        let (batch, checkpoint) = match full.recv() {
+            Ok(Some(next)) => next?,
+            Ok(None) => return Ok(RunOutcome::Finished),
             Err(_) => {
-                for (i, _) in &parts {
-                    if !ended[*i].load(Ordering::SeqCst) {
-                        let e = SinkError::Fatal("the file's reader stopped unexpectedly".into());
-                        end(*i, Err(e.into()), &mut done);
-                    }
-                }
-                break;
+                return Err(
+                    SinkError::Fatal("the file's reader stopped unexpectedly".into()).into(),
+                );
             }
-        };
-        if ended[i].load(Ordering::SeqCst) {
-            continue;
-        }
-        let Some(part) = parts.iter_mut().find(|(p, _)| *p == i).map(|(_, p)| p) else {
-            continue;
-        };
-        let (batch, checkpoint) = match next {
-            None => {
-                end(i, Ok(RunOutcome::Finished), &mut done);
-                continue;
-            }
-            Some(Err(e)) => {
-                end(i, Err(e.into()), &mut done);
-                continue;
-            }
-            Some(Ok(next)) => next,
         };
         match commit_with_retry(part.sink, &batch, checkpoint, retry, part.stop) {
-            Ok(_) => {
-                let _ = spare.send(batch);
-            }
-            Err(SinkError::Retryable(_)) if (part.stop)() => {
-                end(i, Ok(RunOutcome::Stopped), &mut done)
-            }
-            Err(e) => end(i, Err(e.into()), &mut done),
-        }
+            Err(SinkError::Retryable(_)) if (part.stop)() => return Ok(RunOutcome::Stopped),
+            other => other?,
+        };
+        let _ = spare.send(batch);
     }
-    done
 }
 
 /// Commits a batch, retrying system errors with the store's backoff within the job's budget.

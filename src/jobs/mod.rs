@@ -1098,8 +1098,7 @@ fn run_parts_blocking(
             stop: stop.as_ref(),
         })
         .collect();
-    let writers = chunks.len();
-    let outcomes = run_parts(&spec, parts, writers);
+    let outcomes = run_parts(&spec, parts);
     outcomes
         .into_iter()
         .zip(signals)

@@ -10,7 +10,9 @@
 //! blocking.
 //!
 //! Files being written carry their writer in the name (`<blob>.<owner>.part` while an upload or
-//! a preview arrives, `<blob>.<owner>.<random>.copy` for a worker's local copy; `owner` is
+//! a preview arrives, `<blob>.<owner>.<random>.copy` for a worker's local copy,
+//! `<blob>.<owner>.kept` for a stored upload's spool kept for this process's workers, taken by
+//! the checkout of the worker that runs its job or removed after `KEPT_FOR`; `owner` is
 //! `p<pid>h<host>`, `host` a hash of the boot id and the PID namespace), so that
 //! [`BlobStore::sweep_orphans`] can tell an abandoned file from one that another process on the
 //! same data directory is writing right now. An upload becomes `<blob>` (renamed after fsync)
@@ -101,7 +103,15 @@ pub struct BlobStore {
     dir: PathBuf,
     /// Database mode: the store that keeps the files; `dir` then only spools them.
     database: Option<Arc<dyn JobStore>>,
+    /// Database mode, in a process that runs jobs: an upload's spool is kept after it was
+    /// stored ([`BlobStore::publish`]), so that a worker of this process that takes the job
+    /// runs on it instead of fetching the file again ([`BlobStore::checkout`]).
+    keep_uploads: bool,
 }
+
+/// How long an upload's kept spool waits for a worker of its process to take the job; then
+/// the orphan sweep removes it (a worker that takes the job later fetches the stored copy).
+const KEPT_FOR: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -305,6 +315,7 @@ impl BlobStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             database: None,
+            keep_uploads: false,
         })
     }
 
@@ -313,6 +324,19 @@ impl BlobStore {
         let mut blobs = Self::local(dir)?;
         blobs.database = Some(store);
         Ok(blobs)
+    }
+
+    /// Keeps each upload's spool for this process's workers (see `keep_uploads`): for a
+    /// process that runs jobs.
+    pub fn keeping_uploads(mut self, keep: bool) -> Self {
+        self.keep_uploads = keep && self.database.is_some();
+        self
+    }
+
+    /// Where this process keeps upload `name`'s spool after storing it.
+    fn kept_path(&self, name: &str) -> Option<PathBuf> {
+        self.path(name)
+            .map(|_| self.dir.join(format!("{name}.{}.kept", owner_tag())))
     }
 
     pub fn in_database_mode(&self) -> bool {
@@ -400,6 +424,8 @@ impl BlobStore {
                     Some(owner) => owner_gone(owner),
                     None => idle(&meta) > rules.grace,
                 }
+            } else if name.ends_with(".kept") {
+                owner.is_none_or(owner_gone) || idle(&meta) > KEPT_FOR.min(rules.grace)
             } else {
                 if name.ends_with(".upload")
                     && self.path(&name).is_some()
@@ -454,7 +480,14 @@ impl BlobStore {
         if size == 0 || store.blob_size(name)? != size {
             store.blob_write(name, &mut file)?;
         }
-        let _ = std::fs::remove_file(&path);
+        drop(file);
+        let kept = (self.keep_uploads)
+            .then(|| self.kept_path(name))
+            .flatten()
+            .is_some_and(|kept| std::fs::rename(&path, kept).is_ok());
+        if !kept {
+            let _ = std::fs::remove_file(&path);
+        }
         Ok(())
     }
 
@@ -582,6 +615,21 @@ impl BlobStore {
             owner_tag(),
             Self::new_name().trim_end_matches(".upload")
         ));
+        // The spool this process kept of its own upload, taken by one checkout (the rename),
+        // if it is the stored file's size.
+        if let Some(kept) = self.kept_path(name)
+            && std::fs::rename(&kept, &copy).is_ok()
+        {
+            let local = LocalCopy {
+                path: copy.clone(),
+                temporary: true,
+            };
+            let size = std::fs::metadata(&copy).map(|m| m.len()).unwrap_or(0);
+            if size > 0 && store.blob_size(name)? == size {
+                tracing::info!(blob = name, size, "running on the upload this process kept");
+                return Ok(local);
+            }
+        }
         let mut file = io::BufWriter::with_capacity(1024 * 1024, std::fs::File::create(&copy)?);
         let local = LocalCopy {
             path: copy,
@@ -599,7 +647,7 @@ impl BlobStore {
     /// [`BlobStore::remove`], retrying the stored copy's removal a few times, since the failure
     /// was often a busy database. Whatever still fails is left to the orphan sweep. Blocking.
     pub fn discard(&self, name: &str) {
-        for path in [self.temp_path(name), self.path(name)]
+        for path in [self.temp_path(name), self.path(name), self.kept_path(name)]
             .into_iter()
             .flatten()
         {
@@ -621,11 +669,15 @@ impl BlobStore {
 
     /// Removes a blob (local file, spool and stored copy). Blocking.
     pub fn remove(&self, name: &str) {
-        if let Some(p) = self.path(name)
-            && let Err(e) = std::fs::remove_file(&p)
-            && e.kind() != io::ErrorKind::NotFound
+        for p in [self.path(name), self.kept_path(name)]
+            .into_iter()
+            .flatten()
         {
-            tracing::warn!(blob = name, error = %e, "could not remove blob");
+            if let Err(e) = std::fs::remove_file(&p)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(blob = name, error = %e, "could not remove blob");
+            }
         }
         if let Some(store) = &self.database
             && let Err(e) = store.blob_delete(name)

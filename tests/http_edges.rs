@@ -417,11 +417,18 @@ async fn files_a_killed_server_left_are_removed_at_the_next_start(backend: Backe
         .expect("owner tag");
     let copy = format!("{job_blob}.{owner}.{}.copy", "d".repeat(32));
     std::fs::write(dir.join(&copy), b"").unwrap();
+    // An upload's spool the dead process kept for its workers.
+    let kept = format!("{}.upload.{owner}.kept", "e".repeat(32));
+    std::fs::write(dir.join(&kept), csv(1)).unwrap();
 
     app.start();
     let left = blob_files(&app);
     assert!(!left.contains(&partial), "partial upload left: {left:?}");
     assert!(!left.contains(&copy), "dead worker's copy left: {left:?}");
+    assert!(
+        !left.contains(&kept),
+        "dead server's kept upload left: {left:?}"
+    );
     assert!(!left.contains(&old), "old unreferenced blob left: {left:?}");
     assert!(
         left.contains(&fresh),
@@ -641,7 +648,37 @@ async fn an_upload_whose_pieces_the_database_refuses_gets_503_and_leaves_nothing
     assert_eq!(app.db().number("SELECT count(*) FROM jobs"), 0);
 }
 
+/// In database mode a server that runs workers keeps an upload's spool after storing it, and
+/// the worker that takes the job runs on it instead of fetching the stored file again; the
+/// kept file goes with the run. On SQLite the upload is the file: nothing is kept.
+async fn a_job_runs_on_the_upload_its_server_kept_and_leaves_no_copy(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let app = spawn_app(AppOptions {
+        backend,
+        workers: 1,
+        log_file: Some(log.clone()),
+        ..AppOptions::default()
+    });
+    let (code, body) = app
+        .upload_bytes("products", "kept.csv", csv(2000).into_bytes(), &[])
+        .await;
+    assert_eq!(code, 202, "{body}");
+    let done = app.wait_done(job_id(&body), Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["createdCount"], 2000, "{done}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let used = text.contains("running on the upload this process kept");
+    assert_eq!(used, backend == Backend::Postgres, "{text}");
+    let left: Vec<String> = blob_files(&app)
+        .into_iter()
+        .filter(|n| n.ends_with(".kept") || n.ends_with(".copy"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
 conformance!(
+    a_job_runs_on_the_upload_its_server_kept_and_leaves_no_copy,
     an_upload_whose_pieces_the_database_refuses_gets_503_and_leaves_nothing,
     an_upload_stored_while_it_arrives_is_whole_and_one_cut_off_leaves_nothing,
     a_trickling_body_is_cut_off_and_its_partial_file_removed,

@@ -476,7 +476,8 @@ async fn job_context(
     } else {
         BlobStore::local(&dir)
     }
-    .map_err(|e| format!("cannot create the blob directory: {e}"))?;
+    .map_err(|e| format!("cannot create the blob directory: {e}"))?
+    .keeping_uploads(work.workers > 0);
     Ok(Arc::new(JobContext {
         store,
         datasets: Arc::new(datasets),

@@ -627,7 +627,12 @@ impl TestApp {
     /// Uploaded files the server keeps: files in `<data-dir>/blobs`, plus (PostgreSQL) files
     /// stored in the database.
     pub fn blob_count(&self) -> usize {
-        let local = std::fs::read_dir(self.data_dir().join("blobs")).map_or(0, |d| d.count());
+        // An upload's spool a server keeps for its workers (`.kept`) is a copy of a stored file.
+        let local = std::fs::read_dir(self.data_dir().join("blobs")).map_or(0, |d| {
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".kept"))
+                .count()
+        });
         let stored = match self.pg_database {
             Some(_) => {
                 self.db()
@@ -642,7 +647,9 @@ impl TestApp {
     /// too) and, on PostgreSQL, the stored chunks.
     pub fn blob_bytes(&self) -> u64 {
         let local: u64 = std::fs::read_dir(self.data_dir().join("blobs")).map_or(0, |d| {
-            d.filter_map(|e| e.ok()?.metadata().ok())
+            d.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().ends_with(".kept"))
+                .filter_map(|e| e.metadata().ok())
                 .map(|m| m.len())
                 .sum()
         });

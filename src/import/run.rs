@@ -3,7 +3,8 @@
 //!
 //! Runs on a blocking thread. Stops between batches when asked to (shutdown, lost lease), so a
 //! batch is either wholly committed or not at all, and a resumed job continues exactly where
-//! the last commit left it.
+//! the last commit left it. [`run_parts`] drives the parts of a split job the same way over one
+//! read of the file, each part into its own sink with its own checkpoint.
 
 use std::path::Path;
 

@@ -4,7 +4,9 @@
 //! keeps its lease alive with a heartbeat, and runs the import pipeline on a blocking thread.
 //! Shutdown (one cancellation token) stops claiming, lets the current batch commit, and gives the
 //! lease back so the job resumes at once on the next start. A worker that loses its lease stops:
-//! its next commit is refused by the store.
+//! its next commit is refused by the store. A large file is split here: a CSV file into parts the
+//! splitting worker runs together ([`split_into_parts`], [`execute_parts`]), a workbook into
+//! chunk files for any worker ([`split`]).
 
 pub mod sweeper;
 
@@ -894,11 +896,6 @@ fn run_job(
         // full read before the first chunk could start. An unsplit job's total is corrected
         // when it completes.
         let total = read::row_total(&path, job.format, &job.options)?;
-        // A part read alone (its runner stopped) expects its share of the file.
-        let total = match job.options.part {
-            Some(part) => total.div_ceil(u64::from(part.count.max(1))),
-            None => total,
-        };
         if may_split && total > chunk_rows {
             if parts_together(ctx, job) {
                 // One part per writer: parts written one after another fill the key range

@@ -784,7 +784,7 @@ fn split(
         }
         Err(e) => {
             cleanup();
-            Err(SinkError::Retryable(e.to_string()).into())
+            Err(SinkError::from(e).into())
         }
     }
 }
@@ -1028,7 +1028,7 @@ fn split_into_parts(
     match ctx.store.job_split(lease, total, &chunks, Some(claim)) {
         Ok(Some(claimed)) => Ok(claimed),
         Ok(None) => Err(SinkError::LeaseLost.into()),
-        Err(e) => Err(SinkError::Retryable(e.to_string()).into()),
+        Err(e) => Err(SinkError::from(e).into()),
     }
 }
 

@@ -1061,13 +1061,7 @@ fn run_parts_blocking(
     })();
     let (dataset, mut sinks) = match opened {
         Ok(opened) => opened,
-        Err(e) => {
-            let text = e.to_string();
-            return chunks
-                .iter()
-                .map(|_| Err(SinkError::Fatal(text.clone()).into()))
-                .collect();
-        }
+        Err(e) => return stopped_if_asked(chunks.iter().map(|_| Err(same_error(&e))), signals),
     };
     let options = crate::import::SourceOptions {
         part: None,
@@ -1083,21 +1077,25 @@ fn run_parts_blocking(
         batch_size: ctx.config.batch_size,
         retry: ctx.retry_budget(),
     };
-    let stops: Vec<Box<dyn Fn() -> bool + Sync + '_>> = signals
+    let stops: Vec<_> = signals
         .iter()
-        .map(|s| Box::new(move || s.stop.load(Ordering::SeqCst)) as Box<dyn Fn() -> bool + Sync>)
+        .map(|s| move || s.stop.load(Ordering::SeqCst))
         .collect();
     let parts = sinks
         .iter_mut()
         .zip(&stops)
-        .map(|(sink, stop)| crate::import::run::PartSink {
-            sink,
-            stop: stop.as_ref(),
-        })
+        .map(|(sink, stop)| crate::import::run::PartSink { sink, stop })
         .collect();
-    let outcomes = run_parts(&spec, parts);
+    stopped_if_asked(run_parts(&spec, parts).into_iter(), signals)
+}
+
+/// A part asked to stop while a store call waited for the database resumes from its
+/// checkpoint (as [`run_blocking`] has it for a job run alone).
+fn stopped_if_asked(
+    outcomes: impl Iterator<Item = Result<RunOutcome, RunError>>,
+    signals: &[Arc<Signals>],
+) -> Vec<Result<RunOutcome, RunError>> {
     outcomes
-        .into_iter()
         .zip(signals)
         .map(|(outcome, signals)| match outcome {
             Err(RunError::Sink(SinkError::Retryable(_))) if signals.stop.load(Ordering::SeqCst) => {
@@ -1106,6 +1104,17 @@ fn run_parts_blocking(
             other => other,
         })
         .collect()
+}
+
+/// The same failure again, for each part that shares it: a file error keeps the message the
+/// user sees, a system error stays retryable.
+fn same_error(e: &RunError) -> RunError {
+    match e {
+        RunError::File(f) => FileError::Unreadable(file_failure(f)).into(),
+        RunError::Sink(SinkError::LeaseLost) => SinkError::LeaseLost.into(),
+        RunError::Sink(SinkError::Retryable(t)) => SinkError::Retryable(t.clone()).into(),
+        RunError::Sink(SinkError::Fatal(t)) => SinkError::Fatal(t.clone()).into(),
+    }
 }
 
 #[cfg(test)]

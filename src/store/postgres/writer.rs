@@ -688,7 +688,7 @@ struct LedgerCopy {
     seqs: Vec<usize>,
     org: i64,
     job: i64,
-    dataset_len: i32,
+    /// The dataset's name as a COPY field (length, then bytes): the same in every entry.
     dataset: Vec<u8>,
     /// Microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
     at: i64,
@@ -710,8 +710,11 @@ impl LedgerCopy {
             seqs: Vec::new(),
             org,
             job,
-            dataset_len: dataset.len() as i32,
-            dataset: dataset.as_bytes().to_vec(),
+            dataset: [
+                &(dataset.len() as i32).to_be_bytes()[..],
+                dataset.as_bytes(),
+            ]
+            .concat(),
             at: (at - epoch).num_microseconds().unwrap_or(i64::MAX),
         }
     }
@@ -737,7 +740,6 @@ impl LedgerCopy {
         self.int8(0);
         self.int8(self.org);
         self.int8(self.at);
-        self.data.extend_from_slice(&self.dataset_len.to_be_bytes());
         self.data.extend_from_slice(&self.dataset);
         self.int8(self.job);
         self.text(op.as_str().as_bytes());

@@ -32,10 +32,13 @@ async fn sigkill_at_random_moments_leaves_exactly_what_an_uninterrupted_import_l
     // faster, and at 60,000 rows a last kill could arrive just after the job completed.
     let rows = env_number("SLUICE_CRASH_ROWS", 150_000);
     let kills = env_number("SLUICE_CRASH_KILLS", 10);
+    // One job, killed and resumed from its own checkpoint (a split file's parts killed:
+    // `parts_run_together_are_finished_alone_when_their_worker_dies`).
     let options = || AppOptions {
         backend,
         batch_size: 500,
         lease_seconds: 1,
+        extra_args: vec!["--chunk-rows".into(), "0".into()],
         ..Default::default()
     };
     let reference = spawn_app(options());
@@ -125,7 +128,12 @@ async fn a_killed_worker_process_leaves_its_job_to_another_worker(backend: Backe
         lease_seconds: 1,
         ..Default::default()
     });
-    let workers = [app.spawn_worker(1), app.spawn_worker(1)];
+    // One job left by its worker (a split file's parts left: the tests below).
+    let unsplit = ["--chunk-rows", "0"];
+    let workers = [
+        app.spawn_worker_with(1, &unsplit),
+        app.spawn_worker_with(1, &unsplit),
+    ];
     let (file, expect) = generate(
         app.dir.path(),
         "p.csv",

@@ -47,9 +47,13 @@ pub struct WorkerConfig {
     /// How long, from the first failure, such a call keeps retrying (`--db-outage-grace`): a
     /// database restart or outage shorter than this is waited out.
     pub outage_grace: Duration,
-    /// Files with more data rows than this are split into chunk jobs that workers run in
-    /// parallel (0: never).
+    /// Files with more data rows than this are split into chunk files that workers run in
+    /// parallel, of at most this many rows each (0: never).
     pub chunk_rows: u64,
+    /// CSV files with more data rows than this are split into parts run together, when parts
+    /// apply ([`parts_together`]; 0: never). Lower than `chunk_rows` by default: a split into
+    /// parts costs no second pass, and two writers beat one from a few batches on.
+    pub parts_from: u64,
     /// Most chunk jobs one file is split into.
     pub max_chunks: u32,
     /// Split CSV files into chunk files for any worker rather than parts this worker runs
@@ -889,15 +893,21 @@ fn run_job(
     }
     if job.total_rows.is_none() {
         let chunk_rows = ctx.config.chunk_rows;
+        let together = parts_together(ctx, job);
+        let threshold = if together {
+            ctx.config.parts_from
+        } else {
+            chunk_rows
+        };
         // An analysis is never split (it writes nothing; see `analysis`).
-        let may_split = !analysis && job.parent_id.is_none() && !dataset.sync && chunk_rows > 0;
+        let may_split = !analysis && job.parent_id.is_none() && !dataset.sync && threshold > 0;
         // An estimate (CSV: from the size; XLSX: the sheet's `<dimension>`) decides whether to
         // split: the partition counts every row anyway, and a counting pass of its own cost a
         // full read before the first chunk could start. An unsplit job's total is corrected
         // when it completes.
         let total = read::row_total(&path, job.format, &job.options)?;
-        if may_split && total > chunk_rows {
-            if parts_together(ctx, job) {
+        if may_split && total > threshold {
+            if together {
                 // One part per writer: parts written one after another fill the key range
                 // again from its start, into the middle of the index pages the earlier parts
                 // filled (four parts on two writers took 15 % more time than two).

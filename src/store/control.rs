@@ -231,12 +231,11 @@ pub fn delete(
 
 /// A chunk job reached a final state (inside the transaction that recorded it): a completed
 /// chunk counts towards its parent and the last one completes it, exactly once; a failed or
-/// cancelled chunk fails the parent and cancels its unfinished siblings. True when the parent
-/// completed.
+/// cancelled chunk fails the parent with its error and cancels its unfinished siblings. True
+/// when the parent completed.
 pub fn chunk_finished(
     c: &mut dyn Sql,
     parent: JobId,
-    chunk: JobId,
     status: JobStatus,
     error: Option<&str>,
 ) -> StoreResult<bool> {
@@ -260,17 +259,9 @@ pub fn chunk_finished(
         }
         return Ok(false);
     }
-    let index = c
-        .query_one(
-            "SELECT COALESCE(chunk_index, 0) FROM jobs WHERE id = $1",
-            params![chunk],
-        )?
-        .i64(0)?;
-    let message = format!(
-        "part {} of the file failed: {}",
-        index + 1,
-        error.unwrap_or("no reason given")
-    );
+    // The parent fails for its chunk's reason, worded as an unsplit job's: a split is how the
+    // job runs, not something its reader needs to know (the chunk keeps its own record).
+    let message = error.unwrap_or("no reason given");
     c.execute(
         "UPDATE jobs SET status = 'failed', error = $2, completed_at = $3 WHERE id = $1 \
          AND status IN ('pending', 'processing', 'paused')",

@@ -533,7 +533,7 @@ pub fn finish(
             )?;
             false
         }
-        (Some(parent), None) => chunk_finished(c, parent, lease.job_id, status, error)?,
+        (Some(parent), None) => chunk_finished(c, parent, status, error)?,
         (None, _) => status == JobStatus::Completed,
     };
     let deleted = match completion {

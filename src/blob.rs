@@ -184,18 +184,24 @@ impl io::Write for NewBlob {
 /// Bytes of an arriving upload stored as one piece by [`UploadCopy`].
 const UPLOAD_PIECE: usize = 1024 * 1024;
 
+/// Pieces of one upload being stored at once by [`UploadCopy`], each on a connection of its own.
+const UPLOAD_IN_FLIGHT: usize = 2;
+
+type Storing = tokio::task::JoinHandle<Result<(), StoreError>>;
+
 /// An upload copied into the store while it arrives (database mode): each full piece is
 /// stored on a blocking thread while the next one is received, in a transaction of its own
 /// ([`JobStore::blob_append`]: no wait for the disk — the job's insert makes it durable — and
 /// no connection held while the client is waited for), so the database's work runs beside the
-/// receiving instead of after it. At most one piece in flight and one being filled. Dropped
-/// without [`UploadCopy::finish`], what it stored is removed.
+/// receiving instead of after it. At most [`UPLOAD_IN_FLIGHT`] pieces in flight (the database's
+/// storing of a piece costs more CPU than its receiving: two backends share it) and one being
+/// filled. Dropped without [`UploadCopy::finish`], what it stored is removed.
 pub struct UploadCopy {
     store: Arc<dyn JobStore>,
     name: String,
     piece: Vec<u8>,
     seq: i32,
-    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    pending: std::collections::VecDeque<Storing>,
     finished: bool,
 }
 
@@ -226,23 +232,33 @@ impl UploadCopy {
     pub async fn discard(mut self) {
         self.finished = true;
         let (store, name) = (self.store.clone(), std::mem::take(&mut self.name));
-        remove_pieces(store, name, self.pending.take()).await;
+        remove_pieces(store, name, std::mem::take(&mut self.pending)).await;
     }
 
-    /// Starts storing the filled piece once the one before is stored.
+    /// Starts storing the filled piece once fewer than [`UPLOAD_IN_FLIGHT`] are being stored.
     async fn send(&mut self) -> Result<(), BlobError> {
-        self.wait().await?;
+        while self.pending.len() >= UPLOAD_IN_FLIGHT {
+            self.wait_oldest().await?;
+        }
         let piece = std::mem::replace(&mut self.piece, Vec::with_capacity(UPLOAD_PIECE));
         let (store, name, seq) = (self.store.clone(), self.name.clone(), self.seq);
         self.seq += 1;
-        self.pending = Some(tokio::task::spawn_blocking(move || {
+        self.pending.push_back(tokio::task::spawn_blocking(move || {
             store.blob_append(&name, seq, &piece)
         }));
         Ok(())
     }
 
+    /// Waits for every piece being stored.
     async fn wait(&mut self) -> Result<(), BlobError> {
-        if let Some(pending) = self.pending.take() {
+        while !self.pending.is_empty() {
+            self.wait_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_oldest(&mut self) -> Result<(), BlobError> {
+        if let Some(pending) = self.pending.pop_front() {
             pending
                 .await
                 .map_err(|e| StoreError::Other(format!("storing a piece of the upload: {e}")))??;
@@ -259,7 +275,7 @@ impl Drop for UploadCopy {
         let (store, name, pending) = (
             self.store.clone(),
             std::mem::take(&mut self.name),
-            self.pending.take(),
+            std::mem::take(&mut self.pending),
         );
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(remove_pieces(store, name, pending));
@@ -267,15 +283,15 @@ impl Drop for UploadCopy {
     }
 }
 
-/// Removes the stored pieces of upload `name` once `pending` (a piece still being stored) has
+/// Removes the stored pieces of upload `name` once `pending` (pieces still being stored) have
 /// landed, so that none is left behind.
 async fn remove_pieces(
     store: Arc<dyn JobStore>,
     name: String,
-    pending: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    pending: std::collections::VecDeque<Storing>,
 ) {
-    if let Some(pending) = pending {
-        let _ = pending.await;
+    for storing in pending {
+        let _ = storing.await;
     }
     let _ = tokio::task::spawn_blocking(move || store.blob_delete(&name)).await;
 }
@@ -500,7 +516,7 @@ impl BlobStore {
             name: name.to_string(),
             piece: Vec::with_capacity(UPLOAD_PIECE),
             seq: 0,
-            pending: None,
+            pending: std::collections::VecDeque::with_capacity(UPLOAD_IN_FLIGHT),
             finished: false,
         })
     }

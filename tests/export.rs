@@ -935,6 +935,94 @@ async fn the_cli_exports_to_a_file(backend: Backend) {
     assert!(!out.status.success());
 }
 
+/// Two datasets of every field type, an unscaled decimal too.
+const EVERY_TYPE: &str = r#"
+[datasets.fresh]
+key = ["code"]
+[datasets.fresh.fields]
+code = { type = "text", required = true }
+label = { type = "text" }
+qty = { type = "integer" }
+price = { type = "decimal", scale = 2 }
+ratio = { type = "decimal" }
+active = { type = "boolean" }
+day = { type = "date" }
+seen = { type = "datetime" }
+
+[datasets.known]
+key = ["code"]
+[datasets.known.fields]
+code = { type = "text", required = true }
+label = { type = "text" }
+qty = { type = "integer" }
+price = { type = "decimal", scale = 2 }
+ratio = { type = "decimal" }
+active = { type = "boolean" }
+day = { type = "date" }
+seen = { type = "datetime" }
+"#;
+
+const EVERY_VALUE: &str = "code,label,qty,price,active,day,seen,ratio
+A1,tab\there \\ back,9223372036854775807,0.00,true,2000-01-01,2000-01-01T00:00:00,0.00
+A2,\"line\nbreak\",-9223372036854775808,-0.5,false,1999-12-31,1999-12-31T23:59:59.5,-0.5
+A3,üñí €,0,12345678.99,,0001-01-01,2024-01-02T03:04:05.123456,12345678.12345678
+A4,,1,0.01,true,9999-12-31,2024-02-29T12:00:00+02:00,0.00001
+A5,x,-1,1000,false,2024-02-29,2024-02-29T12:00:00Z,-79228162514264337593543950335
+A6,y,2,7.1,,1970-01-01,1970-01-01T00:00:00.1,10000
+";
+
+/// PostgreSQL COPYs a batch of new keys straight into the table in binary, and one with a
+/// known key through the staging table as text (`store/postgres/binary.rs`): the two store
+/// every type alike, as an export reads them back. (SQLite has one path; it must agree too.)
+async fn new_and_known_keys_store_every_type_alike(backend: Backend) {
+    let app = spawn_app(AppOptions {
+        backend,
+        datasets: Some(EVERY_TYPE.into()),
+        ..Default::default()
+    });
+    let import = |dataset: &'static str, csv: &'static str| {
+        let app = &app;
+        async move {
+            let (code, body) = app
+                .upload_text_as(
+                    TOKEN,
+                    &format!("/api/v1/import/{dataset}"),
+                    "v.csv",
+                    csv,
+                    &[],
+                )
+                .await;
+            assert_eq!(code, 202, "{body}");
+            let s = app.wait_done_as(TOKEN, job_id(&body)).await;
+            assert_eq!(s["status"], "completed", "{s}");
+            s
+        }
+    };
+    let fresh = import("fresh", EVERY_VALUE).await;
+    assert_eq!(counts(&fresh), [6, 0, 0, 0], "{fresh}");
+    // One key known beforehand (with other values): the whole batch goes through staging.
+    import("known", "code,qty\nA6,5\n").await;
+    let known = import("known", EVERY_VALUE).await;
+    assert_eq!(counts(&known), [5, 1, 0, 0], "{known}");
+
+    let mut files = Vec::new();
+    for dataset in ["fresh", "known"] {
+        let status = exported(&app, TOKEN, dataset, json!({})).await;
+        files.push(records(
+            &file_of(&app, TOKEN, status["jobId"].as_i64().unwrap()).await,
+        ));
+    }
+    assert_eq!(files[0], files[1]);
+    let a2 = &files[0][2];
+    assert_eq!(a2[..3], ["A2", "line\nbreak", "-9223372036854775808"]);
+    assert_eq!(a2[3..7], ["-0.50", "-0.5", "false", "1999-12-31"]);
+    assert_eq!(
+        files[0][1][4], "0.00",
+        "an unscaled zero keeps its scale: {:?}",
+        files[0][1]
+    );
+}
+
 conformance!(
     the_cli_exports_to_a_file,
     round_trip_through_csv_and_xlsx_leaves_every_row_unchanged,
@@ -943,4 +1031,5 @@ conformance!(
     organisations_see_their_own_rows_and_downloads_follow_the_rules,
     a_download_before_the_end_is_409_and_after_the_file_is_gone_410,
     a_killed_worker_s_export_starts_over_and_completes,
+    new_and_known_keys_store_every_type_alike,
 );

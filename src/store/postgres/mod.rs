@@ -8,6 +8,7 @@
 //! under an advisory lock and recorded in `sluice_migrations`. Uses the synchronous `postgres`
 //! client: the store interface is blocking and always called from blocking threads.
 
+mod binary;
 mod blobs;
 mod priority;
 mod tables;

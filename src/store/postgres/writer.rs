@@ -25,6 +25,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use postgres::{Client, Transaction};
 
+use super::binary;
 use super::tables::{since_column, sql_type};
 use super::{error_text, ident, is_alive, is_row_problem, is_transient, note_lost, nowait};
 use crate::dataset::Dataset;
@@ -297,7 +298,10 @@ impl Plan {
         // text is parsed per row, and four per row were a third of the COPY's time.
         let mut copy_cols = cols.clone();
         copy_cols.extend(["_sluice_job", "_sluice_row", ORG_COLUMN].map(String::from));
-        let copy_new = format!("COPY {table} ({}) FROM STDIN", copy_cols.join(", "));
+        let copy_new = format!(
+            "COPY {table} ({}) FROM STDIN (FORMAT binary)",
+            copy_cols.join(", ")
+        );
         let stamp = format!(
             "UPDATE {table} t SET _sluice_job = $2, _sluice_row = s.\"row\" FROM {stage} s \
              WHERE {join} AND s.ord = ANY($1)"
@@ -576,22 +580,23 @@ impl Writer<'_> {
         buf: &mut Vec<u8>,
     ) -> Result<Option<Written>, postgres::Error> {
         buf.clear();
-        let (job, org) = (self.job.to_string(), self.org.to_string());
+        buf.extend_from_slice(binary::HEADER);
+        let fields = self.plan.present.len() + 3;
         for &i in rows {
             let values = batch.row_values(i);
-            for (j, &f) in self.plan.present.iter().enumerate() {
-                if j > 0 {
-                    buf.push(b'\t');
+            binary::row(buf, fields);
+            for &f in &self.plan.present {
+                // A value without an exact binary form: the batch takes the text path.
+                if binary::value(buf, self.ds.fields[f].ty, &values[f]).is_err() {
+                    return Ok(None);
                 }
-                copy_value(buf, &values[f]);
             }
             // _sluice_job, _sluice_row, the org; the timestamps are the columns' defaults.
-            for part in [job.as_str(), &batch.rows[i].to_string(), &org] {
-                buf.push(b'\t');
-                buf.extend_from_slice(part.as_bytes());
+            for v in [self.job, batch.rows[i] as i64, self.org] {
+                binary::int8(buf, v);
             }
-            buf.push(b'\n');
         }
+        buf.extend_from_slice(binary::TRAILER);
         tx.batch_execute("SAVEPOINT sluice_copy_all")?;
         let copied = {
             let mut w = tx.copy_in(&self.plan.copy_new)?;
@@ -695,9 +700,6 @@ struct LedgerCopy {
 }
 
 impl LedgerCopy {
-    /// The binary COPY header: signature, flags, no extension.
-    const HEADER: &'static [u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
-
     fn new(org: i64, job: i64, dataset: &str, at: chrono::DateTime<Utc>) -> Self {
         let epoch = chrono::DateTime::<Utc>::from_naive_utc_and_offset(
             chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
@@ -706,7 +708,7 @@ impl LedgerCopy {
             Utc,
         );
         Self {
-            data: Self::HEADER.to_vec(),
+            data: binary::HEADER.to_vec(),
             seqs: Vec::new(),
             org,
             job,
@@ -723,34 +725,24 @@ impl LedgerCopy {
         self.seqs.len()
     }
 
-    fn int8(&mut self, v: i64) {
-        self.data.extend_from_slice(&8i32.to_be_bytes());
-        self.data.extend_from_slice(&v.to_be_bytes());
-    }
-
-    fn text(&mut self, v: &[u8]) {
-        self.data.extend_from_slice(&(v.len() as i32).to_be_bytes());
-        self.data.extend_from_slice(v);
-    }
-
     /// One entry: `key` appends the key's JSON, `old` is the replaced values' JSON.
     fn push(&mut self, op: Op, key: impl FnOnce(&mut Vec<u8>), old: Option<&str>) {
-        self.data.extend_from_slice(&8i16.to_be_bytes());
+        binary::row(&mut self.data, 8);
         self.seqs.push(self.data.len() + 4);
-        self.int8(0);
-        self.int8(self.org);
-        self.int8(self.at);
+        binary::int8(&mut self.data, 0);
+        binary::int8(&mut self.data, self.org);
+        binary::int8(&mut self.data, self.at);
         self.data.extend_from_slice(&self.dataset);
-        self.int8(self.job);
-        self.text(op.as_str().as_bytes());
+        binary::int8(&mut self.data, self.job);
+        binary::bytes(&mut self.data, op.as_str().as_bytes());
         let length_at = self.data.len();
         self.data.extend_from_slice(&0i32.to_be_bytes());
         key(&mut self.data);
         let length = (self.data.len() - length_at - 4) as i32;
         self.data[length_at..length_at + 4].copy_from_slice(&length.to_be_bytes());
         match old {
-            Some(old) => self.text(old.as_bytes()),
-            None => self.data.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(old) => binary::bytes(&mut self.data, old.as_bytes()),
+            None => binary::null(&mut self.data),
         }
     }
 
@@ -759,7 +751,7 @@ impl LedgerCopy {
         for (seq, &at) in (first..).zip(&self.seqs) {
             self.data[at..at + 8].copy_from_slice(&seq.to_be_bytes());
         }
-        self.data.extend_from_slice(&(-1i16).to_be_bytes());
+        self.data.extend_from_slice(binary::TRAILER);
         &self.data
     }
 }

@@ -355,8 +355,14 @@ D1,new,1,2,true,2024-04-01,
 ";
 
 async fn things(app: &TestApp, token: &str, csv: &str) -> Value {
+    imported(app, token, "things", csv).await
+}
+
+/// Imports `csv` into `dataset` and waits for it to complete.
+async fn imported(app: &TestApp, token: &str, dataset: &str, csv: &str) -> Value {
+    let path = format!("/api/v1/import/{dataset}");
     let (code, body) = app
-        .upload_text_as(token, "/api/v1/import/things", "things.csv", csv, &[])
+        .upload_text_as(token, &path, &format!("{dataset}.csv"), csv, &[])
         .await;
     assert_eq!(code, 202, "{body}");
     let s = app.wait_done_as(token, job_id(&body)).await;
@@ -935,32 +941,20 @@ async fn the_cli_exports_to_a_file(backend: Backend) {
     assert!(!out.status.success());
 }
 
-/// Two datasets of every field type, an unscaled decimal too.
-const EVERY_TYPE: &str = r#"
-[datasets.fresh]
-key = ["code"]
-[datasets.fresh.fields]
-code = { type = "text", required = true }
-label = { type = "text" }
-qty = { type = "integer" }
-price = { type = "decimal", scale = 2 }
-ratio = { type = "decimal" }
-active = { type = "boolean" }
-day = { type = "date" }
-seen = { type = "datetime" }
-
-[datasets.known]
-key = ["code"]
-[datasets.known.fields]
-code = { type = "text", required = true }
-label = { type = "text" }
-qty = { type = "integer" }
-price = { type = "decimal", scale = 2 }
-ratio = { type = "decimal" }
-active = { type = "boolean" }
-day = { type = "date" }
-seen = { type = "datetime" }
-"#;
+/// Datasets `fresh` and `known`, each with every field type, an unscaled decimal too.
+fn every_type() -> String {
+    ["fresh", "known"]
+        .map(|name| {
+            format!(
+                "[datasets.{name}]\nkey = [\"code\"]\n[datasets.{name}.fields]\n\
+                 code = {{ type = \"text\", required = true }}\nlabel = {{ type = \"text\" }}\n\
+                 qty = {{ type = \"integer\" }}\nprice = {{ type = \"decimal\", scale = 2 }}\n\
+                 ratio = {{ type = \"decimal\" }}\nactive = {{ type = \"boolean\" }}\n\
+                 day = {{ type = \"date\" }}\nseen = {{ type = \"datetime\" }}\n"
+            )
+        })
+        .concat()
+}
 
 const EVERY_VALUE: &str = "code,label,qty,price,active,day,seen,ratio
 A1,tab\there \\ back,9223372036854775807,0.00,true,2000-01-01,2000-01-01T00:00:00,0.00
@@ -977,32 +971,14 @@ A6,y,2,7.1,,1970-01-01,1970-01-01T00:00:00.1,10000
 async fn new_and_known_keys_store_every_type_alike(backend: Backend) {
     let app = spawn_app(AppOptions {
         backend,
-        datasets: Some(EVERY_TYPE.into()),
+        datasets: Some(every_type()),
         ..Default::default()
     });
-    let import = |dataset: &'static str, csv: &'static str| {
-        let app = &app;
-        async move {
-            let (code, body) = app
-                .upload_text_as(
-                    TOKEN,
-                    &format!("/api/v1/import/{dataset}"),
-                    "v.csv",
-                    csv,
-                    &[],
-                )
-                .await;
-            assert_eq!(code, 202, "{body}");
-            let s = app.wait_done_as(TOKEN, job_id(&body)).await;
-            assert_eq!(s["status"], "completed", "{s}");
-            s
-        }
-    };
-    let fresh = import("fresh", EVERY_VALUE).await;
+    let fresh = imported(&app, TOKEN, "fresh", EVERY_VALUE).await;
     assert_eq!(counts(&fresh), [6, 0, 0, 0], "{fresh}");
     // One key known beforehand (with other values): the whole batch goes through staging.
-    import("known", "code,qty\nA6,5\n").await;
-    let known = import("known", EVERY_VALUE).await;
+    imported(&app, TOKEN, "known", "code,qty\nA6,5\n").await;
+    let known = imported(&app, TOKEN, "known", EVERY_VALUE).await;
     assert_eq!(counts(&known), [5, 1, 0, 0], "{known}");
 
     let mut files = Vec::new();

@@ -127,16 +127,40 @@ async fn a_cancelled_job_keeps_its_committed_batches_and_retry_finishes_it(backe
 
 async fn retry_from_start_runs_a_new_job_over_the_same_file(backend: Backend) {
     let app = slow_app(backend);
-    // Large enough that the cancel lands mid-way on a loaded machine (40,000 rows once
-    // completed before it).
-    let (file, expect) = generate(
-        app.dir.path(),
-        "p.csv",
-        &["--rows", "200000", "--error-rate", "0.02", "--seed", "23"],
-    );
-    let job = job_id(&app.upload("products", &file).await.1);
-    wait_for_progress(&app, job).await;
-    action(&app, job, "cancel").await;
+    // The cancel must land mid-way. On a loaded machine the import can win the race (40,000
+    // rows, later 200,000, once completed before it): then again with a file twice as large,
+    // of other keys (the finished import's rows do not meet them).
+    let mut rows = 200_000u64;
+    let (job, expect) = loop {
+        let start_sku = (rows - 199_999).to_string();
+        let (file, expect) = generate(
+            app.dir.path(),
+            &format!("p{rows}.csv"),
+            &[
+                "--rows",
+                &rows.to_string(),
+                "--error-rate",
+                "0.02",
+                "--seed",
+                "23",
+                "--start-sku",
+                &start_sku,
+            ],
+        );
+        let job = job_id(&app.upload("products", &file).await.1);
+        wait_for_progress(&app, job).await;
+        let (code, body) = action(&app, job, "cancel").await;
+        if code == 200 {
+            break (job, expect);
+        }
+        assert_eq!(body["error"]["code"], "invalid_state", "{body}");
+        assert!(
+            rows < 800_000,
+            "every import finished before its cancel: {body}"
+        );
+        rows *= 2;
+    };
+    assert_eq!(app.status(job).await["status"], "cancelled");
     let first_created = app.status(job).await["createdCount"].as_u64().unwrap();
 
     let (code, body) = json_of(

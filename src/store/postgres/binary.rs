@@ -49,7 +49,7 @@ fn epoch() -> NaiveDateTime {
 }
 
 /// A `timestamp`/`timestamptz` field: microseconds since 2000-01-01 (UTC for `timestamptz`).
-pub(super) fn timestamp(out: &mut Vec<u8>, at: NaiveDateTime) -> Result<(), Unencodable> {
+fn timestamp(out: &mut Vec<u8>, at: NaiveDateTime) -> Result<(), Unencodable> {
     let micros = (at - epoch()).num_microseconds().ok_or(Unencodable)?;
     int8(out, micros);
     Ok(())

@@ -571,7 +571,8 @@ impl Writer<'_> {
     /// staging and no classification. When a key exists after all (an earlier batch's, a
     /// duplicate in this one, another job's) or a value does not fit, the COPY fails: it is
     /// rolled back to its savepoint and `None` returned, so the batch goes the usual way (and
-    /// meets the problem as a row error there).
+    /// meets the problem as a row error there). The COPY is binary ([`binary`]); a value
+    /// without an exact binary form returns `None` before anything is sent.
     fn copy_all(
         &self,
         tx: &mut Transaction<'_>,

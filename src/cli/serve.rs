@@ -484,6 +484,8 @@ async fn job_context(
     }
     .map_err(|e| format!("cannot create the blob directory: {e}"))?
     .keeping_uploads(work.workers > 0);
+    // Splits are on by default where files are kept in the database (PostgreSQL).
+    let split_default = |rows: u64| if in_database { rows } else { 0 };
     Ok(Arc::new(JobContext {
         store,
         datasets: Arc::new(datasets),
@@ -496,16 +498,12 @@ async fn job_context(
             job_timeout: (!work.job_timeout.is_zero()).then_some(work.job_timeout),
             retry_limit: work.retry_limit,
             outage_grace: work.db_outage_grace,
-            chunk_rows: work.chunk_rows.unwrap_or(if in_database {
-                DEFAULT_CHUNK_ROWS_PG
-            } else {
-                0
-            }),
-            parts_from: work.chunk_rows.unwrap_or(if in_database {
-                DEFAULT_PARTS_FROM_PG
-            } else {
-                0
-            }),
+            chunk_rows: work
+                .chunk_rows
+                .unwrap_or(split_default(DEFAULT_CHUNK_ROWS_PG)),
+            parts_from: work
+                .chunk_rows
+                .unwrap_or(split_default(DEFAULT_PARTS_FROM_PG)),
             max_chunks: work.max_chunks,
             split_files: work.split == SplitInto::Files,
             org_max_running: work.org_max_running,

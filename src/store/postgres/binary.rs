@@ -5,7 +5,7 @@
 //! here ([`Unencodable`]) sends its batch down the text path instead, where PostgreSQL's own
 //! input rules decide.
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::{Datelike, NaiveDate, NaiveDateTime};
 use rust_decimal::Decimal;
 
 use crate::dataset::FieldType;
@@ -41,18 +41,16 @@ pub(super) fn bytes(out: &mut Vec<u8>, v: &[u8]) {
     out.extend_from_slice(v);
 }
 
-/// PostgreSQL's epoch, 2000-01-01, for dates and timestamps.
-fn epoch() -> NaiveDateTime {
-    NaiveDate::from_ymd_opt(2000, 1, 1)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .unwrap_or_default()
-}
+/// PostgreSQL's epoch, 2000-01-01, in days from 0001-01-01 (chrono's `num_days_from_ce`).
+const EPOCH_DAYS_FROM_CE: i32 = 730_120;
 
-/// A `timestamp`/`timestamptz` field: microseconds since 2000-01-01 (UTC for `timestamptz`).
-fn timestamp(out: &mut Vec<u8>, at: NaiveDateTime) -> Result<(), Unencodable> {
-    let micros = (at - epoch()).num_microseconds().ok_or(Unencodable)?;
-    int8(out, micros);
-    Ok(())
+/// PostgreSQL's epoch, 2000-01-01 00:00 UTC, in microseconds since the Unix epoch.
+const EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// Microseconds since PostgreSQL's epoch: the binary form of a `timestamp` (read as UTC) or a
+/// `timestamptz`.
+pub(super) fn micros_since_epoch(at: NaiveDateTime) -> i64 {
+    at.and_utc().timestamp_micros() - EPOCH_UNIX_MICROS
 }
 
 /// A validated value in the binary form of its field's column type (`tables::sql_type`).
@@ -68,9 +66,9 @@ pub(super) fn value(out: &mut Vec<u8>, ty: FieldType, v: &Value) -> Result<(), U
         }
         (FieldType::Date, Value::Date(s)) => {
             let date: NaiveDate = s.parse().map_err(|_| Unencodable)?;
-            let days = (date - epoch().date()).num_days();
+            let days = date.num_days_from_ce() - EPOCH_DAYS_FROM_CE;
             out.extend_from_slice(&4i32.to_be_bytes());
-            out.extend_from_slice(&i32::try_from(days).map_err(|_| Unencodable)?.to_be_bytes());
+            out.extend_from_slice(&days.to_be_bytes());
         }
         (FieldType::Datetime, Value::DateTime(s)) => {
             // A `timestamp` column ignores a zone in its text input; the validator's `Z` is UTC.
@@ -80,7 +78,7 @@ pub(super) fn value(out: &mut Vec<u8>, ty: FieldType, v: &Value) -> Result<(), U
                 return Err(Unencodable);
             }
             let at: NaiveDateTime = naive.parse().map_err(|_| Unencodable)?;
-            timestamp(out, at)?;
+            int8(out, micros_since_epoch(at));
         }
         _ => return Err(Unencodable),
     }
@@ -270,6 +268,13 @@ mod tests {
     fn out_int4(out: &mut Vec<u8>, v: i32) {
         out.extend_from_slice(&4i32.to_be_bytes());
         out.extend_from_slice(&v.to_be_bytes());
+    }
+
+    #[test]
+    fn the_epoch_constants_are_2000_01_01() {
+        let epoch = NaiveDate::from_ymd_opt(2000, 1, 1).unwrap();
+        assert_eq!(epoch.num_days_from_ce(), EPOCH_DAYS_FROM_CE);
+        assert_eq!(micros_since_epoch(epoch.and_hms_opt(0, 0, 0).unwrap()), 0);
     }
 
     #[test]

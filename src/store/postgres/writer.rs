@@ -702,12 +702,6 @@ struct LedgerCopy {
 
 impl LedgerCopy {
     fn new(org: i64, job: i64, dataset: &str, at: chrono::DateTime<Utc>) -> Self {
-        let epoch = chrono::DateTime::<Utc>::from_naive_utc_and_offset(
-            chrono::NaiveDate::from_ymd_opt(2000, 1, 1)
-                .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .unwrap_or_default(),
-            Utc,
-        );
         Self {
             data: binary::HEADER.to_vec(),
             seqs: Vec::new(),
@@ -718,7 +712,7 @@ impl LedgerCopy {
                 dataset.as_bytes(),
             ]
             .concat(),
-            at: (at - epoch).num_microseconds().unwrap_or(i64::MAX),
+            at: binary::micros_since_epoch(at.naive_utc()),
         }
     }
 
